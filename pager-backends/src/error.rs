@@ -1,0 +1,39 @@
+//! Errors a pager reports to its caller.
+
+use crate::types::ObjectOffset;
+use std::io;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PagerError {
+    /// The range is not page aligned, is empty, or is larger than allowed.
+    #[error("bad request range: offset {offset}, length {len}: {why}")]
+    BadRange {
+        offset: ObjectOffset,
+        len: u64,
+        why: &'static str,
+    },
+    /// The range starts at or beyond the end of the object.
+    #[error("offset {offset} is past the end of the object ({size} bytes)")]
+    PastEnd { offset: ObjectOffset, size: u64 },
+    /// A write to an object that was opened read-only.
+    #[error("object is read-only")]
+    ReadOnly,
+    /// The kernel id was never initialised, or was terminated.
+    #[error("unknown kernel id {0}")]
+    UnknownKernel(u64),
+    /// The backing store failed (I/O error, remote error reply).
+    #[error("backing store: {0}")]
+    Io(#[from] io::Error),
+    /// The peer (NBD server, external pager) broke its protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The peer did not answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The peer is gone (connection closed, process exited).
+    #[error("pager is dead: {0}")]
+    Dead(String),
+}
+
+pub type Result<T> = std::result::Result<T, PagerError>;
