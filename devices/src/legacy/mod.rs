@@ -1,0 +1,1 @@
+//! Platform devices the VMM owns directly (console, debug exit).
