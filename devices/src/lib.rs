@@ -2,3 +2,6 @@
 //! (virtio-pager) and the platform's legacy devices (console, exit port).
 
 pub mod legacy;
+pub mod pager;
+pub mod testing;
+pub mod virtio;

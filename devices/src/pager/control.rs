@@ -1,0 +1,192 @@
+//! Manager → kernel calls (Table 3-6). A pager calls `KernelControl` from
+//! any thread at any time; the call only appends to a bounded backlog and
+//! kicks the event loop, which copies events into buffers the guest posted
+//! on the event queue. Nothing here touches guest memory or blocks.
+
+use super::wire::{Event, ObjectId, event};
+use pager_backends::{Access, KernelControl, ObjectOffset, PAGE_SIZE, PagerError, Result};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Events waiting for a guest buffer, at most this many...
+pub const MAX_PENDING_EVENTS: usize = 1024;
+/// ...and at most this many bytes of offered page data.
+pub const MAX_PENDING_OFFER_BYTES: usize = 16 << 20;
+
+/// One event not yet delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    pub event: Event,
+    /// Page data of an unsolicited DATA_PROVIDED.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Backlog {
+    events: VecDeque<PendingEvent>,
+    offer_bytes: usize,
+}
+
+/// Shared by every object's `DeviceControl` and the event loop.
+#[derive(Debug)]
+pub struct EventBacklog {
+    inner: Mutex<Backlog>,
+    kick: EventFd,
+}
+
+impl EventBacklog {
+    pub fn new() -> io::Result<Self> {
+        Ok(EventBacklog {
+            inner: Mutex::new(Backlog::default()),
+            kick: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Readable when events were queued; watched by the event loop.
+    pub fn kick_evt(&self) -> &EventFd {
+        &self.kick
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Backlog> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, ev: PendingEvent) -> Result<()> {
+        {
+            let mut b = self.lock();
+            if b.events.len() >= MAX_PENDING_EVENTS
+                || b.offer_bytes.saturating_add(ev.data.len()) > MAX_PENDING_OFFER_BYTES
+            {
+                // Refuse rather than drop silently: the pager learns the
+                // guest is not draining its event queue.
+                return Err(PagerError::Protocol(
+                    "virtio-pager event backlog full: guest is not posting event buffers".into(),
+                ));
+            }
+            b.offer_bytes += ev.data.len();
+            b.events.push_back(ev);
+        }
+        self.kick.write(1)?;
+        Ok(())
+    }
+
+    pub fn pop(&self) -> Option<PendingEvent> {
+        let mut b = self.lock();
+        let ev = b.events.pop_front()?;
+        b.offer_bytes -= ev.data.len();
+        Some(ev)
+    }
+
+    /// Put back an event that found no buffer, keeping its place in line.
+    pub fn unpop(&self, ev: PendingEvent) {
+        let mut b = self.lock();
+        b.offer_bytes += ev.data.len();
+        b.events.push_front(ev);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Device reset: events addressed to the old driver instance are void.
+    pub fn clear(&self) {
+        let mut b = self.lock();
+        b.events.clear();
+        b.offer_bytes = 0;
+    }
+}
+
+/// The `KernelControl` handed to one object's pager at INIT.
+#[derive(Debug)]
+pub struct DeviceControl {
+    object: ObjectId,
+    backlog: Arc<EventBacklog>,
+}
+
+impl DeviceControl {
+    pub fn new(object: ObjectId, backlog: Arc<EventBacklog>) -> Self {
+        DeviceControl { object, backlog }
+    }
+
+    fn event(&self, ev_type: u16, flags: u16, offset: u64, length: u64, lock: Access) -> Event {
+        Event {
+            ev_type,
+            flags,
+            object_id: self.object.0,
+            offset,
+            length,
+            lock: lock.bits(),
+        }
+    }
+}
+
+fn check_pages(offset: ObjectOffset, len: u64) -> Result<()> {
+    let why = if len == 0 {
+        "zero length"
+    } else if !offset.is_page_aligned() || len % PAGE_SIZE != 0 {
+        "not page aligned"
+    } else if offset.checked_add(len).is_none() {
+        "overflows"
+    } else {
+        return Ok(());
+    };
+    Err(PagerError::BadRange { offset, len, why })
+}
+
+impl KernelControl for DeviceControl {
+    fn lock_request(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        lock: Access,
+        clean: bool,
+        flush: bool,
+    ) -> Result<()> {
+        check_pages(offset, len)?;
+        let mut flags = 0;
+        if clean {
+            flags |= event::F_CLEAN;
+        }
+        if flush {
+            flags |= event::F_FLUSH;
+        }
+        let event = self.event(event::LOCK_REQUEST, flags, offset.raw(), len, lock);
+        self.backlog.push(PendingEvent {
+            event,
+            data: Vec::new(),
+        })
+    }
+
+    fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
+        check_pages(offset, data.len() as u64)?;
+        let event = self.event(event::DATA_PROVIDED, 0, offset.raw(), data.len() as u64, lock);
+        self.backlog.push(PendingEvent {
+            event,
+            data: data.to_vec(),
+        })
+    }
+
+    fn set_cache(&self, may_cache: bool) -> Result<()> {
+        let flags = if may_cache { event::F_MAY_CACHE } else { 0 };
+        let event = self.event(event::CACHE, flags, 0, 0, Access::NONE);
+        self.backlog.push(PendingEvent {
+            event,
+            data: Vec::new(),
+        })
+    }
+
+    fn destroy(&self, reason: &str) -> Result<()> {
+        tracing::info!(object = self.object.0, reason, "virtio-pager: object destroyed by its pager");
+        let event = self.event(event::DESTROY, 0, 0, 0, Access::NONE);
+        self.backlog.push(PendingEvent {
+            event,
+            data: Vec::new(),
+        })
+    }
+}

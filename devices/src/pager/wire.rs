@@ -1,0 +1,516 @@
+//! virtio-pager wire format: message layouts and request parsing.
+//!
+//! Pure: no guest memory, no backend. Everything is little-endian with
+//! explicit padding; docs/virtio-pager.md is the normative description and
+//! the constants below must match it. The parser is the fuzz target.
+
+use crate::virtio::Segment;
+use pager_backends::{Access, ObjectOffset, PAGE_SIZE};
+use thiserror::Error;
+use vm_memory::GuestAddress;
+
+/// Virtio device ID. OASIS assigns IDs from 1 upwards (< 64 as of 1.3); we
+/// use a number far above them, in the upper half of the 16-bit space.
+pub const VIRTIO_ID_PAGER: u32 = 0xD0A1;
+/// VendorID register: "DUAL" as little-endian ASCII.
+pub const VIRTIO_PAGER_VENDOR: u32 = u32::from_le_bytes(*b"DUAL");
+
+/// Feature: the device may fill frames beyond `length` (read-ahead).
+pub const VIRTIO_PAGER_F_READAHEAD: u32 = 0;
+/// Feature: DATA_UNLOCK requests are understood.
+pub const VIRTIO_PAGER_F_UNLOCK: u32 = 1;
+/// Feature: manager → kernel events are delivered on the event queue.
+pub const VIRTIO_PAGER_F_EVENTS: u32 = 2;
+
+pub const REQUEST_QUEUE: usize = 0;
+pub const EVENT_QUEUE: usize = 1;
+pub const QUEUE_SIZE: u16 = 256;
+
+pub const REQ_HDR_SIZE: usize = 32;
+pub const RESP_SIZE: usize = 24;
+pub const EVENT_SIZE: usize = 32;
+pub const CONFIG_HDR_SIZE: usize = 16;
+pub const OBJECT_ENTRY_SIZE: usize = 64;
+pub const OBJECT_NAME_LEN: usize = 48;
+
+/// At most this many frame descriptors in one request chain.
+pub const MAX_FRAME_SEGMENTS: usize = 256;
+/// At most this many bytes of frames in one request (256 pages).
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+/// Whole chain: header + frames + status.
+pub const MAX_CHAIN_LEN: usize = MAX_FRAME_SEGMENTS + 2;
+
+/// Object table flag: the object refuses DATA_WRITE.
+pub const OBJ_F_READ_ONLY: u32 = 1;
+
+/// Request types (guest → host, request queue).
+pub mod req {
+    pub const INIT: u16 = 1;
+    pub const DATA_REQUEST: u16 = 2;
+    pub const DATA_WRITE: u16 = 3;
+    pub const DATA_UNLOCK: u16 = 4;
+    pub const TERMINATE: u16 = 5;
+    pub const SYNC: u16 = 6;
+}
+
+/// Response kinds: what a successful DATA_REQUEST produced.
+pub mod kind {
+    pub const NONE: u32 = 0;
+    pub const DATA_PROVIDED: u32 = 1;
+    pub const DATA_UNAVAILABLE: u32 = 2;
+}
+
+/// INIT response flags.
+pub const INIT_F_READ_ONLY: u8 = 1;
+pub const INIT_F_MAY_CACHE: u8 = 2;
+
+/// Status codes in the response.
+pub mod status {
+    pub const OK: u32 = 0;
+    /// Malformed chain or header (shape, direction, overlap, padding, flags).
+    pub const BAD_REQUEST: u32 = 1;
+    /// Unknown request type, or one whose feature was not negotiated.
+    pub const UNSUPPORTED: u32 = 2;
+    pub const NO_OBJECT: u32 = 3;
+    /// Offset/length not page aligned, zero, too large, or frames mis-sized.
+    pub const BAD_RANGE: u32 = 4;
+    pub const PAST_END: u32 = 5;
+    pub const READ_ONLY: u32 = 6;
+    /// Object not initialised (or INIT twice).
+    pub const BAD_STATE: u32 = 7;
+    /// The backing store failed.
+    pub const IO_ERROR: u32 = 8;
+    /// The pager broke protocol, timed out, or is gone.
+    pub const PAGER_FAILED: u32 = 9;
+}
+
+/// Event types (host → guest, event queue).
+pub mod event {
+    /// data_lock / flush_request / clean_request.
+    pub const LOCK_REQUEST: u16 = 1;
+    /// pager_cache.
+    pub const CACHE: u16 = 2;
+    /// Unsolicited data_provided; page data follows in the chain's frames.
+    pub const DATA_PROVIDED: u16 = 3;
+    /// The object is destroyed.
+    pub const DESTROY: u16 = 4;
+
+    pub const F_CLEAN: u16 = 1;
+    pub const F_FLUSH: u16 = 2;
+    pub const F_MAY_CACHE: u16 = 1;
+}
+
+/// Index into the object table (config space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectId(pub u32);
+
+/// Request header, 32 bytes, device-readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestHeader {
+    pub req_type: u16,
+    pub flags: u16,
+    pub object_id: u32,
+    pub offset: u64,
+    pub length: u64,
+    pub access: u8,
+    pub padding: [u8; 3],
+    pub reserved: u32,
+}
+
+impl RequestHeader {
+    pub fn from_bytes(b: &[u8; REQ_HDR_SIZE]) -> Self {
+        RequestHeader {
+            req_type: u16::from_le_bytes([b[0], b[1]]),
+            flags: u16::from_le_bytes([b[2], b[3]]),
+            object_id: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            offset: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+            length: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
+            access: b[24],
+            padding: [b[25], b[26], b[27]],
+            reserved: u32::from_le_bytes([b[28], b[29], b[30], b[31]]),
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; REQ_HDR_SIZE] {
+        let mut b = [0u8; REQ_HDR_SIZE];
+        b[0..2].copy_from_slice(&self.req_type.to_le_bytes());
+        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[4..8].copy_from_slice(&self.object_id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.length.to_le_bytes());
+        b[24] = self.access;
+        b[25..28].copy_from_slice(&self.padding);
+        b[28..32].copy_from_slice(&self.reserved.to_le_bytes());
+        b
+    }
+}
+
+/// Response, 24 bytes, the last (device-writable) descriptor of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Response {
+    pub status: u32,
+    pub kind: u32,
+    /// DATA_PROVIDED: bytes filled; DATA_UNAVAILABLE: bytes to zero-fill;
+    /// INIT: object size.
+    pub bytes: u64,
+    /// Lock value (accesses prevented): DATA_PROVIDED and DATA_UNLOCK.
+    pub lock: u8,
+    /// INIT_F_* for INIT.
+    pub flags: u8,
+}
+
+impl Response {
+    pub fn error(status: u32) -> Self {
+        Response {
+            status,
+            ..Default::default()
+        }
+    }
+
+    pub fn to_bytes(&self) -> [u8; RESP_SIZE] {
+        let mut b = [0u8; RESP_SIZE];
+        b[0..4].copy_from_slice(&self.status.to_le_bytes());
+        b[4..8].copy_from_slice(&self.kind.to_le_bytes());
+        b[8..16].copy_from_slice(&self.bytes.to_le_bytes());
+        b[16] = self.lock;
+        b[17] = self.flags;
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; RESP_SIZE]) -> Self {
+        Response {
+            status: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            kind: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            bytes: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+            lock: b[16],
+            flags: b[17],
+        }
+    }
+}
+
+/// Event, 32 bytes, at the start of an event-queue buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Event {
+    pub ev_type: u16,
+    pub flags: u16,
+    pub object_id: u32,
+    pub offset: u64,
+    pub length: u64,
+    pub lock: u8,
+}
+
+impl Event {
+    pub fn to_bytes(&self) -> [u8; EVENT_SIZE] {
+        let mut b = [0u8; EVENT_SIZE];
+        b[0..2].copy_from_slice(&self.ev_type.to_le_bytes());
+        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[4..8].copy_from_slice(&self.object_id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..24].copy_from_slice(&self.length.to_le_bytes());
+        b[24] = self.lock;
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; EVENT_SIZE]) -> Self {
+        Event {
+            ev_type: u16::from_le_bytes([b[0], b[1]]),
+            flags: u16::from_le_bytes([b[2], b[3]]),
+            object_id: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            offset: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+            length: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
+            lock: b[24],
+        }
+    }
+}
+
+/// A validated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Init,
+    DataRequest {
+        offset: ObjectOffset,
+        len: u64,
+        desired: Access,
+        /// Device-writable guest frames; their total may exceed `len`
+        /// (an offer to take read-ahead).
+        frames: Vec<Segment>,
+    },
+    DataWrite {
+        offset: ObjectOffset,
+        len: u64,
+        /// Device-readable guest frames holding exactly `len` bytes.
+        frames: Vec<Segment>,
+    },
+    DataUnlock {
+        offset: ObjectOffset,
+        len: u64,
+        desired: Access,
+    },
+    Terminate,
+    Sync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedRequest {
+    pub object: ObjectId,
+    pub request: Request,
+    /// Where the 24-byte response goes.
+    pub status: GuestAddress,
+}
+
+/// What the parser needs to know about the device and the negotiation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub num_objects: u32,
+    pub max_frames: usize,
+    pub max_request_bytes: u64,
+    pub readahead: bool,
+    pub unlock: bool,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("chain has {0} descriptors; need header + status at least")]
+    TooShort(usize),
+    #[error("first descriptor must be device-readable and exactly {REQ_HDR_SIZE} bytes")]
+    BadHeaderDescriptor,
+    #[error("last descriptor must be device-writable and exactly {RESP_SIZE} bytes")]
+    BadStatusDescriptor,
+    #[error("descriptors overlap or wrap the address space")]
+    Overlap,
+    #[error("header could not be read from guest memory")]
+    Unreadable,
+    #[error("nonzero flags, padding or reserved bytes")]
+    NonzeroReserved,
+    #[error("unknown request type {0}")]
+    UnknownType(u16),
+    #[error("request type {0} needs a feature the driver did not accept")]
+    NotNegotiated(u16),
+    #[error("object id {0} is not in the table")]
+    NoObject(u32),
+    #[error("bad access bits {0:#x}")]
+    BadAccess(u8),
+    #[error("range: {0}")]
+    BadRange(&'static str),
+    #[error("frames: {0}")]
+    BadFrames(&'static str),
+}
+
+impl ParseError {
+    /// The status code the guest sees for this error.
+    pub fn status(&self) -> u32 {
+        match self {
+            ParseError::UnknownType(_) | ParseError::NotNegotiated(_) => status::UNSUPPORTED,
+            ParseError::NoObject(_) => status::NO_OBJECT,
+            ParseError::BadRange(_) | ParseError::BadFrames(_) => status::BAD_RANGE,
+            _ => status::BAD_REQUEST,
+        }
+    }
+}
+
+/// Where an error response can go, if the chain has a usable status slot.
+pub fn status_slot(segs: &[Segment]) -> Option<GuestAddress> {
+    match segs {
+        [_, .., last] if last.writable && last.len as usize == RESP_SIZE => Some(last.addr),
+        _ => None,
+    }
+}
+
+/// Validates one request chain. `segs` is the whole chain (from
+/// `collect_chain`, so every segment is inside guest memory and non-empty);
+/// `read_header` fetches the 32 header bytes from guest memory.
+pub fn parse_request(
+    segs: &[Segment],
+    limits: &Limits,
+    read_header: impl FnOnce(GuestAddress) -> Option<[u8; REQ_HDR_SIZE]>,
+) -> Result<ParsedRequest, ParseError> {
+    let (hdr_seg, status_seg, middle) = match segs {
+        [h, mid @ .., s] => (h, s, mid),
+        _ => return Err(ParseError::TooShort(segs.len())),
+    };
+    if hdr_seg.writable || hdr_seg.len as usize != REQ_HDR_SIZE {
+        return Err(ParseError::BadHeaderDescriptor);
+    }
+    if !status_seg.writable || status_seg.len as usize != RESP_SIZE {
+        return Err(ParseError::BadStatusDescriptor);
+    }
+    check_no_overlap(segs)?;
+
+    let hdr = RequestHeader::from_bytes(&read_header(hdr_seg.addr).ok_or(ParseError::Unreadable)?);
+    if hdr.flags != 0 || hdr.padding != [0; 3] || hdr.reserved != 0 {
+        return Err(ParseError::NonzeroReserved);
+    }
+    if !(req::INIT..=req::SYNC).contains(&hdr.req_type) {
+        return Err(ParseError::UnknownType(hdr.req_type));
+    }
+    if hdr.object_id >= limits.num_objects {
+        return Err(ParseError::NoObject(hdr.object_id));
+    }
+    let offset = ObjectOffset(hdr.offset);
+    let request = match hdr.req_type {
+        req::INIT | req::TERMINATE | req::SYNC => {
+            if !middle.is_empty() {
+                return Err(ParseError::BadFrames("this request carries no frames"));
+            }
+            if hdr.offset != 0 || hdr.length != 0 || hdr.access != 0 {
+                return Err(ParseError::NonzeroReserved);
+            }
+            match hdr.req_type {
+                req::INIT => Request::Init,
+                req::TERMINATE => Request::Terminate,
+                _ => Request::Sync,
+            }
+        }
+        req::DATA_REQUEST => {
+            let desired = nonempty_access(hdr.access)?;
+            check_range(offset, hdr.length, limits)?;
+            let total = check_frames(middle, true, limits)?;
+            if total < hdr.length {
+                return Err(ParseError::BadFrames("frames smaller than length"));
+            }
+            if total > hdr.length && !limits.readahead {
+                return Err(ParseError::BadFrames("extra frames without READAHEAD"));
+            }
+            if offset.checked_add(total).is_none() {
+                return Err(ParseError::BadRange("offset + frames overflows"));
+            }
+            Request::DataRequest {
+                offset,
+                len: hdr.length,
+                desired,
+                frames: middle.to_vec(),
+            }
+        }
+        req::DATA_WRITE => {
+            if hdr.access != 0 {
+                return Err(ParseError::BadAccess(hdr.access));
+            }
+            check_range(offset, hdr.length, limits)?;
+            let total = check_frames(middle, false, limits)?;
+            if total != hdr.length {
+                return Err(ParseError::BadFrames("frames differ from length"));
+            }
+            Request::DataWrite {
+                offset,
+                len: hdr.length,
+                frames: middle.to_vec(),
+            }
+        }
+        // Only DATA_UNLOCK is left after the range check above.
+        _ => {
+            if !limits.unlock {
+                return Err(ParseError::NotNegotiated(hdr.req_type));
+            }
+            if !middle.is_empty() {
+                return Err(ParseError::BadFrames("this request carries no frames"));
+            }
+            let desired = nonempty_access(hdr.access)?;
+            check_range(offset, hdr.length, limits)?;
+            Request::DataUnlock {
+                offset,
+                len: hdr.length,
+                desired,
+            }
+        }
+    };
+    Ok(ParsedRequest {
+        object: ObjectId(hdr.object_id),
+        request,
+        status: status_seg.addr,
+    })
+}
+
+fn nonempty_access(bits: u8) -> Result<Access, ParseError> {
+    match Access::from_bits(bits) {
+        Some(a) if a != Access::NONE => Ok(a),
+        _ => Err(ParseError::BadAccess(bits)),
+    }
+}
+
+fn check_range(offset: ObjectOffset, len: u64, limits: &Limits) -> Result<(), ParseError> {
+    if len == 0 {
+        return Err(ParseError::BadRange("zero length"));
+    }
+    if !offset.is_page_aligned() || len % PAGE_SIZE != 0 {
+        return Err(ParseError::BadRange("not page aligned"));
+    }
+    if len > limits.max_request_bytes {
+        return Err(ParseError::BadRange("longer than the request limit"));
+    }
+    if offset.checked_add(len).is_none() {
+        return Err(ParseError::BadRange("offset + length overflows"));
+    }
+    Ok(())
+}
+
+/// Frames must all have the expected direction, be whole, page-aligned
+/// pages, and stay within the limits. Returns their total size.
+fn check_frames(frames: &[Segment], writable: bool, limits: &Limits) -> Result<u64, ParseError> {
+    if frames.is_empty() {
+        return Err(ParseError::BadFrames("no frames"));
+    }
+    if frames.len() > limits.max_frames {
+        return Err(ParseError::BadFrames("too many frame descriptors"));
+    }
+    let mut total: u64 = 0;
+    for f in frames {
+        if f.writable != writable {
+            return Err(ParseError::BadFrames("frame has the wrong direction"));
+        }
+        if f.addr.0 % PAGE_SIZE != 0 || u64::from(f.len) % PAGE_SIZE != 0 {
+            return Err(ParseError::BadFrames("frame not page aligned"));
+        }
+        total = total.saturating_add(u64::from(f.len));
+        if total > limits.max_request_bytes {
+            return Err(ParseError::BadFrames("frames exceed the request limit"));
+        }
+    }
+    Ok(total)
+}
+
+/// No two descriptors may share a byte: the device would otherwise write a
+/// status over page data (or pages over each other) in an order the driver
+/// cannot predict.
+fn check_no_overlap(segs: &[Segment]) -> Result<(), ParseError> {
+    let mut ranges = Vec::with_capacity(segs.len());
+    for s in segs {
+        let end = s.addr.0.checked_add(u64::from(s.len)).ok_or(ParseError::Overlap)?;
+        ranges.push((s.addr.0, end));
+    }
+    ranges.sort_unstable();
+    if ranges.windows(2).any(|w| w[0].1 > w[1].0) {
+        return Err(ParseError::Overlap);
+    }
+    Ok(())
+}
+
+/// The object table in config space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub size: u64,
+    pub id: ObjectId,
+    pub flags: u32,
+    pub name: String,
+}
+
+/// Config space layout: 16-byte header, then one 64-byte entry per object.
+pub fn encode_config(entries: &[ObjectEntry]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(CONFIG_HDR_SIZE + entries.len() * OBJECT_ENTRY_SIZE);
+    let n = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+    b.extend_from_slice(&n.to_le_bytes());
+    b.extend_from_slice(&(MAX_FRAME_SEGMENTS as u32).to_le_bytes());
+    b.extend_from_slice(&(MAX_REQUEST_BYTES as u32).to_le_bytes());
+    b.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    for e in entries {
+        b.extend_from_slice(&e.size.to_le_bytes());
+        b.extend_from_slice(&e.id.0.to_le_bytes());
+        b.extend_from_slice(&e.flags.to_le_bytes());
+        let mut name = [0u8; OBJECT_NAME_LEN];
+        // Truncated to 47 bytes so the name is always NUL-terminated.
+        let raw = e.name.as_bytes();
+        let n = raw.len().min(OBJECT_NAME_LEN - 1);
+        name[..n].copy_from_slice(&raw[..n]);
+        b.extend_from_slice(&name);
+    }
+    b
+}

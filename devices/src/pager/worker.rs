@@ -1,0 +1,312 @@
+//! The worker pool: every backend call runs here, never on a vCPU thread or
+//! the event loop. A worker moves page data straight between guest frames
+//! and the pager (the frames' VolatileSlices are what the pager sees), writes
+//! the response into the guest's status descriptor, then queues a completion
+//! and kicks the event loop, which owns the used ring.
+
+use super::wire::{INIT_F_MAY_CACHE, INIT_F_READ_ONLY, ObjectId, RESP_SIZE, Request, Response, kind, status};
+use crate::virtio::Segment;
+use pager_backends::{DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError};
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// What a worker does.
+pub struct Job {
+    /// Descriptor head to complete; `None` for device-internal work
+    /// (terminating objects on reset) that has no used-ring entry.
+    pub head: Option<u16>,
+    /// Device activation the job belongs to; stale completions are dropped.
+    pub generation: u64,
+    pub object: ObjectId,
+    pub pager: Arc<dyn Pager>,
+    pub kernel: KernelId,
+    pub control: Option<Arc<dyn KernelControl>>,
+    pub request: Request,
+    pub status: GuestAddress,
+    pub mem: Arc<GuestMemoryMmap>,
+}
+
+/// Side effects the event loop applies when it retires a completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    Initialized(ObjectInfo),
+    InitFailed,
+}
+
+#[derive(Debug)]
+pub struct Completion {
+    pub head: u16,
+    pub generation: u64,
+    pub object: ObjectId,
+    pub used_len: u32,
+    pub effect: Effect,
+}
+
+/// Finished jobs, handed from workers to the event loop.
+#[derive(Debug)]
+pub struct Completions {
+    done: Mutex<Vec<Completion>>,
+    evt: EventFd,
+    /// Jobs accepted but not yet finished (a reset waits for zero).
+    in_flight: AtomicUsize,
+}
+
+impl Completions {
+    pub fn new() -> io::Result<Self> {
+        Ok(Completions {
+            done: Mutex::new(Vec::new()),
+            evt: EventFd::new(EFD_NONBLOCK)?,
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn evt(&self) -> &EventFd {
+        &self.evt
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Completion>> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn take(&self) -> Vec<Completion> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn push(&self, c: Option<Completion>) {
+        if let Some(c) = c {
+            self.lock().push(c);
+        }
+        // Decrement after the push so "in_flight == 0" implies every
+        // completion is visible to `take`.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::error!(%e, "virtio-pager: completion kick failed");
+        }
+    }
+}
+
+pub struct WorkerPool {
+    tx: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+    completions: Arc<Completions>,
+}
+
+impl WorkerPool {
+    pub fn new(threads: usize, completions: Arc<Completions>) -> io::Result<Self> {
+        let (tx, rx) = channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let done = completions.clone();
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("pager-worker-{i}"))
+                    .spawn(move || worker_loop(&rx, &done))?,
+            );
+        }
+        Ok(WorkerPool {
+            tx: Some(tx),
+            threads: handles,
+            completions,
+        })
+    }
+
+    /// Queue a job. Never blocks (unbounded channel; the queue size bounds
+    /// how many jobs a driver can have outstanding).
+    pub fn submit(&self, job: Job) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        self.completions.in_flight.fetch_add(1, Ordering::SeqCst);
+        if tx.send(job).is_err() {
+            self.completions.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Closing the channel ends the workers once their current job is
+        // done. We do not join: a hung backend must not hang VMM shutdown.
+        self.tx = None;
+    }
+}
+
+fn worker_loop(rx: &Mutex<Receiver<Job>>, done: &Completions) {
+    loop {
+        let job = {
+            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            }
+        };
+        done.push(run(job));
+    }
+}
+
+/// Runs one job to completion and writes its response.
+pub fn run(job: Job) -> Option<Completion> {
+    let (resp, data_bytes, effect) = execute(&job);
+    let head = job.head?;
+    let used_len = match job.mem.write_slice(&resp.to_bytes(), job.status) {
+        // Used length counts every byte written to device-writable buffers:
+        // page data placed in frames plus the response.
+        Ok(()) => u32::try_from(data_bytes + RESP_SIZE as u64).unwrap_or(u32::MAX),
+        Err(e) => {
+            // Cannot happen for a validated chain, but the guest must still
+            // get its buffer back.
+            tracing::warn!(%e, "virtio-pager: response write failed");
+            0
+        }
+    };
+    Some(Completion {
+        head,
+        generation: job.generation,
+        object: job.object,
+        used_len,
+        effect,
+    })
+}
+
+fn execute(job: &Job) -> (Response, u64, Effect) {
+    let p = &job.pager;
+    let k = job.kernel;
+    match &job.request {
+        Request::Init => {
+            let Some(control) = job.control.clone() else {
+                return (Response::error(status::BAD_STATE), 0, Effect::InitFailed);
+            };
+            match p.init(k, control) {
+                Ok(info) => {
+                    let mut flags = 0;
+                    if info.read_only {
+                        flags |= INIT_F_READ_ONLY;
+                    }
+                    if info.may_cache {
+                        flags |= INIT_F_MAY_CACHE;
+                    }
+                    let resp = Response {
+                        bytes: info.size,
+                        flags,
+                        ..Default::default()
+                    };
+                    (resp, 0, Effect::Initialized(info))
+                }
+                Err(e) => (Response::error(error_status(&e)), 0, Effect::InitFailed),
+            }
+        }
+        Request::DataRequest {
+            offset,
+            len,
+            desired,
+            frames,
+        } => {
+            let Some(bufs) = frame_slices(&job.mem, frames) else {
+                return (Response::error(status::BAD_REQUEST), 0, Effect::None);
+            };
+            let total: u64 = frames.iter().map(|f| u64::from(f.len)).sum();
+            match p.data_request(k, *offset, *len, *desired, &bufs) {
+                Ok(DataReply::Provided { bytes, lock }) => {
+                    // The pager's answer is checked too: a buggy backend
+                    // must not make the guest map pages that were not filled.
+                    if bytes < *len || bytes > total || bytes % PAGE_SIZE != 0 {
+                        tracing::warn!(bytes, len, total, "virtio-pager: pager returned a bad length");
+                        return (Response::error(status::PAGER_FAILED), 0, Effect::None);
+                    }
+                    let resp = Response {
+                        kind: kind::DATA_PROVIDED,
+                        bytes,
+                        lock: lock.bits(),
+                        ..Default::default()
+                    };
+                    (resp, bytes, Effect::None)
+                }
+                Ok(DataReply::Unavailable { bytes }) => {
+                    if bytes < *len || bytes % PAGE_SIZE != 0 {
+                        return (Response::error(status::PAGER_FAILED), 0, Effect::None);
+                    }
+                    let resp = Response {
+                        kind: kind::DATA_UNAVAILABLE,
+                        // The guest can only zero-fill frames it offered.
+                        bytes: bytes.min(total),
+                        ..Default::default()
+                    };
+                    (resp, 0, Effect::None)
+                }
+                Err(e) => (Response::error(error_status(&e)), 0, Effect::None),
+            }
+        }
+        Request::DataWrite { offset, len, frames } => {
+            let Some(bufs) = frame_slices(&job.mem, frames) else {
+                return (Response::error(status::BAD_REQUEST), 0, Effect::None);
+            };
+            (result(p.data_write(k, *offset, *len, &bufs)), 0, Effect::None)
+        }
+        Request::DataUnlock {
+            offset,
+            len,
+            desired,
+        } => match p.data_unlock(k, *offset, *len, *desired) {
+            Ok(r) => (
+                Response {
+                    lock: r.lock.bits(),
+                    ..Default::default()
+                },
+                0,
+                Effect::None,
+            ),
+            Err(e) => (Response::error(error_status(&e)), 0, Effect::None),
+        },
+        Request::Terminate => (result(p.terminate(k)), 0, Effect::None),
+        Request::Sync => (result(p.sync()), 0, Effect::None),
+    }
+}
+
+fn result(r: pager_backends::Result<()>) -> Response {
+    match r {
+        Ok(()) => Response::default(),
+        Err(e) => Response::error(error_status(&e)),
+    }
+}
+
+/// Guest frames as host slices: the zero-copy path. A frame may straddle
+/// two memory regions, hence several slices per segment.
+fn frame_slices<'a>(mem: &'a GuestMemoryMmap, frames: &[Segment]) -> Option<Vec<VolatileSlice<'a>>> {
+    let mut out = Vec::with_capacity(frames.len());
+    for f in frames {
+        for s in GuestMemoryBackend::get_slices(mem, f.addr, f.len as usize) {
+            out.push(s.ok()?);
+        }
+    }
+    Some(out)
+}
+
+pub fn error_status(e: &PagerError) -> u32 {
+    match e {
+        PagerError::BadRange { .. } => status::BAD_RANGE,
+        PagerError::PastEnd { .. } => status::PAST_END,
+        PagerError::ReadOnly => status::READ_ONLY,
+        PagerError::UnknownKernel(_) => status::BAD_STATE,
+        PagerError::Io(_) => status::IO_ERROR,
+        PagerError::Protocol(_) | PagerError::Timeout(_) | PagerError::Dead(_) => status::PAGER_FAILED,
+        // pager-backends grows variants (e.g. URI errors) as backends land.
+        #[allow(unreachable_patterns)]
+        _ => status::PAGER_FAILED,
+    }
+}
