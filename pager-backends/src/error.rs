@@ -34,6 +34,17 @@ pub enum PagerError {
     /// The peer is gone (connection closed, process exited).
     #[error("pager is dead: {0}")]
     Dead(String),
+    /// The backend URI could not be parsed.
+    #[error("bad pager URI: {0}")]
+    Uri(#[from] crate::uri::UriError),
+}
+
+impl PagerError {
+    /// An I/O error that names what it was about (a path, a peer address):
+    /// bare `io::Error`s like "No such file or directory" don't say which file.
+    pub fn io_context(what: impl std::fmt::Display, e: io::Error) -> PagerError {
+        PagerError::Io(io::Error::new(e.kind(), format!("{what}: {e}")))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, PagerError>;

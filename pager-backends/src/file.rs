@@ -1,0 +1,150 @@
+//! `file:PATH[?ro]`: a host file as a memory object.
+//!
+//! Data moves with preadv/pwritev directly between the file and the caller's
+//! buffers. The object's size is the file's length when opened; the last
+//! partial page reads as zeros past the end. Writes are made durable by
+//! `sync` and by the last kernel's `terminate` (fdatasync).
+
+use crate::check::{check_range, offered, round_up_page};
+use crate::error::{PagerError, Result};
+use crate::kernels::Kernels;
+use crate::options::OpenOptions;
+use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::readahead::ReadAhead;
+use crate::sg::{self, Cursor};
+use crate::types::{Access, KernelId, ObjectOffset};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vm_memory::VolatileSlice;
+
+pub struct FilePager {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    size: u64,
+    kernels: Kernels,
+    readahead: ReadAhead,
+}
+
+impl FilePager {
+    pub fn open(path: &Path, read_only: bool, opts: &OpenOptions) -> Result<FilePager> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| PagerError::io_context(path.display(), e))?;
+        let meta = file.metadata().map_err(|e| PagerError::io_context(path.display(), e))?;
+        if meta.is_dir() {
+            return Err(PagerError::io_context(
+                path.display(),
+                io::Error::new(io::ErrorKind::InvalidInput, "is a directory, not a file"),
+            ));
+        }
+        Ok(FilePager {
+            file,
+            path: path.to_path_buf(),
+            read_only,
+            size: meta.len(),
+            kernels: Kernels::default(),
+            readahead: ReadAhead::new(opts.max_readahead),
+        })
+    }
+}
+
+impl Pager for FilePager {
+    fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
+        self.kernels.add(kernel, control)?;
+        Ok(ObjectInfo { size: self.size, read_only: self.read_only, may_cache: true })
+    }
+
+    fn data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<DataReply> {
+        self.kernels.check(kernel)?;
+        check_range(offset, len, self.size, bufs)?;
+        let left = round_up_page(self.size) - offset.raw();
+        let want = self.readahead.plan(offset, len, offered(bufs), left);
+        let got = sg::pread_into(self.file.as_raw_fd(), bufs, offset.raw(), want)
+            .map_err(|e| PagerError::io_context(self.path.display(), e))?;
+        // Bytes the object says exist in this range; fewer means the file
+        // was truncated under us, and zero-filling would silently lose data.
+        let expected = (self.size - offset.raw()).min(want);
+        if got < expected {
+            return Err(PagerError::io_context(
+                self.path.display(),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file is shorter than the object: wanted {expected} bytes at {offset}, got {got} (truncated since open?)"
+                    ),
+                ),
+            ));
+        }
+        // The tail of the last page past end of file reads as zeros.
+        Cursor::new(bufs, got, want - got).zero_rest();
+        Ok(DataReply::Provided { bytes: want, lock: Access::NONE })
+    }
+
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
+        self.kernels.check(kernel)?;
+        if self.read_only {
+            return Err(PagerError::ReadOnly);
+        }
+        check_range(offset, len, self.size, bufs)?;
+        // The part of the last page beyond the file is not object data: the
+        // object does not grow by being written.
+        let n = len.min(self.size - offset.raw());
+        sg::pwrite_from(self.file.as_raw_fd(), bufs, offset.raw(), n)
+            .map_err(|e| PagerError::io_context(self.path.display(), e))
+    }
+
+    fn data_unlock(&self, kernel: KernelId, _offset: ObjectOffset, _len: u64, desired: Access) -> Result<UnlockReply> {
+        self.kernels.check(kernel)?;
+        if self.read_only && desired.contains(Access::WRITE) {
+            return Err(PagerError::ReadOnly);
+        }
+        // A file never locks pages, so there is nothing to lift.
+        Ok(UnlockReply { lock: Access::NONE })
+    }
+
+    fn extent(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| PagerError::io_context(self.path.display(), e))
+    }
+
+    fn terminate(&self, kernel: KernelId) -> Result<()> {
+        if self.kernels.remove(kernel)? {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "file {} ({}, {} bytes)",
+            self.path.display(),
+            if self.read_only { "read-only" } else { "read-write" },
+            self.size
+        )
+    }
+}

@@ -1,0 +1,43 @@
+//! The set of kernels that have `init`ed an object, with the control handle
+//! each gave (the paper's pager request port, one per kernel: section 4.2).
+
+use crate::error::{PagerError, Result};
+use crate::pager::KernelControl;
+use crate::types::KernelId;
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+#[derive(Default)]
+pub(crate) struct Kernels {
+    // RwLock: every data request checks membership; init/terminate are rare.
+    map: RwLock<HashMap<KernelId, Arc<dyn KernelControl>>>,
+}
+
+impl Kernels {
+    pub(crate) fn add(&self, id: KernelId, ctl: Arc<dyn KernelControl>) -> Result<()> {
+        let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if m.contains_key(&id) {
+            return Err(PagerError::Protocol(format!("kernel {} initialised twice", id.0)));
+        }
+        m.insert(id, ctl);
+        Ok(())
+    }
+
+    pub(crate) fn check(&self, id: KernelId) -> Result<()> {
+        let m = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        if m.contains_key(&id) { Ok(()) } else { Err(PagerError::UnknownKernel(id.0)) }
+    }
+
+    pub(crate) fn get(&self, id: KernelId) -> Option<Arc<dyn KernelControl>> {
+        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+    }
+
+    /// Removes `id`; returns whether it was the last kernel.
+    pub(crate) fn remove(&self, id: KernelId) -> Result<bool> {
+        let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if m.remove(&id).is_none() {
+            return Err(PagerError::UnknownKernel(id.0));
+        }
+        Ok(m.is_empty())
+    }
+}

@@ -1,0 +1,35 @@
+//! Knobs shared by all backends, with defaults sane for a VMM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Connecting to and handshaking with a remote pager or NBD server.
+    pub connect_timeout: Duration,
+    /// One request to a remote backend, from send to complete reply. A peer
+    /// that misses it is declared dead: its connection is dropped and every
+    /// request on it fails, so nothing waits forever.
+    pub request_timeout: Duration,
+    /// Largest read-ahead window the file backend grows to.
+    pub max_readahead: u64,
+    /// Size of a `zero`/`anon` object whose URI gives none.
+    pub anon_size: u64,
+    /// Where anonymous objects keep their (unlinked) swap files.
+    pub swap_dir: PathBuf,
+    /// Requests in flight per remote connection.
+    pub max_in_flight: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_readahead: 1 << 20,
+            anon_size: 1 << 30,
+            swap_dir: std::env::temp_dir(),
+            max_in_flight: 64,
+        }
+    }
+}
