@@ -1,0 +1,58 @@
+//! The guest's platform ABI: ports the VMM serves, system call numbers and
+//! exit codes. Shared verbatim by the kernel, the user programs (which
+//! include this file by path) and the VMM, so the three cannot drift apart.
+
+/// Console write doorbell (32-bit `out`). The value is the guest-physical
+/// address (below 4 GiB) of a [`ConsoleWrite`] record; the VMM copies the
+/// bytes it names to the console. One exit per line, not per byte.
+pub const PORT_CONSOLE: u16 = 0x600;
+/// Power-off with a status (32-bit `out`): the VMM exits with it.
+pub const PORT_EXIT: u16 = 0x604;
+/// Boot milestones (32-bit `out`), for measurements: see `MILESTONE_*`.
+pub const PORT_MILESTONE: u16 = 0x608;
+
+/// The first user task (init) is about to run.
+pub const MILESTONE_INIT_START: u32 = 1;
+
+/// Record read by the VMM on a `PORT_CONSOLE` doorbell.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConsoleWrite {
+    /// Guest-physical address of the bytes.
+    pub addr: u64,
+    /// Number of bytes.
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// Exit status when the kernel panics.
+pub const EXIT_KERNEL_PANIC: u32 = 101;
+/// Exit status when the kernel takes an exception in ring 0.
+pub const EXIT_KERNEL_FAULT: u32 = 102;
+/// Exit status when boot cannot continue (bad boot info, no init).
+pub const EXIT_BOOT_FAILED: u32 = 103;
+/// A task killed by exception `v` exits with status `KILLED_BASE + v`.
+pub const KILLED_BASE: i64 = 128;
+
+/// System call numbers (rax). Arguments in rdi, rsi, rdx, r10, r8, r9;
+/// result in rax, negative values are errors (`ERR_*`).
+pub const SYS_EXIT: u64 = 0;
+/// (ptr, len): write bytes to the console.
+pub const SYS_CONSOLE_WRITE: u64 = 1;
+/// (name ptr, name len, args ptr, args len) -> task id.
+pub const SYS_TASK_SPAWN: u64 = 2;
+/// (task id) -> exit status of that task, once it has exited.
+pub const SYS_TASK_WAIT: u64 = 3;
+/// Give up the processor.
+pub const SYS_YIELD: u64 = 4;
+
+pub const ERR_BAD_ADDRESS: i64 = -14;
+pub const ERR_NO_SUCH_PROGRAM: i64 = -2;
+pub const ERR_NO_SUCH_TASK: i64 = -3;
+pub const ERR_NO_MEMORY: i64 = -12;
+pub const ERR_INVALID: i64 = -22;
+pub const ERR_NO_SYSCALL: i64 = -38;
+
+/// Where user programs are linked and where their stack lives.
+pub const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_f000;
+pub const USER_STACK_PAGES: u64 = 16;

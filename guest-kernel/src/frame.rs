@@ -1,0 +1,143 @@
+//! Physical frame allocator.
+//!
+//! Guest RAM starts zeroed, and zeroing a page in ring 0 is costly where
+//! ring 0 is emulated (hundreds of µs), so the allocator tells the caller
+//! whether a frame is known to be zero: frames never handed out before are;
+//! recycled frames are not, and only those get zeroed (by the caller).
+
+use crate::addr::{PAGE_SIZE, PhysAddr};
+use crate::bootinfo::MAX_REGIONS;
+use alloc::vec::Vec;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub addr: PhysAddr,
+    /// The frame's contents are all zero.
+    pub zeroed: bool,
+}
+
+pub struct FrameAllocator {
+    /// Never-used RAM, as [start, end) page-aligned ranges.
+    fresh: [(u64, u64); MAX_REGIONS],
+    nr_fresh: usize,
+    /// Frames given back; contents unknown. Empty (no heap use) until the
+    /// first free, which only happens once the heap is up.
+    recycled: Vec<PhysAddr>,
+    total: u64,
+}
+
+impl FrameAllocator {
+    /// Manages the RAM ranges `(start, size)` above `floor` (everything
+    /// below holds the kernel image, boot data and modules).
+    pub fn new(ram: impl Iterator<Item = (PhysAddr, u64)>, floor: PhysAddr) -> FrameAllocator {
+        let mut fa = FrameAllocator {
+            fresh: [(0, 0); MAX_REGIONS],
+            nr_fresh: 0,
+            recycled: Vec::new(),
+            total: 0,
+        };
+        for (start, size) in ram {
+            let end = start.0.saturating_add(size) & !(PAGE_SIZE - 1);
+            let start = start.0.max(floor.0).saturating_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+            if start < end && fa.nr_fresh < MAX_REGIONS {
+                fa.fresh[fa.nr_fresh] = (start, end);
+                fa.nr_fresh += 1;
+                fa.total += (end - start) / PAGE_SIZE;
+            }
+        }
+        fa
+    }
+
+    pub fn alloc(&mut self) -> Option<Frame> {
+        if let Some(addr) = self.recycled.pop() {
+            return Some(Frame {
+                addr,
+                zeroed: false,
+            });
+        }
+        self.alloc_contiguous(1)
+            .map(|addr| Frame { addr, zeroed: true })
+    }
+
+    /// `pages` physically contiguous, never-used (so zeroed) frames.
+    pub fn alloc_contiguous(&mut self, pages: u64) -> Option<PhysAddr> {
+        let bytes = pages.checked_mul(PAGE_SIZE)?;
+        for r in self.fresh[..self.nr_fresh].iter_mut() {
+            if r.1 - r.0 >= bytes {
+                let at = r.0;
+                r.0 += bytes;
+                return Some(PhysAddr(at));
+            }
+        }
+        None
+    }
+
+    pub fn free(&mut self, frame: PhysAddr) {
+        debug_assert!(frame.is_aligned(PAGE_SIZE));
+        self.recycled.push(frame);
+    }
+
+    pub fn free_frames(&self) -> u64 {
+        let fresh: u64 = self.fresh[..self.nr_fresh]
+            .iter()
+            .map(|r| (r.1 - r.0) / PAGE_SIZE)
+            .sum();
+        fresh + self.recycled.len() as u64
+    }
+
+    pub fn total_frames(&self) -> u64 {
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_above_floor_and_recycles_dirty() {
+        let ram = [(PhysAddr(0), 0x9f000), (PhysAddr(0x100000), 0x300000)];
+        let mut fa = FrameAllocator::new(ram.into_iter(), PhysAddr(0x180800));
+        assert_eq!(fa.total_frames(), (0x400000 - 0x181000) / PAGE_SIZE);
+        let f = fa.alloc().unwrap();
+        assert_eq!(
+            f,
+            Frame {
+                addr: PhysAddr(0x181000),
+                zeroed: true
+            }
+        );
+        fa.free(f.addr);
+        assert_eq!(
+            fa.alloc().unwrap(),
+            Frame {
+                addr: PhysAddr(0x181000),
+                zeroed: false
+            }
+        );
+        assert_eq!(fa.alloc().unwrap().addr, PhysAddr(0x182000));
+    }
+
+    #[test]
+    fn contiguous_skips_small_ranges_and_exhausts() {
+        let ram = [(PhysAddr(0x1000), 0x2000), (PhysAddr(0x10000), 0x8000)];
+        let mut fa = FrameAllocator::new(ram.into_iter(), PhysAddr(0));
+        assert_eq!(fa.alloc_contiguous(4), Some(PhysAddr(0x10000)));
+        assert_eq!(fa.alloc_contiguous(5), None);
+        assert_eq!(fa.free_frames(), 2 + 4);
+        let mut n = 0;
+        while fa.alloc().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 6);
+        assert_eq!(fa.alloc_contiguous(u64::MAX), None);
+    }
+
+    #[test]
+    fn unaligned_regions_are_trimmed() {
+        let ram = [(PhysAddr(0x1234), 0x3000)];
+        let fa = FrameAllocator::new(ram.into_iter(), PhysAddr(0));
+        // [0x2000, 0x4000) survives
+        assert_eq!(fa.total_frames(), 2);
+    }
+}

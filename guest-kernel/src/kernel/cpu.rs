@@ -1,0 +1,71 @@
+//! Thin wrappers over privileged instructions.
+
+use core::arch::asm;
+
+#[inline]
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: port I/O to the VMM's platform ports has no memory effects.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    }
+}
+
+#[inline]
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only called with architectural MSRs the CPU has.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    ((hi as u64) << 32) | lo as u64
+}
+
+#[inline]
+pub fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: callers write architectural MSRs with valid values.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack))
+    }
+}
+
+#[inline]
+pub fn cr2() -> u64 {
+    let v;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+#[inline]
+pub fn cr3() -> u64 {
+    let v;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// # Safety
+/// `root` must be a valid PML4 mapping the kernel.
+#[inline]
+pub unsafe fn set_cr3(root: u64) {
+    unsafe { asm!("mov cr3, {}", in(reg) root, options(nostack)) }
+}
+
+/// # Safety
+/// `area` must be 512 bytes, 16-byte aligned.
+#[inline]
+pub unsafe fn fxsave(area: *mut u8) {
+    unsafe { asm!("fxsave64 [{}]", in(reg) area, options(nostack)) }
+}
+
+/// # Safety
+/// `area` must hold a valid FXSAVE image.
+#[inline]
+pub unsafe fn fxrstor(area: *const u8) {
+    unsafe { asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) }
+}
+
+pub const MSR_EFER: u32 = 0xc000_0080;
+pub const MSR_STAR: u32 = 0xc000_0081;
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+pub const MSR_FMASK: u32 = 0xc000_0084;
+pub const MSR_APIC_BASE: u32 = 0x1b;

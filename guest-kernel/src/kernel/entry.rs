@@ -1,0 +1,154 @@
+//! The kernel's only assembly: boot entry, trap entry stubs, the system
+//! call entry, and the common save/restore path. Every entry builds the
+//! same `TrapFrame` on the current task's kernel stack and calls
+//! `trap::dispatch`, which returns the frame to resume (maybe another
+//! task's): that return value is the whole context switch.
+
+use crate::trap::{SYSCALL_VECTOR, dispatch};
+use core::arch::global_asm;
+
+/// Size of the boot stack (used until the first task runs, then by idle).
+pub const BOOT_STACK_SIZE: usize = 32 * 1024;
+
+#[repr(C, align(16))]
+pub struct Stack<const N: usize>(pub [u8; N]);
+
+/// Not in .bss: stacks need no zeroing, and zeroing costs ring-0 work.
+#[unsafe(link_section = ".stack")]
+pub static mut BOOT_STACK: Stack<BOOT_STACK_SIZE> = Stack([0; BOOT_STACK_SIZE]);
+
+/// The kernel stack top of the running task; the syscall entry switches to
+/// it. (Per-CPU once there is more than one CPU.)
+#[unsafe(no_mangle)]
+pub static mut KERNEL_RSP: u64 = 0;
+/// Scratch for the user stack pointer during the syscall entry.
+#[unsafe(no_mangle)]
+pub static mut SYSCALL_USER_RSP: u64 = 0;
+
+unsafe extern "C" {
+    /// Start of the entry stub for vector `v` is `TRAP_STUBS[v]`.
+    pub static TRAP_STUBS: [u64; 33];
+    pub fn spurious_stub();
+    pub fn syscall_entry();
+    /// Resumes the frame at `rsp` (restores registers, iretq).
+    pub fn trap_return(frame: u64) -> !;
+    pub fn idle_loop() -> !;
+}
+
+// Boot. The VMM enters in 64-bit mode with paging on (identity map of low
+// memory plus the kernel's higher-half mapping), rsi = physical address of
+// the PVH start_info.
+global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .global _start
+_start:
+    lea rsp, [rip + {stack} + {stack_size}]
+    mov rdi, rsi
+    xor ebp, ebp
+    call {kmain}
+    ud2
+    "#,
+    stack = sym BOOT_STACK,
+    stack_size = const BOOT_STACK_SIZE,
+    kmain = sym crate::kmain,
+);
+
+// Exception and interrupt stubs: push a zero error code where the CPU does
+// not push one, then the vector, and join the common path.
+global_asm!(
+    r#"
+    .section .text
+    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,32
+trap_stub_\v:
+    push 0
+    push \v
+    jmp trap_common
+    .endr
+    .irp v, 8,10,11,12,13,14,17,21,29,30
+trap_stub_\v:
+    push \v
+    jmp trap_common
+    .endr
+
+    .global spurious_stub
+spurious_stub:
+    push 0
+    push 255
+    jmp trap_common
+
+    .section .rodata
+    .balign 8
+    .global TRAP_STUBS
+TRAP_STUBS:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+    .quad trap_stub_\v
+    .endr
+
+    .section .text
+    // Hardware syscall: rcx = user rip, r11 = user rflags, still on the user
+    // stack. Build an interrupt-shaped frame on the kernel stack.
+    .global syscall_entry
+syscall_entry:
+    mov [rip + SYSCALL_USER_RSP], rsp
+    mov rsp, [rip + KERNEL_RSP]
+    push 0x1b
+    push qword ptr [rip + SYSCALL_USER_RSP]
+    push r11
+    push 0x23
+    push rcx
+    push 0
+    push {syscall_vector}
+
+trap_common:
+    push rax
+    push rbx
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push rbp
+    push r8
+    push r9
+    push r10
+    push r11
+    push r12
+    push r13
+    push r14
+    push r15
+    mov rdi, rsp
+    cld
+    call {dispatch}
+    mov rdi, rax
+
+    .global trap_return
+trap_return:
+    mov rsp, rdi
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rbp
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rbx
+    pop rax
+    add rsp, 16
+    iretq
+
+    // Runs in ring 0 with interrupts on when nothing else can run.
+    .global idle_loop
+idle_loop:
+    sti
+    hlt
+    jmp idle_loop
+    "#,
+    syscall_vector = const SYSCALL_VECTOR,
+    dispatch = sym dispatch,
+);

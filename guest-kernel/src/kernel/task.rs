@@ -1,0 +1,309 @@
+//! One user task: its address space (built from an embedded program's ELF
+//! image), kernel stack, saved FPU state, and its teardown.
+
+use crate::gdt::{USER_CS, USER_DS};
+use crate::mm::{DirectTables, alloc_zeroed, phys_to_virt};
+use crate::trap::TrapFrame;
+use alloc::alloc::{Layout, alloc, dealloc};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use guest_kernel::abi::{USER_STACK_PAGES, USER_STACK_TOP};
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
+use guest_kernel::bootinfo::Module;
+use guest_kernel::elf::{Elf, ElfError};
+use guest_kernel::frame::FrameAllocator;
+use guest_kernel::paging::{self, MapError, NO_EXECUTE, PageSize, TableMemory, USER, WRITABLE};
+use guest_kernel::sched::TaskId;
+
+pub const KSTACK_SIZE: usize = 16 * 1024;
+const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {
+    Ok(l) => l,
+    Err(_) => panic!("bad kernel stack layout"),
+};
+const MAX_ARGS: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Ready,
+    Running,
+    /// Blocked in task_wait on that task.
+    Waiting(TaskId),
+    Exited(i64),
+}
+
+/// FXSAVE area.
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+impl FxArea {
+    /// The state a fresh task starts with: x87 control word 0x37f, MXCSR
+    /// 0x1f80 (all exceptions masked), everything else clear.
+    pub fn initial() -> Box<FxArea> {
+        let mut a = Box::new(FxArea([0; 512]));
+        a.0[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a
+    }
+}
+
+pub struct Task {
+    pub id: TaskId,
+    pub parent: Option<TaskId>,
+    name: [u8; 16],
+    name_len: usize,
+    pub state: State,
+    /// Saved context while not running; the entry code fills it.
+    pub frame: *mut TrapFrame,
+    kstack: *mut u8,
+    pub root: PhysAddr,
+    pub fx: Box<FxArea>,
+    /// Frames private to this task (data, bss, stack), freed at exit.
+    owned: Vec<PhysAddr>,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // the payloads are for debugging output
+pub enum LoadError {
+    Elf(ElfError),
+    Map(MapError),
+    NoMemory,
+    ModuleNotPageAligned,
+    ArgsTooLong,
+}
+
+impl From<MapError> for LoadError {
+    fn from(e: MapError) -> Self {
+        match e {
+            MapError::NoMemory => LoadError::NoMemory,
+            e => LoadError::Map(e),
+        }
+    }
+}
+
+impl Task {
+    pub fn name(&self) -> &[u8] {
+        &self.name[..self.name_len]
+    }
+
+    pub fn kstack_top(&self) -> u64 {
+        self.kstack as u64 + KSTACK_SIZE as u64
+    }
+
+    /// Builds a task running `module` with `args` (bytes handed to the
+    /// program in rdi/rsi). Read-only segments map the module's own frames
+    /// (shared by every task of that program); writable ones get private
+    /// frames with the file bytes copied in.
+    pub fn load(
+        id: TaskId,
+        parent: Option<TaskId>,
+        module: &Module,
+        args: &[u8],
+        kernel_root: PhysAddr,
+        frames: &mut FrameAllocator,
+    ) -> Result<Task, LoadError> {
+        if args.len() > MAX_ARGS {
+            return Err(LoadError::ArgsTooLong);
+        }
+        if !module.start.is_aligned(PAGE_SIZE) {
+            return Err(LoadError::ModuleNotPageAligned);
+        }
+        // SAFETY: the VMM placed the module in RAM below the frame floor;
+        // nothing writes it.
+        let image = unsafe {
+            core::slice::from_raw_parts(phys_to_virt(module.start), module.size as usize)
+        };
+        let elf = Elf::parse(image).map_err(LoadError::Elf)?;
+
+        let mut tables = DirectTables(frames);
+        let root = tables.alloc_table().ok_or(LoadError::NoMemory)?;
+        // The kernel half is shared by every address space.
+        let kernel_half: [u64; 256] = tables.table(kernel_root)[256..]
+            .try_into()
+            .unwrap_or([0; 256]);
+        tables.table(root)[256..].copy_from_slice(&kernel_half);
+
+        let mut task = Task {
+            id,
+            parent,
+            name: [0; 16],
+            name_len: module.name().len().min(16),
+            state: State::Ready,
+            frame: core::ptr::null_mut(),
+            kstack: core::ptr::null_mut(),
+            root,
+            fx: FxArea::initial(),
+            owned: Vec::new(),
+        };
+        task.name[..task.name_len].copy_from_slice(&module.name()[..task.name_len]);
+        // From here on, failure must give back what was taken.
+        match task.build(&elf, module, args, frames) {
+            Ok(()) => Ok(task),
+            Err(e) => {
+                task.release_memory(frames);
+                frames.free(task.root);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        elf: &Elf,
+        module: &Module,
+        args: &[u8],
+        frames: &mut FrameAllocator,
+    ) -> Result<(), LoadError> {
+        for seg in elf.segments() {
+            let seg = seg.map_err(LoadError::Elf)?;
+            let first = seg.vaddr.align_down(PAGE_SIZE);
+            let end = seg
+                .vaddr
+                .checked_add(seg.mem_size)
+                .and_then(|e| e.align_up(PAGE_SIZE))
+                .ok_or(LoadError::Elf(ElfError::BadSegment))?;
+            let mut flags = USER;
+            if seg.writable {
+                flags |= WRITABLE;
+            }
+            if !seg.executable {
+                flags |= NO_EXECUTE;
+            }
+            let share = !seg.writable && seg.file_size == seg.mem_size;
+            let mut va = first;
+            while va < end {
+                let pa = if share {
+                    PhysAddr(
+                        module.start.0 + seg.file_offset - seg.vaddr.page_offset()
+                            + (va.0 - first.0),
+                    )
+                } else {
+                    let pa = self.private_page(frames)?;
+                    // Copy the part of the file that falls in this page.
+                    let lo = va.0.max(seg.vaddr.0);
+                    let hi = (va.0 + PAGE_SIZE).min(seg.vaddr.0 + seg.file_size);
+                    if lo < hi {
+                        let src = seg.file_offset + (lo - seg.vaddr.0);
+                        let bytes = &elf.data()[src as usize..(src + hi - lo) as usize];
+                        // SAFETY: a fresh private frame, through the direct map.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                bytes.as_ptr(),
+                                phys_to_virt(pa).add((lo - va.0) as usize),
+                                bytes.len(),
+                            )
+                        };
+                    }
+                    pa
+                };
+                paging::map(
+                    &mut DirectTables(frames),
+                    self.root,
+                    va,
+                    pa,
+                    flags,
+                    PageSize::Small,
+                )?;
+                va = VirtAddr(va.0 + PAGE_SIZE);
+            }
+        }
+
+        // Stack, with the arguments at its top.
+        let mut top_page = 0;
+        for i in 0..USER_STACK_PAGES {
+            let va = VirtAddr(USER_STACK_TOP - (i + 1) * PAGE_SIZE);
+            let pa = self.private_page(frames)?;
+            if i == 0 {
+                top_page = pa.0;
+            }
+            paging::map(
+                &mut DirectTables(frames),
+                self.root,
+                va,
+                pa,
+                USER | WRITABLE | NO_EXECUTE,
+                PageSize::Small,
+            )?;
+        }
+        let args_off = PAGE_SIZE as usize - args.len();
+        // SAFETY: the stack's top frame, ours alone.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                args.as_ptr(),
+                phys_to_virt(PhysAddr(top_page)).add(args_off),
+                args.len(),
+            )
+        };
+        let args_va = USER_STACK_TOP - args.len() as u64;
+
+        // SAFETY: allocation of a kernel stack; no zeroing needed.
+        self.kstack = unsafe { alloc(KSTACK_LAYOUT) };
+        if self.kstack.is_null() {
+            return Err(LoadError::NoMemory);
+        }
+        let frame = (self.kstack_top() as *mut TrapFrame).wrapping_sub(1);
+        // SAFETY: the top of the fresh kernel stack.
+        unsafe {
+            frame.write(TrapFrame {
+                rip: elf.entry.0,
+                cs: USER_CS as u64,
+                rflags: 0x202,
+                rsp: (args_va & !15) - 8, // as after a call: rsp+8 is 16-aligned
+                ss: USER_DS as u64,
+                rdi: args_va,
+                rsi: args.len() as u64,
+                ..TrapFrame::default()
+            })
+        };
+        self.frame = frame;
+        Ok(())
+    }
+
+    fn private_page(&mut self, frames: &mut FrameAllocator) -> Result<PhysAddr, LoadError> {
+        let pa = alloc_zeroed(frames).ok_or(LoadError::NoMemory)?;
+        self.owned.push(pa);
+        Ok(pa)
+    }
+
+    /// Gives back the user half: page tables and private frames. The root
+    /// and the kernel stack stay until the task can no longer be running
+    /// on them (`release_rest`).
+    pub fn release_memory(&mut self, frames: &mut FrameAllocator) {
+        let root = self.root;
+        let mut freed: Vec<PhysAddr> = Vec::new();
+        paging::release_user_tables(&mut DirectTables(frames), root, &mut |f| freed.push(f));
+        for f in freed.into_iter().chain(self.owned.drain(..)) {
+            frames.free(f);
+        }
+    }
+
+    /// Takes what must outlive the trap path that ended the task: its
+    /// kernel stack and page-table root.
+    pub fn take_remains(&mut self) -> Remains {
+        let r = Remains {
+            kstack: self.kstack,
+            root: self.root,
+        };
+        self.kstack = core::ptr::null_mut();
+        self.root = PhysAddr(0);
+        r
+    }
+}
+
+/// A dead task's kernel stack and root table, freed once no trap path can
+/// be running on them.
+pub struct Remains {
+    kstack: *mut u8,
+    root: PhysAddr,
+}
+
+impl Remains {
+    pub fn release(self, frames: &mut FrameAllocator) {
+        if !self.kstack.is_null() {
+            // SAFETY: allocated in `build` with this layout; no longer in use.
+            unsafe { dealloc(self.kstack, KSTACK_LAYOUT) };
+        }
+        if self.root.0 != 0 {
+            frames.free(self.root);
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Where every entry into the kernel lands: exceptions, the timer, and
+//! system calls (both the `syscall` instruction and the form it takes on
+//! software KVM, see `is_pvm_syscall`).
+
+use crate::console::{Dec, Hex};
+use crate::cpu::{self, MSR_LSTAR};
+use crate::lapic::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::scheduler::{self, KERNEL};
+use crate::{kprint, syscall};
+use guest_kernel::abi::EXIT_KERNEL_FAULT;
+
+/// Pseudo-vector the syscall entry pushes.
+pub const SYSCALL_VECTOR: u64 = 0x100;
+const PAGE_FAULT: u64 = 14;
+
+/// Saved context, as the entry code lays it out on the kernel stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+/// Under software KVM (kvm_pvm) `syscall` from ring 3 jumps to LSTAR but
+/// stays in ring 3, so fetching kernel text there faults: a user
+/// instruction-fetch page fault at exactly LSTAR. rcx/r11 hold the return
+/// rip/rflags as usual; they are user-controlled either way (a user can jump
+/// to LSTAR on real hardware too), so the syscall path validates them.
+/// Dead code on hardware KVM.
+fn is_pvm_syscall(f: &TrapFrame, cr2: u64) -> bool {
+    let lstar = cpu::rdmsr(MSR_LSTAR);
+    f.vector == PAGE_FAULT && f.from_user() && f.error & 0x10 != 0 && cr2 == lstar && f.rip == lstar
+}
+
+pub fn exception_name(v: u64) -> &'static str {
+    match v {
+        0 => "divide error",
+        1 => "debug",
+        2 => "NMI",
+        3 => "breakpoint",
+        4 => "overflow",
+        5 => "bound range",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack fault",
+        13 => "general protection fault",
+        14 => "page fault",
+        16 => "x87 floating-point error",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "SIMD floating-point error",
+        20 => "virtualization exception",
+        21 => "control protection",
+        _ => "reserved exception",
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
+    // SAFETY: the entry code passes the frame it just built on this stack.
+    let f = unsafe { &mut *frame };
+    let cr2 = if f.vector == PAGE_FAULT {
+        cpu::cr2()
+    } else {
+        0
+    };
+    if f.vector < 32 && !f.from_user() {
+        kernel_fault(f, cr2);
+    }
+    let mut guard = KERNEL.lock();
+    let Some(k) = guard.as_mut() else {
+        drop(guard);
+        kernel_fault(f, cr2);
+    };
+    k.enter(frame);
+    match f.vector {
+        SYSCALL_VECTOR => syscall::handle(k, f),
+        _ if is_pvm_syscall(f, cr2) => syscall::handle(k, f),
+        v if v < 32 => k.kill_current(v, f.error, f.rip, cr2),
+        TIMER_VECTOR => {
+            crate::lapic::eoi();
+            k.ticks += 1;
+            k.need_resched = true;
+        }
+        SPURIOUS_VECTOR => {}
+        _ => {}
+    }
+    k.schedule()
+}
+
+/// An exception in ring 0 is a kernel bug: report it and power off.
+fn kernel_fault(f: &TrapFrame, cr2: u64) -> ! {
+    {
+        let mut c = crate::console::force_lock();
+        use crate::console::Piece;
+        "\nkernel fault: ".emit(&mut c);
+        exception_name(f.vector).emit(&mut c);
+        " (vector ".emit(&mut c);
+        Dec(f.vector).emit(&mut c);
+        ", error ".emit(&mut c);
+        Hex(f.error).emit(&mut c);
+        ") at rip ".emit(&mut c);
+        Hex(f.rip).emit(&mut c);
+        ", cr2 ".emit(&mut c);
+        Hex(cr2).emit(&mut c);
+        ", rsp ".emit(&mut c);
+        Hex(f.rsp).emit(&mut c);
+        "\n".emit(&mut c);
+        c.flush();
+    }
+    scheduler::power_off(EXIT_KERNEL_FAULT)
+}
+
+#[allow(unused)]
+fn _unused() {
+    kprint!("");
+}

@@ -1,0 +1,434 @@
+//! x86-64 four-level page tables, built and walked through a
+//! `TableMemory` so that host tests run the same code on an emulated MMU.
+
+use crate::addr::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VirtAddr};
+
+pub const PRESENT: u64 = 1 << 0;
+pub const WRITABLE: u64 = 1 << 1;
+pub const USER: u64 = 1 << 2;
+pub const NO_CACHE: u64 = 1 << 4;
+pub const HUGE: u64 = 1 << 7;
+pub const NO_EXECUTE: u64 = 1 << 63;
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Gives the page-table code access to table frames.
+pub trait TableMemory {
+    /// The 512 entries of the table in `frame`.
+    fn table(&mut self, frame: PhysAddr) -> &mut [u64; 512];
+    /// A zeroed frame for a new table.
+    fn alloc_table(&mut self) -> Option<PhysAddr>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapError {
+    NoMemory,
+    Misaligned,
+    /// Something is mapped there already (or a huge page covers it).
+    AlreadyMapped,
+    NonCanonical,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageSize {
+    Small,
+    /// 2 MiB.
+    Large,
+}
+
+fn index(va: VirtAddr, level: u32) -> usize {
+    ((va.0 >> (12 + 9 * level)) & 511) as usize
+}
+
+fn canonical(va: VirtAddr) -> bool {
+    let top = va.0 >> 47;
+    top == 0 || top == 0x1ffff
+}
+
+/// Walks from `root` down to the table at `level` (0 = PT) covering `va`,
+/// creating missing intermediate tables with `inter` flags.
+fn walk_create(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    level: u32,
+    inter: u64,
+) -> Result<PhysAddr, MapError> {
+    let mut table = root;
+    for l in (level + 1..=3).rev() {
+        let i = index(va, l);
+        let e = mem.table(table)[i];
+        table = if e & PRESENT == 0 {
+            let t = mem.alloc_table().ok_or(MapError::NoMemory)?;
+            mem.table(table)[i] = t.0 | inter;
+            t
+        } else if e & HUGE != 0 {
+            return Err(MapError::AlreadyMapped);
+        } else {
+            // Widen intermediate rights so the leaf alone decides.
+            mem.table(table)[i] = e | (inter & (WRITABLE | USER));
+            PhysAddr(e & ADDR_MASK)
+        };
+    }
+    Ok(table)
+}
+
+/// Maps one page of `size` at `va` to `pa` with leaf `flags` (PRESENT is
+/// implied). Intermediate tables get PRESENT|WRITABLE, plus USER for
+/// lower-half addresses.
+pub fn map(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    flags: u64,
+    size: PageSize,
+) -> Result<(), MapError> {
+    let (bytes, level, leaf_extra) = match size {
+        PageSize::Small => (PAGE_SIZE, 0, 0),
+        PageSize::Large => (LARGE_PAGE_SIZE, 1, HUGE),
+    };
+    if !va.is_aligned(bytes) || !pa.is_aligned(bytes) {
+        return Err(MapError::Misaligned);
+    }
+    if !canonical(va) {
+        return Err(MapError::NonCanonical);
+    }
+    let inter = PRESENT | WRITABLE | if va.is_user() { USER } else { 0 };
+    let table = walk_create(mem, root, va, level, inter)?;
+    let slot = &mut mem.table(table)[index(va, level)];
+    if *slot & PRESENT != 0 {
+        return Err(MapError::AlreadyMapped);
+    }
+    *slot = pa.0 | flags | PRESENT | leaf_extra;
+    Ok(())
+}
+
+/// Maps `[va, va + len)` to `[pa, ...)` with 2 MiB pages. One table walk
+/// per page directory, then a tight loop over its entries: boot maps all
+/// of RAM this way, and every ring-0 instruction counts where it is emulated.
+pub fn map_large_range(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    len: u64,
+    flags: u64,
+) -> Result<(), MapError> {
+    if !va.is_aligned(LARGE_PAGE_SIZE)
+        || !pa.is_aligned(LARGE_PAGE_SIZE)
+        || len % LARGE_PAGE_SIZE != 0
+    {
+        return Err(MapError::Misaligned);
+    }
+    let last = va
+        .checked_add(len.saturating_sub(1))
+        .ok_or(MapError::NonCanonical)?;
+    if !canonical(va) || !canonical(last) || va.is_user() != last.is_user() {
+        return Err(MapError::NonCanonical);
+    }
+    let inter = PRESENT | WRITABLE | if va.is_user() { USER } else { 0 };
+    let mut off = 0;
+    while off < len {
+        let v = VirtAddr(va.0 + off);
+        let pd = walk_create(mem, root, v, 1, inter)?;
+        let table = mem.table(pd);
+        let mut i = index(v, 1);
+        while i < 512 && off < len {
+            if table[i] & PRESENT != 0 {
+                return Err(MapError::AlreadyMapped);
+            }
+            table[i] = (pa.0 + off) | flags | PRESENT | HUGE;
+            i += 1;
+            off += LARGE_PAGE_SIZE;
+        }
+    }
+    Ok(())
+}
+
+/// Translates `va`: the physical address and the leaf entry's flags.
+pub fn translate(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+) -> Option<(PhysAddr, u64)> {
+    if !canonical(va) {
+        return None;
+    }
+    let mut table = root;
+    for l in (0..=3).rev() {
+        let e = mem.table(table)[index(va, l)];
+        if e & PRESENT == 0 {
+            return None;
+        }
+        if l == 0 || (e & HUGE != 0 && l <= 2) {
+            let page = 1u64 << (12 + 9 * l);
+            let base = e & ADDR_MASK & !(page - 1);
+            return Some((PhysAddr(base | (va.0 & (page - 1))), e & !ADDR_MASK));
+        }
+        table = PhysAddr(e & ADDR_MASK);
+    }
+    None
+}
+
+/// Removes the mapping of the 4 KiB page at `va`; returns what it mapped.
+pub fn unmap(mem: &mut dyn TableMemory, root: PhysAddr, va: VirtAddr) -> Option<PhysAddr> {
+    let mut table = root;
+    for l in (1..=3).rev() {
+        let e = mem.table(table)[index(va, l)];
+        if e & PRESENT == 0 || e & HUGE != 0 {
+            return None;
+        }
+        table = PhysAddr(e & ADDR_MASK);
+    }
+    let slot = &mut mem.table(table)[index(va, 0)];
+    if *slot & PRESENT == 0 {
+        return None;
+    }
+    let pa = PhysAddr(*slot & ADDR_MASK);
+    *slot = 0;
+    Some(pa)
+}
+
+/// Calls `free` on every table frame below the lower-half (user) slots of
+/// `root`, and clears those slots. Leaf frames are the caller's business.
+pub fn release_user_tables(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    free: &mut dyn FnMut(PhysAddr),
+) {
+    fn release(
+        mem: &mut dyn TableMemory,
+        table: PhysAddr,
+        level: u32,
+        free: &mut dyn FnMut(PhysAddr),
+    ) {
+        if level == 0 {
+            return;
+        }
+        for i in 0..512 {
+            let e = mem.table(table)[i];
+            if e & PRESENT != 0 && e & HUGE == 0 {
+                let child = PhysAddr(e & ADDR_MASK);
+                release(mem, child, level - 1, free);
+                free(child);
+            }
+        }
+    }
+    for i in 0..256 {
+        let e = mem.table(root)[i];
+        if e & PRESENT != 0 {
+            let child = PhysAddr(e & ADDR_MASK);
+            release(mem, child, 2, free);
+            free(child);
+            mem.table(root)[i] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An emulated MMU's memory: table frames by address.
+    #[derive(Default)]
+    struct Emu {
+        tables: HashMap<u64, Box<[u64; 512]>>,
+        next: u64,
+        limit: usize,
+    }
+    impl TableMemory for Emu {
+        fn table(&mut self, frame: PhysAddr) -> &mut [u64; 512] {
+            self.tables
+                .get_mut(&frame.0)
+                .expect("walked into a frame that is not a table")
+        }
+        fn alloc_table(&mut self) -> Option<PhysAddr> {
+            if self.tables.len() >= self.limit {
+                return None;
+            }
+            self.next += PAGE_SIZE;
+            self.tables.insert(self.next, Box::new([0; 512]));
+            Some(PhysAddr(self.next))
+        }
+    }
+    fn emu() -> (Emu, PhysAddr) {
+        let mut e = Emu {
+            limit: 64,
+            next: 0x1000_0000,
+            ..Default::default()
+        };
+        let root = e.alloc_table().unwrap();
+        (e, root)
+    }
+
+    #[test]
+    fn map_translate_unmap_small() {
+        let (mut m, root) = emu();
+        let va = VirtAddr(0x40_1000);
+        map(
+            &mut m,
+            root,
+            va,
+            PhysAddr(0x5000),
+            USER | WRITABLE,
+            PageSize::Small,
+        )
+        .unwrap();
+        let (pa, fl) = translate(&mut m, root, VirtAddr(0x40_1abc)).unwrap();
+        assert_eq!(pa, PhysAddr(0x5abc));
+        assert!(fl & USER != 0 && fl & WRITABLE != 0);
+        assert_eq!(
+            map(&mut m, root, va, PhysAddr(0x6000), 0, PageSize::Small),
+            Err(MapError::AlreadyMapped)
+        );
+        assert!(translate(&mut m, root, VirtAddr(0x40_2000)).is_none());
+        assert_eq!(unmap(&mut m, root, va), Some(PhysAddr(0x5000)));
+        assert!(translate(&mut m, root, va).is_none());
+        assert_eq!(unmap(&mut m, root, va), None);
+    }
+
+    #[test]
+    fn large_pages_and_kernel_half() {
+        let (mut m, root) = emu();
+        let va = VirtAddr(0xffff_8000_0020_0000);
+        map(
+            &mut m,
+            root,
+            va,
+            PhysAddr(0x20_0000),
+            WRITABLE,
+            PageSize::Large,
+        )
+        .unwrap();
+        let (pa, fl) = translate(&mut m, root, VirtAddr(va.0 + 0x1_2345)).unwrap();
+        assert_eq!(pa, PhysAddr(0x21_2345));
+        assert_eq!(fl & USER, 0);
+        // a small page inside the huge one is refused
+        assert_eq!(
+            map(
+                &mut m,
+                root,
+                VirtAddr(va.0 + 0x1000),
+                PhysAddr(0),
+                0,
+                PageSize::Small
+            ),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            map(
+                &mut m,
+                root,
+                VirtAddr(0x1000),
+                PhysAddr(0),
+                0,
+                PageSize::Large
+            ),
+            Err(MapError::Misaligned)
+        );
+        assert_eq!(
+            map(
+                &mut m,
+                root,
+                VirtAddr(0x0000_9000_0000_0000),
+                PhysAddr(0),
+                0,
+                PageSize::Small
+            ),
+            Err(MapError::NonCanonical)
+        );
+    }
+
+    #[test]
+    fn large_range_crosses_directories() {
+        let (mut m, root) = emu();
+        let base = VirtAddr(0xffff_8000_3fe0_0000); // last slot of a PD
+        map_large_range(
+            &mut m,
+            root,
+            base,
+            PhysAddr(0),
+            3 * LARGE_PAGE_SIZE,
+            WRITABLE,
+        )
+        .unwrap();
+        for k in 0..3u64 {
+            let (pa, _) =
+                translate(&mut m, root, VirtAddr(base.0 + k * LARGE_PAGE_SIZE + 8)).unwrap();
+            assert_eq!(pa, PhysAddr(k * LARGE_PAGE_SIZE + 8));
+        }
+        assert!(translate(&mut m, root, VirtAddr(base.0 + 3 * LARGE_PAGE_SIZE)).is_none());
+        assert_eq!(
+            map_large_range(&mut m, root, base, PhysAddr(0), LARGE_PAGE_SIZE, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            map_large_range(
+                &mut m,
+                root,
+                VirtAddr(0x1000),
+                PhysAddr(0),
+                LARGE_PAGE_SIZE,
+                0
+            ),
+            Err(MapError::Misaligned)
+        );
+    }
+
+    #[test]
+    fn out_of_table_memory_is_an_error() {
+        let (mut m, root) = emu();
+        m.limit = 2;
+        assert_eq!(
+            map(
+                &mut m,
+                root,
+                VirtAddr(0x1000),
+                PhysAddr(0),
+                0,
+                PageSize::Small
+            ),
+            Err(MapError::NoMemory)
+        );
+    }
+
+    #[test]
+    fn release_frees_every_user_table_and_keeps_kernel() {
+        let (mut m, root) = emu();
+        map(
+            &mut m,
+            root,
+            VirtAddr(0x1000),
+            PhysAddr(0x1000),
+            USER,
+            PageSize::Small,
+        )
+        .unwrap();
+        map(
+            &mut m,
+            root,
+            VirtAddr(0x7fff_ffff_e000),
+            PhysAddr(0x2000),
+            USER,
+            PageSize::Small,
+        )
+        .unwrap();
+        map(
+            &mut m,
+            root,
+            VirtAddr(0xffff_8000_0000_0000),
+            PhysAddr(0),
+            0,
+            PageSize::Large,
+        )
+        .unwrap();
+        let before = m.tables.len();
+        let mut freed = vec![];
+        release_user_tables(&mut m, root, &mut |f| freed.push(f));
+        assert_eq!(freed.len(), 6); // two PDPT+PD+PT chains
+        assert_eq!(before - 6, 1 + 2); // root + kernel PDPT + PD remain
+        assert!(translate(&mut m, root, VirtAddr(0x1000)).is_none());
+        assert!(translate(&mut m, root, VirtAddr(0xffff_8000_0000_1000)).is_some());
+    }
+}

@@ -1,0 +1,63 @@
+//! The run queue: round-robin over runnable tasks. Policy only; the kernel
+//! does the switching.
+
+use alloc::collections::VecDeque;
+
+/// Task identifiers are small integers handed out in order, never reused
+/// while the task can still be waited for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u32);
+
+#[derive(Default)]
+pub struct RunQueue {
+    queue: VecDeque<TaskId>,
+}
+
+impl RunQueue {
+    pub const fn new() -> RunQueue {
+        RunQueue {
+            queue: VecDeque::new(),
+        }
+    }
+    /// Makes `t` runnable (at the back). Idempotent.
+    pub fn push(&mut self, t: TaskId) {
+        if !self.queue.contains(&t) {
+            self.queue.push_back(t);
+        }
+    }
+    /// The next task to run, removed from the queue.
+    pub fn pop(&mut self) -> Option<TaskId> {
+        self.queue.pop_front()
+    }
+    pub fn remove(&mut self, t: TaskId) {
+        self.queue.retain(|&x| x != t);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin() {
+        let mut q = RunQueue::new();
+        q.push(TaskId(1));
+        q.push(TaskId(2));
+        q.push(TaskId(1));
+        assert_eq!(q.len(), 2);
+        let a = q.pop().unwrap();
+        q.push(a);
+        assert_eq!(q.pop(), Some(TaskId(2)));
+        assert_eq!(q.pop(), Some(TaskId(1)));
+        assert!(q.pop().is_none());
+        q.push(TaskId(3));
+        q.remove(TaskId(3));
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! The runtime every built-in user program includes: entry point, system
+//! call wrappers, printing and a panic handler. User code runs natively in
+//! ring 3 (even on software KVM), so it may use SSE and `core::fmt` freely.
+
+#![allow(dead_code)]
+
+#[path = "../abi.rs"]
+pub mod abi;
+#[path = "../kernel/mem.rs"]
+mod mem;
+
+use core::arch::{asm, global_asm};
+use core::fmt::{self, Write};
+
+global_asm!(
+    r#"
+    .section .text.entry, "ax"
+    .global _start
+_start:
+    and rsp, -16
+    call {start}
+    ud2
+    "#,
+    start = sym user_start,
+);
+
+extern "C" fn user_start(args: *const u8, len: usize) -> ! {
+    // SAFETY: the kernel put `len` argument bytes at `args` on our stack.
+    let args = unsafe { core::slice::from_raw_parts(args, len) };
+    let status = crate::main(args);
+    exit(status)
+}
+
+#[inline]
+unsafe fn syscall(n: u64, a: u64, b: u64, c: u64, d: u64) -> i64 {
+    let r: i64;
+    // SAFETY: the kernel validates every argument.
+    unsafe {
+        asm!("syscall", inlateout("rax") n as i64 => r, in("rdi") a, in("rsi") b, in("rdx") c,
+             in("r10") d, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    r
+}
+
+pub fn exit(status: i32) -> ! {
+    loop {
+        // SAFETY: no memory arguments.
+        unsafe { syscall(abi::SYS_EXIT, status as i64 as u64, 0, 0, 0) };
+    }
+}
+
+pub fn write(bytes: &[u8]) -> i64 {
+    // SAFETY: a valid slice.
+    unsafe {
+        syscall(
+            abi::SYS_CONSOLE_WRITE,
+            bytes.as_ptr() as u64,
+            bytes.len() as u64,
+            0,
+            0,
+        )
+    }
+}
+
+/// Starts the built-in program `name` with `args`; its task id or an error.
+pub fn spawn(name: &[u8], args: &[u8]) -> i64 {
+    // SAFETY: valid slices.
+    unsafe {
+        syscall(
+            abi::SYS_TASK_SPAWN,
+            name.as_ptr() as u64,
+            name.len() as u64,
+            args.as_ptr() as u64,
+            args.len() as u64,
+        )
+    }
+}
+
+/// Waits for a task this one spawned; its exit status.
+pub fn wait(task: i64) -> i64 {
+    // SAFETY: no memory arguments.
+    unsafe { syscall(abi::SYS_TASK_WAIT, task as u64, 0, 0, 0) }
+}
+
+pub fn yield_now() {
+    // SAFETY: no arguments.
+    unsafe { syscall(abi::SYS_YIELD, 0, 0, 0, 0) };
+}
+
+/// Formats into a stack buffer and writes it with one system call.
+pub struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    pub fn new() -> Line {
+        Line {
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+    pub fn send(&self) {
+        write(&self.buf[..self.len]);
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($t:tt)*) => {{
+        let mut l = $crate::rt::Line::new();
+        let _ = core::fmt::Write::write_fmt(&mut l, format_args!($($t)*));
+        let _ = core::fmt::Write::write_str(&mut l, "\n");
+        l.send();
+    }};
+}
+
+pub fn words(args: &[u8]) -> impl Iterator<Item = &[u8]> {
+    args.split(|&c| c == b' ').filter(|w| !w.is_empty())
+}
+
+pub fn str(b: &[u8]) -> &str {
+    core::str::from_utf8(b).unwrap_or("<non-utf8>")
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::println!("user panic: {}", info);
+    exit(101)
+}
