@@ -9,7 +9,6 @@ use pager_backends::{
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use vm_memory::VolatileSlice;
-use vm_memory::volatile_memory::VolatileMemory;
 
 struct Store {
     data: Vec<u8>,
@@ -204,7 +203,7 @@ impl Pager for MemPager {
                 let tail = b
                     .subslice(src.len(), n as usize - src.len())
                     .map_err(|e| PagerError::Protocol(e.to_string()))?;
-                tail.write_bytes(0);
+                tail.copy_from(&vec![0u8; tail.len()]);
             }
             pos += n;
             left -= n;

@@ -3,7 +3,7 @@
 //! handed to the worker pool (worker.rs); here we only parse, validate,
 //! dispatch and retire.
 
-use super::control::{DeviceControl, EventBacklog, PendingEvent};
+use super::control::{DeviceControl, EventBacklog};
 use super::wire::{
     self, EVENT_QUEUE, EVENT_SIZE, Limits, MAX_CHAIN_LEN, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES,
     OBJ_F_READ_ONLY, ObjectEntry, ObjectId, QUEUE_SIZE, REQ_HDR_SIZE, REQUEST_QUEUE, RESP_SIZE,

@@ -9,3 +9,6 @@ pub mod worker;
 
 pub use device::{DEFAULT_WORKERS, PagerDevice, PagerDeviceError, PagerObject, PagerStats};
 pub use wire::{ObjectId, VIRTIO_ID_PAGER};
+
+#[cfg(test)]
+mod tests;

@@ -43,7 +43,7 @@ pub fn collect_chain<M>(
     max: usize,
 ) -> Result<Vec<Segment>, ChainError>
 where
-    M: Deref,
+    M: Deref + Clone,
     M::Target: GuestMemoryBackend,
 {
     let mem = chain.memory();

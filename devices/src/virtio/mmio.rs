@@ -403,6 +403,6 @@ fn new_queue(max: u16) -> io::Result<Queue> {
 
 /// A poisoned lock means a device panicked; the VMM keeps going with the
 /// state as it was rather than panicking on every later MMIO exit.
-fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice> {
+fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
     d.lock().unwrap_or_else(|p| p.into_inner())
 }

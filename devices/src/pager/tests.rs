@@ -1,0 +1,988 @@
+//! Device tests: a driver written against virtio-queue's MockSplitQueue and
+//! a test guest memory, the device served by a real event manager and its
+//! worker pool. Synchronisation is by eventfds and ring indices, never time.
+
+use super::control::MAX_PENDING_EVENTS;
+use super::wire::*;
+use super::{PagerDevice, PagerObject};
+use crate::testing::MemPager;
+use crate::virtio::{ActiveQueue, Interrupt, VirtioDevice, features};
+use event_manager::{EventManager, SubscriberOps};
+use pager_backends::{
+    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, Result as PResult,
+    UnlockReply,
+};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+const F_INDIRECT: u16 = 4;
+const MEM_SIZE: u64 = 16 << 20;
+const REQQ: u64 = 0;
+const EVQ: u64 = 0x10000;
+const KERNEL: KernelId = KernelId(7);
+const PG: u64 = 4096;
+
+fn all_features() -> u64 {
+    (1 << VIRTIO_PAGER_F_READAHEAD)
+        | (1 << VIRTIO_PAGER_F_UNLOCK)
+        | (1 << VIRTIO_PAGER_F_EVENTS)
+        | (1 << features::VIRTIO_F_VERSION_1)
+}
+
+fn test_mem() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory")
+}
+
+/// The driver's side of one split queue.
+struct Ring<'a> {
+    vq: MockSplitQueue<'a, GuestMemoryMmap>,
+    next_desc: u16,
+}
+
+impl<'a> Ring<'a> {
+    fn new(mem: &'a GuestMemoryMmap, at: u64) -> Self {
+        Ring {
+            vq: MockSplitQueue::create(mem, GuestAddress(at), QUEUE_SIZE),
+            next_desc: 0,
+        }
+    }
+
+    fn queue(&self) -> Queue {
+        self.vq.create_queue::<Queue>().expect("queue")
+    }
+
+    fn store(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        self.vq
+            .desc_table()
+            .store(index, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
+            .expect("store descriptor");
+    }
+
+    /// Writes a well-linked chain (addr, len, device-writable) and returns
+    /// its head without publishing it.
+    fn write_chain(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
+        let n = descs.len() as u16;
+        if self.next_desc + n > QUEUE_SIZE {
+            self.next_desc = 0;
+        }
+        let head = self.next_desc;
+        for (i, &(addr, len, w)) in descs.iter().enumerate() {
+            let idx = head + i as u16;
+            let last = i + 1 == descs.len();
+            let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+            self.store(idx, addr, len, flags, if last { 0 } else { idx + 1 });
+        }
+        self.next_desc += n;
+        head
+    }
+
+    fn publish(&self, head: u16) {
+        let idx = self.vq.avail().idx().load();
+        self.vq
+            .avail()
+            .ring()
+            .ref_at(usize::from(idx % QUEUE_SIZE))
+            .expect("avail slot")
+            .store(head);
+        self.vq.avail().idx().store(idx.wrapping_add(1));
+    }
+
+    fn push(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.write_chain(descs);
+        self.publish(head);
+        head
+    }
+
+    fn used_count(&self) -> u16 {
+        self.vq.used().idx().load()
+    }
+
+    /// (head, len) of the i-th used element.
+    fn used(&self, i: u16) -> (u16, u32) {
+        let e = self
+            .vq
+            .used()
+            .ring()
+            .ref_at(usize::from(i % QUEUE_SIZE))
+            .expect("used slot")
+            .load();
+        (e.id() as u16, e.len())
+    }
+
+    fn set_avail_idx(&self, v: u16) {
+        self.vq.avail().idx().store(v);
+    }
+}
+
+/// Bump allocator for headers, statuses and frames in the test memory.
+struct Alloc {
+    small: u64,
+    frames: u64,
+}
+
+impl Alloc {
+    fn new() -> Self {
+        Alloc {
+            small: 0x10_0000,
+            frames: 0x40_0000,
+        }
+    }
+    fn small(&mut self, n: u64) -> u64 {
+        let a = self.small;
+        self.small += n.next_multiple_of(64);
+        a
+    }
+    fn frames(&mut self, n: u64) -> u64 {
+        let a = self.frames;
+        self.frames += n.next_multiple_of(PG);
+        a
+    }
+}
+
+struct Harness {
+    mem: GuestMemoryMmap,
+    dev: Arc<Mutex<PagerDevice>>,
+    req_kick: EventFd,
+    ev_kick: EventFd,
+    interrupt: Arc<Interrupt>,
+    em: EventManager<Arc<Mutex<PagerDevice>>>,
+    alloc: Alloc,
+}
+
+impl Harness {
+    fn new(mem: &GuestMemoryMmap, rq: &Ring, eq: &Ring, objects: Vec<PagerObject>, features: u64) -> Self {
+        let dev = Arc::new(Mutex::new(PagerDevice::new(KERNEL, objects, 2).expect("device")));
+        let req_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let ev_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let interrupt = Arc::new(Interrupt::new().expect("interrupt"));
+        let queues = vec![
+            ActiveQueue {
+                queue: rq.queue(),
+                notify: req_kick.try_clone().expect("clone"),
+            },
+            ActiveQueue {
+                queue: eq.queue(),
+                notify: ev_kick.try_clone().expect("clone"),
+            },
+        ];
+        dev.lock()
+            .expect("lock")
+            .activate(mem.clone(), features, queues, interrupt.clone())
+            .expect("activate");
+        let mut em = EventManager::new().expect("event manager");
+        em.add_subscriber(dev.clone());
+        Harness {
+            mem: mem.clone(),
+            dev,
+            req_kick,
+            ev_kick,
+            interrupt,
+            em,
+            alloc: Alloc::new(),
+        }
+    }
+
+    /// Runs the event loop until `done()`; fails instead of hanging if the
+    /// device stops making progress.
+    fn run_until(&mut self, mut done: impl FnMut() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            let n = self.em.run_with_timeout(10_000).expect("event loop");
+            assert!(n > 0 || done(), "device made no progress");
+        }
+        panic!("condition never reached");
+    }
+
+    fn kick_req(&self) {
+        self.req_kick.write(1).expect("kick");
+    }
+
+    fn kick_ev(&self) {
+        self.ev_kick.write(1).expect("kick");
+    }
+
+    fn header(&mut self, t: u16, obj: u32, offset: u64, length: u64, access: u8) -> u64 {
+        let a = self.alloc.small(REQ_HDR_SIZE as u64);
+        let h = RequestHeader {
+            req_type: t,
+            object_id: obj,
+            offset,
+            length,
+            access,
+            ..Default::default()
+        };
+        self.mem.write_slice(&h.to_bytes(), GuestAddress(a)).expect("write header");
+        a
+    }
+
+    fn status(&mut self) -> u64 {
+        let a = self.alloc.small(RESP_SIZE as u64);
+        // Poison so a response that was never written is noticed.
+        self.mem.write_slice(&[0xee; RESP_SIZE], GuestAddress(a)).expect("poison");
+        a
+    }
+
+    fn response(&self, at: u64) -> Response {
+        let mut b = [0u8; RESP_SIZE];
+        self.mem.read_slice(&mut b, GuestAddress(at)).expect("read response");
+        Response::from_bytes(&b)
+    }
+
+    fn bytes(&self, at: u64, n: usize) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        self.mem.read_slice(&mut b, GuestAddress(at)).expect("read");
+        b
+    }
+
+    /// Header + status chain for requests without frames.
+    fn simple(&mut self, rq: &mut Ring, t: u16, obj: u32, offset: u64, length: u64, access: u8) -> (u16, u64) {
+        let h = self.header(t, obj, offset, length, access);
+        let s = self.status();
+        (rq.push(&[(h, 32, false), (s, 24, true)]), s)
+    }
+
+    /// Submits and waits for one request; returns (used len, response).
+    fn one(&mut self, rq: &mut Ring, descs: &[(u64, u32, bool)], status: u64) -> (u32, Response) {
+        let before = rq.used_count();
+        let head = rq.push(descs);
+        self.kick_req();
+        self.run_until(|| rq.used_count() != before);
+        let (id, len) = rq.used(before);
+        assert_eq!(id, head);
+        (len, self.response(status))
+    }
+
+    fn init(&mut self, rq: &mut Ring, obj: u32) -> Response {
+        let h = self.header(req::INIT, obj, 0, 0, 0);
+        let s = self.status();
+        let (len, r) = self.one(rq, &[(h, 32, false), (s, 24, true)], s);
+        assert_eq!(len, RESP_SIZE as u32);
+        r
+    }
+
+    fn data_request(&mut self, rq: &mut Ring, obj: u32, offset: u64, len: u64, frames: &[(u64, u32)]) -> (u32, Response) {
+        let h = self.header(req::DATA_REQUEST, obj, offset, len, Access::READ.bits());
+        let s = self.status();
+        let mut d = vec![(h, 32, false)];
+        d.extend(frames.iter().map(|&(a, l)| (a, l, true)));
+        d.push((s, 24, true));
+        self.one(rq, &d, s)
+    }
+
+    fn irq_count(&self) -> u64 {
+        self.interrupt.eventfd().read().unwrap_or(0)
+    }
+
+    fn stats(&self) -> super::PagerStats {
+        self.dev.lock().expect("lock").stats()
+    }
+}
+
+fn object(name: &str, p: Arc<dyn Pager>) -> PagerObject {
+    PagerObject {
+        name: name.into(),
+        pager: p,
+        read_only: false,
+    }
+}
+
+fn pattern(i: u64) -> u8 {
+    (i / PG) as u8 ^ (i as u8).wrapping_mul(31)
+}
+
+#[test]
+fn init_reports_object_info() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(10 * PG).read_only(true));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("ro", p.clone())], all_features());
+    let r = h.init(&mut rq, 0);
+    assert_eq!(r.status, status::OK);
+    assert_eq!(r.bytes, 10 * PG);
+    assert_eq!(r.flags, INIT_F_READ_ONLY | INIT_F_MAY_CACHE);
+    assert!(p.control(KERNEL).is_some(), "pager saw init for our kernel id");
+    assert!(h.irq_count() > 0, "completion raised the irqfd");
+}
+
+#[test]
+fn data_request_provides_pages_into_guest_frames() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(64 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    // Two discontiguous frames for one 8 KiB request.
+    let f1 = h.alloc.frames(PG);
+    h.alloc.frames(PG);
+    let f2 = h.alloc.frames(PG);
+    let (len, r) = h.data_request(&mut rq, 0, 3 * PG, 2 * PG, &[(f1, PG as u32), (f2, PG as u32)]);
+    assert_eq!((r.status, r.kind, r.bytes), (status::OK, kind::DATA_PROVIDED, 2 * PG));
+    assert_eq!(len, 2 * PG as u32 + RESP_SIZE as u32);
+    assert_eq!(h.bytes(f1, PG as usize), p.contents(3 * PG, PG as usize));
+    assert_eq!(h.bytes(f2, PG as usize), p.contents(4 * PG, PG as usize));
+}
+
+#[test]
+fn data_request_lock_value_is_passed_through() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(4 * PG, pattern).with_lock(Access::WRITE));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p)], all_features());
+    h.init(&mut rq, 0);
+    let f = h.alloc.frames(PG);
+    let (_, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, PG as u32)]);
+    assert_eq!(r.lock, Access::WRITE.bits());
+}
+
+#[test]
+fn hole_is_data_unavailable_and_frames_untouched() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("zero", p)], all_features());
+    h.init(&mut rq, 0);
+    let f = h.alloc.frames(PG);
+    h.mem.write_slice(&[0x5a; PG as usize], GuestAddress(f)).expect("fill");
+    let (len, r) = h.data_request(&mut rq, 0, PG, PG, &[(f, PG as u32)]);
+    assert_eq!((r.status, r.kind, r.bytes), (status::OK, kind::DATA_UNAVAILABLE, PG));
+    assert_eq!(len, RESP_SIZE as u32);
+    assert!(h.bytes(f, PG as usize).iter().all(|&b| b == 0x5a));
+}
+
+#[test]
+fn readahead_fills_offered_frames_only_when_negotiated() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(64 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let f = h.alloc.frames(16 * PG);
+    let (len, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, 16 * PG as u32)]);
+    assert_eq!((r.status, r.bytes), (status::OK, 16 * PG));
+    assert_eq!(len, 16 * PG as u32 + 24);
+    assert_eq!(h.bytes(f, 16 * PG as usize), p.contents(0, 16 * PG as usize));
+
+    let mem2 = test_mem();
+    let (mut rq2, eq2) = (Ring::new(&mem2, REQQ), Ring::new(&mem2, EVQ));
+    let no_ra = all_features() & !(1 << VIRTIO_PAGER_F_READAHEAD);
+    let mut h2 = Harness::new(&mem2, &rq2, &eq2, vec![object("a", p)], no_ra);
+    h2.init(&mut rq2, 0);
+    let f = h2.alloc.frames(2 * PG);
+    let (_, r) = h2.data_request(&mut rq2, 0, 0, PG, &[(f, 2 * PG as u32)]);
+    assert_eq!(r.status, status::BAD_RANGE);
+}
+
+#[test]
+fn data_write_reaches_the_pager_and_read_only_is_refused() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let rw = Arc::new(MemPager::new(8 * PG));
+    let ro = Arc::new(MemPager::new(8 * PG));
+    let objs = vec![
+        object("rw", rw.clone()),
+        PagerObject {
+            name: "ro".into(),
+            pager: ro.clone(),
+            read_only: true,
+        },
+    ];
+    let mut h = Harness::new(&mem, &rq, &eq, objs, all_features());
+    h.init(&mut rq, 0);
+    h.init(&mut rq, 1);
+    let f = h.alloc.frames(2 * PG);
+    let data: Vec<u8> = (0..2 * PG).map(|i| (i % 251) as u8).collect();
+    h.mem.write_slice(&data, GuestAddress(f)).expect("fill");
+    for (obj, want) in [(0, status::OK), (1, status::READ_ONLY)] {
+        let hd = h.header(req::DATA_WRITE, obj, 2 * PG, 2 * PG, 0);
+        let s = h.status();
+        let (len, r) = h.one(&mut rq, &[(hd, 32, false), (f, 2 * PG as u32, false), (s, 24, true)], s);
+        assert_eq!((len, r.status), (24, want));
+    }
+    assert_eq!(rw.contents(2 * PG, 2 * PG as usize), data);
+    assert_eq!(ro.data_writes(), 0, "refused before reaching the pager");
+    // The written pages are no longer holes.
+    let g = h.alloc.frames(PG);
+    let (_, r) = h.data_request(&mut rq, 0, 3 * PG, PG, &[(g, PG as u32)]);
+    assert_eq!(r.kind, kind::DATA_PROVIDED);
+    assert_eq!(h.bytes(g, PG as usize), data[PG as usize..]);
+}
+
+#[test]
+fn unlock_sync_terminate() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG).read_only(true));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let (_, s) = h.simple(&mut rq, req::DATA_UNLOCK, 0, 0, PG, Access::WRITE.bits());
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    let r = h.response(s);
+    assert_eq!((r.status, r.lock), (status::OK, Access::WRITE.bits()));
+    assert_eq!(p.unlocks(), 1);
+
+    let (_, s) = h.simple(&mut rq, req::SYNC, 0, 0, 0, 0);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 3);
+    assert_eq!(h.response(s).status, status::OK);
+    assert_eq!(p.syncs(), 1);
+
+    let (_, s) = h.simple(&mut rq, req::TERMINATE, 0, 0, 0, 0);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 4);
+    assert_eq!(h.response(s).status, status::OK);
+    assert_eq!(p.terminates(), 1);
+    assert!(p.control(KERNEL).is_none());
+
+    // After TERMINATE the object needs a new INIT.
+    let f = h.alloc.frames(PG);
+    let (_, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, PG as u32)]);
+    assert_eq!(r.status, status::BAD_STATE);
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+}
+
+#[test]
+fn unlock_without_feature_is_unsupported() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG));
+    let f = all_features() & !(1 << VIRTIO_PAGER_F_UNLOCK);
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], f);
+    h.init(&mut rq, 0);
+    let (_, s) = h.simple(&mut rq, req::DATA_UNLOCK, 0, 0, PG, Access::WRITE.bits());
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    assert_eq!(h.response(s).status, status::UNSUPPORTED);
+    assert_eq!(p.unlocks(), 0);
+}
+
+#[test]
+fn object_state_rules() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(8 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    let f = h.alloc.frames(PG);
+    let (_, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, PG as u32)]);
+    assert_eq!(r.status, status::BAD_STATE, "data before INIT");
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+    assert_eq!(h.init(&mut rq, 0).status, status::BAD_STATE, "INIT twice");
+    let (_, r) = h.data_request(&mut rq, 5, 0, PG, &[(f, PG as u32)]);
+    assert_eq!(r.status, status::NO_OBJECT);
+    let (_, r) = h.data_request(&mut rq, 0, 8 * PG, PG, &[(f, PG as u32)]);
+    assert_eq!(r.status, status::PAST_END, "pager error mapped to a status");
+    assert_eq!(p.data_requests(), 0);
+}
+
+#[test]
+fn one_kick_many_requests_one_interrupt() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(128 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let _ = h.irq_count();
+    const N: u64 = 64;
+    let mut reqs = Vec::new();
+    for i in 0..N {
+        let hd = h.header(req::DATA_REQUEST, 0, i * PG, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        reqs.push((rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), f, s, i));
+    }
+    // Drive the device by hand to observe the batching exactly: one pass
+    // over the ring, then retire all completions at once.
+    let mut dev = h.dev.lock().expect("lock");
+    dev.process_request_queue();
+    let done = dev.completions.clone();
+    while done.in_flight() > 0 {
+        wait_readable(done.evt());
+        let _ = done.evt().read();
+    }
+    let before = dev.stats().interrupts;
+    dev.process_completions();
+    assert_eq!(dev.stats().interrupts - before, 1, "one interrupt for the whole batch");
+    drop(dev);
+    assert_eq!(rq.used_count(), 1 + N as u16);
+    let mut seen: Vec<u16> = (1..=N as u16).map(|i| rq.used(i).0).collect();
+    seen.sort_unstable();
+    let mut heads: Vec<u16> = reqs.iter().map(|r| r.0).collect();
+    heads.sort_unstable();
+    assert_eq!(seen, heads);
+    for (_, f, s, i) in reqs {
+        assert_eq!(h.response(s).status, status::OK);
+        assert_eq!(h.bytes(f, PG as usize), p.contents(i * PG, PG as usize));
+    }
+    assert_eq!(h.irq_count(), 1);
+}
+
+fn wait_readable(fd: &EventFd) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a 10 s cap turns a bug into a failure, not a hang.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert!(n > 0, "no completion arrived");
+}
+
+/// A pager whose data_request for one offset waits for a gate, to make
+/// completions happen out of order deterministically.
+struct GatedPager {
+    inner: MemPager,
+    gated: u64,
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl GatedPager {
+    fn release(&self) {
+        *self.open.lock().expect("lock") = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Pager for GatedPager {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> PResult<ObjectInfo> {
+        self.inner.init(k, c)
+    }
+    fn data_request(&self, k: KernelId, o: ObjectOffset, l: u64, d: Access, b: &[VolatileSlice<'_>]) -> PResult<DataReply> {
+        if o.raw() == self.gated {
+            let mut open = self.open.lock().expect("lock");
+            while !*open {
+                open = self.cv.wait(open).expect("wait");
+            }
+        }
+        self.inner.data_request(k, o, l, d, b)
+    }
+    fn data_write(&self, k: KernelId, o: ObjectOffset, l: u64, b: &[VolatileSlice<'_>]) -> PResult<()> {
+        self.inner.data_write(k, o, l, b)
+    }
+    fn data_unlock(&self, k: KernelId, o: ObjectOffset, l: u64, d: Access) -> PResult<UnlockReply> {
+        self.inner.data_unlock(k, o, l, d)
+    }
+    fn extent(&self) -> PResult<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> PResult<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> PResult<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "gated".into()
+    }
+}
+
+fn gated() -> Arc<GatedPager> {
+    Arc::new(GatedPager {
+        inner: MemPager::filled(16 * PG, pattern),
+        gated: 0,
+        open: Mutex::new(false),
+        cv: Condvar::new(),
+    })
+}
+
+#[test]
+fn completions_may_come_out_of_order() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = gated();
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("g", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let mut heads = Vec::new();
+    for off in [0, PG] {
+        let hd = h.header(req::DATA_REQUEST, 0, off, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        heads.push(rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]));
+    }
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    assert_eq!(rq.used(1).0, heads[1], "the second request overtook the blocked first");
+    p.release();
+    h.run_until(|| rq.used_count() == 3);
+    assert_eq!(rq.used(2).0, heads[0]);
+}
+
+#[test]
+fn reset_waits_for_in_flight_work_and_drops_its_completion() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = gated();
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("g", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let hd = h.header(req::DATA_REQUEST, 0, 0, PG, 1);
+    let f = h.alloc.frames(PG);
+    let s = h.status();
+    rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]);
+    h.kick_req();
+    // Hand the request to a worker (it blocks on the gate).
+    h.dev.lock().expect("lock").process_request_queue();
+    let done = h.dev.lock().expect("lock").completions.clone();
+    assert_eq!(done.in_flight(), 1);
+    h.dev.lock().expect("lock").reset();
+    assert!(h.dev.lock().expect("lock").reset_pending(), "worker still owns guest frames");
+    p.release();
+    while done.in_flight() > 0 {
+        wait_readable(done.evt());
+        let _ = done.evt().read();
+    }
+    assert!(!h.dev.lock().expect("lock").reset_pending());
+    h.dev.lock().expect("lock").process_completions();
+    assert_eq!(rq.used_count(), 1, "stale completion not added to the old ring");
+    assert!(p.inner.terminates() >= 1, "reset terminated the initialised object");
+}
+
+#[test]
+fn events_are_delivered_into_posted_buffers() {
+    let mem = test_mem();
+    let (mut rq, mut eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(64 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let c = p.control(KERNEL).expect("control");
+    // data_lock, flush_request, clean_request, cache, destroy, offer.
+    c.lock_request(ObjectOffset(PG), 2 * PG, Access::WRITE, false, false).expect("lock");
+    c.lock_request(ObjectOffset(0), PG, Access::ALL, false, true).expect("flush");
+    c.lock_request(ObjectOffset(0), PG, Access::NONE, true, false).expect("clean");
+    c.set_cache(true).expect("cache");
+    let offered: Vec<u8> = (0..2 * PG).map(|i| (i % 7) as u8).collect();
+    c.offer(ObjectOffset(4 * PG), &offered, Access::WRITE).expect("offer");
+    c.destroy("bye").expect("destroy");
+    assert!(c.lock_request(ObjectOffset(1), PG, Access::NONE, false, false).is_err(), "unaligned refused");
+
+    let mut bufs = Vec::new();
+    for _ in 0..6 {
+        let slot = h.alloc.small(EVENT_SIZE as u64);
+        let fr = h.alloc.frames(2 * PG);
+        bufs.push((eq.push(&[(slot, 32, true), (fr, 2 * PG as u32, true)]), slot, fr));
+    }
+    h.kick_ev();
+    h.run_until(|| eq.used_count() == 6);
+    let read_ev = |h: &Harness, a: u64| {
+        let b: [u8; EVENT_SIZE] = h.bytes(a, EVENT_SIZE).try_into().expect("32");
+        Event::from_bytes(&b)
+    };
+    let evs: Vec<Event> = bufs.iter().map(|b| read_ev(&h, b.1)).collect();
+    assert_eq!((evs[0].ev_type, evs[0].flags, evs[0].offset, evs[0].length, evs[0].lock), (event::LOCK_REQUEST, 0, PG, 2 * PG, 2));
+    assert_eq!((evs[1].ev_type, evs[1].flags), (event::LOCK_REQUEST, event::F_FLUSH));
+    assert_eq!((evs[2].ev_type, evs[2].flags), (event::LOCK_REQUEST, event::F_CLEAN));
+    assert_eq!((evs[3].ev_type, evs[3].flags), (event::CACHE, event::F_MAY_CACHE));
+    assert_eq!((evs[4].ev_type, evs[4].offset, evs[4].length), (event::DATA_PROVIDED, 4 * PG, 2 * PG));
+    assert_eq!(h.bytes(bufs[4].2, 2 * PG as usize), offered);
+    assert_eq!(evs[5].ev_type, event::DESTROY);
+    assert!(evs.iter().all(|e| e.object_id == 0));
+    assert_eq!(eq.used(4).1, 32 + 2 * PG as u32);
+    assert_eq!(eq.used(0).1, 32);
+}
+
+#[test]
+fn event_queue_exhaustion_backs_up_then_refuses() {
+    let mem = test_mem();
+    let (mut rq, mut eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(64 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let c = p.control(KERNEL).expect("control");
+    for i in 0..3 {
+        c.lock_request(ObjectOffset(i * PG), PG, Access::WRITE, false, false).expect("queued");
+    }
+    // No buffers posted: the events wait.
+    let dev = h.dev.clone();
+    h.run_until(|| dev.lock().expect("lock").pending_events() == 3);
+    assert_eq!(eq.used_count(), 0);
+    let mut slots = Vec::new();
+    for _ in 0..2 {
+        let s = h.alloc.small(32);
+        eq.push(&[(s, 32, true)]);
+        slots.push(s);
+    }
+    h.kick_ev();
+    h.run_until(|| eq.used_count() == 2);
+    assert_eq!(h_pending(&h), 1, "one event still waits for a buffer");
+    // Order is preserved across the stall.
+    let b: [u8; 32] = h.bytes(slots[1], 32).try_into().expect("32");
+    assert_eq!(Event::from_bytes(&b).offset, PG);
+    // An offer with no frame room is dropped, never blocks the queue.
+    c.offer(ObjectOffset(0), &vec![0u8; PG as usize], Access::NONE).expect("offer");
+    let s = h.alloc.small(32);
+    eq.push(&[(s, 32, true)]);
+    h.kick_ev();
+    h.run_until(|| eq.used_count() == 3);
+    let b: [u8; 32] = h.bytes(s, 32).try_into().expect("32");
+    assert_eq!(Event::from_bytes(&b).offset, 2 * PG);
+    // Fill the backlog: the pager is told, nothing is lost silently.
+    let mut refused = false;
+    for _ in 0..=MAX_PENDING_EVENTS {
+        if c.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused);
+}
+
+fn h_pending(h: &Harness) -> usize {
+    h.dev.lock().expect("lock").pending_events()
+}
+
+#[test]
+fn malformed_event_buffers_are_returned_unused() {
+    let mem = test_mem();
+    let (mut rq, mut eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(64 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let s = h.alloc.small(64);
+    eq.push(&[(s, 32, false)]); // device-readable: useless
+    eq.push(&[(s, 16, true)]); // too small
+    eq.push(&[(s, 32, true), (s, 4096, true)]); // overlapping, unaligned frame
+    h.kick_ev();
+    h.run_until(|| eq.used_count() == 3);
+    for i in 0..3 {
+        assert_eq!(eq.used(i).1, 0);
+    }
+    assert_eq!(h.stats().event_bufs_rejected, 3);
+}
+
+/// Each malformed request gets its used buffer back with the given used
+/// length and (if a status slot exists) status; the device keeps serving.
+fn expect_rejected(descs: impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>), want_status: Option<u32>) {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(64 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let (head, status_at) = descs(&mut h, &mut rq);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    let (id, len) = rq.used(1);
+    assert_eq!(id, head);
+    match (want_status, status_at) {
+        (Some(code), Some(s)) => {
+            assert_eq!(len, RESP_SIZE as u32);
+            assert_eq!(h.response(s).status, code);
+        }
+        _ => assert_eq!(len, 0, "no status slot: nothing written"),
+    }
+    assert_eq!(p.data_requests(), 0, "nothing reached the pager");
+    assert!(!h.dev.lock().expect("lock").needs_reset());
+    // Still alive.
+    let f = h.alloc.frames(PG);
+    let (_, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, PG as u32)]);
+    assert_eq!(r.status, status::OK);
+}
+
+fn data_req(h: &mut Harness, off: u64, len: u64) -> (u64, u64) {
+    (h.header(req::DATA_REQUEST, 0, off, len, 1), h.status())
+}
+
+#[test]
+fn rejects_too_short_chain() {
+    expect_rejected(|h, rq| {
+        let (hd, _) = data_req(h, 0, PG);
+        (rq.push(&[(hd, 32, false)]), None)
+    }, None);
+}
+
+#[test]
+fn rejects_header_without_frames() {
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        (rq.push(&[(hd, 32, false), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_RANGE));
+}
+
+#[test]
+fn rejects_wrong_directions() {
+    // Writable header.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, true), (f, PG as u32, true), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_REQUEST));
+    // Read-only frames for a data request.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, false), (f, PG as u32, false), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_RANGE));
+    // Read-only status: nowhere to write.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, false)]), None)
+    }, None);
+}
+
+#[test]
+fn rejects_out_of_bounds_and_huge_lengths() {
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        (rq.push(&[(hd, 32, false), (MEM_SIZE - PG / 2, PG as u32, true), (s, 24, true)]), None)
+    }, None);
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        (rq.push(&[(hd, 32, false), (0x40_0000, u32::MAX, true), (s, 24, true)]), None)
+    }, None);
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        (rq.push(&[(hd, 32, false), (u64::MAX - 0xfff, PG as u32, true), (s, 24, true)]), None)
+    }, None);
+    // In bounds but over the 1 MiB request limit.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, 512 * PG);
+        let f = h.alloc.frames(512 * PG);
+        (rq.push(&[(hd, 32, false), (f, 512 * PG as u32, true), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_RANGE));
+}
+
+#[test]
+fn rejects_cyclic_and_dangling_chains() {
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        let f = h.alloc.frames(PG);
+        let head = rq.write_chain(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]);
+        // Last descriptor points back at the head.
+        rq.store(head + 2, s, 24, F_WRITE | F_NEXT, head);
+        rq.publish(head);
+        (head, None)
+    }, None);
+    expect_rejected(|h, rq| {
+        let (hd, _) = data_req(h, 0, PG);
+        let head = rq.write_chain(&[(hd, 32, false)]);
+        rq.store(head, hd, 32, F_NEXT, QUEUE_SIZE + 5);
+        rq.publish(head);
+        (head, None)
+    }, None);
+}
+
+#[test]
+fn rejects_overlapping_descriptors() {
+    // A frame overlapping the status slot.
+    expect_rejected(|h, rq| {
+        let (hd, _) = data_req(h, 0, PG);
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (f + 64, 24, true)]), Some(f + 64))
+    }, Some(status::BAD_REQUEST));
+    // Two frames sharing a page.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, 2 * PG);
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (f, PG as u32, true), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_REQUEST));
+}
+
+#[test]
+fn rejects_bad_headers() {
+    for (t, off, len, acc, want) in [
+        (0u16, 0, PG, 1u8, status::UNSUPPORTED),
+        (99, 0, PG, 1, status::UNSUPPORTED),
+        (req::DATA_REQUEST, 100, PG, 1, status::BAD_RANGE),
+        (req::DATA_REQUEST, 0, 100, 1, status::BAD_RANGE),
+        (req::DATA_REQUEST, 0, 0, 1, status::BAD_RANGE),
+        (req::DATA_REQUEST, 0, PG, 0, status::BAD_REQUEST),
+        (req::DATA_REQUEST, 0, PG, 0x80, status::BAD_REQUEST),
+        (req::DATA_REQUEST, u64::MAX - PG + 1, PG, 1, status::BAD_RANGE),
+        (req::DATA_REQUEST, 0, 2 * PG, 1, status::BAD_RANGE), // frames < length
+    ] {
+        expect_rejected(|h, rq| {
+            let hd = h.header(t, 0, off, len, acc);
+            let s = h.status();
+            let f = h.alloc.frames(PG);
+            (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
+        }, Some(want));
+    }
+    // Nonzero padding.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        h.mem.write_slice(&[1], GuestAddress(hd + 26)).expect("poke");
+        let f = h.alloc.frames(PG);
+        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_REQUEST));
+    // Misaligned frame address.
+    expect_rejected(|h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        let f = h.alloc.frames(2 * PG) + 512;
+        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
+    }, Some(status::BAD_RANGE));
+}
+
+#[test]
+fn indirect_chains_are_accepted() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(8 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let (hd, s) = data_req(&mut h, PG, PG);
+    let f = h.alloc.frames(PG);
+    let table = h.alloc.small(3 * 16);
+    for (i, (a, l, fl)) in [(hd, 32u32, F_NEXT), (f, PG as u32, F_WRITE | F_NEXT), (s, 24, F_WRITE)].into_iter().enumerate() {
+        let d = RawDescriptor::from(SplitDescriptor::new(a, l, fl, i as u16 + 1));
+        h.mem.write_obj(d, GuestAddress(table + 16 * i as u64)).expect("indirect");
+    }
+    let head = rq.write_chain(&[(table, 48, false)]);
+    rq.store(head, table, 48, F_INDIRECT, 0);
+    rq.publish(head);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    assert_eq!(h.response(s).kind, kind::DATA_PROVIDED);
+    assert_eq!(h.bytes(f, PG as usize), p.contents(PG, PG as usize));
+}
+
+#[test]
+fn broken_avail_index_means_needs_reset() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p)], all_features());
+    h.init(&mut rq, 0);
+    let _ = h.irq_count();
+    rq.set_avail_idx(1 + QUEUE_SIZE + 10); // more entries than the ring has
+    h.kick_req();
+    let dev = h.dev.clone();
+    h.run_until(|| dev.lock().expect("lock").needs_reset());
+    assert!(h.interrupt.status() & crate::virtio::irq::CONFIG_CHANGE != 0);
+    assert!(h.irq_count() > 0);
+    assert_eq!(rq.used_count(), 1, "nothing consumed from a broken ring");
+}
+
+#[test]
+fn config_space_lists_objects() {
+    let objs = vec![
+        object("alpha", Arc::new(MemPager::new(3 * PG))),
+        PagerObject {
+            name: "a-very-long-name-that-does-not-fit-in-forty-seven-bytes".into(),
+            pager: Arc::new(MemPager::new(PG)),
+            read_only: true,
+        },
+    ];
+    let dev = PagerDevice::new(KERNEL, objs, 1).expect("device");
+    let mut b = vec![0u8; CONFIG_HDR_SIZE + 2 * OBJECT_ENTRY_SIZE + 8];
+    dev.read_config(0, &mut b);
+    assert_eq!(&b[0..4], &2u32.to_le_bytes());
+    assert_eq!(&b[12..16], &4096u32.to_le_bytes());
+    let e1 = &b[CONFIG_HDR_SIZE + OBJECT_ENTRY_SIZE..];
+    assert_eq!(&e1[0..8], &PG.to_le_bytes());
+    assert_eq!(&e1[8..12], &1u32.to_le_bytes());
+    assert_eq!(&e1[12..16], &OBJ_F_READ_ONLY.to_le_bytes());
+    assert_eq!(e1[16 + 47], 0, "names are NUL terminated");
+    assert_eq!(&b[CONFIG_HDR_SIZE + 16..CONFIG_HDR_SIZE + 22], b"alpha\0");
+    assert!(b[CONFIG_HDR_SIZE + 2 * OBJECT_ENTRY_SIZE..].iter().all(|&x| x == 0), "past the end reads 0");
+    let mut far = [0xffu8; 4];
+    dev.read_config(u64::MAX, &mut far);
+    assert_eq!(far, [0; 4]);
+}
