@@ -45,7 +45,7 @@ fn bucket_high(b: usize) -> u64 {
     let exp = (b / SUB) as u32 + SUB_BITS - 1;
     let mantissa = (b % SUB) as u64;
     let low = (1u64 << exp) | (mantissa << (exp - SUB_BITS));
-    low + (1u64 << (exp - SUB_BITS)) - 1
+    low + ((1u64 << (exp - SUB_BITS)) - 1)
 }
 
 impl Histogram {

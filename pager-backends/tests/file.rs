@@ -1,0 +1,190 @@
+mod common;
+
+use common::*;
+use pager_backends::file::FilePager;
+use pager_backends::{Access, DataReply, KernelId, ObjectOffset, OpenOptions, PAGE_SIZE, Pager, PagerError};
+use std::sync::Arc;
+
+const K: KernelId = KernelId(1);
+
+fn open_file(data: &[u8], ro: bool) -> (tempfile::TempDir, std::path::PathBuf, FilePager) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "obj", data);
+    let p = FilePager::open(&path, ro, &OpenOptions::default()).unwrap();
+    p.init(K, Arc::new(Recorder::default())).unwrap();
+    (dir, path, p)
+}
+
+#[test]
+fn reads_pages_through_a_scatter_list() {
+    let data = pattern(64 * 1024);
+    let (_d, _p, f) = open_file(&data, true);
+    // Odd segment sizes: one page spread over three buffers.
+    let (mut a, mut b, mut c) = (vec![0u8; 1000], vec![0u8; 3000], vec![0u8; 96 + 4096]);
+    let bufs = [slice(&mut a), slice(&mut b), slice(&mut c)];
+    let r = f.data_request(K, ObjectOffset(8192), 8192, Access::READ, &bufs).unwrap();
+    assert_eq!(r, DataReply::Provided { bytes: 8192, lock: Access::NONE });
+    let got: Vec<u8> = [a, b, c].concat();
+    assert_eq!(&got[..8192], &data[8192..16384]);
+}
+
+#[test]
+fn last_partial_page_is_zero_filled() {
+    let data = pattern(5000);
+    let (_d, _p, f) = open_file(&data, true);
+    assert_eq!(f.extent().unwrap(), 5000);
+    let mut buf = vec![0xaau8; 4096];
+    let r = f.data_request(K, ObjectOffset(4096), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    assert_eq!(r, DataReply::Provided { bytes: 4096, lock: Access::NONE });
+    assert_eq!(&buf[..904], &data[4096..]);
+    assert!(buf[904..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let err = FilePager::open(std::path::Path::new("/nonexistent/duality/obj"), true, &OpenOptions::default())
+        .err()
+        .unwrap();
+    match &err {
+        PagerError::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("/nonexistent/duality/obj"), "{err}");
+}
+
+#[test]
+fn unreadable_paths_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory cannot back an object.
+    let err = FilePager::open(dir.path(), true, &OpenOptions::default()).err().unwrap();
+    assert!(err.to_string().contains("directory"), "{err}");
+    // A path through a regular file (ENOTDIR) — works even as root, where
+    // permission bits would not stop us.
+    let f = write_file(dir.path(), "plain", b"x");
+    let err = FilePager::open(&f.join("sub"), true, &OpenOptions::default()).err().unwrap();
+    assert!(matches!(err, PagerError::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("plain/sub"), "{err}");
+}
+
+#[test]
+fn file_shorter_than_the_object_is_an_error_not_zeros() {
+    let data = pattern(16384);
+    let (_d, path, f) = open_file(&data, true);
+    // Someone truncates the file behind the pager's back.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = f.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    assert!(err.to_string().contains("shorter than the object"), "{err}");
+    // What is still there still reads.
+    f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    assert_eq!(&buf[..], &data[..4096]);
+}
+
+#[test]
+fn requests_past_the_extent_fail() {
+    let (_d, _p, f) = open_file(&pattern(5000), true);
+    let mut buf = vec![0u8; 16384];
+    let err = f.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    assert!(matches!(err, PagerError::PastEnd { size: 5000, .. }), "{err:?}");
+    let err = f.data_request(K, ObjectOffset(4096), 8192, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    assert!(matches!(err, PagerError::BadRange { why, .. } if why.contains("past the end")), "{err:?}");
+    let err = f.data_request(K, ObjectOffset(u64::MAX - 4095), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    assert!(matches!(err, PagerError::PastEnd { .. }), "{err:?}");
+}
+
+#[test]
+fn misaligned_and_oversized_requests_fail() {
+    let (_d, _p, f) = open_file(&pattern(1 << 20), false);
+    let mut buf = vec![0u8; 16384];
+    let cases: [(u64, u64, &str); 4] =
+        [(100, 4096, "not page aligned"), (0, 100, "whole number of pages"), (0, 0, "zero"), (0, 12288 + 4096 * 4, "shorter")];
+    for (off, len, why_part) in cases {
+        let err = f.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)]).unwrap_err();
+        assert!(matches!(&err, PagerError::BadRange { why, .. } if why.contains(why_part)), "{off} {len}: {err:?}");
+        let err = f.data_write(K, ObjectOffset(off), len, &[slice(&mut buf)]).unwrap_err();
+        assert!(matches!(&err, PagerError::BadRange { .. }), "{err:?}");
+    }
+    let mut big = vec![0u8; (pager_backends::MAX_REQUEST + PAGE_SIZE) as usize];
+    let err = f.data_request(K, ObjectOffset(0), pager_backends::MAX_REQUEST + PAGE_SIZE, Access::READ, &[slice(&mut big)]).unwrap_err();
+    assert!(matches!(&err, PagerError::BadRange { why, .. } if why.contains("maximum")), "{err:?}");
+}
+
+#[test]
+fn unknown_kernel_is_refused() {
+    let (_d, _p, f) = open_file(&pattern(8192), true);
+    let mut buf = vec![0u8; 4096];
+    let err = f.data_request(KernelId(99), ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    assert!(matches!(err, PagerError::UnknownKernel(99)));
+    f.terminate(K).unwrap();
+    assert!(matches!(f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]), Err(PagerError::UnknownKernel(1))));
+}
+
+#[test]
+fn writes_are_durable_and_do_not_grow_the_file() {
+    let data = pattern(6000);
+    let (_d, path, f) = open_file(&data, false);
+    let mut page = vec![0x5au8; 4096];
+    f.data_write(K, ObjectOffset(4096), 4096, &[slice(&mut page)]).unwrap();
+    f.sync().unwrap();
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(on_disk.len(), 6000, "object must not grow");
+    assert_eq!(&on_disk[..4096], &data[..4096]);
+    assert!(on_disk[4096..].iter().all(|&b| b == 0x5a));
+    f.terminate(K).unwrap();
+}
+
+#[test]
+fn read_only_objects_refuse_writes() {
+    let (_d, _p, f) = open_file(&pattern(8192), true);
+    let mut page = vec![0u8; 4096];
+    assert!(matches!(f.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]), Err(PagerError::ReadOnly)));
+    assert!(matches!(f.data_unlock(K, ObjectOffset(0), 4096, Access::WRITE), Err(PagerError::ReadOnly)));
+}
+
+#[test]
+fn sequential_reads_grow_read_ahead_within_the_offered_buffer() {
+    let data = pattern(4 << 20);
+    let (_d, _p, f) = open_file(&data, true);
+    let mut off = 0u64;
+    let mut biggest = 0;
+    for _ in 0..8 {
+        // Ask for one page, offer 64.
+        let mut buf = vec![0xeeu8; 64 * 4096];
+        let r = f.data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+        let DataReply::Provided { bytes, .. } = r else { panic!("{r:?}") };
+        assert!(bytes >= 4096 && bytes <= 64 * 4096 && bytes % 4096 == 0);
+        assert_eq!(&buf[..bytes as usize], &data[off as usize..(off + bytes) as usize]);
+        // Space beyond what was provided is untouched.
+        assert!(buf[bytes as usize..].iter().all(|&b| b == 0xee));
+        biggest = biggest.max(bytes);
+        off += bytes;
+    }
+    assert!(biggest > 4096, "sequential access must trigger read-ahead");
+    // A random access gets exactly what it asked for.
+    let mut buf = vec![0u8; 64 * 4096];
+    let r = f.data_request(K, ObjectOffset(3 << 20), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    assert_eq!(r, DataReply::Provided { bytes: 4096, lock: Access::NONE });
+}
+
+#[test]
+fn parallel_readers_see_their_own_pages() {
+    let data = Arc::new(pattern(1 << 20));
+    let (_d, _p, f) = open_file(&data, true);
+    let f = Arc::new(f);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (f, data) = (f.clone(), data.clone());
+            std::thread::spawn(move || {
+                for i in 0..64u64 {
+                    let off = ((i * 4 + t) % 256) * 4096;
+                    let mut buf = vec![0u8; 4096];
+                    f.data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+                    assert_eq!(&buf[..], &data[off as usize..off as usize + 4096]);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
