@@ -37,3 +37,6 @@ pub mod irq {
     pub const USED_BUFFER: u32 = 1;
     pub const CONFIG_CHANGE: u32 = 2;
 }
+
+#[cfg(test)]
+mod tests;
