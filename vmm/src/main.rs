@@ -1,1 +1,114 @@
-fn main(){}
+//! `vmm`: Duality's one binary. `vmm run` boots the Mach guest kernel;
+//! `vmm bench` measures; `vmm pager` checks a pager backend by hand.
+
+mod bench;
+mod boot;
+mod config;
+mod error;
+mod images;
+mod run;
+mod stats;
+mod vcpu;
+mod vm;
+
+use clap::{Parser, Subcommand};
+use guest_kernel::abi::MILESTONE_INIT_START;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vcpu::Outcome;
+
+#[derive(Parser)]
+#[command(name = "vmm", version, about = "Duality: boots a Mach guest kernel on KVM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot the guest kernel and run its init program; exits with init's status.
+    Run {
+        /// Guest memory (e.g. 256M, 1G).
+        #[arg(long, default_value = "256M")]
+        mem: String,
+        /// Kernel ELF to boot instead of the built-in one.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Extra kernel command-line options (e.g. timer_hz=250).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Print the vCPU's KVM statistics (exits, kernel instructions) at exit.
+        #[arg(long)]
+        stats: bool,
+        /// The first program and its arguments (built-in: init, spawn, fault, priv, spin).
+        #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
+        init: Vec<String>,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Exec to init running, next to a minimal KVM probe, with kernel instructions and exits.
+    Boot {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// The minimal peer: create VM + vCPU, run to one exit.
+    #[command(hide = true)]
+    Probe,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMM_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run { mem, kernel, cmdline, stats, init } => run_cmd(&mem, kernel, cmdline, stats, init),
+        Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cmd(mem: &str, kernel: Option<PathBuf>, cmdline: String, stats: bool, init: Vec<String>) -> error::Result<ExitCode> {
+    let mem = config::parse_mem_size(mem)?;
+    let report = run::run(&run::RunOptions { mem, kernel, cmdline, init })?;
+    if stats {
+        let t = &report.totals;
+        eprintln!("vmm: vCPU 0: {} exits, {} emulated kernel instructions", t.exits(), t.kernel_instructions());
+        let mut nonzero: Vec<_> = t.0.iter().filter(|(_, v)| *v != 0).collect();
+        nonzero.sort();
+        for (name, v) in nonzero {
+            eprintln!("vmm:   {name} = {v}");
+        }
+        if let Some(m) = report.milestones.iter().find(|m| m.id == MILESTONE_INIT_START) {
+            eprintln!(
+                "vmm: boot to init: {} kernel instructions, {} exits",
+                m.stats.kernel_instructions(),
+                m.stats.exits()
+            );
+            eprintln!(
+                "{} init_start_ns={} boot_insn={} boot_exits={}",
+                bench::STATS_TAG,
+                m.mono_ns,
+                m.stats.kernel_instructions(),
+                m.stats.exits()
+            );
+        }
+    }
+    match report.outcome {
+        Outcome::Exited(status) => Ok(ExitCode::from((status & 0xff) as u8)),
+        Outcome::Failed(why) => Err(error::VmmError::Guest(why)),
+    }
+}

@@ -1,0 +1,75 @@
+//! The boot vCPU's state: 64-bit long mode with paging on, flat segments,
+//! SSE enabled for user code (CR4.OSFXSR), CPUID as KVM supports it.
+
+use super::layout::{GDT, PML4, START_INFO};
+use crate::error::{Result, VmmError, kvm};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_regs, kvm_segment};
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+const CR0_PE: u64 = 1;
+const CR0_MP: u64 = 1 << 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_NXE: u64 = 1 << 11;
+
+/// Null, 64-bit code (0x08), data (0x10): what the kernel expects at entry.
+const BOOT_GDT: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
+
+fn segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: if code { 0 } else { 1 },
+        s: 1,
+        l: if code { 1 } else { 0 },
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<()> {
+    let cpuid = kvm_handle.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
+
+    let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
+    mem.write_slice(&gdt, GDT).map_err(|e| VmmError::Boot(format!("GDT: {e}")))?;
+
+    let mut sregs = vcpu.get_sregs().map_err(kvm("get sregs"))?;
+    sregs.gdt.base = GDT.0;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0;
+    sregs.cs = segment(0x08, true);
+    let data = segment(0x10, false);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.cr3 = PML4.0;
+    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
+
+    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    vcpu.set_fpu(&fpu).map_err(kvm("set FPU"))?;
+
+    let regs = kvm_regs { rip: entry, rsi: START_INFO.0, rflags: 0x2, ..Default::default() };
+    vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
+    Ok(())
+}

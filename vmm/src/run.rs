@@ -1,0 +1,157 @@
+//! `vmm run`: build the VM, load the guest, run its vCPU on its own thread
+//! while the main thread runs the event loop, and report how it ended.
+
+use crate::boot::{self, layout, start_info};
+use crate::error::{Result, VmmError, kvm};
+use crate::images;
+use crate::stats::{Snapshot, VcpuStats};
+use crate::vcpu::{self, Milestone, Outcome, Platform};
+use crate::vm::Vm;
+use devices::legacy::{Com1, DoorbellConsole};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// COM1's ISA interrupt line.
+const COM1_IRQ: u32 = 4;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub mem: u64,
+    pub kernel: Option<PathBuf>,
+    pub cmdline: String,
+    /// Program name, then its arguments.
+    pub init: Vec<String>,
+}
+
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub milestones: Vec<Milestone>,
+    pub totals: Snapshot,
+}
+
+/// Builds the kernel command line: `init=NAME [user options] -- ARGS`.
+pub fn kernel_cmdline(user: &str, init: &[String]) -> Result<String> {
+    let name = init.first().map(String::as_str).unwrap_or("init");
+    if !images::PROGRAMS.iter().any(|(n, _)| *n == name) {
+        return Err(VmmError::UnknownInit { name: name.to_string(), known: images::program_names() });
+    }
+    if user.split_whitespace().any(|w| w == "--") {
+        return Err(VmmError::Cmdline("'--' is reserved: give init's arguments after --init PROGRAM".into()));
+    }
+    let mut s = format!("init={name}");
+    if !user.trim().is_empty() {
+        s.push(' ');
+        s.push_str(user.trim());
+    }
+    if init.len() > 1 {
+        s.push_str(" -- ");
+        s.push_str(&init[1..].join(" "));
+    }
+    Ok(s)
+}
+
+/// Wakes the event loop when the vCPU thread is done.
+struct ExitWatcher {
+    evt: EventFd,
+    done: bool,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.done = true;
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("cannot watch the vCPU exit event: {e:?}");
+        }
+    }
+}
+
+pub fn run(opts: &RunOptions) -> Result<RunReport> {
+    let cmdline = kernel_cmdline(&opts.cmdline, &opts.init)?;
+    let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|source| VmmError::KernelRead { path: p.display().to_string(), source })?;
+            (Cow::Owned(bytes), p.display().to_string())
+        }
+        None => (Cow::Borrowed(images::KERNEL), "<built-in kernel>".into()),
+    };
+
+    let vm = Vm::new(opts.mem)?;
+    let loaded = boot::loader::load(&vm.mem, &kernel, &path, opts.mem)?;
+    let low_end = opts.mem.min(layout::MMIO_HOLE_START);
+    let modules = start_info::place_modules(&vm.mem, loaded.end, images::PROGRAMS, low_end)?;
+    start_info::write(&vm.mem, opts.mem, &cmdline, &modules)?;
+    let ram_end = layout::ram_ranges(opts.mem).last().map_or(0, |(a, s)| a.0 + s);
+    boot::pagetables::build(&vm.mem, ram_end)?;
+
+    let mut vcpu_fd = vm.fd.create_vcpu(0).map_err(kvm("create vCPU"))?;
+    boot::cpu::setup(&vm.kvm, &vcpu_fd, &vm.mem, loaded.entry)?;
+    let stats = match VcpuStats::open(&vcpu_fd) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("vCPU statistics unavailable: {e}");
+            None
+        }
+    };
+
+    let com1_irq = EventFd::new(EFD_NONBLOCK)?;
+    vm.fd.register_irqfd(&com1_irq, COM1_IRQ).map_err(kvm("register COM1 irqfd"))?;
+    let mut platform = Platform {
+        console: DoorbellConsole::new(Box::new(std::io::stdout())),
+        com1: Com1::new(com1_irq, Box::new(std::io::stdout())),
+        milestones: Vec::new(),
+    };
+
+    let exit_evt = EventFd::new(EFD_NONBLOCK)?;
+    let watcher = Arc::new(Mutex::new(ExitWatcher { evt: exit_evt.try_clone()?, done: false }));
+    let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| VmmError::Boot(format!("event manager: {e:?}")))?;
+    events.add_subscriber(watcher.clone());
+
+    let mem = &vm.mem;
+    let (outcome, totals) = std::thread::scope(|s| {
+        let vcpu_thread = std::thread::Builder::new()
+            .name("vcpu0".into())
+            .spawn_scoped(s, move || {
+                let outcome = vcpu::run(&mut vcpu_fd, mem, &mut platform, stats.as_ref());
+                let totals = stats.as_ref().and_then(|s| s.snapshot().ok()).unwrap_or_default();
+                let _ = exit_evt.write(1);
+                (outcome, totals, platform.milestones)
+            })?;
+        loop {
+            if let Err(e) = events.run() {
+                tracing::error!("event loop: {e:?}");
+                break;
+            }
+            if watcher.lock().map(|w| w.done).unwrap_or(true) {
+                break;
+            }
+        }
+        let (outcome, totals, milestones) = vcpu_thread
+            .join()
+            .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))?;
+        Ok::<_, VmmError>((outcome, (totals, milestones)))
+    })?;
+    let (totals, milestones) = totals;
+    Ok(RunReport { outcome, milestones, totals })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_puts_init_first_and_args_last() {
+        let init = vec!["spawn".to_string(), "spin:a".into(), "spin:b".into()];
+        assert_eq!(kernel_cmdline("timer_hz=250", &init).unwrap(), "init=spawn timer_hz=250 -- spin:a spin:b");
+        assert_eq!(kernel_cmdline("", &[]).unwrap(), "init=init");
+        assert!(matches!(kernel_cmdline("", &["nope".into()]), Err(VmmError::UnknownInit { .. })));
+        assert!(matches!(kernel_cmdline("a -- b", &[]), Err(VmmError::Cmdline(_))));
+    }
+}

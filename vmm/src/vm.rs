@@ -1,0 +1,47 @@
+//! The KVM virtual machine: guest memory, in-kernel interrupt controller.
+
+use crate::boot::layout::ram_ranges;
+use crate::error::{Result, VmmError, kvm};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    pub mem: GuestMemoryMmap,
+}
+
+/// Where Intel VMX keeps its real-mode TSS; unused on AMD and PVM.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+impl Vm {
+    pub fn new(mem_size: u64) -> Result<Vm> {
+        let kvm_handle = Kvm::new().map_err(VmmError::KvmOpen)?;
+        let version = kvm_handle.get_api_version();
+        if version != 12 {
+            return Err(VmmError::KvmVersion(version));
+        }
+        let fd = kvm_handle.create_vm().map_err(kvm("create VM"))?;
+        let ranges: Vec<_> = ram_ranges(mem_size).into_iter().map(|(a, s)| (a, s as usize)).collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = mem
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the mapping lives as long as `mem`, which outlives the VM
+            // fd's use of it (both are dropped together with `Vm`).
+            unsafe { fd.set_user_memory_region(r) }.map_err(kvm("set memory region"))?;
+        }
+        fd.set_tss_address(TSS_ADDRESS).map_err(kvm("set TSS address"))?;
+        fd.create_irq_chip().map_err(kvm("create in-kernel irqchip"))?;
+        Ok(Vm { kvm: kvm_handle, fd, mem })
+    }
+}
