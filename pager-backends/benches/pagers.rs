@@ -28,7 +28,14 @@ const K: KernelId = KernelId(0);
 
 struct Nop;
 impl KernelControl for Nop {
-    fn lock_request(&self, _: ObjectOffset, _: u64, _: Access, _: bool, _: bool) -> pager_backends::Result<()> {
+    fn lock_request(
+        &self,
+        _: ObjectOffset,
+        _: u64,
+        _: Access,
+        _: bool,
+        _: bool,
+    ) -> pager_backends::Result<()> {
         Ok(())
     }
     fn offer(&self, _: ObjectOffset, _: &[u8], _: Access) -> pager_backends::Result<()> {
@@ -93,7 +100,14 @@ struct RawUnix(UnixStream, u64);
 impl Raw for RawUnix {
     fn read(&mut self, off: u64, buf: &mut [u8]) {
         self.1 += 1;
-        let mut m = p::Header { len: 40, kind: p::T_DATA_REQUEST, flags: 0, id: self.1 }.encode().to_vec();
+        let mut m = p::Header {
+            len: 40,
+            kind: p::T_DATA_REQUEST,
+            flags: 0,
+            id: self.1,
+        }
+        .encode()
+        .to_vec();
         for v in [0u64, off, buf.len() as u64, buf.len() as u64] {
             m.extend_from_slice(&v.to_le_bytes());
         }
@@ -112,12 +126,26 @@ impl RawUnix {
         body.extend_from_slice(&1u16.to_le_bytes());
         body.extend_from_slice(&1u16.to_le_bytes());
         body.extend_from_slice(&p::DEFAULT_MAX_PAYLOAD.to_le_bytes());
-        let mut m = p::Header { len: 16, kind: p::T_HELLO, flags: 0, id: 0 }.encode().to_vec();
+        let mut m = p::Header {
+            len: 16,
+            kind: p::T_HELLO,
+            flags: 0,
+            id: 0,
+        }
+        .encode()
+        .to_vec();
         m.extend_from_slice(&body);
         s.write_all(&m).expect("hello");
         let mut r = [0u8; 32];
         s.read_exact(&mut r).expect("hello reply");
-        let mut m = p::Header { len: 8, kind: p::T_INIT, flags: 0, id: 1 }.encode().to_vec();
+        let mut m = p::Header {
+            len: 8,
+            kind: p::T_INIT,
+            flags: 0,
+            id: 1,
+        }
+        .encode()
+        .to_vec();
         m.extend_from_slice(&0u64.to_le_bytes());
         s.write_all(&m).expect("init");
         let mut r = [0u8; 32];
@@ -164,7 +192,9 @@ fn bench(name: &str, pager: &dyn Pager, raw: &mut dyn Raw) {
             let time_pager = |buf: &mut [u8]| {
                 let t = Instant::now();
                 let s = VolatileSlice::from(&mut buf[..len as usize]);
-                pager.data_request(K, ObjectOffset(off), len, Access::READ, &[s]).expect("pager read");
+                pager
+                    .data_request(K, ObjectOffset(off), len, Access::READ, &[s])
+                    .expect("pager read");
                 t.elapsed()
             };
             let (dr, dp) = if i % 2 == 0 {
@@ -205,13 +235,18 @@ fn bench(name: &str, pager: &dyn Pager, raw: &mut dyn Raw) {
         let t = Instant::now();
         for off in (0..OBJ).step_by(len as usize) {
             let s = VolatileSlice::from(&mut buf[..len as usize]);
-            pager.data_request(K, ObjectOffset(off), len, Access::READ, &[s]).expect("pager read");
+            pager
+                .data_request(K, ObjectOffset(off), len, Access::READ, &[s])
+                .expect("pager read");
         }
         tpag += t.elapsed();
     }
     let mb = (2 * OBJ) as f64 / (1 << 20) as f64;
     let (r, pg) = (mb / traw.as_secs_f64(), mb / tpag.as_secs_f64());
-    println!("{name:<6} seq64K  raw {r:>8.0} MiB/s  pager {pg:>8.0} MiB/s  pager/raw throughput x{:.2}", pg / r);
+    println!(
+        "{name:<6} seq64K  raw {r:>8.0} MiB/s  pager {pg:>8.0} MiB/s  pager/raw throughput x{:.2}",
+        pg / r
+    );
 }
 
 fn start_qemu_nbd(file: &Path) -> Option<(u16, std::process::Child, TcpListener)> {
@@ -231,8 +266,16 @@ fn start_qemu_nbd(file: &Path) -> Option<(u16, std::process::Child, TcpListener)
     // SAFETY: dup2/fcntl are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         });
     }
     let child = cmd.spawn().ok()?;
@@ -248,12 +291,20 @@ fn main() {
     std::fs::write(&path, &data).expect("write object");
     drop(data);
     let opts = OpenOptions::default();
-    println!("object {} MiB; latency per request (random offsets), ratio = pager/raw (target <= 1.2)", OBJ >> 20);
+    println!(
+        "object {} MiB; latency per request (random offsets), ratio = pager/raw (target <= 1.2)",
+        OBJ >> 20
+    );
 
     // file
-    let pager = pager_backends::open(&format!("file:{}?ro", path.display()), &opts).expect("open file");
+    let pager =
+        pager_backends::open(&format!("file:{}?ro", path.display()), &opts).expect("open file");
     pager.init(K, Arc::new(Nop)).expect("init");
-    bench("file", &*pager, &mut RawFile(File::open(&path).expect("open")));
+    bench(
+        "file",
+        &*pager,
+        &mut RawFile(File::open(&path).expect("open")),
+    );
 
     // zero/anon: fill the swap through data_write, compare with pread of the same data.
     let anon = pager_backends::open(&format!("zero?size={OBJ}"), &opts).expect("open anon");
@@ -263,14 +314,16 @@ fn main() {
     for off in (0..OBJ).step_by(1 << 20) {
         f.read_exact_at(&mut chunk, off).expect("read");
         let s = VolatileSlice::from(&mut chunk[..]);
-        anon.data_write(K, ObjectOffset(off), 1 << 20, &[s]).expect("anon write");
+        anon.data_write(K, ObjectOffset(off), 1 << 20, &[s])
+            .expect("anon write");
     }
     bench("anon", &*anon, &mut RawFile(f));
 
     // nbd
     match start_qemu_nbd(&path) {
         Some((port, mut child, _l)) => {
-            let nbd = pager_backends::open(&format!("nbd://127.0.0.1:{port}/bench"), &opts).expect("open nbd");
+            let nbd = pager_backends::open(&format!("nbd://127.0.0.1:{port}/bench"), &opts)
+                .expect("open nbd");
             nbd.init(K, Arc::new(Nop)).expect("init");
             bench("nbd", &*nbd, &mut RawNbd::connect(port, "bench"));
             drop(nbd);
@@ -284,8 +337,15 @@ fn main() {
     let sock = dir.join("pager.sock");
     let l = UnixListener::bind(&sock).expect("bind");
     let served: Arc<dyn Pager> = Arc::new(
-        pager_backends::file::FilePager::open(&path, true, &OpenOptions { max_readahead: 0, ..opts.clone() })
-            .expect("file"),
+        pager_backends::file::FilePager::open(
+            &path,
+            true,
+            &OpenOptions {
+                max_readahead: 0,
+                ..opts.clone()
+            },
+        )
+        .expect("file"),
     );
     std::thread::spawn(move || pager_backends::unix::serve(l, served));
     let unix = pager_backends::open(&format!("unix:{}", sock.display()), &opts).expect("open unix");

@@ -35,7 +35,11 @@ fn swap_file(dir: &Path) -> io::Result<File> {
     cpath.push(0);
     // SAFETY: cpath is NUL terminated; the fd is owned by the File below.
     let fd = unsafe {
-        libc::open(cpath.as_ptr() as *const libc::c_char, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600)
+        libc::open(
+            cpath.as_ptr() as *const libc::c_char,
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -46,10 +50,15 @@ fn swap_file(dir: &Path) -> io::Result<File> {
 
 impl AnonPager {
     pub fn new(size: u64, opts: &OpenOptions) -> Result<AnonPager> {
-        if size == 0 || size % PAGE_SIZE != 0 {
-            return Err(PagerError::BadRange { offset: ObjectOffset(0), len: size, why: "anonymous object size must be a non-zero page multiple" });
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(PagerError::BadRange {
+                offset: ObjectOffset(0),
+                len: size,
+                why: "anonymous object size must be a non-zero page multiple",
+            });
         }
-        let ctx = |e| PagerError::io_context(format!("swap file in {}", opts.swap_dir.display()), e);
+        let ctx =
+            |e| PagerError::io_context(format!("swap file in {}", opts.swap_dir.display()), e);
         let swap = swap_file(&opts.swap_dir).map_err(ctx)?;
         // Sparse: the length costs nothing until pages are written.
         swap.set_len(size).map_err(ctx)?;
@@ -73,14 +82,21 @@ impl AnonPager {
 
     /// Pages currently holding data (for stats and tests).
     pub fn resident_pages(&self) -> u64 {
-        self.written.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
+        self.written
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
+            .sum()
     }
 }
 
 impl Pager for AnonPager {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
         self.kernels.add(kernel, control)?;
-        Ok(ObjectInfo { size: self.size, read_only: false, may_cache: false })
+        Ok(ObjectInfo {
+            size: self.size,
+            read_only: false,
+            may_cache: false,
+        })
     }
 
     fn data_request(
@@ -103,13 +119,25 @@ impl Pager for AnonPager {
         if got != len {
             return Err(PagerError::io_context(
                 "anon swap file",
-                io::Error::new(io::ErrorKind::UnexpectedEof, "swap file shorter than the object"),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "swap file shorter than the object",
+                ),
             ));
         }
-        Ok(DataReply::Provided { bytes: len, lock: Access::NONE })
+        Ok(DataReply::Provided {
+            bytes: len,
+            lock: Access::NONE,
+        })
     }
 
-    fn data_write(&self, kernel: KernelId, offset: ObjectOffset, len: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
         self.kernels.check(kernel)?;
         check_range(offset, len, self.size, bufs)?;
         sg::pwrite_from(self.swap.as_raw_fd(), bufs, offset.raw(), len)
@@ -123,7 +151,13 @@ impl Pager for AnonPager {
         Ok(())
     }
 
-    fn data_unlock(&self, kernel: KernelId, _offset: ObjectOffset, _len: u64, _desired: Access) -> Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        _offset: ObjectOffset,
+        _len: u64,
+        _desired: Access,
+    ) -> Result<UnlockReply> {
         self.kernels.check(kernel)?;
         Ok(UnlockReply { lock: Access::NONE })
     }
@@ -154,13 +188,20 @@ impl Pager for AnonPager {
                 )
             };
             if r != 0 {
-                return Err(PagerError::io_context("anon swap file", io::Error::last_os_error()));
+                return Err(PagerError::io_context(
+                    "anon swap file",
+                    io::Error::last_os_error(),
+                ));
             }
         }
         Ok(())
     }
 
     fn describe(&self) -> String {
-        format!("anonymous (zero-fill), {} bytes, {} pages in swap", self.size, self.resident_pages())
+        format!(
+            "anonymous (zero-fill), {} bytes, {} pages in swap",
+            self.size,
+            self.resident_pages()
+        )
     }
 }

@@ -30,7 +30,7 @@ pub(crate) fn check_range(
     if len == 0 {
         return Err(bad("length is zero"));
     }
-    if len % PAGE_SIZE != 0 {
+    if !len.is_multiple_of(PAGE_SIZE) {
         return Err(bad("length is not a whole number of pages"));
     }
     if len > MAX_REQUEST {

@@ -36,7 +36,9 @@ impl FilePager {
             .write(!read_only)
             .open(path)
             .map_err(|e| PagerError::io_context(path.display(), e))?;
-        let meta = file.metadata().map_err(|e| PagerError::io_context(path.display(), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| PagerError::io_context(path.display(), e))?;
         if meta.is_dir() {
             return Err(PagerError::io_context(
                 path.display(),
@@ -57,7 +59,11 @@ impl FilePager {
 impl Pager for FilePager {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
         self.kernels.add(kernel, control)?;
-        Ok(ObjectInfo { size: self.size, read_only: self.read_only, may_cache: true })
+        Ok(ObjectInfo {
+            size: self.size,
+            read_only: self.read_only,
+            may_cache: true,
+        })
     }
 
     fn data_request(
@@ -90,7 +96,10 @@ impl Pager for FilePager {
         }
         // The tail of the last page past end of file reads as zeros.
         Cursor::new(bufs, got, want - got).zero_rest();
-        Ok(DataReply::Provided { bytes: want, lock: Access::NONE })
+        Ok(DataReply::Provided {
+            bytes: want,
+            lock: Access::NONE,
+        })
     }
 
     fn data_write(
@@ -112,7 +121,13 @@ impl Pager for FilePager {
             .map_err(|e| PagerError::io_context(self.path.display(), e))
     }
 
-    fn data_unlock(&self, kernel: KernelId, _offset: ObjectOffset, _len: u64, desired: Access) -> Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        _offset: ObjectOffset,
+        _len: u64,
+        desired: Access,
+    ) -> Result<UnlockReply> {
         self.kernels.check(kernel)?;
         if self.read_only && desired.contains(Access::WRITE) {
             return Err(PagerError::ReadOnly);
@@ -129,7 +144,9 @@ impl Pager for FilePager {
         if self.read_only {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| PagerError::io_context(self.path.display(), e))
+        self.file
+            .sync_data()
+            .map_err(|e| PagerError::io_context(self.path.display(), e))
     }
 
     fn terminate(&self, kernel: KernelId) -> Result<()> {
@@ -143,7 +160,11 @@ impl Pager for FilePager {
         format!(
             "file {} ({}, {} bytes)",
             self.path.display(),
-            if self.read_only { "read-only" } else { "read-write" },
+            if self.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            },
             self.size
         )
     }

@@ -25,10 +25,16 @@ unsafe impl Send for RawBufs {}
 
 impl RawBufs {
     /// SAFETY: the caller must keep `bufs` alive until `wait` returns.
+    // The casts only change lifetimes; they say what is being erased.
+    #[allow(clippy::unnecessary_cast)]
     fn new(bufs: &[VolatileSlice<'_>]) -> RawBufs {
-        RawBufs { ptr: bufs.as_ptr() as *const VolatileSlice<'static>, n: bufs.len() }
+        RawBufs {
+            ptr: bufs.as_ptr() as *const VolatileSlice<'static>,
+            n: bufs.len(),
+        }
     }
     /// SAFETY: only valid while the claim that produced this is outstanding.
+    #[allow(clippy::unnecessary_cast)]
     pub(crate) unsafe fn get<'a>(&self) -> &'a [VolatileSlice<'a>] {
         // SAFETY: see above.
         unsafe { std::slice::from_raw_parts(self.ptr as *const VolatileSlice<'a>, self.n) }
@@ -100,8 +106,17 @@ impl<R> Inflight<R> {
     pub(crate) fn new(max: usize) -> Self {
         let max = max.clamp(1, 1 << 16);
         Inflight {
-            slots: (0..max).map(|_| Slot { st: Mutex::new(State::Free), cv: Condvar::new() }).collect(),
-            free: Mutex::new(FreeList { idle: (0..max as u32).rev().collect(), next_gen: 1, dead: None }),
+            slots: (0..max)
+                .map(|_| Slot {
+                    st: Mutex::new(State::Free),
+                    cv: Condvar::new(),
+                })
+                .collect(),
+            free: Mutex::new(FreeList {
+                idle: (0..max as u32).rev().collect(),
+                next_gen: 1,
+                dead: None,
+            }),
             free_cv: Condvar::new(),
         }
     }
@@ -133,13 +148,22 @@ impl<R> Inflight<R> {
             if now >= deadline {
                 return Err(PagerError::Timeout(timeout));
             }
-            f = self.free_cv.wait_timeout(f, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            f = self
+                .free_cv
+                .wait_timeout(f, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         };
         // Generation 0 is never used, so id 0 is never valid.
         let generation = f.next_gen;
         f.next_gen = f.next_gen.checked_add(1).unwrap_or(1);
         drop(f);
-        let expect = Expect { kind, len, skip, bufs: bufs.map(RawBufs::new) };
+        let expect = Expect {
+            kind,
+            len,
+            skip,
+            bufs: bufs.map(RawBufs::new),
+        };
         *lock(&self.slots[idx as usize].st) = State::Waiting { generation, expect };
         Ok(Ticket { idx, generation })
     }
@@ -192,7 +216,11 @@ impl<R> Inflight<R> {
                         self.release(t.idx);
                         return Err(PagerError::Timeout(timeout));
                     }
-                    st = slot.cv.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+                    st = slot
+                        .cv
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 State::Filling { generation } if *generation == t.generation => {
                     if Instant::now() >= deadline {
@@ -204,7 +232,11 @@ impl<R> Inflight<R> {
                         st = slot.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
                     } else {
                         let left = deadline - Instant::now();
-                        st = slot.cv.wait_timeout(st, left).unwrap_or_else(PoisonError::into_inner).0;
+                        st = slot
+                            .cv
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
                     }
                 }
                 _ => {
@@ -221,13 +253,20 @@ impl<R> Inflight<R> {
     pub(crate) fn claim(&self, id: u64) -> Result<Claim> {
         let idx = (id & 0xffff_ffff) as usize;
         let want_gen = (id >> 32) as u32;
-        let bad = || PagerError::Protocol(format!("reply to unknown or finished request id {id:#x}"));
+        let bad =
+            || PagerError::Protocol(format!("reply to unknown or finished request id {id:#x}"));
         let slot = self.slots.get(idx).ok_or_else(bad)?;
         let mut st = lock(&slot.st);
         match &*st {
             State::Waiting { generation, expect } if *generation == want_gen => {
-                let c = Claim { idx: idx as u32, generation: *generation, expect: *expect };
-                *st = State::Filling { generation: *generation };
+                let c = Claim {
+                    idx: idx as u32,
+                    generation: *generation,
+                    expect: *expect,
+                };
+                *st = State::Filling {
+                    generation: *generation,
+                };
                 Ok(c)
             }
             _ => Err(bad()),
@@ -236,7 +275,10 @@ impl<R> Inflight<R> {
 
     pub(crate) fn complete(&self, c: Claim, res: Result<R>) {
         let slot = &self.slots[c.idx as usize];
-        *lock(&slot.st) = State::Done { generation: c.generation, res };
+        *lock(&slot.st) = State::Done {
+            generation: c.generation,
+            res,
+        };
         slot.cv.notify_all();
     }
 
@@ -252,7 +294,10 @@ impl<R> Inflight<R> {
         for slot in self.slots.iter() {
             let mut st = lock(&slot.st);
             if let State::Waiting { generation, .. } = *st {
-                *st = State::Done { generation, res: Err(PagerError::Dead(why.to_string())) };
+                *st = State::Done {
+                    generation,
+                    res: Err(PagerError::Dead(why.to_string())),
+                };
                 slot.cv.notify_all();
             }
         }

@@ -17,7 +17,10 @@ impl Kernels {
     pub(crate) fn add(&self, id: KernelId, ctl: Arc<dyn KernelControl>) -> Result<()> {
         let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
         if m.contains_key(&id) {
-            return Err(PagerError::Protocol(format!("kernel {} initialised twice", id.0)));
+            return Err(PagerError::Protocol(format!(
+                "kernel {} initialised twice",
+                id.0
+            )));
         }
         m.insert(id, ctl);
         Ok(())
@@ -25,11 +28,19 @@ impl Kernels {
 
     pub(crate) fn check(&self, id: KernelId) -> Result<()> {
         let m = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        if m.contains_key(&id) { Ok(()) } else { Err(PagerError::UnknownKernel(id.0)) }
+        if m.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(PagerError::UnknownKernel(id.0))
+        }
     }
 
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<dyn KernelControl>> {
-        self.map.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
     }
 
     /// Removes `id`; returns whether it was the last kernel.

@@ -56,9 +56,15 @@ use std::sync::Arc;
 /// Opens the backend a parsed URI names, without instrumentation.
 pub fn open_backend(uri: &PagerUri, opts: &OpenOptions) -> Result<Arc<dyn Pager>> {
     Ok(match uri {
-        PagerUri::File { path, read_only } => Arc::new(file::FilePager::open(path, *read_only, opts)?),
-        PagerUri::Anon { size } => Arc::new(anon::AnonPager::new(size.unwrap_or(opts.anon_size), opts)?),
-        PagerUri::Nbd { host, port, export } => Arc::new(nbd::NbdPager::connect(host, *port, export, opts)?),
+        PagerUri::File { path, read_only } => {
+            Arc::new(file::FilePager::open(path, *read_only, opts)?)
+        }
+        PagerUri::Anon { size } => {
+            Arc::new(anon::AnonPager::new(size.unwrap_or(opts.anon_size), opts)?)
+        }
+        PagerUri::Nbd { host, port, export } => {
+            Arc::new(nbd::NbdPager::connect(host, *port, export, opts)?)
+        }
         PagerUri::Unix { path } => Arc::new(unix::UnixPager::connect(path, opts)?),
     })
 }

@@ -40,7 +40,12 @@ pub struct ProceduralPager {
 
 impl ProceduralPager {
     pub fn new(seed: u64, size: u64) -> ProceduralPager {
-        ProceduralPager { seed, size, overlay: RwLock::default(), kernels: Kernels::default() }
+        ProceduralPager {
+            seed,
+            size,
+            overlay: RwLock::default(),
+            kernels: Kernels::default(),
+        }
     }
 
     /// Tells every mapping kernel to write back and drop its cached copy of
@@ -58,7 +63,11 @@ impl ProceduralPager {
 impl Pager for ProceduralPager {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
         self.kernels.add(kernel, control)?;
-        Ok(ObjectInfo { size: self.size, read_only: false, may_cache: true })
+        Ok(ObjectInfo {
+            size: self.size,
+            read_only: false,
+            may_cache: true,
+        })
     }
 
     fn data_request(
@@ -81,10 +90,19 @@ impl Pager for ProceduralPager {
             }
             out.copy_in(&page);
         }
-        Ok(DataReply::Provided { bytes: len, lock: Access::NONE })
+        Ok(DataReply::Provided {
+            bytes: len,
+            lock: Access::NONE,
+        })
     }
 
-    fn data_write(&self, kernel: KernelId, offset: ObjectOffset, len: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
         self.kernels.check(kernel)?;
         check_range(offset, len, self.size, bufs)?;
         let mut src = Cursor::new(bufs, 0, len);
@@ -97,7 +115,13 @@ impl Pager for ProceduralPager {
         Ok(())
     }
 
-    fn data_unlock(&self, kernel: KernelId, _offset: ObjectOffset, _len: u64, _desired: Access) -> Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        _offset: ObjectOffset,
+        _len: u64,
+        _desired: Access,
+    ) -> Result<UnlockReply> {
         self.kernels.check(kernel)?;
         Ok(UnlockReply { lock: Access::NONE })
     }
@@ -116,7 +140,10 @@ impl Pager for ProceduralPager {
 
     fn describe(&self) -> String {
         let n = self.overlay.read().map(|o| o.len()).unwrap_or(0);
-        format!("procedural data, seed {:#x}, {} bytes, {n} pages overwritten", self.seed, self.size)
+        format!(
+            "procedural data, seed {:#x}, {} bytes, {n} pages overwritten",
+            self.seed, self.size
+        )
     }
 }
 
@@ -124,7 +151,11 @@ impl ProceduralPager {
     /// Fails cleanly for sizes the interface cannot address.
     pub fn checked(seed: u64, size: u64) -> Result<ProceduralPager> {
         if size == 0 {
-            return Err(PagerError::BadRange { offset: ObjectOffset(0), len: 0, why: "object size must be non-zero" });
+            return Err(PagerError::BadRange {
+                offset: ObjectOffset(0),
+                len: 0,
+                why: "object size must be non-zero",
+            });
         }
         Ok(ProceduralPager::new(seed, size))
     }

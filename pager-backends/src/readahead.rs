@@ -15,7 +15,11 @@ pub(crate) struct ReadAhead {
 
 impl ReadAhead {
     pub(crate) fn new(max: u64) -> Self {
-        ReadAhead { next: AtomicU64::new(u64::MAX), window: AtomicU64::new(0), max: max / PAGE_SIZE * PAGE_SIZE }
+        ReadAhead {
+            next: AtomicU64::new(u64::MAX),
+            window: AtomicU64::new(0),
+            max: max / PAGE_SIZE * PAGE_SIZE,
+        }
     }
 
     /// Bytes to read for a request of `len` at `offset`, given `offered`
@@ -25,7 +29,12 @@ impl ReadAhead {
     pub(crate) fn plan(&self, offset: ObjectOffset, len: u64, offered: u64, left: u64) -> u64 {
         let window = if self.next.load(Relaxed) == offset.raw() {
             let w = self.window.load(Relaxed);
-            let grown = if w == 0 { 4 * PAGE_SIZE } else { w.saturating_mul(2) }.min(self.max);
+            let grown = if w == 0 {
+                4 * PAGE_SIZE
+            } else {
+                w.saturating_mul(2)
+            }
+            .min(self.max);
             self.window.store(grown, Relaxed);
             grown
         } else {

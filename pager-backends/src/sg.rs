@@ -158,7 +158,12 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 
 /// Reads `len` bytes at `pos` of `fd` into `bufs`. Returns the bytes read,
 /// which is less than `len` only at end of file.
-pub(crate) fn pread_into(fd: RawFd, bufs: &[VolatileSlice<'_>], pos: u64, len: u64) -> io::Result<u64> {
+pub(crate) fn pread_into(
+    fd: RawFd,
+    bufs: &[VolatileSlice<'_>],
+    pos: u64,
+    len: u64,
+) -> io::Result<u64> {
     let mut c = Cursor::new(bufs, 0, len);
     let mut done = 0u64;
     while c.remaining() > 0 {
@@ -174,7 +179,12 @@ pub(crate) fn pread_into(fd: RawFd, bufs: &[VolatileSlice<'_>], pos: u64, len: u
 }
 
 /// Writes `len` bytes of `bufs` at `pos` of `fd`.
-pub(crate) fn pwrite_from(fd: RawFd, bufs: &[VolatileSlice<'_>], pos: u64, len: u64) -> io::Result<()> {
+pub(crate) fn pwrite_from(
+    fd: RawFd,
+    bufs: &[VolatileSlice<'_>],
+    pos: u64,
+    len: u64,
+) -> io::Result<()> {
     let mut c = Cursor::new(bufs, 0, len);
     let mut done = 0u64;
     while c.remaining() > 0 {
@@ -182,7 +192,10 @@ pub(crate) fn pwrite_from(fd: RawFd, bufs: &[VolatileSlice<'_>], pos: u64, len: 
         // SAFETY: the iovecs point into live caller slices.
         let n = retry(|| c.syscall(|iov, cnt| unsafe { libc::pwritev(fd, iov, cnt, at) }))?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
         }
         done += n;
     }
@@ -202,9 +215,13 @@ fn sock_err(e: io::Error) -> io::Error {
 pub(crate) fn read_exact_into(fd: RawFd, c: &mut Cursor<'_, '_>) -> io::Result<()> {
     while c.remaining() > 0 {
         // SAFETY: the iovecs point into live caller slices.
-        let n = retry(|| c.syscall(|iov, cnt| unsafe { libc::readv(fd, iov, cnt) })).map_err(sock_err)?;
+        let n = retry(|| c.syscall(|iov, cnt| unsafe { libc::readv(fd, iov, cnt) }))
+            .map_err(sock_err)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
         }
     }
     Ok(())
@@ -248,11 +265,18 @@ pub(crate) fn write_all_with(fd: RawFd, head: &[u8], c: &mut Cursor<'_, '_>) -> 
         };
         let r = retry(|| {
             let r = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-            if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
         })
         .map_err(sock_err)?;
         if r == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted nothing"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "socket accepted nothing",
+            ));
         }
         let from_head = r.min(head_left);
         head_done += from_head;
@@ -266,7 +290,13 @@ pub(crate) fn read_exact_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: reading into our own buffer's tail.
-        let r = unsafe { libc::read(fd, buf[done..].as_mut_ptr() as *mut libc::c_void, buf.len() - done) };
+        let r = unsafe {
+            libc::read(
+                fd,
+                buf[done..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - done,
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -275,7 +305,10 @@ pub(crate) fn read_exact_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<()> {
             return Err(sock_err(e));
         }
         if r == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
         }
         done += r as usize;
     }

@@ -24,7 +24,9 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Histogram {
+            counts: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 }
 
@@ -71,7 +73,12 @@ impl Histogram {
             }
             Duration::from_nanos(u64::MAX)
         };
-        LatencySummary { count: total, p50: quantile(0.50), p99: quantile(0.99), max: quantile(1.0) }
+        LatencySummary {
+            count: total,
+            p50: quantile(0.50),
+            p99: quantile(0.99),
+            max: quantile(1.0),
+        }
     }
 }
 
@@ -119,7 +126,10 @@ pub struct Instrumented {
 
 impl Instrumented {
     pub fn new(inner: Arc<dyn Pager>) -> Instrumented {
-        Instrumented { inner, c: Counters::default() }
+        Instrumented {
+            inner,
+            c: Counters::default(),
+        }
     }
 
     pub fn inner(&self) -> &Arc<dyn Pager> {
@@ -177,7 +187,13 @@ impl Pager for Instrumented {
         self.count(r)
     }
 
-    fn data_write(&self, kernel: KernelId, offset: ObjectOffset, len: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
         let t = Instant::now();
         let r = self.inner.data_write(kernel, offset, len, bufs);
         self.c.write_latency.record(t.elapsed());
@@ -188,7 +204,13 @@ impl Pager for Instrumented {
         self.count(r)
     }
 
-    fn data_unlock(&self, kernel: KernelId, offset: ObjectOffset, len: u64, desired: Access) -> Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        desired: Access,
+    ) -> Result<UnlockReply> {
         self.count(self.inner.data_unlock(kernel, offset, len, desired))
     }
 
@@ -216,11 +238,29 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_cover_their_values() {
         let mut last = 0;
-        for ns in [0u64, 1, 7, 8, 9, 15, 16, 100, 1000, 4095, 4096, 1 << 40, u64::MAX] {
+        for ns in [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            100,
+            1000,
+            4095,
+            4096,
+            1 << 40,
+            u64::MAX,
+        ] {
             let b = bucket_of(ns);
             assert!(b >= last);
             last = b;
-            assert!(bucket_high(b) >= ns, "{ns} in bucket {b} high {}", bucket_high(b));
+            assert!(
+                bucket_high(b) >= ns,
+                "{ns} in bucket {b} high {}",
+                bucket_high(b)
+            );
             if ns >= 8 {
                 // relative error bound
                 assert!(bucket_high(b) - ns <= ns / 8 + 1);

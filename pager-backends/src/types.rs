@@ -17,7 +17,7 @@ impl ObjectOffset {
         self.0
     }
     pub const fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
     /// `self + len`, or `None` on overflow (lengths come from untrusted callers).
     pub fn checked_add(self, len: u64) -> Option<ObjectOffset> {
@@ -45,7 +45,11 @@ impl Access {
 
     /// Builds from wire bits; unknown bits are rejected rather than ignored.
     pub const fn from_bits(bits: u8) -> Option<Access> {
-        if bits & !7 == 0 { Some(Access(bits)) } else { None }
+        if bits & !7 == 0 {
+            Some(Access(bits))
+        } else {
+            None
+        }
     }
     pub const fn bits(self) -> u8 {
         self.0

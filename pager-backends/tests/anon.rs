@@ -17,7 +17,15 @@ fn anon(size: u64) -> AnonPager {
 fn never_written_pages_are_unavailable_and_buffers_untouched() {
     let p = anon(1 << 20);
     let mut buf = vec![0xabu8; 8192];
-    let r = p.data_request(K, ObjectOffset(4096), 8192, Access::READ, &[slice(&mut buf)]).unwrap();
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            8192,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
     assert_eq!(r, DataReply::Unavailable { bytes: 8192 });
     assert!(buf.iter().all(|&b| b == 0xab));
 }
@@ -26,11 +34,26 @@ fn never_written_pages_are_unavailable_and_buffers_untouched() {
 fn written_pages_come_back_and_holes_read_as_zero() {
     let p = anon(1 << 20);
     let mut page = pattern(4096);
-    p.data_write(K, ObjectOffset(8192), 4096, &[slice(&mut page)]).unwrap();
+    p.data_write(K, ObjectOffset(8192), 4096, &[slice(&mut page)])
+        .unwrap();
     assert_eq!(p.resident_pages(), 1);
     let mut buf = vec![0xffu8; 12288];
-    let r = p.data_request(K, ObjectOffset(4096), 12288, Access::READ, &[slice(&mut buf)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 12288, lock: Access::NONE });
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            12288,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 12288,
+            lock: Access::NONE
+        }
+    );
     assert!(buf[..4096].iter().all(|&b| b == 0));
     assert_eq!(&buf[4096..8192], &page[..]);
     assert!(buf[8192..].iter().all(|&b| b == 0));
@@ -40,11 +63,14 @@ fn written_pages_come_back_and_holes_read_as_zero() {
 fn last_terminate_discards_the_memory() {
     let p = anon(1 << 20);
     let mut page = pattern(4096);
-    p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]).unwrap();
+    p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)])
+        .unwrap();
     p.terminate(K).unwrap();
     p.init(K, Arc::new(Recorder::default())).unwrap();
     let mut buf = vec![0u8; 4096];
-    let r = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    let r = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap();
     assert_eq!(r, DataReply::Unavailable { bytes: 4096 });
 }
 
@@ -52,9 +78,24 @@ fn last_terminate_discards_the_memory() {
 fn bounds_are_checked() {
     let p = anon(64 * 1024);
     let mut buf = vec![0u8; 8192];
-    assert!(matches!(p.data_request(K, ObjectOffset(64 * 1024), 4096, Access::READ, &[slice(&mut buf)]), Err(PagerError::PastEnd { .. })));
-    assert!(matches!(p.data_write(K, ObjectOffset(60 * 1024), 8192, &[slice(&mut buf)]), Err(PagerError::BadRange { .. })));
-    assert!(matches!(AnonPager::new(1000, &OpenOptions::default()), Err(PagerError::BadRange { .. })));
+    assert!(matches!(
+        p.data_request(
+            K,
+            ObjectOffset(64 * 1024),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)]
+        ),
+        Err(PagerError::PastEnd { .. })
+    ));
+    assert!(matches!(
+        p.data_write(K, ObjectOffset(60 * 1024), 8192, &[slice(&mut buf)]),
+        Err(PagerError::BadRange { .. })
+    ));
+    assert!(matches!(
+        AnonPager::new(1000, &OpenOptions::default()),
+        Err(PagerError::BadRange { .. })
+    ));
 }
 
 #[test]
@@ -62,6 +103,13 @@ fn open_by_uri_with_size() {
     let p = pager_backends::open("zero?size=128K", &OpenOptions::default()).unwrap();
     assert_eq!(p.extent().unwrap(), 128 * 1024);
     assert!(p.describe().contains("anonymous"));
-    let p = pager_backends::open("anon", &OpenOptions { anon_size: 1 << 16, ..Default::default() }).unwrap();
+    let p = pager_backends::open(
+        "anon",
+        &OpenOptions {
+            anon_size: 1 << 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(p.extent().unwrap(), 1 << 16);
 }

@@ -2,7 +2,9 @@ mod common;
 
 use common::*;
 use pager_backends::file::FilePager;
-use pager_backends::{Access, DataReply, KernelId, ObjectOffset, OpenOptions, PAGE_SIZE, Pager, PagerError};
+use pager_backends::{
+    Access, DataReply, KernelId, ObjectOffset, OpenOptions, PAGE_SIZE, Pager, PagerError,
+};
 use std::sync::Arc;
 
 const K: KernelId = KernelId(1);
@@ -22,8 +24,16 @@ fn reads_pages_through_a_scatter_list() {
     // Odd segment sizes: one page spread over three buffers.
     let (mut a, mut b, mut c) = (vec![0u8; 1000], vec![0u8; 3000], vec![0u8; 96 + 4096]);
     let bufs = [slice(&mut a), slice(&mut b), slice(&mut c)];
-    let r = f.data_request(K, ObjectOffset(8192), 8192, Access::READ, &bufs).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 8192, lock: Access::NONE });
+    let r = f
+        .data_request(K, ObjectOffset(8192), 8192, Access::READ, &bufs)
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
     let got: Vec<u8> = [a, b, c].concat();
     assert_eq!(&got[..8192], &data[8192..16384]);
 }
@@ -34,34 +44,59 @@ fn last_partial_page_is_zero_filled() {
     let (_d, _p, f) = open_file(&data, true);
     assert_eq!(f.extent().unwrap(), 5000);
     let mut buf = vec![0xaau8; 4096];
-    let r = f.data_request(K, ObjectOffset(4096), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 4096, lock: Access::NONE });
+    let r = f
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 4096,
+            lock: Access::NONE
+        }
+    );
     assert_eq!(&buf[..904], &data[4096..]);
     assert!(buf[904..].iter().all(|&b| b == 0));
 }
 
 #[test]
 fn missing_file_names_the_path() {
-    let err = FilePager::open(std::path::Path::new("/nonexistent/duality/obj"), true, &OpenOptions::default())
-        .err()
-        .unwrap();
+    let err = FilePager::open(
+        std::path::Path::new("/nonexistent/duality/obj"),
+        true,
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
     match &err {
         PagerError::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains("/nonexistent/duality/obj"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/duality/obj"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unreadable_paths_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     // A directory cannot back an object.
-    let err = FilePager::open(dir.path(), true, &OpenOptions::default()).err().unwrap();
+    let err = FilePager::open(dir.path(), true, &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("directory"), "{err}");
     // A path through a regular file (ENOTDIR) — works even as root, where
     // permission bits would not stop us.
     let f = write_file(dir.path(), "plain", b"x");
-    let err = FilePager::open(&f.join("sub"), true, &OpenOptions::default()).err().unwrap();
+    let err = FilePager::open(&f.join("sub"), true, &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, PagerError::Io(_)), "{err:?}");
     assert!(err.to_string().contains("plain/sub"), "{err}");
 }
@@ -71,12 +106,26 @@ fn file_shorter_than_the_object_is_an_error_not_zeros() {
     let data = pattern(16384);
     let (_d, path, f) = open_file(&data, true);
     // Someone truncates the file behind the pager's back.
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
     let mut buf = vec![0u8; 4096];
-    let err = f.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = f
+        .data_request(
+            K,
+            ObjectOffset(8192),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("shorter than the object"), "{err}");
     // What is still there still reads.
-    f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap();
     assert_eq!(&buf[..], &data[..4096]);
 }
 
@@ -84,11 +133,41 @@ fn file_shorter_than_the_object_is_an_error_not_zeros() {
 fn requests_past_the_extent_fail() {
     let (_d, _p, f) = open_file(&pattern(5000), true);
     let mut buf = vec![0u8; 16384];
-    let err = f.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
-    assert!(matches!(err, PagerError::PastEnd { size: 5000, .. }), "{err:?}");
-    let err = f.data_request(K, ObjectOffset(4096), 8192, Access::READ, &[slice(&mut buf)]).unwrap_err();
-    assert!(matches!(err, PagerError::BadRange { why, .. } if why.contains("past the end")), "{err:?}");
-    let err = f.data_request(K, ObjectOffset(u64::MAX - 4095), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = f
+        .data_request(
+            K,
+            ObjectOffset(8192),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, PagerError::PastEnd { size: 5000, .. }),
+        "{err:?}"
+    );
+    let err = f
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            8192,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, PagerError::BadRange { why, .. } if why.contains("past the end")),
+        "{err:?}"
+    );
+    let err = f
+        .data_request(
+            K,
+            ObjectOffset(u64::MAX - 4095),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
     assert!(matches!(err, PagerError::PastEnd { .. }), "{err:?}");
 }
 
@@ -96,27 +175,60 @@ fn requests_past_the_extent_fail() {
 fn misaligned_and_oversized_requests_fail() {
     let (_d, _p, f) = open_file(&pattern(1 << 20), false);
     let mut buf = vec![0u8; 16384];
-    let cases: [(u64, u64, &str); 4] =
-        [(100, 4096, "not page aligned"), (0, 100, "whole number of pages"), (0, 0, "zero"), (0, 12288 + 4096 * 4, "shorter")];
+    let cases: [(u64, u64, &str); 4] = [
+        (100, 4096, "not page aligned"),
+        (0, 100, "whole number of pages"),
+        (0, 0, "zero"),
+        (0, 12288 + 4096 * 4, "shorter"),
+    ];
     for (off, len, why_part) in cases {
-        let err = f.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)]).unwrap_err();
-        assert!(matches!(&err, PagerError::BadRange { why, .. } if why.contains(why_part)), "{off} {len}: {err:?}");
-        let err = f.data_write(K, ObjectOffset(off), len, &[slice(&mut buf)]).unwrap_err();
+        let err = f
+            .data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)])
+            .unwrap_err();
+        assert!(
+            matches!(&err, PagerError::BadRange { why, .. } if why.contains(why_part)),
+            "{off} {len}: {err:?}"
+        );
+        let err = f
+            .data_write(K, ObjectOffset(off), len, &[slice(&mut buf)])
+            .unwrap_err();
         assert!(matches!(&err, PagerError::BadRange { .. }), "{err:?}");
     }
     let mut big = vec![0u8; (pager_backends::MAX_REQUEST + PAGE_SIZE) as usize];
-    let err = f.data_request(K, ObjectOffset(0), pager_backends::MAX_REQUEST + PAGE_SIZE, Access::READ, &[slice(&mut big)]).unwrap_err();
-    assert!(matches!(&err, PagerError::BadRange { why, .. } if why.contains("maximum")), "{err:?}");
+    let err = f
+        .data_request(
+            K,
+            ObjectOffset(0),
+            pager_backends::MAX_REQUEST + PAGE_SIZE,
+            Access::READ,
+            &[slice(&mut big)],
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, PagerError::BadRange { why, .. } if why.contains("maximum")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn unknown_kernel_is_refused() {
     let (_d, _p, f) = open_file(&pattern(8192), true);
     let mut buf = vec![0u8; 4096];
-    let err = f.data_request(KernelId(99), ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = f
+        .data_request(
+            KernelId(99),
+            ObjectOffset(0),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
     assert!(matches!(err, PagerError::UnknownKernel(99)));
     f.terminate(K).unwrap();
-    assert!(matches!(f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]), Err(PagerError::UnknownKernel(1))));
+    assert!(matches!(
+        f.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]),
+        Err(PagerError::UnknownKernel(1))
+    ));
 }
 
 #[test]
@@ -124,7 +236,8 @@ fn writes_are_durable_and_do_not_grow_the_file() {
     let data = pattern(6000);
     let (_d, path, f) = open_file(&data, false);
     let mut page = vec![0x5au8; 4096];
-    f.data_write(K, ObjectOffset(4096), 4096, &[slice(&mut page)]).unwrap();
+    f.data_write(K, ObjectOffset(4096), 4096, &[slice(&mut page)])
+        .unwrap();
     f.sync().unwrap();
     let on_disk = std::fs::read(&path).unwrap();
     assert_eq!(on_disk.len(), 6000, "object must not grow");
@@ -137,8 +250,14 @@ fn writes_are_durable_and_do_not_grow_the_file() {
 fn read_only_objects_refuse_writes() {
     let (_d, _p, f) = open_file(&pattern(8192), true);
     let mut page = vec![0u8; 4096];
-    assert!(matches!(f.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]), Err(PagerError::ReadOnly)));
-    assert!(matches!(f.data_unlock(K, ObjectOffset(0), 4096, Access::WRITE), Err(PagerError::ReadOnly)));
+    assert!(matches!(
+        f.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]),
+        Err(PagerError::ReadOnly)
+    ));
+    assert!(matches!(
+        f.data_unlock(K, ObjectOffset(0), 4096, Access::WRITE),
+        Err(PagerError::ReadOnly)
+    ));
 }
 
 #[test]
@@ -150,10 +269,17 @@ fn sequential_reads_grow_read_ahead_within_the_offered_buffer() {
     for _ in 0..8 {
         // Ask for one page, offer 64.
         let mut buf = vec![0xeeu8; 64 * 4096];
-        let r = f.data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
-        let DataReply::Provided { bytes, .. } = r else { panic!("{r:?}") };
-        assert!(bytes >= 4096 && bytes <= 64 * 4096 && bytes % 4096 == 0);
-        assert_eq!(&buf[..bytes as usize], &data[off as usize..(off + bytes) as usize]);
+        let r = f
+            .data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)])
+            .unwrap();
+        let DataReply::Provided { bytes, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!((4096..=64 * 4096).contains(&bytes) && bytes % 4096 == 0);
+        assert_eq!(
+            &buf[..bytes as usize],
+            &data[off as usize..(off + bytes) as usize]
+        );
         // Space beyond what was provided is untouched.
         assert!(buf[bytes as usize..].iter().all(|&b| b == 0xee));
         biggest = biggest.max(bytes);
@@ -162,8 +288,22 @@ fn sequential_reads_grow_read_ahead_within_the_offered_buffer() {
     assert!(biggest > 4096, "sequential access must trigger read-ahead");
     // A random access gets exactly what it asked for.
     let mut buf = vec![0u8; 64 * 4096];
-    let r = f.data_request(K, ObjectOffset(3 << 20), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 4096, lock: Access::NONE });
+    let r = f
+        .data_request(
+            K,
+            ObjectOffset(3 << 20),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 4096,
+            lock: Access::NONE
+        }
+    );
 }
 
 #[test]
@@ -178,7 +318,8 @@ fn parallel_readers_see_their_own_pages() {
                 for i in 0..64u64 {
                     let off = ((i * 4 + t) % 256) * 4096;
                     let mut buf = vec![0u8; 4096];
-                    f.data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+                    f.data_request(K, ObjectOffset(off), 4096, Access::READ, &[slice(&mut buf)])
+                        .unwrap();
                     assert_eq!(&buf[..], &data[off as usize..off as usize + 4096]);
                 }
             })

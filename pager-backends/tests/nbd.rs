@@ -18,7 +18,9 @@ fn init(p: &dyn Pager) {
 
 #[test]
 fn reads_writes_and_flushes_against_qemu_nbd() {
-    let Some(q) = need_qemu_nbd("reads_writes_and_flushes_against_qemu_nbd") else { return };
+    let Some(q) = need_qemu_nbd("reads_writes_and_flushes_against_qemu_nbd") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(1 << 20);
     let path = write_file(dir.path(), "disk.img", &data);
@@ -31,12 +33,27 @@ fn reads_writes_and_flushes_against_qemu_nbd() {
 
     // Scatter read across two buffers.
     let (mut a, mut b) = (vec![0u8; 5000], vec![0u8; 3192]);
-    let r = p.data_request(K, ObjectOffset(65536), 8192, Access::READ, &[slice(&mut a), slice(&mut b)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 8192, lock: Access::NONE });
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(65536),
+            8192,
+            Access::READ,
+            &[slice(&mut a), slice(&mut b)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
     assert_eq!([a, b].concat(), &data[65536..65536 + 8192]);
 
     let mut page = vec![0x42u8; 8192];
-    p.data_write(K, ObjectOffset(4096), 8192, &[slice(&mut page)]).unwrap();
+    p.data_write(K, ObjectOffset(4096), 8192, &[slice(&mut page)])
+        .unwrap();
     p.sync().unwrap();
     let on_disk = std::fs::read(&path).unwrap();
     assert!(on_disk[4096..12288].iter().all(|&b| b == 0x42));
@@ -46,7 +63,9 @@ fn reads_writes_and_flushes_against_qemu_nbd() {
 
 #[test]
 fn many_requests_in_flight_from_many_threads() {
-    let Some(q) = need_qemu_nbd("many_requests_in_flight_from_many_threads") else { return };
+    let Some(q) = need_qemu_nbd("many_requests_in_flight_from_many_threads") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = Arc::new(pattern(2 << 20));
     let path = write_file(dir.path(), "disk.img", &data);
@@ -62,8 +81,13 @@ fn many_requests_in_flight_from_many_threads() {
                     let len = 4096 * (1 + (i % 4));
                     let len = len.min((2 << 20) - off);
                     let mut buf = vec![0u8; len as usize];
-                    p.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)]).unwrap();
-                    assert_eq!(&buf[..], &data[off as usize..(off + len) as usize], "thread {t} req {i}");
+                    p.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)])
+                        .unwrap();
+                    assert_eq!(
+                        &buf[..],
+                        &data[off as usize..(off + len) as usize],
+                        "thread {t} req {i}"
+                    );
                 }
             })
         })
@@ -75,7 +99,9 @@ fn many_requests_in_flight_from_many_threads() {
 
 #[test]
 fn read_only_export_refuses_writes() {
-    let Some(q) = need_qemu_nbd("read_only_export_refuses_writes") else { return };
+    let Some(q) = need_qemu_nbd("read_only_export_refuses_writes") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "ro.img", &pattern(65536));
     let srv = NbdServer::start(&q, &path, "ro", true);
@@ -83,16 +109,23 @@ fn read_only_export_refuses_writes() {
     let info = p.init(K, Arc::new(Recorder::default())).unwrap();
     assert!(info.read_only);
     let mut page = vec![0u8; 4096];
-    assert!(matches!(p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]), Err(PagerError::ReadOnly)));
+    assert!(matches!(
+        p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)]),
+        Err(PagerError::ReadOnly)
+    ));
 }
 
 #[test]
 fn server_refusing_the_export_is_a_clear_error() {
-    let Some(q) = need_qemu_nbd("server_refusing_the_export_is_a_clear_error") else { return };
+    let Some(q) = need_qemu_nbd("server_refusing_the_export_is_a_clear_error") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "d.img", &pattern(65536));
     let srv = NbdServer::start(&q, &path, "right", false);
-    let err = pager_backends::open(&srv.uri("wrong"), &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open(&srv.uri("wrong"), &OpenOptions::default())
+        .err()
+        .unwrap();
     let msg = err.to_string();
     assert!(msg.contains("refused export \"wrong\""), "{msg}");
 }
@@ -100,18 +133,32 @@ fn server_refusing_the_export_is_a_clear_error() {
 #[test]
 fn server_not_listening_is_a_clear_error() {
     // A port that was just free and now has nobody listening.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let err = pager_backends::open(&format!("nbd://127.0.0.1:{port}/x"), &OpenOptions::default()).err().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = pager_backends::open(
+        &format!("nbd://127.0.0.1:{port}/x"),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
     match &err {
         PagerError::Io(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
         other => panic!("{other:?}"),
     }
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
 }
 
 #[test]
 fn killed_server_fails_requests_without_hanging() {
-    let Some(q) = need_qemu_nbd("killed_server_fails_requests_without_hanging") else { return };
+    let Some(q) = need_qemu_nbd("killed_server_fails_requests_without_hanging") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(65536);
     let path = write_file(dir.path(), "d.img", &data);
@@ -119,14 +166,28 @@ fn killed_server_fails_requests_without_hanging() {
     let p = pager_backends::open(&srv.uri("e"), &OpenOptions::default()).unwrap();
     init(&*p);
     let mut buf = vec![0u8; 4096];
-    p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap();
     srv.child.0.kill().unwrap();
     srv.child.0.wait().unwrap();
-    let err = p.data_request(K, ObjectOffset(4096), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = p
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap_err();
     assert!(matches!(err, PagerError::Dead(_)), "{err:?}");
     // And it stays dead, clearly.
-    let err = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
-    assert!(err.to_string().contains("nbd connection lost") || err.to_string().contains("nbd"), "{err}");
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nbd connection lost") || err.to_string().contains("nbd"),
+        "{err}"
+    );
     assert!(p.describe().contains("DEAD"));
 }
 
@@ -145,7 +206,13 @@ enum Fault {
 
 /// A minimal hand-written NBD server: enough handshake to get a client to
 /// transmission phase, then a fault. Returns the port and the server thread.
-fn fake_server(fault: Fault) -> (u16, std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+fn fake_server(
+    fault: Fault,
+) -> (
+    u16,
+    std::thread::JoinHandle<()>,
+    std::sync::mpsc::Sender<()>,
+) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -209,9 +276,13 @@ fn fault_case(fault: Fault, opts: &OpenOptions) -> PagerError {
     let p = pager_backends::open(&format!("nbd://127.0.0.1:{port}/x"), opts).unwrap();
     init(&*p);
     let mut buf = vec![0x11u8; 4096];
-    let err = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
     // Whatever state the connection is in, later requests fail fast too.
-    let again = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let again = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
     assert!(matches!(again, PagerError::Dead(_)), "{again:?}");
     let _ = tx.send(());
     h.join().unwrap();
@@ -221,12 +292,18 @@ fn fault_case(fault: Fault, opts: &OpenOptions) -> PagerError {
 #[test]
 fn server_dying_mid_reply_fails_the_request() {
     let err = fault_case(Fault::DieMidReply, &OpenOptions::default());
-    assert!(matches!(&err, PagerError::Dead(m) if m.contains("mid-reply")), "{err:?}");
+    assert!(
+        matches!(&err, PagerError::Dead(m) if m.contains("mid-reply")),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn silent_server_times_out() {
-    let opts = OpenOptions { request_timeout: Duration::from_millis(300), ..Default::default() };
+    let opts = OpenOptions {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let err = fault_case(Fault::Silent, &opts);
     assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
 }
@@ -236,7 +313,10 @@ fn garbage_replies_are_protocol_errors() {
     let err = fault_case(Fault::BadMagic, &OpenOptions::default());
     assert!(err.to_string().contains("bad reply magic"), "{err}");
     let err = fault_case(Fault::WrongCookie, &OpenOptions::default());
-    assert!(err.to_string().contains("unknown or finished request"), "{err}");
+    assert!(
+        err.to_string().contains("unknown or finished request"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -247,7 +327,12 @@ fn not_an_nbd_server() {
         let (mut s, _) = l.accept().unwrap();
         s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
     });
-    let err = pager_backends::open(&format!("nbd://127.0.0.1:{port}/x"), &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open(
+        &format!("nbd://127.0.0.1:{port}/x"),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("not an NBD server"), "{err}");
     h.join().unwrap();
 }

@@ -8,17 +8,32 @@ use std::sync::Arc;
 fn instrumented_counts_requests_bytes_and_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "s", &pattern(65536));
-    let p = pager_backends::open_instrumented(&format!("file:{}", path.display()), &OpenOptions::default()).unwrap();
+    let p = pager_backends::open_instrumented(
+        &format!("file:{}", path.display()),
+        &OpenOptions::default(),
+    )
+    .unwrap();
     let k = KernelId(1);
     p.init(k, Arc::new(Recorder::default())).unwrap();
     let mut buf = vec![0u8; 8192];
     for i in 0..10u64 {
         // Random-ish order so read-ahead stays off: exactly 8 KiB each.
         let off = ((i * 3) % 7) * 8192;
-        p.data_request(k, ObjectOffset(off), 8192, Access::READ, &[slice(&mut buf)]).unwrap();
+        p.data_request(k, ObjectOffset(off), 8192, Access::READ, &[slice(&mut buf)])
+            .unwrap();
     }
-    p.data_write(k, ObjectOffset(0), 4096, &[slice(&mut buf)]).unwrap();
-    assert!(matches!(p.data_request(k, ObjectOffset(1 << 20), 4096, Access::READ, &[slice(&mut buf)]), Err(PagerError::PastEnd { .. })));
+    p.data_write(k, ObjectOffset(0), 4096, &[slice(&mut buf)])
+        .unwrap();
+    assert!(matches!(
+        p.data_request(
+            k,
+            ObjectOffset(1 << 20),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)]
+        ),
+        Err(PagerError::PastEnd { .. })
+    ));
     let s = p.stats();
     assert_eq!(s.data_requests, 11);
     assert_eq!(s.data_writes, 1);
@@ -32,9 +47,13 @@ fn instrumented_counts_requests_bytes_and_errors() {
 
 #[test]
 fn bad_uris_are_clear_errors() {
-    let err = pager_backends::open("ftp://x", &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open("ftp://x", &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, PagerError::Uri(_)));
     assert!(err.to_string().starts_with("bad pager URI"), "{err}");
-    let err = pager_backends::open("file:/definitely/not/here", &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open("file:/definitely/not/here", &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("/definitely/not/here"), "{err}");
 }

@@ -7,7 +7,8 @@ use common::*;
 use pager_backends::procedural::generate_page;
 use pager_backends::unix::proto as p;
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, OpenOptions, Pager, PagerError, UnlockReply,
+    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, OpenOptions, Pager,
+    PagerError, UnlockReply,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -33,30 +34,53 @@ fn real_pager_process_serves_generated_data_and_keeps_writes() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
     let _child = start_procedural(&sock, 1 << 40, SEED);
-    let p = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
+    let p =
+        pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
     let info = p.init(K, Arc::new(Recorder::default())).unwrap();
     assert_eq!(info.size, 1 << 40, "a terabyte no file has to hold");
     assert!(p.describe().contains("procedural data"));
     // Far into the object, in two scattered buffers.
     let off = 700u64 << 30;
     let (mut a, mut b) = (vec![0u8; 6000], vec![0u8; 2192]);
-    let r = p.data_request(K, ObjectOffset(off), 8192, Access::READ, &[slice(&mut a), slice(&mut b)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 8192, lock: Access::NONE });
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(off),
+            8192,
+            Access::READ,
+            &[slice(&mut a), slice(&mut b)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
     assert_eq!([a, b].concat(), expected(off, 8192));
     // Dirty page goes back and is what we read next time.
     let mut page = vec![0x77u8; 4096];
-    p.data_write(K, ObjectOffset(off), 4096, &[slice(&mut page)]).unwrap();
+    p.data_write(K, ObjectOffset(off), 4096, &[slice(&mut page)])
+        .unwrap();
     let mut buf = vec![0u8; 8192];
-    p.data_request(K, ObjectOffset(off), 8192, Access::READ, &[slice(&mut buf)]).unwrap();
+    p.data_request(K, ObjectOffset(off), 8192, Access::READ, &[slice(&mut buf)])
+        .unwrap();
     assert!(buf[..4096].iter().all(|&b| b == 0x77));
     assert_eq!(&buf[4096..], &expected(off + 4096, 4096)[..]);
-    assert_eq!(p.data_unlock(K, ObjectOffset(0), 4096, Access::WRITE).unwrap(), UnlockReply { lock: Access::NONE });
+    assert_eq!(
+        p.data_unlock(K, ObjectOffset(0), 4096, Access::WRITE)
+            .unwrap(),
+        UnlockReply { lock: Access::NONE }
+    );
     p.sync().unwrap();
     assert_eq!(p.extent().unwrap(), 1 << 40);
     p.terminate(K).unwrap();
     // Terminated kernels are refused locally and by the pager.
     assert!(matches!(p.terminate(K), Err(PagerError::UnknownKernel(0))));
-    let err = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
     assert!(matches!(err, PagerError::UnknownKernel(0)), "{err:?}");
 }
 
@@ -65,7 +89,8 @@ fn parallel_requests_to_a_real_pager() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
     let _child = start_procedural(&sock, 1 << 30, SEED);
-    let p = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
+    let p =
+        pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
     p.init(K, Arc::new(Recorder::default())).unwrap();
     let threads: Vec<_> = (0..6u64)
         .map(|t| {
@@ -75,7 +100,8 @@ fn parallel_requests_to_a_real_pager() {
                     let off = (t * 1000 + i * 17) * 4096;
                     let len = 4096 * (1 + i % 16);
                     let mut buf = vec![0u8; len as usize];
-                    p.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)]).unwrap();
+                    p.data_request(K, ObjectOffset(off), len, Access::READ, &[slice(&mut buf)])
+                        .unwrap();
                     assert_eq!(buf, expected(off, len));
                 }
             })
@@ -91,18 +117,23 @@ fn pager_process_dying_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
     let mut child = start_procedural(&sock, 1 << 20, SEED);
-    let p = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
+    let p =
+        pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).unwrap();
     p.init(K, Arc::new(Recorder::default())).unwrap();
     child.0.kill().unwrap();
     child.0.wait().unwrap();
     let mut buf = vec![0u8; 4096];
-    let err = p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)]).unwrap_err();
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
     assert!(matches!(err, PagerError::Dead(_)), "{err:?}");
     assert!(err.to_string().contains("external pager"), "{err}");
     assert!(p.describe().contains("unreachable"));
     // Nobody listening any more.
     std::fs::remove_file(&sock).unwrap();
-    let err = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("p.sock"), "{err}");
 }
 
@@ -114,9 +145,17 @@ struct Chatty {
 }
 
 impl Pager for Chatty {
-    fn init(&self, _k: KernelId, control: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+    fn init(
+        &self,
+        _k: KernelId,
+        control: Arc<dyn KernelControl>,
+    ) -> pager_backends::Result<ObjectInfo> {
         *self.ctl.lock().unwrap() = Some(control);
-        Ok(ObjectInfo { size: 1 << 20, read_only: false, may_cache: true })
+        Ok(ObjectInfo {
+            size: 1 << 20,
+            read_only: false,
+            may_cache: true,
+        })
     }
     fn data_request(
         &self,
@@ -132,17 +171,32 @@ impl Pager for Chatty {
         ctl.set_cache(false)?;
         ctl.destroy("going away")?;
         // Unavailable for even pages, read-ahead of 2 pages for odd ones.
-        if (offset.raw() / 4096) % 2 == 0 {
+        if (offset.raw() / 4096).is_multiple_of(2) {
             Ok(DataReply::Unavailable { bytes: len })
         } else {
             bufs[0].subslice(0, 8192).unwrap().copy_from(&[5u8; 8192]);
-            Ok(DataReply::Provided { bytes: 8192, lock: Access::WRITE })
+            Ok(DataReply::Provided {
+                bytes: 8192,
+                lock: Access::WRITE,
+            })
         }
     }
-    fn data_write(&self, _k: KernelId, _o: ObjectOffset, _l: u64, _b: &[VolatileSlice<'_>]) -> pager_backends::Result<()> {
+    fn data_write(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
         Err(PagerError::ReadOnly)
     }
-    fn data_unlock(&self, _k: KernelId, _o: ObjectOffset, _l: u64, _d: Access) -> pager_backends::Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _d: Access,
+    ) -> pager_backends::Result<UnlockReply> {
         Ok(UnlockReply { lock: Access::NONE })
     }
     fn extent(&self) -> pager_backends::Result<u64> {
@@ -176,24 +230,55 @@ fn pager_speaks_first_and_errors_travel() {
     let mut buf = vec![0u8; 16384];
     // The unprompted messages precede the reply on the socket, so they have
     // been delivered by the time the request returns.
-    let r = p.data_request(K, ObjectOffset(4096), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
-    assert_eq!(r, DataReply::Provided { bytes: 8192, lock: Access::WRITE });
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(4096),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::WRITE
+        }
+    );
     assert!(buf[..8192].iter().all(|&b| b == 5));
     assert_eq!(
         *rec.events.lock().unwrap(),
-        vec!["lock 0x1000 4096 2 true false", "offer 0x10000 8192 0 first=9", "cache false", "destroy going away"]
+        vec![
+            "lock 0x1000 4096 2 true false",
+            "offer 0x10000 8192 0 first=9",
+            "cache false",
+            "destroy going away"
+        ]
     );
-    let r = p.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(8192),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
     assert_eq!(r, DataReply::Unavailable { bytes: 4096 });
     // A pager's error arrives as the same error.
-    let err = p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut buf)]).unwrap_err();
+    let err = p
+        .data_write(K, ObjectOffset(0), 4096, &[slice(&mut buf)])
+        .unwrap_err();
     assert!(matches!(err, PagerError::ReadOnly), "{err:?}");
     assert!(p.describe().ends_with("chatty"));
 }
 
 /// A hand-written "pager" that completes the hello and then does `act`
 /// with the first request it reads (header + payload).
-fn evil_pager(act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static) -> (tempfile::TempDir, String, std::thread::JoinHandle<()>) {
+fn evil_pager(
+    act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static,
+) -> (tempfile::TempDir, String, std::thread::JoinHandle<()>) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("evil.sock");
     let l = UnixListener::bind(&sock).unwrap();
@@ -205,7 +290,13 @@ fn evil_pager(act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static) -> 
         body.extend_from_slice(&1u16.to_le_bytes());
         body.extend_from_slice(&0u16.to_le_bytes());
         body.extend_from_slice(&(16u32 << 20).to_le_bytes());
-        let head = p::Header { len: 16, kind: p::T_HELLO_REPLY, flags: 0, id: 0 }.encode();
+        let head = p::Header {
+            len: 16,
+            kind: p::T_HELLO_REPLY,
+            flags: 0,
+            id: 0,
+        }
+        .encode();
         s.write_all(&head).unwrap();
         s.write_all(&body).unwrap();
         // The client's first request is EXTENT (at connect).
@@ -220,16 +311,29 @@ fn evil_pager(act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static) -> 
 }
 
 fn frame(kind: u16, id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut m = p::Header { len: payload.len() as u32, kind, flags: 0, id }.encode().to_vec();
+    let mut m = p::Header {
+        len: payload.len() as u32,
+        kind,
+        flags: 0,
+        id,
+    }
+    .encode()
+    .to_vec();
     m.extend_from_slice(payload);
     m
 }
 
 fn open_evil(act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static) -> String {
     let (_d, uri, h) = evil_pager(act);
-    let err = pager_backends::open(&uri, &OpenOptions { request_timeout: Duration::from_millis(500), ..Default::default() })
-        .err()
-        .expect("a broken pager must not open cleanly");
+    let err = pager_backends::open(
+        &uri,
+        &OpenOptions {
+            request_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("a broken pager must not open cleanly");
     h.join().unwrap();
     err.to_string()
 }
@@ -237,7 +341,10 @@ fn open_evil(act: impl FnOnce(&mut UnixStream, p::Header) + Send + 'static) -> S
 #[test]
 fn malformed_reply_is_a_protocol_error() {
     // EXTENT reply with a 3-byte payload.
-    let msg = open_evil(|s, hd| s.write_all(&frame(p::T_EXTENT_REPLY, hd.id, &[1, 2, 3])).unwrap());
+    let msg = open_evil(|s, hd| {
+        s.write_all(&frame(p::T_EXTENT_REPLY, hd.id, &[1, 2, 3]))
+            .unwrap()
+    });
     assert!(msg.contains("malformed payload length"), "{msg}");
     // Reserved flags set.
     let msg = open_evil(|s, hd| {
@@ -257,7 +364,13 @@ fn malformed_reply_is_a_protocol_error() {
 #[test]
 fn oversized_message_is_refused_without_reading_it() {
     let msg = open_evil(|s, hd| {
-        let head = p::Header { len: u32::MAX, kind: p::T_EXTENT_REPLY, flags: 0, id: hd.id }.encode();
+        let head = p::Header {
+            len: u32::MAX,
+            kind: p::T_EXTENT_REPLY,
+            flags: 0,
+            id: hd.id,
+        }
+        .encode();
         s.write_all(&head).unwrap();
     });
     assert!(msg.contains("exceeds"), "{msg}");
@@ -265,7 +378,10 @@ fn oversized_message_is_refused_without_reading_it() {
 
 #[test]
 fn out_of_order_reply_is_refused() {
-    let msg = open_evil(|s, hd| s.write_all(&frame(p::T_EXTENT_REPLY, hd.id ^ 0x55, &[0; 8])).unwrap());
+    let msg = open_evil(|s, hd| {
+        s.write_all(&frame(p::T_EXTENT_REPLY, hd.id ^ 0x55, &[0; 8]))
+            .unwrap()
+    });
     assert!(msg.contains("out-of-order"), "{msg}");
 }
 
@@ -282,7 +398,10 @@ fn silent_pager_times_out() {
         let (_d, uri, h) = evil_pager(move |_s, _hd| {
             let _ = rx.recv();
         });
-        let opts = OpenOptions { request_timeout: Duration::from_millis(300), ..Default::default() };
+        let opts = OpenOptions {
+            request_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
         let err = pager_backends::open(&uri, &opts).err().unwrap();
         tx.send(()).unwrap();
         h.join().unwrap();
@@ -306,7 +425,9 @@ fn bad_hello_is_refused() {
         body.extend_from_slice(&(16u32 << 20).to_le_bytes());
         s.write_all(&frame(p::T_HELLO_REPLY, 0, &body)).unwrap();
     });
-    let err = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default()).err().unwrap();
+    let err = pager_backends::open(&format!("unix:{}", sock.display()), &OpenOptions::default())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("version 9"), "{err}");
     h.join().unwrap();
 }
@@ -334,7 +455,16 @@ fn server_rejects_a_misbehaving_kernel_side() {
     s.write_all(&frame(p::T_HELLO, 0, &body)).unwrap();
     let mut reply = [0u8; 32];
     s.read_exact(&mut reply).unwrap();
-    s.write_all(&p::Header { len: u32::MAX, kind: p::T_DATA_WRITE, flags: 0, id: 1 }.encode()).unwrap();
+    s.write_all(
+        &p::Header {
+            len: u32::MAX,
+            kind: p::T_DATA_WRITE,
+            flags: 0,
+            id: 1,
+        }
+        .encode(),
+    )
+    .unwrap();
     s.read_exact(&mut h).unwrap();
     assert_eq!(p::Header::decode(&h, 1 << 20).unwrap().kind, p::T_ERROR);
     let mut rest = Vec::new();
@@ -347,7 +477,12 @@ fn a_stalled_pager_does_not_stall_other_objects() {
     // Object A: a pager that never answers data requests (until released).
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let (_d, uri, h) = evil_pager(move |s, hd| {
-        s.write_all(&frame(p::T_EXTENT_REPLY, hd.id, &(1u64 << 20).to_le_bytes())).unwrap();
+        s.write_all(&frame(
+            p::T_EXTENT_REPLY,
+            hd.id,
+            &(1u64 << 20).to_le_bytes(),
+        ))
+        .unwrap();
         let mut head = [0u8; 16];
         s.read_exact(&mut head).unwrap(); // INIT
         let hd = p::Header::decode(&head, u32::MAX).unwrap();
@@ -375,14 +510,31 @@ fn a_stalled_pager_does_not_stall_other_objects() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(65536);
     let path = write_file(dir.path(), "b", &data);
-    let b = pager_backends::open(&format!("file:{}?ro", path.display()), &OpenOptions::default()).unwrap();
+    let b = pager_backends::open(
+        &format!("file:{}?ro", path.display()),
+        &OpenOptions::default(),
+    )
+    .unwrap();
     b.init(K, Arc::new(Recorder::default())).unwrap();
     for i in 0..16u64 {
         let mut buf = vec![0u8; 4096];
-        b.data_request(K, ObjectOffset(i * 4096), 4096, Access::READ, &[slice(&mut buf)]).unwrap();
-        assert_eq!(&buf[..], &data[(i * 4096) as usize..((i + 1) * 4096) as usize]);
+        b.data_request(
+            K,
+            ObjectOffset(i * 4096),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+        assert_eq!(
+            &buf[..],
+            &data[(i * 4096) as usize..((i + 1) * 4096) as usize]
+        );
     }
-    assert!(done_rx.try_recv().is_err(), "A cannot have finished: its pager has not answered");
+    assert!(
+        done_rx.try_recv().is_err(),
+        "A cannot have finished: its pager has not answered"
+    );
     // Releasing A's pager (it hangs up) fails A's request cleanly.
     release_tx.send(()).unwrap();
     h.join().unwrap();

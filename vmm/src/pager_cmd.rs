@@ -2,7 +2,8 @@
 //! exactly as the VMM would open it, without booting anything.
 
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectOffset, OpenOptions, PAGE_SIZE, Pager, PagerError,
+    Access, DataReply, Instrumented, KernelControl, KernelId, ObjectOffset, OpenOptions, PAGE_SIZE,
+    Pager, PagerError, PagerUri,
 };
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -56,7 +57,12 @@ impl KernelControl for CliKernel {
         );
         Ok(())
     }
-    fn offer(&self, offset: ObjectOffset, data: &[u8], _lock: Access) -> pager_backends::Result<()> {
+    fn offer(
+        &self,
+        offset: ObjectOffset,
+        data: &[u8],
+        _lock: Access,
+    ) -> pager_backends::Result<()> {
         eprintln!("pager: offered {} bytes at {offset}", data.len());
         Ok(())
     }
@@ -74,24 +80,40 @@ const ME: KernelId = KernelId(0);
 /// Bytes per data request: large enough to stream, within MAX_REQUEST.
 const CHUNK: u64 = 1 << 20;
 
+/// Opens `uri` for inspection: files read-only, so looking at an image
+/// never needs (or risks) write access.
+fn open_for_inspection(uri: &str, opts: &OpenOptions) -> Result<Instrumented, PagerCmdError> {
+    let mut parsed = PagerUri::parse(uri).map_err(PagerError::from)?;
+    if let PagerUri::File { read_only, .. } = &mut parsed {
+        *read_only = true;
+    }
+    Ok(Instrumented::new(pager_backends::open_backend(
+        &parsed, opts,
+    )?))
+}
+
 pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
     let opts = OpenOptions::default();
     match cmd {
         PagerCommand::Stat { uri } => {
-            let pager = pager_backends::open_instrumented(&uri, &opts)?;
+            let pager = open_for_inspection(&uri, &opts)?;
             let info = pager.init(ME, Arc::new(CliKernel))?;
             println!("uri:       {uri}");
             println!("backend:   {}", pager.describe());
-            println!("size:      {} bytes ({} pages)", info.size, info.size.div_ceil(PAGE_SIZE));
+            println!(
+                "size:      {} bytes ({} pages)",
+                info.size,
+                info.size.div_ceil(PAGE_SIZE)
+            );
             println!("read-only: {}", info.read_only);
             println!("may cache: {}", info.may_cache);
             pager.terminate(ME)?;
             Ok(())
         }
         PagerCommand::Read { uri, offset, len } => {
-            let pager = pager_backends::open_instrumented(&uri, &opts)?;
+            let pager = open_for_inspection(&uri, &opts)?;
             let info = pager.init(ME, Arc::new(CliKernel))?;
-            let r = read_range(&*pager, info.size, offset, len);
+            let r = read_range(&pager, info.size, offset, len);
             // Terminate even after a failed read, but report the read's error.
             let t = pager.terminate(ME);
             r?;
@@ -101,7 +123,12 @@ pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
     }
 }
 
-fn read_range(pager: &dyn Pager, size: u64, offset: u64, len: Option<u64>) -> Result<(), PagerCmdError> {
+fn read_range(
+    pager: &dyn Pager,
+    size: u64,
+    offset: u64,
+    len: Option<u64>,
+) -> Result<(), PagerCmdError> {
     let len = len.unwrap_or(size.saturating_sub(offset));
     let end = match offset.checked_add(len) {
         Some(e) if offset <= size && e <= size => e,

@@ -29,7 +29,9 @@ pub struct NbdClient {
 impl NbdClient {
     pub fn connect(host: &str, port: u16, export: &str, opts: &OpenOptions) -> Result<NbdClient> {
         let target = format!("{host}:{port}");
-        let addrs = (host, port).to_socket_addrs().map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
+        let addrs = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
         let mut last = None;
         let mut stream = None;
         for a in addrs {
@@ -43,7 +45,9 @@ impl NbdClient {
         }
         let mut stream = match (stream, last) {
             (Some(s), _) => s,
-            (None, Some(e)) => return Err(PagerError::io_context(format!("nbd server {target}"), e)),
+            (None, Some(e)) => {
+                return Err(PagerError::io_context(format!("nbd server {target}"), e));
+            }
             (None, None) => {
                 return Err(PagerError::io_context(
                     format!("nbd server {target}"),
@@ -53,13 +57,19 @@ impl NbdClient {
         };
         let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
         stream.set_nodelay(true).map_err(ctx)?;
-        stream.set_read_timeout(Some(opts.connect_timeout)).map_err(ctx)?;
-        stream.set_write_timeout(Some(opts.connect_timeout)).map_err(ctx)?;
+        stream
+            .set_read_timeout(Some(opts.connect_timeout))
+            .map_err(ctx)?;
+        stream
+            .set_write_timeout(Some(opts.connect_timeout))
+            .map_err(ctx)?;
         let export = proto::handshake(&mut stream, export)?;
         // From here the reader waits as long as it must; per-request
         // deadlines are enforced by the waiters (they shut the socket down).
         stream.set_read_timeout(None).map_err(ctx)?;
-        stream.set_write_timeout(Some(opts.request_timeout)).map_err(ctx)?;
+        stream
+            .set_write_timeout(Some(opts.request_timeout))
+            .map_err(ctx)?;
         let inflight = Arc::new(Inflight::new(opts.max_in_flight));
         let rstream = stream.try_clone().map_err(ctx)?;
         let rinflight = inflight.clone();
@@ -67,7 +77,14 @@ impl NbdClient {
             .name(format!("nbd-reader {target}"))
             .spawn(move || reader_loop(rstream, rinflight))
             .map_err(ctx)?;
-        Ok(NbdClient { stream, send_lock: Mutex::new(()), inflight, export, timeout: opts.request_timeout, reader: Some(reader) })
+        Ok(NbdClient {
+            stream,
+            send_lock: Mutex::new(()),
+            inflight,
+            export,
+            timeout: opts.request_timeout,
+            reader: Some(reader),
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -98,7 +115,8 @@ impl NbdClient {
         read_into: Option<(&[VolatileSlice<'_>], u64)>,
         write_from: Option<(&[VolatileSlice<'_>], u64)>,
     ) -> Result<()> {
-        let wire_len = u32::try_from(len).map_err(|_| PagerError::Protocol("nbd request too long".into()))?;
+        let wire_len =
+            u32::try_from(len).map_err(|_| PagerError::Protocol("nbd request too long".into()))?;
         let (bufs, skip) = match read_into {
             Some((b, s)) => (Some(b), s),
             None => (None, 0),
@@ -106,9 +124,14 @@ impl NbdClient {
         let t = self.inflight.start(cmd, len, skip, bufs, self.timeout)?;
         let head = proto::request(cmd, t.id(), offset, wire_len);
         let sent = {
-            let _g = self.send_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _g = self
+                .send_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match write_from {
-                Some((b, s)) => sg::write_all_with(self.stream.as_raw_fd(), &head, &mut Cursor::new(b, s, len)),
+                Some((b, s)) => {
+                    sg::write_all_with(self.stream.as_raw_fd(), &head, &mut Cursor::new(b, s, len))
+                }
                 None => sg::write_all_fd(self.stream.as_raw_fd(), &head),
             }
         };
@@ -117,7 +140,9 @@ impl NbdClient {
             // is unusable for everyone.
             self.inflight.cancel(t);
             self.kill();
-            return Err(PagerError::Dead(format!("nbd: sending request failed: {e}")));
+            return Err(PagerError::Dead(format!(
+                "nbd: sending request failed: {e}"
+            )));
         }
         self.inflight.wait(t, self.timeout, || self.kill())
     }
@@ -126,7 +151,13 @@ impl NbdClient {
         self.roundtrip(proto::CMD_READ, offset, len, Some((bufs, skip)), None)
     }
 
-    pub fn write(&self, offset: u64, len: u64, bufs: &[VolatileSlice<'_>], skip: u64) -> Result<()> {
+    pub fn write(
+        &self,
+        offset: u64,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+        skip: u64,
+    ) -> Result<()> {
         self.roundtrip(proto::CMD_WRITE, offset, len, None, Some((bufs, skip)))
     }
 
@@ -143,7 +174,10 @@ impl Drop for NbdClient {
     fn drop(&mut self) {
         if self.inflight.dead().is_none() {
             let head = proto::request(proto::CMD_DISC, 0, 0, 0);
-            let _g = self.send_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _g = self
+                .send_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let _ = sg::write_all_fd(self.stream.as_raw_fd(), &head);
         }
         self.kill();
@@ -174,16 +208,16 @@ fn reader_loop(stream: TcpStream, inflight: Arc<Inflight<()>>) {
             inflight.complete(claim, Err(PagerError::io_context("nbd server", e)));
             continue;
         }
-        if claim.expect.kind == proto::CMD_READ {
-            if let Some(raw) = claim.expect.bufs {
-                // SAFETY: the claim keeps the requester blocked in `wait`.
-                let bufs = unsafe { raw.get() };
-                let mut c = Cursor::new(bufs, claim.expect.skip, claim.expect.len);
-                if let Err(e) = sg::read_exact_into(fd, &mut c) {
-                    let why = format!("nbd connection lost mid-reply: {e}");
-                    inflight.complete(claim, Err(PagerError::Dead(why.clone())));
-                    break why;
-                }
+        if claim.expect.kind == proto::CMD_READ
+            && let Some(raw) = claim.expect.bufs
+        {
+            // SAFETY: the claim keeps the requester blocked in `wait`.
+            let bufs = unsafe { raw.get() };
+            let mut c = Cursor::new(bufs, claim.expect.skip, claim.expect.len);
+            if let Err(e) = sg::read_exact_into(fd, &mut c) {
+                let why = format!("nbd connection lost mid-reply: {e}");
+                inflight.complete(claim, Err(PagerError::Dead(why.clone())));
+                break why;
             }
         }
         inflight.complete(claim, Ok(()));

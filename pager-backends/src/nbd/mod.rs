@@ -26,11 +26,20 @@ pub struct NbdPager {
 impl NbdPager {
     pub fn connect(host: &str, port: u16, export: &str, opts: &OpenOptions) -> Result<NbdPager> {
         let client = NbdClient::connect(host, port, export, opts)?;
-        Ok(NbdPager { client, target: format!("nbd://{host}:{port}/{export}"), kernels: Kernels::default() })
+        Ok(NbdPager {
+            client,
+            target: format!("nbd://{host}:{port}/{export}"),
+            kernels: Kernels::default(),
+        })
     }
 
     /// Runs `op(offset, len, skip)` over `len` bytes in server-sized chunks.
-    fn chunked(&self, offset: u64, len: u64, mut op: impl FnMut(u64, u64, u64) -> Result<()>) -> Result<()> {
+    fn chunked(
+        &self,
+        offset: u64,
+        len: u64,
+        mut op: impl FnMut(u64, u64, u64) -> Result<()>,
+    ) -> Result<()> {
         let max = self.client.max_request();
         let mut done = 0;
         while done < len {
@@ -45,7 +54,11 @@ impl NbdPager {
 impl Pager for NbdPager {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
         self.kernels.add(kernel, control)?;
-        Ok(ObjectInfo { size: self.client.size(), read_only: self.client.read_only(), may_cache: true })
+        Ok(ObjectInfo {
+            size: self.client.size(),
+            read_only: self.client.read_only(),
+            may_cache: true,
+        })
     }
 
     fn data_request(
@@ -62,12 +75,23 @@ impl Pager for NbdPager {
         // The server refuses reads past its end: read what exists, zero the
         // rest of the last page.
         let n = len.min(size - offset.raw());
-        self.chunked(offset.raw(), n, |o, l, skip| self.client.read(o, l, bufs, skip))?;
+        self.chunked(offset.raw(), n, |o, l, skip| {
+            self.client.read(o, l, bufs, skip)
+        })?;
         Cursor::new(bufs, n, len - n).zero_rest();
-        Ok(DataReply::Provided { bytes: len, lock: Access::NONE })
+        Ok(DataReply::Provided {
+            bytes: len,
+            lock: Access::NONE,
+        })
     }
 
-    fn data_write(&self, kernel: KernelId, offset: ObjectOffset, len: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
         self.kernels.check(kernel)?;
         if self.client.read_only() {
             return Err(PagerError::ReadOnly);
@@ -75,10 +99,18 @@ impl Pager for NbdPager {
         let size = self.client.size();
         check_range(offset, len, size, bufs)?;
         let n = len.min(size - offset.raw());
-        self.chunked(offset.raw(), n, |o, l, skip| self.client.write(o, l, bufs, skip))
+        self.chunked(offset.raw(), n, |o, l, skip| {
+            self.client.write(o, l, bufs, skip)
+        })
     }
 
-    fn data_unlock(&self, kernel: KernelId, _offset: ObjectOffset, _len: u64, desired: Access) -> Result<UnlockReply> {
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        _offset: ObjectOffset,
+        _len: u64,
+        desired: Access,
+    ) -> Result<UnlockReply> {
         self.kernels.check(kernel)?;
         if self.client.read_only() && desired.contains(Access::WRITE) {
             return Err(PagerError::ReadOnly);
@@ -109,7 +141,11 @@ impl Pager for NbdPager {
         format!(
             "nbd {} ({}, {} bytes{})",
             self.target,
-            if self.client.read_only() { "read-only" } else { "read-write" },
+            if self.client.read_only() {
+                "read-only"
+            } else {
+                "read-write"
+            },
             self.client.size(),
             match self.client.dead() {
                 Some(why) => format!(", DEAD: {why}"),

@@ -63,7 +63,9 @@ pub(crate) fn request(cmd: u16, cookie: u64, offset: u64, len: u32) -> [u8; 28] 
 pub(crate) fn parse_reply(h: &[u8; 16]) -> Result<(u32, u64)> {
     let magic = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
     if magic != SIMPLE_REPLY_MAGIC {
-        return Err(PagerError::Protocol(format!("nbd: bad reply magic {magic:#x}")));
+        return Err(PagerError::Protocol(format!(
+            "nbd: bad reply magic {magic:#x}"
+        )));
     }
     let err = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     let mut c = [0u8; 8];
@@ -77,7 +79,9 @@ fn proto(msg: impl Into<String>) -> PagerError {
 
 fn io_ctx(e: std::io::Error) -> PagerError {
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => PagerError::Dead("nbd server closed the connection during the handshake".into()),
+        std::io::ErrorKind::UnexpectedEof => {
+            PagerError::Dead("nbd server closed the connection during the handshake".into())
+        }
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             PagerError::Dead("nbd server did not answer the handshake in time".into())
         }
@@ -125,7 +129,12 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
         return Err(proto("server does not support fixed newstyle negotiation"));
     }
     let no_zeroes = hflags & FLAG_NO_ZEROES != 0;
-    let cflags = u32::from(FLAG_FIXED_NEWSTYLE) | if no_zeroes { u32::from(FLAG_NO_ZEROES) } else { 0 };
+    let cflags = u32::from(FLAG_FIXED_NEWSTYLE)
+        | if no_zeroes {
+            u32::from(FLAG_NO_ZEROES)
+        } else {
+            0
+        };
     s.write_all(&cflags.to_be_bytes()).map_err(io_ctx)?;
 
     let name = export.as_bytes();
@@ -168,11 +177,15 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
                     INFO_EXPORT if data.len() == 12 => {
                         let mut sz = [0u8; 8];
                         sz.copy_from_slice(&data[2..10]);
-                        size_flags = Some((u64::from_be_bytes(sz), u16::from_be_bytes([data[10], data[11]])));
+                        size_flags = Some((
+                            u64::from_be_bytes(sz),
+                            u16::from_be_bytes([data[10], data[11]]),
+                        ));
                     }
                     INFO_EXPORT => return Err(proto("malformed NBD_INFO_EXPORT")),
                     INFO_BLOCK_SIZE if data.len() == 14 => {
-                        max_block = Some(u32::from_be_bytes([data[10], data[11], data[12], data[13]]));
+                        max_block =
+                            Some(u32::from_be_bytes([data[10], data[11], data[12], data[13]]));
                     }
                     _ => {} // informational, may be ignored per the spec
                 }
@@ -186,7 +199,11 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
                     let mut z = [0u8; 124];
                     s.read_exact(&mut z).map_err(io_ctx)?;
                 }
-                return Ok(Export { size, flags, max_block: None });
+                return Ok(Export {
+                    size,
+                    flags,
+                    max_block: None,
+                });
             }
             e if e & REP_ERR_BIT != 0 => {
                 let msg = String::from_utf8_lossy(&data);
@@ -205,6 +222,11 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
             other => return Err(proto(format!("unexpected option reply type {other:#x}"))),
         }
     }
-    let (size, flags) = size_flags.ok_or_else(|| proto("server acknowledged GO without NBD_INFO_EXPORT"))?;
-    Ok(Export { size, flags, max_block })
+    let (size, flags) =
+        size_flags.ok_or_else(|| proto("server acknowledged GO without NBD_INFO_EXPORT"))?;
+    Ok(Export {
+        size,
+        flags,
+        max_block,
+    })
 }

@@ -26,8 +26,13 @@ use vm_memory::VolatileSlice;
 enum Reply {
     Ok,
     Info(ObjectInfo),
-    Provided { bytes: u64, lock: Access },
-    Unavailable { bytes: u64 },
+    Provided {
+        bytes: u64,
+        lock: Access,
+    },
+    Unavailable {
+        bytes: u64,
+    },
     Unlock(Access),
     Extent(u64),
     Describe(String),
@@ -57,8 +62,14 @@ pub struct UnixPager {
 
 fn dead_ctx(path: &Path, e: std::io::Error) -> PagerError {
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => PagerError::Dead(format!("external pager {} closed the connection", path.display())),
-        std::io::ErrorKind::TimedOut => PagerError::Dead(format!("external pager {} did not answer in time", path.display())),
+        std::io::ErrorKind::UnexpectedEof => PagerError::Dead(format!(
+            "external pager {} closed the connection",
+            path.display()
+        )),
+        std::io::ErrorKind::TimedOut => PagerError::Dead(format!(
+            "external pager {} did not answer in time",
+            path.display()
+        )),
         _ => PagerError::io_context(format!("external pager {}", path.display()), e),
     }
 }
@@ -66,13 +77,29 @@ fn dead_ctx(path: &Path, e: std::io::Error) -> PagerError {
 impl UnixPager {
     pub fn connect(path: &Path, opts: &OpenOptions) -> Result<UnixPager> {
         let ctx = |e| dead_ctx(path, e);
-        let stream = UnixStream::connect(path).map_err(|e| PagerError::io_context(format!("external pager {}", path.display()), e))?;
-        stream.set_read_timeout(Some(opts.connect_timeout)).map_err(ctx)?;
-        stream.set_write_timeout(Some(opts.connect_timeout)).map_err(ctx)?;
+        let stream = UnixStream::connect(path)
+            .map_err(|e| PagerError::io_context(format!("external pager {}", path.display()), e))?;
+        stream
+            .set_read_timeout(Some(opts.connect_timeout))
+            .map_err(ctx)?;
+        stream
+            .set_write_timeout(Some(opts.connect_timeout))
+            .map_err(ctx)?;
         let fd = stream.as_raw_fd();
         // Hello: our version range and what we accept.
-        let hello = Wr::default().bytes(&p::MAGIC).u16(p::VERSION).u16(p::VERSION).u32(p::DEFAULT_MAX_PAYLOAD).0;
-        let head = Header { len: hello.len() as u32, kind: p::T_HELLO, flags: 0, id: 0 }.encode();
+        let hello = Wr::default()
+            .bytes(&p::MAGIC)
+            .u16(p::VERSION)
+            .u16(p::VERSION)
+            .u32(p::DEFAULT_MAX_PAYLOAD)
+            .0;
+        let head = Header {
+            len: hello.len() as u32,
+            kind: p::T_HELLO,
+            flags: 0,
+            id: 0,
+        }
+        .encode();
         sg::write_all_fd(fd, &[&head[..], &hello[..]].concat()).map_err(ctx)?;
         let mut h = [0u8; p::HEADER_LEN];
         sg::read_exact_fd(fd, &mut h).map_err(ctx)?;
@@ -80,11 +107,20 @@ impl UnixPager {
         if hd.kind == p::T_ERROR {
             let mut body = vec![0u8; hd.len as usize];
             sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
-            let msg = if body.len() >= 8 { Rd(&body).text(8).unwrap_or_default() } else { String::new() };
-            return Err(PagerError::Protocol(format!("external pager refused the connection: {msg}")));
+            let msg = if body.len() >= 8 {
+                Rd(&body).text(8).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            return Err(PagerError::Protocol(format!(
+                "external pager refused the connection: {msg}"
+            )));
         }
         if hd.kind != p::T_HELLO_REPLY || hd.id != 0 {
-            return Err(PagerError::Protocol(format!("expected a hello reply, got message type {:#x}", hd.kind)));
+            return Err(PagerError::Protocol(format!(
+                "expected a hello reply, got message type {:#x}",
+                hd.kind
+            )));
         }
         p::check_len(hd.kind, hd.len)?;
         let mut body = [0u8; 16];
@@ -94,15 +130,27 @@ impl UnixPager {
             return Err(PagerError::Protocol("hello reply has a bad magic".into()));
         }
         if r.u16(8) != p::VERSION {
-            return Err(PagerError::Protocol(format!("pager chose protocol version {}, we offered {}", r.u16(8), p::VERSION)));
+            return Err(PagerError::Protocol(format!(
+                "pager chose protocol version {}, we offered {}",
+                r.u16(8),
+                p::VERSION
+            )));
         }
         let peer_max = r.u32(12);
         if peer_max < p::MIN_MAX_PAYLOAD {
-            return Err(PagerError::Protocol(format!("pager's payload limit {peer_max} is below the minimum")));
+            return Err(PagerError::Protocol(format!(
+                "pager's payload limit {peer_max} is below the minimum"
+            )));
         }
         stream.set_read_timeout(None).map_err(ctx)?;
-        stream.set_write_timeout(Some(opts.request_timeout)).map_err(ctx)?;
-        let shared = Arc::new(Shared { inflight: Inflight::new(opts.max_in_flight), controls: RwLock::default(), peer_max });
+        stream
+            .set_write_timeout(Some(opts.request_timeout))
+            .map_err(ctx)?;
+        let shared = Arc::new(Shared {
+            inflight: Inflight::new(opts.max_in_flight),
+            controls: RwLock::default(),
+            peer_max,
+        });
         let rstream = stream.try_clone().map_err(ctx)?;
         let rshared = shared.clone();
         let reader = std::thread::Builder::new()
@@ -149,28 +197,49 @@ impl UnixPager {
             Some((b, c)) => (Some(b), c),
             None => (None, 0),
         };
-        let t = self.shared.inflight.start(kind, cap, 0, bufs, self.timeout)?;
+        let t = self
+            .shared
+            .inflight
+            .start(kind, cap, 0, bufs, self.timeout)?;
         let mut msg = [0u8; p::HEADER_LEN + 48];
-        msg[..p::HEADER_LEN].copy_from_slice(&Header { len: len as u32, kind, flags: 0, id: t.id() }.encode());
+        msg[..p::HEADER_LEN].copy_from_slice(
+            &Header {
+                len: len as u32,
+                kind,
+                flags: 0,
+                id: t.id(),
+            }
+            .encode(),
+        );
         msg[p::HEADER_LEN..p::HEADER_LEN + fixed.len()].copy_from_slice(fixed);
         let head = &msg[..p::HEADER_LEN + fixed.len()];
         let sent = {
-            let _g = self.send_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _g = self
+                .send_lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match data {
-                Some((b, n)) => sg::write_all_with(self.stream.as_raw_fd(), head, &mut Cursor::new(b, 0, n)),
+                Some((b, n)) => {
+                    sg::write_all_with(self.stream.as_raw_fd(), head, &mut Cursor::new(b, 0, n))
+                }
                 None => sg::write_all_fd(self.stream.as_raw_fd(), head),
             }
         };
         if let Err(e) = sent {
             self.shared.inflight.cancel(t);
             self.kill();
-            return Err(PagerError::Dead(format!("external pager {}: send failed: {e}", self.path.display())));
+            return Err(PagerError::Dead(format!(
+                "external pager {}: send failed: {e}",
+                self.path.display()
+            )));
         }
         self.shared.inflight.wait(t, self.timeout, || self.kill())
     }
 
     fn unexpected(&self, what: &str) -> PagerError {
-        PagerError::Protocol(format!("external pager answered {what} with the wrong message type"))
+        PagerError::Protocol(format!(
+            "external pager answered {what} with the wrong message type"
+        ))
     }
 }
 
@@ -192,9 +261,16 @@ impl Pager for UnixPager {
         // Registered first so messages the pager sends from inside its init
         // already find their kernel.
         {
-            let mut c = self.shared.controls.write().unwrap_or_else(PoisonError::into_inner);
+            let mut c = self
+                .shared
+                .controls
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             if c.contains_key(&kernel.0) {
-                return Err(PagerError::Protocol(format!("kernel {} initialised twice", kernel.0)));
+                return Err(PagerError::Protocol(format!(
+                    "kernel {} initialised twice",
+                    kernel.0
+                )));
             }
             c.insert(kernel.0, control);
         }
@@ -209,7 +285,11 @@ impl Pager for UnixPager {
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.shared.controls.write().unwrap_or_else(PoisonError::into_inner).remove(&kernel.0);
+            self.shared
+                .controls
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&kernel.0);
         }
         r
     }
@@ -226,18 +306,28 @@ impl Pager for UnixPager {
         check_range(offset, len, size, bufs)?;
         // Offer the pager all the buffer we have (for read-ahead), within
         // what its replies may carry.
-        let cap = offered(bufs).min((u64::from(p::DEFAULT_MAX_PAYLOAD) - 16) / PAGE_SIZE * PAGE_SIZE).max(len);
-        let fixed = fixed_krange(kernel, offset, len).u64(cap).u8(desired.bits()).pad(7).0;
+        let cap = offered(bufs)
+            .min((u64::from(p::DEFAULT_MAX_PAYLOAD) - 16) / PAGE_SIZE * PAGE_SIZE)
+            .max(len);
+        let fixed = fixed_krange(kernel, offset, len)
+            .u64(cap)
+            .u8(desired.bits())
+            .pad(7)
+            .0;
         match self.call(p::T_DATA_REQUEST, &fixed, None, Some((bufs, cap)))? {
             Reply::Provided { bytes, lock } => {
                 if bytes < len {
-                    return Err(PagerError::Protocol(format!("external pager provided {bytes} bytes for a {len}-byte request")));
+                    return Err(PagerError::Protocol(format!(
+                        "external pager provided {bytes} bytes for a {len}-byte request"
+                    )));
                 }
                 Ok(DataReply::Provided { bytes, lock })
             }
             Reply::Unavailable { bytes } => {
                 if bytes < len || bytes > cap || bytes % PAGE_SIZE != 0 {
-                    return Err(PagerError::Protocol(format!("external pager marked {bytes} bytes unavailable for a {len}-byte request")));
+                    return Err(PagerError::Protocol(format!(
+                        "external pager marked {bytes} bytes unavailable for a {len}-byte request"
+                    )));
                 }
                 Ok(DataReply::Unavailable { bytes })
             }
@@ -246,7 +336,13 @@ impl Pager for UnixPager {
         }
     }
 
-    fn data_write(&self, kernel: KernelId, offset: ObjectOffset, len: u64, bufs: &[VolatileSlice<'_>]) -> Result<()> {
+    fn data_write(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<()> {
         let size = self.size.load(Ordering::Relaxed);
         check_range(offset, len, size, bufs)?;
         let fixed = fixed_krange(kernel, offset, len).0;
@@ -257,11 +353,26 @@ impl Pager for UnixPager {
         }
     }
 
-    fn data_unlock(&self, kernel: KernelId, offset: ObjectOffset, len: u64, desired: Access) -> Result<UnlockReply> {
-        let fixed = fixed_krange(kernel, offset, len).u8(desired.bits()).pad(7).0;
+    fn data_unlock(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        desired: Access,
+    ) -> Result<UnlockReply> {
+        let fixed = fixed_krange(kernel, offset, len)
+            .u8(desired.bits())
+            .pad(7)
+            .0;
         match self.call(p::T_DATA_UNLOCK, &fixed, None, None)? {
             Reply::Unlock(lock) => Ok(UnlockReply { lock }),
-            Reply::Error(e) => Err(p::decode_error(&e, offset, len, self.size.load(Ordering::Relaxed), kernel.0)?),
+            Reply::Error(e) => Err(p::decode_error(
+                &e,
+                offset,
+                len,
+                self.size.load(Ordering::Relaxed),
+                kernel.0,
+            )?),
             _ => Err(self.unexpected("an unlock")),
         }
     }
@@ -283,7 +394,13 @@ impl Pager for UnixPager {
     }
 
     fn terminate(&self, kernel: KernelId) -> Result<()> {
-        let known = self.shared.controls.write().unwrap_or_else(PoisonError::into_inner).remove(&kernel.0).is_some();
+        let known = self
+            .shared
+            .controls
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&kernel.0)
+            .is_some();
         if !known {
             return Err(PagerError::UnknownKernel(kernel.0));
         }
@@ -322,20 +439,29 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
         )));
     }
     p::check_len(hd.kind, hd.len)?;
-    let io = |e: std::io::Error| PagerError::Dead(format!("external pager connection lost mid-reply: {e}"));
+    let io = |e: std::io::Error| {
+        PagerError::Dead(format!("external pager connection lost mid-reply: {e}"))
+    };
     if hd.kind == p::T_DATA_PROVIDED {
         let mut fixed = [0u8; 16];
         sg::read_exact_fd(fd, &mut fixed).map_err(io)?;
         let r = Rd(&fixed);
         let bytes = r.u64(0);
         let lock = r.access(8)?;
-        if bytes != u64::from(hd.len) - 16 || bytes % PAGE_SIZE != 0 || bytes == 0 || bytes > claim.expect.len {
+        if bytes != u64::from(hd.len) - 16
+            || bytes % PAGE_SIZE != 0
+            || bytes == 0
+            || bytes > claim.expect.len
+        {
             return Err(PagerError::Protocol(format!(
                 "data provided carries {bytes} bytes in a {}-byte message, for {} bytes of buffer",
                 hd.len, claim.expect.len
             )));
         }
-        let raw = claim.expect.bufs.ok_or_else(|| PagerError::Protocol("data for a request without buffers".into()))?;
+        let raw = claim
+            .expect
+            .bufs
+            .ok_or_else(|| PagerError::Protocol("data for a request without buffers".into()))?;
         // SAFETY: the claim keeps the requester blocked in `wait`.
         let bufs = unsafe { raw.get() };
         sg::read_exact_into(fd, &mut Cursor::new(bufs, 0, bytes)).map_err(io)?;
@@ -349,9 +475,15 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
         p::T_INFO => {
             let flags = r.u8(8);
             if flags & !3 != 0 {
-                return Err(PagerError::Protocol(format!("init reply has unknown flags {flags:#x}")));
+                return Err(PagerError::Protocol(format!(
+                    "init reply has unknown flags {flags:#x}"
+                )));
             }
-            Reply::Info(ObjectInfo { size: r.u64(0), read_only: flags & 1 != 0, may_cache: flags & 2 != 0 })
+            Reply::Info(ObjectInfo {
+                size: r.u64(0),
+                read_only: flags & 1 != 0,
+                may_cache: flags & 2 != 0,
+            })
         }
         p::T_DATA_UNAVAILABLE => Reply::Unavailable { bytes: r.u64(0) },
         p::T_UNLOCK_REPLY => Reply::Unlock(r.access(0)?),
@@ -361,20 +493,32 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
             r.text(8)?; // validate now, so a bad message fails as a protocol error
             Reply::Error(scratch.clone())
         }
-        other => return Err(PagerError::Protocol(format!("unexpected message type {other:#x}"))),
+        other => {
+            return Err(PagerError::Protocol(format!(
+                "unexpected message type {other:#x}"
+            )));
+        }
     })
 }
 
 /// Handles one unprompted message from the pager.
 fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
     if hd.id & p::PAGER_ID_BIT == 0 {
-        return Err(PagerError::Protocol(format!("unprompted message with a kernel-side id {:#x}", hd.id)));
+        return Err(PagerError::Protocol(format!(
+            "unprompted message with a kernel-side id {:#x}",
+            hd.id
+        )));
     }
     p::check_len(hd.kind, hd.len)?;
     let r = Rd(body);
     let kernel = r.u64(0);
     // A message racing with terminate finds no kernel: harmless, dropped.
-    let Some(ctl) = controls.read().unwrap_or_else(PoisonError::into_inner).get(&kernel).cloned() else {
+    let Some(ctl) = controls
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&kernel)
+        .cloned()
+    else {
         return Ok(());
     };
     // The kernel side's own errors (e.g. it is shutting down) are its
@@ -383,14 +527,27 @@ fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
         p::T_LOCK_REQUEST => {
             let flags = r.u8(25);
             if flags & !3 != 0 {
-                return Err(PagerError::Protocol(format!("lock request has unknown flags {flags:#x}")));
+                return Err(PagerError::Protocol(format!(
+                    "lock request has unknown flags {flags:#x}"
+                )));
             }
-            let _ = ctl.lock_request(r.offset(8), r.u64(16), r.access(24)?, flags & 1 != 0, flags & 2 != 0);
+            let _ = ctl.lock_request(
+                r.offset(8),
+                r.u64(16),
+                r.access(24)?,
+                flags & 1 != 0,
+                flags & 2 != 0,
+            );
         }
         p::T_OFFER => {
             let data = &body[24..];
-            if data.is_empty() || data.len() as u64 % PAGE_SIZE != 0 || !r.offset(8).is_page_aligned() {
-                return Err(PagerError::Protocol("offer of a partial page or an unaligned offset".into()));
+            if data.is_empty()
+                || !(data.len() as u64).is_multiple_of(PAGE_SIZE)
+                || !r.offset(8).is_page_aligned()
+            {
+                return Err(PagerError::Protocol(
+                    "offer of a partial page or an unaligned offset".into(),
+                ));
             }
             let _ = ctl.offer(r.offset(8), data, r.access(16)?);
         }
@@ -444,12 +601,18 @@ fn reader_loop(stream: UnixStream, shared: Arc<Shared>) {
                     Ok(r) => shared.inflight.complete(claim, Ok(r)),
                     Err(e) => {
                         let why = format!("external pager sent a bad message: {e}");
-                        shared.inflight.complete(claim, Err(PagerError::Protocol(why.clone())));
+                        shared
+                            .inflight
+                            .complete(claim, Err(PagerError::Protocol(why.clone())));
                         break why;
                     }
                 }
             }
-            other => break format!("external pager sent a bad message: unknown message type {other:#x}"),
+            other => {
+                break format!(
+                    "external pager sent a bad message: unknown message type {other:#x}"
+                );
+            }
         }
     };
     let _ = stream.shutdown(Shutdown::Both);

@@ -76,9 +76,17 @@ impl Header {
     /// be zero (reserved) and the payload must fit the receiver's limit.
     pub fn decode(h: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header> {
         let r = Rd(h);
-        let hd = Header { len: r.u32(0), kind: r.u16(4), flags: r.u16(6), id: r.u64(8) };
+        let hd = Header {
+            len: r.u32(0),
+            kind: r.u16(4),
+            flags: r.u16(6),
+            id: r.u64(8),
+        };
         if hd.flags != 0 {
-            return Err(PagerError::Protocol(format!("message type {:#x} has reserved flags {:#x} set", hd.kind, hd.flags)));
+            return Err(PagerError::Protocol(format!(
+                "message type {:#x} has reserved flags {:#x} set",
+                hd.kind, hd.flags
+            )));
         }
         if hd.len > max_payload {
             return Err(PagerError::Protocol(format!(
@@ -110,7 +118,8 @@ impl Rd<'_> {
         u64::from_le_bytes(b)
     }
     pub fn access(&self, at: usize) -> Result<Access> {
-        Access::from_bits(self.0[at]).ok_or_else(|| PagerError::Protocol(format!("bad access bits {:#x}", self.0[at])))
+        Access::from_bits(self.0[at])
+            .ok_or_else(|| PagerError::Protocol(format!("bad access bits {:#x}", self.0[at])))
     }
     pub fn offset(&self, at: usize) -> ObjectOffset {
         ObjectOffset(self.u64(at))
@@ -118,9 +127,13 @@ impl Rd<'_> {
     pub fn text(&self, at: usize) -> Result<String> {
         let t = &self.0[at..];
         if t.len() > MAX_TEXT {
-            return Err(PagerError::Protocol(format!("text field of {} bytes is too long", t.len())));
+            return Err(PagerError::Protocol(format!(
+                "text field of {} bytes is too long",
+                t.len()
+            )));
         }
-        String::from_utf8(t.to_vec()).map_err(|_| PagerError::Protocol("text field is not UTF-8".into()))
+        String::from_utf8(t.to_vec())
+            .map_err(|_| PagerError::Protocol("text field is not UTF-8".into()))
     }
 }
 
@@ -198,7 +211,9 @@ pub fn check_len(kind: u16, len: u32) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(PagerError::Protocol(format!("message type {kind:#x} has a malformed payload length {len}")))
+        Err(PagerError::Protocol(format!(
+            "message type {kind:#x} has a malformed payload length {len}"
+        )))
     }
 }
 
@@ -218,13 +233,23 @@ pub fn error_payload(e: &PagerError) -> Vec<u8> {
 
 /// Decodes a T_ERROR payload back into a PagerError, in the context of the
 /// request it answers.
-pub fn decode_error(p: &[u8], offset: ObjectOffset, len: u64, size: u64, kernel: u64) -> Result<PagerError> {
+pub fn decode_error(
+    p: &[u8],
+    offset: ObjectOffset,
+    len: u64,
+    size: u64,
+    kernel: u64,
+) -> Result<PagerError> {
     let r = Rd(p);
     let code = r.u32(0);
     let errno = r.u32(4);
     let msg = r.text(8)?;
     Ok(match code {
-        E_BAD_RANGE => PagerError::BadRange { offset, len, why: "refused by the external pager" },
+        E_BAD_RANGE => PagerError::BadRange {
+            offset,
+            len,
+            why: "refused by the external pager",
+        },
         E_PAST_END => PagerError::PastEnd { offset, size },
         E_READ_ONLY => PagerError::ReadOnly,
         E_UNKNOWN_KERNEL => PagerError::UnknownKernel(kernel),

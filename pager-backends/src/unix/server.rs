@@ -41,7 +41,11 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { workers: 4, max_payload: p::DEFAULT_MAX_PAYLOAD, hello_timeout: Duration::from_secs(10) }
+        ServeOptions {
+            workers: 4,
+            max_payload: p::DEFAULT_MAX_PAYLOAD,
+            hello_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -53,15 +57,21 @@ pub fn serve(listener: UnixListener, pager: Arc<dyn Pager>) -> io::Result<()> {
     serve_with(listener, pager, ServeOptions::default())
 }
 
-pub fn serve_with(listener: UnixListener, pager: Arc<dyn Pager>, opts: ServeOptions) -> io::Result<()> {
+pub fn serve_with(
+    listener: UnixListener,
+    pager: Arc<dyn Pager>,
+    opts: ServeOptions,
+) -> io::Result<()> {
     loop {
         let (stream, _) = listener.accept()?;
         let pager = pager.clone();
         let opts = opts.clone();
-        std::thread::Builder::new().name("pager-conn".into()).spawn(move || {
-            // A broken client only ends its own connection.
-            let _ = serve_connection(stream, pager, &opts);
-        })?;
+        std::thread::Builder::new()
+            .name("pager-conn".into())
+            .spawn(move || {
+                // A broken client only ends its own connection.
+                let _ = serve_connection(stream, pager, &opts);
+            })?;
     }
 }
 
@@ -75,18 +85,34 @@ struct Writer {
 }
 
 impl Writer {
-    fn send(&self, kind: u16, id: u64, fixed: &[u8], data: Option<(&[VolatileSlice<'_>], u64)>) -> Result<()> {
+    fn send(
+        &self,
+        kind: u16,
+        id: u64,
+        fixed: &[u8],
+        data: Option<(&[VolatileSlice<'_>], u64)>,
+    ) -> Result<()> {
         let len = fixed.len() as u64 + data.map_or(0, |d| d.1);
         if len > u64::from(self.peer_max) {
-            return Err(PagerError::Protocol(format!("message of {len} bytes exceeds the kernel side's limit")));
+            return Err(PagerError::Protocol(format!(
+                "message of {len} bytes exceeds the kernel side's limit"
+            )));
         }
-        let head = Header { len: len as u32, kind, flags: 0, id }.encode();
+        let head = Header {
+            len: len as u32,
+            kind,
+            flags: 0,
+            id,
+        }
+        .encode();
         let mut msg = Vec::with_capacity(p::HEADER_LEN + fixed.len());
         msg.extend_from_slice(&head);
         msg.extend_from_slice(fixed);
         let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let r = match data {
-            Some((b, n)) => sg::write_all_with(self.stream.as_raw_fd(), &msg, &mut Cursor::new(b, 0, n)),
+            Some((b, n)) => {
+                sg::write_all_with(self.stream.as_raw_fd(), &msg, &mut Cursor::new(b, 0, n))
+            }
             None => sg::write_all_fd(self.stream.as_raw_fd(), &msg),
         };
         r.map_err(|e| PagerError::Dead(format!("kernel side connection: {e}")))
@@ -106,20 +132,51 @@ struct RemoteControl {
 }
 
 impl KernelControl for RemoteControl {
-    fn lock_request(&self, offset: ObjectOffset, len: u64, lock: Access, clean: bool, flush: bool) -> Result<()> {
+    fn lock_request(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        lock: Access,
+        clean: bool,
+        flush: bool,
+    ) -> Result<()> {
         let flags = u8::from(clean) | (u8::from(flush) << 1);
-        let m = Wr::default().u64(self.wire_kernel).u64(offset.raw()).u64(len).u8(lock.bits()).u8(flags).pad(6).0;
+        let m = Wr::default()
+            .u64(self.wire_kernel)
+            .u64(offset.raw())
+            .u64(len)
+            .u8(lock.bits())
+            .u8(flags)
+            .pad(6)
+            .0;
         self.w.unprompted(p::T_LOCK_REQUEST, &m)
     }
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
-        if !offset.is_page_aligned() || data.is_empty() || data.len() as u64 % PAGE_SIZE != 0 {
-            return Err(PagerError::BadRange { offset, len: data.len() as u64, why: "offers are whole pages" });
+        if !offset.is_page_aligned()
+            || data.is_empty()
+            || !(data.len() as u64).is_multiple_of(PAGE_SIZE)
+        {
+            return Err(PagerError::BadRange {
+                offset,
+                len: data.len() as u64,
+                why: "offers are whole pages",
+            });
         }
-        let m = Wr::default().u64(self.wire_kernel).u64(offset.raw()).u8(lock.bits()).pad(7).bytes(data).0;
+        let m = Wr::default()
+            .u64(self.wire_kernel)
+            .u64(offset.raw())
+            .u8(lock.bits())
+            .pad(7)
+            .bytes(data)
+            .0;
         self.w.unprompted(p::T_OFFER, &m)
     }
     fn set_cache(&self, may_cache: bool) -> Result<()> {
-        let m = Wr::default().u64(self.wire_kernel).u8(u8::from(may_cache)).pad(7).0;
+        let m = Wr::default()
+            .u64(self.wire_kernel)
+            .u8(u8::from(may_cache))
+            .pad(7)
+            .0;
         self.w.unprompted(p::T_SET_CACHE, &m)
     }
     fn destroy(&self, reason: &str) -> Result<()> {
@@ -145,13 +202,25 @@ struct Conn {
 
 impl Conn {
     fn buf(&self) -> Vec<u8> {
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default()
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default()
     }
     fn give_back(&self, b: Vec<u8>) {
-        self.pool.lock().unwrap_or_else(PoisonError::into_inner).push(b);
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(b);
     }
     fn kernel(&self, wire: u64) -> Result<KernelId> {
-        self.kernels.lock().unwrap_or_else(PoisonError::into_inner).get(&wire).copied().ok_or(PagerError::UnknownKernel(wire))
+        self.kernels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&wire)
+            .copied()
+            .ok_or(PagerError::UnknownKernel(wire))
     }
 
     /// A data write: the page data goes to the pager straight from the
@@ -161,7 +230,11 @@ impl Conn {
         let (wire, offset, len) = (r.u64(0), r.offset(8), r.u64(16));
         let k = self.kernel(wire)?;
         if len != job.body.len() as u64 - 24 {
-            return Err(PagerError::BadRange { offset, len, why: "length does not match the data sent" });
+            return Err(PagerError::BadRange {
+                offset,
+                len,
+                why: "length does not match the data sent",
+            });
         }
         let slice = VolatileSlice::from(&mut job.body[24..]);
         self.pager.data_write(k, offset, len, &[slice])?;
@@ -182,15 +255,33 @@ impl Conn {
         let res: Result<()> = (|| match job.hd.kind {
             p::T_INIT => {
                 let wire = r.u64(0);
-                if self.kernels.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&wire) {
-                    return Err(PagerError::Protocol(format!("kernel {wire} initialised twice")));
+                if self
+                    .kernels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains_key(&wire)
+                {
+                    return Err(PagerError::Protocol(format!(
+                        "kernel {wire} initialised twice"
+                    )));
                 }
                 let k = KernelId(NEXT_KERNEL.fetch_add(1, Ordering::Relaxed));
-                let ctl = Arc::new(RemoteControl { w: self.w.clone(), wire_kernel: wire });
+                let ctl = Arc::new(RemoteControl {
+                    w: self.w.clone(),
+                    wire_kernel: wire,
+                });
                 let info = self.pager.init(k, ctl)?;
-                self.kernels.lock().unwrap_or_else(PoisonError::into_inner).insert(wire, k);
+                self.kernels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(wire, k);
                 let flags = u8::from(info.read_only) | (u8::from(info.may_cache) << 1);
-                self.w.send(p::T_INFO, id, &Wr::default().u64(info.size).u8(flags).pad(7).0, None)
+                self.w.send(
+                    p::T_INFO,
+                    id,
+                    &Wr::default().u64(info.size).u8(flags).pad(7).0,
+                    None,
+                )
             }
             p::T_DATA_REQUEST => {
                 let k = self.kernel(r.u64(0))?;
@@ -200,7 +291,11 @@ impl Conn {
                 let limit = (u64::from(self.w.peer_max).saturating_sub(16)) / PAGE_SIZE * PAGE_SIZE;
                 let cap = cap.min(limit).min(crate::check::MAX_REQUEST);
                 if cap < len {
-                    return Err(PagerError::BadRange { offset, len, why: "offered buffer is shorter than the length" });
+                    return Err(PagerError::BadRange {
+                        offset,
+                        len,
+                        why: "offered buffer is shorter than the length",
+                    });
                 }
                 let mut data = self.buf();
                 if data.len() < cap as usize {
@@ -209,16 +304,24 @@ impl Conn {
                 let res = {
                     let slice = VolatileSlice::from(&mut data[..cap as usize]);
                     match self.pager.data_request(k, offset, len, desired, &[slice]) {
-                        Ok(DataReply::Provided { bytes, lock }) if bytes >= len && bytes <= cap && bytes % PAGE_SIZE == 0 => {
+                        Ok(DataReply::Provided { bytes, lock })
+                            if bytes >= len && bytes <= cap && bytes % PAGE_SIZE == 0 =>
+                        {
                             let fixed = Wr::default().u64(bytes).u8(lock.bits()).pad(7).0;
-                            self.w.send(p::T_DATA_PROVIDED, id, &fixed, Some((&[slice], bytes)))
+                            self.w
+                                .send(p::T_DATA_PROVIDED, id, &fixed, Some((&[slice], bytes)))
                         }
-                        Ok(DataReply::Provided { bytes, .. }) => Err(PagerError::Protocol(format!(
-                            "pager provided {bytes} bytes for a {len}-byte request with {cap} bytes of buffer"
-                        ))),
-                        Ok(DataReply::Unavailable { bytes }) => {
-                            self.w.send(p::T_DATA_UNAVAILABLE, id, &Wr::default().u64(bytes.max(len).min(cap)).0, None)
+                        Ok(DataReply::Provided { bytes, .. }) => {
+                            Err(PagerError::Protocol(format!(
+                                "pager provided {bytes} bytes for a {len}-byte request with {cap} bytes of buffer"
+                            )))
                         }
+                        Ok(DataReply::Unavailable { bytes }) => self.w.send(
+                            p::T_DATA_UNAVAILABLE,
+                            id,
+                            &Wr::default().u64(bytes.max(len).min(cap)).0,
+                            None,
+                        ),
                         Err(e) => Err(e),
                     }
                 };
@@ -227,12 +330,20 @@ impl Conn {
             }
             p::T_DATA_UNLOCK => {
                 let k = self.kernel(r.u64(0))?;
-                let u = self.pager.data_unlock(k, r.offset(8), r.u64(16), r.access(24)?)?;
-                self.w.send(p::T_UNLOCK_REPLY, id, &Wr::default().u8(u.lock.bits()).pad(7).0, None)
+                let u = self
+                    .pager
+                    .data_unlock(k, r.offset(8), r.u64(16), r.access(24)?)?;
+                self.w.send(
+                    p::T_UNLOCK_REPLY,
+                    id,
+                    &Wr::default().u8(u.lock.bits()).pad(7).0,
+                    None,
+                )
             }
             p::T_EXTENT => {
                 let n = self.pager.extent()?;
-                self.w.send(p::T_EXTENT_REPLY, id, &Wr::default().u64(n).0, None)
+                self.w
+                    .send(p::T_EXTENT_REPLY, id, &Wr::default().u64(n).0, None)
             }
             p::T_SYNC => {
                 self.pager.sync()?;
@@ -241,12 +352,22 @@ impl Conn {
             p::T_TERMINATE => {
                 let wire = r.u64(0);
                 let k = self.kernel(wire)?;
-                self.kernels.lock().unwrap_or_else(PoisonError::into_inner).remove(&wire);
+                self.kernels
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&wire);
                 self.pager.terminate(k)?;
                 self.w.send(p::T_OK, id, &[], None)
             }
-            p::T_DESCRIBE => self.w.send(p::T_DESCRIBE_REPLY, id, &Wr::default().text(&self.pager.describe()).0, None),
-            other => Err(PagerError::Protocol(format!("unknown request type {other:#x}"))),
+            p::T_DESCRIBE => self.w.send(
+                p::T_DESCRIBE_REPLY,
+                id,
+                &Wr::default().text(&self.pager.describe()).0,
+                None,
+            ),
+            other => Err(PagerError::Protocol(format!(
+                "unknown request type {other:#x}"
+            ))),
         })();
         match res {
             Err(PagerError::Dead(why)) => Err(PagerError::Dead(why)),
@@ -258,16 +379,28 @@ impl Conn {
 
 fn send_error(stream: &UnixStream, msg: &str) {
     let body = p::error_payload(&PagerError::Protocol(msg.to_string()));
-    let head = Header { len: body.len() as u32, kind: p::T_ERROR, flags: 0, id: 0 }.encode();
+    let head = Header {
+        len: body.len() as u32,
+        kind: p::T_ERROR,
+        flags: 0,
+        id: 0,
+    }
+    .encode();
     let _ = sg::write_all_fd(stream.as_raw_fd(), &[&head[..], &body[..]].concat());
 }
 
 /// Serves one connection until the kernel side hangs up or misbehaves.
 /// When it ends, every kernel it initialised is terminated.
-pub fn serve_connection(stream: UnixStream, pager: Arc<dyn Pager>, opts: &ServeOptions) -> Result<()> {
+pub fn serve_connection(
+    stream: UnixStream,
+    pager: Arc<dyn Pager>,
+    opts: &ServeOptions,
+) -> Result<()> {
     let fd = stream.as_raw_fd();
     let ctx = |e: io::Error| PagerError::Dead(format!("kernel side connection: {e}"));
-    stream.set_read_timeout(Some(opts.hello_timeout)).map_err(ctx)?;
+    stream
+        .set_read_timeout(Some(opts.hello_timeout))
+        .map_err(ctx)?;
     let mut h = [0u8; p::HEADER_LEN];
     sg::read_exact_fd(fd, &mut h).map_err(ctx)?;
     let hd = Header::decode(&h, 1024)?;
@@ -279,18 +412,45 @@ pub fn serve_connection(stream: UnixStream, pager: Arc<dyn Pager>, opts: &ServeO
     sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
     let r = Rd(&body);
     let (min_v, max_v, peer_max) = (r.u16(8), r.u16(10), r.u32(12));
-    if body[..8] != p::MAGIC || !(min_v..=max_v).contains(&p::VERSION) || peer_max < p::MIN_MAX_PAYLOAD {
-        let msg = format!("unsupported hello (versions {min_v}..={max_v}, limit {peer_max}); this pager speaks version {}", p::VERSION);
+    if body[..8] != p::MAGIC
+        || !(min_v..=max_v).contains(&p::VERSION)
+        || peer_max < p::MIN_MAX_PAYLOAD
+    {
+        let msg = format!(
+            "unsupported hello (versions {min_v}..={max_v}, limit {peer_max}); this pager speaks version {}",
+            p::VERSION
+        );
         send_error(&stream, &msg);
         return Err(PagerError::Protocol(msg));
     }
-    let reply = Wr::default().bytes(&p::MAGIC).u16(p::VERSION).u16(0).u32(opts.max_payload).0;
-    let head = Header { len: 16, kind: p::T_HELLO_REPLY, flags: 0, id: 0 }.encode();
+    let reply = Wr::default()
+        .bytes(&p::MAGIC)
+        .u16(p::VERSION)
+        .u16(0)
+        .u32(opts.max_payload)
+        .0;
+    let head = Header {
+        len: 16,
+        kind: p::T_HELLO_REPLY,
+        flags: 0,
+        id: 0,
+    }
+    .encode();
     sg::write_all_fd(fd, &[&head[..], &reply[..]].concat()).map_err(ctx)?;
     stream.set_read_timeout(None).map_err(ctx)?;
 
-    let w = Arc::new(Writer { stream: stream.try_clone().map_err(ctx)?, lock: Mutex::new(()), peer_max, next_id: AtomicU64::new(1) });
-    let conn = Arc::new(Conn { pager, w, kernels: Mutex::new(HashMap::new()), pool: Mutex::new(Vec::new()) });
+    let w = Arc::new(Writer {
+        stream: stream.try_clone().map_err(ctx)?,
+        lock: Mutex::new(()),
+        peer_max,
+        next_id: AtomicU64::new(1),
+    });
+    let conn = Arc::new(Conn {
+        pager,
+        w,
+        kernels: Mutex::new(HashMap::new()),
+        pool: Mutex::new(Vec::new()),
+    });
     let (tx, rx) = mpsc::sync_channel::<Job>(opts.workers.max(1) * 4);
     let rx = Arc::new(Mutex::new(rx));
     let mut workers = Vec::new();
@@ -321,10 +481,16 @@ pub fn serve_connection(stream: UnixStream, pager: Arc<dyn Pager>, opts: &ServeO
         }
         let hd = match Header::decode(&h, opts.max_payload).and_then(|hd| {
             if !(p::T_INIT..=p::T_DESCRIBE).contains(&hd.kind) {
-                return Err(PagerError::Protocol(format!("unknown request type {:#x}", hd.kind)));
+                return Err(PagerError::Protocol(format!(
+                    "unknown request type {:#x}",
+                    hd.kind
+                )));
             }
             if hd.id == 0 || hd.id & p::PAGER_ID_BIT != 0 {
-                return Err(PagerError::Protocol(format!("request id {:#x} is reserved", hd.id)));
+                return Err(PagerError::Protocol(format!(
+                    "request id {:#x} is reserved",
+                    hd.id
+                )));
             }
             p::check_len(hd.kind, hd.len)?;
             Ok(hd)
@@ -350,7 +516,13 @@ pub fn serve_connection(stream: UnixStream, pager: Arc<dyn Pager>, opts: &ServeO
         let _ = w.join();
     }
     // The kernel side is gone: whatever it had mapped is released.
-    let left: Vec<KernelId> = conn.kernels.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, k)| k).collect();
+    let left: Vec<KernelId> = conn
+        .kernels
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .map(|(_, k)| k)
+        .collect();
     for k in left {
         let _ = conn.pager.terminate(k);
     }

@@ -19,20 +19,41 @@ pub struct Recorder {
 }
 
 impl KernelControl for Recorder {
-    fn lock_request(&self, offset: ObjectOffset, len: u64, lock: Access, clean: bool, flush: bool) -> Result<()> {
-        self.events.lock().unwrap().push(format!("lock {offset} {len} {} {clean} {flush}", lock.bits()));
+    fn lock_request(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        lock: Access,
+        clean: bool,
+        flush: bool,
+    ) -> Result<()> {
+        self.events.lock().unwrap().push(format!(
+            "lock {offset} {len} {} {clean} {flush}",
+            lock.bits()
+        ));
         Ok(())
     }
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
-        self.events.lock().unwrap().push(format!("offer {offset} {} {} first={}", data.len(), lock.bits(), data[0]));
+        self.events.lock().unwrap().push(format!(
+            "offer {offset} {} {} first={}",
+            data.len(),
+            lock.bits(),
+            data[0]
+        ));
         Ok(())
     }
     fn set_cache(&self, may_cache: bool) -> Result<()> {
-        self.events.lock().unwrap().push(format!("cache {may_cache}"));
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("cache {may_cache}"));
         Ok(())
     }
     fn destroy(&self, reason: &str) -> Result<()> {
-        self.events.lock().unwrap().push(format!("destroy {reason}"));
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("destroy {reason}"));
         Ok(())
     }
 }
@@ -43,7 +64,9 @@ pub fn slice(v: &mut [u8]) -> VolatileSlice<'_> {
 
 /// Deterministic file content: byte i = (i * 7 + i / 4096) as u8.
 pub fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(7) + i / 4096) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(7) + i / 4096) as u8)
+        .collect()
 }
 
 pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
@@ -62,12 +85,16 @@ impl Drop for ChildGuard {
 }
 
 pub fn qemu_nbd_path() -> Option<PathBuf> {
-    ["/usr/bin/qemu-nbd", "/usr/local/bin/qemu-nbd"].iter().map(PathBuf::from).find(|p| p.exists())
+    ["/usr/bin/qemu-nbd", "/usr/local/bin/qemu-nbd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Whether missing qemu-nbd must fail the test rather than skip it.
 pub fn nbd_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var("DUALITY_REQUIRE_NBD").is_ok_and(|v| v == "1")
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("DUALITY_REQUIRE_NBD").is_ok_and(|v| v == "1")
 }
 
 /// Returns qemu-nbd's path, or None after printing a skip notice. Panics
@@ -75,9 +102,13 @@ pub fn nbd_required() -> bool {
 pub fn need_qemu_nbd(test: &str) -> Option<PathBuf> {
     match qemu_nbd_path() {
         Some(p) => Some(p),
-        None if nbd_required() => panic!("{test}: qemu-nbd is not installed but CI/DUALITY_REQUIRE_NBD requires the NBD tests"),
+        None if nbd_required() => panic!(
+            "{test}: qemu-nbd is not installed but CI/DUALITY_REQUIRE_NBD requires the NBD tests"
+        ),
         None => {
-            eprintln!("SKIP {test}: qemu-nbd is not installed (apt-get install qemu-utils); set DUALITY_REQUIRE_NBD=1 to make this fatal");
+            eprintln!(
+                "SKIP {test}: qemu-nbd is not installed (apt-get install qemu-utils); set DUALITY_REQUIRE_NBD=1 to make this fatal"
+            );
             None
         }
     }
@@ -122,7 +153,11 @@ impl NbdServer {
             });
         }
         let child = cmd.spawn().unwrap();
-        NbdServer { port, child: ChildGuard(child), _listener: listener }
+        NbdServer {
+            port,
+            child: ChildGuard(child),
+            _listener: listener,
+        }
     }
 
     pub fn uri(&self, export: &str) -> String {
@@ -144,7 +179,9 @@ pub fn start_procedural(socket: &Path, size: u64, seed: u64) -> ChildGuard {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("ready"), "procedural-pager said {line:?}");
     ChildGuard(child)
 }
