@@ -1,0 +1,180 @@
+//! Boots the real guest kernel under KVM and checks what it does.
+
+mod support;
+use support::{kvm_available, vmm};
+
+#[test]
+fn hello_and_exit_status_round_trip() {
+    if !kvm_available("hello_and_exit_status_round_trip") {
+        return;
+    }
+    let out = vmm(&["run"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("Duality Mach kernel").is_some(),
+        "no banner: {}",
+        out.stdout
+    );
+    assert!(
+        out.line("init: hello from user mode").is_some(),
+        "{}",
+        out.stdout
+    );
+
+    let out = vmm(&["run", "--init", "init", "42"], &[]);
+    assert_eq!(out.status, Some(42), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("init: hello from user mode (args: \"42\")")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn faulting_task_is_killed_and_others_keep_running() {
+    if !kvm_available("faulting_task_is_killed_and_others_keep_running") {
+        return;
+    }
+    let out = vmm(&["run", "--init", "spawn", "fault", "init:5"], &[]);
+    let killed = out
+        .line("(fault) killed: page fault at 0xdead0000")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(out.line("fault: still alive").is_none());
+    assert!(
+        out.line("exited with status 142").is_some(),
+        "killed task's status is 128+14: {}",
+        out.stdout
+    );
+    // The kernel went on: the other task ran and was collected.
+    assert!(
+        out.line("init: hello from user mode (args: \"5\")")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(out.line("exited with status 5").is_some(), "{}", out.stdout);
+    assert!(killed < out.last_line("spawn: task").unwrap_or(0));
+    // spawn exits with the number of children that failed: both.
+    assert_eq!(out.status, Some(2), "{}", out.stdout);
+}
+
+#[test]
+fn privileged_instruction_kills_the_task() {
+    if !kvm_available("privileged_instruction_kills_the_task") {
+        return;
+    }
+    let out = vmm(&["run", "--init", "spawn", "priv", "init"], &[]);
+    assert!(
+        out.line("(priv) killed: general protection fault (vector 13")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(out.line("priv: still alive").is_none());
+    assert!(
+        out.line("exited with status 141").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("init: hello from user mode").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.status, Some(1), "{}", out.stdout);
+}
+
+#[test]
+fn two_cpu_bound_tasks_preempt_each_other() {
+    if !kvm_available("two_cpu_bound_tasks_preempt_each_other") {
+        return;
+    }
+    let out = vmm(&["run", "--init", "spawn", "spin:a", "spin:b"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    // Neither task yields: interleaved rounds prove the timer preempts.
+    let first_b = out
+        .line("spin b: round 1")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let last_a = out
+        .line("spin a: round 6")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let first_a = out
+        .line("spin a: round 1")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let last_b = out
+        .line("spin b: round 6")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        first_b < last_a && first_a < last_b,
+        "rounds did not interleave:\n{}",
+        out.stdout
+    );
+    // Preemption kept each task's SSE registers.
+    assert!(
+        out.line("spin a: done, FPU state intact").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("spin b: done, FPU state intact").is_some(),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn kernel_panic_reports_location_and_fails() {
+    if !kvm_available("kernel_panic_reports_location_and_fails") {
+        return;
+    }
+    let out = vmm(&["run", "--cmdline", "crash=panic"], &[]);
+    assert_eq!(out.status, Some(101), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("kernel panic at guest-kernel/src/kernel/main.rs:")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(out.line("init: hello").is_none());
+}
+
+#[test]
+fn kernel_exception_is_reported_with_vector_rip_and_cr2() {
+    if !kvm_available("kernel_exception_is_reported_with_vector_rip_and_cr2") {
+        return;
+    }
+    let out = vmm(&["run", "--cmdline", "crash=fault"], &[]);
+    assert_eq!(out.status, Some(102), "{}{}", out.stdout, out.stderr);
+    let l = out
+        .line("kernel fault: page fault (vector 14")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    let line = out.stdout.lines().nth(l).unwrap_or("");
+    assert!(
+        line.contains("cr2 0x7000dead0000") && line.contains("rip 0xffffffff80"),
+        "{line}"
+    );
+}
+
+#[test]
+fn stats_count_kernel_instructions_and_exits() {
+    if !kvm_available("stats_count_kernel_instructions_and_exits") {
+        return;
+    }
+    let out = vmm(&["run", "--stats"], &[]);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm-stats:"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    let get = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    // Boot exits at least once per console line and for the milestone.
+    assert!(get("boot_exits") >= 2, "{line}");
+    assert!(out.stderr.contains("exits = "), "{}", out.stderr);
+}

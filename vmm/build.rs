@@ -21,7 +21,11 @@ fn main() {
     // <target>/<profile>/build/<pkg>/out → <target>/guest, shared by all
     // profiles so tests and release builds reuse one guest build.
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    let target_dir = out.ancestors().nth(4).map(|p| p.join("guest")).unwrap_or_else(|| out.join("guest"));
+    let target_dir = out
+        .ancestors()
+        .nth(4)
+        .map(|p| p.join("guest"))
+        .unwrap_or_else(|| out.join("guest"));
 
     let kernel_flags = "-C\x1ftarget-feature=-sse,-sse2\x1f-C\x1fno-redzone=yes";
     let kernel_dir = target_dir.join("kernel");
@@ -35,7 +39,11 @@ fn main() {
 
     println!("cargo:rustc-env=DUALITY_KERNEL_ELF={}", kernel.display());
     for p in USER_PROGRAMS {
-        println!("cargo:rustc-env=DUALITY_USER_{}={}", p.to_uppercase(), user_bin.join(p).display());
+        println!(
+            "cargo:rustc-env=DUALITY_USER_{}={}",
+            p.to_uppercase(),
+            user_bin.join(p).display()
+        );
     }
     println!("cargo:rerun-if-changed={}", guest.display());
     println!("cargo:rerun-if-changed=build.rs");
@@ -45,16 +53,31 @@ fn cargo_build(guest: &Path, target_dir: &Path, rustflags: &str, bins: &[&str]) 
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(guest)
-        .args(["build", "--release", "-p", "guest-kernel", "--target", TARGET])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-kernel",
+            "--target",
+            TARGET,
+        ])
         .arg("--target-dir")
         .arg(target_dir)
-        .args(["--config", "profile.release.lto=\"fat\"", "--config", "profile.release.codegen-units=1"]);
+        .args([
+            "--config",
+            "profile.release.lto=\"fat\"",
+            "--config",
+            "profile.release.codegen-units=1",
+        ]);
     for b in bins {
         cmd.args(["--bin", b]);
     }
     // The outer cargo's settings must not leak into the guest build.
     for (k, _) in env::vars() {
-        if (k.starts_with("CARGO_") && k != "CARGO_HOME") || k == "RUSTFLAGS" || k.starts_with("RUSTC_") {
+        if (k.starts_with("CARGO_") && k != "CARGO_HOME")
+            || k == "RUSTFLAGS"
+            || k.starts_with("RUSTC_")
+        {
             cmd.env_remove(k);
         }
     }
@@ -90,8 +113,14 @@ fn check_sse_free(elf: &Path) {
             continue;
         }
         let uses_vector_reg = ["xmm", "ymm", "zmm"].iter().any(|r| insn.contains(r))
-            || insn.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w.len() == 3 && w.starts_with("mm") && w.as_bytes()[2].is_ascii_digit());
-        let sse_mnemonic = ["ldmxcsr", "stmxcsr", "xsave", "xrstor", "xgetbv", "movnt", "emms"].iter().any(|m| mnemonic.starts_with(m));
+            || insn
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w.len() == 3 && w.starts_with("mm") && w.as_bytes()[2].is_ascii_digit());
+        let sse_mnemonic = [
+            "ldmxcsr", "stmxcsr", "xsave", "xrstor", "xgetbv", "movnt", "emms",
+        ]
+        .iter()
+        .any(|m| mnemonic.starts_with(m));
         if uses_vector_reg || sse_mnemonic {
             bad.push(format!("{func} {insn}"));
         }

@@ -6,7 +6,7 @@
 use crate::error::{Result, VmmError, kvm};
 use crate::vcpu::monotonic_ns;
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuExit};
+use kvm_ioctls::VcpuExit;
 use std::process::{Command, Stdio};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -15,13 +15,15 @@ pub const STATS_TAG: &str = "vmm-stats:";
 
 /// The peer: real-mode `out` at once; the VMM exits on the first exit.
 pub fn probe() -> Result<()> {
-    let kvm_handle = Kvm::new().map_err(VmmError::KvmOpen)?;
+    let kvm_handle = crate::vm::open_kvm()?;
     let vm = kvm_handle.create_vm().map_err(kvm("create VM"))?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])
         .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
     mem.write_slice(&[0xe6, 0x80], GuestAddress(0x1000)) // out 0x80, al
         .map_err(|e| VmmError::Boot(e.to_string()))?;
-    let host = mem.get_host_address(GuestAddress(0)).map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+    let host = mem
+        .get_host_address(GuestAddress(0))
+        .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -36,7 +38,11 @@ pub fn probe() -> Result<()> {
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
     vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
-    let regs = kvm_bindings::kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() };
+    let regs = kvm_bindings::kvm_regs {
+        rip: 0x1000,
+        rflags: 2,
+        ..Default::default()
+    };
     vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
     match vcpu.run() {
         Ok(VcpuExit::IoOut(0x80, _)) => {
@@ -56,7 +62,11 @@ fn field(out: &str, key: &str) -> Option<u64> {
     out.lines()
         .filter(|l| l.starts_with(STATS_TAG))
         .flat_map(|l| l.split_whitespace())
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')).and_then(|v| v.parse().ok()))
+        .find_map(|w| {
+            w.strip_prefix(key)
+                .and_then(|v| v.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        })
 }
 
 /// Runs `vmm ARGS` and returns (ns from spawn to the `key` timestamp, output).
@@ -64,8 +74,17 @@ fn timed(args: &[&str], key: &str) -> Result<(u64, String)> {
     let exe = std::env::current_exe()?;
     let start = monotonic_ns();
     let out = Command::new(exe).args(args).stdin(Stdio::null()).output()?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let at = field(&text, key).ok_or_else(|| VmmError::Guest(format!("no {key} in output of vmm {}: {text}", args.join(" "))))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = field(&text, key).ok_or_else(|| {
+        VmmError::Guest(format!(
+            "no {key} in output of vmm {}: {text}",
+            args.join(" ")
+        ))
+    })?;
     Ok((at.saturating_sub(start), text))
 }
 
@@ -83,10 +102,19 @@ pub fn boot(runs: usize) -> Result<()> {
     let (b, p) = (median(&mut boot_ns), median(&mut probe_ns));
     let ratio = b as f64 / p.max(1) as f64;
     println!("boot benchmark, {runs} runs (median):");
-    println!("  vmm run: exec -> init task running   {:>9.3} ms", b as f64 / 1e6);
-    println!("  probe: exec -> create VM+vCPU -> 1st exit {:>9.3} ms", p as f64 / 1e6);
+    println!(
+        "  vmm run: exec -> init task running   {:>9.3} ms",
+        b as f64 / 1e6
+    );
+    println!(
+        "  probe: exec -> create VM+vCPU -> 1st exit {:>9.3} ms",
+        p as f64 / 1e6
+    );
     println!("  ratio boot/probe                      {ratio:>9.2}x");
-    println!("  kernel instructions during boot (insn_emulation): {}", median(&mut insns));
+    println!(
+        "  kernel instructions during boot (insn_emulation): {}",
+        median(&mut insns)
+    );
     println!("  VM exits during boot: {}", median(&mut exits));
     println!("  (goals: <= 100000 kernel instructions, <= 50 exits)");
     Ok(())

@@ -14,7 +14,9 @@ pub fn parse_mem_size(s: &str) -> Result<u64> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad("expected a number with an optional K, M or G suffix"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| bad("expected a number with an optional K, M or G suffix"))?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1024,
@@ -27,10 +29,16 @@ pub fn parse_mem_size(s: &str) -> Result<u64> {
         return Err(VmmError::MemoryNotPageMultiple(bytes));
     }
     if bytes < MIN_MEM {
-        return Err(VmmError::MemoryTooSmall { size: bytes / MIB, min: MIN_MEM / MIB });
+        return Err(VmmError::MemoryTooSmall {
+            size: bytes / MIB,
+            min: MIN_MEM / MIB,
+        });
     }
     if bytes > MAX_MEM {
-        return Err(VmmError::MemoryTooLarge { size: bytes / MIB, max: MAX_MEM / MIB });
+        return Err(VmmError::MemoryTooLarge {
+            size: bytes / MIB,
+            max: MAX_MEM / MIB,
+        });
     }
     Ok(bytes)
 }
@@ -45,11 +53,29 @@ mod tests {
         assert_eq!(parse_mem_size("1G").unwrap(), 1024 * MIB);
         assert_eq!(parse_mem_size("64MiB").unwrap(), 64 * MIB);
         assert_eq!(parse_mem_size("16777216").unwrap(), 16 * MIB);
-        assert!(matches!(parse_mem_size("1M"), Err(VmmError::MemoryTooSmall { .. })));
-        assert!(matches!(parse_mem_size("16777217"), Err(VmmError::MemoryNotPageMultiple(_))));
-        assert!(matches!(parse_mem_size("100T"), Err(VmmError::MemorySize(..))));
-        assert!(matches!(parse_mem_size("lots"), Err(VmmError::MemorySize(..))));
-        assert!(matches!(parse_mem_size("99999999999999999999G"), Err(VmmError::MemorySize(..))));
-        assert!(matches!(parse_mem_size("1000G"), Err(VmmError::MemoryTooLarge { .. })));
+        assert!(matches!(
+            parse_mem_size("1M"),
+            Err(VmmError::MemoryTooSmall { .. })
+        ));
+        assert!(matches!(
+            parse_mem_size("16777217"),
+            Err(VmmError::MemoryNotPageMultiple(_))
+        ));
+        assert!(matches!(
+            parse_mem_size("100T"),
+            Err(VmmError::MemorySize(..))
+        ));
+        assert!(matches!(
+            parse_mem_size("lots"),
+            Err(VmmError::MemorySize(..))
+        ));
+        assert!(matches!(
+            parse_mem_size("99999999999999999999G"),
+            Err(VmmError::MemorySize(..))
+        ));
+        assert!(matches!(
+            parse_mem_size("1000G"),
+            Err(VmmError::MemoryTooLarge { .. })
+        ));
     }
 }

@@ -4,8 +4,14 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum VmmError {
-    #[error("cannot open /dev/kvm: {0}. Is KVM available (kvm_intel/kvm_amd loaded) and are you in the kvm group?")]
-    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error(
+        "cannot open {path}: {source}. Is KVM available (kvm_intel or kvm_amd loaded) and may you use it (kvm group)?"
+    )]
+    KvmOpen {
+        path: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmVersion(i32),
     #[error("KVM: {what}: {source}")]

@@ -13,5 +13,9 @@ pub const PROGRAMS: &[(&str, &[u8])] = &[
 ];
 
 pub fn program_names() -> String {
-    PROGRAMS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+    PROGRAMS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

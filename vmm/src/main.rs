@@ -18,7 +18,11 @@ use std::process::ExitCode;
 use vcpu::Outcome;
 
 #[derive(Parser)]
-#[command(name = "vmm", version, about = "Duality: boots a Mach guest kernel on KVM")]
+#[command(
+    name = "vmm",
+    version,
+    about = "Duality: boots a Mach guest kernel on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -68,7 +72,13 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run { mem, kernel, cmdline, stats, init } => run_cmd(&mem, kernel, cmdline, stats, init),
+        Cmd::Run {
+            mem,
+            kernel,
+            cmdline,
+            stats,
+            init,
+        } => run_cmd(&mem, kernel, cmdline, stats, init),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
     };
@@ -81,18 +91,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_cmd(mem: &str, kernel: Option<PathBuf>, cmdline: String, stats: bool, init: Vec<String>) -> error::Result<ExitCode> {
+fn run_cmd(
+    mem: &str,
+    kernel: Option<PathBuf>,
+    cmdline: String,
+    stats: bool,
+    init: Vec<String>,
+) -> error::Result<ExitCode> {
     let mem = config::parse_mem_size(mem)?;
-    let report = run::run(&run::RunOptions { mem, kernel, cmdline, init })?;
+    let report = run::run(&run::RunOptions {
+        mem,
+        kernel,
+        cmdline,
+        init,
+    })?;
     if stats {
         let t = &report.totals;
-        eprintln!("vmm: vCPU 0: {} exits, {} emulated kernel instructions", t.exits(), t.kernel_instructions());
+        eprintln!(
+            "vmm: vCPU 0: {} exits, {} emulated kernel instructions",
+            t.exits(),
+            t.kernel_instructions()
+        );
         let mut nonzero: Vec<_> = t.0.iter().filter(|(_, v)| *v != 0).collect();
         nonzero.sort();
         for (name, v) in nonzero {
             eprintln!("vmm:   {name} = {v}");
         }
-        if let Some(m) = report.milestones.iter().find(|m| m.id == MILESTONE_INIT_START) {
+        if let Some(m) = report
+            .milestones
+            .iter()
+            .find(|m| m.id == MILESTONE_INIT_START)
+        {
             eprintln!(
                 "vmm: boot to init: {} kernel instructions, {} exits",
                 m.stats.kernel_instructions(),

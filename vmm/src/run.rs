@@ -37,10 +37,15 @@ pub struct RunReport {
 pub fn kernel_cmdline(user: &str, init: &[String]) -> Result<String> {
     let name = init.first().map(String::as_str).unwrap_or("init");
     if !images::PROGRAMS.iter().any(|(n, _)| *n == name) {
-        return Err(VmmError::UnknownInit { name: name.to_string(), known: images::program_names() });
+        return Err(VmmError::UnknownInit {
+            name: name.to_string(),
+            known: images::program_names(),
+        });
     }
     if user.split_whitespace().any(|w| w == "--") {
-        return Err(VmmError::Cmdline("'--' is reserved: give init's arguments after --init PROGRAM".into()));
+        return Err(VmmError::Cmdline(
+            "'--' is reserved: give init's arguments after --init PROGRAM".into(),
+        ));
     }
     let mut s = format!("init={name}");
     if !user.trim().is_empty() {
@@ -76,7 +81,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let cmdline = kernel_cmdline(&opts.cmdline, &opts.init)?;
     let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
         Some(p) => {
-            let bytes = std::fs::read(p).map_err(|source| VmmError::KernelRead { path: p.display().to_string(), source })?;
+            let bytes = std::fs::read(p).map_err(|source| VmmError::KernelRead {
+                path: p.display().to_string(),
+                source,
+            })?;
             (Cow::Owned(bytes), p.display().to_string())
         }
         None => (Cow::Borrowed(images::KERNEL), "<built-in kernel>".into()),
@@ -87,7 +95,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let low_end = opts.mem.min(layout::MMIO_HOLE_START);
     let modules = start_info::place_modules(&vm.mem, loaded.end, images::PROGRAMS, low_end)?;
     start_info::write(&vm.mem, opts.mem, &cmdline, &modules)?;
-    let ram_end = layout::ram_ranges(opts.mem).last().map_or(0, |(a, s)| a.0 + s);
+    let ram_end = layout::ram_ranges(opts.mem)
+        .last()
+        .map_or(0, |(a, s)| a.0 + s);
     boot::pagetables::build(&vm.mem, ram_end)?;
 
     let mut vcpu_fd = vm.fd.create_vcpu(0).map_err(kvm("create vCPU"))?;
@@ -101,7 +111,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     };
 
     let com1_irq = EventFd::new(EFD_NONBLOCK)?;
-    vm.fd.register_irqfd(&com1_irq, COM1_IRQ).map_err(kvm("register COM1 irqfd"))?;
+    vm.fd
+        .register_irqfd(&com1_irq, COM1_IRQ)
+        .map_err(kvm("register COM1 irqfd"))?;
     let mut platform = Platform {
         console: DoorbellConsole::new(Box::new(std::io::stdout())),
         com1: Com1::new(com1_irq, Box::new(std::io::stdout())),
@@ -109,7 +121,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     };
 
     let exit_evt = EventFd::new(EFD_NONBLOCK)?;
-    let watcher = Arc::new(Mutex::new(ExitWatcher { evt: exit_evt.try_clone()?, done: false }));
+    let watcher = Arc::new(Mutex::new(ExitWatcher {
+        evt: exit_evt.try_clone()?,
+        done: false,
+    }));
     let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| VmmError::Boot(format!("event manager: {e:?}")))?;
     events.add_subscriber(watcher.clone());
@@ -120,7 +135,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             .name("vcpu0".into())
             .spawn_scoped(s, move || {
                 let outcome = vcpu::run(&mut vcpu_fd, mem, &mut platform, stats.as_ref());
-                let totals = stats.as_ref().and_then(|s| s.snapshot().ok()).unwrap_or_default();
+                let totals = stats
+                    .as_ref()
+                    .and_then(|s| s.snapshot().ok())
+                    .unwrap_or_default();
                 let _ = exit_evt.write(1);
                 (outcome, totals, platform.milestones)
             })?;
@@ -139,7 +157,11 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         Ok::<_, VmmError>((outcome, (totals, milestones)))
     })?;
     let (totals, milestones) = totals;
-    Ok(RunReport { outcome, milestones, totals })
+    Ok(RunReport {
+        outcome,
+        milestones,
+        totals,
+    })
 }
 
 #[cfg(test)]
@@ -149,9 +171,18 @@ mod tests {
     #[test]
     fn cmdline_puts_init_first_and_args_last() {
         let init = vec!["spawn".to_string(), "spin:a".into(), "spin:b".into()];
-        assert_eq!(kernel_cmdline("timer_hz=250", &init).unwrap(), "init=spawn timer_hz=250 -- spin:a spin:b");
+        assert_eq!(
+            kernel_cmdline("timer_hz=250", &init).unwrap(),
+            "init=spawn timer_hz=250 -- spin:a spin:b"
+        );
         assert_eq!(kernel_cmdline("", &[]).unwrap(), "init=init");
-        assert!(matches!(kernel_cmdline("", &["nope".into()]), Err(VmmError::UnknownInit { .. })));
-        assert!(matches!(kernel_cmdline("a -- b", &[]), Err(VmmError::Cmdline(_))));
+        assert!(matches!(
+            kernel_cmdline("", &["nope".into()]),
+            Err(VmmError::UnknownInit { .. })
+        ));
+        assert!(matches!(
+            kernel_cmdline("a -- b", &[]),
+            Err(VmmError::Cmdline(_))
+        ));
     }
 }

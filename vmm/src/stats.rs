@@ -22,7 +22,8 @@ pub struct VcpuStats {
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 impl VcpuStats {
@@ -49,13 +50,20 @@ impl VcpuStats {
             let size = u16::from_le_bytes([d[6], d[7]]) as usize;
             let offset = u32_at(d, 8) as u64;
             let name = &d[DESC_FIXED..];
-            let name = String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())]);
+            let name = String::from_utf8_lossy(
+                &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())],
+            );
             data_len = data_len.max(offset as usize + size * 8);
             if size == 1 {
                 counters.push((name.into_owned(), offset));
             }
         }
-        Ok(VcpuStats { file, counters, data_offset, data_len })
+        Ok(VcpuStats {
+            file,
+            counters,
+            data_offset,
+            data_len,
+        })
     }
 
     /// Current value of every scalar statistic.
@@ -67,7 +75,9 @@ impl VcpuStats {
             .iter()
             .map(|(n, off)| {
                 let o = *off as usize;
-                let v = data.get(o..o + 8).map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
+                let v = data
+                    .get(o..o + 8)
+                    .map_or(0, |s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
                 (n.clone(), v)
             })
             .collect();
@@ -80,7 +90,10 @@ pub struct Snapshot(pub Vec<(String, u64)>);
 
 impl Snapshot {
     pub fn get(&self, name: &str) -> u64 {
-        self.0.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
     }
     /// The exits KVM counts as such.
     pub fn exits(&self) -> u64 {

@@ -33,7 +33,10 @@ pub struct Platform {
 }
 
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid timespec out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -46,12 +49,20 @@ fn u32_of(data: &[u8]) -> u32 {
     u32::from_le_bytes(b)
 }
 
-pub fn run(vcpu: &mut VcpuFd, mem: &GuestMemoryMmap, platform: &mut Platform, stats: Option<&VcpuStats>) -> Outcome {
+pub fn run(
+    vcpu: &mut VcpuFd,
+    mem: &GuestMemoryMmap,
+    platform: &mut Platform,
+    stats: Option<&VcpuStats>,
+) -> Outcome {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => match port {
                 PORT_CONSOLE => {
-                    if let Err(e) = platform.console.doorbell(mem, GuestAddress(u32_of(data) as u64)) {
+                    if let Err(e) = platform
+                        .console
+                        .doorbell(mem, GuestAddress(u32_of(data) as u64))
+                    {
                         tracing::warn!("console: {e}");
                     }
                 }
@@ -84,10 +95,16 @@ pub fn run(vcpu: &mut VcpuFd, mem: &GuestMemoryMmap, platform: &mut Platform, st
                 }
             }
             Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(addr, _)) => tracing::debug!("write to unclaimed MMIO {addr:#x}"),
-            Ok(VcpuExit::Hlt) => return Outcome::Failed("the vCPU halted with interrupts off".into()),
+            Ok(VcpuExit::MmioWrite(addr, _)) => {
+                tracing::debug!("write to unclaimed MMIO {addr:#x}")
+            }
+            Ok(VcpuExit::Hlt) => {
+                return Outcome::Failed("the vCPU halted with interrupts off".into());
+            }
             Ok(VcpuExit::Shutdown) => {
-                return Outcome::Failed("triple fault (the guest kernel could not handle an exception)".into());
+                return Outcome::Failed(
+                    "triple fault (the guest kernel could not handle an exception)".into(),
+                );
             }
             Ok(VcpuExit::InternalError) => {
                 return Outcome::Failed(
@@ -98,7 +115,9 @@ pub fn run(vcpu: &mut VcpuFd, mem: &GuestMemoryMmap, platform: &mut Platform, st
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return Outcome::Failed(format!("VM entry failed (reason {reason:#x}, cpu {cpu})"));
             }
-            Ok(VcpuExit::SystemEvent(kind, _)) => return Outcome::Failed(format!("system event {kind}")),
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Outcome::Failed(format!("system event {kind}"));
+            }
             Ok(other) => return Outcome::Failed(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => return Outcome::Failed(format!("KVM_RUN: {e}")),

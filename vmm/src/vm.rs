@@ -15,16 +15,31 @@ pub struct Vm {
 /// Where Intel VMX keeps its real-mode TSS; unused on AMD and PVM.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// Opens /dev/kvm, or the device named by `VMM_KVM_DEVICE` (for nested
+/// or unusual setups).
+pub fn open_kvm() -> Result<Kvm> {
+    let path = std::env::var("VMM_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
+    let cpath = std::ffi::CString::new(path.clone()).map_err(|_| VmmError::KvmOpen {
+        path: path.clone(),
+        source: kvm_ioctls::Error::new(libc::EINVAL),
+    })?;
+    Kvm::new_with_path(&cpath).map_err(|source| VmmError::KvmOpen { path, source })
+}
+
 impl Vm {
     pub fn new(mem_size: u64) -> Result<Vm> {
-        let kvm_handle = Kvm::new().map_err(VmmError::KvmOpen)?;
+        let kvm_handle = open_kvm()?;
         let version = kvm_handle.get_api_version();
         if version != 12 {
             return Err(VmmError::KvmVersion(version));
         }
         let fd = kvm_handle.create_vm().map_err(kvm("create VM"))?;
-        let ranges: Vec<_> = ram_ranges(mem_size).into_iter().map(|(a, s)| (a, s as usize)).collect();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::GuestMemory(e.to_string()))?;
+        let ranges: Vec<_> = ram_ranges(mem_size)
+            .into_iter()
+            .map(|(a, s)| (a, s as usize))
+            .collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
+            .map_err(|e| VmmError::GuestMemory(e.to_string()))?;
         for (slot, region) in mem.iter().enumerate() {
             let host = mem
                 .get_host_address(region.start_addr())
@@ -40,8 +55,14 @@ impl Vm {
             // fd's use of it (both are dropped together with `Vm`).
             unsafe { fd.set_user_memory_region(r) }.map_err(kvm("set memory region"))?;
         }
-        fd.set_tss_address(TSS_ADDRESS).map_err(kvm("set TSS address"))?;
-        fd.create_irq_chip().map_err(kvm("create in-kernel irqchip"))?;
-        Ok(Vm { kvm: kvm_handle, fd, mem })
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm("set TSS address"))?;
+        fd.create_irq_chip()
+            .map_err(kvm("create in-kernel irqchip"))?;
+        Ok(Vm {
+            kvm: kvm_handle,
+            fd,
+            mem,
+        })
     }
 }

@@ -75,6 +75,16 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         " Hz\n"
     );
 
+    // Deliberate failures, so tests can check how they are reported.
+    match cmdline::value(cmd, b"crash") {
+        Some(b"panic") => panic!("crash=panic on the command line"),
+        Some(b"fault") => {
+            // SAFETY: deliberately not safe: nothing is mapped at this address.
+            unsafe { core::ptr::read_volatile(0x0000_7000_dead_0000 as *const u64) };
+        }
+        _ => {}
+    }
+
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
     let args = cmdline::init_args(cmd);
     let mut k = Kernel::new(boot.clone(), mem.frames, mem.kernel_root);

@@ -42,11 +42,14 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
 }
 
 pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<()> {
-    let cpuid = kvm_handle.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("get supported CPUID"))?;
+    let cpuid = kvm_handle
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm("get supported CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
 
     let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
-    mem.write_slice(&gdt, GDT).map_err(|e| VmmError::Boot(format!("GDT: {e}")))?;
+    mem.write_slice(&gdt, GDT)
+        .map_err(|e| VmmError::Boot(format!("GDT: {e}")))?;
 
     let mut sregs = vcpu.get_sregs().map_err(kvm("get sregs"))?;
     sregs.gdt.base = GDT.0;
@@ -66,10 +69,19 @@ pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64)
     sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
     vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
 
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("set FPU"))?;
 
-    let regs = kvm_regs { rip: entry, rsi: START_INFO.0, rflags: 0x2, ..Default::default() };
+    let regs = kvm_regs {
+        rip: entry,
+        rsi: START_INFO.0,
+        rflags: 0x2,
+        ..Default::default()
+    };
     vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
     Ok(())
 }

@@ -40,7 +40,10 @@ pub fn ram_ranges(mem: u64) -> Vec<(GuestAddress, u64)> {
     if mem <= MMIO_HOLE_START {
         vec![(GuestAddress(0), mem)]
     } else {
-        vec![(GuestAddress(0), MMIO_HOLE_START), (GuestAddress(FOUR_GIB), mem - MMIO_HOLE_START)]
+        vec![
+            (GuestAddress(0), MMIO_HOLE_START),
+            (GuestAddress(FOUR_GIB), mem - MMIO_HOLE_START),
+        ]
     }
 }
 

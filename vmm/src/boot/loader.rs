@@ -67,12 +67,24 @@ fn check_segments(image: &[u8], mem_low_end: u64) -> std::result::Result<u64, St
     Ok(entry)
 }
 
-pub fn load(mem: &GuestMemoryMmap, image: &[u8], path: &str, mem_size: u64) -> Result<LoadedKernel> {
-    let invalid = |why: String| VmmError::KernelInvalid { path: path.to_string(), why };
+pub fn load(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    path: &str,
+    mem_size: u64,
+) -> Result<LoadedKernel> {
+    let invalid = |why: String| VmmError::KernelInvalid {
+        path: path.to_string(),
+        why,
+    };
     let entry = check_segments(image, mem_size.min(MMIO_HOLE_START)).map_err(invalid)?;
     let mut cursor = Cursor::new(image);
-    let res = Elf::load(mem, None, &mut cursor, Some(KERNEL_LOAD)).map_err(|e| invalid(e.to_string()))?;
-    Ok(LoadedKernel { entry, end: GuestAddress(res.kernel_end) })
+    let res =
+        Elf::load(mem, None, &mut cursor, Some(KERNEL_LOAD)).map_err(|e| invalid(e.to_string()))?;
+    Ok(LoadedKernel {
+        entry,
+        end: GuestAddress(res.kernel_end),
+    })
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ pub fn build(mem: &GuestMemoryMmap, ram_end: u64) -> Result<()> {
 
     let write = |table: &[u64], at| {
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-        mem.write_slice(&bytes, at).map_err(|e| VmmError::Boot(format!("page tables: {e}")))
+        mem.write_slice(&bytes, at)
+            .map_err(|e| VmmError::Boot(format!("page tables: {e}")))
     };
     write(&pml4, PML4)?;
     write(&pdpt_low, PDPT_LOW)?;
@@ -65,7 +66,10 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
         build(&mem, 2 * GIB + 1).unwrap();
         assert_eq!(translate(&mem, 0x12_3456), Some(0x12_3456));
-        assert_eq!(translate(&mem, 0xffff_8000_0000_0000 + 0x8765_4321), Some(0x8765_4321));
+        assert_eq!(
+            translate(&mem, 0xffff_8000_0000_0000 + 0x8765_4321),
+            Some(0x8765_4321)
+        );
         assert_eq!(translate(&mem, 0xffff_ffff_8010_0000), Some(0x10_0000));
         assert_eq!(translate(&mem, 2 * GIB + 5), Some(2 * GIB + 5)); // third GiB
         assert_eq!(translate(&mem, 3 * GIB), None);

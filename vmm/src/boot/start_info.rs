@@ -3,7 +3,9 @@
 
 use super::layout::*;
 use crate::error::{Result, VmmError};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 const MAGIC: u32 = 0x336e_c578;
@@ -52,21 +54,36 @@ pub fn place_modules<'a>(
     for (name, image) in programs {
         let size = image.len() as u64;
         if at + size > low_ram_end {
-            return Err(VmmError::Boot("not enough low memory for the programs".into()));
+            return Err(VmmError::Boot(
+                "not enough low memory for the programs".into(),
+            ));
         }
         mem.write_slice(image, GuestAddress(at)).map_err(boot_err)?;
-        out.push(Module { name, addr: GuestAddress(at), size });
+        out.push(Module {
+            name,
+            addr: GuestAddress(at),
+            size,
+        });
         at = (at + size).div_ceil(4096) * 4096;
     }
     Ok(out)
 }
 
-pub fn write(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, modules: &[Module]) -> Result<()> {
+pub fn write(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cmdline: &str,
+    modules: &[Module],
+) -> Result<()> {
     if cmdline.len() >= CMDLINE_MAX || cmdline.contains('\0') {
-        return Err(VmmError::Cmdline(format!("must be shorter than {CMDLINE_MAX} bytes, without NUL")));
+        return Err(VmmError::Cmdline(format!(
+            "must be shorter than {CMDLINE_MAX} bytes, without NUL"
+        )));
     }
-    mem.write_slice(cmdline.as_bytes(), CMDLINE).map_err(boot_err)?;
-    mem.write_obj(0u8, GuestAddress(CMDLINE.0 + cmdline.len() as u64)).map_err(boot_err)?;
+    mem.write_slice(cmdline.as_bytes(), CMDLINE)
+        .map_err(boot_err)?;
+    mem.write_obj(0u8, GuestAddress(CMDLINE.0 + cmdline.len() as u64))
+        .map_err(boot_err)?;
 
     let mut map = vec![
         (0, LOW_RAM_END, E820_RAM),
@@ -79,20 +96,36 @@ pub fn write(mem: &GuestMemoryMmap, mem_size: u64, cmdline: &str, modules: &[Mod
         }
     }
     for (i, (addr, size, type_)) in map.iter().enumerate() {
-        let e = MemEntry(hvm_memmap_table_entry { addr: *addr, size: *size, type_: *type_, reserved: 0 });
-        mem.write_obj(e, GuestAddress(MEMMAP.0 + i as u64 * 24)).map_err(boot_err)?;
+        let e = MemEntry(hvm_memmap_table_entry {
+            addr: *addr,
+            size: *size,
+            type_: *type_,
+            reserved: 0,
+        });
+        mem.write_obj(e, GuestAddress(MEMMAP.0 + i as u64 * 24))
+            .map_err(boot_err)?;
     }
 
     for (i, m) in modules.iter().enumerate() {
         let name_at = GuestAddress(MODULE_CMDLINES.0 + i as u64 * MODULE_CMDLINE_SIZE);
         let name = m.name.as_bytes();
         if name.len() >= MODULE_CMDLINE_SIZE as usize {
-            return Err(VmmError::Boot(format!("program name {:?} is too long", m.name)));
+            return Err(VmmError::Boot(format!(
+                "program name {:?} is too long",
+                m.name
+            )));
         }
         mem.write_slice(name, name_at).map_err(boot_err)?;
-        mem.write_obj(0u8, GuestAddress(name_at.0 + name.len() as u64)).map_err(boot_err)?;
-        let e = ModEntry(hvm_modlist_entry { paddr: m.addr.0, size: m.size, cmdline_paddr: name_at.0, reserved: 0 });
-        mem.write_obj(e, GuestAddress(MODLIST.0 + i as u64 * 32)).map_err(boot_err)?;
+        mem.write_obj(0u8, GuestAddress(name_at.0 + name.len() as u64))
+            .map_err(boot_err)?;
+        let e = ModEntry(hvm_modlist_entry {
+            paddr: m.addr.0,
+            size: m.size,
+            cmdline_paddr: name_at.0,
+            reserved: 0,
+        });
+        mem.write_obj(e, GuestAddress(MODLIST.0 + i as u64 * 32))
+            .map_err(boot_err)?;
     }
 
     let info = StartInfo(hvm_start_info {

@@ -1,0 +1,92 @@
+//! Shared by the integration tests: run the `vmm` binary with a hang guard,
+//! and decide whether KVM tests run here.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Output {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Index of the first line containing `needle`.
+    pub fn line(&self, needle: &str) -> Option<usize> {
+        self.stdout.lines().position(|l| l.contains(needle))
+    }
+    pub fn last_line(&self, needle: &str) -> Option<usize> {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        lines.iter().rposition(|l| l.contains(needle))
+    }
+}
+
+/// Whether the KVM-backed tests can run. Where KVM is required (CI, or
+/// DUALITY_REQUIRE_KVM=1) a missing /dev/kvm is a failure; elsewhere the
+/// test says it is skipped.
+pub fn kvm_available(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let required = std::env::var("DUALITY_REQUIRE_KVM").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| v == "true");
+    if !ok && required {
+        panic!(
+            "{test}: /dev/kvm is not usable, and KVM is required here (CI=true or DUALITY_REQUIRE_KVM=1)"
+        );
+    }
+    if !ok {
+        eprintln!(
+            "SKIPPED {test}: no usable /dev/kvm (set DUALITY_REQUIRE_KVM=1 to make this a failure)"
+        );
+    }
+    ok
+}
+
+/// Runs `vmm ARGS` with `env`; a run that does not finish within the hang
+/// guard is killed and fails the test (this bounds a hang, it times nothing).
+pub fn vmm(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vmm");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let guard = Duration::from_secs(120);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            panic!("vmm {} did not finish within {guard:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status: status.code(),
+        stdout: reader.join().unwrap_or_default(),
+        stderr: ereader.join().unwrap_or_default(),
+    }
+}
