@@ -104,7 +104,10 @@ impl MemPager {
     pub fn contents(&self, offset: u64, len: usize) -> Vec<u8> {
         let s = self.read_store();
         let start = offset as usize;
-        s.data.get(start..start + len).map(<[u8]>::to_vec).unwrap_or_default()
+        s.data
+            .get(start..start + len)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
     }
 
     pub fn data_requests(&self) -> u64 {
@@ -127,7 +130,7 @@ impl MemPager {
         if !self.calls().kernels.contains_key(&kernel) {
             return Err(PagerError::UnknownKernel(kernel.0));
         }
-        if len == 0 || !offset.is_page_aligned() || len % PAGE_SIZE != 0 {
+        if len == 0 || !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
             return Err(PagerError::BadRange {
                 offset,
                 len,

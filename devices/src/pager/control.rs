@@ -129,7 +129,7 @@ impl DeviceControl {
 fn check_pages(offset: ObjectOffset, len: u64) -> Result<()> {
     let why = if len == 0 {
         "zero length"
-    } else if !offset.is_page_aligned() || len % PAGE_SIZE != 0 {
+    } else if !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
         "not page aligned"
     } else if offset.checked_add(len).is_none() {
         "overflows"
@@ -165,7 +165,13 @@ impl KernelControl for DeviceControl {
 
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
         check_pages(offset, data.len() as u64)?;
-        let event = self.event(event::DATA_PROVIDED, 0, offset.raw(), data.len() as u64, lock);
+        let event = self.event(
+            event::DATA_PROVIDED,
+            0,
+            offset.raw(),
+            data.len() as u64,
+            lock,
+        );
         self.backlog.push(PendingEvent {
             event,
             data: data.to_vec(),
@@ -182,7 +188,11 @@ impl KernelControl for DeviceControl {
     }
 
     fn destroy(&self, reason: &str) -> Result<()> {
-        tracing::info!(object = self.object.0, reason, "virtio-pager: object destroyed by its pager");
+        tracing::info!(
+            object = self.object.0,
+            reason,
+            "virtio-pager: object destroyed by its pager"
+        );
         let event = self.event(event::DESTROY, 0, 0, 0, Access::NONE);
         self.backlog.push(PendingEvent {
             event,

@@ -116,17 +116,24 @@ pub const DEFAULT_WORKERS: usize = 2;
 impl PagerDevice {
     /// `kernel` is how this VM identifies itself to every pager. Object ids
     /// are indices into `objects`.
-    pub fn new(kernel: KernelId, objects: Vec<PagerObject>, workers: usize) -> Result<Self, PagerDeviceError> {
+    pub fn new(
+        kernel: KernelId,
+        objects: Vec<PagerObject>,
+        workers: usize,
+    ) -> Result<Self, PagerDeviceError> {
         if objects.len() > u32::MAX as usize / 2 {
             return Err(PagerDeviceError::TooManyObjects(objects.len()));
         }
         let mut entries = Vec::with_capacity(objects.len());
         let mut slots = Vec::with_capacity(objects.len());
         for (i, o) in objects.into_iter().enumerate() {
-            let size = o.pager.extent().map_err(|source| PagerDeviceError::Extent {
-                name: o.name.clone(),
-                source,
-            })?;
+            let size = o
+                .pager
+                .extent()
+                .map_err(|source| PagerDeviceError::Extent {
+                    name: o.name.clone(),
+                    source,
+                })?;
             entries.push(ObjectEntry {
                 size,
                 id: ObjectId(i as u32),
@@ -211,12 +218,16 @@ impl PagerDevice {
         if self.needs_reset {
             return;
         }
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mem = active.mem.clone();
         let event_idx = self.acked_features & (1 << features::VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut used_added = false;
         loop {
-            let Some(active) = self.active.as_mut() else { return };
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
             if event_idx && active.reqq.disable_notification(&*mem).is_err() {
                 self.enter_needs_reset("request queue unreadable");
                 return;
@@ -234,7 +245,9 @@ impl PagerDevice {
             if !event_idx {
                 break;
             }
-            let Some(active) = self.active.as_mut() else { return };
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
             match active.reqq.enable_notification(&*mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
@@ -250,7 +263,11 @@ impl PagerDevice {
     }
 
     /// Returns true if the chain was completed immediately (an error).
-    fn handle_request(&mut self, mem: &Arc<GuestMemoryMmap>, chain: DescriptorChain<&GuestMemoryMmap>) -> bool {
+    fn handle_request(
+        &mut self,
+        mem: &Arc<GuestMemoryMmap>,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> bool {
         self.stats.requests += 1;
         let head = chain.head_index();
         let segs = match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN) {
@@ -281,11 +298,18 @@ impl PagerDevice {
         match (&parsed.request, &slot.state) {
             (Request::Init, ObjState::Uninit) => {
                 slot.state = ObjState::Initializing;
-                control = Some(Arc::new(DeviceControl::new(parsed.object, self.backlog.clone())));
+                control = Some(Arc::new(DeviceControl::new(
+                    parsed.object,
+                    self.backlog.clone(),
+                )));
             }
-            (Request::Init, _) => return self.reject(mem, head, Some(parsed.status), status::BAD_STATE),
+            (Request::Init, _) => {
+                return self.reject(mem, head, Some(parsed.status), status::BAD_STATE);
+            }
             (_, ObjState::Ready(info)) => {
-                if matches!(parsed.request, Request::DataWrite { .. }) && (slot.read_only || info.read_only) {
+                if matches!(parsed.request, Request::DataWrite { .. })
+                    && (slot.read_only || info.read_only)
+                {
                     return self.reject(mem, head, Some(parsed.status), status::READ_ONLY);
                 }
                 if matches!(parsed.request, Request::Terminate) {
@@ -308,28 +332,46 @@ impl PagerDevice {
             mem: mem.clone(),
         };
         if !self.pool.submit(job) {
-            if let Some(s) = self.objects.get_mut(parsed.object.0 as usize) {
-                if s.state == ObjState::Initializing {
-                    s.state = ObjState::Uninit;
-                }
+            if let Some(s) = self.objects.get_mut(parsed.object.0 as usize)
+                && s.state == ObjState::Initializing
+            {
+                s.state = ObjState::Uninit;
             }
             return self.reject(mem, head, Some(parsed.status), status::PAGER_FAILED);
         }
         false
     }
 
-    fn reject(&mut self, mem: &GuestMemoryMmap, head: u16, slot: Option<vm_memory::GuestAddress>, code: u32) -> bool {
+    fn reject(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        slot: Option<vm_memory::GuestAddress>,
+        code: u32,
+    ) -> bool {
         self.stats.rejected += 1;
         let len = match slot {
-            Some(addr) if mem.write_slice(&Response::error(code).to_bytes(), addr).is_ok() => RESP_SIZE as u32,
+            Some(addr)
+                if mem
+                    .write_slice(&Response::error(code).to_bytes(), addr)
+                    .is_ok() =>
+            {
+                RESP_SIZE as u32
+            }
             _ => 0,
         };
         self.add_used(REQUEST_QUEUE, head, len)
     }
 
     fn add_used(&mut self, queue: usize, head: u16, len: u32) -> bool {
-        let Some(a) = self.active.as_mut() else { return false };
-        let q = if queue == REQUEST_QUEUE { &mut a.reqq } else { &mut a.evq };
+        let Some(a) = self.active.as_mut() else {
+            return false;
+        };
+        let q = if queue == REQUEST_QUEUE {
+            &mut a.reqq
+        } else {
+            &mut a.evq
+        };
         if q.add_used(&*a.mem, head, len).is_err() {
             self.enter_needs_reset("used ring write failed");
             return false;
@@ -338,8 +380,14 @@ impl PagerDevice {
     }
 
     fn signal_used(&mut self, queue: usize) {
-        let Some(a) = self.active.as_mut() else { return };
-        let q = if queue == REQUEST_QUEUE { &mut a.reqq } else { &mut a.evq };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let q = if queue == REQUEST_QUEUE {
+            &mut a.reqq
+        } else {
+            &mut a.evq
+        };
         // With EVENT_IDX this honours used_event; without it, always true
         // unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT.
         let needed = q.needs_notification(&*a.mem).unwrap_or(true);
@@ -382,7 +430,9 @@ impl PagerDevice {
         if self.needs_reset {
             return;
         }
-        let Some(active) = self.active.as_mut() else { return };
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
         let mem = active.mem.clone();
         let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = match active.evq.iter(&*mem) {
             Ok(it) => it.collect(),
@@ -394,7 +444,10 @@ impl PagerDevice {
         let mut used_added = false;
         for chain in chains {
             let head = chain.head_index();
-            match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN).ok().and_then(|s| event_buf(head, &s)) {
+            match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN)
+                .ok()
+                .and_then(|s| event_buf(head, &s))
+            {
                 Some(buf) => {
                     if let Some(a) = self.active.as_mut() {
                         a.event_bufs.push_back(buf);
@@ -419,7 +472,9 @@ impl PagerDevice {
         if self.needs_reset || !self.has(VIRTIO_PAGER_F_EVENTS) {
             return;
         }
-        let Some(a) = self.active.as_mut() else { return };
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
         let mem = a.mem.clone();
         let mut delivered = false;
         while let Some(buf) = a.event_bufs.pop_front() {
@@ -515,7 +570,9 @@ impl VirtioDevice for PagerDevice {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let Ok(start) = usize::try_from(offset) else { return };
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
         if start >= self.config.len() {
             return;
         }
@@ -524,7 +581,11 @@ impl VirtioDevice for PagerDevice {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::warn!(offset, len = data.len(), "virtio-pager: config space is read-only");
+        tracing::warn!(
+            offset,
+            len = data.len(),
+            "virtio-pager: config space is read-only"
+        );
     }
 
     fn activate(

@@ -14,9 +14,9 @@ use pager_backends::{
 };
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
+use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -61,7 +61,10 @@ impl<'a> Ring<'a> {
     fn store(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         self.vq
             .desc_table()
-            .store(index, RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)))
+            .store(
+                index,
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
+            )
             .expect("store descriptor");
     }
 
@@ -157,8 +160,16 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(mem: &GuestMemoryMmap, rq: &Ring, eq: &Ring, objects: Vec<PagerObject>, features: u64) -> Self {
-        let dev = Arc::new(Mutex::new(PagerDevice::new(KERNEL, objects, 2).expect("device")));
+    fn new(
+        mem: &GuestMemoryMmap,
+        rq: &Ring,
+        eq: &Ring,
+        objects: Vec<PagerObject>,
+        features: u64,
+    ) -> Self {
+        let dev = Arc::new(Mutex::new(
+            PagerDevice::new(KERNEL, objects, 2).expect("device"),
+        ));
         let req_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
         let ev_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
         let interrupt = Arc::new(Interrupt::new().expect("interrupt"));
@@ -220,20 +231,26 @@ impl Harness {
             access,
             ..Default::default()
         };
-        self.mem.write_slice(&h.to_bytes(), GuestAddress(a)).expect("write header");
+        self.mem
+            .write_slice(&h.to_bytes(), GuestAddress(a))
+            .expect("write header");
         a
     }
 
     fn status(&mut self) -> u64 {
         let a = self.alloc.small(RESP_SIZE as u64);
         // Poison so a response that was never written is noticed.
-        self.mem.write_slice(&[0xee; RESP_SIZE], GuestAddress(a)).expect("poison");
+        self.mem
+            .write_slice(&[0xee; RESP_SIZE], GuestAddress(a))
+            .expect("poison");
         a
     }
 
     fn response(&self, at: u64) -> Response {
         let mut b = [0u8; RESP_SIZE];
-        self.mem.read_slice(&mut b, GuestAddress(at)).expect("read response");
+        self.mem
+            .read_slice(&mut b, GuestAddress(at))
+            .expect("read response");
         Response::from_bytes(&b)
     }
 
@@ -244,7 +261,15 @@ impl Harness {
     }
 
     /// Header + status chain for requests without frames.
-    fn simple(&mut self, rq: &mut Ring, t: u16, obj: u32, offset: u64, length: u64, access: u8) -> (u16, u64) {
+    fn simple(
+        &mut self,
+        rq: &mut Ring,
+        t: u16,
+        obj: u32,
+        offset: u64,
+        length: u64,
+        access: u8,
+    ) -> (u16, u64) {
         let h = self.header(t, obj, offset, length, access);
         let s = self.status();
         (rq.push(&[(h, 32, false), (s, 24, true)]), s)
@@ -269,7 +294,14 @@ impl Harness {
         r
     }
 
-    fn data_request(&mut self, rq: &mut Ring, obj: u32, offset: u64, len: u64, frames: &[(u64, u32)]) -> (u32, Response) {
+    fn data_request(
+        &mut self,
+        rq: &mut Ring,
+        obj: u32,
+        offset: u64,
+        len: u64,
+        frames: &[(u64, u32)],
+    ) -> (u32, Response) {
         let h = self.header(req::DATA_REQUEST, obj, offset, len, Access::READ.bits());
         let s = self.status();
         let mut d = vec![(h, 32, false)];
@@ -304,12 +336,21 @@ fn init_reports_object_info() {
     let mem = test_mem();
     let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
     let p = Arc::new(MemPager::new(10 * PG).read_only(true));
-    let mut h = Harness::new(&mem, &rq, &eq, vec![object("ro", p.clone())], all_features());
+    let mut h = Harness::new(
+        &mem,
+        &rq,
+        &eq,
+        vec![object("ro", p.clone())],
+        all_features(),
+    );
     let r = h.init(&mut rq, 0);
     assert_eq!(r.status, status::OK);
     assert_eq!(r.bytes, 10 * PG);
     assert_eq!(r.flags, INIT_F_READ_ONLY | INIT_F_MAY_CACHE);
-    assert!(p.control(KERNEL).is_some(), "pager saw init for our kernel id");
+    assert!(
+        p.control(KERNEL).is_some(),
+        "pager saw init for our kernel id"
+    );
     assert!(h.irq_count() > 0, "completion raised the irqfd");
 }
 
@@ -324,8 +365,17 @@ fn data_request_provides_pages_into_guest_frames() {
     let f1 = h.alloc.frames(PG);
     h.alloc.frames(PG);
     let f2 = h.alloc.frames(PG);
-    let (len, r) = h.data_request(&mut rq, 0, 3 * PG, 2 * PG, &[(f1, PG as u32), (f2, PG as u32)]);
-    assert_eq!((r.status, r.kind, r.bytes), (status::OK, kind::DATA_PROVIDED, 2 * PG));
+    let (len, r) = h.data_request(
+        &mut rq,
+        0,
+        3 * PG,
+        2 * PG,
+        &[(f1, PG as u32), (f2, PG as u32)],
+    );
+    assert_eq!(
+        (r.status, r.kind, r.bytes),
+        (status::OK, kind::DATA_PROVIDED, 2 * PG)
+    );
     assert_eq!(len, 2 * PG as u32 + RESP_SIZE as u32);
     assert_eq!(h.bytes(f1, PG as usize), p.contents(3 * PG, PG as usize));
     assert_eq!(h.bytes(f2, PG as usize), p.contents(4 * PG, PG as usize));
@@ -351,9 +401,14 @@ fn hole_is_data_unavailable_and_frames_untouched() {
     let mut h = Harness::new(&mem, &rq, &eq, vec![object("zero", p)], all_features());
     h.init(&mut rq, 0);
     let f = h.alloc.frames(PG);
-    h.mem.write_slice(&[0x5a; PG as usize], GuestAddress(f)).expect("fill");
+    h.mem
+        .write_slice(&[0x5a; PG as usize], GuestAddress(f))
+        .expect("fill");
     let (len, r) = h.data_request(&mut rq, 0, PG, PG, &[(f, PG as u32)]);
-    assert_eq!((r.status, r.kind, r.bytes), (status::OK, kind::DATA_UNAVAILABLE, PG));
+    assert_eq!(
+        (r.status, r.kind, r.bytes),
+        (status::OK, kind::DATA_UNAVAILABLE, PG)
+    );
     assert_eq!(len, RESP_SIZE as u32);
     assert!(h.bytes(f, PG as usize).iter().all(|&b| b == 0x5a));
 }
@@ -369,7 +424,10 @@ fn readahead_fills_offered_frames_only_when_negotiated() {
     let (len, r) = h.data_request(&mut rq, 0, 0, PG, &[(f, 16 * PG as u32)]);
     assert_eq!((r.status, r.bytes), (status::OK, 16 * PG));
     assert_eq!(len, 16 * PG as u32 + 24);
-    assert_eq!(h.bytes(f, 16 * PG as usize), p.contents(0, 16 * PG as usize));
+    assert_eq!(
+        h.bytes(f, 16 * PG as usize),
+        p.contents(0, 16 * PG as usize)
+    );
 
     let mem2 = test_mem();
     let (mut rq2, eq2) = (Ring::new(&mem2, REQQ), Ring::new(&mem2, EVQ));
@@ -404,7 +462,11 @@ fn data_write_reaches_the_pager_and_read_only_is_refused() {
     for (obj, want) in [(0, status::OK), (1, status::READ_ONLY)] {
         let hd = h.header(req::DATA_WRITE, obj, 2 * PG, 2 * PG, 0);
         let s = h.status();
-        let (len, r) = h.one(&mut rq, &[(hd, 32, false), (f, 2 * PG as u32, false), (s, 24, true)], s);
+        let (len, r) = h.one(
+            &mut rq,
+            &[(hd, 32, false), (f, 2 * PG as u32, false), (s, 24, true)],
+            s,
+        );
         assert_eq!((len, r.status), (24, want));
     }
     assert_eq!(rw.contents(2 * PG, 2 * PG as usize), data);
@@ -497,7 +559,12 @@ fn one_kick_many_requests_one_interrupt() {
         let hd = h.header(req::DATA_REQUEST, 0, i * PG, PG, 1);
         let f = h.alloc.frames(PG);
         let s = h.status();
-        reqs.push((rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), f, s, i));
+        reqs.push((
+            rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+            f,
+            s,
+            i,
+        ));
     }
     // Drive the device by hand to observe the batching exactly: one pass
     // over the ring, then retire all completions at once.
@@ -510,7 +577,11 @@ fn one_kick_many_requests_one_interrupt() {
     }
     let before = dev.stats().interrupts;
     dev.process_completions();
-    assert_eq!(dev.stats().interrupts - before, 1, "one interrupt for the whole batch");
+    assert_eq!(
+        dev.stats().interrupts - before,
+        1,
+        "one interrupt for the whole batch"
+    );
     drop(dev);
     assert_eq!(rq.used_count(), 1 + N as u16);
     let mut seen: Vec<u16> = (1..=N as u16).map(|i| rq.used(i).0).collect();
@@ -556,7 +627,14 @@ impl Pager for GatedPager {
     fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> PResult<ObjectInfo> {
         self.inner.init(k, c)
     }
-    fn data_request(&self, k: KernelId, o: ObjectOffset, l: u64, d: Access, b: &[VolatileSlice<'_>]) -> PResult<DataReply> {
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        l: u64,
+        d: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> PResult<DataReply> {
         if o.raw() == self.gated {
             let mut open = self.open.lock().expect("lock");
             while !*open {
@@ -565,7 +643,13 @@ impl Pager for GatedPager {
         }
         self.inner.data_request(k, o, l, d, b)
     }
-    fn data_write(&self, k: KernelId, o: ObjectOffset, l: u64, b: &[VolatileSlice<'_>]) -> PResult<()> {
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        l: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> PResult<()> {
         self.inner.data_write(k, o, l, b)
     }
     fn data_unlock(&self, k: KernelId, o: ObjectOffset, l: u64, d: Access) -> PResult<UnlockReply> {
@@ -610,7 +694,11 @@ fn completions_may_come_out_of_order() {
     }
     h.kick_req();
     h.run_until(|| rq.used_count() == 2);
-    assert_eq!(rq.used(1).0, heads[1], "the second request overtook the blocked first");
+    assert_eq!(
+        rq.used(1).0,
+        heads[1],
+        "the second request overtook the blocked first"
+    );
     p.release();
     h.run_until(|| rq.used_count() == 3);
     assert_eq!(rq.used(2).0, heads[0]);
@@ -633,7 +721,10 @@ fn reset_waits_for_in_flight_work_and_drops_its_completion() {
     let done = h.dev.lock().expect("lock").completions.clone();
     assert_eq!(done.in_flight(), 1);
     h.dev.lock().expect("lock").reset();
-    assert!(h.dev.lock().expect("lock").reset_pending(), "worker still owns guest frames");
+    assert!(
+        h.dev.lock().expect("lock").reset_pending(),
+        "worker still owns guest frames"
+    );
     p.release();
     while done.in_flight() > 0 {
         wait_readable(done.evt());
@@ -641,8 +732,15 @@ fn reset_waits_for_in_flight_work_and_drops_its_completion() {
     }
     assert!(!h.dev.lock().expect("lock").reset_pending());
     h.dev.lock().expect("lock").process_completions();
-    assert_eq!(rq.used_count(), 1, "stale completion not added to the old ring");
-    assert!(p.inner.terminates() >= 1, "reset terminated the initialised object");
+    assert_eq!(
+        rq.used_count(),
+        1,
+        "stale completion not added to the old ring"
+    );
+    assert!(
+        p.inner.terminates() >= 1,
+        "reset terminated the initialised object"
+    );
 }
 
 #[test]
@@ -654,20 +752,32 @@ fn events_are_delivered_into_posted_buffers() {
     h.init(&mut rq, 0);
     let c = p.control(KERNEL).expect("control");
     // data_lock, flush_request, clean_request, cache, destroy, offer.
-    c.lock_request(ObjectOffset(PG), 2 * PG, Access::WRITE, false, false).expect("lock");
-    c.lock_request(ObjectOffset(0), PG, Access::ALL, false, true).expect("flush");
-    c.lock_request(ObjectOffset(0), PG, Access::NONE, true, false).expect("clean");
+    c.lock_request(ObjectOffset(PG), 2 * PG, Access::WRITE, false, false)
+        .expect("lock");
+    c.lock_request(ObjectOffset(0), PG, Access::ALL, false, true)
+        .expect("flush");
+    c.lock_request(ObjectOffset(0), PG, Access::NONE, true, false)
+        .expect("clean");
     c.set_cache(true).expect("cache");
     let offered: Vec<u8> = (0..2 * PG).map(|i| (i % 7) as u8).collect();
-    c.offer(ObjectOffset(4 * PG), &offered, Access::WRITE).expect("offer");
+    c.offer(ObjectOffset(4 * PG), &offered, Access::WRITE)
+        .expect("offer");
     c.destroy("bye").expect("destroy");
-    assert!(c.lock_request(ObjectOffset(1), PG, Access::NONE, false, false).is_err(), "unaligned refused");
+    assert!(
+        c.lock_request(ObjectOffset(1), PG, Access::NONE, false, false)
+            .is_err(),
+        "unaligned refused"
+    );
 
     let mut bufs = Vec::new();
     for _ in 0..6 {
         let slot = h.alloc.small(EVENT_SIZE as u64);
         let fr = h.alloc.frames(2 * PG);
-        bufs.push((eq.push(&[(slot, 32, true), (fr, 2 * PG as u32, true)]), slot, fr));
+        bufs.push((
+            eq.push(&[(slot, 32, true), (fr, 2 * PG as u32, true)]),
+            slot,
+            fr,
+        ));
     }
     h.kick_ev();
     h.run_until(|| eq.used_count() == 6);
@@ -676,11 +786,32 @@ fn events_are_delivered_into_posted_buffers() {
         Event::from_bytes(&b)
     };
     let evs: Vec<Event> = bufs.iter().map(|b| read_ev(&h, b.1)).collect();
-    assert_eq!((evs[0].ev_type, evs[0].flags, evs[0].offset, evs[0].length, evs[0].lock), (event::LOCK_REQUEST, 0, PG, 2 * PG, 2));
-    assert_eq!((evs[1].ev_type, evs[1].flags), (event::LOCK_REQUEST, event::F_FLUSH));
-    assert_eq!((evs[2].ev_type, evs[2].flags), (event::LOCK_REQUEST, event::F_CLEAN));
-    assert_eq!((evs[3].ev_type, evs[3].flags), (event::CACHE, event::F_MAY_CACHE));
-    assert_eq!((evs[4].ev_type, evs[4].offset, evs[4].length), (event::DATA_PROVIDED, 4 * PG, 2 * PG));
+    assert_eq!(
+        (
+            evs[0].ev_type,
+            evs[0].flags,
+            evs[0].offset,
+            evs[0].length,
+            evs[0].lock
+        ),
+        (event::LOCK_REQUEST, 0, PG, 2 * PG, 2)
+    );
+    assert_eq!(
+        (evs[1].ev_type, evs[1].flags),
+        (event::LOCK_REQUEST, event::F_FLUSH)
+    );
+    assert_eq!(
+        (evs[2].ev_type, evs[2].flags),
+        (event::LOCK_REQUEST, event::F_CLEAN)
+    );
+    assert_eq!(
+        (evs[3].ev_type, evs[3].flags),
+        (event::CACHE, event::F_MAY_CACHE)
+    );
+    assert_eq!(
+        (evs[4].ev_type, evs[4].offset, evs[4].length),
+        (event::DATA_PROVIDED, 4 * PG, 2 * PG)
+    );
     assert_eq!(h.bytes(bufs[4].2, 2 * PG as usize), offered);
     assert_eq!(evs[5].ev_type, event::DESTROY);
     assert!(evs.iter().all(|e| e.object_id == 0));
@@ -697,7 +828,8 @@ fn event_queue_exhaustion_backs_up_then_refuses() {
     h.init(&mut rq, 0);
     let c = p.control(KERNEL).expect("control");
     for i in 0..3 {
-        c.lock_request(ObjectOffset(i * PG), PG, Access::WRITE, false, false).expect("queued");
+        c.lock_request(ObjectOffset(i * PG), PG, Access::WRITE, false, false)
+            .expect("queued");
     }
     // No buffers posted: the events wait.
     let dev = h.dev.clone();
@@ -716,7 +848,8 @@ fn event_queue_exhaustion_backs_up_then_refuses() {
     let b: [u8; 32] = h.bytes(slots[1], 32).try_into().expect("32");
     assert_eq!(Event::from_bytes(&b).offset, PG);
     // An offer with no frame room is dropped, never blocks the queue.
-    c.offer(ObjectOffset(0), &vec![0u8; PG as usize], Access::NONE).expect("offer");
+    c.offer(ObjectOffset(0), &vec![0u8; PG as usize], Access::NONE)
+        .expect("offer");
     let s = h.alloc.small(32);
     eq.push(&[(s, 32, true)]);
     h.kick_ev();
@@ -726,7 +859,9 @@ fn event_queue_exhaustion_backs_up_then_refuses() {
     // Fill the backlog: the pager is told, nothing is lost silently.
     let mut refused = false;
     for _ in 0..=MAX_PENDING_EVENTS {
-        if c.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false).is_err() {
+        if c.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false)
+            .is_err()
+        {
             refused = true;
             break;
         }
@@ -759,7 +894,10 @@ fn malformed_event_buffers_are_returned_unused() {
 
 /// Each malformed request gets its used buffer back with the given used
 /// length and (if a status slot exists) status; the device keeps serving.
-fn expect_rejected(descs: impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>), want_status: Option<u32>) {
+fn expect_rejected(
+    descs: impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>),
+    want_status: Option<u32>,
+) {
     let mem = test_mem();
     let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
     let p = Arc::new(MemPager::filled(64 * PG, pattern));
@@ -791,98 +929,177 @@ fn data_req(h: &mut Harness, off: u64, len: u64) -> (u64, u64) {
 
 #[test]
 fn rejects_too_short_chain() {
-    expect_rejected(|h, rq| {
-        let (hd, _) = data_req(h, 0, PG);
-        (rq.push(&[(hd, 32, false)]), None)
-    }, None);
+    expect_rejected(
+        |h, rq| {
+            let (hd, _) = data_req(h, 0, PG);
+            (rq.push(&[(hd, 32, false)]), None)
+        },
+        None,
+    );
 }
 
 #[test]
 fn rejects_header_without_frames() {
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        (rq.push(&[(hd, 32, false), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_RANGE));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (rq.push(&[(hd, 32, false), (s, 24, true)]), Some(s))
+        },
+        Some(status::BAD_RANGE),
+    );
 }
 
 #[test]
 fn rejects_wrong_directions() {
     // Writable header.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, true), (f, PG as u32, true), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_REQUEST));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[(hd, 32, true), (f, PG as u32, true), (s, 24, true)]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_REQUEST),
+    );
     // Read-only frames for a data request.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, false), (f, PG as u32, false), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_RANGE));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[(hd, 32, false), (f, PG as u32, false), (s, 24, true)]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
     // Read-only status: nowhere to write.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, false)]), None)
-    }, None);
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, false)]),
+                None,
+            )
+        },
+        None,
+    );
 }
 
 #[test]
 fn rejects_out_of_bounds_and_huge_lengths() {
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        (rq.push(&[(hd, 32, false), (MEM_SIZE - PG / 2, PG as u32, true), (s, 24, true)]), None)
-    }, None);
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        (rq.push(&[(hd, 32, false), (0x40_0000, u32::MAX, true), (s, 24, true)]), None)
-    }, None);
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        (rq.push(&[(hd, 32, false), (u64::MAX - 0xfff, PG as u32, true), (s, 24, true)]), None)
-    }, None);
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (
+                rq.push(&[
+                    (hd, 32, false),
+                    (MEM_SIZE - PG / 2, PG as u32, true),
+                    (s, 24, true),
+                ]),
+                None,
+            )
+        },
+        None,
+    );
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (
+                rq.push(&[(hd, 32, false), (0x40_0000, u32::MAX, true), (s, 24, true)]),
+                None,
+            )
+        },
+        None,
+    );
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (
+                rq.push(&[
+                    (hd, 32, false),
+                    (u64::MAX - 0xfff, PG as u32, true),
+                    (s, 24, true),
+                ]),
+                None,
+            )
+        },
+        None,
+    );
     // In bounds but over the 1 MiB request limit.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, 512 * PG);
-        let f = h.alloc.frames(512 * PG);
-        (rq.push(&[(hd, 32, false), (f, 512 * PG as u32, true), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_RANGE));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, 512 * PG);
+            let f = h.alloc.frames(512 * PG);
+            (
+                rq.push(&[(hd, 32, false), (f, 512 * PG as u32, true), (s, 24, true)]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
 }
 
 #[test]
 fn rejects_cyclic_and_dangling_chains() {
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        let f = h.alloc.frames(PG);
-        let head = rq.write_chain(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]);
-        // Last descriptor points back at the head.
-        rq.store(head + 2, s, 24, F_WRITE | F_NEXT, head);
-        rq.publish(head);
-        (head, None)
-    }, None);
-    expect_rejected(|h, rq| {
-        let (hd, _) = data_req(h, 0, PG);
-        let head = rq.write_chain(&[(hd, 32, false)]);
-        rq.store(head, hd, 32, F_NEXT, QUEUE_SIZE + 5);
-        rq.publish(head);
-        (head, None)
-    }, None);
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            let head = rq.write_chain(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]);
+            // Last descriptor points back at the head.
+            rq.store(head + 2, s, 24, F_WRITE | F_NEXT, head);
+            rq.publish(head);
+            (head, None)
+        },
+        None,
+    );
+    expect_rejected(
+        |h, rq| {
+            let (hd, _) = data_req(h, 0, PG);
+            let head = rq.write_chain(&[(hd, 32, false)]);
+            rq.store(head, hd, 32, F_NEXT, QUEUE_SIZE + 5);
+            rq.publish(head);
+            (head, None)
+        },
+        None,
+    );
 }
 
 #[test]
 fn rejects_overlapping_descriptors() {
     // A frame overlapping the status slot.
-    expect_rejected(|h, rq| {
-        let (hd, _) = data_req(h, 0, PG);
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (f + 64, 24, true)]), Some(f + 64))
-    }, Some(status::BAD_REQUEST));
+    expect_rejected(
+        |h, rq| {
+            let (hd, _) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[(hd, 32, false), (f, PG as u32, true), (f + 64, 24, true)]),
+                Some(f + 64),
+            )
+        },
+        Some(status::BAD_REQUEST),
+    );
     // Two frames sharing a page.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, 2 * PG);
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (f, PG as u32, true), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_REQUEST));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, 2 * PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[
+                    (hd, 32, false),
+                    (f, PG as u32, true),
+                    (f, PG as u32, true),
+                    (s, 24, true),
+                ]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_REQUEST),
+    );
 }
 
 #[test]
@@ -895,29 +1112,55 @@ fn rejects_bad_headers() {
         (req::DATA_REQUEST, 0, 0, 1, status::BAD_RANGE),
         (req::DATA_REQUEST, 0, PG, 0, status::BAD_REQUEST),
         (req::DATA_REQUEST, 0, PG, 0x80, status::BAD_REQUEST),
-        (req::DATA_REQUEST, u64::MAX - PG + 1, PG, 1, status::BAD_RANGE),
+        (
+            req::DATA_REQUEST,
+            u64::MAX - PG + 1,
+            PG,
+            1,
+            status::BAD_RANGE,
+        ),
         (req::DATA_REQUEST, 0, 2 * PG, 1, status::BAD_RANGE), // frames < length
     ] {
-        expect_rejected(|h, rq| {
-            let hd = h.header(t, 0, off, len, acc);
-            let s = h.status();
-            let f = h.alloc.frames(PG);
-            (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
-        }, Some(want));
+        expect_rejected(
+            |h, rq| {
+                let hd = h.header(t, 0, off, len, acc);
+                let s = h.status();
+                let f = h.alloc.frames(PG);
+                (
+                    rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+                    Some(s),
+                )
+            },
+            Some(want),
+        );
     }
     // Nonzero padding.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        h.mem.write_slice(&[1], GuestAddress(hd + 26)).expect("poke");
-        let f = h.alloc.frames(PG);
-        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_REQUEST));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            h.mem
+                .write_slice(&[1], GuestAddress(hd + 26))
+                .expect("poke");
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_REQUEST),
+    );
     // Misaligned frame address.
-    expect_rejected(|h, rq| {
-        let (hd, s) = data_req(h, 0, PG);
-        let f = h.alloc.frames(2 * PG) + 512;
-        (rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]), Some(s))
-    }, Some(status::BAD_RANGE));
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(2 * PG) + 512;
+            (
+                rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
 }
 
 #[test]
@@ -930,9 +1173,18 @@ fn indirect_chains_are_accepted() {
     let (hd, s) = data_req(&mut h, PG, PG);
     let f = h.alloc.frames(PG);
     let table = h.alloc.small(3 * 16);
-    for (i, (a, l, fl)) in [(hd, 32u32, F_NEXT), (f, PG as u32, F_WRITE | F_NEXT), (s, 24, F_WRITE)].into_iter().enumerate() {
+    for (i, (a, l, fl)) in [
+        (hd, 32u32, F_NEXT),
+        (f, PG as u32, F_WRITE | F_NEXT),
+        (s, 24, F_WRITE),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let d = RawDescriptor::from(SplitDescriptor::new(a, l, fl, i as u16 + 1));
-        h.mem.write_obj(d, GuestAddress(table + 16 * i as u64)).expect("indirect");
+        h.mem
+            .write_obj(d, GuestAddress(table + 16 * i as u64))
+            .expect("indirect");
     }
     let head = rq.write_chain(&[(table, 48, false)]);
     rq.store(head, table, 48, F_INDIRECT, 0);
@@ -981,7 +1233,12 @@ fn config_space_lists_objects() {
     assert_eq!(&e1[12..16], &OBJ_F_READ_ONLY.to_le_bytes());
     assert_eq!(e1[16 + 47], 0, "names are NUL terminated");
     assert_eq!(&b[CONFIG_HDR_SIZE + 16..CONFIG_HDR_SIZE + 22], b"alpha\0");
-    assert!(b[CONFIG_HDR_SIZE + 2 * OBJECT_ENTRY_SIZE..].iter().all(|&x| x == 0), "past the end reads 0");
+    assert!(
+        b[CONFIG_HDR_SIZE + 2 * OBJECT_ENTRY_SIZE..]
+            .iter()
+            .all(|&x| x == 0),
+        "past the end reads 0"
+    );
     let mut far = [0xffu8; 4];
     dev.read_config(u64::MAX, &mut far);
     assert_eq!(far, [0; 4]);

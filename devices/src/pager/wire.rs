@@ -431,7 +431,7 @@ fn check_range(offset: ObjectOffset, len: u64, limits: &Limits) -> Result<(), Pa
     if len == 0 {
         return Err(ParseError::BadRange("zero length"));
     }
-    if !offset.is_page_aligned() || len % PAGE_SIZE != 0 {
+    if !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
         return Err(ParseError::BadRange("not page aligned"));
     }
     if len > limits.max_request_bytes {
@@ -474,7 +474,11 @@ fn check_frames(frames: &[Segment], writable: bool, limits: &Limits) -> Result<u
 fn check_no_overlap(segs: &[Segment]) -> Result<(), ParseError> {
     let mut ranges = Vec::with_capacity(segs.len());
     for s in segs {
-        let end = s.addr.0.checked_add(u64::from(s.len)).ok_or(ParseError::Overlap)?;
+        let end = s
+            .addr
+            .0
+            .checked_add(u64::from(s.len))
+            .ok_or(ParseError::Overlap)?;
         ranges.push((s.addr.0, end));
     }
     ranges.sort_unstable();
@@ -513,4 +517,69 @@ pub fn encode_config(entries: &[ObjectEntry]) -> Vec<u8> {
         b.extend_from_slice(&name);
     }
     b
+}
+
+/// Fuzz entry point (cargo-fuzz target `parse_request` and the corpus
+/// regression test): bytes 0..32 are the header, byte 32 the negotiated
+/// feature bits, then 14-byte descriptors (le64 addr, le32 len, le16 flags;
+/// flag bit 1 = device-writable). Guest memory is taken to be 16 MiB. Returns
+/// the parse result so tests can check the invariants of accepted requests.
+pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, ParseError> {
+    const MEM: u64 = 16 << 20;
+    let mut hdr = [0u8; REQ_HDR_SIZE];
+    let n = data.len().min(REQ_HDR_SIZE);
+    hdr[..n].copy_from_slice(&data[..n]);
+    let feat = data.get(REQ_HDR_SIZE).copied().unwrap_or(0xff);
+    let segs: Vec<Segment> = data
+        .get(REQ_HDR_SIZE + 1..)
+        .unwrap_or(&[])
+        .chunks_exact(14)
+        .take(MAX_CHAIN_LEN)
+        .map(|c| Segment {
+            addr: GuestAddress(u64::from_le_bytes([
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+            ])),
+            len: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+            writable: c[12] & 2 != 0,
+        })
+        // collect_chain guarantees these before the parser runs.
+        .filter(|s| {
+            s.len != 0
+                && s.addr
+                    .0
+                    .checked_add(u64::from(s.len))
+                    .is_some_and(|e| e <= MEM)
+        })
+        .collect();
+    let limits = Limits {
+        num_objects: 4,
+        max_frames: MAX_FRAME_SEGMENTS,
+        max_request_bytes: MAX_REQUEST_BYTES,
+        readahead: feat & 1 != 0,
+        unlock: feat & 2 != 0,
+    };
+    let r = parse_request(&segs, &limits, |_| Some(hdr));
+    if let Ok(p) = &r {
+        // Invariants every accepted request must satisfy.
+        assert!(p.object.0 < limits.num_objects);
+        match &p.request {
+            Request::DataRequest {
+                offset,
+                len,
+                frames,
+                ..
+            }
+            | Request::DataWrite {
+                offset,
+                len,
+                frames,
+            } => {
+                let total: u64 = frames.iter().map(|f| u64::from(f.len)).sum();
+                assert!(*len > 0 && len % PAGE_SIZE == 0 && offset.is_page_aligned());
+                assert!(total >= *len && total <= MAX_REQUEST_BYTES);
+            }
+            _ => {}
+        }
+    }
+    r
 }

@@ -4,9 +4,13 @@
 //! the response into the guest's status descriptor, then queues a completion
 //! and kicks the event loop, which owns the used ring.
 
-use super::wire::{INIT_F_MAY_CACHE, INIT_F_READ_ONLY, ObjectId, RESP_SIZE, Request, Response, kind, status};
+use super::wire::{
+    INIT_F_MAY_CACHE, INIT_F_READ_ONLY, ObjectId, RESP_SIZE, Request, Response, kind, status,
+};
 use crate::virtio::Segment;
-use pager_backends::{DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError};
+use pager_backends::{
+    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError,
+};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -226,7 +230,12 @@ fn execute(job: &Job) -> (Response, u64, Effect) {
                     // The pager's answer is checked too: a buggy backend
                     // must not make the guest map pages that were not filled.
                     if bytes < *len || bytes > total || bytes % PAGE_SIZE != 0 {
-                        tracing::warn!(bytes, len, total, "virtio-pager: pager returned a bad length");
+                        tracing::warn!(
+                            bytes,
+                            len,
+                            total,
+                            "virtio-pager: pager returned a bad length"
+                        );
                         return (Response::error(status::PAGER_FAILED), 0, Effect::None);
                     }
                     let resp = Response {
@@ -252,11 +261,19 @@ fn execute(job: &Job) -> (Response, u64, Effect) {
                 Err(e) => (Response::error(error_status(&e)), 0, Effect::None),
             }
         }
-        Request::DataWrite { offset, len, frames } => {
+        Request::DataWrite {
+            offset,
+            len,
+            frames,
+        } => {
             let Some(bufs) = frame_slices(&job.mem, frames) else {
                 return (Response::error(status::BAD_REQUEST), 0, Effect::None);
             };
-            (result(p.data_write(k, *offset, *len, &bufs)), 0, Effect::None)
+            (
+                result(p.data_write(k, *offset, *len, &bufs)),
+                0,
+                Effect::None,
+            )
         }
         Request::DataUnlock {
             offset,
@@ -287,7 +304,10 @@ fn result(r: pager_backends::Result<()>) -> Response {
 
 /// Guest frames as host slices: the zero-copy path. A frame may straddle
 /// two memory regions, hence several slices per segment.
-fn frame_slices<'a>(mem: &'a GuestMemoryMmap, frames: &[Segment]) -> Option<Vec<VolatileSlice<'a>>> {
+fn frame_slices<'a>(
+    mem: &'a GuestMemoryMmap,
+    frames: &[Segment],
+) -> Option<Vec<VolatileSlice<'a>>> {
     let mut out = Vec::with_capacity(frames.len());
     for f in frames {
         for s in GuestMemoryBackend::get_slices(mem, f.addr, f.len as usize) {
@@ -304,7 +324,9 @@ pub fn error_status(e: &PagerError) -> u32 {
         PagerError::ReadOnly => status::READ_ONLY,
         PagerError::UnknownKernel(_) => status::BAD_STATE,
         PagerError::Io(_) => status::IO_ERROR,
-        PagerError::Protocol(_) | PagerError::Timeout(_) | PagerError::Dead(_) => status::PAGER_FAILED,
+        PagerError::Protocol(_) | PagerError::Timeout(_) | PagerError::Dead(_) => {
+            status::PAGER_FAILED
+        }
         // pager-backends grows variants (e.g. URI errors) as backends land.
         #[allow(unreachable_patterns)]
         _ => status::PAGER_FAILED,

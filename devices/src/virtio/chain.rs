@@ -27,11 +27,7 @@ pub enum ChainError {
     #[error("descriptor {0} has length 0")]
     ZeroLength(usize),
     #[error("descriptor {index} [{addr:#x}, +{len:#x}) is outside guest memory")]
-    OutOfBounds {
-        index: usize,
-        addr: u64,
-        len: u32,
-    },
+    OutOfBounds { index: usize, addr: u64, len: u32 },
 }
 
 /// Walks `chain`, refusing more than `max` descriptors. `queue_size` lets a

@@ -130,8 +130,12 @@ impl MmioTransport {
         }
         data.fill(0);
         // Registers are 32-bit, naturally aligned (spec §4.2.2.2).
-        if data.len() != 4 || offset % 4 != 0 {
-            tracing::warn!(offset, len = data.len(), "virtio-mmio: bad register read width");
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            tracing::warn!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: bad register read width"
+            );
             return;
         }
         let v = self.read_reg(offset);
@@ -150,10 +154,14 @@ impl MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            tracing::warn!(offset, len = data.len(), "virtio-mmio: bad register write width");
+            tracing::warn!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: bad register write width"
+            );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             tracing::warn!(offset, "virtio-mmio: unaligned register write");
             return;
         }
@@ -184,7 +192,10 @@ impl MmioTransport {
             // The config space of our devices never changes under the driver.
             reg::CONFIG_GENERATION => 0,
             _ => {
-                tracing::warn!(offset, "virtio-mmio: read of write-only or unknown register");
+                tracing::warn!(
+                    offset,
+                    "virtio-mmio: read of write-only or unknown register"
+                );
                 0
             }
         }
@@ -220,17 +231,33 @@ impl MmioTransport {
                 }
             }),
             reg::QUEUE_READY => self.with_queue_config(|q| q.set_ready(v == 1)),
-            reg::QUEUE_DESC_LOW => self.with_queue_config(|q| q.set_desc_table_address(Some(v), None)),
-            reg::QUEUE_DESC_HIGH => self.with_queue_config(|q| q.set_desc_table_address(None, Some(v))),
-            reg::QUEUE_DRIVER_LOW => self.with_queue_config(|q| q.set_avail_ring_address(Some(v), None)),
-            reg::QUEUE_DRIVER_HIGH => self.with_queue_config(|q| q.set_avail_ring_address(None, Some(v))),
-            reg::QUEUE_DEVICE_LOW => self.with_queue_config(|q| q.set_used_ring_address(Some(v), None)),
-            reg::QUEUE_DEVICE_HIGH => self.with_queue_config(|q| q.set_used_ring_address(None, Some(v))),
+            reg::QUEUE_DESC_LOW => {
+                self.with_queue_config(|q| q.set_desc_table_address(Some(v), None))
+            }
+            reg::QUEUE_DESC_HIGH => {
+                self.with_queue_config(|q| q.set_desc_table_address(None, Some(v)))
+            }
+            reg::QUEUE_DRIVER_LOW => {
+                self.with_queue_config(|q| q.set_avail_ring_address(Some(v), None))
+            }
+            reg::QUEUE_DRIVER_HIGH => {
+                self.with_queue_config(|q| q.set_avail_ring_address(None, Some(v)))
+            }
+            reg::QUEUE_DEVICE_LOW => {
+                self.with_queue_config(|q| q.set_used_ring_address(Some(v), None))
+            }
+            reg::QUEUE_DEVICE_HIGH => {
+                self.with_queue_config(|q| q.set_used_ring_address(None, Some(v)))
+            }
             QUEUE_NOTIFY => self.notify(v),
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
             reg::STATUS => self.write_status(v),
             reg::SHM_SEL => {}
-            _ => tracing::warn!(offset, v, "virtio-mmio: write to read-only or unknown register"),
+            _ => tracing::warn!(
+                offset,
+                v,
+                "virtio-mmio: write to read-only or unknown register"
+            ),
         }
     }
 
@@ -248,7 +275,10 @@ impl MmioTransport {
         match self.driver_features_sel {
             0 => self.acked_features = (self.acked_features & !0xffff_ffff) | u64::from(v),
             1 => self.acked_features = (self.acked_features & 0xffff_ffff) | (u64::from(v) << 32),
-            _ => tracing::warn!(sel = self.driver_features_sel, "virtio-mmio: bad features select"),
+            _ => tracing::warn!(
+                sel = self.driver_features_sel,
+                "virtio-mmio: bad features select"
+            ),
         }
     }
 
@@ -262,7 +292,10 @@ impl MmioTransport {
         if self.status & (status::FEATURES_OK | status::DRIVER_OK | status::FAILED)
             != status::FEATURES_OK
         {
-            tracing::warn!(status = self.status, "virtio-mmio: queue config in wrong state");
+            tracing::warn!(
+                status = self.status,
+                "virtio-mmio: queue config in wrong state"
+            );
             return;
         }
         match self.queues.get_mut(self.queue_sel as usize) {

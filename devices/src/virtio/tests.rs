@@ -38,7 +38,13 @@ impl VirtioDevice for Recorder {
             }
         }
     }
-    fn activate(&mut self, _m: GuestMemoryMmap, f: u64, q: Vec<ActiveQueue>, _i: Arc<Interrupt>) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        _m: GuestMemoryMmap,
+        f: u64,
+        q: Vec<ActiveQueue>,
+        _i: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
         if self.fail_activate {
             return Err(ActivateError::BadQueue(0));
         }
@@ -84,7 +90,11 @@ fn negotiate(t: &mut MmioTransport) {
         wr(t, 0x24, sel);
         wr(t, 0x20, f);
     }
-    wr(t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    wr(
+        t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
 }
 
 fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
@@ -116,7 +126,10 @@ fn feature_negotiation_offers_version_1_and_accepts_subset() {
     wr(&mut t, 0x14, 0);
     assert_eq!(rd(&mut t, 0x10), 1 << 3);
     wr(&mut t, 0x14, 1);
-    assert_eq!(rd(&mut t, 0x10), 1 << 8 | 1 << (features::VIRTIO_F_VERSION_1 - 32));
+    assert_eq!(
+        rd(&mut t, 0x10),
+        1 << 8 | 1 << (features::VIRTIO_F_VERSION_1 - 32)
+    );
     wr(&mut t, 0x14, 7);
     assert_eq!(rd(&mut t, 0x10), 0);
     negotiate(&mut t);
@@ -158,7 +171,11 @@ fn status_must_advance_in_order() {
     let (mut t, _) = setup();
     wr(&mut t, 0x70, status::DRIVER); // skipping ACK
     assert_eq!(rd(&mut t, 0x70), 0);
-    wr(&mut t, 0x70, status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK);
+    wr(
+        &mut t,
+        0x70,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
     assert_eq!(rd(&mut t, 0x70), 0);
     wr(&mut t, 0x70, status::ACKNOWLEDGE);
     wr(&mut t, 0x70, 0x1000 | status::ACKNOWLEDGE); // unknown bit
@@ -186,14 +203,19 @@ fn queue_setup_and_activation() {
     assert_eq!(rd(&mut t, 0x44), 1);
     wr(&mut t, 0x70, ALL_BUT_OK | status::DRIVER_OK);
     assert_eq!(rd(&mut t, 0x70), ALL_BUT_OK | status::DRIVER_OK);
-    let (f, sizes) = dev.lock().expect("lock").activated.clone().expect("activated");
+    let (f, sizes) = dev
+        .lock()
+        .expect("lock")
+        .activated
+        .clone()
+        .expect("activated");
     assert_eq!(sizes, vec![16, 4]);
     assert_eq!(f, t.acked_features());
     // Queue config is frozen after DRIVER_OK.
     wr(&mut t, 0x30, 0);
     wr(&mut t, 0x38, 2);
     wr(&mut t, 0x30, 0);
-    assert_eq!(t.device().lock().map(|d| d.is_activated()).unwrap_or(false), true);
+    assert!(t.device().lock().map(|d| d.is_activated()).unwrap_or(false));
 }
 
 #[test]
@@ -203,7 +225,12 @@ fn bad_queue_sizes_are_refused() {
     setup_queue(&mut t, 0, 12, 0x1_0000); // not a power of two: size stays at max
     setup_queue(&mut t, 1, 64, 0x2_0000); // above max
     wr(&mut t, 0x70, ALL_BUT_OK | status::DRIVER_OK);
-    let (_, sizes) = dev.lock().expect("lock").activated.clone().expect("activated");
+    let (_, sizes) = dev
+        .lock()
+        .expect("lock")
+        .activated
+        .clone()
+        .expect("activated");
     assert_eq!(sizes, vec![16, 8]);
 }
 
@@ -250,7 +277,11 @@ fn reset_clears_state_and_can_be_deferred() {
     dev.lock().expect("lock").pending_reset = true;
     wr(&mut t, 0x70, 0);
     assert_eq!(dev.lock().expect("lock").resets, 1);
-    assert_ne!(rd(&mut t, 0x70), 0, "reset not finished while work is in flight");
+    assert_ne!(
+        rd(&mut t, 0x70),
+        0,
+        "reset not finished while work is in flight"
+    );
     wr(&mut t, 0x70, status::ACKNOWLEDGE); // ignored meanwhile
     dev.lock().expect("lock").pending_reset = false;
     assert_eq!(rd(&mut t, 0x70), 0);
