@@ -6,6 +6,7 @@ mod boot;
 mod config;
 mod error;
 mod images;
+mod pager_cmd;
 mod run;
 mod stats;
 mod vcpu;
@@ -51,6 +52,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Check a pager backend (file:, zero, nbd://, unix:) before any guest uses it.
+    #[command(subcommand)]
+    Pager(pager_cmd::PagerCommand),
 }
 
 #[derive(Subcommand)]
@@ -81,6 +85,13 @@ fn main() -> ExitCode {
         } => run_cmd(&mem, kernel, cmdline, stats, init),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
+        Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vmm: pager: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     match result {
         Ok(code) => code,
