@@ -178,3 +178,25 @@ fn stats_count_kernel_instructions_and_exits() {
     assert!(get("boot_exits") >= 2, "{line}");
     assert!(out.stderr.contains("exits = "), "{}", out.stderr);
 }
+
+#[test]
+fn boots_through_pvh_and_direct_64_bit_entry() {
+    if !kvm_available("boots_through_pvh_and_direct_64_bit_entry") {
+        return;
+    }
+    for boot in ["pvh", "direct"] {
+        let out = vmm(&["run", "--boot", boot, "--init", "init", "3"], &[]);
+        assert_eq!(
+            out.status,
+            Some(3),
+            "--boot {boot}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.line("init: hello from user mode").is_some(),
+            "--boot {boot}: {}",
+            out.stdout
+        );
+    }
+}

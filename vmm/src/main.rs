@@ -45,6 +45,9 @@ enum Cmd {
         /// Print the vCPU's KVM statistics (exits, kernel instructions) at exit.
         #[arg(long)]
         stats: bool,
+        /// How to enter the kernel.
+        #[arg(long, value_enum, default_value_t = run::BootProtocol::Auto)]
+        boot: run::BootProtocol,
         /// The first program and its arguments (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
         init: Vec<String>,
@@ -81,8 +84,9 @@ fn main() -> ExitCode {
             kernel,
             cmdline,
             stats,
+            boot,
             init,
-        } => run_cmd(&mem, kernel, cmdline, stats, init),
+        } => run_cmd(&mem, kernel, cmdline, stats, boot, init),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
@@ -107,6 +111,7 @@ fn run_cmd(
     kernel: Option<PathBuf>,
     cmdline: String,
     stats: bool,
+    boot: run::BootProtocol,
     init: Vec<String>,
 ) -> error::Result<ExitCode> {
     let mem = config::parse_mem_size(mem)?;
@@ -115,6 +120,7 @@ fn run_cmd(
         kernel,
         cmdline,
         init,
+        boot,
     })?;
     if stats {
         let t = &report.totals;

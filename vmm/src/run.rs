@@ -1,6 +1,7 @@
 //! `vmm run`: build the VM, load the guest, run its vCPU on its own thread
 //! while the main thread runs the event loop, and report how it ended.
 
+use crate::boot::cpu::Entry;
 use crate::boot::{self, layout, start_info};
 use crate::error::{Result, VmmError, kvm};
 use crate::images;
@@ -25,6 +26,18 @@ pub struct RunOptions {
     pub cmdline: String,
     /// Program name, then its arguments.
     pub init: Vec<String>,
+    pub boot: BootProtocol,
+}
+
+/// How the vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootProtocol {
+    /// PVH if the kernel has a PVH note, else direct 64-bit.
+    Auto,
+    /// The PVH 32-bit entry (fails if the kernel has none).
+    Pvh,
+    /// Straight into 64-bit mode at the ELF entry, on the VMM's page tables.
+    Direct,
 }
 
 pub struct RunReport {
@@ -95,13 +108,25 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let low_end = opts.mem.min(layout::MMIO_HOLE_START);
     let modules = start_info::place_modules(&vm.mem, loaded.end, images::PROGRAMS, low_end)?;
     start_info::write(&vm.mem, opts.mem, &cmdline, &modules)?;
-    let ram_end = layout::ram_ranges(opts.mem)
-        .last()
-        .map_or(0, |(a, s)| a.0 + s);
-    boot::pagetables::build(&vm.mem, ram_end)?;
+    let entry = match (opts.boot, loaded.pvh_entry) {
+        (BootProtocol::Auto | BootProtocol::Pvh, Some(pvh)) => Entry::Pvh32(pvh),
+        (BootProtocol::Pvh, None) => {
+            return Err(VmmError::KernelInvalid {
+                path,
+                why: "no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY)".into(),
+            });
+        }
+        (BootProtocol::Auto | BootProtocol::Direct, _) => {
+            let ram_end = layout::ram_ranges(opts.mem)
+                .last()
+                .map_or(0, |(a, s)| a.0 + s);
+            boot::pagetables::build(&vm.mem, ram_end)?;
+            Entry::Long64(loaded.entry)
+        }
+    };
 
     let mut vcpu_fd = vm.fd.create_vcpu(0).map_err(kvm("create vCPU"))?;
-    boot::cpu::setup(&vm.kvm, &vcpu_fd, &vm.mem, loaded.entry)?;
+    boot::cpu::setup(&vm.kvm, &vcpu_fd, &vm.mem, entry)?;
     let stats = match VcpuStats::open(&vcpu_fd) {
         Ok(s) => Some(s),
         Err(e) => {

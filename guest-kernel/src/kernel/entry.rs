@@ -54,6 +54,93 @@ _start:
     kmain = sym crate::kmain,
 );
 
+// PVH entry (XEN_ELFNOTE_PHYS32_ENTRY): any PVH loader may start the kernel
+// here in 32-bit protected mode, paging off, ebx = start_info. Switch to
+// long mode on static page tables (identity and direct map of the first
+// GiB, the image at KERNEL_BASE), then join the 64-bit entry. The tables are
+// initialised data, so this path runs no loops in ring 0. The `*_phys`
+// symbols are defined in kernel.ld (link address minus KERNEL_BASE).
+global_asm!(
+    r#"
+    .section .note.Xen, "a"
+    .balign 4
+    .long 4
+    .long 4
+    .long 18
+    .asciz "Xen"
+    .balign 4
+    .long pvh_start32_phys
+
+    .section .text.entry, "ax"
+    .code32
+    .global pvh_start32
+pvh_start32:
+    mov esi, ebx
+    lgdt [pvh_gdt_ptr_phys]
+    mov eax, 0x10
+    mov ds, eax
+    mov es, eax
+    mov ss, eax
+    mov eax, cr4
+    or eax, 0x620
+    mov cr4, eax
+    mov eax, offset pvh_pml4_phys
+    mov cr3, eax
+    mov ecx, 0xc0000080
+    rdmsr
+    or eax, 0x900
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80010023
+    mov cr0, eax
+    .byte 0xea
+    .long pvh_start64_phys
+    .word 0x08
+    .code64
+    .global pvh_start64
+pvh_start64:
+    mov esi, esi
+    movabs rax, offset _start
+    jmp rax
+
+    .section .data.pvh, "aw"
+    .balign 4096
+    .global pvh_pml4
+pvh_pml4:
+    .quad pvh_pdpt_low_phys + 3
+    .fill 255, 8, 0
+    .quad pvh_pdpt_low_phys + 3
+    .fill 254, 8, 0
+    .quad pvh_pdpt_kernel_phys + 3
+    .global pvh_pdpt_low
+pvh_pdpt_low:
+    .quad pvh_pd_phys + 3
+    .fill 511, 8, 0
+    .global pvh_pdpt_kernel
+pvh_pdpt_kernel:
+    .fill 510, 8, 0
+    .quad pvh_pd_phys + 3
+    .fill 1, 8, 0
+    .global pvh_pd
+pvh_pd:
+    .set pvh_i, 0
+    .rept 512
+    .quad (pvh_i << 21) | 0x83
+    .set pvh_i, pvh_i + 1
+    .endr
+    .balign 8
+    .global pvh_gdt
+pvh_gdt:
+    .quad 0
+    .quad 0x00af9a000000ffff
+    .quad 0x00cf92000000ffff
+    .global pvh_gdt_ptr
+pvh_gdt_ptr:
+    .word 23
+    .long pvh_gdt_phys
+    "#
+);
+
 // Exception and interrupt stubs: push a zero error code where the CPU does
 // not push one, then the vector, and join the common path.
 global_asm!(

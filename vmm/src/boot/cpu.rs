@@ -1,5 +1,7 @@
-//! The boot vCPU's state: 64-bit long mode with paging on, flat segments,
-//! SSE enabled for user code (CR4.OSFXSR), CPUID as KVM supports it.
+//! The boot vCPU's state, for either entry: PVH (32-bit protected mode,
+//! paging off, ebx = start_info, as the PVH spec says) or direct 64-bit
+//! (long mode on the VMM's boot page tables, rsi = start_info). CPUID as
+//! KVM supports it.
 
 use super::layout::{GDT, PML4, START_INFO};
 use crate::error::{Result, VmmError, kvm};
@@ -23,7 +25,16 @@ const EFER_NXE: u64 = 1 << 11;
 /// Null, 64-bit code (0x08), data (0x10): what the kernel expects at entry.
 const BOOT_GDT: [u64; 3] = [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff];
 
-fn segment(selector: u16, code: bool) -> kvm_segment {
+/// Where and how the vCPU starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// PVH: 32-bit physical entry from the ELF note.
+    Pvh32(u64),
+    /// 64-bit virtual entry (ELF e_entry) with the boot page tables.
+    Long64(u64),
+}
+
+fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -31,9 +42,9 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
         type_: if code { 0xb } else { 0x3 },
         present: 1,
         dpl: 0,
-        db: if code { 0 } else { 1 },
+        db: if code && long { 0 } else { 1 },
         s: 1,
-        l: if code { 1 } else { 0 },
+        l: if code && long { 1 } else { 0 },
         g: 1,
         avl: 0,
         unusable: 0,
@@ -41,7 +52,8 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
-pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<()> {
+pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: Entry) -> Result<()> {
+    let long = matches!(entry, Entry::Long64(_));
     let cpuid = kvm_handle
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("get supported CPUID"))?;
@@ -56,17 +68,24 @@ pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64)
     sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
-    sregs.cs = segment(0x08, true);
-    let data = segment(0x10, false);
+    sregs.cs = segment(0x08, true, long);
+    let data = segment(0x10, false, long);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.cr3 = PML4.0;
-    sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
-    sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    if long {
+        sregs.cr3 = PML4.0;
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+        sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+        sregs.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    } else {
+        sregs.cr3 = 0;
+        sregs.cr4 = 0;
+        sregs.cr0 = CR0_PE | CR0_ET;
+        sregs.efer = 0;
+    }
     vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
 
     let fpu = kvm_fpu {
@@ -76,11 +95,19 @@ pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64)
     };
     vcpu.set_fpu(&fpu).map_err(kvm("set FPU"))?;
 
-    let regs = kvm_regs {
-        rip: entry,
-        rsi: START_INFO.0,
-        rflags: 0x2,
-        ..Default::default()
+    let regs = match entry {
+        Entry::Long64(rip) => kvm_regs {
+            rip,
+            rsi: START_INFO.0,
+            rflags: 0x2,
+            ..Default::default()
+        },
+        Entry::Pvh32(rip) => kvm_regs {
+            rip,
+            rbx: START_INFO.0,
+            rflags: 0x2,
+            ..Default::default()
+        },
     };
     vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
     Ok(())

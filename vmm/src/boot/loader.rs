@@ -4,6 +4,7 @@
 
 use super::layout::{KERNEL_LOAD, MMIO_HOLE_START};
 use crate::error::{Result, VmmError};
+use linux_loader::loader::elf::PvhBootCapability;
 use linux_loader::loader::{Elf, KernelLoader};
 use std::io::Cursor;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -13,8 +14,10 @@ pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;
 const KERNEL_WINDOW: u64 = 1 << 30;
 
 pub struct LoadedKernel {
-    /// 64-bit virtual entry address.
+    /// 64-bit virtual entry address (ELF e_entry).
     pub entry: u64,
+    /// 32-bit physical PVH entry, if the image has a XEN_ELFNOTE_PHYS32_ENTRY.
+    pub pvh_entry: Option<u64>,
     /// First byte after the image, .bss included.
     pub end: GuestAddress,
 }
@@ -81,8 +84,13 @@ pub fn load(
     let mut cursor = Cursor::new(image);
     let res =
         Elf::load(mem, None, &mut cursor, Some(KERNEL_LOAD)).map_err(|e| invalid(e.to_string()))?;
+    let pvh_entry = match res.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(a) => Some(a.0),
+        _ => None,
+    };
     Ok(LoadedKernel {
         entry,
+        pvh_entry,
         end: GuestAddress(res.kernel_end),
     })
 }
