@@ -116,7 +116,7 @@ pub fn map_large_range(
 ) -> Result<(), MapError> {
     if !va.is_aligned(LARGE_PAGE_SIZE)
         || !pa.is_aligned(LARGE_PAGE_SIZE)
-        || len % LARGE_PAGE_SIZE != 0
+        || !len.is_multiple_of(LARGE_PAGE_SIZE)
     {
         return Err(MapError::Misaligned);
     }

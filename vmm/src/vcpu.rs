@@ -77,10 +77,8 @@ pub fn run(
                     }
                 }
                 p if Com1::owns(p) => {
-                    if let Some(&b) = data.first() {
-                        if let Err(e) = platform.com1.write(p, b) {
-                            tracing::warn!("COM1 output: {e}");
-                        }
+                    if let Some(Err(e)) = data.first().map(|&b| platform.com1.write(p, b)) {
+                        tracing::warn!("COM1 output: {e}");
                     }
                 }
                 p => tracing::debug!("write to unclaimed port {p:#x}"),

@@ -31,21 +31,30 @@ pub struct DoorbellConsole {
 
 impl DoorbellConsole {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        DoorbellConsole { out, buf: Vec::new() }
+        DoorbellConsole {
+            out,
+            buf: Vec::new(),
+        }
     }
 
     /// Handles one doorbell: `record` is the guest-physical address written
     /// to the port.
-    pub fn doorbell<M: GuestMemory>(&mut self, mem: &M, record: GuestAddress) -> Result<(), ConsoleError> {
+    pub fn doorbell<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        record: GuestAddress,
+    ) -> Result<(), ConsoleError> {
         let mut rec = [0u8; RECORD_SIZE];
-        mem.read_slice(&mut rec, record).map_err(|_| ConsoleError::BadRecord(record.0))?;
+        mem.read_slice(&mut rec, record)
+            .map_err(|_| ConsoleError::BadRecord(record.0))?;
         let addr = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
         let len = u32::from_le_bytes(rec[8..12].try_into().unwrap_or_default());
         if len > MAX_WRITE {
             return Err(ConsoleError::TooLong(len));
         }
         self.buf.resize(len as usize, 0);
-        mem.read_slice(&mut self.buf, GuestAddress(addr)).map_err(|_| ConsoleError::BadRange { addr, len })?;
+        mem.read_slice(&mut self.buf, GuestAddress(addr))
+            .map_err(|_| ConsoleError::BadRange { addr, len })?;
         self.out.write_all(&self.buf)?;
         self.out.flush()?;
         Ok(())
@@ -100,13 +109,22 @@ mod tests {
     #[test]
     fn rejects_bad_records_without_output() {
         let (mem, mut c, sink) = setup();
-        assert!(matches!(c.doorbell(&mem, GuestAddress(0xfffff)), Err(ConsoleError::BadRecord(_))));
+        assert!(matches!(
+            c.doorbell(&mem, GuestAddress(0xfffff)),
+            Err(ConsoleError::BadRecord(_))
+        ));
         record(&mem, 0x1000, 0xfff0, 0x100);
-        assert!(matches!(c.doorbell(&mem, GuestAddress(0x1000)), Err(ConsoleError::BadRange { .. })));
+        assert!(matches!(
+            c.doorbell(&mem, GuestAddress(0x1000)),
+            Err(ConsoleError::BadRange { .. })
+        ));
         record(&mem, 0x1000, u64::MAX - 2, 16);
         assert!(c.doorbell(&mem, GuestAddress(0x1000)).is_err());
         record(&mem, 0x1000, 0, u32::MAX);
-        assert!(matches!(c.doorbell(&mem, GuestAddress(0x1000)), Err(ConsoleError::TooLong(_))));
+        assert!(matches!(
+            c.doorbell(&mem, GuestAddress(0x1000)),
+            Err(ConsoleError::TooLong(_))
+        ));
         assert!(sink.0.lock().unwrap().is_empty());
     }
 }

@@ -27,7 +27,9 @@ pub struct Com1 {
 
 impl Com1 {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        Com1 { uart: Serial::new(IrqTrigger(irq), out) }
+        Com1 {
+            uart: Serial::new(IrqTrigger(irq), out),
+        }
     }
 
     pub fn owns(port: u16) -> bool {

@@ -50,14 +50,14 @@ pub fn init() {
     // SAFETY: runs once at boot with interrupts off.
     unsafe {
         let stubs = &raw const TRAP_STUBS;
-        for v in 0..(*stubs).len() {
+        for (v, &stub) in (*stubs).iter().enumerate() {
             let ist = match v {
                 2 => IST_NMI,
                 8 => IST_DOUBLE_FAULT,
                 18 => IST_MACHINE_CHECK,
                 _ => 0,
             };
-            IDT[v] = gate((*stubs)[v], ist);
+            IDT[v] = gate(stub, ist);
         }
         IDT[255] = gate(spurious_stub as *const () as u64, 0);
         let ptr = Pointer {

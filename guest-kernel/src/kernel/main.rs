@@ -67,7 +67,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         ": ",
         Dec(ram >> 20),
         " MiB RAM, ",
-        Dec(mem.frames.free_frames() * PAGE_SIZE >> 20),
+        Dec((mem.frames.free_frames() * PAGE_SIZE) >> 20),
         " MiB free, ",
         Dec(boot.modules().count() as u64),
         " programs, timer ",

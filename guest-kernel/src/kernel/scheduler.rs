@@ -259,13 +259,11 @@ impl Kernel {
             return self.current().map_or(idle, |t| t.frame);
         }
         self.need_resched = false;
-        if cur_running {
-            if let Some(id) = self.current {
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.state = State::Ready;
-                }
-                self.runq.push(id);
+        if let Some(id) = self.current.filter(|_| cur_running) {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.state = State::Ready;
             }
+            self.runq.push(id);
         }
         let next = loop {
             match self.runq.pop() {

@@ -42,7 +42,7 @@ pub struct TrapFrame {
 }
 
 impl TrapFrame {
-    pub fn from_user(&self) -> bool {
+    pub fn came_from_user(&self) -> bool {
         self.cs & 3 == 3
     }
 }
@@ -55,7 +55,11 @@ impl TrapFrame {
 /// Dead code on hardware KVM.
 fn is_pvm_syscall(f: &TrapFrame, cr2: u64) -> bool {
     let lstar = cpu::rdmsr(MSR_LSTAR);
-    f.vector == PAGE_FAULT && f.from_user() && f.error & 0x10 != 0 && cr2 == lstar && f.rip == lstar
+    f.vector == PAGE_FAULT
+        && f.came_from_user()
+        && f.error & 0x10 != 0
+        && cr2 == lstar
+        && f.rip == lstar
 }
 
 pub fn exception_name(v: u64) -> &'static str {
@@ -93,7 +97,7 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
     } else {
         0
     };
-    if f.vector < 32 && !f.from_user() {
+    if f.vector < 32 && !f.came_from_user() {
         kernel_fault(f, cr2);
     }
     let mut guard = KERNEL.lock();

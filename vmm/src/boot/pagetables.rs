@@ -58,7 +58,7 @@ mod tests {
             return None;
         }
         let l2 = entry(mem, GuestAddress(l3 & !0xfff), (va >> 21) & 511);
-        (l2 & PRESENT != 0).then(|| (l2 & !0x1f_ffff & 0x000f_ffff_ffff_ffff) | (va & 0x1f_ffff))
+        (l2 & PRESENT != 0).then_some((l2 & !0x1f_ffff & 0x000f_ffff_ffff_ffff) | (va & 0x1f_ffff))
     }
 
     #[test]
