@@ -48,7 +48,8 @@ enum Cmd {
         /// How to enter the kernel.
         #[arg(long, value_enum, default_value_t = run::BootProtocol::Auto)]
         boot: run::BootProtocol,
-        /// The first program and its arguments (built-in: init, spawn, fault, priv, spin).
+        /// The first program and its arguments; takes the rest of the command line,
+        /// so give it last (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
         init: Vec<String>,
     },
