@@ -158,8 +158,7 @@ impl Pager for AnonPager {
         _len: u64,
         _desired: Access,
     ) -> Result<UnlockReply> {
-        self.kernels.check(kernel)?;
-        Ok(UnlockReply { lock: Access::NONE })
+        self.kernels.unlock_unrestricted(kernel)
     }
 
     fn extent(&self) -> Result<u64> {

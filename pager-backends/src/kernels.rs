@@ -2,8 +2,8 @@
 //! each gave (the paper's pager request port, one per kernel: section 4.2).
 
 use crate::error::{PagerError, Result};
-use crate::pager::KernelControl;
-use crate::types::KernelId;
+use crate::pager::{KernelControl, UnlockReply};
+use crate::types::{Access, KernelId};
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -33,6 +33,13 @@ impl Kernels {
         } else {
             Err(PagerError::UnknownKernel(id.0))
         }
+    }
+
+    /// `data_unlock` for pagers that never restrict access: any known
+    /// kernel gets everything it asks for.
+    pub(crate) fn unlock_unrestricted(&self, id: KernelId) -> Result<UnlockReply> {
+        self.check(id)?;
+        Ok(UnlockReply { lock: Access::NONE })
     }
 
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<dyn KernelControl>> {

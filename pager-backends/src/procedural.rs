@@ -122,8 +122,7 @@ impl Pager for ProceduralPager {
         _len: u64,
         _desired: Access,
     ) -> Result<UnlockReply> {
-        self.kernels.check(kernel)?;
-        Ok(UnlockReply { lock: Access::NONE })
+        self.kernels.unlock_unrestricted(kernel)
     }
 
     fn extent(&self) -> Result<u64> {
