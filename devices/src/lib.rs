@@ -3,5 +3,8 @@
 
 pub mod legacy;
 pub mod pager;
+/// Test doubles for this crate's tests, benchmark and fuzz target (feature
+/// `test-utils`); the VMM never sees them.
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod virtio;
