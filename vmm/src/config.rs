@@ -1,6 +1,7 @@
 //! What `vmm run` was asked to do, parsed and checked before any KVM call.
 
 use crate::error::{Result, VmmError};
+use std::time::Duration;
 
 pub const MIB: u64 = 1024 * 1024;
 /// Kernel heap (4 MiB), page tables, stacks and a little room for tasks.
@@ -43,9 +44,43 @@ pub fn parse_mem_size(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
+/// Longest `--pager-timeout`: a day is already "never" for a page fault.
+pub const MAX_PAGER_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// Parses `--pager-timeout SECS` (fractions allowed: `0.5`).
+pub fn parse_pager_timeout(s: &str) -> Result<Duration> {
+    let bad = |why| VmmError::PagerTimeout(s.to_string(), why);
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| bad("expected a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err(bad("must be more than 0 seconds"));
+    }
+    if secs > MAX_PAGER_TIMEOUT_SECS {
+        return Err(bad("must be at most 86400 seconds (a day)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pager_timeouts() {
+        assert_eq!(parse_pager_timeout("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            parse_pager_timeout("0.5").unwrap(),
+            Duration::from_millis(500)
+        );
+        for bad in ["0", "-1", "NaN", "inf", "soon", "", "1e9"] {
+            assert!(
+                matches!(parse_pager_timeout(bad), Err(VmmError::PagerTimeout(..))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -44,6 +44,20 @@ pub enum VmmError {
     Cmdline(String),
     #[error("boot setup: {0}")]
     Boot(String),
+    #[error("--object {arg:?}: {why}")]
+    Object { arg: String, why: String },
+    #[error("--object {arg:?}: cannot open: {source}")]
+    ObjectOpen {
+        arg: String,
+        #[source]
+        source: pager_backends::PagerError,
+    },
+    #[error("--object given {count} times; the device's object table holds at most {max}")]
+    TooManyObjects { count: usize, max: usize },
+    #[error("invalid --pager-timeout {0:?}: {1}")]
+    PagerTimeout(String, &'static str),
+    #[error("virtio-pager device: {0}")]
+    PagerDevice(#[from] devices::pager::PagerDeviceError),
     #[error("the guest stopped: {0}")]
     Guest(String),
     #[error("{0}")]

@@ -3,10 +3,13 @@
 
 mod bench;
 mod boot;
+mod bus;
 mod config;
 mod error;
 mod images;
+mod objects;
 mod pager_cmd;
+mod pager_device;
 mod run;
 mod stats;
 mod vcpu;
@@ -42,9 +45,19 @@ enum Cmd {
         /// Extra kernel command-line options (e.g. timer_hz=250).
         #[arg(long, default_value = "")]
         cmdline: String,
-        /// Print the vCPU's KVM statistics (exits, kernel instructions) at exit.
+        /// Print the vCPU's KVM statistics (exits, kernel instructions) and the
+        /// virtio-pager device's counters at exit.
         #[arg(long)]
         stats: bool,
+        /// Export a memory object to the guest (repeatable; table order is
+        /// command-line order). URI: file:PATH[?ro], zero|anon[?size=N],
+        /// nbd://HOST:PORT/EXPORT, unix:PATH. Give it before --init.
+        #[arg(long = "object", value_name = "NAME=URI")]
+        objects: Vec<String>,
+        /// Seconds a pager may take to answer one request (and the final
+        /// sync) before it is declared dead; connecting gets at most 5 of them.
+        #[arg(long, value_name = "SECS", default_value = "30")]
+        pager_timeout: String,
         /// How to enter the kernel.
         #[arg(long, value_enum, default_value_t = run::BootProtocol::Auto)]
         boot: run::BootProtocol,
@@ -85,9 +98,20 @@ fn main() -> ExitCode {
             kernel,
             cmdline,
             stats,
+            objects,
+            pager_timeout,
             boot,
             init,
-        } => run_cmd(&mem, kernel, cmdline, stats, boot, init),
+        } => run_cmd(RunArgs {
+            mem,
+            kernel,
+            cmdline,
+            stats,
+            objects,
+            pager_timeout,
+            boot,
+            init,
+        }),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
@@ -107,21 +131,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_cmd(
-    mem: &str,
+/// `vmm run`'s options as clap gave them.
+struct RunArgs {
+    mem: String,
     kernel: Option<PathBuf>,
     cmdline: String,
     stats: bool,
+    objects: Vec<String>,
+    pager_timeout: String,
     boot: run::BootProtocol,
     init: Vec<String>,
-) -> error::Result<ExitCode> {
-    let mem = config::parse_mem_size(mem)?;
+}
+
+fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
+    let mem = config::parse_mem_size(&a.mem)?;
+    let pager_timeout = config::parse_pager_timeout(&a.pager_timeout)?;
+    let objects = objects::parse_specs(&a.objects)?;
+    let stats = a.stats;
     let report = run::run(&run::RunOptions {
         mem,
-        kernel,
-        cmdline,
-        init,
-        boot,
+        kernel: a.kernel,
+        cmdline: a.cmdline,
+        init: a.init,
+        boot: a.boot,
+        objects,
+        pager_timeout,
     })?;
     if stats {
         let t = &report.totals;
@@ -153,8 +187,22 @@ fn run_cmd(
                 m.stats.exits()
             );
         }
+        if let Some(p) = &report.pager_stats {
+            eprintln!(
+                "vmm: virtio-pager: {} requests, {} completed, {} rejected, {} interrupts",
+                p.requests, p.completed, p.rejected, p.interrupts
+            );
+        }
     }
     match report.outcome {
+        // Data the guest wrote may be lost: that must not look like success.
+        Outcome::Exited(0) if report.sync_failures > 0 => {
+            eprintln!(
+                "vmm: the guest exited 0, but {} object(s) failed to sync: exiting 1",
+                report.sync_failures
+            );
+            Ok(ExitCode::FAILURE)
+        }
         Outcome::Exited(status) => Ok(ExitCode::from((status & 0xff) as u8)),
         Outcome::Failed(why) => Err(error::VmmError::Guest(why)),
     }

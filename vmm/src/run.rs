@@ -1,18 +1,25 @@
 //! `vmm run`: build the VM, load the guest, run its vCPU on its own thread
 //! while the main thread runs the event loop, and report how it ended.
+//! Memory objects (`--object`) are opened before anything else and synced
+//! after the vCPU has stopped.
 
 use crate::boot::cpu::Entry;
 use crate::boot::{self, layout, start_info};
+use crate::bus::MmioBus;
 use crate::error::{Result, VmmError, kvm};
 use crate::images;
+use crate::objects::{self, ObjectSpec};
+use crate::pager_device;
 use crate::stats::{Snapshot, VcpuStats};
 use crate::vcpu::{self, Milestone, Outcome, Platform};
 use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
+use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -27,6 +34,10 @@ pub struct RunOptions {
     /// Program name, then its arguments.
     pub init: Vec<String>,
     pub boot: BootProtocol,
+    /// `--object`s in command-line order: the device's object table.
+    pub objects: Vec<ObjectSpec>,
+    /// Bounds every remote pager request, and the sync at shutdown.
+    pub pager_timeout: Duration,
 }
 
 /// How the vCPU enters the kernel.
@@ -44,10 +55,15 @@ pub struct RunReport {
     pub outcome: Outcome,
     pub milestones: Vec<Milestone>,
     pub totals: Snapshot,
+    /// The virtio-pager device's counters, if there was one.
+    pub pager_stats: Option<PagerStats>,
+    /// Objects whose final sync failed (already reported on stderr).
+    pub sync_failures: usize,
 }
 
-/// Builds the kernel command line: `init=NAME [user options] -- ARGS`.
-pub fn kernel_cmdline(user: &str, init: &[String]) -> Result<String> {
+/// Builds the kernel command line:
+/// `init=NAME [user options] [platform words] -- ARGS`.
+pub fn kernel_cmdline(user: &str, platform: &[String], init: &[String]) -> Result<String> {
     let name = init.first().map(String::as_str).unwrap_or("init");
     if !images::PROGRAMS.iter().any(|(n, _)| *n == name) {
         return Err(VmmError::UnknownInit {
@@ -64,6 +80,10 @@ pub fn kernel_cmdline(user: &str, init: &[String]) -> Result<String> {
     if !user.trim().is_empty() {
         s.push(' ');
         s.push_str(user.trim());
+    }
+    for w in platform {
+        s.push(' ');
+        s.push_str(w);
     }
     if init.len() > 1 {
         s.push_str(" -- ");
@@ -91,7 +111,17 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
-    let cmdline = kernel_cmdline(&opts.cmdline, &opts.init)?;
+    // No device, no word: without --object the guest boots exactly as before.
+    let platform_words: Vec<String> = if opts.objects.is_empty() {
+        Vec::new()
+    } else {
+        vec![pager_device::our_cmdline_word()]
+    };
+    let cmdline = kernel_cmdline(&opts.cmdline, &platform_words, &opts.init)?;
+    // Opened first: a missing file or a down server is reported before any
+    // KVM work, and the guest never starts without its objects.
+    let pager_opts = objects::open_options(opts.pager_timeout);
+    let objects = objects::open_all(&opts.objects, &pager_opts)?;
     let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
         Some(p) => {
             let bytes = std::fs::read(p).map_err(|source| VmmError::KernelRead {
@@ -139,9 +169,16 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     vm.fd
         .register_irqfd(&com1_irq, COM1_IRQ)
         .map_err(kvm("register COM1 irqfd"))?;
+    let mut mmio = MmioBus::default();
+    let pager_dev = if objects.is_empty() {
+        None
+    } else {
+        Some(pager_device::attach(&vm, &objects, &mut mmio)?)
+    };
     let mut platform = Platform {
         console: DoorbellConsole::new(Box::new(std::io::stdout())),
         com1: Com1::new(com1_irq, Box::new(std::io::stdout())),
+        mmio,
         milestones: Vec::new(),
     };
 
@@ -153,9 +190,12 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let mut events = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| VmmError::Boot(format!("event manager: {e:?}")))?;
     events.add_subscriber(watcher.clone());
+    if let Some(dev) = &pager_dev {
+        events.add_subscriber(dev.clone());
+    }
 
     let mem = &vm.mem;
-    let (outcome, totals) = std::thread::scope(|s| {
+    let ran = std::thread::scope(|s| {
         let vcpu_thread = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn_scoped(s, move || {
@@ -180,12 +220,25 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             .join()
             .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))?;
         Ok::<_, VmmError>((outcome, (totals, milestones)))
-    })?;
-    let (totals, milestones) = totals;
+    });
+    // Whatever the guest did, what it wrote must reach the backing stores;
+    // bounded by the pager timeout so a dead or silent pager cannot hang us.
+    let sync_failures = objects::sync_all(&objects, opts.pager_timeout);
+    for (name, why) in &sync_failures {
+        eprintln!("vmm: object {name}: sync failed: {why}");
+    }
+    let (outcome, (totals, milestones)) = ran?;
+    let pager_stats = pager_dev.as_ref().map(|d| {
+        d.lock()
+            .map(|d| d.stats())
+            .unwrap_or_else(|p| p.into_inner().stats())
+    });
     Ok(RunReport {
         outcome,
         milestones,
         totals,
+        pager_stats,
+        sync_failures: sync_failures.len(),
     })
 }
 
@@ -197,16 +250,25 @@ mod tests {
     fn cmdline_puts_init_first_and_args_last() {
         let init = vec!["spawn".to_string(), "spin:a".into(), "spin:b".into()];
         assert_eq!(
-            kernel_cmdline("timer_hz=250", &init).unwrap(),
+            kernel_cmdline("timer_hz=250", &[], &init).unwrap(),
             "init=spawn timer_hz=250 -- spin:a spin:b"
         );
-        assert_eq!(kernel_cmdline("", &[]).unwrap(), "init=init");
+        assert_eq!(kernel_cmdline("", &[], &[]).unwrap(), "init=init");
         assert!(matches!(
-            kernel_cmdline("", &["nope".into()]),
+            kernel_cmdline("", &[], &["nope".into()]),
             Err(VmmError::UnknownInit { .. })
         ));
+        let dev = [pager_device::our_cmdline_word()];
+        assert_eq!(
+            kernel_cmdline("timer_hz=250", &dev, &init).unwrap(),
+            "init=spawn timer_hz=250 virtio_mmio.device=4K@0xd0000000:5 -- spin:a spin:b"
+        );
+        assert_eq!(
+            kernel_cmdline("", &dev, &[]).unwrap(),
+            "init=init virtio_mmio.device=4K@0xd0000000:5"
+        );
         assert!(matches!(
-            kernel_cmdline("a -- b", &[]),
+            kernel_cmdline("a -- b", &[], &[]),
             Err(VmmError::Cmdline(_))
         ));
     }

@@ -1,7 +1,8 @@
-//! The vCPU thread: KVM_RUN and the exits it brings back. Port I/O goes to
-//! the platform devices; everything the guest does wrong ends the run with
+//! The vCPU thread: KVM_RUN and the exits it brings back. Port I/O and MMIO
+//! go to the platform devices; everything the guest does wrong ends the run with
 //! a message, never a panic.
 
+use crate::bus::MmioBus;
 use crate::stats::{Snapshot, VcpuStats};
 use devices::legacy::{Com1, DoorbellConsole};
 use guest_kernel::abi::{MILESTONE_INIT_START, PORT_CONSOLE, PORT_EXIT, PORT_MILESTONE};
@@ -29,6 +30,8 @@ pub struct Milestone {
 pub struct Platform {
     pub console: DoorbellConsole,
     pub com1: Com1,
+    /// virtio-mmio devices (empty without `--object`).
+    pub mmio: MmioBus,
     pub milestones: Vec<Milestone>,
 }
 
@@ -92,9 +95,15 @@ pub fn run(
                     data.fill(0xff); // nothing there, as on an empty ISA bus
                 }
             }
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(addr, _)) => {
-                tracing::debug!("write to unclaimed MMIO {addr:#x}")
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !platform.mmio.read(addr, data) {
+                    data.fill(0xff); // nothing decodes it: the bus floats high
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !platform.mmio.write(addr, data) {
+                    tracing::debug!("write to unclaimed MMIO {addr:#x}")
+                }
             }
             Ok(VcpuExit::Hlt) => {
                 return Outcome::Failed("the vCPU halted with interrupts off".into());

@@ -1,0 +1,312 @@
+//! `vmm run --object NAME=URI`: the memory objects exported to the guest.
+//! Parsed and checked first (cheap, no I/O), then opened (files, sockets),
+//! all before the guest starts; synced when it has stopped.
+
+use crate::error::{Result, VmmError};
+use devices::pager::PagerObject;
+use devices::pager::wire::{CONFIG_HDR_SIZE, OBJECT_ENTRY_SIZE, OBJECT_NAME_LEN};
+use devices::virtio::mmio::{CONFIG_SPACE, MMIO_WINDOW_SIZE};
+use pager_backends::{Instrumented, KernelId, OpenOptions, Pager, PagerUri};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest name: the config table's name field keeps a terminating NUL.
+pub const MAX_NAME_LEN: usize = OBJECT_NAME_LEN - 1;
+/// As many objects as the config table fits in the device's MMIO window:
+/// entries past the window would be invisible to the guest (59).
+pub const MAX_OBJECTS: usize =
+    (MMIO_WINDOW_SIZE as usize - CONFIG_SPACE as usize - CONFIG_HDR_SIZE) / OBJECT_ENTRY_SIZE;
+
+/// One `--object NAME=URI`, checked but not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    pub name: String,
+    /// As given, for messages.
+    pub uri: String,
+    pub parsed: PagerUri,
+}
+
+impl ObjectSpec {
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self.parsed,
+            PagerUri::File {
+                read_only: true,
+                ..
+            }
+        )
+    }
+}
+
+fn bad(arg: &str, why: impl Into<String>) -> VmmError {
+    VmmError::Object {
+        arg: arg.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Parses one `NAME=URI` (split at the first `=`; URIs may contain more).
+pub fn parse_spec(arg: &str) -> Result<ObjectSpec> {
+    let (name, uri) = arg
+        .split_once('=')
+        .ok_or_else(|| bad(arg, "expected NAME=URI, e.g. data=file:/path/to/file"))?;
+    if name.is_empty() {
+        return Err(bad(arg, "empty object name (expected NAME=URI)"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(bad(
+            arg,
+            format!(
+                "object name is {} bytes long; at most {MAX_NAME_LEN} fit in the device's object table",
+                name.len()
+            ),
+        ));
+    }
+    // Names are UTF-8 in the table; the guest shows them and looks them up,
+    // so spaces and control characters would only make them ambiguous.
+    if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad(
+            arg,
+            format!("object name contains {c:?}; names must be printable, without whitespace"),
+        ));
+    }
+    let parsed = PagerUri::parse(uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
+    Ok(ObjectSpec {
+        name: name.to_string(),
+        uri: uri.to_string(),
+        parsed,
+    })
+}
+
+/// Parses every `--object`, in command-line order (that order is the
+/// device's object table, so object ids are stable for a given command).
+pub fn parse_specs(args: &[String]) -> Result<Vec<ObjectSpec>> {
+    if args.len() > MAX_OBJECTS {
+        return Err(VmmError::TooManyObjects {
+            count: args.len(),
+            max: MAX_OBJECTS,
+        });
+    }
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(args.len());
+    for arg in args {
+        let spec = parse_spec(arg)?;
+        if !seen.insert(spec.name.clone()) {
+            return Err(bad(arg, format!("duplicate object name {:?}", spec.name)));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// An opened object: the device gets `pager`, the VMM keeps it too to sync
+/// it at shutdown and to read its statistics.
+pub struct OpenObject {
+    pub name: String,
+    pub pager: Arc<Instrumented>,
+    pub read_only: bool,
+}
+
+impl OpenObject {
+    pub fn device_object(&self) -> PagerObject {
+        PagerObject {
+            name: self.name.clone(),
+            pager: self.pager.clone(),
+            read_only: self.read_only,
+        }
+    }
+}
+
+/// Options for every backend: `timeout` bounds each request to a remote
+/// pager, and connecting too (but never more than the usual 5 s, so that a
+/// long request timeout does not make a down server slow to report).
+pub fn open_options(timeout: Duration) -> OpenOptions {
+    let defaults = OpenOptions::default();
+    OpenOptions {
+        request_timeout: timeout,
+        connect_timeout: timeout.min(defaults.connect_timeout),
+        ..defaults
+    }
+}
+
+/// Opens each object in order; the first failure names its `--object`.
+pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObject>> {
+    specs
+        .iter()
+        .map(|s| {
+            let backend = pager_backends::open_backend(&s.parsed, opts).map_err(|source| {
+                VmmError::ObjectOpen {
+                    arg: format!("{}={}", s.name, s.uri),
+                    source,
+                }
+            })?;
+            Ok(OpenObject {
+                name: s.name.clone(),
+                pager: Arc::new(Instrumented::new(backend)),
+                read_only: s.read_only(),
+            })
+        })
+        .collect()
+}
+
+/// Syncs every object in parallel and returns `(name, why)` for each that
+/// failed. Waits at most `timeout` (plus a second, so a remote backend's own
+/// timeout error usually arrives first): a sync still running then is
+/// reported and left behind on its thread, since shutdown must not hang on
+/// a silent pager (or a stuck fsync).
+pub fn sync_all(objects: &[OpenObject], timeout: Duration) -> Vec<(String, String)> {
+    let (tx, rx) = mpsc::channel();
+    let mut pending: Vec<Option<String>> = Vec::with_capacity(objects.len());
+    let mut failed = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        let tx = tx.clone();
+        let pager = o.pager.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("sync-{i}"))
+            .spawn(move || {
+                let _ = tx.send((i, pager.sync().map_err(|e| e.to_string())));
+            });
+        match spawned {
+            Ok(_) => pending.push(Some(o.name.clone())),
+            Err(e) => {
+                pending.push(None);
+                failed.push((o.name.clone(), format!("cannot start a sync thread: {e}")));
+            }
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + timeout + Duration::from_secs(1);
+    while pending.iter().any(Option::is_some) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((i, result)) => {
+                if let Some(name) = pending.get_mut(i).and_then(Option::take)
+                    && let Err(why) = result
+                {
+                    failed.push((name, why));
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    for name in pending.into_iter().flatten() {
+        failed.push((
+            name,
+            format!("no answer within {timeout:?} (--pager-timeout)"),
+        ));
+    }
+    failed
+}
+
+/// How this VM identifies itself to its pagers. A pager may serve several
+/// VMs at once (an external `unix:` pager process, a shared file), so the id
+/// must differ between VMMs running together: the pid does that (and is
+/// never 0, which `vmm pager` uses for itself). The counter in the low bits
+/// keeps ids distinct if one process builds several VMs (benchmarks).
+pub fn kernel_id() -> KernelId {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    KernelId((u64::from(std::process::id()) << 32) | u64::from(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn why(arg: &str) -> String {
+        match parse_spec(arg) {
+            Err(e) => e.to_string(),
+            Ok(s) => panic!("{arg:?} parsed as {s:?}"),
+        }
+    }
+
+    #[test]
+    fn good_specs() {
+        let s = parse_spec("data=file:/tmp/x?ro").unwrap();
+        assert_eq!(s.name, "data");
+        assert!(s.read_only());
+        assert_eq!(s.uri, "file:/tmp/x?ro");
+        let s = parse_spec("z=zero?size=64K").unwrap();
+        assert_eq!(s.parsed, PagerUri::Anon { size: Some(65536) });
+        assert!(!s.read_only());
+        assert!(!parse_spec("w=file:/tmp/x").unwrap().read_only());
+        // Only the first '=' separates: the URI keeps its own.
+        assert_eq!(parse_spec("a=anon?size=4096").unwrap().name, "a");
+        assert_eq!(parse_spec("données=zero").unwrap().name, "données");
+        let n = "n".repeat(MAX_NAME_LEN);
+        assert_eq!(parse_spec(&format!("{n}=zero")).unwrap().name, n);
+        assert!(matches!(
+            parse_spec("r=nbd://127.0.0.1:1/e").unwrap().parsed,
+            PagerUri::Nbd { port: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        assert!(why("data").contains("expected NAME=URI"));
+        assert!(why("=zero").contains("empty object name"));
+        assert!(why(&format!("{}=zero", "n".repeat(48))).contains("48 bytes"));
+        assert!(why("a b=zero").contains("whitespace"));
+        assert!(why("a\u{7}=zero").contains("printable"));
+        assert!(why("a\t=zero").contains("printable"));
+        assert!(why("a=gopher://x").contains("unknown scheme"));
+        assert!(why("a=").contains("bad URI"));
+        assert!(why("a=zero?size=7").contains("bad size"));
+        for w in [why("x"), why("=zero")] {
+            assert!(w.starts_with("--object"), "{w}");
+        }
+    }
+
+    #[test]
+    fn duplicates_and_count() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let specs = parse_specs(&args(&["b=zero", "a=zero"])).unwrap();
+        assert_eq!(specs[0].name, "b");
+        assert_eq!(specs[1].name, "a");
+        let e = parse_specs(&args(&["a=zero", "a=anon"])).unwrap_err();
+        assert!(e.to_string().contains("duplicate object name \"a\""), "{e}");
+        let many: Vec<String> = (0..=MAX_OBJECTS).map(|i| format!("o{i}=zero")).collect();
+        assert!(matches!(
+            parse_specs(&many),
+            Err(VmmError::TooManyObjects { .. })
+        ));
+        assert_eq!(
+            parse_specs(&many[..MAX_OBJECTS]).unwrap().len(),
+            MAX_OBJECTS
+        );
+        assert!(parse_specs(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn table_fits_the_window() {
+        assert_eq!(MAX_OBJECTS, 59);
+        let end = CONFIG_SPACE as usize + CONFIG_HDR_SIZE + MAX_OBJECTS * OBJECT_ENTRY_SIZE;
+        assert!(end <= MMIO_WINDOW_SIZE as usize);
+    }
+
+    #[test]
+    fn timeouts_and_ids() {
+        let o = open_options(Duration::from_secs(1));
+        assert_eq!(o.request_timeout, Duration::from_secs(1));
+        assert_eq!(o.connect_timeout, Duration::from_secs(1));
+        let o = open_options(Duration::from_secs(30));
+        assert_eq!(o.connect_timeout, Duration::from_secs(5));
+        let (a, b) = (kernel_id(), kernel_id());
+        assert_ne!(a, b);
+        assert_eq!(a.0 >> 32, u64::from(std::process::id()));
+    }
+
+    #[test]
+    fn open_and_sync() {
+        let specs = parse_specs(&["z=zero?size=64K".to_string()]).unwrap();
+        let objs = open_all(&specs, &open_options(Duration::from_secs(1))).unwrap();
+        assert_eq!(objs[0].pager.extent().unwrap(), 65536);
+        assert!(sync_all(&objs, Duration::from_secs(1)).is_empty());
+        let specs = parse_specs(&["m=file:/nonexistent/duality".to_string()]).unwrap();
+        let e = open_all(&specs, &OpenOptions::default()).err().unwrap();
+        assert!(e.to_string().contains("/nonexistent/duality"), "{e}");
+    }
+}
