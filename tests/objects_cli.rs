@@ -1,0 +1,289 @@
+//! `vmm run --object NAME=URI`: every bad value is a clear error before the
+//! guest starts; good ones boot; the final sync is reported and bounded.
+
+mod support;
+use pager_backends::{Access, OpenOptions, anon::AnonPager};
+use pager_backends::{
+    DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError, UnlockReply,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{kvm_available, vmm};
+use vm_memory::VolatileSlice;
+
+/// Runs `vmm run ARGS` and checks it failed with `expect` in stderr, naming
+/// the option, without a panic.
+fn assert_object_error(args: &[&str], expect: &str) {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    let out = vmm(&full, &[]);
+    assert_eq!(
+        out.status,
+        Some(1),
+        "vmm {full:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(expect),
+        "vmm {full:?}: expected {expect:?} in:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--object"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // Errors come before the guest starts: nothing on its console.
+    assert!(
+        !out.stdout.contains("Duality Mach kernel"),
+        "{}",
+        out.stdout
+    );
+}
+
+fn temp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("duality-objects-{what}-{}", std::process::id()))
+}
+
+#[test]
+fn object_without_equals() {
+    assert_object_error(&["--object", "data"], "expected NAME=URI");
+}
+
+#[test]
+fn object_with_empty_name() {
+    assert_object_error(&["--object", "=zero"], "empty object name");
+}
+
+#[test]
+fn object_name_too_long() {
+    let arg = format!("{}=zero", "n".repeat(48));
+    assert_object_error(&["--object", &arg], "48 bytes long; at most 47");
+}
+
+#[test]
+fn object_name_with_whitespace() {
+    assert_object_error(&["--object", "my data=zero"], "without whitespace");
+}
+
+#[test]
+fn object_name_not_printable() {
+    assert_object_error(&["--object", "bell\u{7}=zero"], "must be printable");
+}
+
+#[test]
+fn duplicate_object_name() {
+    assert_object_error(
+        &["--object", "a=zero", "--object", "a=anon"],
+        "duplicate object name \"a\"",
+    );
+}
+
+#[test]
+fn object_uri_that_does_not_parse() {
+    assert_object_error(&["--object", "a=gopher://x"], "unknown scheme");
+    assert_object_error(&["--object", "a=zero?size=7"], "bad size");
+}
+
+#[test]
+fn object_file_missing() {
+    assert_object_error(
+        &["--object", "a=file:/nonexistent/duality-object"],
+        "cannot open: backing store: /nonexistent/duality-object",
+    );
+}
+
+#[test]
+fn object_nbd_server_down() {
+    // A port that was just free: nothing listens there now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let arg = format!("r=nbd://127.0.0.1:{port}/disk");
+    assert_object_error(&["--object", &arg], "Connection refused");
+}
+
+#[test]
+fn too_many_objects() {
+    let args: Vec<String> = (0..60)
+        .flat_map(|i| ["--object".to_string(), format!("o{i}=zero")])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_object_error(
+        &args,
+        "given 60 times; the device's object table holds at most 59",
+    );
+}
+
+#[test]
+fn bad_pager_timeout() {
+    for bad in ["0", "soon", "-3"] {
+        let bad = format!("--pager-timeout={bad}");
+        let out = vmm(&["run", &bad], &[]);
+        assert_eq!(out.status, Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("invalid --pager-timeout"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn boots_with_objects_and_reports_device_stats() {
+    if !kvm_available("boots_with_objects_and_reports_device_stats") {
+        return;
+    }
+    let path = temp_path("boot");
+    std::fs::write(&path, vec![7u8; 8192]).expect("temp file");
+    let data = format!("data=file:{}", path.display());
+    let ro = format!("ro=file:{}?ro", path.display());
+    let out = vmm(
+        &[
+            "run", "--stats", "--object", &data, "--object", &ro, "--object", "z=zero",
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("init: hello from user mode").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("vmm: virtio-pager: 0 requests, 0 completed, 0 rejected"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("sync failed"), "{}", out.stderr);
+
+    // Init's own status still comes through with objects attached.
+    let out = vmm(&["run", "--object", "z=zero", "--init", "init", "9"], &[]);
+    assert_eq!(out.status, Some(9), "{}{}", out.stdout, out.stderr);
+}
+
+/// An external pager whose sync misbehaves: fails at once or never answers.
+struct BadSync {
+    inner: AnonPager,
+    silent: bool,
+}
+
+impl Pager for BadSync {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        if self.silent {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+        Err(PagerError::Io(std::io::Error::other("the disk is on fire")))
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "bad-sync test pager".into()
+    }
+}
+
+/// Serves a `BadSync` on a fresh socket for the rest of the test process.
+fn serve_bad_sync(what: &str, silent: bool) -> PathBuf {
+    let path = temp_path(what);
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind socket");
+    let inner = AnonPager::new(1 << 20, &OpenOptions::default()).expect("anon pager");
+    let pager: Arc<dyn Pager> = Arc::new(BadSync { inner, silent });
+    std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
+    path
+}
+
+#[test]
+fn failed_sync_is_reported_and_fails_a_successful_run() {
+    if !kvm_available("failed_sync_is_reported_and_fails_a_successful_run") {
+        return;
+    }
+    let sock = serve_bad_sync("failing", false);
+    let arg = format!("ext=unix:{}", sock.display());
+    let out = vmm(&["run", "--object", &arg, "--object", "z=zero"], &[]);
+    assert!(
+        out.line("init exited with status 0").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("vmm: object ext: sync failed:")
+            && out.stderr.contains("the disk is on fire"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("object z:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    // A guest that failed keeps its own status.
+    let out = vmm(&["run", "--object", &arg, "--init", "init", "4"], &[]);
+    assert_eq!(out.status, Some(4), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("sync failed"), "{}", out.stderr);
+    let _ = std::fs::remove_file(&sock);
+}
+
+#[test]
+fn silent_pager_does_not_hang_shutdown() {
+    if !kvm_available("silent_pager_does_not_hang_shutdown") {
+        return;
+    }
+    let sock = serve_bad_sync("silent", true);
+    let arg = format!("quiet=unix:{}", sock.display());
+    let start = Instant::now();
+    let out = vmm(&["run", "--pager-timeout", "1", "--object", &arg], &[]);
+    let took = start.elapsed();
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("vmm: object quiet: sync failed:"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("timed out") || out.stderr.contains("no answer within"),
+        "says it timed out: {}",
+        out.stderr
+    );
+    // Boot plus a 1 s timeout (plus the 1 s grace); far from the pager's hour.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let _ = std::fs::remove_file(&sock);
+}
