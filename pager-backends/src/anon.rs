@@ -131,6 +131,28 @@ impl Pager for AnonPager {
         })
     }
 
+    fn try_data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Option<Result<DataReply>> {
+        // Never-written ranges are answered from the bitmap alone; anything
+        // else reads the swap file and may block.
+        if let Err(e) = self.kernels.check(kernel) {
+            return Some(Err(e));
+        }
+        if let Err(e) = check_range(offset, len, self.size, bufs) {
+            return Some(Err(e));
+        }
+        if self.any_written(offset, len) {
+            return None;
+        }
+        Some(Ok(DataReply::Unavailable { bytes: len }))
+    }
+
     fn data_write(
         &self,
         kernel: KernelId,

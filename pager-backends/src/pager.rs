@@ -89,6 +89,25 @@ pub trait Pager: Send + Sync {
         bufs: &[VolatileSlice<'_>],
     ) -> Result<DataReply>;
 
+    /// `data_request` without waiting: answer only if that needs no I/O, no
+    /// remote peer and no lock another caller may hold for long (data in
+    /// memory, a page-cache hit, a known hole). `None` means "would block":
+    /// the caller then calls `data_request` from a thread that may block.
+    /// Callers use it on threads that must stay responsive (the device's
+    /// event loop), so an implementation must never sleep. On `None` the
+    /// buffers may have been partly written; `data_request` overwrites them.
+    /// The default always says "would block".
+    fn try_data_request(
+        &self,
+        _kernel: KernelId,
+        _offset: ObjectOffset,
+        _len: u64,
+        _desired: Access,
+        _bufs: &[VolatileSlice<'_>],
+    ) -> Option<Result<DataReply>> {
+        None
+    }
+
     /// `pager_data_write`: dirty pages come back. The data is in `bufs`,
     /// `len` bytes from `offset`.
     fn data_write(

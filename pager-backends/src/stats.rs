@@ -156,6 +156,21 @@ impl Instrumented {
         }
         r
     }
+
+    fn record_request(&self, t: Instant, r: Result<DataReply>) -> Result<DataReply> {
+        self.c.request_latency.record(t.elapsed());
+        self.c.data_requests.fetch_add(1, Relaxed);
+        match &r {
+            Ok(DataReply::Provided { bytes, .. }) => {
+                self.c.bytes_out.fetch_add(*bytes, Relaxed);
+            }
+            Ok(DataReply::Unavailable { .. }) => {
+                self.c.unavailable.fetch_add(1, Relaxed);
+            }
+            Err(_) => {}
+        }
+        self.count(r)
+    }
 }
 
 impl Pager for Instrumented {
@@ -173,18 +188,24 @@ impl Pager for Instrumented {
     ) -> Result<DataReply> {
         let t = Instant::now();
         let r = self.inner.data_request(kernel, offset, len, desired, bufs);
-        self.c.request_latency.record(t.elapsed());
-        self.c.data_requests.fetch_add(1, Relaxed);
-        match &r {
-            Ok(DataReply::Provided { bytes, .. }) => {
-                self.c.bytes_out.fetch_add(*bytes, Relaxed);
-            }
-            Ok(DataReply::Unavailable { .. }) => {
-                self.c.unavailable.fetch_add(1, Relaxed);
-            }
-            Err(_) => {}
-        }
-        self.count(r)
+        self.record_request(t, r)
+    }
+
+    fn try_data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Option<Result<DataReply>> {
+        // Forwarded so wrapping a backend keeps its fast path; only answers
+        // are counted (a "would block" is retried through data_request).
+        let t = Instant::now();
+        let r = self
+            .inner
+            .try_data_request(kernel, offset, len, desired, bufs)?;
+        Some(self.record_request(t, r))
     }
 
     fn data_write(
