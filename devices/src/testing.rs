@@ -35,6 +35,9 @@ pub struct MemPager {
     initial_lock: Access,
     /// Pages this pager will fill beyond the request if offered room.
     readahead: bool,
+    /// Answers `try_data_request` (it never does I/O); off to force the
+    /// device's worker path.
+    inline: bool,
     calls: Mutex<Calls>,
 }
 
@@ -51,6 +54,7 @@ impl MemPager {
             may_cache: true,
             initial_lock: Access::NONE,
             readahead: true,
+            inline: true,
             calls: Mutex::new(Calls::default()),
         }
     }
@@ -80,6 +84,12 @@ impl MemPager {
 
     pub fn with_readahead(mut self, on: bool) -> Self {
         self.readahead = on;
+        self
+    }
+
+    /// Refuse the non-blocking path, like a backend that must do I/O.
+    pub fn blocking(mut self) -> Self {
+        self.inline = false;
         self
     }
 
@@ -126,8 +136,8 @@ impl MemPager {
         self.calls().unlocks
     }
 
-    fn check(&self, kernel: KernelId, offset: ObjectOffset, len: u64) -> Result<()> {
-        if !self.calls().kernels.contains_key(&kernel) {
+    fn check(&self, calls: &Calls, kernel: KernelId, offset: ObjectOffset, len: u64) -> Result<()> {
+        if !calls.kernels.contains_key(&kernel) {
             return Err(PagerError::UnknownKernel(kernel.0));
         }
         if len == 0 || !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
@@ -145,34 +155,19 @@ impl MemPager {
         }
         Ok(())
     }
-}
 
-/// Total bytes of a scatter list.
-fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
-    bufs.iter().map(|b| b.len() as u64).sum()
-}
-
-impl Pager for MemPager {
-    fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
-        self.calls().kernels.insert(kernel, control);
-        Ok(ObjectInfo {
-            size: self.size,
-            read_only: self.read_only,
-            may_cache: self.may_cache,
-        })
-    }
-
-    fn data_request(
+    /// `data_request` with both locks held (taken blocking or not).
+    fn serve(
         &self,
+        calls: &mut Calls,
+        s: &Store,
         kernel: KernelId,
         offset: ObjectOffset,
         len: u64,
-        _desired: Access,
         bufs: &[VolatileSlice<'_>],
     ) -> Result<DataReply> {
-        self.check(kernel, offset, len)?;
-        self.calls().data_requests += 1;
-        let s = self.read_store();
+        self.check(calls, kernel, offset, len)?;
+        calls.data_requests += 1;
         let first = offset.raw() / PAGE_SIZE;
         let pages = len / PAGE_SIZE;
         if (first..first + pages).all(|p| !s.present.contains(&p)) {
@@ -216,6 +211,52 @@ impl Pager for MemPager {
             lock: self.initial_lock,
         })
     }
+}
+
+/// Total bytes of a scatter list.
+fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
+    bufs.iter().map(|b| b.len() as u64).sum()
+}
+
+impl Pager for MemPager {
+    fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
+        self.calls().kernels.insert(kernel, control);
+        Ok(ObjectInfo {
+            size: self.size,
+            read_only: self.read_only,
+            may_cache: self.may_cache,
+        })
+    }
+
+    fn data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<DataReply> {
+        let mut calls = self.calls();
+        let store = self.read_store();
+        self.serve(&mut calls, &store, kernel, offset, len, bufs)
+    }
+
+    fn try_data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Option<Result<DataReply>> {
+        if !self.inline {
+            return None;
+        }
+        // Contended locks would mean waiting: say "would block" instead.
+        let mut calls = self.calls.try_lock().ok()?;
+        let store = self.store.try_read().ok()?;
+        Some(self.serve(&mut calls, &store, kernel, offset, len, bufs))
+    }
 
     fn data_write(
         &self,
@@ -224,11 +265,14 @@ impl Pager for MemPager {
         len: u64,
         bufs: &[VolatileSlice<'_>],
     ) -> Result<()> {
-        self.check(kernel, offset, len)?;
-        if self.read_only {
-            return Err(PagerError::ReadOnly);
+        {
+            let mut calls = self.calls();
+            self.check(&calls, kernel, offset, len)?;
+            if self.read_only {
+                return Err(PagerError::ReadOnly);
+            }
+            calls.data_writes += 1;
         }
-        self.calls().data_writes += 1;
         let mut s = self.write_store();
         let mut pos = offset.raw();
         let mut left = len;
@@ -255,8 +299,9 @@ impl Pager for MemPager {
         len: u64,
         desired: Access,
     ) -> Result<UnlockReply> {
-        self.check(kernel, offset, len)?;
-        self.calls().unlocks += 1;
+        let mut calls = self.calls();
+        self.check(&calls, kernel, offset, len)?;
+        calls.unlocks += 1;
         // A read-only object never grants write.
         let lock = if self.read_only && desired.contains(Access::WRITE) {
             Access::WRITE

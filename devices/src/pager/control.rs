@@ -27,6 +27,11 @@ pub struct PendingEvent {
 struct Backlog {
     events: VecDeque<PendingEvent>,
     offer_bytes: usize,
+    /// Per object: the epoch of the one control handle allowed to queue
+    /// events. A new INIT, a TERMINATE or a reset moves it on, so a pager
+    /// holding an older handle is refused instead of reaching a driver that
+    /// no longer (or not yet) knows the object.
+    epochs: Vec<u64>,
 }
 
 /// Shared by every object's `DeviceControl` and the event loop.
@@ -37,11 +42,39 @@ pub struct EventBacklog {
 }
 
 impl EventBacklog {
-    pub fn new() -> io::Result<Self> {
+    pub fn new(objects: usize) -> io::Result<Self> {
         Ok(EventBacklog {
-            inner: Mutex::new(Backlog::default()),
+            inner: Mutex::new(Backlog {
+                epochs: vec![0; objects],
+                ..Backlog::default()
+            }),
             kick: EventFd::new(EFD_NONBLOCK)?,
         })
+    }
+
+    /// A control handle for a new INIT of `object`; older handles of the
+    /// object stop working.
+    pub fn open(self: &Arc<Self>, object: ObjectId) -> DeviceControl {
+        let mut b = self.lock();
+        let epoch = match b.epochs.get_mut(object.0 as usize) {
+            Some(e) => {
+                *e += 1;
+                *e
+            }
+            None => u64::MAX,
+        };
+        DeviceControl {
+            object,
+            epoch,
+            backlog: self.clone(),
+        }
+    }
+
+    /// TERMINATE: the object's current handle stops working.
+    pub fn revoke(&self, object: ObjectId) {
+        if let Some(e) = self.lock().epochs.get_mut(object.0 as usize) {
+            *e += 1;
+        }
     }
 
     /// Readable when events were queued; watched by the event loop.
@@ -53,9 +86,16 @@ impl EventBacklog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, ev: PendingEvent) -> Result<()> {
+    fn push(&self, epoch: u64, ev: PendingEvent) -> Result<()> {
         {
             let mut b = self.lock();
+            // Checked under the same lock `clear` takes: no event of an old
+            // driver instance can slip in after a reset.
+            if b.epochs.get(ev.event.object_id as usize) != Some(&epoch) {
+                return Err(PagerError::Protocol(
+                    "virtio-pager: the kernel no longer has this object initialised".into(),
+                ));
+            }
             if b.events.len() >= MAX_PENDING_EVENTS
                 || b.offer_bytes.saturating_add(ev.data.len()) > MAX_PENDING_OFFER_BYTES
             {
@@ -94,24 +134,30 @@ impl EventBacklog {
         self.len() == 0
     }
 
-    /// Device reset: events addressed to the old driver instance are void.
+    /// Device reset: events addressed to the old driver instance are void,
+    /// and so is every control handle given out before.
     pub fn clear(&self) {
         let mut b = self.lock();
         b.events.clear();
         b.offer_bytes = 0;
+        for e in &mut b.epochs {
+            *e += 1;
+        }
     }
 }
 
-/// The `KernelControl` handed to one object's pager at INIT.
+/// The `KernelControl` handed to one object's pager at INIT
+/// (`EventBacklog::open`).
 #[derive(Debug)]
 pub struct DeviceControl {
     object: ObjectId,
+    epoch: u64,
     backlog: Arc<EventBacklog>,
 }
 
 impl DeviceControl {
-    pub fn new(object: ObjectId, backlog: Arc<EventBacklog>) -> Self {
-        DeviceControl { object, backlog }
+    fn push(&self, event: Event, data: Vec<u8>) -> Result<()> {
+        self.backlog.push(self.epoch, PendingEvent { event, data })
     }
 
     fn event(&self, ev_type: u16, flags: u16, offset: u64, length: u64, lock: Access) -> Event {
@@ -157,10 +203,7 @@ impl KernelControl for DeviceControl {
             flags |= event::F_FLUSH;
         }
         let event = self.event(event::LOCK_REQUEST, flags, offset.raw(), len, lock);
-        self.backlog.push(PendingEvent {
-            event,
-            data: Vec::new(),
-        })
+        self.push(event, Vec::new())
     }
 
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
@@ -172,19 +215,13 @@ impl KernelControl for DeviceControl {
             data.len() as u64,
             lock,
         );
-        self.backlog.push(PendingEvent {
-            event,
-            data: data.to_vec(),
-        })
+        self.push(event, data.to_vec())
     }
 
     fn set_cache(&self, may_cache: bool) -> Result<()> {
         let flags = if may_cache { event::F_MAY_CACHE } else { 0 };
         let event = self.event(event::CACHE, flags, 0, 0, Access::NONE);
-        self.backlog.push(PendingEvent {
-            event,
-            data: Vec::new(),
-        })
+        self.push(event, Vec::new())
     }
 
     fn destroy(&self, reason: &str) -> Result<()> {
@@ -194,9 +231,6 @@ impl KernelControl for DeviceControl {
             "virtio-pager: object destroyed by its pager"
         );
         let event = self.event(event::DESTROY, 0, 0, 0, Access::NONE);
-        self.backlog.push(PendingEvent {
-            event,
-            data: Vec::new(),
-        })
+        self.push(event, Vec::new())
     }
 }

@@ -546,10 +546,19 @@ fn object_state_rules() {
 }
 
 #[test]
-fn one_kick_many_requests_one_interrupt() {
+fn one_kick_many_requests_one_interrupt_inline() {
+    one_kick_many_requests_one_interrupt(MemPager::filled(128 * PG, pattern), true);
+}
+
+#[test]
+fn one_kick_many_requests_one_interrupt_workers() {
+    one_kick_many_requests_one_interrupt(MemPager::filled(128 * PG, pattern).blocking(), false);
+}
+
+fn one_kick_many_requests_one_interrupt(p: MemPager, inline: bool) {
     let mem = test_mem();
     let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
-    let p = Arc::new(MemPager::filled(128 * PG, pattern));
+    let p = Arc::new(p);
     let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
     h.init(&mut rq, 0);
     let _ = h.irq_count();
@@ -569,19 +578,23 @@ fn one_kick_many_requests_one_interrupt() {
     // Drive the device by hand to observe the batching exactly: one pass
     // over the ring, then retire all completions at once.
     let mut dev = h.dev.lock().expect("lock");
+    let before = dev.stats();
     dev.process_request_queue();
     let done = dev.completions.clone();
     while done.in_flight() > 0 {
         wait_readable(done.evt());
         let _ = done.evt().read();
     }
-    let before = dev.stats().interrupts;
     dev.process_completions();
+    let after = dev.stats();
     assert_eq!(
-        dev.stats().interrupts - before,
+        after.interrupts - before.interrupts,
         1,
         "one interrupt for the whole batch"
     );
+    // 64 pages are within one pass's inline budget.
+    let want_inline = if inline { N } else { 0 };
+    assert_eq!(after.inline - before.inline, want_inline);
     drop(dev);
     assert_eq!(rq.used_count(), 1 + N as u16);
     let mut seen: Vec<u16> = (1..=N as u16).map(|i| rq.used(i).0).collect();

@@ -41,11 +41,13 @@ pub enum Effect {
     None,
     Initialized(ObjectInfo),
     InitFailed,
+    Terminated,
 }
 
 #[derive(Debug)]
 pub struct Completion {
-    pub head: u16,
+    /// `None` for device-internal work: no used-ring entry, effect only.
+    pub head: Option<u16>,
     pub generation: u64,
     pub object: ObjectId,
     pub used_len: u32,
@@ -86,10 +88,8 @@ impl Completions {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    fn push(&self, c: Option<Completion>) {
-        if let Some(c) = c {
-            self.lock().push(c);
-        }
+    fn push(&self, c: Completion) {
+        self.lock().push(c);
         // Decrement after the push so "in_flight == 0" implies every
         // completion is visible to `take`.
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -126,8 +126,9 @@ impl WorkerPool {
         })
     }
 
-    /// Queue a job. Never blocks (unbounded channel; the queue size bounds
-    /// how many jobs a driver can have outstanding).
+    /// Queue a job. Never blocks. The channel has no capacity of its own:
+    /// the device bounds what it admits (requests in flight ≤ queue size,
+    /// plus at most one internal TERMINATE per object).
     pub fn submit(&self, job: Job) -> bool {
         let Some(tx) = &self.tx else { return false };
         self.completions.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -164,28 +165,104 @@ fn worker_loop(rx: &Mutex<Receiver<Job>>, done: &Completions) {
     }
 }
 
-/// Runs one job to completion and writes its response.
-pub fn run(job: Job) -> Option<Completion> {
+/// Runs one job to completion, blocking as long as the pager does, and
+/// writes its response.
+pub fn run(job: Job) -> Completion {
     let (resp, data_bytes, effect) = execute(&job);
-    let head = job.head?;
-    let used_len = match job.mem.write_slice(&resp.to_bytes(), job.status) {
-        // Used length counts every byte written to device-writable buffers:
-        // page data placed in frames plus the response.
-        Ok(()) => u32::try_from(data_bytes + RESP_SIZE as u64).unwrap_or(u32::MAX),
-        Err(e) => {
-            // Cannot happen for a validated chain, but the guest must still
-            // get its buffer back.
-            tracing::warn!(%e, "virtio-pager: response write failed");
-            0
-        }
+    finish(&job, &resp, data_bytes, effect)
+}
+
+/// The event loop's fast path: a DATA_REQUEST the pager can answer without
+/// blocking (`Pager::try_data_request`) is completed right here. `None`:
+/// the pager would block (or the job is not a DATA_REQUEST); hand the job
+/// to a worker.
+pub fn try_run(job: &Job) -> Option<Completion> {
+    let Request::DataRequest {
+        offset,
+        len,
+        desired,
+        frames,
+    } = &job.request
+    else {
+        return None;
     };
-    Some(Completion {
-        head,
+    let Some(bufs) = frame_slices(&job.mem, frames) else {
+        let resp = Response::error(status::BAD_REQUEST);
+        return Some(finish(job, &resp, 0, Effect::None));
+    };
+    let reply = job
+        .pager
+        .try_data_request(job.kernel, *offset, *len, *desired, &bufs)?;
+    let (resp, data_bytes) = data_response(reply, *len, frames);
+    Some(finish(job, &resp, data_bytes, Effect::None))
+}
+
+/// Writes the response into the guest's status descriptor.
+fn finish(job: &Job, resp: &Response, data_bytes: u64, effect: Effect) -> Completion {
+    let used_len = match job.head {
+        None => 0,
+        Some(_) => match job.mem.write_slice(&resp.to_bytes(), job.status) {
+            // Used length counts every byte written to device-writable
+            // buffers: page data placed in frames plus the response.
+            Ok(()) => u32::try_from(data_bytes + RESP_SIZE as u64).unwrap_or(u32::MAX),
+            Err(e) => {
+                // Cannot happen for a validated chain, but the guest must
+                // still get its buffer back.
+                tracing::warn!(%e, "virtio-pager: response write failed");
+                0
+            }
+        },
+    };
+    Completion {
+        head: job.head,
         generation: job.generation,
         object: job.object,
         used_len,
         effect,
-    })
+    }
+}
+
+/// Checks the pager's answer to a DATA_REQUEST: a buggy backend must not
+/// make the guest map pages that were not filled.
+fn data_response(
+    reply: pager_backends::Result<DataReply>,
+    len: u64,
+    frames: &[Segment],
+) -> (Response, u64) {
+    let total: u64 = frames.iter().map(|f| u64::from(f.len)).sum();
+    match reply {
+        Ok(DataReply::Provided { bytes, lock }) => {
+            if bytes < len || bytes > total || bytes % PAGE_SIZE != 0 {
+                tracing::warn!(
+                    bytes,
+                    len,
+                    total,
+                    "virtio-pager: pager returned a bad length"
+                );
+                return (Response::error(status::PAGER_FAILED), 0);
+            }
+            let resp = Response {
+                kind: kind::DATA_PROVIDED,
+                bytes,
+                lock: lock.bits(),
+                ..Default::default()
+            };
+            (resp, bytes)
+        }
+        Ok(DataReply::Unavailable { bytes }) => {
+            if bytes < len || bytes % PAGE_SIZE != 0 {
+                return (Response::error(status::PAGER_FAILED), 0);
+            }
+            let resp = Response {
+                kind: kind::DATA_UNAVAILABLE,
+                // The guest can only zero-fill frames it offered.
+                bytes: bytes.min(total),
+                ..Default::default()
+            };
+            (resp, 0)
+        }
+        Err(e) => (Response::error(error_status(&e)), 0),
+    }
 }
 
 fn execute(job: &Job) -> (Response, u64, Effect) {
@@ -224,42 +301,9 @@ fn execute(job: &Job) -> (Response, u64, Effect) {
             let Some(bufs) = frame_slices(&job.mem, frames) else {
                 return (Response::error(status::BAD_REQUEST), 0, Effect::None);
             };
-            let total: u64 = frames.iter().map(|f| u64::from(f.len)).sum();
-            match p.data_request(k, *offset, *len, *desired, &bufs) {
-                Ok(DataReply::Provided { bytes, lock }) => {
-                    // The pager's answer is checked too: a buggy backend
-                    // must not make the guest map pages that were not filled.
-                    if bytes < *len || bytes > total || bytes % PAGE_SIZE != 0 {
-                        tracing::warn!(
-                            bytes,
-                            len,
-                            total,
-                            "virtio-pager: pager returned a bad length"
-                        );
-                        return (Response::error(status::PAGER_FAILED), 0, Effect::None);
-                    }
-                    let resp = Response {
-                        kind: kind::DATA_PROVIDED,
-                        bytes,
-                        lock: lock.bits(),
-                        ..Default::default()
-                    };
-                    (resp, bytes, Effect::None)
-                }
-                Ok(DataReply::Unavailable { bytes }) => {
-                    if bytes < *len || bytes % PAGE_SIZE != 0 {
-                        return (Response::error(status::PAGER_FAILED), 0, Effect::None);
-                    }
-                    let resp = Response {
-                        kind: kind::DATA_UNAVAILABLE,
-                        // The guest can only zero-fill frames it offered.
-                        bytes: bytes.min(total),
-                        ..Default::default()
-                    };
-                    (resp, 0, Effect::None)
-                }
-                Err(e) => (Response::error(error_status(&e)), 0, Effect::None),
-            }
+            let reply = p.data_request(k, *offset, *len, *desired, &bufs);
+            let (resp, bytes) = data_response(reply, *len, frames);
+            (resp, bytes, Effect::None)
         }
         Request::DataWrite {
             offset,
@@ -290,7 +334,8 @@ fn execute(job: &Job) -> (Response, u64, Effect) {
             ),
             Err(e) => (Response::error(error_status(&e)), 0, Effect::None),
         },
-        Request::Terminate => (result(p.terminate(k)), 0, Effect::None),
+        // Whatever the pager says, the object is no longer initialised.
+        Request::Terminate => (result(p.terminate(k)), 0, Effect::Terminated),
         Request::Sync => (result(p.sync()), 0, Effect::None),
     }
 }

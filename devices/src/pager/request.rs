@@ -1,0 +1,291 @@
+//! The request queue: take chains, validate them (wire.rs), apply the
+//! object state rules (objects.rs), answer what the pager can answer without
+//! blocking right here, hand the rest to the workers, retire completions.
+
+use super::device::PagerDevice;
+use super::objects::{Admission, Next};
+use super::wire::{
+    self, MAX_CHAIN_LEN, ObjectId, QUEUE_SIZE, REQ_HDR_SIZE, REQUEST_QUEUE, RESP_SIZE, Request,
+    Response, status,
+};
+use super::worker::{self, Completion, Job};
+use crate::virtio::{collect_chain, features};
+use std::sync::Arc;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Page data the event loop copies inline per pass over the ring before it
+/// hands further requests to the workers: bounds how long one pass holds
+/// the device (and so delays the vCPU's register accesses).
+pub(crate) const INLINE_BYTES_PER_PASS: u64 = 1 << 20;
+
+impl PagerDevice {
+    /// Request queue notification: take every available chain (one kick may
+    /// carry many requests), up to the in-flight bound.
+    pub fn process_request_queue(&mut self) {
+        if self.take_requests() {
+            self.signal_used(REQUEST_QUEUE);
+        }
+    }
+
+    /// Completion kick: retire every finished job, then take chains left on
+    /// the ring for want of room; one interrupt for all of it.
+    pub fn process_completions(&mut self) {
+        let _ = self.completions.evt().read();
+        let mut used = false;
+        for c in self.completions.take() {
+            used |= self.retire(c);
+        }
+        if self.req_throttled {
+            used |= self.take_requests();
+        }
+        if used {
+            self.signal_used(REQUEST_QUEUE);
+        }
+    }
+
+    /// Returns true if used entries were added.
+    fn take_requests(&mut self) -> bool {
+        self.req_throttled = false;
+        if self.needs_reset {
+            return false;
+        }
+        let Some(active) = self.active.as_ref() else {
+            return false;
+        };
+        let mem = active.mem.clone();
+        // A well-behaved driver never has more chains out than the ring
+        // holds; one that republishes heads without waiting is held here.
+        let bound = usize::from(active.reqq.size());
+        let event_idx = self.has(features::VIRTIO_RING_F_EVENT_IDX);
+        let mut budget = INLINE_BYTES_PER_PASS;
+        let mut used = false;
+        loop {
+            let room = bound.saturating_sub(self.outstanding);
+            if room == 0 {
+                // Completions free room and call us again; until then the
+                // chains wait on the ring (never rejected, never dropped).
+                self.req_throttled = true;
+                self.stats.throttled += 1;
+                return used;
+            }
+            let Some(active) = self.active.as_mut() else {
+                return used;
+            };
+            if event_idx && active.reqq.disable_notification(&*mem).is_err() {
+                self.enter_needs_reset("request queue unreadable");
+                return used;
+            }
+            let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = match active.reqq.iter(&*mem) {
+                Ok(it) => it.take(room).collect(),
+                Err(_) => {
+                    self.enter_needs_reset("request queue available index out of range");
+                    return used;
+                }
+            };
+            let took = chains.len();
+            for chain in chains {
+                used |= self.handle_request(&mem, chain, &mut budget);
+            }
+            if took == room {
+                // Maybe more; the bound check above decides.
+                continue;
+            }
+            if !event_idx {
+                return used;
+            }
+            let Some(active) = self.active.as_mut() else {
+                return used;
+            };
+            match active.reqq.enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => return used,
+                Err(_) => {
+                    self.enter_needs_reset("request queue unreadable");
+                    return used;
+                }
+            }
+        }
+    }
+
+    /// Returns true if the chain was completed at once (rejected, or
+    /// answered inline).
+    fn handle_request(
+        &mut self,
+        mem: &Arc<GuestMemoryMmap>,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        budget: &mut u64,
+    ) -> bool {
+        self.stats.requests += 1;
+        let head = chain.head_index();
+        let segs = match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN) {
+            Ok(s) => s,
+            Err(e) => {
+                // No trustworthy status slot in a chain we could not walk.
+                tracing::debug!(%e, "virtio-pager: bad request chain");
+                return self.reject(mem, head, None, status::BAD_REQUEST);
+            }
+        };
+        let limits = self.limits();
+        let parsed = wire::parse_request(&segs, &limits, |addr| {
+            let mut b = [0u8; REQ_HDR_SIZE];
+            mem.read_slice(&mut b, addr).ok().map(|_| b)
+        });
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%e, "virtio-pager: bad request");
+                return self.reject(mem, head, wire::status_slot(&segs), e.status());
+            }
+        };
+        let object = parsed.object;
+        let Some(slot) = self.objects.get_mut(object.0 as usize) else {
+            return self.reject(mem, head, Some(parsed.status), status::NO_OBJECT);
+        };
+        let admission = slot.admit(&parsed.request);
+        let job = Job {
+            head: Some(head),
+            generation: self.generation,
+            object,
+            pager: slot.pager.clone(),
+            kernel: self.kernel,
+            control: None,
+            request: parsed.request,
+            status: parsed.status,
+            mem: mem.clone(),
+        };
+        match admission {
+            Admission::Reject(code) => self.reject(mem, head, Some(job.status), code),
+            Admission::Defer => {
+                self.outstanding += 1;
+                if let Some(slot) = self.objects.get_mut(object.0 as usize) {
+                    slot.defer(job);
+                }
+                false
+            }
+            Admission::Run => {
+                self.outstanding += 1;
+                if let Request::DataRequest { len, .. } = &job.request
+                    && *budget > 0
+                {
+                    // The fast path: no hand-off to a worker and back.
+                    let len = *len;
+                    if let Some(c) = worker::try_run(&job) {
+                        *budget = budget.saturating_sub(len);
+                        self.stats.inline += 1;
+                        return self.retire(c);
+                    }
+                }
+                self.start(job)
+            }
+        }
+    }
+
+    /// Hands a job to the workers. An INIT gets its control handle here, so
+    /// handles of earlier INITs of the object stop working. Returns true if
+    /// the chain had to be completed at once (the pool is gone).
+    fn start(&mut self, mut job: Job) -> bool {
+        let object = job.object;
+        match job.request {
+            Request::Init => job.control = Some(Arc::new(self.backlog.open(object))),
+            Request::Terminate => self.backlog.revoke(object),
+            _ => {}
+        }
+        let (head, status_at) = (job.head, job.status);
+        if self.pool.submit(job) {
+            return false;
+        }
+        if let Some(s) = self.objects.get_mut(object.0 as usize) {
+            s.init_not_started();
+        }
+        match head {
+            Some(head) => {
+                self.outstanding = self.outstanding.saturating_sub(1);
+                let Some(a) = self.active.as_ref() else {
+                    return false;
+                };
+                let mem = a.mem.clone();
+                self.reject(&mem, head, Some(status_at), status::PAGER_FAILED)
+            }
+            None => false,
+        }
+    }
+
+    /// Device-internal TERMINATE (no chain): the pager forgets this kernel.
+    pub(crate) fn terminate_internally(&mut self, object: ObjectId, mem: Arc<GuestMemoryMmap>) {
+        let Some(slot) = self.objects.get(object.0 as usize) else {
+            return;
+        };
+        let job = Job {
+            head: None,
+            generation: self.generation,
+            object,
+            pager: slot.pager.clone(),
+            kernel: self.kernel,
+            control: None,
+            request: Request::Terminate,
+            status: GuestAddress(0),
+            mem,
+        };
+        self.start(job);
+    }
+
+    /// Applies a completion's effect on the object and, if it belongs to
+    /// the current ring, adds its used entry. Returns true if one was added.
+    fn retire(&mut self, c: Completion) -> bool {
+        let next = match self.objects.get_mut(c.object.0 as usize) {
+            Some(slot) => slot.finished(&c.effect),
+            None => Next::Nothing,
+        };
+        let mut used = false;
+        match next {
+            Next::Nothing => {}
+            Next::Init(job) => used |= self.start(job),
+            Next::Terminate => {
+                if let Some(mem) = self.guest_mem() {
+                    self.terminate_internally(c.object, mem);
+                }
+            }
+        }
+        if c.generation != self.generation || self.active.is_none() {
+            // Finished after a reset: the ring it belonged to is gone.
+            return used;
+        }
+        let Some(head) = c.head else {
+            return used;
+        };
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.stats.completed += 1;
+        used | self.add_used(REQUEST_QUEUE, head, c.used_len)
+    }
+
+    /// Guest memory for a device-internal job (any will do: a TERMINATE
+    /// never touches it).
+    fn guest_mem(&self) -> Option<Arc<GuestMemoryMmap>> {
+        self.active
+            .as_ref()
+            .map(|a| a.mem.clone())
+            .or_else(|| self.retired_mem.clone())
+    }
+
+    fn reject(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        slot: Option<GuestAddress>,
+        code: u32,
+    ) -> bool {
+        self.stats.rejected += 1;
+        let len = match slot {
+            Some(addr)
+                if mem
+                    .write_slice(&Response::error(code).to_bytes(), addr)
+                    .is_ok() =>
+            {
+                RESP_SIZE as u32
+            }
+            _ => 0,
+        };
+        self.add_used(REQUEST_QUEUE, head, len)
+    }
+}
