@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 /// The kernel command-line word that tells the guest where the device is,
 /// in Linux's `virtio_mmio.device=<size>@<base>:<irq>` format.
 pub fn cmdline_word(base: u64, size: u64, irq: u32) -> String {
-    let size = if size % 1024 == 0 {
+    let size = if size.is_multiple_of(1024) {
         format!("{}K", size / 1024)
     } else {
         size.to_string()
