@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const USER_PROGRAMS: [&str; 5] = ["init", "spawn", "fault", "priv", "spin"];
+const USER_PROGRAMS: [&str; 7] = [
+    "init", "spawn", "fault", "priv", "spin", "objsum", "objfill",
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -46,12 +46,74 @@ pub const SYS_TASK_WAIT: u64 = 3;
 /// Give up the processor.
 pub const SYS_YIELD: u64 = 4;
 
+/// (name ptr, name len) -> object id. The first lookup of an object
+/// initialises it with its pager (pager_init) and blocks until it answers.
+pub const SYS_OBJECT_LOOKUP: u64 = 5;
+/// (object id, out ptr to [`ObjectStat`]) -> 0.
+pub const SYS_OBJECT_STAT: u64 = 6;
+/// (object id, offset, buf ptr, len) -> bytes read. Offset, buffer and
+/// length page aligned, len ≤ [`OBJECT_IO_MAX`]; the device fills the
+/// task's own frames (no copy). Bytes past the object's end read as zero.
+pub const SYS_OBJECT_READ: u64 = 7;
+/// (object id, offset, buf ptr, len) -> bytes written; as for read. The
+/// part of the last page beyond the object's end is not written.
+pub const SYS_OBJECT_WRITE: u64 = 8;
+/// (object id) -> 0 once every write so far is durable with the pager.
+pub const SYS_OBJECT_SYNC: u64 = 9;
+
+/// Largest object read or write in one call.
+pub const OBJECT_IO_MAX: u64 = 1 << 20;
+
+/// What SYS_OBJECT_STAT reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObjectStat {
+    /// Current size in bytes (as the pager told it at initialisation).
+    pub size: u64,
+    /// `OBJECT_READ_ONLY` and friends.
+    pub flags: u64,
+}
+pub const OBJECT_READ_ONLY: u64 = 1;
+pub const OBJECT_MAY_CACHE: u64 = 2;
+
+pub const ERR_IO: i64 = -5;
+pub const ERR_NO_DEVICE: i64 = -6;
+pub const ERR_BUSY: i64 = -16;
+pub const ERR_NO_OBJECT: i64 = -19;
+pub const ERR_READ_ONLY: i64 = -30;
+pub const ERR_PAST_END: i64 = -34;
+/// The pager broke protocol, timed out or died.
+pub const ERR_PAGER_FAILED: i64 = -71;
+/// The device was reset while the request was in flight; look the object
+/// up again.
+pub const ERR_RESET: i64 = -104;
 pub const ERR_BAD_ADDRESS: i64 = -14;
 pub const ERR_NO_SUCH_PROGRAM: i64 = -2;
 pub const ERR_NO_SUCH_TASK: i64 = -3;
 pub const ERR_NO_MEMORY: i64 = -12;
 pub const ERR_INVALID: i64 = -22;
 pub const ERR_NO_SYSCALL: i64 = -38;
+
+/// A short description of an error code, for user programs' messages.
+pub fn error_name(e: i64) -> &'static str {
+    match e {
+        ERR_BAD_ADDRESS => "bad address",
+        ERR_NO_SUCH_PROGRAM => "no such program",
+        ERR_NO_SUCH_TASK => "no such task",
+        ERR_NO_MEMORY => "out of memory",
+        ERR_INVALID => "invalid argument",
+        ERR_NO_SYSCALL => "no such system call",
+        ERR_IO => "I/O error in the backing store",
+        ERR_NO_DEVICE => "no virtio-pager device",
+        ERR_BUSY => "too many requests in flight",
+        ERR_NO_OBJECT => "no such object",
+        ERR_READ_ONLY => "object is read-only",
+        ERR_PAST_END => "offset past the end of the object",
+        ERR_PAGER_FAILED => "pager failed (timed out, died or broke protocol)",
+        ERR_RESET => "device was reset",
+        _ => "unknown error",
+    }
+}
 
 /// Where user programs are linked and where their stack lives.
 pub const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_f000;

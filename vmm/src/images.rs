@@ -10,6 +10,8 @@ pub const PROGRAMS: &[(&str, &[u8])] = &[
     ("fault", include_bytes!(env!("DUALITY_USER_FAULT"))),
     ("priv", include_bytes!(env!("DUALITY_USER_PRIV"))),
     ("spin", include_bytes!(env!("DUALITY_USER_SPIN"))),
+    ("objsum", include_bytes!(env!("DUALITY_USER_OBJSUM"))),
+    ("objfill", include_bytes!(env!("DUALITY_USER_OBJFILL"))),
 ];
 
 pub fn program_names() -> String {

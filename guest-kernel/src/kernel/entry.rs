@@ -27,7 +27,7 @@ pub static mut SYSCALL_USER_RSP: u64 = 0;
 
 unsafe extern "C" {
     /// Start of the entry stub for vector `v` is `TRAP_STUBS[v]`.
-    pub static TRAP_STUBS: [u64; 33];
+    pub static TRAP_STUBS: [u64; 34];
     pub fn spurious_stub();
     pub fn syscall_entry();
     /// Resumes the frame at `rsp` (restores registers, iretq).
@@ -146,7 +146,7 @@ pvh_gdt_ptr:
 global_asm!(
     r#"
     .section .text
-    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,32
+    .irp v, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,32,33
 trap_stub_\v:
     push 0
     push \v
@@ -168,7 +168,7 @@ spurious_stub:
     .balign 8
     .global TRAP_STUBS
 TRAP_STUBS:
-    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33
     .quad trap_stub_\v
     .endr
 

@@ -15,11 +15,15 @@ mod gdt;
 mod idt;
 mod lapic;
 mod mem;
+mod ioapic;
 mod mm;
+mod objcall;
 mod scheduler;
 mod syscall;
 mod task;
 mod trap;
+mod vpager;
+mod vpager_selftest;
 
 use console::{Dec, Hex};
 use cpu::{MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR, outl, rdmsr, wrmsr};
@@ -84,6 +88,9 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         }
         _ => {}
     }
+
+    let mut mem = mem;
+    vpager::init(cmd, &mut mem.frames, mem.kernel_root);
 
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
     let args = cmdline::init_args(cmd);

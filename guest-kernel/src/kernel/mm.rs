@@ -7,7 +7,7 @@ use guest_kernel::addr::{
 };
 use guest_kernel::bootinfo::{BootInfo, PhysRead};
 use guest_kernel::frame::FrameAllocator;
-use guest_kernel::paging::{self, NO_EXECUTE, TableMemory, WRITABLE};
+use guest_kernel::paging::{self, NO_CACHE, NO_EXECUTE, TableMemory, WRITABLE};
 use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
@@ -71,6 +71,27 @@ pub fn alloc_zeroed(frames: &mut FrameAllocator) -> Option<PhysAddr> {
         unsafe { core::ptr::write_bytes(phys_to_virt(f.addr), 0, PAGE_SIZE as usize) };
     }
     Some(f.addr)
+}
+
+/// Makes device registers at `pa` reachable through the direct map
+/// (uncached, 2 MiB granule). RAM that is already mapped there stays as it
+/// is: KVM traps every access to an address without a memory slot anyway.
+pub fn map_mmio(frames: &mut FrameAllocator, root: PhysAddr, pa: PhysAddr) -> bool {
+    let base = pa.align_down(LARGE_PAGE_SIZE);
+    let va = VirtAddr(DIRECT_MAP_BASE + base.0);
+    let mut tables = DirectTables(frames);
+    if paging::translate(&mut tables, root, va).is_some() {
+        return true;
+    }
+    paging::map_large_range(
+        &mut tables,
+        root,
+        va,
+        base,
+        LARGE_PAGE_SIZE,
+        WRITABLE | NO_EXECUTE | NO_CACHE,
+    )
+    .is_ok()
 }
 
 pub struct Memory {

@@ -140,6 +140,7 @@ impl Kernel {
         if id == self.init {
             kprint!("init exited with status ", IDec(status), "\n");
             crate::console::lock().flush();
+            crate::vpager::shutdown();
             power_off(status as u32);
         }
         let Some(t) = self.tasks.get_mut(&id) else {
@@ -187,8 +188,34 @@ impl Kernel {
         })
     }
 
-    fn wake_with(&mut self, id: TaskId, result: i64) {
+    /// The running task sleeps in `state` until `wake_with`; its system
+    /// call result comes from whoever wakes it.
+    pub fn block_current(&mut self, state: State) {
+        if let Some(t) = self.current() {
+            t.state = state;
+        }
+    }
+
+    /// Wakes every task blocked in `state`, each with `result`.
+    pub fn wake_all(&mut self, state: State, result: i64) {
+        let ids: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == state)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.wake_with(id, result);
+        }
+    }
+
+    /// Makes a blocked task runnable with `result` as its system call's.
+    /// Does nothing to a task that is not blocked (a stale completion).
+    pub fn wake_with(&mut self, id: TaskId, result: i64) {
         if let Some(t) = self.tasks.get_mut(&id) {
+            if matches!(t.state, State::Ready | State::Running | State::Exited(_)) {
+                return;
+            }
             // SAFETY: a blocked task's frame is valid until it runs again.
             unsafe { (*t.frame).rax = result as u64 };
             t.state = State::Ready;

@@ -3,13 +3,14 @@
 //! reached through the direct map, never through the user mapping.
 
 use crate::mm::{DirectTables, phys_to_virt};
+use crate::objcall;
 use crate::scheduler::{Kernel, SpawnError};
 use crate::task::LoadError;
 use crate::trap::TrapFrame;
 use alloc::vec::Vec;
 use guest_kernel::abi::*;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
-use guest_kernel::paging::{self, USER};
+use guest_kernel::paging::{self, USER, WRITABLE};
 use guest_kernel::sched::TaskId;
 
 const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
@@ -45,6 +46,19 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             k.need_resched = true;
             0
         }
+        SYS_OBJECT_LOOKUP => match objcall::lookup(k, f) {
+            Some(r) => r,
+            None => return,
+        },
+        SYS_OBJECT_STAT => objcall::stat(k, f),
+        SYS_OBJECT_READ | SYS_OBJECT_WRITE => match objcall::io(k, f, f.rax == SYS_OBJECT_WRITE) {
+            Some(r) => r,
+            None => return,
+        },
+        SYS_OBJECT_SYNC => match objcall::sync(k, f) {
+            Some(r) => r,
+            None => return,
+        },
         _ => ERR_NO_SYSCALL,
     };
     f.rax = result as u64;
@@ -56,6 +70,7 @@ fn user_pieces(
     k: &mut Kernel,
     va: VirtAddr,
     len: u64,
+    need: u64,
     mut each: impl FnMut(PhysAddr, u64),
 ) -> Result<(), i64> {
     let end = va.checked_add(len).ok_or(ERR_BAD_ADDRESS)?;
@@ -67,7 +82,7 @@ fn user_pieces(
     while at < end {
         let (pa, flags) =
             paging::translate(&mut DirectTables(&mut k.frames), root, at).ok_or(ERR_BAD_ADDRESS)?;
-        if flags & USER == 0 {
+        if flags & need != need {
             return Err(ERR_BAD_ADDRESS);
         }
         let n = (PAGE_SIZE - at.page_offset()).min(end.0 - at.0);
@@ -77,16 +92,30 @@ fn user_pieces(
     Ok(())
 }
 
-fn copy_from_user(k: &mut Kernel, va: VirtAddr, len: u64, max: u64) -> Result<Vec<u8>, i64> {
+pub fn copy_from_user(k: &mut Kernel, va: VirtAddr, len: u64, max: u64) -> Result<Vec<u8>, i64> {
     if len > max {
         return Err(ERR_INVALID);
     }
-    let mut out = Vec::with_capacity(len as usize);
-    user_pieces(k, va, len, |pa, n| {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len as usize).map_err(|_| ERR_NO_MEMORY)?;
+    user_pieces(k, va, len, USER, |pa, n| {
         // SAFETY: a user page just checked, read through the direct map.
         out.extend_from_slice(unsafe { core::slice::from_raw_parts(phys_to_virt(pa), n as usize) })
     })?;
     Ok(out)
+}
+
+/// Copies `bytes` into the user's writable pages at `va`.
+pub fn copy_to_user(k: &mut Kernel, va: VirtAddr, bytes: &[u8]) -> Result<(), i64> {
+    // Check the whole range first so a bad tail writes nothing.
+    user_pieces(k, va, bytes.len() as u64, USER | WRITABLE, |_, _| {})?;
+    let mut done = 0usize;
+    user_pieces(k, va, bytes.len() as u64, USER | WRITABLE, |pa, n| {
+        let n = n as usize;
+        // SAFETY: a user page just checked writable, through the direct map.
+        unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys_to_virt(pa), n) };
+        done += n;
+    })
 }
 
 /// The VMM reads the user's bytes straight from guest memory: one doorbell
@@ -96,7 +125,7 @@ fn console_write(k: &mut Kernel, va: VirtAddr, len: u64) -> i64 {
         return ERR_INVALID;
     }
     let mut pieces: Vec<(PhysAddr, u64)> = Vec::new();
-    if let Err(e) = user_pieces(k, va, len, |pa, n| match pieces.last_mut() {
+    if let Err(e) = user_pieces(k, va, len, USER, |pa, n| match pieces.last_mut() {
         Some((last, ln)) if last.0 + *ln == pa.0 => *ln += n,
         _ => pieces.push((pa, n)),
     }) {

@@ -28,6 +28,11 @@ pub enum State {
     Running,
     /// Blocked in task_wait on that task.
     Waiting(TaskId),
+    /// Blocked until a memory object's pager answers its initialisation.
+    ObjectInit(u32),
+    /// Blocked until a device request for it completes; its frames are in
+    /// the device's hands meanwhile, so it cannot be torn down.
+    Io,
     Exited(i64),
 }
 

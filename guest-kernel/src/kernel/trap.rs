@@ -6,6 +6,7 @@ use crate::console::{Dec, Hex};
 use crate::cpu::{self, MSR_LSTAR};
 use crate::lapic::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::scheduler::{self, KERNEL};
+use crate::vpager::VIRTIO_VECTOR;
 use crate::{kprint, syscall};
 use guest_kernel::abi::EXIT_KERNEL_FAULT;
 
@@ -114,6 +115,11 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
             crate::lapic::eoi();
             k.ticks += 1;
             k.need_resched = true;
+            crate::objcall::tick(k);
+        }
+        v if v == u64::from(VIRTIO_VECTOR) => {
+            crate::objcall::interrupt(k);
+            crate::lapic::eoi();
         }
         SPURIOUS_VECTOR => {}
         _ => {}

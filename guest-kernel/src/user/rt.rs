@@ -137,3 +137,62 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     crate::println!("user panic: {}", info);
     exit(101)
 }
+
+/// A memory object exported by the VMM (`vmm run --object NAME=URI`).
+pub mod object {
+    use super::{abi, syscall};
+
+    /// The object's id, after its pager initialised it (may block).
+    pub fn lookup(name: &[u8]) -> Result<u64, i64> {
+        // SAFETY: a valid slice.
+        let r = unsafe {
+            syscall(abi::SYS_OBJECT_LOOKUP, name.as_ptr() as u64, name.len() as u64, 0, 0)
+        };
+        if r < 0 { Err(r) } else { Ok(r as u64) }
+    }
+
+    pub fn stat(id: u64) -> Result<abi::ObjectStat, i64> {
+        let mut st = abi::ObjectStat::default();
+        // SAFETY: a valid out-pointer.
+        let r = unsafe { syscall(abi::SYS_OBJECT_STAT, id, &raw mut st as u64, 0, 0) };
+        if r < 0 { Err(r) } else { Ok(st) }
+    }
+
+    /// Fills `buf` (page aligned, whole pages) from `offset`.
+    pub fn read(id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i64> {
+        // SAFETY: a valid, writable slice the kernel lends to the device.
+        let r = unsafe {
+            syscall(abi::SYS_OBJECT_READ, id, offset, buf.as_mut_ptr() as u64, buf.len() as u64)
+        };
+        if r < 0 { Err(r) } else { Ok(r as usize) }
+    }
+
+    /// Writes `buf` (page aligned, whole pages) at `offset`.
+    pub fn write(id: u64, offset: u64, buf: &[u8]) -> Result<usize, i64> {
+        // SAFETY: a valid slice.
+        let r = unsafe {
+            syscall(abi::SYS_OBJECT_WRITE, id, offset, buf.as_ptr() as u64, buf.len() as u64)
+        };
+        if r < 0 { Err(r) } else { Ok(r as usize) }
+    }
+
+    pub fn sync(id: u64) -> Result<(), i64> {
+        // SAFETY: no memory arguments.
+        let r = unsafe { syscall(abi::SYS_OBJECT_SYNC, id, 0, 0, 0) };
+        if r < 0 { Err(r) } else { Ok(()) }
+    }
+
+    /// A page-aligned I/O buffer of the largest request size.
+    #[repr(C, align(4096))]
+    pub struct IoBuf(pub [u8; abi::OBJECT_IO_MAX as usize]);
+}
+
+/// Parses a decimal argument with an optional K/M suffix.
+pub fn parse_size(w: &[u8]) -> Option<u64> {
+    let (digits, mult) = match w.last()? {
+        b'k' | b'K' => (&w[..w.len() - 1], 1024),
+        b'm' | b'M' => (&w[..w.len() - 1], 1 << 20),
+        _ => (w, 1),
+    };
+    str(digits).parse::<u64>().ok()?.checked_mul(mult)
+}

@@ -1,0 +1,245 @@
+//! System calls on memory objects served through the virtio-pager device:
+//! look an object up (initialising it with its pager), stat it, read or
+//! write a range straight between the object and the caller's own frames,
+//! sync. The Mach VM system will express these as vm_read/vm_write and page
+//! faults on mapped objects; the device path underneath stays the same.
+//!
+//! A caller that must wait for the pager blocks (State::ObjectInit or
+//! State::Io); the completion interrupt wakes it with its result.
+
+use crate::mm::DirectTables;
+use crate::scheduler::Kernel;
+use crate::syscall::{copy_from_user, copy_to_user};
+use crate::task::State;
+use crate::trap::TrapFrame;
+use crate::vpager;
+use guest_kernel::abi::*;
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
+use guest_kernel::dev::virtio::pager::{
+    self, ACCESS_READ, Completion, Frames, ObjState, Op, Segment, SubmitError, req, status,
+};
+use guest_kernel::paging::{self, USER, WRITABLE};
+
+/// Completion tokens: a task id, or this bit plus the object for an INIT.
+const INIT_TOKEN: u64 = 1 << 63;
+
+fn error_of(status_code: u32) -> i64 {
+    match status_code {
+        status::IO_ERROR => ERR_IO,
+        status::PAST_END => ERR_PAST_END,
+        status::READ_ONLY => ERR_READ_ONLY,
+        status::NO_OBJECT => ERR_NO_OBJECT,
+        status::PAGER_FAILED => ERR_PAGER_FAILED,
+        status::DEVICE_RESET | status::BAD_STATE => ERR_RESET,
+        _ => ERR_INVALID,
+    }
+}
+
+fn submit_error(e: SubmitError) -> i64 {
+    match e {
+        SubmitError::Busy => ERR_BUSY,
+        SubmitError::NoObject => ERR_NO_OBJECT,
+        SubmitError::ReadOnly => ERR_READ_ONLY,
+        SubmitError::BadFrames => ERR_INVALID,
+        SubmitError::BadState | SubmitError::Broken => ERR_RESET,
+    }
+}
+
+/// `None`: the caller blocked and gets its result when woken.
+pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
+    let name = match copy_from_user(k, VirtAddr(f.rdi), f.rsi, pager::NAME_MAX as u64) {
+        Ok(n) => n,
+        Err(e) => return Some(e),
+    };
+    let mut guard = vpager::lock();
+    let Some(d) = guard.as_mut() else {
+        return Some(ERR_NO_DEVICE);
+    };
+    let Some(id) = d.find(&name) else {
+        return Some(ERR_NO_OBJECT);
+    };
+    match d.object(id).map(|o| o.state) {
+        Some(ObjState::Ready { .. }) => return Some(i64::from(id)),
+        Some(ObjState::Initializing) => {}
+        _ => {
+            if let Err(e) = d.submit(id, Op::Init, INIT_TOKEN | u64::from(id), []) {
+                return Some(submit_error(e));
+            }
+            d.kick();
+        }
+    }
+    k.block_current(State::ObjectInit(id));
+    None
+}
+
+pub fn stat(k: &mut Kernel, f: &TrapFrame) -> i64 {
+    let st = {
+        let guard = vpager::lock();
+        let Some(d) = guard.as_ref() else {
+            return ERR_NO_DEVICE;
+        };
+        match u32::try_from(f.rdi).ok().and_then(|id| d.object(id)).map(|o| o.state) {
+            Some(ObjState::Ready {
+                size,
+                read_only,
+                may_cache,
+            }) => ObjectStat {
+                size,
+                flags: if read_only { OBJECT_READ_ONLY } else { 0 }
+                    | if may_cache { OBJECT_MAY_CACHE } else { 0 },
+            },
+            Some(_) => return ERR_RESET,
+            None => return ERR_NO_OBJECT,
+        }
+    };
+    let bytes = [st.size.to_le_bytes(), st.flags.to_le_bytes()];
+    match copy_to_user(k, VirtAddr(f.rsi), bytes.as_flattened()) {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+/// Object read (`write` false) or write: the caller's pages become the
+/// request's frames.
+pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
+    let (offset, va, len) = (f.rsi, VirtAddr(f.rdx), f.r10);
+    let Ok(id) = u32::try_from(f.rdi) else {
+        return Some(ERR_NO_OBJECT);
+    };
+    if len == 0 {
+        return Some(0);
+    }
+    if len > OBJECT_IO_MAX
+        || offset % PAGE_SIZE != 0
+        || !va.is_aligned(PAGE_SIZE)
+        || len % PAGE_SIZE != 0
+    {
+        return Some(ERR_INVALID);
+    }
+    let Some(end) = va.checked_add(len).filter(|e| VirtAddr(e.0 - 1).is_user()) else {
+        return Some(ERR_BAD_ADDRESS);
+    };
+    let Some((tid, root)) = k.current().map(|t| (t.id, t.root)) else {
+        return Some(ERR_BAD_ADDRESS);
+    };
+    let mut guard = vpager::lock();
+    let Some(d) = guard.as_mut() else {
+        return Some(ERR_NO_DEVICE);
+    };
+    match d.object(id).map(|o| o.state) {
+        Some(ObjState::Ready { size, .. }) if offset >= size => return Some(ERR_PAST_END),
+        Some(ObjState::Ready { .. }) => {}
+        Some(_) => return Some(ERR_RESET),
+        None => return Some(ERR_NO_OBJECT),
+    }
+    // The device writes into the pages for a read, so they must be the
+    // task's own writable pages (never shared program text).
+    let need = if write { USER } else { USER | WRITABLE };
+    let mut bad_address = false;
+    let frames = &mut k.frames;
+    let pages = (0..len / PAGE_SIZE).map(|i| {
+        let at = VirtAddr(va.0 + i * PAGE_SIZE);
+        match paging::translate(&mut DirectTables(frames), root, at) {
+            Some((pa, flags)) if flags & need == need => Segment {
+                addr: pa,
+                len: PAGE_SIZE as u32,
+            },
+            _ => {
+                bad_address = true;
+                // Refused by the driver: stops the submission.
+                Segment {
+                    addr: PhysAddr(1),
+                    len: 0,
+                }
+            }
+        }
+    });
+    let op = if write {
+        Op::DataWrite { offset, len }
+    } else {
+        Op::DataRequest {
+            offset,
+            len,
+            desired: ACCESS_READ,
+        }
+    };
+    let r = d.submit(id, op, u64::from(tid.0), pages);
+    let _ = end;
+    match r {
+        Ok(()) => d.kick(),
+        Err(_) if bad_address => return Some(ERR_BAD_ADDRESS),
+        Err(e) => return Some(submit_error(e)),
+    }
+    drop(guard);
+    k.block_current(State::Io);
+    None
+}
+
+pub fn sync(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
+    let Ok(id) = u32::try_from(f.rdi) else {
+        return Some(ERR_NO_OBJECT);
+    };
+    let Some(tid) = k.current().map(|t| t.id) else {
+        return Some(ERR_INVALID);
+    };
+    let mut guard = vpager::lock();
+    let Some(d) = guard.as_mut() else {
+        return Some(ERR_NO_DEVICE);
+    };
+    if let Err(e) = d.submit(id, Op::Sync, u64::from(tid.0), []) {
+        return Some(submit_error(e));
+    }
+    d.kick();
+    drop(guard);
+    k.block_current(State::Io);
+    None
+}
+
+/// A request finished: wake whoever waits for it with its result.
+pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
+    if c.op == req::INIT {
+        let r = if c.status == status::OK {
+            i64::from(c.object)
+        } else {
+            error_of(c.status)
+        };
+        k.wake_all(State::ObjectInit(c.object), r);
+        return;
+    }
+    if c.token & INIT_TOKEN != 0 || c.token > u64::from(u32::MAX) {
+        return;
+    }
+    let bytes: u64 = (0..frames.len())
+        .filter_map(|i| frames.get(i))
+        .map(|s| u64::from(s.len))
+        .sum();
+    let r = if c.status != status::OK {
+        error_of(c.status)
+    } else {
+        if c.op == req::DATA_REQUEST && c.kind == pager::KIND_UNAVAILABLE {
+            vpager::zero_frames(frames, bytes);
+        }
+        bytes as i64
+    };
+    k.wake_with(guest_kernel::sched::TaskId(c.token as u32), r);
+}
+
+/// The device interrupt.
+pub fn interrupt(k: &mut Kernel) {
+    let mut guard = vpager::lock();
+    if let Some(d) = guard.as_mut() {
+        d.interrupt(&mut |c: &Completion, fr: &Frames| complete(k, c, fr), &mut |e| {
+            vpager::on_event(e)
+        });
+    }
+}
+
+/// Timer tick: let the driver check on a device that went quiet.
+pub fn tick(k: &mut Kernel) {
+    let mut guard = vpager::lock();
+    if let Some(d) = guard.as_mut()
+        && d.in_flight() > 0
+    {
+        d.watchdog(&mut |c: &Completion, fr: &Frames| complete(k, c, fr));
+    }
+}

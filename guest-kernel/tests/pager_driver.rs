@@ -1,0 +1,375 @@
+//! The guest's virtio-pager driver (src/dev/virtio) driving the VMM's real
+//! virtio-mmio transport and virtio-pager device over a host file, with the
+//! device's event loop on its own thread: the same two halves that meet in
+//! the VM, minus KVM.
+
+use devices::pager::{DEFAULT_WORKERS, PagerDevice, PagerObject};
+use devices::virtio::{MmioTransport, VirtioDevice};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
+use guest_kernel::dev::virtio::pager::{
+    self, Completion, Event, Frames, ObjState, Op, PagerDriver, Segment, SubmitError, status,
+};
+use guest_kernel::dev::virtio::virtqueue::{DESC_NEXT, DESC_WRITE};
+use guest_kernel::dev::virtio::{Dma, Regs};
+use pager_backends::{KernelId, OpenOptions};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap};
+
+const MEM: usize = 16 << 20;
+
+struct HostRegs(Arc<Mutex<MmioTransport>>);
+impl Regs for HostRegs {
+    fn read32(&self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.0.lock().unwrap().read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn write32(&self, offset: u64, value: u32) {
+        self.0.lock().unwrap().write(offset, &value.to_le_bytes());
+    }
+}
+
+#[derive(Clone, Copy)]
+struct HostDma(*mut u8);
+// SAFETY: the mapping outlives the test; the driver is used on one thread.
+unsafe impl Send for HostDma {}
+impl Dma for HostDma {
+    fn ptr(&self, pa: PhysAddr) -> *mut u8 {
+        assert!((pa.0 as usize) < MEM, "driver touched {pa:?} outside RAM");
+        // SAFETY: inside the one region.
+        unsafe { self.0.add(pa.0 as usize) }
+    }
+}
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    driver: PagerDriver<HostRegs, HostDma>,
+    next_page: u64,
+    stop: Arc<AtomicBool>,
+    loop_thread: Option<std::thread::JoinHandle<()>>,
+    done: Vec<Completion>,
+    events: Vec<Event>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.loop_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn temp_file(bytes: &[u8]) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "duality-driver-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::File::create(&p).unwrap().write_all(bytes).unwrap();
+    p
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 4096) as u8).collect()
+}
+
+impl Rig {
+    fn new(objects: Vec<(&str, &str)>) -> Rig {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let objs = objects
+            .into_iter()
+            .map(|(name, uri)| PagerObject {
+                name: name.into(),
+                pager: pager_backends::open(uri, &OpenOptions::default()).unwrap(),
+                read_only: uri.ends_with("?ro"),
+            })
+            .collect();
+        let dev = Arc::new(Mutex::new(
+            PagerDevice::new(KernelId(7), objs, DEFAULT_WORKERS).unwrap(),
+        ));
+        let transport = Arc::new(Mutex::new(
+            MmioTransport::new(mem.clone(), dev.clone() as Arc<Mutex<dyn VirtioDevice>>).unwrap(),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let loop_thread = {
+            let stop = stop.clone();
+            let dev = dev.clone();
+            std::thread::spawn(move || {
+                let mut em =
+                    EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
+                em.add_subscriber(dev);
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = em.run_with_timeout(5);
+                }
+            })
+        };
+        let host = mem.get_host_address(GuestAddress(0)).unwrap();
+        let dma = HostDma(host);
+        // Frames below 1 MiB belong to the driver, the rest to "tasks".
+        let mut next = 0x1000u64;
+        let driver = PagerDriver::start(HostRegs(transport), dma, &mut || {
+            let p = next;
+            next += PAGE_SIZE;
+            (p < 0x10_0000).then_some(PhysAddr(p))
+        })
+        .expect("driver starts");
+        Rig {
+            mem,
+            driver,
+            next_page: 0x10_0000,
+            stop,
+            loop_thread: Some(loop_thread),
+            done: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn pages(&mut self, n: u64) -> Vec<Segment> {
+        (0..n)
+            .map(|_| {
+                let a = self.next_page;
+                self.next_page += PAGE_SIZE;
+                Segment {
+                    addr: PhysAddr(a),
+                    len: PAGE_SIZE as u32,
+                }
+            })
+            .collect()
+    }
+
+    fn poll(&mut self) {
+        let done = &mut self.done;
+        let events = &mut self.events;
+        self.driver.poll(
+            &mut |c: &Completion, _f: &Frames| done.push(*c),
+            &mut |e: &Event| events.push(*e),
+        );
+    }
+
+    /// Waits for the completion of `token` (the interrupt would wake us in
+    /// the kernel; here we poll the used ring).
+    fn wait(&mut self, token: u64) -> Completion {
+        let start = Instant::now();
+        loop {
+            self.poll();
+            if let Some(i) = self.done.iter().position(|c| c.token == token) {
+                return self.done.remove(i);
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no completion for {token}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn run(&mut self, object: u32, op: Op, token: u64, frames: &[Segment]) -> Completion {
+        self.driver
+            .submit(object, op, token, frames.iter().copied())
+            .unwrap_or_else(|e| panic!("submit {op:?}: {e:?}"));
+        self.driver.kick();
+        self.wait(token)
+    }
+
+    fn read(&self, s: &[Segment]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for seg in s {
+            let mut b = vec![0u8; seg.len as usize];
+            self.mem.read_slice(&mut b, GuestAddress(seg.addr.0)).unwrap();
+            out.extend(b);
+        }
+        out
+    }
+}
+
+use vm_memory::Bytes;
+
+#[test]
+fn init_read_write_sync_terminate_through_the_real_device() {
+    let content = pattern(3 * 4096 + 100);
+    let path = temp_file(&content);
+    let uri = format!("file:{}", path.display());
+    let mut rig = Rig::new(vec![("data", &uri), ("zero", "zero?size=1M")]);
+    assert_eq!(rig.driver.objects().len(), 2);
+    let id = rig.driver.find(b"data").expect("object in the config table");
+    assert_eq!(rig.driver.object(id).unwrap().table_size, content.len() as u64);
+    assert_eq!(rig.driver.find(b"nope"), None);
+
+    // Nothing before INIT.
+    let frames = rig.pages(2);
+    assert_eq!(
+        rig.driver.submit(id, Op::DataRequest { offset: 0, len: 8192, desired: 1 }, 1, frames.clone()),
+        Err(SubmitError::BadState)
+    );
+    let c = rig.run(id, Op::Init, 2, &[]);
+    assert_eq!(c.status, status::OK);
+    assert_eq!(c.bytes, content.len() as u64);
+    assert!(matches!(rig.driver.object(id).unwrap().state, ObjState::Ready { read_only: false, .. }));
+
+    // Two pages from offset 4096 into non-adjacent frames.
+    let mut f = rig.pages(1);
+    rig.pages(1);
+    f.extend(rig.pages(1));
+    let c = rig.run(id, Op::DataRequest { offset: 4096, len: 8192, desired: 1 }, 3, &f);
+    assert_eq!((c.status, c.kind), (status::OK, pager::KIND_PROVIDED));
+    assert!(c.bytes >= 8192);
+    assert_eq!(rig.read(&f), content[4096..4096 + 8192]);
+
+    // Last, partial page: zero past the end.
+    let f = rig.pages(1);
+    let c = rig.run(id, Op::DataRequest { offset: 12288, len: 4096, desired: 1 }, 4, &f);
+    assert_eq!(c.status, status::OK);
+    let got = rig.read(&f);
+    assert_eq!(&got[..100], &content[12288..]);
+    assert!(got[100..].iter().all(|&b| b == 0));
+
+    // Past the end.
+    let c = rig.run(id, Op::DataRequest { offset: 16384, len: 4096, desired: 1 }, 5, &f);
+    assert_eq!(c.status, status::PAST_END);
+
+    // Write page 0 from a frame, sync, and the host file has it.
+    let f = rig.pages(1);
+    rig.mem.write_slice(&[0xabu8; 4096], GuestAddress(f[0].addr.0)).unwrap();
+    let c = rig.run(id, Op::DataWrite { offset: 0, len: 4096 }, 6, &f);
+    assert_eq!(c.status, status::OK);
+    assert_eq!(rig.run(id, Op::Sync, 7, &[]).status, status::OK);
+    let on_disk = std::fs::read(&path).unwrap();
+    assert!(on_disk[..4096].iter().all(|&b| b == 0xab));
+    assert_eq!(on_disk[4096..], content[4096..]);
+
+    // Many in flight, one kick.
+    let mut batch = Vec::new();
+    for t in 0..32u64 {
+        let f = rig.pages(1);
+        rig.driver
+            .submit(id, Op::DataRequest { offset: (t % 3) * 4096, len: 4096, desired: 1 }, 100 + t, f.clone())
+            .unwrap();
+        batch.push((t, f));
+    }
+    let notifies = rig.driver.stats.notifies;
+    rig.driver.kick();
+    assert!(rig.driver.stats.notifies <= notifies + 1);
+    for (t, f) in batch {
+        assert_eq!(rig.wait(100 + t).status, status::OK);
+        let want = if t % 3 == 0 { vec![0xab; 4096] } else { content[(t % 3) as usize * 4096..][..4096].to_vec() };
+        assert_eq!(rig.read(&f), want, "request {t}");
+    }
+    assert_eq!(rig.driver.in_flight(), 0);
+
+    // Zero object: unavailable, frames untouched.
+    let z = rig.driver.find(b"zero").unwrap();
+    assert_eq!(rig.run(z, Op::Init, 8, &[]).status, status::OK);
+    let f = rig.pages(1);
+    let c = rig.run(z, Op::DataRequest { offset: 0, len: 4096, desired: 3 }, 9, &f);
+    assert_eq!((c.status, c.kind), (status::OK, pager::KIND_UNAVAILABLE));
+
+    // Terminate: requests refused until INIT again.
+    assert_eq!(rig.run(id, Op::Terminate, 10, &[]).status, status::OK);
+    assert_eq!(
+        rig.driver.submit(id, Op::Sync, 11, []),
+        Err(SubmitError::BadState)
+    );
+    assert_eq!(rig.run(id, Op::Init, 12, &[]).status, status::OK);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn read_only_objects_and_bad_frames_are_refused_by_the_driver() {
+    let path = temp_file(&pattern(8192));
+    let uri = format!("file:{}?ro", path.display());
+    let mut rig = Rig::new(vec![("ro", &uri)]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    let f = rig.pages(1);
+    assert_eq!(
+        rig.driver.submit(0, Op::DataWrite { offset: 0, len: 4096 }, 2, f.clone()),
+        Err(SubmitError::ReadOnly)
+    );
+    // Frames not matching the length, misaligned, empty.
+    assert_eq!(
+        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 8192, desired: 1 }, 3, f.clone()),
+        Err(SubmitError::BadFrames)
+    );
+    let bad = Segment { addr: PhysAddr(f[0].addr.0 + 8), len: 4096 };
+    assert_eq!(
+        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 4, [bad]),
+        Err(SubmitError::BadFrames)
+    );
+    assert_eq!(
+        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 0, desired: 1 }, 5, []),
+        Err(SubmitError::BadFrames)
+    );
+    assert_eq!(rig.driver.submit(9, Op::Init, 6, []), Err(SubmitError::NoObject));
+    assert_eq!(rig.driver.in_flight(), 0, "refused submissions hold no slot");
+    // And the device still serves a good one.
+    let c = rig.run(0, Op::DataRequest { offset: 4096, len: 4096, desired: 1 }, 7, &f);
+    assert_eq!(c.status, status::OK);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn hostile_chains_are_rejected_and_a_broken_ring_is_recovered_by_reset() {
+    let content = pattern(8192);
+    let path = temp_file(&content);
+    let uri = format!("file:{}", path.display());
+    let mut rig = Rig::new(vec![("data", &uri)]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    let f = rig.pages(1)[0].addr.0;
+    let hdr = pager::header(pager::req::DATA_REQUEST, 0, 0, 4096, 1);
+    let cases: Vec<(&str, Vec<(u64, u32, u16, u16)>)> = {
+        let raw = rig.driver.raw();
+        let (h, r) = raw.slot_area(0);
+        let (h, r) = (h.0, r.0);
+        vec![
+            ("loop", vec![(h, 32, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 0)]),
+            ("out of RAM", vec![(h, 32, DESC_NEXT, 1), (1 << 40, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            ("huge length", vec![(h, 32, DESC_NEXT, 1), (f, 0xffff_f000, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            ("wrong direction", vec![(h, 32, DESC_NEXT, 1), (f, 4096, DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            ("zero length", vec![(h, 32, DESC_NEXT, 1), (f, 0, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            ("short header", vec![(h, 16, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            ("dangling next", vec![(h, 32, DESC_NEXT, 9)]),
+        ]
+    };
+    for (i, (name, table)) in cases.iter().enumerate() {
+        let token = 100 + i as u64;
+        rig.driver.raw().submit(hdr, table, token).expect("slot");
+        rig.driver.kick();
+        let c = rig.wait(token);
+        assert_ne!(c.status, status::OK, "{name} was accepted");
+    }
+    rig.driver.raw().restore();
+    // A head published twice completes at most once towards the caller.
+    let frames = rig.pages(1);
+    rig.driver
+        .submit(0, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 200, frames.clone())
+        .unwrap();
+    rig.driver.raw().republish(0);
+    rig.driver.kick();
+    assert_eq!(rig.wait(200).status, status::OK);
+    std::thread::sleep(Duration::from_millis(50));
+    rig.poll();
+    assert!(rig.done.is_empty(), "duplicate completion delivered: {:?}", rig.done);
+
+    // A request in flight, then a broken ring: the device asks for a reset,
+    // the driver resets it, fails what was pending, and works again.
+    rig.driver.raw().break_ring();
+    let start = Instant::now();
+    let done = &mut rig.done;
+    while !rig.driver.check_needs_reset(&mut |c: &Completion, _: &Frames| done.push(*c)) {
+        assert!(start.elapsed() < Duration::from_secs(10), "device never asked for a reset");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    while rig.driver.is_resetting() {
+        let done = &mut rig.done;
+        rig.driver.finish_reset(1000, &mut |c: &Completion, _: &Frames| done.push(*c)).unwrap();
+    }
+    assert_eq!(rig.driver.stats.resets, 1);
+    assert_eq!(rig.driver.object(0).unwrap().state, ObjState::Uninit);
+    assert_eq!(rig.run(0, Op::Init, 300, &[]).status, status::OK);
+    let c = rig.run(0, Op::DataRequest { offset: 4096, len: 4096, desired: 1 }, 301, &frames);
+    assert_eq!(c.status, status::OK);
+    assert_eq!(rig.read(&frames), content[4096..]);
+    let _ = std::fs::remove_file(path);
+}
