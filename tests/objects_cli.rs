@@ -152,12 +152,14 @@ fn boots_with_objects_and_reports_device_stats() {
         "{}",
         out.stdout
     );
-    assert!(
-        out.stderr
-            .contains("vmm: virtio-pager: 0 requests, 0 completed, 0 rejected"),
-        "{}",
-        out.stderr
-    );
+    // Counts depend on what the guest driver does at boot; none may be
+    // rejected.
+    let stats = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: virtio-pager: "))
+        .unwrap_or_else(|| panic!("no device stats: {}", out.stderr));
+    assert!(stats.contains(" 0 rejected,"), "{stats}");
     assert!(!out.stderr.contains("sync failed"), "{}", out.stderr);
 
     // Init's own status still comes through with objects attached.
