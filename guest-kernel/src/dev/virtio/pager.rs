@@ -768,7 +768,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// Returns true if the buffer was posted again.
     fn take_event(&mut self, id: u32, len: u32, on_event: &mut dyn FnMut(&Event)) -> bool {
         let j = id as usize / 2;
-        if id % 2 != 0 || j >= EVENT_BUFS {
+        if !id.is_multiple_of(2) || j >= EVENT_BUFS {
             self.stats.spurious += 1;
             return false;
         }

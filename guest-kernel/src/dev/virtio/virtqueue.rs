@@ -101,6 +101,9 @@ impl SplitQueue {
             write_volatile(avail as *mut u32, 0);
             write_volatile(avail.add(4 + 2 * size as usize) as *mut u16, 0);
             write_volatile(used as *mut u32, 0);
+            // A stale avail_event from before a reset would make us skip
+            // the first notification the fresh device needs.
+            write_volatile(used.add(4 + 8 * size as usize) as *mut u16, 0);
         }
         SplitQueue {
             size,
