@@ -2,6 +2,7 @@
 //! `vmm bench` measures; `vmm pager` checks a pager backend by hand.
 
 mod bench;
+mod bench_objread;
 mod boot;
 mod bus;
 mod config;
@@ -16,7 +17,7 @@ mod vcpu;
 mod vm;
 
 use clap::{Parser, Subcommand};
-use guest_kernel::abi::MILESTONE_INIT_START;
+use guest_kernel::abi::{MILESTONE_INIT_START, MILESTONE_USER_BASE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vcpu::Outcome;
@@ -81,6 +82,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// A guest task reading a host file object (4K and 64K requests) next to host pread.
+    Objread {
+        /// File size (e.g. 64M).
+        #[arg(long, default_value = "64M")]
+        size: String,
+    },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
     Probe,
@@ -113,6 +120,9 @@ fn main() -> ExitCode {
             init,
         }),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Objread { size }) => bench_objread::parse_size(&size)
+            .and_then(bench_objread::objread)
+            .map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,
@@ -186,6 +196,18 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
                 m.stats.kernel_instructions(),
                 m.stats.exits()
             );
+        }
+        for m in &report.milestones {
+            if let Some(mark) = m.id.checked_sub(MILESTONE_USER_BASE) {
+                eprintln!(
+                    "{} mark={mark} ns={} insn={} exits={} irqs={}",
+                    bench::STATS_TAG,
+                    m.mono_ns,
+                    m.stats.kernel_instructions(),
+                    m.stats.exits(),
+                    m.stats.get("irq_injections")
+                );
+            }
         }
         if let Some(p) = &report.pager_stats {
             eprintln!(

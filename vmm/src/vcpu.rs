@@ -27,6 +27,9 @@ pub struct Milestone {
     pub stats: Snapshot,
 }
 
+/// Milestones kept per run; later ones are dropped.
+pub const MAX_MILESTONES: usize = 1024;
+
 pub struct Platform {
     pub console: DoorbellConsole,
     pub com1: Com1,
@@ -74,7 +77,10 @@ pub fn run(
                     let id = u32_of(data);
                     let mono_ns = monotonic_ns();
                     let stats = stats.and_then(|s| s.snapshot().ok()).unwrap_or_default();
-                    platform.milestones.push(Milestone { id, mono_ns, stats });
+                    // Tasks can ask for marks: keep a bounded number.
+                    if platform.milestones.len() < MAX_MILESTONES {
+                        platform.milestones.push(Milestone { id, mono_ns, stats });
+                    }
                     if id != MILESTONE_INIT_START {
                         tracing::debug!("milestone {id}");
                     }

@@ -36,6 +36,8 @@ pub struct Kernel {
     /// Whose FPU state is in the registers (saved only when another task's
     /// is loaded; the kernel itself never touches the FPU).
     fpu_owner: Option<TaskId>,
+    /// Whose page tables CR3 holds (`None`: the kernel's own).
+    cr3_task: Option<TaskId>,
     next_id: u32,
     pub init: TaskId,
     pub need_resched: bool,
@@ -82,6 +84,7 @@ impl Kernel {
             current: None,
             idle_frame,
             fpu_owner: None,
+            cr3_task: None,
             next_id: 1,
             init: TaskId(1),
             need_resched: false,
@@ -307,8 +310,19 @@ impl Kernel {
     fn switch_to(&mut self, next: Option<TaskId>) -> *mut TrapFrame {
         self.current = next;
         let Some(id) = next else {
-            // SAFETY: the kernel root maps everything the kernel uses.
-            unsafe { cpu::set_cr3(self.kernel_root.0) };
+            // Idle runs on whatever address space is loaded (the kernel
+            // half is in all of them), so a task that blocks and is woken
+            // again costs no CR3 reload either way. Only a dead task's
+            // tables must go: they are freed on the next kernel entry.
+            let live = self
+                .cr3_task
+                .and_then(|t| self.tasks.get(&t))
+                .is_some_and(|t| !matches!(t.state, State::Exited(_)));
+            if !live {
+                // SAFETY: the kernel root maps everything the kernel uses.
+                unsafe { cpu::set_cr3(self.kernel_root.0) };
+                self.cr3_task = None;
+            }
             return self.idle_frame;
         };
         if self.fpu_owner != Some(id) {
@@ -330,9 +344,10 @@ impl Kernel {
         gdt::set_kernel_stack(top);
         // SAFETY: read by the syscall entry only while this task runs.
         unsafe { KERNEL_RSP = top };
-        if cpu::cr3() != t.root.0 {
+        if self.cr3_task != Some(id) {
             // SAFETY: the task's root maps the kernel half like every root.
             unsafe { cpu::set_cr3(t.root.0) };
+            self.cr3_task = Some(id);
         }
         t.frame
     }

@@ -3,7 +3,7 @@
 //! software KVM, see `is_pvm_syscall`).
 
 use crate::console::{Dec, Hex};
-use crate::cpu::{self, MSR_LSTAR};
+use crate::cpu;
 use crate::lapic::{SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::scheduler::{self, KERNEL};
 use crate::vpager::VIRTIO_VECTOR;
@@ -55,7 +55,9 @@ impl TrapFrame {
 /// to LSTAR on real hardware too), so the syscall path validates them.
 /// Dead code on hardware KVM.
 fn is_pvm_syscall(f: &TrapFrame, cr2: u64) -> bool {
-    let lstar = cpu::rdmsr(MSR_LSTAR);
+    // LSTAR always holds `syscall_entry` (set once at boot), so compare
+    // with the symbol instead of paying for an rdmsr on every trap.
+    let lstar = crate::entry::syscall_entry as *const () as u64;
     f.vector == PAGE_FAULT
         && f.came_from_user()
         && f.error & 0x10 != 0

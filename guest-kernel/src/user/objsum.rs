@@ -47,6 +47,8 @@ fn main(args: &[u8]) -> i32 {
     let mut h = sha256::Sha256::new();
     let mut offset = 0u64;
     let mut requests = 0u64;
+    // Benchmarks measure between these two marks (vmm bench objread).
+    rt::milestone(1);
     while offset < size {
         // Whole pages, none past the object's last one.
         let want = (size - offset).div_ceil(4096).min(chunk as u64 / 4096) * 4096;
@@ -59,6 +61,7 @@ fn main(args: &[u8]) -> i32 {
         h.update(&buf[..n]);
         offset += chunk as u64;
     }
+    rt::milestone(2);
     let hex = sha256::hex(&h.finish());
     println!(
         "objsum: {name_s} size={size} sha256={} requests={requests}",

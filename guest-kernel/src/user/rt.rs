@@ -82,6 +82,12 @@ pub fn wait(task: i64) -> i64 {
     unsafe { syscall(abi::SYS_TASK_WAIT, task as u64, 0, 0, 0) }
 }
 
+/// Marks a point for benchmarks (see abi::SYS_MILESTONE).
+pub fn milestone(id: u8) {
+    // SAFETY: no memory arguments.
+    unsafe { syscall(abi::SYS_MILESTONE, u64::from(id), 0, 0, 0) };
+}
+
 pub fn yield_now() {
     // SAFETY: no arguments.
     unsafe { syscall(abi::SYS_YIELD, 0, 0, 0, 0) };
