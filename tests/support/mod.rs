@@ -90,3 +90,74 @@ pub fn vmm(args: &[&str], env: &[(&str, &str)]) -> Output {
         stderr: ereader.join().unwrap_or_default(),
     }
 }
+
+/// Like `vmm`, but hands each stdout line to `on_line` as soon as the guest
+/// prints it, so a test can act while the VM runs (the same hang guard).
+pub fn vmm_watch(args: &[&str], env: &[(&str, &str)], mut on_line: impl FnMut(&str)) -> Output {
+    use std::io::BufRead;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vmm");
+    let out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ereader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        String::from_utf8_lossy(&b).into_owned()
+    });
+    let guard = Duration::from_secs(120);
+    let start = Instant::now();
+    let mut stdout = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(5)) {
+            Ok(line) => {
+                on_line(&line);
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+            // The reader is done: stdout is closed, the vmm is ending.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "vmm {} did not finish within {guard:?}; stdout so far:\n{stdout}",
+                args.join(" ")
+            );
+        }
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vmm {} did not finish within {guard:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = reader.join();
+    Output {
+        status: status.code(),
+        stdout,
+        stderr: ereader.join().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,730 @@
+//! Issue 7: guest programs read and write memory objects through the
+//! virtio-pager device. `objsum` in the guest must agree with the host's
+//! SHA-256 over every kind of pager (host file, qemu-nbd, an in-process
+//! unix-socket pager, the example external pager process); `objfill` must
+//! leave exactly its pattern in the host file; a silent or dead pager fails
+//! only its own object, with an error line and without a hang; and a
+//! hostile driver cannot wedge the device.
+
+mod support;
+use pager_backends::anon::AnonPager;
+use pager_backends::file::FilePager;
+use pager_backends::procedural::generate_page;
+use pager_backends::{
+    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, OpenOptions, PAGE_SIZE,
+    Pager, UnlockReply,
+};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use support::{Output, kvm_available, vmm, vmm_watch};
+use vm_memory::VolatileSlice;
+
+const MIB: usize = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Host-side helpers
+
+/// A temporary path, unique in this process and across processes; the file
+/// (or socket) is removed when dropped.
+struct Temp(PathBuf);
+
+impl Temp {
+    fn new(what: &str) -> Temp {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("duality-objects-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        Temp(p)
+    }
+    /// A new temporary file holding `data`.
+    fn with(what: &str, data: &[u8]) -> Temp {
+        let t = Temp::new(what);
+        std::fs::write(&t.0, data).expect("write temp file");
+        t
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn show(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Random-looking, reproducible bytes (xorshift64*), different per `seed`.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// The host's own SHA-256 of a file (coreutils `sha256sum`), independent of
+/// the guest's implementation.
+fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    let s = String::from_utf8(out.stdout).expect("utf-8");
+    let hex = s.split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(hex.len(), 64, "sha256sum said {s:?}");
+    hex
+}
+
+fn sha256_bytes(data: &[u8]) -> String {
+    let t = Temp::with("hash", data);
+    sha256_file(t.path())
+}
+
+/// What `objsum NAME` printed on success: (size, sha256, requests).
+fn objsum_result(out: &Output, name: &str) -> (u64, String, u64) {
+    let prefix = format!("objsum: {name} size=");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| {
+            panic!(
+                "no objsum result for {name}:\n{}\nstderr:\n{}",
+                out.stdout, out.stderr
+            )
+        });
+    let field = |k: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {k}= in {line:?}"))
+            .to_string()
+    };
+    let num = |k: &str| -> u64 {
+        field(k)
+            .parse()
+            .unwrap_or_else(|_| panic!("bad {k} in {line:?}"))
+    };
+    (num("size"), field("sha256"), num("requests"))
+}
+
+/// The error line `objsum NAME` printed: "objsum: NAME: WHAT: REASON".
+fn objsum_error<'a>(out: &'a Output, name: &str) -> &'a str {
+    let prefix = format!("objsum: {name}: ");
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| {
+            panic!(
+                "no objsum error line for {name}:\n{}\nstderr:\n{}",
+                out.stdout, out.stderr
+            )
+        })
+}
+
+/// Runs `objsum NAME [CHUNK]` in a guest with `objects`, checks it exited 0
+/// and returns (size, sha256, requests).
+fn run_objsum(objects: &[String], name: &str, chunk: Option<&str>) -> (u64, String, u64) {
+    let mut args = vec!["run"];
+    for o in objects {
+        args.extend(["--object", o.as_str()]);
+    }
+    args.extend(["--init", "objsum", name]);
+    args.extend(chunk);
+    let out = vmm(&args, &[]);
+    assert_eq!(
+        out.status,
+        Some(0),
+        "vmm {args:?}:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    objsum_result(&out, name)
+}
+
+/// objsum over a host file of `len` bytes equals `sha256sum` of the file,
+/// in as many requests as CHUNK-sized pieces.
+fn check_objsum_file(len: usize, chunk: Option<(&str, u64)>) {
+    let f = Temp::with("sum", &content(len, len as u64 + 1));
+    let expect = sha256_file(f.path());
+    let obj = format!("h=file:{}", f.show());
+    let (size, sha, requests) = run_objsum(&[obj], "h", chunk.map(|c| c.0));
+    let chunk_bytes = chunk.map_or(MIB as u64, |c| c.1);
+    assert_eq!(size, len as u64, "{len}-byte file");
+    assert_eq!(sha, expect, "{len}-byte file, chunk {chunk:?}");
+    assert_eq!(
+        requests,
+        (len as u64).div_ceil(chunk_bytes),
+        "{len}-byte file, chunk {chunk:?}"
+    );
+}
+
+/// A child process killed (and reaped) when dropped.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// --- qemu-nbd, as pager-backends/tests/common/mod.rs runs it ---------------
+
+fn qemu_nbd_path() -> Option<PathBuf> {
+    ["/usr/bin/qemu-nbd", "/usr/local/bin/qemu-nbd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// qemu-nbd's path, or None after a skip notice; a failure where NBD is
+/// required (CI=true or DUALITY_REQUIRE_NBD=1).
+fn need_qemu_nbd(test: &str) -> Option<PathBuf> {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("DUALITY_REQUIRE_NBD").is_ok_and(|v| v == "1");
+    match qemu_nbd_path() {
+        Some(p) => Some(p),
+        None if required => panic!(
+            "{test}: qemu-nbd is not installed but CI/DUALITY_REQUIRE_NBD requires the NBD tests"
+        ),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: qemu-nbd is not installed (apt-get install qemu-utils); set DUALITY_REQUIRE_NBD=1 to make this a failure"
+            );
+            None
+        }
+    }
+}
+
+/// A real qemu-nbd serving `file` as `export` on 127.0.0.1. The socket is
+/// bound here (port 0: no race for a free port) and handed over by
+/// systemd-style socket activation, so the VMM can connect at once.
+struct NbdServer {
+    port: u16,
+    _child: ChildGuard,
+    _listener: TcpListener,
+}
+
+impl NbdServer {
+    fn start(qemu_nbd: &Path, file: &Path, export: &str) -> NbdServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local addr").port();
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} -f raw -x {export} --persistent --shared=16 {}",
+                qemu_nbd.display(),
+                file.display()
+            ))
+            .stdin(Stdio::null());
+        // SAFETY: dup2/fcntl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == 3 {
+                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start qemu-nbd");
+        NbdServer {
+            port,
+            _child: ChildGuard(child),
+            _listener: listener,
+        }
+    }
+
+    fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+}
+
+// --- the example external pager process ------------------------------------
+
+/// The `procedural-pager` binary of pager-backends, built (once per test
+/// run) with the profile this test was built with; cargo says where it is.
+fn procedural_pager_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let vmm = Path::new(env!("CARGO_BIN_EXE_vmm"));
+        let profile = vmm
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|p| p.to_str())
+            .unwrap_or("debug");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.arg("build")
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .args(["-p", "pager-backends", "--bin", "procedural-pager"])
+            .args(["--message-format", "json"])
+            .stdin(Stdio::null());
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let out = cmd.output().expect("run cargo build for procedural-pager");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cargo build -p pager-backends --bin procedural-pager failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let exe = stdout
+            .lines()
+            .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+            .filter(|l| l.contains("\"name\":\"procedural-pager\""))
+            .find_map(|l| {
+                let rest = &l[l.find("\"executable\":\"")? + 14..];
+                Some(PathBuf::from(&rest[..rest.find('"')?]))
+            })
+            .unwrap_or_else(|| {
+                panic!("cargo did not name procedural-pager's executable:\n{stdout}")
+            });
+        assert!(exe.exists(), "{}", exe.display());
+        exe
+    })
+}
+
+/// Starts the procedural-pager process on `socket`; returns once it said
+/// "ready" (it is then accepting).
+fn start_procedural(socket: &Path, size: &str, seed: u64) -> ChildGuard {
+    let mut child = Command::new(procedural_pager_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(["--size", size, "--seed", &seed.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start procedural-pager");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read procedural-pager's first line");
+    let child = ChildGuard(child);
+    assert!(line.starts_with("ready"), "procedural-pager said {line:?}");
+    child
+}
+
+/// What the procedural pager serves: its pages, concatenated.
+fn procedural_content(seed: u64, size: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size);
+    let mut page = [0u8; PAGE_SIZE as usize];
+    for off in (0..size).step_by(PAGE_SIZE as usize) {
+        generate_page(seed, off as u64, &mut page);
+        v.extend_from_slice(&page);
+    }
+    v.truncate(size);
+    v
+}
+
+// --- in-process unix-socket pagers -----------------------------------------
+
+/// Serves `pager` on a fresh socket from a thread, for the rest of the test
+/// process.
+fn serve_in_process(what: &str, pager: Arc<dyn Pager>) -> Temp {
+    let sock = Temp::new(what);
+    let listener = UnixListener::bind(sock.path()).expect("bind socket");
+    std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
+    sock
+}
+
+/// A pager that completes the handshake and then never answers a data
+/// request.
+struct Silent {
+    inner: AnonPager,
+}
+
+impl Pager for Silent {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _len: u64,
+        _a: Access,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        std::thread::sleep(Duration::from_secs(3600));
+        Err(pager_backends::PagerError::Io(std::io::Error::other(
+            "woke up",
+        )))
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "silent test pager".into()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// objsum over host files
+
+#[test]
+fn objsum_matches_sha256sum_for_small_and_odd_sizes() {
+    if !kvm_available("objsum_matches_sha256sum_for_small_and_odd_sizes") {
+        return;
+    }
+    for len in [0, 1, 4095, 4096, 4097, 3 * MIB] {
+        check_objsum_file(len, None);
+    }
+}
+
+#[test]
+fn objsum_matches_sha256sum_for_64_mib() {
+    if !kvm_available("objsum_matches_sha256sum_for_64_mib") {
+        return;
+    }
+    check_objsum_file(64 * MIB, None);
+}
+
+#[test]
+fn objsum_with_4k_and_64k_chunks() {
+    if !kvm_available("objsum_with_4k_and_64k_chunks") {
+        return;
+    }
+    check_objsum_file(MIB, Some(("4K", 4096)));
+    check_objsum_file(MIB, Some(("64K", 65536)));
+}
+
+// ---------------------------------------------------------------------------
+// objfill
+
+/// objfill SEED over a `len`-byte file, then a clean shutdown: the file is
+/// exactly the pattern, and as long as before.
+fn check_objfill(len: usize, seed: u64) {
+    let f = Temp::with("fill", &content(len, 99));
+    let obj = format!("h=file:{}", f.show());
+    let seed_s = seed.to_string();
+    let out = vmm(
+        &["run", "--object", &obj, "--init", "objfill", "h", &seed_s],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line(&format!("objfill: h size={len} seed={seed} written"))
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.line("init exited with status 0").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stderr.contains("sync failed"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    let got = std::fs::read(f.path()).expect("read back");
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(seed, 0, &mut want);
+    assert_eq!(got.len(), len, "the file's length changed");
+    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "{len}-byte file: first difference at byte {i}: {:#04x}, pattern {:#04x}",
+            got[i], want[i]
+        );
+    }
+}
+
+#[test]
+fn objfill_leaves_exactly_the_pattern() {
+    if !kvm_available("objfill_leaves_exactly_the_pattern") {
+        return;
+    }
+    check_objfill(10000, 77);
+    check_objfill(2 * MIB + 12345, 0x5eed);
+    check_objfill(64 * 1024, 1);
+}
+
+#[test]
+fn objfill_on_a_read_only_object_is_refused() {
+    if !kvm_available("objfill_on_a_read_only_object_is_refused") {
+        return;
+    }
+    let before = content(10000, 5);
+    let f = Temp::with("ro", &before);
+    let obj = format!("h=file:{}?ro", f.show());
+    let out = vmm(
+        &["run", "--object", &obj, "--init", "objfill", "h", "3"],
+        &[],
+    );
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "objfill: h: write at 0: object is read-only"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.line("written").is_none(), "{}", out.stdout);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        std::fs::read(f.path()).expect("read back") == before,
+        "a read-only object's file changed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// objsum through other pagers
+
+#[test]
+fn objsum_through_nbd_against_qemu_nbd() {
+    if !kvm_available("objsum_through_nbd_against_qemu_nbd") {
+        return;
+    }
+    let Some(q) = need_qemu_nbd("objsum_through_nbd_against_qemu_nbd") else {
+        return;
+    };
+    let len = 3 * MIB;
+    let f = Temp::with("nbd", &content(len, 0xdb));
+    let expect = sha256_file(f.path());
+    let srv = NbdServer::start(&q, f.path(), "disk");
+    let obj = format!("r={}", srv.uri("disk"));
+    let (size, sha, requests) = run_objsum(std::slice::from_ref(&obj), "r", None);
+    assert_eq!((size, sha.as_str(), requests), (len as u64, &*expect, 3));
+    let (_, sha, requests) = run_objsum(&[obj], "r", Some("64K"));
+    assert_eq!((sha.as_str(), requests), (&*expect, 48));
+}
+
+#[test]
+fn objsum_through_unix_against_an_in_process_file_pager() {
+    if !kvm_available("objsum_through_unix_against_an_in_process_file_pager") {
+        return;
+    }
+    let len = MIB + 4097;
+    let f = Temp::with("unixfile", &content(len, 0x51));
+    let expect = sha256_file(f.path());
+    let pager = FilePager::open(f.path(), true, &OpenOptions::default()).expect("file pager");
+    let sock = serve_in_process("unixfile-sock", Arc::new(pager));
+    let obj = format!("u=unix:{}", sock.show());
+    let (size, sha, requests) = run_objsum(&[obj], "u", None);
+    assert_eq!((size, sha.as_str(), requests), (len as u64, &*expect, 2));
+}
+
+#[test]
+fn objsum_through_unix_against_the_procedural_pager_process() {
+    if !kvm_available("objsum_through_unix_against_the_procedural_pager_process") {
+        return;
+    }
+    let seed = 0x1234_5678;
+    let sock = Temp::new("procedural-sock");
+    let _pager = start_procedural(sock.path(), "1M", seed);
+    let expect = sha256_bytes(&procedural_content(seed, MIB));
+    let obj = format!("p=unix:{}", sock.show());
+    let (size, sha, requests) = run_objsum(&[obj], "p", Some("64K"));
+    assert_eq!((size, sha.as_str(), requests), (MIB as u64, &*expect, 16));
+}
+
+// ---------------------------------------------------------------------------
+// Pagers that fail
+
+#[test]
+fn silent_pager_times_out_with_an_error_line() {
+    if !kvm_available("silent_pager_times_out_with_an_error_line") {
+        return;
+    }
+    let inner = AnonPager::new(MIB as u64, &OpenOptions::default()).expect("anon pager");
+    let sock = serve_in_process("silent-sock", Arc::new(Silent { inner }));
+    let obj = format!("q=unix:{}", sock.show());
+    let out = vmm(
+        &[
+            "run",
+            "--pager-timeout",
+            "2",
+            "--object",
+            &obj,
+            "--init",
+            "objsum",
+            "q",
+        ],
+        &[],
+    );
+    let line = objsum_error(&out, "q");
+    assert!(line.contains("pager failed"), "{line}");
+    assert!(out.line("objsum: q size=").is_none(), "{}", out.stdout);
+    assert!(
+        out.line("init exited with status 1").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn killed_pager_process_fails_only_its_object() {
+    if !kvm_available("killed_pager_process_fails_only_its_object") {
+        return;
+    }
+    // a: the procedural pager process, far too big to be read before it is
+    // killed; b: a host file.
+    let sock = Temp::new("doomed-sock");
+    let mut pager = start_procedural(sock.path(), "1G", 7);
+    let b = Temp::with("survivor", &content(2 * MIB + 100, 0xb));
+    let expect_b = sha256_file(b.path());
+    let obj_a = format!("a=unix:{}", sock.show());
+    let obj_b = format!("b=file:{}", b.show());
+    let mut killed = false;
+    let out = vmm_watch(
+        &[
+            "run", "--object", &obj_a, "--object", &obj_b, "--init", "spawn", "objsum:a",
+            "objsum:b",
+        ],
+        &[],
+        |line| {
+            // Both readers are running: kill a's pager under it.
+            if !killed && line.starts_with("spawn: started objsum:b") {
+                pager.kill();
+                killed = true;
+            }
+        },
+    );
+    assert!(killed, "spawn never started objsum:b:\n{}", out.stdout);
+    let line = objsum_error(&out, "a");
+    assert!(line.contains("pager failed"), "{line}");
+    assert!(out.line("objsum: a size=").is_none(), "{}", out.stdout);
+    let (size, sha, _) = objsum_result(&out, "b");
+    assert_eq!((size, sha), ((2 * MIB + 100) as u64, expect_b));
+    // spawn exits with the number of children that failed: a's.
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// A malicious driver
+
+#[test]
+fn hostile_driver_selftest_leaves_the_device_working() {
+    if !kvm_available("hostile_driver_selftest_leaves_the_device_working") {
+        return;
+    }
+    let f = Temp::with("hostile", &content(10000, 0x4));
+    let obj = format!("a=file:{}", f.show());
+    let out = vmm(
+        &[
+            "run",
+            "--stats",
+            "--cmdline",
+            "selftest=hostile",
+            "--object",
+            &obj,
+            "--init",
+            "init",
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let st = out
+        .line("selftest: hostile:")
+        .unwrap_or_else(|| panic!("no selftest line:\n{}", out.stdout));
+    let line = out.stdout.lines().nth(st).unwrap_or("");
+    assert_eq!(
+        line,
+        "selftest: hostile: 7 malformed chains rejected, 1 device reset, normal request ok"
+    );
+    let hello = out
+        .line("init: hello from user mode")
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(st < hello, "{}", out.stdout);
+    assert!(
+        out.line("init exited with status 0").is_some(),
+        "{}",
+        out.stdout
+    );
+    // The device itself counted what the guest says it sent.
+    let stats = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: virtio-pager: "))
+        .unwrap_or_else(|| panic!("no device stats: {}", out.stderr));
+    assert!(stats.contains(" 7 rejected,"), "{stats}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+
+    // After the attack and the reset, the device still serves whole objects.
+    let expect = sha256_file(f.path());
+    let out = vmm(
+        &[
+            "run",
+            "--cmdline",
+            "selftest=hostile",
+            "--object",
+            &obj,
+            "--init",
+            "objsum",
+            "a",
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("selftest: hostile: 7 malformed chains rejected")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    let (size, sha, _) = objsum_result(&out, "a");
+    assert_eq!((size, sha), (10000, expect));
+}
