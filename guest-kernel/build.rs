@@ -15,7 +15,9 @@ fn main() {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rustc-link-arg-bin=kernel=-Wl,-T,{dir}/kernel.ld");
-    for user in ["init", "spawn", "fault", "priv", "spin", "objsum", "objfill"] {
+    for user in [
+        "init", "spawn", "fault", "priv", "spin", "objsum", "objfill",
+    ] {
         println!("cargo:rustc-link-arg-bin={user}=-Wl,-T,{dir}/user.ld");
     }
     println!("cargo:rerun-if-changed=kernel.ld");

@@ -61,9 +61,10 @@ pub const SYS_OBJECT_WRITE: u64 = 8;
 /// (object id) -> 0 once every write so far is durable with the pager.
 pub const SYS_OBJECT_SYNC: u64 = 9;
 
-/// (id 0..=255): a benchmark mark. The kernel writes `MILESTONE_USER_BASE
-/// + id` to the milestone port, where the VMM snapshots time and the vCPU
-/// counters, so a benchmark can bracket exactly the work it measures.
+/// (id 0..=255): a benchmark mark. The kernel writes
+/// `MILESTONE_USER_BASE | id` to the milestone port, where the VMM snapshots
+/// time and the vCPU counters, so a benchmark can bracket exactly the work
+/// it measures.
 pub const SYS_MILESTONE: u64 = 10;
 pub const MILESTONE_USER_BASE: u32 = 0x100;
 

@@ -69,7 +69,11 @@ impl Sha256 {
         let bits = self.total.wrapping_mul(8);
         let mut pad = [0u8; 72];
         pad[0] = 0x80;
-        let pad_len = if self.fill < 56 { 56 - self.fill } else { 120 - self.fill };
+        let pad_len = if self.fill < 56 {
+            56 - self.fill
+        } else {
+            120 - self.fill
+        };
         let total = self.total;
         self.update(&pad[..pad_len]);
         self.update(&bits.to_be_bytes());
@@ -86,7 +90,12 @@ impl Sha256 {
 fn compress(h: &mut [u32; 8], block: &[u8; 64]) {
     let mut w = [0u32; 64];
     for i in 0..16 {
-        w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+        w[i] = u32::from_be_bytes([
+            block[4 * i],
+            block[4 * i + 1],
+            block[4 * i + 2],
+            block[4 * i + 3],
+        ]);
     }
     for i in 16..64 {
         let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);

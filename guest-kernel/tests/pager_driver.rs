@@ -161,7 +161,10 @@ impl Rig {
             if let Some(i) = self.done.iter().position(|c| c.token == token) {
                 return self.done.remove(i);
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "no completion for {token}");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no completion for {token}"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -178,7 +181,9 @@ impl Rig {
         let mut out = Vec::new();
         for seg in s {
             let mut b = vec![0u8; seg.len as usize];
-            self.mem.read_slice(&mut b, GuestAddress(seg.addr.0)).unwrap();
+            self.mem
+                .read_slice(&mut b, GuestAddress(seg.addr.0))
+                .unwrap();
             out.extend(b);
         }
         out
@@ -194,46 +199,104 @@ fn init_read_write_sync_terminate_through_the_real_device() {
     let uri = format!("file:{}", path.display());
     let mut rig = Rig::new(vec![("data", &uri), ("zero", "zero?size=1M")]);
     assert_eq!(rig.driver.objects().len(), 2);
-    let id = rig.driver.find(b"data").expect("object in the config table");
-    assert_eq!(rig.driver.object(id).unwrap().table_size, content.len() as u64);
+    let id = rig
+        .driver
+        .find(b"data")
+        .expect("object in the config table");
+    assert_eq!(
+        rig.driver.object(id).unwrap().table_size,
+        content.len() as u64
+    );
     assert_eq!(rig.driver.find(b"nope"), None);
 
     // Nothing before INIT.
     let frames = rig.pages(2);
     assert_eq!(
-        rig.driver.submit(id, Op::DataRequest { offset: 0, len: 8192, desired: 1 }, 1, frames.clone()),
+        rig.driver.submit(
+            id,
+            Op::DataRequest {
+                offset: 0,
+                len: 8192,
+                desired: 1
+            },
+            1,
+            frames.clone()
+        ),
         Err(SubmitError::BadState)
     );
     let c = rig.run(id, Op::Init, 2, &[]);
     assert_eq!(c.status, status::OK);
     assert_eq!(c.bytes, content.len() as u64);
-    assert!(matches!(rig.driver.object(id).unwrap().state, ObjState::Ready { read_only: false, .. }));
+    assert!(matches!(
+        rig.driver.object(id).unwrap().state,
+        ObjState::Ready {
+            read_only: false,
+            ..
+        }
+    ));
 
     // Two pages from offset 4096 into non-adjacent frames.
     let mut f = rig.pages(1);
     rig.pages(1);
     f.extend(rig.pages(1));
-    let c = rig.run(id, Op::DataRequest { offset: 4096, len: 8192, desired: 1 }, 3, &f);
+    let c = rig.run(
+        id,
+        Op::DataRequest {
+            offset: 4096,
+            len: 8192,
+            desired: 1,
+        },
+        3,
+        &f,
+    );
     assert_eq!((c.status, c.kind), (status::OK, pager::KIND_PROVIDED));
     assert!(c.bytes >= 8192);
     assert_eq!(rig.read(&f), content[4096..4096 + 8192]);
 
     // Last, partial page: zero past the end.
     let f = rig.pages(1);
-    let c = rig.run(id, Op::DataRequest { offset: 12288, len: 4096, desired: 1 }, 4, &f);
+    let c = rig.run(
+        id,
+        Op::DataRequest {
+            offset: 12288,
+            len: 4096,
+            desired: 1,
+        },
+        4,
+        &f,
+    );
     assert_eq!(c.status, status::OK);
     let got = rig.read(&f);
     assert_eq!(&got[..100], &content[12288..]);
     assert!(got[100..].iter().all(|&b| b == 0));
 
     // Past the end.
-    let c = rig.run(id, Op::DataRequest { offset: 16384, len: 4096, desired: 1 }, 5, &f);
+    let c = rig.run(
+        id,
+        Op::DataRequest {
+            offset: 16384,
+            len: 4096,
+            desired: 1,
+        },
+        5,
+        &f,
+    );
     assert_eq!(c.status, status::PAST_END);
 
     // Write page 0 from a frame, sync, and the host file has it.
     let f = rig.pages(1);
-    rig.mem.write_slice(&[0xabu8; 4096], GuestAddress(f[0].addr.0)).unwrap();
-    let c = rig.run(id, Op::DataWrite { offset: 0, len: 4096 }, 6, &f);
+    rig.mem
+        .write_slice(&[0xabu8; 4096], GuestAddress(f[0].addr.0))
+        .unwrap();
+    let c = rig.run(
+        id,
+        Op::DataWrite {
+            offset: 0,
+            len: 4096,
+        },
+        6,
+        &f,
+    );
     assert_eq!(c.status, status::OK);
     assert_eq!(rig.run(id, Op::Sync, 7, &[]).status, status::OK);
     let on_disk = std::fs::read(&path).unwrap();
@@ -245,7 +308,16 @@ fn init_read_write_sync_terminate_through_the_real_device() {
     for t in 0..32u64 {
         let f = rig.pages(1);
         rig.driver
-            .submit(id, Op::DataRequest { offset: (t % 3) * 4096, len: 4096, desired: 1 }, 100 + t, f.clone())
+            .submit(
+                id,
+                Op::DataRequest {
+                    offset: (t % 3) * 4096,
+                    len: 4096,
+                    desired: 1,
+                },
+                100 + t,
+                f.clone(),
+            )
             .unwrap();
         batch.push((t, f));
     }
@@ -254,7 +326,11 @@ fn init_read_write_sync_terminate_through_the_real_device() {
     assert!(rig.driver.stats.notifies <= notifies + 1);
     for (t, f) in batch {
         assert_eq!(rig.wait(100 + t).status, status::OK);
-        let want = if t % 3 == 0 { vec![0xab; 4096] } else { content[(t % 3) as usize * 4096..][..4096].to_vec() };
+        let want = if t % 3 == 0 {
+            vec![0xab; 4096]
+        } else {
+            content[(t % 3) as usize * 4096..][..4096].to_vec()
+        };
         assert_eq!(rig.read(&f), want, "request {t}");
     }
     assert_eq!(rig.driver.in_flight(), 0);
@@ -263,7 +339,16 @@ fn init_read_write_sync_terminate_through_the_real_device() {
     let z = rig.driver.find(b"zero").unwrap();
     assert_eq!(rig.run(z, Op::Init, 8, &[]).status, status::OK);
     let f = rig.pages(1);
-    let c = rig.run(z, Op::DataRequest { offset: 0, len: 4096, desired: 3 }, 9, &f);
+    let c = rig.run(
+        z,
+        Op::DataRequest {
+            offset: 0,
+            len: 4096,
+            desired: 3,
+        },
+        9,
+        &f,
+    );
     assert_eq!((c.status, c.kind), (status::OK, pager::KIND_UNAVAILABLE));
 
     // Terminate: requests refused until INIT again.
@@ -284,27 +369,81 @@ fn read_only_objects_and_bad_frames_are_refused_by_the_driver() {
     assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
     let f = rig.pages(1);
     assert_eq!(
-        rig.driver.submit(0, Op::DataWrite { offset: 0, len: 4096 }, 2, f.clone()),
+        rig.driver.submit(
+            0,
+            Op::DataWrite {
+                offset: 0,
+                len: 4096
+            },
+            2,
+            f.clone()
+        ),
         Err(SubmitError::ReadOnly)
     );
     // Frames not matching the length, misaligned, empty.
     assert_eq!(
-        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 8192, desired: 1 }, 3, f.clone()),
+        rig.driver.submit(
+            0,
+            Op::DataRequest {
+                offset: 0,
+                len: 8192,
+                desired: 1
+            },
+            3,
+            f.clone()
+        ),
         Err(SubmitError::BadFrames)
     );
-    let bad = Segment { addr: PhysAddr(f[0].addr.0 + 8), len: 4096 };
+    let bad = Segment {
+        addr: PhysAddr(f[0].addr.0 + 8),
+        len: 4096,
+    };
     assert_eq!(
-        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 4, [bad]),
+        rig.driver.submit(
+            0,
+            Op::DataRequest {
+                offset: 0,
+                len: 4096,
+                desired: 1
+            },
+            4,
+            [bad]
+        ),
         Err(SubmitError::BadFrames)
     );
     assert_eq!(
-        rig.driver.submit(0, Op::DataRequest { offset: 0, len: 0, desired: 1 }, 5, []),
+        rig.driver.submit(
+            0,
+            Op::DataRequest {
+                offset: 0,
+                len: 0,
+                desired: 1
+            },
+            5,
+            []
+        ),
         Err(SubmitError::BadFrames)
     );
-    assert_eq!(rig.driver.submit(9, Op::Init, 6, []), Err(SubmitError::NoObject));
-    assert_eq!(rig.driver.in_flight(), 0, "refused submissions hold no slot");
+    assert_eq!(
+        rig.driver.submit(9, Op::Init, 6, []),
+        Err(SubmitError::NoObject)
+    );
+    assert_eq!(
+        rig.driver.in_flight(),
+        0,
+        "refused submissions hold no slot"
+    );
     // And the device still serves a good one.
-    let c = rig.run(0, Op::DataRequest { offset: 4096, len: 4096, desired: 1 }, 7, &f);
+    let c = rig.run(
+        0,
+        Op::DataRequest {
+            offset: 4096,
+            len: 4096,
+            desired: 1,
+        },
+        7,
+        &f,
+    );
     assert_eq!(c.status, status::OK);
     let _ = std::fs::remove_file(path);
 }
@@ -318,17 +457,55 @@ fn hostile_chains_are_rejected_and_a_broken_ring_is_recovered_by_reset() {
     assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
     let f = rig.pages(1)[0].addr.0;
     let hdr = pager::header(pager::req::DATA_REQUEST, 0, 0, 4096, 1);
-    let cases: Vec<(&str, Vec<(u64, u32, u16, u16)>)> = {
+    let cases: Vec<(&str, Vec<pager::RawDesc>)> = {
         let raw = rig.driver.raw();
         let (h, r) = raw.slot_area(0);
         let (h, r) = (h.0, r.0);
         vec![
-            ("loop", vec![(h, 32, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 0)]),
-            ("out of RAM", vec![(h, 32, DESC_NEXT, 1), (1 << 40, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
-            ("huge length", vec![(h, 32, DESC_NEXT, 1), (f, 0xffff_f000, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
-            ("wrong direction", vec![(h, 32, DESC_NEXT, 1), (f, 4096, DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
-            ("zero length", vec![(h, 32, DESC_NEXT, 1), (f, 0, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
-            ("short header", vec![(h, 16, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)]),
+            (
+                "loop",
+                vec![(h, 32, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 0)],
+            ),
+            (
+                "out of RAM",
+                vec![
+                    (h, 32, DESC_NEXT, 1),
+                    (1 << 40, 4096, DESC_WRITE | DESC_NEXT, 2),
+                    (r, 24, DESC_WRITE, 0),
+                ],
+            ),
+            (
+                "huge length",
+                vec![
+                    (h, 32, DESC_NEXT, 1),
+                    (f, 0xffff_f000, DESC_WRITE | DESC_NEXT, 2),
+                    (r, 24, DESC_WRITE, 0),
+                ],
+            ),
+            (
+                "wrong direction",
+                vec![
+                    (h, 32, DESC_NEXT, 1),
+                    (f, 4096, DESC_NEXT, 2),
+                    (r, 24, DESC_WRITE, 0),
+                ],
+            ),
+            (
+                "zero length",
+                vec![
+                    (h, 32, DESC_NEXT, 1),
+                    (f, 0, DESC_WRITE | DESC_NEXT, 2),
+                    (r, 24, DESC_WRITE, 0),
+                ],
+            ),
+            (
+                "short header",
+                vec![
+                    (h, 16, DESC_NEXT, 1),
+                    (f, 4096, DESC_WRITE | DESC_NEXT, 2),
+                    (r, 24, DESC_WRITE, 0),
+                ],
+            ),
             ("dangling next", vec![(h, 32, DESC_NEXT, 9)]),
         ]
     };
@@ -343,32 +520,62 @@ fn hostile_chains_are_rejected_and_a_broken_ring_is_recovered_by_reset() {
     // A head published twice completes at most once towards the caller.
     let frames = rig.pages(1);
     rig.driver
-        .submit(0, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 200, frames.clone())
+        .submit(
+            0,
+            Op::DataRequest {
+                offset: 0,
+                len: 4096,
+                desired: 1,
+            },
+            200,
+            frames.clone(),
+        )
         .unwrap();
     rig.driver.raw().republish(0);
     rig.driver.kick();
     assert_eq!(rig.wait(200).status, status::OK);
     std::thread::sleep(Duration::from_millis(50));
     rig.poll();
-    assert!(rig.done.is_empty(), "duplicate completion delivered: {:?}", rig.done);
+    assert!(
+        rig.done.is_empty(),
+        "duplicate completion delivered: {:?}",
+        rig.done
+    );
 
     // A request in flight, then a broken ring: the device asks for a reset,
     // the driver resets it, fails what was pending, and works again.
     rig.driver.raw().break_ring();
     let start = Instant::now();
     let done = &mut rig.done;
-    while !rig.driver.check_needs_reset(&mut |c: &Completion, _: &Frames| done.push(*c)) {
-        assert!(start.elapsed() < Duration::from_secs(10), "device never asked for a reset");
+    while !rig
+        .driver
+        .check_needs_reset(&mut |c: &Completion, _: &Frames| done.push(*c))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "device never asked for a reset"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     while rig.driver.is_resetting() {
         let done = &mut rig.done;
-        rig.driver.finish_reset(1000, &mut |c: &Completion, _: &Frames| done.push(*c)).unwrap();
+        rig.driver
+            .finish_reset(1000, &mut |c: &Completion, _: &Frames| done.push(*c))
+            .unwrap();
     }
     assert_eq!(rig.driver.stats.resets, 1);
     assert_eq!(rig.driver.object(0).unwrap().state, ObjState::Uninit);
     assert_eq!(rig.run(0, Op::Init, 300, &[]).status, status::OK);
-    let c = rig.run(0, Op::DataRequest { offset: 4096, len: 4096, desired: 1 }, 301, &frames);
+    let c = rig.run(
+        0,
+        Op::DataRequest {
+            offset: 4096,
+            len: 4096,
+            desired: 1,
+        },
+        301,
+        &frames,
+    );
     assert_eq!(c.status, status::OK);
     assert_eq!(rig.read(&frames), content[4096..]);
     let _ = std::fs::remove_file(path);

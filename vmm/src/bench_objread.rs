@@ -56,7 +56,9 @@ fn guest(path: &Path, chunk: u64) -> Result<GuestRun> {
     let object = format!("data=file:{}?ro", path.display());
     let chunk_arg = format!("{}K", chunk / 1024);
     let out = Command::new(exe)
-        .args(["run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg])
+        .args([
+            "run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg,
+        ])
         .stdin(Stdio::null())
         .output()?;
     let text = format!(
@@ -162,7 +164,15 @@ fn report(path: &Path, size: u64) -> Result<()> {
     );
     println!(
         "{:>8} {:>14} {:>14} {:>9} {:>10} {:>10} {:>9} {:>9} {:>11}",
-        "request", "guest pages/s", "pread pages/s", "ratio", "µs/req", "insn/req", "exits/req", "irqs/req", "insn/page"
+        "request",
+        "guest pages/s",
+        "pread pages/s",
+        "ratio",
+        "µs/req",
+        "insn/req",
+        "exits/req",
+        "irqs/req",
+        "insn/page"
     );
     for chunk in [4096u64, 65536] {
         let g = guest(path, chunk)?;
@@ -184,7 +194,9 @@ fn report(path: &Path, size: u64) -> Result<()> {
         );
     }
     println!("(ratio = pread rate / guest rate; per-request counts from the vCPU's KVM statistics");
-    println!(" between objsum's marks, including its system call and the SHA-256 work's timer ticks;");
+    println!(
+        " between objsum's marks, including its system call and the SHA-256 work's timer ticks;"
+    );
     println!(" goals: <= 800 kernel instructions, <= 1 exit and <= 1 interrupt per request)");
     Ok(())
 }

@@ -13,9 +13,7 @@ pub fn outl(port: u16, value: u32) {
 #[inline]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O to legacy platform ports has no memory effects.
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags))
-    }
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags)) }
 }
 
 #[inline]

@@ -78,7 +78,11 @@ pub fn stat(k: &mut Kernel, f: &TrapFrame) -> i64 {
         let Some(d) = guard.as_ref() else {
             return ERR_NO_DEVICE;
         };
-        match u32::try_from(f.rdi).ok().and_then(|id| d.object(id)).map(|o| o.state) {
+        match u32::try_from(f.rdi)
+            .ok()
+            .and_then(|id| d.object(id))
+            .map(|o| o.state)
+        {
             Some(ObjState::Ready {
                 size,
                 read_only,
@@ -137,9 +141,10 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
     let need = if write { USER } else { USER | WRITABLE };
     let mut bad_address = false;
     let frames = &mut k.frames;
+    let mut walker = paging::Walker::new(root);
     let pages = (0..len / PAGE_SIZE).map(|i| {
         let at = VirtAddr(va.0 + i * PAGE_SIZE);
-        match paging::translate(&mut DirectTables(frames), root, at) {
+        match walker.translate(&mut DirectTables(frames), at) {
             Some((pa, flags)) if flags & need == need => Segment {
                 addr: pa,
                 len: PAGE_SIZE as u32,
@@ -209,10 +214,7 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
     if c.token & INIT_TOKEN != 0 || c.token > u64::from(u32::MAX) {
         return;
     }
-    let bytes: u64 = (0..frames.len())
-        .filter_map(|i| frames.get(i))
-        .map(|s| u64::from(s.len))
-        .sum();
+    let bytes = c.len;
     let r = if c.status != status::OK {
         error_of(c.status)
     } else {
@@ -228,9 +230,10 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
 pub fn interrupt(k: &mut Kernel) {
     let mut guard = vpager::lock();
     if let Some(d) = guard.as_mut() {
-        d.interrupt(&mut |c: &Completion, fr: &Frames| complete(k, c, fr), &mut |e| {
-            vpager::on_event(e)
-        });
+        d.interrupt(
+            &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
+            &mut |e| vpager::on_event(e),
+        );
     }
 }
 

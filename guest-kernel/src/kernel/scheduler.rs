@@ -9,6 +9,7 @@ use crate::gdt::{self, KERNEL_CS, KERNEL_DS};
 use crate::kprint;
 use crate::task::{LoadError, Remains, State, Task};
 use crate::trap::{TrapFrame, exception_name};
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use guest_kernel::abi::{ERR_NO_SUCH_TASK, KILLED_BASE, PORT_EXIT};
@@ -28,10 +29,14 @@ pub struct Kernel {
     pub boot: BootInfo,
     pub frames: FrameAllocator,
     pub kernel_root: PhysAddr,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed so a task never moves: `cur` points into it.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     runq: RunQueue,
     /// `None` while idle.
     current: Option<TaskId>,
+    /// The running task's record (null while idle, or once it is gone), so
+    /// the hot paths (every system call, every wake-up) need no map lookup.
+    cur: *mut Task,
     idle_frame: *mut TrapFrame,
     /// Whose FPU state is in the registers (saved only when another task's
     /// is loaded; the kernel itself never touches the FPU).
@@ -82,6 +87,7 @@ impl Kernel {
             tasks: BTreeMap::new(),
             runq: RunQueue::new(),
             current: None,
+            cur: core::ptr::null_mut(),
             idle_frame,
             fpu_owner: None,
             cr3_task: None,
@@ -111,26 +117,33 @@ impl Kernel {
         )
         .map_err(SpawnError::Load)?;
         self.next_id += 1;
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
         self.runq.push(id);
         Ok(id)
     }
 
     pub fn current(&mut self) -> Option<&mut Task> {
-        let id = self.current?;
-        self.tasks.get_mut(&id)
+        // SAFETY: `cur` is null or points at the boxed record of the running
+        // task, cleared before that record is dropped.
+        unsafe { self.cur.as_mut() }
+    }
+
+    fn remove_task(&mut self, id: TaskId) {
+        if self.current == Some(id) {
+            self.cur = core::ptr::null_mut();
+        }
+        self.tasks.remove(&id);
     }
 
     /// Called first on every kernel entry: remember where the interrupted
     /// context's frame is, and free what exited tasks left behind.
     pub fn enter(&mut self, frame: *mut TrapFrame) {
-        match self.current {
-            Some(id) => {
-                if let Some(t) = self.tasks.get_mut(&id) {
-                    t.frame = frame;
-                }
-            }
+        match self.current() {
+            Some(t) => t.frame = frame,
             None => self.idle_frame = frame,
+        }
+        if self.graveyard.is_empty() {
+            return;
         }
         for r in core::mem::take(&mut self.graveyard) {
             r.release(&mut self.frames);
@@ -146,7 +159,9 @@ impl Kernel {
             crate::vpager::shutdown();
             power_off(status as u32);
         }
-        let Some(t) = self.tasks.get_mut(&id) else {
+        // SAFETY: as in `current`; the record stays until `remove_task`
+        // below, and only its own fields and the frame allocator are used.
+        let Some(t) = (unsafe { self.cur.as_mut() }) else {
             return;
         };
         t.state = State::Exited(status);
@@ -155,6 +170,12 @@ impl Kernel {
         self.graveyard.push(remains);
         if self.fpu_owner == Some(id) {
             self.fpu_owner = None;
+        }
+        if self.cr3_task == Some(id) {
+            // Its tables are freed on the next kernel entry: leave them now.
+            // SAFETY: the kernel root maps everything the kernel uses.
+            unsafe { cpu::set_cr3(self.kernel_root.0) };
+            self.cr3_task = None;
         }
         // Wake whoever waits for it; the first waiter collects the status.
         let waiters: Vec<TaskId> = self
@@ -173,7 +194,7 @@ impl Kernel {
             .is_some_and(|t| t.state == State::Exited(status))
             && self.collected(id)
         {
-            self.tasks.remove(&id);
+            self.remove_task(id);
         }
         // Its own exited children can no longer be waited for.
         self.tasks
@@ -272,7 +293,7 @@ impl Kernel {
             return Err(ERR_NO_SUCH_TASK);
         }
         if let State::Exited(s) = t.state {
-            self.tasks.remove(&target);
+            self.remove_task(target);
             return Ok(Some(s));
         }
         if let Some(t) = self.current() {
@@ -289,56 +310,47 @@ impl Kernel {
             return self.current().map_or(idle, |t| t.frame);
         }
         self.need_resched = false;
-        if let Some(id) = self.current.filter(|_| cur_running) {
-            if let Some(t) = self.tasks.get_mut(&id) {
-                t.state = State::Ready;
-            }
+        if cur_running && let Some(t) = self.current() {
+            t.state = State::Ready;
+            let id = t.id;
             self.runq.push(id);
         }
         let next = loop {
-            match self.runq.pop() {
-                Some(id) if self.tasks.get(&id).is_some_and(|t| t.state == State::Ready) => {
-                    break Some(id);
-                }
-                Some(_) => continue,
-                None => break None,
+            let Some(id) = self.runq.pop() else {
+                break None;
+            };
+            if let Some(t) = self.tasks.get_mut(&id)
+                && t.state == State::Ready
+            {
+                break Some(&mut **t as *mut Task);
             }
         };
         self.switch_to(next)
     }
 
-    fn switch_to(&mut self, next: Option<TaskId>) -> *mut TrapFrame {
-        self.current = next;
-        let Some(id) = next else {
+    /// `next` points at a record in `tasks` (one lookup, in `schedule`).
+    fn switch_to(&mut self, next: Option<*mut Task>) -> *mut TrapFrame {
+        // SAFETY: `next` was just taken from the task table.
+        let next = next.and_then(|p| unsafe { p.as_mut() });
+        self.current = next.as_ref().map(|t| t.id);
+        self.cur = core::ptr::null_mut();
+        let Some(t) = next else {
             // Idle runs on whatever address space is loaded (the kernel
-            // half is in all of them), so a task that blocks and is woken
-            // again costs no CR3 reload either way. Only a dead task's
-            // tables must go: they are freed on the next kernel entry.
-            let live = self
-                .cr3_task
-                .and_then(|t| self.tasks.get(&t))
-                .is_some_and(|t| !matches!(t.state, State::Exited(_)));
-            if !live {
-                // SAFETY: the kernel root maps everything the kernel uses.
-                unsafe { cpu::set_cr3(self.kernel_root.0) };
-                self.cr3_task = None;
-            }
+            // half is in all of them; a dead task's was left at its exit),
+            // so a task that blocks and is woken costs no CR3 reload.
             return self.idle_frame;
         };
+        let id = t.id;
         if self.fpu_owner != Some(id) {
             if let Some(owner) = self.fpu_owner.and_then(|o| self.tasks.get_mut(&o)) {
                 // SAFETY: a 16-byte aligned 512-byte area owned by the task.
                 unsafe { fxsave(owner.fx.0.as_mut_ptr()) };
             }
-            if let Some(t) = self.tasks.get(&id) {
-                // SAFETY: the task's saved (or initial) FXSAVE image.
-                unsafe { fxrstor(t.fx.0.as_ptr()) };
-            }
+            // SAFETY: the task's saved (or initial) FXSAVE image.
+            unsafe { fxrstor(t.fx.0.as_ptr()) };
             self.fpu_owner = Some(id);
         }
-        let Some(t) = self.tasks.get_mut(&id) else {
-            return self.idle_frame;
-        };
+        self.cur = &mut *t;
         t.state = State::Running;
         let top = t.kstack_top();
         gdt::set_kernel_stack(top);

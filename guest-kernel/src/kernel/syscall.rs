@@ -82,10 +82,12 @@ fn user_pieces(
         return Err(ERR_BAD_ADDRESS);
     }
     let root = k.current().ok_or(ERR_BAD_ADDRESS)?.root;
+    let mut walker = paging::Walker::new(root);
     let mut at = va;
     while at < end {
-        let (pa, flags) =
-            paging::translate(&mut DirectTables(&mut k.frames), root, at).ok_or(ERR_BAD_ADDRESS)?;
+        let (pa, flags) = walker
+            .translate(&mut DirectTables(&mut k.frames), at)
+            .ok_or(ERR_BAD_ADDRESS)?;
         if flags & need != need {
             return Err(ERR_BAD_ADDRESS);
         }
@@ -101,7 +103,8 @@ pub fn copy_from_user(k: &mut Kernel, va: VirtAddr, len: u64, max: u64) -> Resul
         return Err(ERR_INVALID);
     }
     let mut out = Vec::new();
-    out.try_reserve_exact(len as usize).map_err(|_| ERR_NO_MEMORY)?;
+    out.try_reserve_exact(len as usize)
+        .map_err(|_| ERR_NO_MEMORY)?;
     user_pieces(k, va, len, USER, |pa, n| {
         // SAFETY: a user page just checked, read through the direct map.
         out.extend_from_slice(unsafe { core::slice::from_raw_parts(phys_to_virt(pa), n as usize) })

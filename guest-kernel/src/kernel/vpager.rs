@@ -85,7 +85,13 @@ pub fn init(cmd: &[u8], frames: &mut FrameAllocator, root: PhysAddr) {
         return;
     };
     if let Err(why) = start(dev, frames, root) {
-        kprint!("virtio-pager: not started at ", Hex(dev.base.0), ": ", why, "\n");
+        kprint!(
+            "virtio-pager: not started at ",
+            Hex(dev.base.0),
+            ": ",
+            why,
+            "\n"
+        );
         return;
     }
     if cmdline::value(cmd, b"selftest") == Some(b"hostile") {
@@ -171,13 +177,16 @@ pub fn wait_polled(
 /// Clean shutdown: SYNC every initialised object so the pagers have made
 /// every write durable before the VM powers off.
 pub fn shutdown() {
-    let Some(mut guard) = DRIVER.try_lock() else { return };
+    let Some(mut guard) = DRIVER.try_lock() else {
+        return;
+    };
     let Some(d) = guard.as_mut() else { return };
     const SYNC_TOKEN: u64 = 1 << 62;
     let mut outstanding = 0u32;
     for id in 0..d.objects().len() as u32 {
         if matches!(d.object(id).map(|o| o.state), Some(ObjState::Ready { .. }))
-            && d.submit(id, Op::Sync, SYNC_TOKEN | u64::from(id), []).is_ok()
+            && d.submit(id, Op::Sync, SYNC_TOKEN | u64::from(id), [])
+                .is_ok()
         {
             outstanding += 1;
         }

@@ -18,7 +18,13 @@ pub struct Report {
     pub resets: u64,
 }
 
-fn run_one(d: &mut Driver, object: u32, op: Op, token: u64, frames: &[Segment]) -> Result<Completion, &'static str> {
+fn run_one(
+    d: &mut Driver,
+    object: u32,
+    op: Op,
+    token: u64,
+    frames: &[Segment],
+) -> Result<Completion, &'static str> {
     d.submit(object, op, token, frames.iter().copied())
         .map_err(|_| "submit refused")?;
     d.kick();
@@ -54,15 +60,35 @@ pub fn hostile(d: &mut Driver, frame: PhysAddr) -> Result<Report, &'static str> 
         // next loops back to the header
         &[(h, 32, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 0)],
         // a frame far outside guest RAM
-        &[(h, 32, DESC_NEXT, 1), (1 << 40, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)],
+        &[
+            (h, 32, DESC_NEXT, 1),
+            (1 << 40, 4096, DESC_WRITE | DESC_NEXT, 2),
+            (r, 24, DESC_WRITE, 0),
+        ],
         // a length that runs past RAM
-        &[(h, 32, DESC_NEXT, 1), (f, 0xffff_f000, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)],
+        &[
+            (h, 32, DESC_NEXT, 1),
+            (f, 0xffff_f000, DESC_WRITE | DESC_NEXT, 2),
+            (r, 24, DESC_WRITE, 0),
+        ],
         // data frames the device may only read, for a read request
-        &[(h, 32, DESC_NEXT, 1), (f, 4096, DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)],
+        &[
+            (h, 32, DESC_NEXT, 1),
+            (f, 4096, DESC_NEXT, 2),
+            (r, 24, DESC_WRITE, 0),
+        ],
         // zero-length descriptor
-        &[(h, 32, DESC_NEXT, 1), (f, 0, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)],
+        &[
+            (h, 32, DESC_NEXT, 1),
+            (f, 0, DESC_WRITE | DESC_NEXT, 2),
+            (r, 24, DESC_WRITE, 0),
+        ],
         // header too short
-        &[(h, 16, DESC_NEXT, 1), (f, 4096, DESC_WRITE | DESC_NEXT, 2), (r, 24, DESC_WRITE, 0)],
+        &[
+            (h, 16, DESC_NEXT, 1),
+            (f, 4096, DESC_WRITE | DESC_NEXT, 2),
+            (r, 24, DESC_WRITE, 0),
+        ],
         // next points past the table
         &[(h, 32, DESC_NEXT, 9)],
     ];
@@ -88,9 +114,21 @@ pub fn hostile(d: &mut Driver, frame: PhysAddr) -> Result<Report, &'static str> 
     d.raw().restore();
 
     // One head published twice: one completion reaches the caller.
-    let seg = [Segment { addr: frame, len: 4096 }];
-    d.submit(object, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 200, seg)
-        .map_err(|_| "submit refused")?;
+    let seg = [Segment {
+        addr: frame,
+        len: 4096,
+    }];
+    d.submit(
+        object,
+        Op::DataRequest {
+            offset: 0,
+            len: 4096,
+            desired: 1,
+        },
+        200,
+        seg,
+    )
+    .map_err(|_| "submit refused")?;
     d.raw().republish(0);
     d.kick();
     let count = Cell::new(0u32);
@@ -131,7 +169,9 @@ pub fn hostile(d: &mut Driver, frame: PhysAddr) -> Result<Report, &'static str> 
         if finished {
             break;
         }
-        finished = d.finish_reset(RESET_POLLS, &mut ignore).map_err(|_| "reset failed")?;
+        finished = d
+            .finish_reset(RESET_POLLS, &mut ignore)
+            .map_err(|_| "reset failed")?;
     }
     if !finished {
         return Err("the reset did not complete");
@@ -139,7 +179,17 @@ pub fn hostile(d: &mut Driver, frame: PhysAddr) -> Result<Report, &'static str> 
     if run_one(d, object, Op::Init, 300, &[])?.status != status::OK {
         return Err("INIT after reset failed");
     }
-    let c = run_one(d, object, Op::DataRequest { offset: 0, len: 4096, desired: 1 }, 301, &seg)?;
+    let c = run_one(
+        d,
+        object,
+        Op::DataRequest {
+            offset: 0,
+            len: 4096,
+            desired: 1,
+        },
+        301,
+        &seg,
+    )?;
     if c.status != status::OK && c.status != status::PAST_END {
         return Err("a normal request after the reset failed");
     }

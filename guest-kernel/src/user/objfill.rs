@@ -4,9 +4,9 @@
 #![no_std]
 #![no_main]
 
-mod rt;
 #[path = "../objfill_pattern.rs"]
 mod pattern;
+mod rt;
 
 use rt::abi;
 use rt::object::{self, IoBuf};
@@ -41,7 +41,10 @@ fn main(args: &[u8]) -> i32 {
         let chunk = &mut buf[..n as usize];
         pattern::fill(seed, offset, chunk);
         if let Err(e) = object::write(id, offset, chunk) {
-            println!("objfill: {name_s}: write at {offset}: {}", abi::error_name(e));
+            println!(
+                "objfill: {name_s}: write at {offset}: {}",
+                abi::error_name(e)
+            );
             return 1;
         }
         offset += n;

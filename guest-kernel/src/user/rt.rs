@@ -152,7 +152,13 @@ pub mod object {
     pub fn lookup(name: &[u8]) -> Result<u64, i64> {
         // SAFETY: a valid slice.
         let r = unsafe {
-            syscall(abi::SYS_OBJECT_LOOKUP, name.as_ptr() as u64, name.len() as u64, 0, 0)
+            syscall(
+                abi::SYS_OBJECT_LOOKUP,
+                name.as_ptr() as u64,
+                name.len() as u64,
+                0,
+                0,
+            )
         };
         if r < 0 { Err(r) } else { Ok(r as u64) }
     }
@@ -168,7 +174,13 @@ pub mod object {
     pub fn read(id: u64, offset: u64, buf: &mut [u8]) -> Result<usize, i64> {
         // SAFETY: a valid, writable slice the kernel lends to the device.
         let r = unsafe {
-            syscall(abi::SYS_OBJECT_READ, id, offset, buf.as_mut_ptr() as u64, buf.len() as u64)
+            syscall(
+                abi::SYS_OBJECT_READ,
+                id,
+                offset,
+                buf.as_mut_ptr() as u64,
+                buf.len() as u64,
+            )
         };
         if r < 0 { Err(r) } else { Ok(r as usize) }
     }
@@ -177,7 +189,13 @@ pub mod object {
     pub fn write(id: u64, offset: u64, buf: &[u8]) -> Result<usize, i64> {
         // SAFETY: a valid slice.
         let r = unsafe {
-            syscall(abi::SYS_OBJECT_WRITE, id, offset, buf.as_ptr() as u64, buf.len() as u64)
+            syscall(
+                abi::SYS_OBJECT_WRITE,
+                id,
+                offset,
+                buf.as_ptr() as u64,
+                buf.len() as u64,
+            )
         };
         if r < 0 { Err(r) } else { Ok(r as usize) }
     }

@@ -80,7 +80,10 @@ fn parse_num(s: &[u8]) -> Option<u64> {
 pub fn full_barrier() {
     // SAFETY: a locked no-op on the stack; orders all earlier loads/stores.
     unsafe {
-        core::arch::asm!("lock or dword ptr [rsp], 0", options(nostack, preserves_flags));
+        core::arch::asm!(
+            "lock or dword ptr [rsp], 0",
+            options(nostack, preserves_flags)
+        );
     }
 }
 
@@ -115,7 +118,12 @@ mod tests {
             b"4K@0xffffffffffffffff:5",
             b"4Q@0x1000:5",
         ] {
-            assert_eq!(parse_mmio_device(bad), None, "{:?}", core::str::from_utf8(bad));
+            assert_eq!(
+                parse_mmio_device(bad),
+                None,
+                "{:?}",
+                core::str::from_utf8(bad)
+            );
         }
     }
 }

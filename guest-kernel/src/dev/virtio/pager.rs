@@ -142,6 +142,8 @@ pub struct Completion {
     pub token: u64,
     pub object: u32,
     pub op: u16,
+    /// The request's `length` (what a caller asked for).
+    pub len: u64,
     pub status: u32,
     /// DATA_REQUEST: `KIND_PROVIDED` or `KIND_UNAVAILABLE`.
     pub kind: u32,
@@ -195,7 +197,11 @@ impl Frames {
 pub enum ObjState {
     Uninit,
     Initializing,
-    Ready { size: u64, read_only: bool, may_cache: bool },
+    Ready {
+        size: u64,
+        read_only: bool,
+        may_cache: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -263,6 +269,7 @@ enum Health {
 #[derive(Clone, Copy)]
 struct SlotInfo {
     token: u64,
+    len: u64,
     object: u32,
     op: u16,
     frames: u16,
@@ -310,6 +317,8 @@ const REQUIRED: u64 = (1 << mmio::F_VERSION_1) | (1 << mmio::F_INDIRECT_DESC);
 
 const REQQ_SIZE: u16 = REQ_SLOTS as u16;
 const EVQ_SIZE: u16 = (EVENT_BUFS * 2) as u16;
+const _: () = assert!(REQQ_SIZE.is_power_of_two() && EVQ_SIZE.is_power_of_two());
+const _: () = assert!(REQ_SLOTS <= 64, "busy slots are one u64");
 
 impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// Probes, resets and brings up the device. `page` hands out zeroed
@@ -362,6 +371,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             busy: 0,
             slots: [SlotInfo {
                 token: 0,
+                len: 0,
                 object: 0,
                 op: 0,
                 frames: 0,
@@ -408,7 +418,8 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         self.evq = evq;
         self.busy = 0;
         self.write_fixed_descriptors();
-        self.t.setup_queue(REQUEST_QUEUE, REQQ_SIZE, self.mem.reqq)?;
+        self.t
+            .setup_queue(REQUEST_QUEUE, REQQ_SIZE, self.mem.reqq)?;
         self.t.setup_queue(EVENT_QUEUE, EVQ_SIZE, self.mem.evq)?;
         self.t.driver_ok();
         if self.t.status() & dev_status::DRIVER_OK == 0 {
@@ -446,8 +457,22 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             let slot = self.mem.ev_slots.0 + u64::from(EVENT_SIZE) * j as u64;
             // SAFETY: 2j+1 < EVQ_SIZE.
             unsafe {
-                virtqueue::write_desc(ev, 2 * j, slot, EVENT_SIZE, DESC_WRITE | DESC_NEXT, (2 * j + 1) as u16);
-                virtqueue::write_desc(ev, 2 * j + 1, self.mem.ev_frames[j].0, PAGE_SIZE as u32, DESC_WRITE, 0);
+                virtqueue::write_desc(
+                    ev,
+                    2 * j,
+                    slot,
+                    EVENT_SIZE,
+                    DESC_WRITE | DESC_NEXT,
+                    (2 * j + 1) as u16,
+                );
+                virtqueue::write_desc(
+                    ev,
+                    2 * j + 1,
+                    self.mem.ev_frames[j].0,
+                    PAGE_SIZE as u32,
+                    DESC_WRITE,
+                    0,
+                );
             }
         }
     }
@@ -545,16 +570,22 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         if self.health != Health::Running {
             return Err(SubmitError::Broken);
         }
-        let obj = self
+        let state = self
             .objects
-            .get_mut(object as usize)
-            .ok_or(SubmitError::NoObject)?;
-        match (op, obj.state) {
+            .get(object as usize)
+            .ok_or(SubmitError::NoObject)?
+            .state;
+        match (op, state) {
             (Op::Init, ObjState::Uninit) => {}
             (Op::Init, _) | (_, ObjState::Uninit | ObjState::Initializing) => {
                 return Err(SubmitError::BadState);
             }
-            (Op::DataWrite { .. }, ObjState::Ready { read_only: true, .. }) => {
+            (
+                Op::DataWrite { .. },
+                ObjState::Ready {
+                    read_only: true, ..
+                },
+            ) => {
                 return Err(SubmitError::ReadOnly);
             }
             _ => {}
@@ -577,7 +608,8 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             let flags = DESC_NEXT | if writable { DESC_WRITE } else { 0 };
             let mut run: Option<Segment> = None;
             for s in frames {
-                if !s.addr.is_aligned(PAGE_SIZE) || s.len == 0 || u64::from(s.len) % PAGE_SIZE != 0 {
+                if !s.addr.is_aligned(PAGE_SIZE) || s.len == 0 || u64::from(s.len) % PAGE_SIZE != 0
+                {
                     return Err(SubmitError::BadFrames);
                 }
                 total += u64::from(s.len);
@@ -594,7 +626,16 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                             return Err(SubmitError::BadFrames);
                         }
                         // SAFETY: n + 1 < TABLE_ENTRIES.
-                        unsafe { virtqueue::write_desc(table, n + 1, r.addr.0, r.len, flags, (n + 2) as u16) };
+                        unsafe {
+                            virtqueue::write_desc(
+                                table,
+                                n + 1,
+                                r.addr.0,
+                                r.len,
+                                flags,
+                                (n + 2) as u16,
+                            )
+                        };
                         n += 1;
                         Some(s)
                     }
@@ -606,25 +647,35 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                     return Err(SubmitError::BadFrames);
                 }
                 // SAFETY: as above.
-                unsafe { virtqueue::write_desc(table, n + 1, r.addr.0, r.len, flags, (n + 2) as u16) };
+                unsafe {
+                    virtqueue::write_desc(table, n + 1, r.addr.0, r.len, flags, (n + 2) as u16)
+                };
                 n += 1;
             }
             if total != len || len == 0 {
                 return Err(SubmitError::BadFrames);
             }
         }
-        let area = self.dma.ptr(PhysAddr(self.mem.slots.0 + SLOT_AREA * slot as u64));
+        let area = self
+            .dma
+            .ptr(PhysAddr(self.mem.slots.0 + SLOT_AREA * slot as u64));
         // SAFETY: the slot's 64-byte area and its table are ours; the device
         // does not read them until the head is published.
         unsafe {
-            write_volatile(area as *mut u16, ty);
-            write_volatile(area.add(2) as *mut u16, 0);
-            write_volatile(area.add(4) as *mut u32, object);
+            // type, flags (0), object_id | offset | length | access, padding
+            // and reserved (0): four quadword stores.
+            write_volatile(area as *mut u64, u64::from(ty) | (u64::from(object) << 32));
             write_volatile(area.add(8) as *mut u64, offset);
             write_volatile(area.add(16) as *mut u64, len);
-            write_volatile(area.add(24) as *mut u32, u32::from(access));
-            write_volatile(area.add(28) as *mut u32, 0);
-            virtqueue::write_desc(table, n + 1, self.mem.slots.0 + SLOT_AREA * slot as u64 + 32, RESP_SIZE, DESC_WRITE, 0);
+            write_volatile(area.add(24) as *mut u64, u64::from(access));
+            virtqueue::write_desc(
+                table,
+                n + 1,
+                self.mem.slots.0 + SLOT_AREA * slot as u64 + 32,
+                RESP_SIZE,
+                DESC_WRITE,
+                0,
+            );
             // The ring descriptor's length tells the device how many
             // entries of the indirect table count.
             write_volatile(
@@ -632,16 +683,20 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                 ((n + 2) * virtqueue::DESC_SIZE) as u32,
             );
         }
-        if let Some(o) = self.objects.get_mut(object as usize) {
-            match op {
-                Op::Init => o.state = ObjState::Initializing,
-                // Later requests are refused until a new INIT (spec §7).
-                Op::Terminate => o.state = ObjState::Uninit,
-                _ => {}
-            }
+        let new_state = match op {
+            Op::Init => Some(ObjState::Initializing),
+            // Later requests are refused until a new INIT (spec §7).
+            Op::Terminate => Some(ObjState::Uninit),
+            _ => None,
+        };
+        if let Some(st) = new_state
+            && let Some(o) = self.objects.get_mut(object as usize)
+        {
+            o.state = st;
         }
         self.slots[slot] = SlotInfo {
             token,
+            len,
             object,
             op: ty,
             frames: n as u16,
@@ -664,11 +719,11 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// The interrupt handler's work: retire completions, take events, and
     /// only when neither queue moved look at InterruptStatus (an exit) for
     /// a configuration change, i.e. DEVICE_NEEDS_RESET.
-    pub fn interrupt(
-        &mut self,
-        done: &mut dyn FnMut(&Completion, &Frames),
-        on_event: &mut dyn FnMut(&Event),
-    ) {
+    pub fn interrupt<F, E>(&mut self, done: &mut F, on_event: &mut E)
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+        E: FnMut(&Event) + ?Sized,
+    {
         self.stats.interrupts += 1;
         let before = (self.stats.completed, self.stats.events, self.stats.spurious);
         self.poll(done, on_event);
@@ -682,7 +737,13 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     }
 
     /// Retires completions and events without touching device registers.
-    pub fn poll(&mut self, done: &mut dyn FnMut(&Completion, &Frames), on_event: &mut dyn FnMut(&Event)) {
+    /// Generic, not `dyn`, so the caller's completion handler is inlined
+    /// into the interrupt path.
+    pub fn poll<F, E>(&mut self, done: &mut F, on_event: &mut E)
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+        E: FnMut(&Event) + ?Sized,
+    {
         if self.health != Health::Running {
             return;
         }
@@ -709,7 +770,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         }
     }
 
-    fn retire(&mut self, id: u32, used_len: u32, done: &mut dyn FnMut(&Completion, &Frames)) {
+    fn retire<F>(&mut self, id: u32, used_len: u32, done: &mut F)
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+    {
         let slot = id as usize;
         if slot >= REQ_SLOTS || self.busy & (1 << slot) == 0 {
             // A head we did not publish, or published twice: not ours to
@@ -718,7 +782,9 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             return;
         }
         let info = self.slots[slot];
-        let area = self.dma.ptr(PhysAddr(self.mem.slots.0 + SLOT_AREA * slot as u64 + 32));
+        let area = self
+            .dma
+            .ptr(PhysAddr(self.mem.slots.0 + SLOT_AREA * slot as u64 + 32));
         // SAFETY: the slot's response area, written by the device before
         // it returned the head.
         let (mut st, kind, bytes, lock, flags) = unsafe {
@@ -737,6 +803,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             token: info.token,
             object: info.object,
             op: info.op,
+            len: info.len,
             status: st,
             kind,
             bytes,
@@ -749,7 +816,8 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             o.state = if st == status::OK {
                 ObjState::Ready {
                     size: bytes,
-                    read_only: flags & INIT_F_READ_ONLY != 0 || o.table_flags & OBJ_F_READ_ONLY != 0,
+                    read_only: flags & INIT_F_READ_ONLY != 0
+                        || o.table_flags & OBJ_F_READ_ONLY != 0,
                     may_cache: flags & INIT_F_MAY_CACHE != 0,
                 }
             } else {
@@ -766,14 +834,19 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     }
 
     /// Returns true if the buffer was posted again.
-    fn take_event(&mut self, id: u32, len: u32, on_event: &mut dyn FnMut(&Event)) -> bool {
+    fn take_event<E>(&mut self, id: u32, len: u32, on_event: &mut E) -> bool
+    where
+        E: FnMut(&Event) + ?Sized,
+    {
         let j = id as usize / 2;
         if !id.is_multiple_of(2) || j >= EVENT_BUFS {
             self.stats.spurious += 1;
             return false;
         }
         if len >= EVENT_SIZE {
-            let p = self.dma.ptr(PhysAddr(self.mem.ev_slots.0 + u64::from(EVENT_SIZE) * j as u64));
+            let p = self.dma.ptr(PhysAddr(
+                self.mem.ev_slots.0 + u64::from(EVENT_SIZE) * j as u64,
+            ));
             // SAFETY: the event slot the device just filled.
             let ev = unsafe {
                 let kind = read_volatile(p as *const u16);
@@ -803,7 +876,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
 
     /// Reads Status; on DEVICE_NEEDS_RESET starts a reset and tries to
     /// finish it at once. Returns true if the device needed one.
-    pub fn check_needs_reset(&mut self, done: &mut dyn FnMut(&Completion, &Frames)) -> bool {
+    pub fn check_needs_reset<F>(&mut self, done: &mut F) -> bool
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+    {
         if self.health == Health::Resetting {
             let _ = self.finish_reset(1, done);
             return true;
@@ -820,7 +896,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// Timer tick: with requests in flight and no completion since the last
     /// tick, look at the device (an interrupt may have been coalesced away,
     /// or the device may have stopped). Costs nothing when idle or moving.
-    pub fn watchdog(&mut self, done: &mut dyn FnMut(&Completion, &Frames)) {
+    pub fn watchdog<F>(&mut self, done: &mut F)
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+    {
         if self.health == Health::Resetting {
             let _ = self.finish_reset(1, done);
             return;
@@ -846,11 +925,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// request that was in flight with `DEVICE_RESET`, forgets object
     /// initialisation (the device terminated them towards the pagers) and
     /// brings the device up again. Ok(false): still pending.
-    pub fn finish_reset(
-        &mut self,
-        polls: u32,
-        done: &mut dyn FnMut(&Completion, &Frames),
-    ) -> Result<bool, StartError> {
+    pub fn finish_reset<F>(&mut self, polls: u32, done: &mut F) -> Result<bool, StartError>
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+    {
         if self.t.reset_done(polls).is_err() {
             return Ok(false);
         }
@@ -863,6 +941,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                 token: info.token,
                 object: info.object,
                 op: info.op,
+                len: info.len,
                 status: status::DEVICE_RESET,
                 kind: 0,
                 bytes: 0,
@@ -934,6 +1013,10 @@ impl<R: Regs, D: Dma> Raw<'_, R, D> {
         }
         d.slots[slot] = SlotInfo {
             token,
+            len: u64::from_le_bytes([
+                header[16], header[17], header[18], header[19], header[20], header[21], header[22],
+                header[23],
+            ]),
             object: u32::from_le_bytes([header[4], header[5], header[6], header[7]]),
             op: u16::from_le_bytes([header[0], header[1]]),
             frames: 0,
@@ -951,7 +1034,9 @@ impl<R: Regs, D: Dma> Raw<'_, R, D> {
 
     /// Publishes an avail index far past anything pushed: a broken ring.
     pub fn break_ring(&mut self) {
-        self.d.reqq.corrupt_avail_index(self.d.reqq.size().wrapping_mul(3));
+        self.d
+            .reqq
+            .corrupt_avail_index(self.d.reqq.size().wrapping_mul(3));
         self.d.t.notify(REQUEST_QUEUE);
     }
 

@@ -35,11 +35,14 @@ pub const fn used_bytes(size: u16) -> usize {
 pub unsafe fn write_desc(table: *mut u8, i: usize, addr: u64, len: u32, flags: u16, next: u16) {
     // SAFETY: the caller guarantees the entry is inside the table.
     unsafe {
+        // Two stores, not four: every ring-0 instruction counts where it is
+        // emulated. Little-endian: len, flags, next in one quadword.
         let d = table.add(i * DESC_SIZE);
         write_volatile(d as *mut u64, addr);
-        write_volatile(d.add(8) as *mut u32, len);
-        write_volatile(d.add(12) as *mut u16, flags);
-        write_volatile(d.add(14) as *mut u16, next);
+        write_volatile(
+            d.add(8) as *mut u64,
+            u64::from(len) | (u64::from(flags) << 32) | (u64::from(next) << 48),
+        );
     }
 }
 
@@ -70,6 +73,9 @@ pub fn need_event(event: u16, new_idx: u16, old: u16) -> bool {
 
 pub struct SplitQueue {
     size: u16,
+    /// size - 1: queue sizes are powers of two (virtio 1.2 §2.7), so ring
+    /// positions are a mask, not a division.
+    mask: u16,
     desc: *mut u8,
     avail: *mut u8,
     used: *mut u8,
@@ -81,6 +87,9 @@ pub struct SplitQueue {
     published: u16,
     /// Next used entry to consume.
     last_used: u16,
+    /// `last_used` when the interrupt was last armed: arming again before
+    /// anything was consumed would only repeat the same write and barrier.
+    armed_at: Option<u16>,
 }
 
 // SAFETY: the pointers name memory the queue's owner owns; whoever holds
@@ -94,8 +103,15 @@ impl SplitQueue {
     ///
     /// # Safety
     /// The three areas must be valid, exclusively the queue's, and large
-    /// enough (`desc_bytes`, `avail_bytes`, `used_bytes`).
-    pub unsafe fn new(size: u16, desc: *mut u8, avail: *mut u8, used: *mut u8, event_idx: bool) -> Self {
+    /// enough (`desc_bytes`, `avail_bytes`, `used_bytes`); `size` must be a
+    /// power of two.
+    pub unsafe fn new(
+        size: u16,
+        desc: *mut u8,
+        avail: *mut u8,
+        used: *mut u8,
+        event_idx: bool,
+    ) -> Self {
         // SAFETY: the caller guarantees the areas.
         unsafe {
             write_volatile(avail as *mut u32, 0);
@@ -107,6 +123,7 @@ impl SplitQueue {
         }
         SplitQueue {
             size,
+            mask: size.wrapping_sub(1),
             desc,
             avail,
             used,
@@ -114,6 +131,7 @@ impl SplitQueue {
             next_avail: 0,
             published: 0,
             last_used: 0,
+            armed_at: None,
         }
     }
 
@@ -128,7 +146,7 @@ impl SplitQueue {
 
     /// Queues `head` in the available ring (not visible until `publish`).
     pub fn push(&mut self, head: u16) {
-        let slot = (self.next_avail % self.size) as usize;
+        let slot = (self.next_avail & self.mask) as usize;
         // SAFETY: slot < size, inside the avail ring.
         unsafe { write_volatile(self.avail.add(4 + 2 * slot) as *mut u16, head) };
         self.next_avail = self.next_avail.wrapping_add(1);
@@ -157,7 +175,8 @@ impl SplitQueue {
         full_barrier();
         if self.event_idx {
             // SAFETY: used.avail_event, just past the used ring.
-            let event = unsafe { read_volatile(self.used.add(4 + 8 * self.size as usize) as *const u16) };
+            let event =
+                unsafe { read_volatile(self.used.add(4 + 8 * self.size as usize) as *const u16) };
             need_event(event, new, old)
         } else {
             // SAFETY: used.flags.
@@ -181,7 +200,7 @@ impl SplitQueue {
         }
         // The element is read after the index that covers it.
         compiler_fence(Ordering::Acquire);
-        let slot = (self.last_used % self.size) as usize;
+        let slot = (self.last_used & self.mask) as usize;
         // SAFETY: slot < size, inside the used ring.
         let (id, len) = unsafe {
             let e = self.used.add(4 + 8 * slot);
@@ -198,10 +217,18 @@ impl SplitQueue {
     /// arrived meanwhile (the caller must poll again, or it could sleep
     /// through them).
     pub fn arm(&mut self) -> bool {
+        if self.armed_at == Some(self.last_used) {
+            // SAFETY: used.idx.
+            return unsafe { read_volatile(self.used.add(2) as *const u16) != self.last_used };
+        }
+        self.armed_at = Some(self.last_used);
         // SAFETY: avail.used_event (just past the avail ring) / avail.flags.
         unsafe {
             if self.event_idx {
-                write_volatile(self.avail.add(4 + 2 * self.size as usize) as *mut u16, self.last_used);
+                write_volatile(
+                    self.avail.add(4 + 2 * self.size as usize) as *mut u16,
+                    self.last_used,
+                );
             } else {
                 write_volatile(self.avail as *mut u16, 0);
             }
@@ -214,6 +241,7 @@ impl SplitQueue {
     /// Asks the device not to interrupt (without EVENT_IDX; with it the
     /// device only interrupts at used_event anyway).
     pub fn quiet(&mut self) {
+        self.armed_at = None;
         if !self.event_idx {
             // SAFETY: avail.flags.
             unsafe { write_volatile(self.avail as *mut u16, AVAIL_F_NO_INTERRUPT) };
@@ -255,7 +283,13 @@ mod tests {
         let mut used = vec![0u8; used_bytes(size)];
         // SAFETY: the vectors are large enough and outlive the queue.
         let mut q = unsafe {
-            SplitQueue::new(size, desc.as_mut_ptr(), avail.as_mut_ptr(), used.as_mut_ptr(), true)
+            SplitQueue::new(
+                size,
+                desc.as_mut_ptr(),
+                avail.as_mut_ptr(),
+                used.as_mut_ptr(),
+                true,
+            )
         };
         assert_eq!(&avail[..4], &[0, 0, 0, 0], "header cleared");
         for h in [3u16, 1] {
@@ -287,6 +321,9 @@ mod tests {
         // SAFETY: the table has 4 entries.
         unsafe { write_desc(desc.as_mut_ptr(), 2, 0x1000, 4096, DESC_WRITE, 0) };
         // SAFETY: as above.
-        assert_eq!(unsafe { read_desc(desc.as_ptr(), 2) }, (0x1000, 4096, DESC_WRITE, 0));
+        assert_eq!(
+            unsafe { read_desc(desc.as_ptr(), 2) },
+            (0x1000, 4096, DESC_WRITE, 0)
+        );
     }
 }
