@@ -728,3 +728,105 @@ fn hostile_driver_selftest_leaves_the_device_working() {
     let (size, sha, _) = objsum_result(&out, "a");
     assert_eq!((size, sha), (10000, expect));
 }
+
+// ---------------------------------------------------------------------------
+// pager-initiated calls reach the guest kernel
+
+/// Zero-fill pager that, at its first data request, speaks first: a clean
+/// request (pager_data_lock with CLEAN), permission to cache, and an offer
+/// of a page nobody asked for.
+struct Speaker {
+    inner: AnonPager,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    spoke: std::sync::atomic::AtomicBool,
+}
+
+impl Pager for Speaker {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if !self.spoke.swap(true, Ordering::SeqCst) {
+            let c = self.control.lock().ok().and_then(|c| c.clone());
+            if let Some(c) = c {
+                c.lock_request(ObjectOffset(8192), 4096, Access::WRITE, true, false)?;
+                c.set_cache(true)?;
+                c.offer(ObjectOffset(12288), &[7u8; 4096], Access::NONE)?;
+            }
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "speaking test pager".into()
+    }
+}
+
+#[test]
+fn pager_initiated_calls_arrive_as_events_in_the_guest() {
+    if !kvm_available("pager_initiated_calls_arrive_as_events_in_the_guest") {
+        return;
+    }
+    let pager = Speaker {
+        inner: AnonPager::new(2 * MIB as u64, &OpenOptions::default()).expect("anon pager"),
+        control: std::sync::Mutex::new(None),
+        spoke: std::sync::atomic::AtomicBool::new(false),
+    };
+    let sock = serve_in_process("speaker-sock", Arc::new(pager));
+    let obj = format!("s=unix:{}", sock.show());
+    // 4K requests keep the reader busy long enough for the events to land.
+    let out = vmm(
+        &["run", "--object", &obj, "--init", "objsum", "s", "4K"],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    for line in [
+        "virtio-pager: lock request for object 0 at 0x2000 +0x1000 lock 0x2 clean",
+        "virtio-pager: cache for object 0: may cache",
+        "virtio-pager: unsolicited data for object 0 at 0x3000 +0x1000",
+    ] {
+        assert!(out.line(line).is_some(), "missing {line:?}: {}", out.stdout);
+    }
+    // The zero object still reads as zeros (2 MiB of them).
+    let (size, sha, _) = objsum_result(&out, "s");
+    assert_eq!(
+        (size, sha),
+        (2 * MIB as u64, sha256_bytes(&vec![0u8; 2 * MIB]))
+    );
+}

@@ -55,24 +55,50 @@ pub fn lock() -> MutexGuard<'static, Option<Driver>> {
 /// Events are the VM system's to act on (data_lock, flush, clean, cache,
 /// destroy, unsolicited pages); until it exists they are counted and shown.
 pub fn on_event(e: &Event) {
-    let what = match e.kind {
-        event::LOCK_REQUEST => "lock request",
-        event::CACHE => "cache",
-        event::DATA_PROVIDED => "unsolicited data",
-        event::DESTROY => "destroy",
-        _ => "unknown event",
-    };
-    kprint!(
-        "virtio-pager: ",
-        what,
-        " for object ",
-        Dec(e.object as u64),
-        " at ",
-        Hex(e.offset),
-        " +",
-        Hex(e.length),
-        "\n"
-    );
+    let obj = Dec(e.object as u64);
+    match e.kind {
+        event::LOCK_REQUEST => kprint!(
+            "virtio-pager: lock request for object ",
+            obj,
+            " at ",
+            Hex(e.offset),
+            " +",
+            Hex(e.length),
+            " lock ",
+            Hex(e.lock as u64),
+            if e.flags & event::F_CLEAN != 0 {
+                " clean"
+            } else {
+                ""
+            },
+            if e.flags & event::F_FLUSH != 0 {
+                " flush"
+            } else {
+                ""
+            },
+            "\n"
+        ),
+        event::CACHE => kprint!(
+            "virtio-pager: cache for object ",
+            obj,
+            if e.flags & event::F_MAY_CACHE != 0 {
+                ": may cache\n"
+            } else {
+                ": no caching\n"
+            }
+        ),
+        event::DATA_PROVIDED => kprint!(
+            "virtio-pager: unsolicited data for object ",
+            obj,
+            " at ",
+            Hex(e.offset),
+            " +",
+            Hex(e.length),
+            "\n"
+        ),
+        event::DESTROY => kprint!("virtio-pager: destroy for object ", obj, "\n"),
+        _ => kprint!("virtio-pager: unknown event for object ", obj, "\n"),
+    }
 }
 
 /// Finds the device on the command line, maps it, starts the driver and

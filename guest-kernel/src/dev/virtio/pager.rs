@@ -91,6 +91,7 @@ pub mod event {
     pub const DESTROY: u16 = 4;
     pub const F_CLEAN: u16 = 1;
     pub const F_FLUSH: u16 = 2;
+    pub const F_MAY_CACHE: u16 = 1;
 }
 
 /// Access bits (`desired`, `lock`).
