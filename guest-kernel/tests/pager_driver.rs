@@ -47,6 +47,7 @@ impl Dma for HostDma {
 
 struct Rig {
     mem: GuestMemoryMmap,
+    transport: Arc<Mutex<MmioTransport>>,
     driver: PagerDriver<HostRegs, HostDma>,
     next_page: u64,
     stop: Arc<AtomicBool>,
@@ -113,7 +114,7 @@ impl Rig {
         let dma = HostDma(host);
         // Frames below 1 MiB belong to the driver, the rest to "tasks".
         let mut next = 0x1000u64;
-        let driver = PagerDriver::start(HostRegs(transport), dma, &mut || {
+        let driver = PagerDriver::start(HostRegs(transport.clone()), dma, &mut || {
             let p = next;
             next += PAGE_SIZE;
             (p < 0x10_0000).then_some(PhysAddr(p))
@@ -121,6 +122,7 @@ impl Rig {
         .expect("driver starts");
         Rig {
             mem,
+            transport,
             driver,
             next_page: 0x10_0000,
             stop,
@@ -175,6 +177,16 @@ impl Rig {
             .unwrap_or_else(|e| panic!("submit {op:?}: {e:?}"));
         self.driver.kick();
         self.wait(token)
+    }
+
+    /// Interrupts the device raised since the last call (the irqfd count).
+    fn interrupts(&self) -> u64 {
+        self.transport
+            .lock()
+            .unwrap()
+            .interrupt_evt()
+            .read()
+            .unwrap_or(0)
     }
 
     fn read(&self, s: &[Segment]) -> Vec<u8> {
@@ -578,5 +590,66 @@ fn hostile_chains_are_rejected_and_a_broken_ring_is_recovered_by_reset() {
     );
     assert_eq!(c.status, status::OK);
     assert_eq!(rig.read(&frames), content[4096..]);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_disarmed_queue_completes_without_an_interrupt_and_leave_kernel_takes_it() {
+    let path = temp_file(&pattern(8192));
+    let uri = format!("file:{}", path.display());
+    let mut rig = Rig::new(vec![("data", &uri)]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    rig.interrupts();
+    let f = rig.pages(1);
+
+    // Disarmed: the device completes, but raises no interrupt.
+    rig.driver.disarm();
+    rig.driver
+        .submit(
+            0,
+            Op::DataRequest {
+                offset: 0,
+                len: 4096,
+                desired: 1,
+            },
+            2,
+            f.clone(),
+        )
+        .unwrap();
+    rig.driver.kick();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.interrupts(), 0, "interrupt while disarmed");
+    let done = &mut rig.done;
+    let took = rig.driver.leave_kernel(
+        &mut |c: &Completion, _: &Frames| done.push(*c),
+        &mut |_: &Event| {},
+    );
+    assert!(took, "leave_kernel found nothing");
+    assert_eq!(
+        rig.done.pop().map(|c| (c.token, c.status)),
+        Some((2, status::OK))
+    );
+    // Armed again: the next completion interrupts.
+    rig.driver
+        .submit(
+            0,
+            Op::DataRequest {
+                offset: 4096,
+                len: 4096,
+                desired: 1,
+            },
+            3,
+            f.clone(),
+        )
+        .unwrap();
+    rig.driver.kick();
+    assert_eq!(rig.wait(3).status, status::OK);
+    assert!(rig.interrupts() >= 1, "no interrupt once armed");
+    // Nothing disarmed: leave_kernel does nothing.
+    let done = &mut rig.done;
+    assert!(!rig.driver.leave_kernel(
+        &mut |c: &Completion, _: &Frames| done.push(*c),
+        &mut |_: &Event| {}
+    ));
     let _ = std::fs::remove_file(path);
 }

@@ -13,6 +13,7 @@ use crate::syscall::{copy_from_user, copy_to_user};
 use crate::task::State;
 use crate::trap::TrapFrame;
 use crate::vpager;
+use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::abi::*;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::dev::virtio::pager::{
@@ -22,6 +23,33 @@ use guest_kernel::paging::{self, USER, WRITABLE};
 
 /// Completion tokens: a task id, or this bit plus the object for an INIT.
 const INIT_TOKEN: u64 = 1 << 63;
+
+/// Set when a system call disarmed completion interrupts; the way out of
+/// the kernel (`leave_kernel`) arms them again. Spares every other kernel
+/// exit the driver lock.
+static DISARMED: AtomicBool = AtomicBool::new(false);
+
+/// Submissions from a system call: the caller leaves through
+/// `leave_kernel`, which takes a completion that is already there without
+/// an interrupt, an idle halt or a second trip through the scheduler.
+fn disarm(d: &mut vpager::Driver) {
+    d.disarm();
+    DISARMED.store(true, Ordering::Relaxed);
+}
+
+/// Called on every way out of the kernel (trap::dispatch).
+pub fn leave_kernel(k: &mut Kernel) {
+    if !DISARMED.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let mut guard = vpager::lock();
+    if let Some(d) = guard.as_mut() {
+        d.leave_kernel(
+            &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
+            &mut |e| vpager::on_event(e),
+        );
+    }
+}
 
 fn error_of(status_code: u32) -> i64 {
     match status_code {
@@ -62,6 +90,7 @@ pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
         Some(ObjState::Ready { .. }) => return Some(i64::from(id)),
         Some(ObjState::Initializing) => {}
         _ => {
+            disarm(d);
             if let Err(e) = d.submit(id, Op::Init, INIT_TOKEN | u64::from(id), []) {
                 return Some(submit_error(e));
             }
@@ -168,6 +197,7 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
             desired: ACCESS_READ,
         }
     };
+    disarm(d);
     let r = d.submit(id, op, u64::from(tid.0), pages);
     let _ = end;
     match r {
@@ -191,6 +221,7 @@ pub fn sync(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     let Some(d) = guard.as_mut() else {
         return Some(ERR_NO_DEVICE);
     };
+    disarm(d);
     if let Err(e) = d.submit(id, Op::Sync, u64::from(tid.0), []) {
         return Some(submit_error(e));
     }

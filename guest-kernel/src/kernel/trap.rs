@@ -126,6 +126,7 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
         SPURIOUS_VECTOR => {}
         _ => {}
     }
+    crate::objcall::leave_kernel(k);
     k.schedule()
 }
 

@@ -737,7 +737,33 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         }
     }
 
-    /// Retires completions and events without touching device registers.
+    /// Stops completion interrupts until `leave_kernel` (interrupt
+    /// mitigation, like Linux's virtqueue_disable_cb): call before
+    /// submitting from a path that will pass through `leave_kernel` before
+    /// it sleeps or returns, so a device that answers while the kernel is
+    /// still on its way out costs no interrupt.
+    pub fn disarm(&mut self) {
+        self.reqq.disarm();
+    }
+
+    /// On every way out of the kernel: if completions are disarmed, arm
+    /// them again and take whatever arrived meanwhile (then nothing is left
+    /// that an interrupt would have announced). True if anything retired.
+    pub fn leave_kernel<F, E>(&mut self, done: &mut F, on_event: &mut E) -> bool
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+        E: FnMut(&Event) + ?Sized,
+    {
+        if self.reqq.is_armed() || self.health != Health::Running {
+            return false;
+        }
+        let before = self.stats.completed;
+        self.poll(done, on_event);
+        self.stats.completed != before
+    }
+
+    /// Retires completions and events without touching device registers,
+    /// and leaves completion interrupts armed.
     /// Generic, not `dyn`, so the caller's completion handler is inlined
     /// into the interrupt path.
     pub fn poll<F, E>(&mut self, done: &mut F, on_event: &mut E)

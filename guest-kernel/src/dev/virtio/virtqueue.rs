@@ -238,14 +238,31 @@ impl SplitQueue {
         unsafe { read_volatile(self.used.add(2) as *const u16) != self.last_used }
     }
 
-    /// Asks the device not to interrupt (without EVENT_IDX; with it the
-    /// device only interrupts at used_event anyway).
-    pub fn quiet(&mut self) {
-        self.armed_at = None;
-        if !self.event_idx {
-            // SAFETY: avail.flags.
-            unsafe { write_volatile(self.avail as *mut u16, AVAIL_F_NO_INTERRUPT) };
+    /// Asks the device not to interrupt until `arm` (virtio's
+    /// "disable callbacks"): with EVENT_IDX by putting used_event just
+    /// behind what was consumed, so no batch of fewer than 65535 entries
+    /// crosses it; without, by VIRTQ_AVAIL_F_NO_INTERRUPT. The device may
+    /// still interrupt for entries it added before it saw this.
+    pub fn disarm(&mut self) {
+        if self.armed_at.is_none() {
+            return;
         }
+        self.armed_at = None;
+        // SAFETY: avail.used_event / avail.flags.
+        unsafe {
+            if self.event_idx {
+                write_volatile(
+                    self.avail.add(4 + 2 * self.size as usize) as *mut u16,
+                    self.last_used.wrapping_sub(1),
+                );
+            } else {
+                write_volatile(self.avail as *mut u16, AVAIL_F_NO_INTERRUPT);
+            }
+        }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.armed_at.is_some()
     }
 
     /// Raw index manipulation for the hostile-driver self test: publishes an
