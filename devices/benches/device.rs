@@ -67,6 +67,7 @@ fn main() {
         rq,
         kick,
         em,
+        dev: dev.clone(),
         used: 0,
     };
 
@@ -114,6 +115,7 @@ struct Driver<'a> {
     rq: MockSplitQueue<'a, GuestMemoryMmap>,
     kick: EventFd,
     em: EventManager<Arc<Mutex<PagerDevice>>>,
+    dev: Arc<Mutex<PagerDevice>>,
     used: u16,
 }
 
@@ -164,7 +166,14 @@ impl Driver<'_> {
         self.kick.write(1).expect("kick");
         let target = self.used.wrapping_add(reqs.len() as u16);
         while self.rq.used().idx().load() != target {
-            self.em.run().expect("event loop");
+            // A device that stops completing must fail the run, not hang it.
+            let n = self.em.run_with_timeout(10_000).expect("event loop");
+            assert!(
+                n > 0 || self.rq.used().idx().load() == target,
+                "device made no progress: used {} of {target}, {:?}",
+                self.rq.used().idx().load(),
+                self.dev.lock().map(|d| d.stats()).ok()
+            );
         }
         self.used = target;
         // Spot-check the last response so a broken device can't look fast.
