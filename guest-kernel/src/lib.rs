@@ -12,13 +12,13 @@ extern crate alloc;
 
 pub mod abi;
 pub mod addr;
+pub mod arch;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod dev;
 pub mod elf;
-pub mod frame;
+pub mod kern;
 pub mod numfmt;
 pub mod objfill_pattern;
-pub mod paging;
-pub mod sched;
 pub mod sha256;
+pub mod vm;

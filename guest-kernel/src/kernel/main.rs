@@ -8,31 +8,22 @@
 
 extern crate alloc;
 
-mod console;
-mod cpu;
-mod entry;
-mod gdt;
-mod idt;
-mod ioapic;
-mod lapic;
-mod mem;
-mod mm;
-mod objcall;
-mod scheduler;
-mod syscall;
-mod task;
-mod trap;
-mod vpager;
-mod vpager_selftest;
+// Laid out the way GNU Mach is: the machine layer, the kernel proper
+// (tasks, scheduling, the trap table), virtual memory, and device drivers.
+mod arch;
+mod dev;
+mod kern;
+mod vm;
 
-use console::{Dec, Hex};
-use cpu::{MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR, outl, rdmsr, wrmsr};
+use arch::cpu::{MSR_EFER, MSR_FMASK, MSR_LSTAR, MSR_STAR, outl, rdmsr, wrmsr};
+use arch::{entry, gdt, idt, lapic, mm};
 use guest_kernel::abi::{
     EXIT_BOOT_FAILED, EXIT_KERNEL_PANIC, MILESTONE_INIT_START, PORT_MILESTONE,
 };
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
 use guest_kernel::{bootinfo, cmdline};
-use scheduler::{KERNEL, Kernel, power_off};
+use kern::console::{self, Dec, Hex};
+use kern::scheduler::{self, KERNEL, Kernel, power_off};
 
 const DEFAULT_TIMER_HZ: u64 = 100;
 
@@ -90,7 +81,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     }
 
     let mut mem = mem;
-    vpager::init(cmd, &mut mem.frames, mem.kernel_root);
+    dev::virtio_pager::init(cmd, &mut mem.frames, mem.kernel_root);
 
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
     let args = cmdline::init_args(cmd);

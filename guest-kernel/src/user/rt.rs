@@ -6,7 +6,7 @@
 
 #[path = "../abi.rs"]
 pub mod abi;
-#[path = "../kernel/mem.rs"]
+#[path = "../kernel/arch/mem.rs"]
 mod mem;
 
 use core::arch::{asm, global_asm};

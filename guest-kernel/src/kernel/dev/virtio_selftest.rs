@@ -5,7 +5,7 @@
 //! DEVICE_NEEDS_RESET, after which the driver resets it and a normal
 //! INIT + DATA_REQUEST succeeds.
 
-use crate::vpager::{Driver, on_event, wait_polled};
+use crate::dev::virtio_pager::{Driver, on_event, wait_polled};
 use core::cell::Cell;
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::dev::virtio::pager::{

@@ -2,12 +2,13 @@
 //! system calls (both the `syscall` instruction and the form it takes on
 //! software KVM, see `is_pvm_syscall`).
 
-use crate::console::{Dec, Hex};
-use crate::cpu;
-use crate::lapic::{SPURIOUS_VECTOR, TIMER_VECTOR};
-use crate::scheduler::{self, KERNEL};
-use crate::vpager::VIRTIO_VECTOR;
-use crate::{kprint, syscall};
+use crate::arch::cpu;
+use crate::arch::lapic::{SPURIOUS_VECTOR, TIMER_VECTOR};
+use crate::dev::virtio_pager::VIRTIO_VECTOR;
+use crate::kern::console::{Dec, Hex};
+use crate::kern::scheduler::{self, KERNEL};
+use crate::kern::syscall;
+use crate::kprint;
 use guest_kernel::abi::EXIT_KERNEL_FAULT;
 
 /// Pseudo-vector the syscall entry pushes.
@@ -57,7 +58,7 @@ impl TrapFrame {
 fn is_pvm_syscall(f: &TrapFrame, cr2: u64) -> bool {
     // LSTAR always holds `syscall_entry` (set once at boot), so compare
     // with the symbol instead of paying for an rdmsr on every trap.
-    let lstar = crate::entry::syscall_entry as *const () as u64;
+    let lstar = crate::arch::entry::syscall_entry as *const () as u64;
     f.vector == PAGE_FAULT
         && f.came_from_user()
         && f.error & 0x10 != 0
@@ -114,27 +115,27 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
         _ if is_pvm_syscall(f, cr2) => syscall::handle(k, f),
         v if v < 32 => k.kill_current(v, f.error, f.rip, cr2),
         TIMER_VECTOR => {
-            crate::lapic::eoi();
+            crate::arch::lapic::eoi();
             k.ticks += 1;
             k.need_resched = true;
-            crate::objcall::tick(k);
+            crate::vm::object_io::tick(k);
         }
         v if v == u64::from(VIRTIO_VECTOR) => {
-            crate::objcall::interrupt(k);
-            crate::lapic::eoi();
+            crate::vm::object_io::interrupt(k);
+            crate::arch::lapic::eoi();
         }
         SPURIOUS_VECTOR => {}
         _ => {}
     }
-    crate::objcall::leave_kernel(k);
+    crate::vm::object_io::leave_kernel(k);
     k.schedule()
 }
 
 /// An exception in ring 0 is a kernel bug: report it and power off.
 fn kernel_fault(f: &TrapFrame, cr2: u64) -> ! {
     {
-        let mut c = crate::console::force_lock();
-        use crate::console::Piece;
+        let mut c = crate::kern::console::force_lock();
+        use crate::kern::console::Piece;
         "\nkernel fault: ".emit(&mut c);
         exception_name(f.vector).emit(&mut c);
         " (vector ".emit(&mut c);

@@ -13,7 +13,7 @@ const REG_VERSION: u32 = 0x01;
 const REG_REDIR: u32 = 0x10;
 
 fn regs() -> *mut u32 {
-    crate::mm::phys_to_virt(IOAPIC_BASE) as *mut u32
+    crate::arch::mm::phys_to_virt(IOAPIC_BASE) as *mut u32
 }
 
 fn write(reg: u32, value: u32) {
@@ -50,6 +50,6 @@ pub fn route(gsi: u32, vector: u8) -> bool {
 /// Masks both legacy 8259 PICs so lines shared with them reach the CPU only
 /// through the I/O APIC.
 pub fn mask_legacy_pic() {
-    crate::cpu::outb(0x21, 0xff);
-    crate::cpu::outb(0xa1, 0xff);
+    crate::arch::cpu::outb(0x21, 0xff);
+    crate::arch::cpu::outb(0xa1, 0xff);
 }

@@ -2,21 +2,21 @@
 //! trap path resumes, plus the CR3, kernel-stack and FPU state that go with
 //! it. Policy (round robin) is the library's `RunQueue`.
 
-use crate::console::{Dec, Hex, IDec};
-use crate::cpu::{self, fxrstor, fxsave, outl};
-use crate::entry::{KERNEL_RSP, Stack, idle_loop};
-use crate::gdt::{self, KERNEL_CS, KERNEL_DS};
+use crate::arch::cpu::{self, fxrstor, fxsave, outl};
+use crate::arch::entry::{KERNEL_RSP, Stack, idle_loop};
+use crate::arch::gdt::{self, KERNEL_CS, KERNEL_DS};
+use crate::arch::trap::{TrapFrame, exception_name};
+use crate::kern::console::{Dec, Hex, IDec};
+use crate::kern::task::{LoadError, Remains, State, Task};
 use crate::kprint;
-use crate::task::{LoadError, Remains, State, Task};
-use crate::trap::{TrapFrame, exception_name};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use guest_kernel::abi::{ERR_NO_SUCH_TASK, KILLED_BASE, PORT_EXIT};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::bootinfo::BootInfo;
-use guest_kernel::frame::FrameAllocator;
-use guest_kernel::sched::{RunQueue, TaskId};
+use guest_kernel::kern::sched::{RunQueue, TaskId};
+use guest_kernel::vm::frame::FrameAllocator;
 use spin::Mutex;
 
 pub static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -155,8 +155,8 @@ impl Kernel {
         let Some(id) = self.current else { return };
         if id == self.init {
             kprint!("init exited with status ", IDec(status), "\n");
-            crate::console::lock().flush();
-            crate::vpager::shutdown();
+            crate::kern::console::lock().flush();
+            crate::dev::virtio_pager::shutdown();
             power_off(status as u32);
         }
         // SAFETY: as in `current`; the record stays until `remove_task`

@@ -1,7 +1,7 @@
 //! GDT and TSS. Selector values are fixed by the syscall MSR layout:
 //! STAR expects user data at +8 and user code at +16 from its base.
 
-use crate::entry::Stack;
+use crate::arch::entry::Stack;
 use core::arch::asm;
 use core::mem::size_of;
 

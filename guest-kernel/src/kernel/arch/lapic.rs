@@ -1,7 +1,7 @@
 //! Local APIC in x2APIC mode (MSRs, no MMIO mapping): the periodic
 //! preemption timer.
 
-use crate::cpu::{MSR_APIC_BASE, rdmsr, wrmsr};
+use crate::arch::cpu::{MSR_APIC_BASE, rdmsr, wrmsr};
 
 pub const TIMER_VECTOR: u64 = 32;
 pub const SPURIOUS_VECTOR: u64 = 255;

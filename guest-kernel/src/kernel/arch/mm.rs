@@ -5,9 +5,9 @@
 use guest_kernel::addr::{
     DIRECT_MAP_BASE, KERNEL_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VirtAddr,
 };
+use guest_kernel::arch::paging::{self, NO_CACHE, NO_EXECUTE, TableMemory, WRITABLE};
 use guest_kernel::bootinfo::{BootInfo, PhysRead};
-use guest_kernel::frame::FrameAllocator;
-use guest_kernel::paging::{self, NO_CACHE, NO_EXECUTE, TableMemory, WRITABLE};
+use guest_kernel::vm::frame::FrameAllocator;
 use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
@@ -143,7 +143,7 @@ pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
     .map_err(|_| MemError::NoTables)?;
     // SAFETY: the new tables map the kernel image and the direct map exactly
     // as the boot tables did; only the low identity map goes away.
-    unsafe { crate::cpu::set_cr3(root.0) };
+    unsafe { crate::arch::cpu::set_cr3(root.0) };
     Ok(Memory {
         frames,
         kernel_root: root,

@@ -4,7 +4,7 @@
 //! `trap::dispatch`, which returns the frame to resume (maybe another
 //! task's): that return value is the whole context switch.
 
-use crate::trap::{SYSCALL_VECTOR, dispatch};
+use crate::arch::trap::{SYSCALL_VECTOR, dispatch};
 use core::arch::global_asm;
 
 /// Size of the boot stack (used until the first task runs, then by idle).

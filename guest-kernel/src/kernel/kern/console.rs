@@ -2,8 +2,8 @@
 //! write per line (the `PORT_CONSOLE` doorbell names a physical range), not
 //! one VM exit per byte.
 
-use crate::cpu::outl;
-use crate::mm::kernel_virt_to_phys;
+use crate::arch::cpu::outl;
+use crate::arch::mm::kernel_virt_to_phys;
 use guest_kernel::abi::{ConsoleWrite, PORT_CONSOLE};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::numfmt;
@@ -133,8 +133,8 @@ impl Piece for Hex {
 #[macro_export]
 macro_rules! kprint {
     ($($p:expr),* $(,)?) => {{
-        let mut c = $crate::console::lock();
-        $( $crate::console::Piece::emit(&$p, &mut c); )*
+        let mut c = $crate::kern::console::lock();
+        $( $crate::kern::console::Piece::emit(&$p, &mut c); )*
         c.end_call();
     }};
 }

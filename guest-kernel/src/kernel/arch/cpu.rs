@@ -41,14 +41,6 @@ pub fn cr2() -> u64 {
     v
 }
 
-#[inline]
-pub fn cr3() -> u64 {
-    let v;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) };
-    v
-}
-
 /// # Safety
 /// `root` must be a valid PML4 mapping the kernel.
 #[inline]

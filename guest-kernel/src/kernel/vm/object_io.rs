@@ -7,19 +7,19 @@
 //! A caller that must wait for the pager blocks (State::ObjectInit or
 //! State::Io); the completion interrupt wakes it with its result.
 
-use crate::mm::DirectTables;
-use crate::scheduler::Kernel;
-use crate::syscall::{copy_from_user, copy_to_user};
-use crate::task::State;
-use crate::trap::TrapFrame;
-use crate::vpager;
+use crate::arch::copy::{copy_from_user, copy_to_user};
+use crate::arch::mm::DirectTables;
+use crate::arch::trap::TrapFrame;
+use crate::dev::virtio_pager;
+use crate::kern::scheduler::Kernel;
+use crate::kern::task::State;
 use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::abi::*;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
+use guest_kernel::arch::paging::{self, USER, WRITABLE};
 use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, Completion, Frames, ObjState, Op, Segment, SubmitError, req, status,
 };
-use guest_kernel::paging::{self, USER, WRITABLE};
 
 /// Completion tokens: a task id, or this bit plus the object for an INIT.
 const INIT_TOKEN: u64 = 1 << 63;
@@ -32,7 +32,7 @@ static DISARMED: AtomicBool = AtomicBool::new(false);
 /// Submissions from a system call: the caller leaves through
 /// `leave_kernel`, which takes a completion that is already there without
 /// an interrupt, an idle halt or a second trip through the scheduler.
-fn disarm(d: &mut vpager::Driver) {
+fn disarm(d: &mut virtio_pager::Driver) {
     d.disarm();
     DISARMED.store(true, Ordering::Relaxed);
 }
@@ -42,11 +42,11 @@ pub fn leave_kernel(k: &mut Kernel) {
     if !DISARMED.swap(false, Ordering::Relaxed) {
         return;
     }
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     if let Some(d) = guard.as_mut() {
         d.leave_kernel(
             &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
-            &mut |e| vpager::on_event(e),
+            &mut |e| virtio_pager::on_event(e),
         );
     }
 }
@@ -79,7 +79,7 @@ pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
         Ok(n) => n,
         Err(e) => return Some(e),
     };
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else {
         return Some(ERR_NO_DEVICE);
     };
@@ -103,7 +103,7 @@ pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
 
 pub fn stat(k: &mut Kernel, f: &TrapFrame) -> i64 {
     let st = {
-        let guard = vpager::lock();
+        let guard = virtio_pager::lock();
         let Some(d) = guard.as_ref() else {
             return ERR_NO_DEVICE;
         };
@@ -155,7 +155,7 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
     let Some((tid, root)) = k.current().map(|t| (t.id, t.root)) else {
         return Some(ERR_BAD_ADDRESS);
     };
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else {
         return Some(ERR_NO_DEVICE);
     };
@@ -217,7 +217,7 @@ pub fn sync(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     let Some(tid) = k.current().map(|t| t.id) else {
         return Some(ERR_INVALID);
     };
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else {
         return Some(ERR_NO_DEVICE);
     };
@@ -250,27 +250,27 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
         error_of(c.status)
     } else {
         if c.op == req::DATA_REQUEST && c.kind == pager::KIND_UNAVAILABLE {
-            vpager::zero_frames(frames, bytes);
+            virtio_pager::zero_frames(frames, bytes);
         }
         bytes as i64
     };
-    k.wake_with(guest_kernel::sched::TaskId(c.token as u32), r);
+    k.wake_with(guest_kernel::kern::sched::TaskId(c.token as u32), r);
 }
 
 /// The device interrupt.
 pub fn interrupt(k: &mut Kernel) {
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     if let Some(d) = guard.as_mut() {
         d.interrupt(
             &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
-            &mut |e| vpager::on_event(e),
+            &mut |e| virtio_pager::on_event(e),
         );
     }
 }
 
 /// Timer tick: let the driver check on a device that went quiet.
 pub fn tick(k: &mut Kernel) {
-    let mut guard = vpager::lock();
+    let mut guard = virtio_pager::lock();
     if let Some(d) = guard.as_mut()
         && d.in_flight() > 0
     {

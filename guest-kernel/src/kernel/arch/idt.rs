@@ -1,7 +1,7 @@
 //! The IDT: every exception vector, the timer, and the spurious vector.
 
-use crate::entry::{TRAP_STUBS, spurious_stub};
-use crate::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
+use crate::arch::entry::{TRAP_STUBS, spurious_stub};
+use crate::arch::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
 use core::arch::asm;
 use core::mem::size_of;
 

@@ -1,19 +1,21 @@
 //! One user task: its address space (built from an embedded program's ELF
 //! image), kernel stack, saved FPU state, and its teardown.
 
-use crate::gdt::{USER_CS, USER_DS};
-use crate::mm::{DirectTables, alloc_zeroed, phys_to_virt};
-use crate::trap::TrapFrame;
+use crate::arch::gdt::{USER_CS, USER_DS};
+use crate::arch::mm::{DirectTables, alloc_zeroed, phys_to_virt};
+use crate::arch::trap::TrapFrame;
 use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use guest_kernel::abi::{USER_STACK_PAGES, USER_STACK_TOP};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
+use guest_kernel::arch::paging::{
+    self, MapError, NO_EXECUTE, PageSize, TableMemory, USER, WRITABLE,
+};
 use guest_kernel::bootinfo::Module;
 use guest_kernel::elf::{Elf, ElfError};
-use guest_kernel::frame::FrameAllocator;
-use guest_kernel::paging::{self, MapError, NO_EXECUTE, PageSize, TableMemory, USER, WRITABLE};
-use guest_kernel::sched::TaskId;
+use guest_kernel::kern::sched::TaskId;
+use guest_kernel::vm::frame::FrameAllocator;
 
 pub const KSTACK_SIZE: usize = 16 * 1024;
 const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {

@@ -6,9 +6,10 @@
 //!
 //! Lock order: KERNEL, then DRIVER.
 
-use crate::console::{Dec, Hex};
-use crate::mm::{self, alloc_zeroed, phys_to_virt};
-use crate::{ioapic, kprint};
+use crate::arch::ioapic;
+use crate::arch::mm::{self, alloc_zeroed, phys_to_virt};
+use crate::kern::console::{Dec, Hex};
+use crate::kprint;
 use core::ptr::{read_volatile, write_volatile};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::cmdline;
@@ -16,7 +17,7 @@ use guest_kernel::dev::virtio::pager::{
     Completion, Event, Frames, ObjState, Op, PagerDriver, StartError, event, status,
 };
 use guest_kernel::dev::virtio::{Dma, MmioDevice, Regs, parse_mmio_device};
-use guest_kernel::frame::FrameAllocator;
+use guest_kernel::vm::frame::FrameAllocator;
 use spin::{Mutex, MutexGuard};
 
 /// The vector device interrupts arrive on.
@@ -250,7 +251,7 @@ fn selftest(frame: Option<PhysAddr>) {
         kprint!("selftest: hostile: FAILED: no device or no memory\n");
         return;
     };
-    match crate::vpager_selftest::hostile(d, frame) {
+    match crate::dev::virtio_selftest::hostile(d, frame) {
         Ok(report) => kprint!(
             "selftest: hostile: ",
             Dec(report.rejected),

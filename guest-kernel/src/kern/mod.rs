@@ -1,0 +1,3 @@
+//! Kernel-proper pure logic: the run queue.
+
+pub mod sched;

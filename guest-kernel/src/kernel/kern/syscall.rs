@@ -1,0 +1,108 @@
+//! The system call table: decodes a trap's number and arguments and calls
+//! the service. User memory is reached only through arch::copy.
+
+use crate::arch::copy::{copy_from_user, user_pieces};
+use crate::arch::trap::TrapFrame;
+use crate::kern::scheduler::{Kernel, SpawnError};
+use crate::kern::task::LoadError;
+use crate::vm::object_io;
+use alloc::vec::Vec;
+use guest_kernel::abi::*;
+use guest_kernel::addr::{PhysAddr, VirtAddr};
+use guest_kernel::arch::paging::USER;
+use guest_kernel::kern::sched::TaskId;
+
+const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
+const MAX_NAME: u64 = 64;
+const MAX_ARGS: u64 = 1024;
+/// rflags bits a user may set (arithmetic flags, DF, AC); IF is forced on
+/// and IOPL off.
+const USER_RFLAGS: u64 = 0x0000_0cd5 | (1 << 18);
+
+pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
+    // Return to the instruction after `syscall`, with sanitised flags; on
+    // software KVM rcx/r11 may be anything the user put there.
+    if !VirtAddr(f.rcx).is_user() {
+        k.kill_current(13, 0, f.rcx, 0);
+        return;
+    }
+    f.rip = f.rcx;
+    f.rflags = (f.r11 & USER_RFLAGS) | 0x202;
+    let result = match f.rax {
+        SYS_EXIT => {
+            k.exit_current(f.rdi as i64);
+            return;
+        }
+        SYS_CONSOLE_WRITE => console_write(k, VirtAddr(f.rdi), f.rsi),
+        SYS_TASK_SPAWN => spawn(k, f),
+        SYS_TASK_WAIT => match k.wait(TaskId(f.rdi as u32)) {
+            Ok(Some(status)) => status,
+            // Blocked: the exiting task fills in rax when it wakes us.
+            Ok(None) => return,
+            Err(e) => e,
+        },
+        SYS_YIELD => {
+            k.need_resched = true;
+            0
+        }
+        SYS_OBJECT_LOOKUP => match object_io::lookup(k, f) {
+            Some(r) => r,
+            None => return,
+        },
+        SYS_OBJECT_STAT => object_io::stat(k, f),
+        SYS_MILESTONE => {
+            crate::arch::cpu::outl(PORT_MILESTONE, MILESTONE_USER_BASE | (f.rdi as u32 & 0xff));
+            0
+        }
+        SYS_OBJECT_READ | SYS_OBJECT_WRITE => {
+            match object_io::io(k, f, f.rax == SYS_OBJECT_WRITE) {
+                Some(r) => r,
+                None => return,
+            }
+        }
+        SYS_OBJECT_SYNC => match object_io::sync(k, f) {
+            Some(r) => r,
+            None => return,
+        },
+        _ => ERR_NO_SYSCALL,
+    };
+    f.rax = result as u64;
+}
+
+/// The VMM reads the user's bytes straight from guest memory: one doorbell
+/// per page-contiguous piece, no copy in ring 0.
+fn console_write(k: &mut Kernel, va: VirtAddr, len: u64) -> i64 {
+    if len > MAX_CONSOLE_WRITE {
+        return ERR_INVALID;
+    }
+    let mut pieces: Vec<(PhysAddr, u64)> = Vec::new();
+    if let Err(e) = user_pieces(k, va, len, USER, |pa, n| match pieces.last_mut() {
+        Some((last, ln)) if last.0 + *ln == pa.0 => *ln += n,
+        _ => pieces.push((pa, n)),
+    }) {
+        return e;
+    }
+    let mut c = crate::kern::console::lock();
+    for (pa, n) in pieces {
+        c.write_phys(pa, n as u32);
+    }
+    len as i64
+}
+
+fn spawn(k: &mut Kernel, f: &TrapFrame) -> i64 {
+    let name = match copy_from_user(k, VirtAddr(f.rdi), f.rsi, MAX_NAME) {
+        Ok(n) => n,
+        Err(e) => return e,
+    };
+    let args = match copy_from_user(k, VirtAddr(f.rdx), f.r10, MAX_ARGS) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let parent = k.current().map(|t| t.id);
+    match k.spawn(&name, &args, parent) {
+        Ok(id) => id.0 as i64,
+        Err(SpawnError::NoSuchProgram) => ERR_NO_SUCH_PROGRAM,
+        Err(SpawnError::Load(LoadError::NoMemory)) => ERR_NO_MEMORY,
+        Err(SpawnError::Load(_)) => ERR_INVALID,
+    }
+}

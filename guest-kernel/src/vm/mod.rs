@@ -1,0 +1,3 @@
+//! Virtual-memory pure logic: the physical frame allocator.
+
+pub mod frame;
