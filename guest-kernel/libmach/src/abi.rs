@@ -1,0 +1,283 @@
+//! The Mach trap ABI and message format (docs/mach-ipc.md is the prose).
+//! Shared verbatim by the kernel and by user programs.
+
+/// A port name in a task's name space.
+pub type Name = u32;
+pub const PORT_NULL: Name = 0;
+/// A right whose port died in transit.
+pub const PORT_DEAD: Name = 0xffff_ffff;
+
+// Trap numbers (rax).
+pub const TRAP_MACH_MSG: u64 = 0x20;
+pub const TRAP_PORT_ALLOCATE: u64 = 0x21;
+pub const TRAP_PORT_DEALLOCATE: u64 = 0x22;
+pub const TRAP_PORT_ENABLE: u64 = 0x23;
+pub const TRAP_PORT_DISABLE: u64 = 0x24;
+pub const TRAP_PORT_MESSAGES: u64 = 0x25;
+pub const TRAP_PORT_STATUS: u64 = 0x26;
+pub const TRAP_PORT_SET_BACKLOG: u64 = 0x27;
+pub const TRAP_PORT_REQUEST_DEAD_NAME: u64 = 0x28;
+pub const TRAP_TASK_SELF: u64 = 0x29;
+pub const TRAP_THREAD_SELF: u64 = 0x2a;
+pub const TRAP_TASK_CREATE: u64 = 0x2b;
+pub const TRAP_TASK_TERMINATE: u64 = 0x2c;
+pub const TRAP_TASK_SUSPEND: u64 = 0x2d;
+pub const TRAP_TASK_RESUME: u64 = 0x2e;
+pub const TRAP_THREAD_CREATE: u64 = 0x2f;
+pub const TRAP_THREAD_TERMINATE: u64 = 0x30;
+pub const TRAP_THREAD_SUSPEND: u64 = 0x31;
+pub const TRAP_THREAD_RESUME: u64 = 0x32;
+pub const TRAP_THREAD_GET_STATE: u64 = 0x33;
+pub const TRAP_THREAD_SET_STATE: u64 = 0x34;
+pub const TRAP_TASK_SET_EXCEPTION_PORT: u64 = 0x35;
+pub const TRAP_THREAD_SET_EXCEPTION_PORT: u64 = 0x36;
+pub const TRAP_TASK_SET_BOOTSTRAP_PORT: u64 = 0x37;
+pub const TRAP_TASK_GET_BOOTSTRAP_PORT: u64 = 0x38;
+
+// mach_msg options.
+pub const SEND_MSG: u32 = 0x1;
+pub const RCV_MSG: u32 = 0x2;
+pub const SEND_TIMEOUT: u32 = 0x10;
+pub const RCV_TIMEOUT: u32 = 0x100;
+pub const RCV_LARGE: u32 = 0x800;
+
+/// Largest message (header and inline items), in bytes.
+pub const MSG_SIZE_MAX: u32 = 64 * 1024;
+/// Largest out-of-line bytes in one message.
+pub const OOL_MAX: u64 = 16 << 20;
+pub const BACKLOG_DEFAULT: u32 = 5;
+pub const BACKLOG_MAX: u32 = 64;
+
+// Header bits.
+pub const BITS_REMOTE_MASK: u32 = 0xff;
+pub const BITS_LOCAL_SHIFT: u32 = 8;
+pub const BITS_COMPLEX: u32 = 1 << 31;
+
+pub const HEADER_SIZE: usize = 24;
+pub const ITEM_HEADER_SIZE: usize = 16;
+
+/// The fixed message header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Header {
+    pub bits: u32,
+    pub size: u32,
+    pub remote: Name,
+    pub local: Name,
+    pub seqno: u32,
+    pub id: i32,
+}
+
+impl Header {
+    pub fn remote_disposition(&self) -> u8 {
+        (self.bits & BITS_REMOTE_MASK) as u8
+    }
+    pub fn local_disposition(&self) -> u8 {
+        ((self.bits >> BITS_LOCAL_SHIFT) & 0xff) as u8
+    }
+    pub fn bits(remote: u8, local: u8) -> u32 {
+        u32::from(remote) | (u32::from(local) << BITS_LOCAL_SHIFT)
+    }
+    pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..4].copy_from_slice(&self.bits.to_le_bytes());
+        b[4..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..12].copy_from_slice(&self.remote.to_le_bytes());
+        b[12..16].copy_from_slice(&self.local.to_le_bytes());
+        b[16..20].copy_from_slice(&self.seqno.to_le_bytes());
+        b[20..24].copy_from_slice(&self.id.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8]) -> Option<Header> {
+        let w = |i: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
+        };
+        Some(Header {
+            bits: w(0)?,
+            size: w(4)?,
+            remote: w(8)?,
+            local: w(12)?,
+            seqno: w(16)?,
+            id: w(20)? as i32,
+        })
+    }
+}
+
+// Item kinds.
+pub const ITEM_INLINE: u8 = 1;
+pub const ITEM_PORTS: u8 = 2;
+pub const ITEM_OOL: u8 = 3;
+/// OOL `disp` bit: the region leaves the sender's address space.
+pub const OOL_DEALLOCATE: u8 = 1;
+
+/// The 16-byte descriptor in front of every item.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ItemHeader {
+    pub kind: u8,
+    pub disp: u8,
+    pub reserved: u16,
+    pub count: u32,
+    pub addr: u64,
+}
+
+impl ItemHeader {
+    pub fn to_bytes(&self) -> [u8; ITEM_HEADER_SIZE] {
+        let mut b = [0u8; ITEM_HEADER_SIZE];
+        b[0] = self.kind;
+        b[1] = self.disp;
+        b[2..4].copy_from_slice(&self.reserved.to_le_bytes());
+        b[4..8].copy_from_slice(&self.count.to_le_bytes());
+        b[8..16].copy_from_slice(&self.addr.to_le_bytes());
+        b
+    }
+    pub fn from_bytes(b: &[u8]) -> Option<ItemHeader> {
+        let b: &[u8; ITEM_HEADER_SIZE] = b.get(..ITEM_HEADER_SIZE)?.try_into().ok()?;
+        Some(ItemHeader {
+            kind: b[0],
+            disp: b[1],
+            reserved: u16::from_le_bytes([b[2], b[3]]),
+            count: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            addr: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        })
+    }
+    /// Payload bytes after the descriptor, padded to 8 (None on overflow).
+    pub fn payload_len(&self) -> Option<usize> {
+        let raw = match self.kind {
+            ITEM_INLINE => self.count as usize,
+            ITEM_PORTS => (self.count as usize).checked_mul(4)?,
+            _ => 0,
+        };
+        raw.checked_add(7).map(|n| n & !7)
+    }
+}
+
+// Dispositions (send) and received right types.
+pub const MOVE_RECEIVE: u8 = 16;
+pub const MOVE_SEND: u8 = 17;
+pub const MOVE_SEND_ONCE: u8 = 18;
+pub const COPY_SEND: u8 = 19;
+pub const MAKE_SEND: u8 = 20;
+pub const MAKE_SEND_ONCE: u8 = 21;
+pub const PORT_RECEIVE: u8 = 16;
+pub const PORT_SEND: u8 = 17;
+pub const PORT_SEND_ONCE: u8 = 18;
+
+// kern_return_t.
+pub const KERN_SUCCESS: u32 = 0;
+pub const KERN_INVALID_ADDRESS: u32 = 1;
+pub const KERN_NO_SPACE: u32 = 3;
+pub const KERN_INVALID_ARGUMENT: u32 = 4;
+pub const KERN_FAILURE: u32 = 5;
+pub const KERN_RESOURCE_SHORTAGE: u32 = 6;
+pub const KERN_NAME_EXISTS: u32 = 9;
+pub const KERN_INVALID_NAME: u32 = 15;
+pub const KERN_INVALID_RIGHT: u32 = 17;
+pub const KERN_INVALID_VALUE: u32 = 18;
+pub const KERN_TERMINATED: u32 = 36;
+
+// mach_msg_return_t.
+pub const MSG_SUCCESS: u32 = 0;
+pub const SEND_INVALID_DATA: u32 = 0x1000_0002;
+pub const SEND_INVALID_DEST: u32 = 0x1000_0003;
+pub const SEND_TIMED_OUT: u32 = 0x1000_0004;
+pub const SEND_INVALID_REPLY: u32 = 0x1000_0007;
+pub const SEND_INVALID_RIGHT: u32 = 0x1000_0008;
+pub const SEND_TOO_LARGE: u32 = 0x1000_000a;
+pub const SEND_MSG_TOO_SMALL: u32 = 0x1000_000b;
+pub const SEND_INVALID_TYPE: u32 = 0x1000_000c;
+pub const SEND_NO_BUFFER: u32 = 0x1000_000d;
+pub const RCV_INVALID_NAME: u32 = 0x1000_4002;
+pub const RCV_TIMED_OUT: u32 = 0x1000_4003;
+pub const RCV_TOO_LARGE: u32 = 0x1000_4004;
+pub const RCV_INVALID_DATA: u32 = 0x1000_4008;
+pub const RCV_PORT_DIED: u32 = 0x1000_4009;
+
+// Kernel-generated message ids.
+pub const NOTIFY_DEAD_NAME: i32 = 0x48;
+pub const EXCEPTION_RAISE: i32 = 2400;
+pub const EXCEPTION_REPLY: i32 = 2500;
+
+/// `port_status` out value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStatus {
+    /// In the task's default group.
+    pub enabled: u32,
+    pub num_msgs: u32,
+    pub backlog: u32,
+    /// The caller holds the receive right.
+    pub receiver: u32,
+    pub send_refs: u32,
+    pub seqno: u32,
+}
+
+/// What an exception message carries about the fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExceptionInfo {
+    pub vector: u64,
+    pub error: u64,
+    pub rip: u64,
+    pub cr2: u64,
+}
+
+/// `thread_get_state` / `thread_set_state`: the user registers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadState {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_item_round_trip() {
+        let h = Header {
+            bits: Header::bits(COPY_SEND, MAKE_SEND_ONCE) | BITS_COMPLEX,
+            size: 48,
+            remote: 0x105,
+            local: 0x201,
+            seqno: 9,
+            id: -3,
+        };
+        assert_eq!(Header::from_bytes(&h.to_bytes()), Some(h));
+        assert_eq!(h.remote_disposition(), COPY_SEND);
+        assert_eq!(h.local_disposition(), MAKE_SEND_ONCE);
+        assert_eq!(Header::from_bytes(&[0; 23]), None);
+        let i = ItemHeader {
+            kind: ITEM_PORTS,
+            disp: MOVE_SEND,
+            reserved: 0,
+            count: 3,
+            addr: 0,
+        };
+        assert_eq!(ItemHeader::from_bytes(&i.to_bytes()), Some(i));
+        assert_eq!(i.payload_len(), Some(16));
+        let big = ItemHeader {
+            kind: ITEM_INLINE,
+            count: u32::MAX,
+            ..i
+        };
+        assert_eq!(big.payload_len(), Some((u32::MAX as usize + 7) & !7));
+    }
+}
