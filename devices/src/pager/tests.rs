@@ -940,8 +940,77 @@ fn data_req(h: &mut Harness, off: u64, len: u64) -> (u64, u64) {
     (h.header(req::DATA_REQUEST, 0, off, len, 1), h.status())
 }
 
+// One test per validation rule of docs/virtio-pager.md §4.4; the spec's
+// rule table names them. A chain with a usable response slot gets the status
+// there (used len 24); one without gets used len 0 (§4.6).
+
+/// header, frames, response as one chain (frames device-writable unless
+/// `frames_writable` is false).
+fn chain(hd: u64, frames: &[(u64, u32)], frames_writable: bool, s: u64) -> Vec<(u64, u32, bool)> {
+    let mut d = vec![(hd, 32, false)];
+    d.extend(frames.iter().map(|&(a, l)| (a, l, frames_writable)));
+    d.push((s, 24, true));
+    d
+}
+
+/// Publishes `descs` through one indirect table; returns the head.
+fn push_indirect(h: &mut Harness, rq: &mut Ring, descs: &[(u64, u32, bool)]) -> u16 {
+    let table = h.alloc.small(16 * descs.len() as u64);
+    for (i, &(a, l, w)) in descs.iter().enumerate() {
+        let last = i + 1 == descs.len();
+        let flags = if w { F_WRITE } else { 0 } | if last { 0 } else { F_NEXT };
+        let next = if last { 0 } else { i as u16 + 1 };
+        let d = RawDescriptor::from(SplitDescriptor::new(a, l, flags, next));
+        h.mem
+            .write_obj(d, GuestAddress(table + 16 * i as u64))
+            .expect("indirect");
+    }
+    let len = 16 * descs.len() as u32;
+    let head = rq.write_chain(&[(table, len, false)]);
+    rq.store(head, table, len, F_INDIRECT, 0);
+    rq.publish(head);
+    head
+}
+
+/// A DATA_REQUEST with `n` one-page frames.
+fn many_frames(h: &mut Harness, n: u64) -> Vec<(u64, u32, bool)> {
+    let (hd, s) = data_req(h, 0, n * PG);
+    let f = h.alloc.frames(n * PG);
+    let frames: Vec<(u64, u32)> = (0..n).map(|i| (f + i * PG, PG as u32)).collect();
+    chain(hd, &frames, true, s)
+}
+
 #[test]
-fn rejects_too_short_chain() {
+fn rule_chain_at_most_258_descriptors() {
+    // Header + 257 frames + response: only an indirect table is that long.
+    expect_rejected(
+        |h, rq| {
+            let d = many_frames(h, 257);
+            (push_indirect(h, rq, &d), None)
+        },
+        None,
+    );
+}
+
+#[test]
+fn rule_chain_of_258_descriptors_is_accepted() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(512 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let d = many_frames(&mut h, 256);
+    let s = d[d.len() - 1].0;
+    push_indirect(&mut h, &mut rq, &d);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    assert_eq!(rq.used(1).1, (256 * PG) as u32 + RESP_SIZE as u32);
+    let r = h.response(s);
+    assert_eq!((r.status, r.bytes), (status::OK, 256 * PG));
+}
+
+#[test]
+fn rule_chain_needs_header_and_response() {
     expect_rejected(
         |h, rq| {
             let (hd, _) = data_req(h, 0, PG);
@@ -952,19 +1021,87 @@ fn rejects_too_short_chain() {
 }
 
 #[test]
-fn rejects_header_without_frames() {
+fn rule_chain_must_not_loop() {
     expect_rejected(
         |h, rq| {
             let (hd, s) = data_req(h, 0, PG);
-            (rq.push(&[(hd, 32, false), (s, 24, true)]), Some(s))
+            let f = h.alloc.frames(PG);
+            let head = rq.write_chain(&chain(hd, &[(f, PG as u32)], true, s));
+            // The response descriptor points back at the head.
+            rq.store(head + 2, s, 24, F_WRITE | F_NEXT, head);
+            rq.publish(head);
+            (head, None)
         },
-        Some(status::BAD_RANGE),
+        None,
     );
 }
 
 #[test]
-fn rejects_wrong_directions() {
-    // Writable header.
+fn rule_chain_must_not_dangle() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, _) = data_req(h, 0, PG);
+            let head = rq.write_chain(&[(hd, 32, false)]);
+            rq.store(head, hd, 32, F_NEXT, QUEUE_SIZE + 5);
+            rq.publish(head);
+            (head, None)
+        },
+        None,
+    );
+}
+
+#[test]
+fn rule_no_zero_length_descriptor() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(PG);
+            (
+                rq.push(&chain(hd, &[(f, PG as u32), (f + PG, 0)], true, s)),
+                None,
+            )
+        },
+        None,
+    );
+}
+
+#[test]
+fn rule_descriptors_inside_guest_memory() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (
+                rq.push(&chain(hd, &[(MEM_SIZE - PG / 2, PG as u32)], true, s)),
+                None,
+            )
+        },
+        None,
+    );
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (rq.push(&chain(hd, &[(0x40_0000, u32::MAX)], true, s)), None)
+        },
+        None,
+    );
+}
+
+#[test]
+fn rule_descriptors_do_not_wrap_the_address_space() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (
+                rq.push(&chain(hd, &[(u64::MAX - 0xfff, PG as u32)], true, s)),
+                None,
+            )
+        },
+        None,
+    );
+}
+
+#[test]
+fn rule_header_device_readable() {
     expect_rejected(
         |h, rq| {
             let (hd, s) = data_req(h, 0, PG);
@@ -976,19 +1113,27 @@ fn rejects_wrong_directions() {
         },
         Some(status::BAD_REQUEST),
     );
-    // Read-only frames for a data request.
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, PG);
-            let f = h.alloc.frames(PG);
-            (
-                rq.push(&[(hd, 32, false), (f, PG as u32, false), (s, 24, true)]),
-                Some(s),
-            )
-        },
-        Some(status::BAD_RANGE),
-    );
-    // Read-only status: nowhere to write.
+}
+
+#[test]
+fn rule_header_exactly_32_bytes() {
+    for len in [16, 48] {
+        expect_rejected(
+            |h, rq| {
+                let (hd, s) = data_req(h, 0, PG);
+                let f = h.alloc.frames(PG);
+                (
+                    rq.push(&[(hd, len, false), (f, PG as u32, true), (s, 24, true)]),
+                    Some(s),
+                )
+            },
+            Some(status::BAD_REQUEST),
+        );
+    }
+}
+
+#[test]
+fn rule_response_device_writable() {
     expect_rejected(
         |h, rq| {
             let (hd, s) = data_req(h, 0, PG);
@@ -1003,88 +1148,25 @@ fn rejects_wrong_directions() {
 }
 
 #[test]
-fn rejects_out_of_bounds_and_huge_lengths() {
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, PG);
-            (
-                rq.push(&[
-                    (hd, 32, false),
-                    (MEM_SIZE - PG / 2, PG as u32, true),
-                    (s, 24, true),
-                ]),
-                None,
-            )
-        },
-        None,
-    );
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, PG);
-            (
-                rq.push(&[(hd, 32, false), (0x40_0000, u32::MAX, true), (s, 24, true)]),
-                None,
-            )
-        },
-        None,
-    );
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, PG);
-            (
-                rq.push(&[
-                    (hd, 32, false),
-                    (u64::MAX - 0xfff, PG as u32, true),
-                    (s, 24, true),
-                ]),
-                None,
-            )
-        },
-        None,
-    );
-    // In bounds but over the 1 MiB request limit.
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, 512 * PG);
-            let f = h.alloc.frames(512 * PG);
-            (
-                rq.push(&[(hd, 32, false), (f, 512 * PG as u32, true), (s, 24, true)]),
-                Some(s),
-            )
-        },
-        Some(status::BAD_RANGE),
-    );
+fn rule_response_exactly_24_bytes() {
+    for len in [16, 32] {
+        expect_rejected(
+            |h, rq| {
+                let (hd, s) = data_req(h, 0, PG);
+                let f = h.alloc.frames(PG);
+                (
+                    rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, len, true)]),
+                    None,
+                )
+            },
+            None,
+        );
+    }
 }
 
 #[test]
-fn rejects_cyclic_and_dangling_chains() {
-    expect_rejected(
-        |h, rq| {
-            let (hd, s) = data_req(h, 0, PG);
-            let f = h.alloc.frames(PG);
-            let head = rq.write_chain(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]);
-            // Last descriptor points back at the head.
-            rq.store(head + 2, s, 24, F_WRITE | F_NEXT, head);
-            rq.publish(head);
-            (head, None)
-        },
-        None,
-    );
-    expect_rejected(
-        |h, rq| {
-            let (hd, _) = data_req(h, 0, PG);
-            let head = rq.write_chain(&[(hd, 32, false)]);
-            rq.store(head, hd, 32, F_NEXT, QUEUE_SIZE + 5);
-            rq.publish(head);
-            (head, None)
-        },
-        None,
-    );
-}
-
-#[test]
-fn rejects_overlapping_descriptors() {
-    // A frame overlapping the status slot.
+fn rule_descriptors_do_not_overlap() {
+    // A frame overlapping the response slot.
     expect_rejected(
         |h, rq| {
             let (hd, _) = data_req(h, 0, PG);
@@ -1102,12 +1184,28 @@ fn rejects_overlapping_descriptors() {
             let (hd, s) = data_req(h, 0, 2 * PG);
             let f = h.alloc.frames(PG);
             (
-                rq.push(&[
-                    (hd, 32, false),
-                    (f, PG as u32, true),
-                    (f, PG as u32, true),
-                    (s, 24, true),
-                ]),
+                rq.push(&chain(hd, &[(f, PG as u32), (f, PG as u32)], true, s)),
+                Some(s),
+            )
+        },
+        Some(status::BAD_REQUEST),
+    );
+    // The header inside a frame.
+    expect_rejected(
+        |h, rq| {
+            let f = h.alloc.frames(PG);
+            let hd = RequestHeader {
+                req_type: req::DATA_REQUEST,
+                length: PG,
+                access: 1,
+                ..Default::default()
+            };
+            h.mem
+                .write_slice(&hd.to_bytes(), GuestAddress(f + 128))
+                .expect("header");
+            let s = h.status();
+            (
+                rq.push(&chain(f + 128, &[(f, PG as u32)], true, s)),
                 Some(s),
             )
         },
@@ -1116,59 +1214,65 @@ fn rejects_overlapping_descriptors() {
 }
 
 #[test]
-fn rejects_bad_headers() {
-    for (t, off, len, acc, want) in [
-        (0u16, 0, PG, 1u8, status::UNSUPPORTED),
-        (99, 0, PG, 1, status::UNSUPPORTED),
-        (req::DATA_REQUEST, 100, PG, 1, status::BAD_RANGE),
-        (req::DATA_REQUEST, 0, 100, 1, status::BAD_RANGE),
-        (req::DATA_REQUEST, 0, 0, 1, status::BAD_RANGE),
-        (req::DATA_REQUEST, 0, PG, 0, status::BAD_REQUEST),
-        (req::DATA_REQUEST, 0, PG, 0x80, status::BAD_REQUEST),
-        (
-            req::DATA_REQUEST,
-            u64::MAX - PG + 1,
-            PG,
-            1,
-            status::BAD_RANGE,
-        ),
-        (req::DATA_REQUEST, 0, 2 * PG, 1, status::BAD_RANGE), // frames < length
-    ] {
-        expect_rejected(
-            |h, rq| {
-                let hd = h.header(t, 0, off, len, acc);
-                let s = h.status();
-                let f = h.alloc.frames(PG);
-                (
-                    rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
-                    Some(s),
-                )
-            },
-            Some(want),
-        );
-    }
-    // Nonzero padding.
+fn rule_frames_have_the_right_direction() {
+    // Device-readable frames for a DATA_REQUEST (the device must write them).
     expect_rejected(
         |h, rq| {
             let (hd, s) = data_req(h, 0, PG);
-            h.mem
-                .write_slice(&[1], GuestAddress(hd + 26))
-                .expect("poke");
             let f = h.alloc.frames(PG);
+            (rq.push(&chain(hd, &[(f, PG as u32)], false, s)), Some(s))
+        },
+        Some(status::BAD_REQUEST),
+    );
+    // One device-readable frame among writable ones.
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, 2 * PG);
+            let f = h.alloc.frames(2 * PG);
             (
-                rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+                rq.push(&[
+                    (hd, 32, false),
+                    (f, PG as u32, true),
+                    (f + PG, PG as u32, false),
+                    (s, 24, true),
+                ]),
                 Some(s),
             )
         },
         Some(status::BAD_REQUEST),
     );
-    // Misaligned frame address.
+    // Device-writable frames for a DATA_WRITE (the device must read them).
+    expect_rejected(
+        |h, rq| {
+            let hd = h.header(req::DATA_WRITE, 0, 0, PG, 0);
+            let s = h.status();
+            let f = h.alloc.frames(PG);
+            (rq.push(&chain(hd, &[(f, PG as u32)], true, s)), Some(s))
+        },
+        Some(status::BAD_REQUEST),
+    );
+}
+
+#[test]
+fn rule_frames_page_aligned() {
     expect_rejected(
         |h, rq| {
             let (hd, s) = data_req(h, 0, PG);
             let f = h.alloc.frames(2 * PG) + 512;
+            (rq.push(&chain(hd, &[(f, PG as u32)], true, s)), Some(s))
+        },
+        Some(status::BAD_RANGE),
+    );
+}
+
+#[test]
+fn rule_frames_whole_pages() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(2 * PG);
             (
-                rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+                rq.push(&chain(hd, &[(f, PG as u32 + 512)], true, s)),
                 Some(s),
             )
         },
@@ -1176,6 +1280,300 @@ fn rejects_bad_headers() {
     );
 }
 
+#[test]
+fn rule_at_most_256_frames() {
+    // The parser's own limit (the device's chain limit of 258 descriptors
+    // stops 257 frames earlier, see rule_chain_at_most_258_descriptors).
+    let limits = Limits {
+        num_objects: 1,
+        max_frames: MAX_FRAME_SEGMENTS,
+        max_request_bytes: u64::MAX,
+        readahead: true,
+        unlock: true,
+    };
+    let hdr = RequestHeader {
+        req_type: req::DATA_REQUEST,
+        length: PG,
+        access: 1,
+        ..Default::default()
+    };
+    let seg = |addr: u64, len: u32, writable: bool| crate::virtio::Segment {
+        addr: GuestAddress(addr),
+        len,
+        writable,
+    };
+    for (frames, ok) in [(256u64, true), (257, false)] {
+        let mut segs = vec![seg(0, 32, false)];
+        segs.extend((0..frames).map(|i| seg(PG * (1 + i), PG as u32, true)));
+        segs.push(seg(PG * (2 + frames), 24, true));
+        let r = parse_request(&segs, &limits, |_| Some(hdr.to_bytes()));
+        match r {
+            Ok(_) => assert!(ok, "{frames} frames accepted"),
+            Err(e) => {
+                assert!(!ok, "{frames} frames refused: {e}");
+                assert_eq!(e.status(), status::BAD_RANGE);
+            }
+        }
+    }
+}
+
+#[test]
+fn rule_at_most_1_mib_of_frames() {
+    // One page asked for, 1 MiB + 1 page offered as read-ahead room.
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            let f = h.alloc.frames(257 * PG);
+            (
+                rq.push(&chain(hd, &[(f, 257 * PG as u32)], true, s)),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
+}
+
+#[test]
+fn rule_known_type() {
+    for t in [0u16, 7, 99, u16::MAX] {
+        expect_rejected(
+            |h, rq| {
+                let hd = h.header(t, 0, 0, PG, 1);
+                let s = h.status();
+                let f = h.alloc.frames(PG);
+                (rq.push(&chain(hd, &[(f, PG as u32)], true, s)), Some(s))
+            },
+            Some(status::UNSUPPORTED),
+        );
+    }
+}
+
+/// A DATA_REQUEST with byte `at` of its header set to `v`.
+fn poked_header(at: u64, v: u8) -> impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>) {
+    move |h, rq| {
+        let (hd, s) = data_req(h, 0, PG);
+        h.mem
+            .write_slice(&[v], GuestAddress(hd + at))
+            .expect("poke");
+        let f = h.alloc.frames(PG);
+        (rq.push(&chain(hd, &[(f, PG as u32)], true, s)), Some(s))
+    }
+}
+
+#[test]
+fn rule_flags_zero() {
+    expect_rejected(poked_header(2, 1), Some(status::BAD_REQUEST));
+    expect_rejected(poked_header(3, 0x80), Some(status::BAD_REQUEST));
+}
+
+#[test]
+fn rule_padding_zero() {
+    for at in 25..28 {
+        expect_rejected(poked_header(at, 1), Some(status::BAD_REQUEST));
+    }
+}
+
+#[test]
+fn rule_reserved_zero() {
+    for at in 28..32 {
+        expect_rejected(poked_header(at, 1), Some(status::BAD_REQUEST));
+    }
+}
+
+#[test]
+fn rule_object_id_in_table() {
+    for obj in [1, u32::MAX] {
+        expect_rejected(
+            |h, rq| {
+                let hd = h.header(req::DATA_REQUEST, obj, 0, PG, 1);
+                let s = h.status();
+                let f = h.alloc.frames(PG);
+                (rq.push(&chain(hd, &[(f, PG as u32)], true, s)), Some(s))
+            },
+            Some(status::NO_OBJECT),
+        );
+    }
+}
+
+/// A request of type `t` with one page-sized frame (device-writable for
+/// DATA_REQUEST, readable otherwise).
+fn one_frame(
+    t: u16,
+    offset: u64,
+    length: u64,
+    access: u8,
+) -> impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>) {
+    move |h, rq| {
+        let hd = h.header(t, 0, offset, length, access);
+        let s = h.status();
+        let f = h.alloc.frames(PG);
+        let w = t == req::DATA_REQUEST;
+        (rq.push(&chain(hd, &[(f, PG as u32)], w, s)), Some(s))
+    }
+}
+
+#[test]
+fn rule_offset_page_aligned() {
+    for t in [req::DATA_REQUEST, req::DATA_WRITE] {
+        let acc = u8::from(t == req::DATA_REQUEST);
+        expect_rejected(one_frame(t, 100, PG, acc), Some(status::BAD_RANGE));
+    }
+    expect_rejected(unlock(100, PG, 1), Some(status::BAD_RANGE));
+}
+
+/// A DATA_UNLOCK (no frames).
+fn unlock(
+    offset: u64,
+    length: u64,
+    access: u8,
+) -> impl FnOnce(&mut Harness, &mut Ring) -> (u16, Option<u64>) {
+    move |h, rq| {
+        let (head, s) = h.simple(rq, req::DATA_UNLOCK, 0, offset, length, access);
+        (head, Some(s))
+    }
+}
+
+#[test]
+fn rule_length_whole_pages() {
+    expect_rejected(
+        one_frame(req::DATA_REQUEST, 0, 100, 1),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(
+        one_frame(req::DATA_WRITE, 0, PG + 1, 0),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(unlock(0, 100, 1), Some(status::BAD_RANGE));
+}
+
+#[test]
+fn rule_length_nonzero() {
+    expect_rejected(
+        one_frame(req::DATA_REQUEST, 0, 0, 1),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(one_frame(req::DATA_WRITE, 0, 0, 0), Some(status::BAD_RANGE));
+    expect_rejected(unlock(0, 0, 1), Some(status::BAD_RANGE));
+}
+
+#[test]
+fn rule_length_at_most_1_mib() {
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, 512 * PG);
+            let f = h.alloc.frames(512 * PG);
+            (
+                rq.push(&chain(hd, &[(f, 512 * PG as u32)], true, s)),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(unlock(0, 257 * PG, 1), Some(status::BAD_RANGE));
+}
+
+#[test]
+fn rule_offset_plus_length_does_not_overflow() {
+    let top = u64::MAX - PG + 1;
+    expect_rejected(
+        one_frame(req::DATA_REQUEST, top, PG, 1),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(
+        one_frame(req::DATA_WRITE, top, PG, 0),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(unlock(top, PG, 1), Some(status::BAD_RANGE));
+    // Read-ahead room counts too: offset + frames must not overflow.
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, top - PG, PG);
+            let f = h.alloc.frames(4 * PG);
+            (rq.push(&chain(hd, &[(f, 4 * PG as u32)], true, s)), Some(s))
+        },
+        Some(status::BAD_RANGE),
+    );
+}
+
+#[test]
+fn rule_access_bits_valid() {
+    // DATA_REQUEST / DATA_UNLOCK: some of READ|WRITE|EXECUTE, nothing else.
+    for acc in [0u8, 0x08, 0x80, 0xff] {
+        expect_rejected(
+            one_frame(req::DATA_REQUEST, 0, PG, acc),
+            Some(status::BAD_REQUEST),
+        );
+        expect_rejected(unlock(0, PG, acc), Some(status::BAD_REQUEST));
+    }
+    // DATA_WRITE: none at all.
+    expect_rejected(
+        one_frame(req::DATA_WRITE, 0, PG, 1),
+        Some(status::BAD_REQUEST),
+    );
+}
+
+#[test]
+fn rule_frames_cover_length() {
+    // DATA_REQUEST: no frames, or fewer bytes of frames than `length`.
+    expect_rejected(
+        |h, rq| {
+            let (hd, s) = data_req(h, 0, PG);
+            (rq.push(&[(hd, 32, false), (s, 24, true)]), Some(s))
+        },
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(
+        one_frame(req::DATA_REQUEST, 0, 2 * PG, 1),
+        Some(status::BAD_RANGE),
+    );
+    // DATA_WRITE: frames must be exactly `length`.
+    expect_rejected(
+        one_frame(req::DATA_WRITE, 0, 2 * PG, 0),
+        Some(status::BAD_RANGE),
+    );
+    expect_rejected(
+        |h, rq| {
+            let hd = h.header(req::DATA_WRITE, 0, 0, PG, 0);
+            let s = h.status();
+            let f = h.alloc.frames(2 * PG);
+            (
+                rq.push(&chain(hd, &[(f, 2 * PG as u32)], false, s)),
+                Some(s),
+            )
+        },
+        Some(status::BAD_RANGE),
+    );
+    // Without READAHEAD, frames beyond `length` are refused too:
+    // readahead_fills_offered_frames_only_when_negotiated.
+}
+
+#[test]
+fn rule_frameless_types_carry_no_range_and_no_frames() {
+    for t in [req::INIT, req::TERMINATE, req::SYNC] {
+        // Frames where none belong.
+        expect_rejected(one_frame(t, 0, 0, 0), Some(status::BAD_RANGE));
+        // offset, length and access must be 0.
+        for (off, len, acc) in [(PG, 0, 0), (0, PG, 0), (0, 0, 1)] {
+            expect_rejected(
+                move |h, rq| {
+                    let (head, s) = h.simple(rq, t, 0, off, len, acc);
+                    (head, Some(s))
+                },
+                Some(status::BAD_REQUEST),
+            );
+        }
+    }
+    // DATA_UNLOCK carries no frames either.
+    expect_rejected(
+        |h, rq| {
+            let hd = h.header(req::DATA_UNLOCK, 0, 0, PG, 1);
+            let s = h.status();
+            let f = h.alloc.frames(PG);
+            (rq.push(&chain(hd, &[(f, PG as u32)], false, s)), Some(s))
+        },
+        Some(status::BAD_RANGE),
+    );
+}
 #[test]
 fn indirect_chains_are_accepted() {
     let mem = test_mem();

@@ -294,6 +294,11 @@ pub enum ParseError {
     BadRange(&'static str),
     #[error("frames: {0}")]
     BadFrames(&'static str),
+    /// A frame descriptor the device would have to write is device-readable,
+    /// or one it must read is device-writable: a malformed chain (§4.5
+    /// BAD_REQUEST), not a range problem.
+    #[error("frame descriptor has the wrong direction")]
+    WrongDirection,
 }
 
 impl ParseError {
@@ -455,7 +460,7 @@ fn check_frames(frames: &[Segment], writable: bool, limits: &Limits) -> Result<u
     let mut total: u64 = 0;
     for f in frames {
         if f.writable != writable {
-            return Err(ParseError::BadFrames("frame has the wrong direction"));
+            return Err(ParseError::WrongDirection);
         }
         if f.addr.0 % PAGE_SIZE != 0 || u64::from(f.len) % PAGE_SIZE != 0 {
             return Err(ParseError::BadFrames("frame not page aligned"));
