@@ -24,7 +24,7 @@ pub fn user_pieces(
     if !va.is_user() || (len > 0 && !VirtAddr(end.0 - 1).is_user()) {
         return Err(ERR_BAD_ADDRESS);
     }
-    let root = k.current().ok_or(ERR_BAD_ADDRESS)?.root;
+    let (_, root) = k.current_task().ok_or(ERR_BAD_ADDRESS)?;
     let mut walker = paging::Walker::new(root);
     let mut at = va;
     while at < end {

@@ -1,7 +1,9 @@
-//! The kernel proper: tasks, scheduling and the switch, the system call
-//! table, and the console.
+//! The kernel proper: tasks, threads, scheduling and the switch, the system
+//! call table, and the console.
 
 pub mod console;
+pub mod heap;
 pub mod scheduler;
 pub mod syscall;
 pub mod task;
+pub mod thread;

@@ -1,13 +1,19 @@
-//! The kernel's task table and the switch between tasks: which frame the
-//! trap path resumes, plus the CR3, kernel-stack and FPU state that go with
-//! it. Policy (round robin) is the library's `RunQueue`.
+//! The kernel's task and thread tables and the switch between threads:
+//! which frame the trap path resumes, plus the CR3, kernel-stack and FPU
+//! state that go with it. Policy (round robin) is the library's `RunQueue`.
+//!
+//! A thread that waits blocks in a `State`; whoever ends the wait writes the
+//! system call's result into its saved frame (`wake_with`) and makes it
+//! runnable.
 
 use crate::arch::cpu::{self, fxrstor, fxsave, outl};
 use crate::arch::entry::{KERNEL_RSP, Stack, idle_loop};
 use crate::arch::gdt::{self, KERNEL_CS, KERNEL_DS};
 use crate::arch::trap::{TrapFrame, exception_name};
 use crate::kern::console::{Dec, Hex, IDec};
-use crate::kern::task::{LoadError, Remains, State, Task};
+use crate::kern::heap::try_box;
+use crate::kern::task::{LoadError, MAX_THREADS, Remains, Task};
+use crate::kern::thread::{KernelStack, State, Thread, UserStart};
 use crate::kprint;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -15,11 +21,14 @@ use alloc::vec::Vec;
 use guest_kernel::abi::{ERR_NO_SUCH_TASK, KILLED_BASE, PORT_EXIT};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::bootinfo::BootInfo;
-use guest_kernel::kern::sched::{RunQueue, TaskId};
+use guest_kernel::kern::sched::{RunQueue, TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
 use spin::Mutex;
 
 pub static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
+
+/// Tasks alive at once (docs/mach-ipc.md §6).
+pub const MAX_TASKS: usize = 64;
 
 const IDLE_STACK: usize = 16 * 1024;
 #[unsafe(link_section = ".stack")]
@@ -29,27 +38,31 @@ pub struct Kernel {
     pub boot: BootInfo,
     pub frames: FrameAllocator,
     pub kernel_root: PhysAddr,
-    /// Boxed so a task never moves: `cur` points into it.
     tasks: BTreeMap<TaskId, Box<Task>>,
+    /// Boxed so a thread never moves: `cur` points into it.
+    threads: BTreeMap<ThreadId, Box<Thread>>,
     runq: RunQueue,
     /// `None` while idle.
-    current: Option<TaskId>,
-    /// The running task's record (null while idle, or once it is gone), so
-    /// the hot paths (every system call, every wake-up) need no map lookup.
-    cur: *mut Task,
+    current: Option<ThreadId>,
+    /// The running thread's record (null while idle, or once it is gone),
+    /// so the hot paths (every system call, every wake-up) need no lookup.
+    cur: *mut Thread,
+    /// The running thread's task's page-table root.
+    cur_root: PhysAddr,
     idle_frame: *mut TrapFrame,
-    /// Whose FPU state is in the registers (saved only when another task's
-    /// is loaded; the kernel itself never touches the FPU).
-    fpu_owner: Option<TaskId>,
+    /// Whose FPU state is in the registers (saved only when another
+    /// thread's is loaded; the kernel itself never touches the FPU).
+    fpu_owner: Option<ThreadId>,
     /// Whose page tables CR3 holds (`None`: the kernel's own).
     cr3_task: Option<TaskId>,
-    next_id: u32,
+    next_task: u32,
+    next_thread: u32,
     pub init: TaskId,
     pub need_resched: bool,
     pub ticks: u64,
-    /// Exited tasks whose kernel stack or root might still be in use by the
-    /// trap path that killed them; freed on the next kernel entry.
-    graveyard: Vec<Remains>,
+    /// What exited threads and tasks leave that the trap path ending them
+    /// may still be running on; freed on the next kernel entry.
+    graveyard: Vec<(Option<KernelStack>, Option<Remains>)>,
 }
 
 // SAFETY: one CPU; the raw frame pointers point into kernel stacks owned by
@@ -62,10 +75,18 @@ pub fn power_off(status: u32) -> ! {
     }
 }
 
+#[derive(Debug)]
+pub enum SpawnError {
+    NoSuchProgram,
+    Load(LoadError),
+    /// The task or thread bound is reached, or the heap is full.
+    NoResources,
+}
+
 impl Kernel {
     pub fn new(boot: BootInfo, frames: FrameAllocator, kernel_root: PhysAddr) -> Kernel {
         // Idle runs `idle_loop` in ring 0 on its own stack; its first frame
-        // is built by hand, later ones by the CPU when the timer interrupts it.
+        // is built by hand, later ones by the CPU when an interrupt comes.
         // SAFETY: the idle stack is used by nothing else.
         let idle_frame = unsafe {
             let top = (&raw mut IDLE_STACK_MEM) as u64 + IDLE_STACK as u64;
@@ -85,13 +106,16 @@ impl Kernel {
             frames,
             kernel_root,
             tasks: BTreeMap::new(),
+            threads: BTreeMap::new(),
             runq: RunQueue::new(),
             current: None,
             cur: core::ptr::null_mut(),
+            cur_root: PhysAddr(0),
             idle_frame,
             fpu_owner: None,
             cr3_task: None,
-            next_id: 1,
+            next_task: 1,
+            next_thread: 1,
             init: TaskId(1),
             need_resched: false,
             ticks: 0,
@@ -99,6 +123,7 @@ impl Kernel {
         }
     }
 
+    /// Starts the built-in program `name` as a new task with one thread.
     pub fn spawn(
         &mut self,
         name: &[u8],
@@ -106,8 +131,11 @@ impl Kernel {
         parent: Option<TaskId>,
     ) -> Result<TaskId, SpawnError> {
         let module = *self.boot.module(name).ok_or(SpawnError::NoSuchProgram)?;
-        let id = TaskId(self.next_id);
-        let task = Task::load(
+        if self.tasks.len() >= MAX_TASKS {
+            return Err(SpawnError::NoResources);
+        }
+        let id = TaskId(self.next_task);
+        let (task, start) = Task::load(
             id,
             parent,
             &module,
@@ -116,27 +144,70 @@ impl Kernel {
             &mut self.frames,
         )
         .map_err(SpawnError::Load)?;
-        self.next_id += 1;
-        self.tasks.insert(id, Box::new(task));
+        let task = match try_box(task) {
+            Ok(t) => t,
+            Err(mut task) => {
+                self.destroy_address_space(&mut task);
+                return Err(SpawnError::NoResources);
+            }
+        };
+        self.next_task += 1;
+        self.tasks.insert(id, task);
+        if self.create_thread(id, start).is_err() {
+            if let Some(mut t) = self.tasks.remove(&id) {
+                self.destroy_address_space(&mut t);
+            }
+            return Err(SpawnError::NoResources);
+        }
+        Ok(id)
+    }
+
+    /// A new runnable thread in `task`, starting at `start`.
+    pub fn create_thread(
+        &mut self,
+        task: TaskId,
+        start: UserStart,
+    ) -> Result<ThreadId, SpawnError> {
+        let t = self.tasks.get_mut(&task).ok_or(SpawnError::NoResources)?;
+        if t.exited.is_some() || t.threads.len() >= MAX_THREADS {
+            return Err(SpawnError::NoResources);
+        }
+        t.threads
+            .try_reserve(1)
+            .map_err(|_| SpawnError::NoResources)?;
+        let id = ThreadId(self.next_thread);
+        let th = Thread::new(id, task, start).ok_or(SpawnError::NoResources)?;
+        let th = try_box(th).map_err(|_| SpawnError::NoResources)?;
+        self.next_thread += 1;
+        t.threads.push(id);
+        self.threads.insert(id, th);
         self.runq.push(id);
         Ok(id)
     }
 
-    pub fn current(&mut self) -> Option<&mut Task> {
+    /// The running thread.
+    pub fn current(&mut self) -> Option<&mut Thread> {
         // SAFETY: `cur` is null or points at the boxed record of the running
-        // task, cleared before that record is dropped.
+        // thread, cleared before that record is dropped.
         unsafe { self.cur.as_mut() }
     }
 
-    fn remove_task(&mut self, id: TaskId) {
-        if self.current == Some(id) {
-            self.cur = core::ptr::null_mut();
-        }
-        self.tasks.remove(&id);
+    pub fn current_thread(&self) -> Option<ThreadId> {
+        self.current
+    }
+
+    /// The running thread's task and its page-table root.
+    pub fn current_task(&mut self) -> Option<(TaskId, PhysAddr)> {
+        let task = self.current()?.task;
+        Some((task, self.cur_root))
+    }
+
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     /// Called first on every kernel entry: remember where the interrupted
-    /// context's frame is, and free what exited tasks left behind.
+    /// context's frame is, and free what exited threads left behind.
     pub fn enter(&mut self, frame: *mut TrapFrame) {
         match self.current() {
             Some(t) => t.frame = frame,
@@ -145,41 +216,63 @@ impl Kernel {
         if self.graveyard.is_empty() {
             return;
         }
-        for r in core::mem::take(&mut self.graveyard) {
-            r.release(&mut self.frames);
+        for (stack, root) in core::mem::take(&mut self.graveyard) {
+            drop(stack);
+            if let Some(r) = root {
+                r.release(&mut self.frames);
+            }
         }
     }
 
-    /// The running task is done with `status`.
+    /// The running thread's task is done with `status`: all its threads end.
     pub fn exit_current(&mut self, status: i64) {
-        let Some(id) = self.current else { return };
+        let Some((task, _)) = self.current_task() else {
+            return;
+        };
+        self.terminate_task(task, status);
+    }
+
+    /// Ends every thread of `id` and, once no device still holds its frames,
+    /// its address space. Wakes whoever waits for it.
+    pub fn terminate_task(&mut self, id: TaskId, status: i64) {
         if id == self.init {
             kprint!("init exited with status ", IDec(status), "\n");
             crate::kern::console::lock().flush();
             crate::dev::virtio_pager::shutdown();
             power_off(status as u32);
         }
-        // SAFETY: as in `current`; the record stays until `remove_task`
-        // below, and only its own fields and the frame allocator are used.
-        let Some(t) = (unsafe { self.cur.as_mut() }) else {
+        let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
-        t.state = State::Exited(status);
-        t.release_memory(&mut self.frames);
-        let remains = t.take_remains();
-        self.graveyard.push(remains);
-        if self.fpu_owner == Some(id) {
-            self.fpu_owner = None;
+        if t.exited.is_some() {
+            return;
         }
-        if self.cr3_task == Some(id) {
-            // Its tables are freed on the next kernel entry: leave them now.
-            // SAFETY: the kernel root maps everything the kernel uses.
-            unsafe { cpu::set_cr3(self.kernel_root.0) };
-            self.cr3_task = None;
+        t.exited = Some(status);
+        let threads = core::mem::take(&mut t.threads);
+        let mut keep = Vec::new();
+        for th in threads {
+            let in_io = self.threads.get(&th).is_some_and(|x| x.state == State::Io);
+            if in_io {
+                // Its frames are in the device's hands: it ends when the
+                // request completes (`wake_with`), and the memory with it.
+                if keep.try_reserve(1).is_ok() {
+                    keep.push(th);
+                }
+            } else {
+                self.end_thread(th);
+            }
         }
+        let parent = match self.tasks.get_mut(&id) {
+            Some(t) => {
+                t.threads = keep;
+                t.parent
+            }
+            None => return,
+        };
+        self.reap_memory(id);
         // Wake whoever waits for it; the first waiter collects the status.
-        let waiters: Vec<TaskId> = self
-            .tasks
+        let waiters: Vec<ThreadId> = self
+            .threads
             .iter()
             .filter(|(_, w)| w.state == State::Waiting(id))
             .map(|(&w, _)| w)
@@ -188,31 +281,60 @@ impl Kernel {
             let r = if i == 0 { status } else { ERR_NO_SUCH_TASK };
             self.wake_with(w, r);
         }
-        if self
+        let parent_alive =
+            parent.is_some_and(|p| self.tasks.get(&p).is_some_and(|pt| pt.exited.is_none()));
+        let collected = self
             .tasks
             .get(&id)
-            .is_some_and(|t| t.state == State::Exited(status))
-            && self.collected(id)
-        {
-            self.remove_task(id);
+            .is_some_and(|t| t.exited.is_some() && t.threads.is_empty());
+        if !parent_alive && collected {
+            // Nobody can wait for it any more.
+            self.tasks.remove(&id);
         }
         // Its own exited children can no longer be waited for.
         self.tasks
-            .retain(|_, c| !(c.parent == Some(id) && matches!(c.state, State::Exited(_))));
+            .retain(|_, c| !(c.parent == Some(id) && c.exited.is_some() && c.threads.is_empty()));
     }
 
-    fn collected(&self, id: TaskId) -> bool {
-        // A task nobody can wait for any more (its parent is gone) is dropped
-        // at exit; otherwise the record stays until task_wait collects it.
-        let parent = self.tasks.get(&id).and_then(|t| t.parent);
-        !parent.is_some_and(|p| {
-            self.tasks
-                .get(&p)
-                .is_some_and(|pt| !matches!(pt.state, State::Exited(_)))
-        })
+    /// Frees the address space of an exited task once no thread of it is
+    /// left (threads in device I/O keep it alive).
+    fn reap_memory(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if t.exited.is_none() || !t.threads.is_empty() || t.root.0 == 0 {
+            return;
+        }
+        if self.cr3_task == Some(id) {
+            // Its tables go now; the kernel half is in every root.
+            // SAFETY: the kernel root maps everything the kernel uses.
+            unsafe { cpu::set_cr3(self.kernel_root.0) };
+            self.cr3_task = None;
+        }
+        t.release_memory(&mut self.frames);
+        let root = t.take_root();
+        self.graveyard.push((None, Some(root)));
     }
 
-    /// The running task sleeps in `state` until `wake_with`; its system
+    /// Removes a thread; its stack waits in the graveyard (the trap path
+    /// may be running on it).
+    fn end_thread(&mut self, id: ThreadId) {
+        if self.fpu_owner == Some(id) {
+            self.fpu_owner = None;
+        }
+        if self.current == Some(id) {
+            self.cur = core::ptr::null_mut();
+        }
+        self.runq.remove(id);
+        if let Some(mut th) = self.threads.remove(&id) {
+            th.state = State::Exited;
+            let stack = th.take_stack();
+            drop(th);
+            self.graveyard.push((Some(stack), None));
+        }
+    }
+
+    /// The running thread sleeps in `state` until `wake_with`; its system
     /// call result comes from whoever wakes it.
     pub fn block_current(&mut self, state: State) {
         if let Some(t) = self.current() {
@@ -220,10 +342,10 @@ impl Kernel {
         }
     }
 
-    /// Wakes every task blocked in `state`, each with `result`.
+    /// Wakes every thread blocked in `state`, each with `result`.
     pub fn wake_all(&mut self, state: State, result: i64) {
-        let ids: Vec<TaskId> = self
-            .tasks
+        let ids: Vec<ThreadId> = self
+            .threads
             .iter()
             .filter(|(_, t)| t.state == state)
             .map(|(&id, _)| id)
@@ -233,24 +355,37 @@ impl Kernel {
         }
     }
 
-    /// Makes a blocked task runnable with `result` as its system call's.
-    /// Does nothing to a task that is not blocked (a stale completion).
-    pub fn wake_with(&mut self, id: TaskId, result: i64) {
-        if let Some(t) = self.tasks.get_mut(&id) {
-            if matches!(t.state, State::Ready | State::Running | State::Exited(_)) {
-                return;
-            }
-            // SAFETY: a blocked task's frame is valid until it runs again.
-            unsafe { (*t.frame).rax = result as u64 };
-            t.state = State::Ready;
-            self.runq.push(id);
+    /// Makes a blocked thread runnable with `result` as its system call's.
+    /// Does nothing to a thread that is not blocked (a stale completion).
+    /// A thread whose task exited while it waited ends here instead.
+    pub fn wake_with(&mut self, id: ThreadId, result: i64) {
+        let Some(t) = self.threads.get_mut(&id) else {
+            return;
+        };
+        if matches!(t.state, State::Ready | State::Running | State::Exited) {
+            return;
         }
+        let task = t.task;
+        if self.tasks.get(&task).is_none_or(|x| x.exited.is_some()) {
+            self.end_thread(id);
+            if let Some(x) = self.tasks.get_mut(&task) {
+                x.threads.retain(|&th| th != id);
+            }
+            self.reap_memory(task);
+            return;
+        }
+        // SAFETY: a blocked thread's frame is valid until it runs again.
+        unsafe { (*t.frame).rax = result as u64 };
+        t.state = State::Ready;
+        self.runq.push(id);
     }
 
     /// An exception in user mode kills the task, and the kernel goes on.
     pub fn kill_current(&mut self, vector: u64, error: u64, rip: u64, cr2: u64) {
-        let Some(t) = self.current() else { return };
-        let (id, name) = (t.id, t.name());
+        let Some((id, _)) = self.current_task() else {
+            return;
+        };
+        let name = self.tasks.get(&id).map_or(&b"?"[..], |t| t.name());
         if vector == 14 {
             kprint!(
                 "task ",
@@ -287,18 +422,16 @@ impl Kernel {
 
     /// task_wait: `Some(status)` now, or `None` after blocking the caller.
     pub fn wait(&mut self, target: TaskId) -> Result<Option<i64>, i64> {
-        let me = self.current.ok_or(ERR_NO_SUCH_TASK)?;
+        let (me, _) = self.current_task().ok_or(ERR_NO_SUCH_TASK)?;
         let t = self.tasks.get(&target).ok_or(ERR_NO_SUCH_TASK)?;
         if t.parent != Some(me) {
             return Err(ERR_NO_SUCH_TASK);
         }
-        if let State::Exited(s) = t.state {
-            self.remove_task(target);
+        if let (Some(s), true) = (t.exited, t.threads.is_empty()) {
+            self.tasks.remove(&target);
             return Ok(Some(s));
         }
-        if let Some(t) = self.current() {
-            t.state = State::Waiting(target);
-        }
+        self.block_current(State::Waiting(target));
         Ok(None)
     }
 
@@ -319,34 +452,34 @@ impl Kernel {
             let Some(id) = self.runq.pop() else {
                 break None;
             };
-            if let Some(t) = self.tasks.get_mut(&id)
+            if let Some(t) = self.threads.get_mut(&id)
                 && t.state == State::Ready
             {
-                break Some(&mut **t as *mut Task);
+                break Some(&mut **t as *mut Thread);
             }
         };
         self.switch_to(next)
     }
 
-    /// `next` points at a record in `tasks` (one lookup, in `schedule`).
-    fn switch_to(&mut self, next: Option<*mut Task>) -> *mut TrapFrame {
-        // SAFETY: `next` was just taken from the task table.
+    /// `next` points at a record in `threads` (one lookup, in `schedule`).
+    fn switch_to(&mut self, next: Option<*mut Thread>) -> *mut TrapFrame {
+        // SAFETY: `next` was just taken from the thread table.
         let next = next.and_then(|p| unsafe { p.as_mut() });
         self.current = next.as_ref().map(|t| t.id);
         self.cur = core::ptr::null_mut();
         let Some(t) = next else {
             // Idle runs on whatever address space is loaded (the kernel
             // half is in all of them; a dead task's was left at its exit),
-            // so a task that blocks and is woken costs no CR3 reload.
+            // so a thread that blocks and is woken costs no CR3 reload.
             return self.idle_frame;
         };
         let id = t.id;
         if self.fpu_owner != Some(id) {
-            if let Some(owner) = self.fpu_owner.and_then(|o| self.tasks.get_mut(&o)) {
-                // SAFETY: a 16-byte aligned 512-byte area owned by the task.
+            if let Some(owner) = self.fpu_owner.and_then(|o| self.threads.get_mut(&o)) {
+                // SAFETY: a 16-byte aligned 512-byte area owned by the thread.
                 unsafe { fxsave(owner.fx.0.as_mut_ptr()) };
             }
-            // SAFETY: the task's saved (or initial) FXSAVE image.
+            // SAFETY: the thread's saved (or initial) FXSAVE image.
             unsafe { fxrstor(t.fx.0.as_ptr()) };
             self.fpu_owner = Some(id);
         }
@@ -354,19 +487,20 @@ impl Kernel {
         t.state = State::Running;
         let top = t.kstack_top();
         gdt::set_kernel_stack(top);
-        // SAFETY: read by the syscall entry only while this task runs.
+        // SAFETY: read by the syscall entry only while this thread runs.
         unsafe { KERNEL_RSP = top };
-        if self.cr3_task != Some(id) {
+        if self.cr3_task != Some(t.task) {
+            let root = self.tasks.get(&t.task).map_or(self.kernel_root, |x| x.root);
             // SAFETY: the task's root maps the kernel half like every root.
-            unsafe { cpu::set_cr3(t.root.0) };
-            self.cr3_task = Some(id);
+            unsafe { cpu::set_cr3(root.0) };
+            self.cr3_task = Some(t.task);
+            self.cur_root = root;
         }
         t.frame
     }
-}
 
-#[derive(Debug)]
-pub enum SpawnError {
-    NoSuchProgram,
-    Load(LoadError),
+    fn destroy_address_space(&mut self, t: &mut Task) {
+        t.release_memory(&mut self.frames);
+        t.take_root().release(&mut self.frames);
+    }
 }

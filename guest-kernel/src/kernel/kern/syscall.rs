@@ -98,11 +98,12 @@ fn spawn(k: &mut Kernel, f: &TrapFrame) -> i64 {
         Ok(a) => a,
         Err(e) => return e,
     };
-    let parent = k.current().map(|t| t.id);
+    let parent = k.current_task().map(|(t, _)| t);
     match k.spawn(&name, &args, parent) {
         Ok(id) => id.0 as i64,
         Err(SpawnError::NoSuchProgram) => ERR_NO_SUCH_PROGRAM,
         Err(SpawnError::Load(LoadError::NoMemory)) => ERR_NO_MEMORY,
         Err(SpawnError::Load(_)) => ERR_INVALID,
+        Err(SpawnError::NoResources) => ERR_NO_MEMORY,
     }
 }

@@ -1,11 +1,9 @@
-//! One user task: its address space (built from an embedded program's ELF
-//! image), kernel stack, saved FPU state, and its teardown.
+//! A task (paper §3.1): the unit of resource allocation, an address space
+//! (built from an embedded program's ELF image) and the threads that run in
+//! it; its teardown.
 
-use crate::arch::gdt::{USER_CS, USER_DS};
 use crate::arch::mm::{DirectTables, alloc_zeroed, phys_to_virt};
-use crate::arch::trap::TrapFrame;
-use alloc::alloc::{Layout, alloc, dealloc};
-use alloc::boxed::Box;
+use crate::kern::thread::UserStart;
 use alloc::vec::Vec;
 use guest_kernel::abi::{USER_STACK_PAGES, USER_STACK_TOP};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
@@ -14,56 +12,23 @@ use guest_kernel::arch::paging::{
 };
 use guest_kernel::bootinfo::Module;
 use guest_kernel::elf::{Elf, ElfError};
-use guest_kernel::kern::sched::TaskId;
+use guest_kernel::kern::sched::{TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
 
-pub const KSTACK_SIZE: usize = 16 * 1024;
-const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {
-    Ok(l) => l,
-    Err(_) => panic!("bad kernel stack layout"),
-};
 const MAX_ARGS: usize = 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Ready,
-    Running,
-    /// Blocked in task_wait on that task.
-    Waiting(TaskId),
-    /// Blocked until a memory object's pager answers its initialisation.
-    ObjectInit(u32),
-    /// Blocked until a device request for it completes; its frames are in
-    /// the device's hands meanwhile, so it cannot be torn down.
-    Io,
-    Exited(i64),
-}
-
-/// FXSAVE area.
-#[repr(C, align(16))]
-pub struct FxArea(pub [u8; 512]);
-
-impl FxArea {
-    /// The state a fresh task starts with: x87 control word 0x37f, MXCSR
-    /// 0x1f80 (all exceptions masked), everything else clear.
-    pub fn initial() -> Box<FxArea> {
-        let mut a = Box::new(FxArea([0; 512]));
-        a.0[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        a
-    }
-}
+/// Threads one task may have (docs/mach-ipc.md §6).
+pub const MAX_THREADS: usize = 64;
 
 pub struct Task {
     pub id: TaskId,
     pub parent: Option<TaskId>,
     name: [u8; 16],
     name_len: usize,
-    pub state: State,
-    /// Saved context while not running; the entry code fills it.
-    pub frame: *mut TrapFrame,
-    kstack: *mut u8,
+    /// `Some(status)` once it has exited (kept until collected).
+    pub exited: Option<i64>,
     pub root: PhysAddr,
-    pub fx: Box<FxArea>,
+    /// Its threads, at most MAX_THREADS.
+    pub threads: Vec<ThreadId>,
     /// Frames private to this task (data, bss, stack), freed at exit.
     owned: Vec<PhysAddr>,
 }
@@ -92,10 +57,6 @@ impl Task {
         &self.name[..self.name_len]
     }
 
-    pub fn kstack_top(&self) -> u64 {
-        self.kstack as u64 + KSTACK_SIZE as u64
-    }
-
     /// Builds a task running `module` with `args` (bytes handed to the
     /// program in rdi/rsi). Read-only segments map the module's own frames
     /// (shared by every task of that program); writable ones get private
@@ -107,7 +68,7 @@ impl Task {
         args: &[u8],
         kernel_root: PhysAddr,
         frames: &mut FrameAllocator,
-    ) -> Result<Task, LoadError> {
+    ) -> Result<(Task, UserStart), LoadError> {
         if args.len() > MAX_ARGS {
             return Err(LoadError::ArgsTooLong);
         }
@@ -134,17 +95,15 @@ impl Task {
             parent,
             name: [0; 16],
             name_len: module.name().len().min(16),
-            state: State::Ready,
-            frame: core::ptr::null_mut(),
-            kstack: core::ptr::null_mut(),
+            exited: None,
             root,
-            fx: FxArea::initial(),
+            threads: Vec::new(),
             owned: Vec::new(),
         };
         task.name[..task.name_len].copy_from_slice(&module.name()[..task.name_len]);
         // From here on, failure must give back what was taken.
         match task.build(&elf, module, args, frames) {
-            Ok(()) => Ok(task),
+            Ok(start) => Ok((task, start)),
             Err(e) => {
                 task.release_memory(frames);
                 frames.free(task.root);
@@ -159,7 +118,7 @@ impl Task {
         module: &Module,
         args: &[u8],
         frames: &mut FrameAllocator,
-    ) -> Result<(), LoadError> {
+    ) -> Result<UserStart, LoadError> {
         for seg in elf.segments() {
             let seg = seg.map_err(LoadError::Elf)?;
             let first = seg.vaddr.align_down(PAGE_SIZE);
@@ -242,30 +201,16 @@ impl Task {
         };
         let args_va = USER_STACK_TOP - args.len() as u64;
 
-        // SAFETY: allocation of a kernel stack; no zeroing needed.
-        self.kstack = unsafe { alloc(KSTACK_LAYOUT) };
-        if self.kstack.is_null() {
-            return Err(LoadError::NoMemory);
-        }
-        let frame = (self.kstack_top() as *mut TrapFrame).wrapping_sub(1);
-        // SAFETY: the top of the fresh kernel stack.
-        unsafe {
-            frame.write(TrapFrame {
-                rip: elf.entry.0,
-                cs: USER_CS as u64,
-                rflags: 0x202,
-                rsp: (args_va & !15) - 8, // as after a call: rsp+8 is 16-aligned
-                ss: USER_DS as u64,
-                rdi: args_va,
-                rsi: args.len() as u64,
-                ..TrapFrame::default()
-            })
-        };
-        self.frame = frame;
-        Ok(())
+        Ok(UserStart {
+            rip: elf.entry.0,
+            rsp: (args_va & !15) - 8, // as after a call: rsp+8 is 16-aligned
+            rdi: args_va,
+            rsi: args.len() as u64,
+        })
     }
 
     fn private_page(&mut self, frames: &mut FrameAllocator) -> Result<PhysAddr, LoadError> {
+        self.owned.try_reserve(1).map_err(|_| LoadError::NoMemory)?;
         let pa = alloc_zeroed(frames).ok_or(LoadError::NoMemory)?;
         self.owned.push(pa);
         Ok(pa)
@@ -283,32 +228,22 @@ impl Task {
         }
     }
 
-    /// Takes what must outlive the trap path that ended the task: its
-    /// kernel stack and page-table root.
-    pub fn take_remains(&mut self) -> Remains {
-        let r = Remains {
-            kstack: self.kstack,
-            root: self.root,
-        };
-        self.kstack = core::ptr::null_mut();
+    /// Takes the root table, which must outlive the trap path that ended
+    /// the task (CR3 may still hold it).
+    pub fn take_root(&mut self) -> Remains {
+        let r = Remains { root: self.root };
         self.root = PhysAddr(0);
         r
     }
 }
 
-/// A dead task's kernel stack and root table, freed once no trap path can
-/// be running on them.
+/// A dead task's root table, freed once no trap path can be running on it.
 pub struct Remains {
-    kstack: *mut u8,
     root: PhysAddr,
 }
 
 impl Remains {
     pub fn release(self, frames: &mut FrameAllocator) {
-        if !self.kstack.is_null() {
-            // SAFETY: allocated in `build` with this layout; no longer in use.
-            unsafe { dealloc(self.kstack, KSTACK_LAYOUT) };
-        }
         if self.root.0 != 0 {
             frames.free(self.root);
         }

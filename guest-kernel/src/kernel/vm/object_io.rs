@@ -12,7 +12,7 @@ use crate::arch::mm::DirectTables;
 use crate::arch::trap::TrapFrame;
 use crate::dev::virtio_pager;
 use crate::kern::scheduler::Kernel;
-use crate::kern::task::State;
+use crate::kern::thread::State;
 use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::abi::*;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
@@ -152,7 +152,7 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
     let Some(end) = va.checked_add(len).filter(|e| VirtAddr(e.0 - 1).is_user()) else {
         return Some(ERR_BAD_ADDRESS);
     };
-    let Some((tid, root)) = k.current().map(|t| (t.id, t.root)) else {
+    let (Some(tid), Some((_, root))) = (k.current_thread(), k.current_task()) else {
         return Some(ERR_BAD_ADDRESS);
     };
     let mut guard = virtio_pager::lock();
@@ -214,7 +214,7 @@ pub fn sync(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     let Ok(id) = u32::try_from(f.rdi) else {
         return Some(ERR_NO_OBJECT);
     };
-    let Some(tid) = k.current().map(|t| t.id) else {
+    let Some(tid) = k.current_thread() else {
         return Some(ERR_INVALID);
     };
     let mut guard = virtio_pager::lock();
@@ -254,7 +254,7 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
         }
         bytes as i64
     };
-    k.wake_with(guest_kernel::kern::sched::TaskId(c.token as u32), r);
+    k.wake_with(guest_kernel::kern::sched::ThreadId(c.token as u32), r);
 }
 
 /// The device interrupt.

@@ -1,0 +1,130 @@
+//! A thread: the unit of computation (paper §3.1). Its only state is its
+//! processing state: the saved registers (a `TrapFrame` on its own kernel
+//! stack) and the FPU area. It runs in its task's address space.
+
+use crate::arch::gdt::{USER_CS, USER_DS};
+use crate::arch::trap::TrapFrame;
+use alloc::alloc::{Layout, alloc, dealloc};
+use alloc::boxed::Box;
+use guest_kernel::kern::sched::{TaskId, ThreadId};
+
+pub const KSTACK_SIZE: usize = 16 * 1024;
+const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {
+    Ok(l) => l,
+    Err(_) => panic!("bad kernel stack layout"),
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Ready,
+    Running,
+    /// Blocked in task_wait on that task.
+    Waiting(TaskId),
+    /// Blocked until a memory object's pager answers its initialisation.
+    ObjectInit(u32),
+    /// Blocked until a device request for it completes; its frames are in
+    /// the device's hands meanwhile, so its task's memory cannot go yet.
+    Io,
+    Exited,
+}
+
+/// FXSAVE area.
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+impl FxArea {
+    /// The state a fresh thread starts with: x87 control word 0x37f, MXCSR
+    /// 0x1f80 (all exceptions masked), everything else clear.
+    pub fn initial() -> Option<Box<FxArea>> {
+        let mut a = crate::kern::heap::try_box(FxArea([0; 512])).ok()?;
+        a.0[0..2].copy_from_slice(&0x37fu16.to_le_bytes());
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        Some(a)
+    }
+}
+
+/// Where a new thread starts in user mode.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserStart {
+    pub rip: u64,
+    pub rsp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+}
+
+pub struct Thread {
+    pub id: ThreadId,
+    pub task: TaskId,
+    pub state: State,
+    /// Saved context while not running; the entry code fills it.
+    pub frame: *mut TrapFrame,
+    kstack: *mut u8,
+    pub fx: Box<FxArea>,
+}
+
+impl Thread {
+    /// A thread of `task` that will enter user mode at `start`. None when
+    /// the kernel heap cannot hold its stack.
+    pub fn new(id: ThreadId, task: TaskId, start: UserStart) -> Option<Thread> {
+        let fx = FxArea::initial()?;
+        // SAFETY: allocation of a kernel stack; no zeroing needed.
+        let kstack = unsafe { alloc(KSTACK_LAYOUT) };
+        if kstack.is_null() {
+            return None;
+        }
+        let top = kstack as u64 + KSTACK_SIZE as u64;
+        let frame = (top as *mut TrapFrame).wrapping_sub(1);
+        // SAFETY: the top of the fresh kernel stack.
+        unsafe {
+            frame.write(TrapFrame {
+                rip: start.rip,
+                cs: USER_CS as u64,
+                rflags: 0x202,
+                rsp: start.rsp,
+                ss: USER_DS as u64,
+                rdi: start.rdi,
+                rsi: start.rsi,
+                ..TrapFrame::default()
+            })
+        };
+        Some(Thread {
+            id,
+            task,
+            state: State::Ready,
+            frame,
+            kstack,
+            fx,
+        })
+    }
+
+    pub fn kstack_top(&self) -> u64 {
+        self.kstack as u64 + KSTACK_SIZE as u64
+    }
+
+    /// Takes the kernel stack, which must outlive the trap path that ended
+    /// the thread (it may be running on it).
+    pub fn take_stack(&mut self) -> KernelStack {
+        let s = KernelStack(self.kstack);
+        self.kstack = core::ptr::null_mut();
+        s
+    }
+}
+
+impl Drop for Thread {
+    fn drop(&mut self) {
+        drop(KernelStack(self.kstack));
+    }
+}
+
+/// A kernel stack to be freed once no trap path can be running on it.
+pub struct KernelStack(*mut u8);
+
+impl Drop for KernelStack {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated in `Thread::new` with this layout; the owner
+            // guarantees nothing runs on it any more.
+            unsafe { dealloc(self.0, KSTACK_LAYOUT) };
+        }
+    }
+}
