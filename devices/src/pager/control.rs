@@ -25,13 +25,30 @@ pub struct PendingEvent {
 
 #[derive(Debug, Default)]
 struct Backlog {
-    events: VecDeque<PendingEvent>,
+    /// With the epoch of the handle that queued each.
+    events: VecDeque<(PendingEvent, u64)>,
     offer_bytes: usize,
     /// Per object: the epoch of the one control handle allowed to queue
     /// events. A new INIT, a TERMINATE or a reset moves it on, so a pager
     /// holding an older handle is refused instead of reaching a driver that
     /// no longer (or not yet) knows the object.
     epochs: Vec<u64>,
+}
+
+impl Backlog {
+    /// Moves `object`'s epoch on (older handles stop working) and drops the
+    /// events they queued that are not delivered yet. Returns the new epoch.
+    fn revoke(&mut self, object: ObjectId) -> Option<u64> {
+        let e = self.epochs.get_mut(object.0 as usize)?;
+        *e += 1;
+        let epoch = *e;
+        let before = self.events.len();
+        self.events.retain(|(ev, _)| ev.event.object_id != object.0);
+        if self.events.len() != before {
+            self.offer_bytes = self.events.iter().map(|(ev, _)| ev.data.len()).sum();
+        }
+        Some(epoch)
+    }
 }
 
 /// Shared by every object's `DeviceControl` and the event loop.
@@ -55,14 +72,7 @@ impl EventBacklog {
     /// A control handle for a new INIT of `object`; older handles of the
     /// object stop working.
     pub fn open(self: &Arc<Self>, object: ObjectId) -> DeviceControl {
-        let mut b = self.lock();
-        let epoch = match b.epochs.get_mut(object.0 as usize) {
-            Some(e) => {
-                *e += 1;
-                *e
-            }
-            None => u64::MAX,
-        };
+        let epoch = self.lock().revoke(object).unwrap_or(u64::MAX);
         DeviceControl {
             object,
             epoch,
@@ -72,9 +82,7 @@ impl EventBacklog {
 
     /// TERMINATE: the object's current handle stops working.
     pub fn revoke(&self, object: ObjectId) {
-        if let Some(e) = self.lock().epochs.get_mut(object.0 as usize) {
-            *e += 1;
-        }
+        self.lock().revoke(object);
     }
 
     /// Readable when events were queued; watched by the event loop.
@@ -106,24 +114,25 @@ impl EventBacklog {
                 ));
             }
             b.offer_bytes += ev.data.len();
-            b.events.push_back(ev);
+            b.events.push_back((ev, epoch));
         }
         self.kick.write(1)?;
         Ok(())
     }
 
+    /// The oldest event whose handle is still current. Events queued on a
+    /// handle that a TERMINATE or a new INIT has since revoked are dropped
+    /// here: the driver no longer (or not yet) knows the object they speak
+    /// of, so nothing issued before a TERMINATE reaches it after.
     pub fn pop(&self) -> Option<PendingEvent> {
         let mut b = self.lock();
-        let ev = b.events.pop_front()?;
-        b.offer_bytes -= ev.data.len();
-        Some(ev)
-    }
-
-    /// Put back an event that found no buffer, keeping its place in line.
-    pub fn unpop(&self, ev: PendingEvent) {
-        let mut b = self.lock();
-        b.offer_bytes += ev.data.len();
-        b.events.push_front(ev);
+        loop {
+            let (ev, epoch) = b.events.pop_front()?;
+            b.offer_bytes -= ev.data.len();
+            if b.epochs.get(ev.event.object_id as usize) == Some(&epoch) {
+                return Some(ev);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -14,9 +14,8 @@ use pager_backends::{
 };
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
-use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -40,31 +39,62 @@ fn test_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).expect("guest memory")
 }
 
-/// The driver's side of one split queue.
+/// The driver's side of one split queue: descriptor table at `at`, avail
+/// ring at `at + 0x1000`, used ring at `at + 0x2000`. (MockSplitQueue's own
+/// layout puts the used ring over the upper half of the avail ring: its
+/// `AvailRing::end` counts elements, not bytes. A test publishing more than
+/// 127 entries would write heads into the used ring.)
 struct Ring<'a> {
-    vq: MockSplitQueue<'a, GuestMemoryMmap>,
+    mem: &'a GuestMemoryMmap,
+    desc: u64,
+    avail: u64,
+    used: u64,
     next_desc: u16,
 }
 
 impl<'a> Ring<'a> {
     fn new(mem: &'a GuestMemoryMmap, at: u64) -> Self {
-        Ring {
-            vq: MockSplitQueue::create(mem, GuestAddress(at), QUEUE_SIZE),
+        let r = Ring {
+            mem,
+            desc: at,
+            avail: at + 0x1000,
+            used: at + 0x2000,
             next_desc: 0,
-        }
+        };
+        mem.write_slice(&[0u8; 0x3000], GuestAddress(at))
+            .expect("clear ring");
+        r
     }
 
     fn queue(&self) -> Queue {
-        self.vq.create_queue::<Queue>().expect("queue")
+        let mut q = Queue::new(QUEUE_SIZE).expect("queue");
+        q.set_size(QUEUE_SIZE);
+        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
+        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        q.set_ready(true);
+        assert!(q.is_valid(self.mem));
+        q
+    }
+
+    fn r16(&self, at: u64) -> u16 {
+        self.mem.read_obj(GuestAddress(at)).expect("ring read")
+    }
+
+    fn w16(&self, at: u64, v: u16) {
+        self.mem.write_obj(v, GuestAddress(at)).expect("ring write")
+    }
+
+    /// The avail ring's used_event slot (EVENT_IDX): interrupt when the
+    /// used index passes `v`.
+    fn set_used_event(&self, v: u16) {
+        self.w16(self.avail + 4 + 2 * u64::from(QUEUE_SIZE), v);
     }
 
     fn store(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.vq
-            .desc_table()
-            .store(
-                index,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        self.mem
+            .write_obj(d, GuestAddress(self.desc + 16 * u64::from(index)))
             .expect("store descriptor");
     }
 
@@ -87,14 +117,9 @@ impl<'a> Ring<'a> {
     }
 
     fn publish(&self, head: u16) {
-        let idx = self.vq.avail().idx().load();
-        self.vq
-            .avail()
-            .ring()
-            .ref_at(usize::from(idx % QUEUE_SIZE))
-            .expect("avail slot")
-            .store(head);
-        self.vq.avail().idx().store(idx.wrapping_add(1));
+        let idx = self.r16(self.avail + 2);
+        self.w16(self.avail + 4 + 2 * u64::from(idx % QUEUE_SIZE), head);
+        self.w16(self.avail + 2, idx.wrapping_add(1));
     }
 
     fn push(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
@@ -104,23 +129,19 @@ impl<'a> Ring<'a> {
     }
 
     fn used_count(&self) -> u16 {
-        self.vq.used().idx().load()
+        self.r16(self.used + 2)
     }
 
     /// (head, len) of the i-th used element.
     fn used(&self, i: u16) -> (u16, u32) {
-        let e = self
-            .vq
-            .used()
-            .ring()
-            .ref_at(usize::from(i % QUEUE_SIZE))
-            .expect("used slot")
-            .load();
-        (e.id() as u16, e.len())
+        let at = self.used + 4 + 8 * u64::from(i % QUEUE_SIZE);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).expect("used id");
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).expect("used len");
+        (id as u16, len)
     }
 
     fn set_avail_idx(&self, v: u16) {
-        self.vq.avail().idx().store(v);
+        self.w16(self.avail + 2, v);
     }
 }
 
@@ -167,8 +188,19 @@ impl Harness {
         objects: Vec<PagerObject>,
         features: u64,
     ) -> Self {
+        Self::with_workers(mem, rq, eq, objects, features, 2)
+    }
+
+    fn with_workers(
+        mem: &GuestMemoryMmap,
+        rq: &Ring,
+        eq: &Ring,
+        objects: Vec<PagerObject>,
+        features: u64,
+        workers: usize,
+    ) -> Self {
         let dev = Arc::new(Mutex::new(
-            PagerDevice::new(KERNEL, objects, 2).expect("device"),
+            PagerDevice::new(KERNEL, objects, workers).expect("device"),
         ));
         let req_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
         let ev_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
@@ -198,6 +230,27 @@ impl Harness {
             em,
             alloc: Alloc::new(),
         }
+    }
+
+    /// A new driver instance after a reset: fresh rings, fresh kick fds.
+    fn reactivate(&mut self, rq: &Ring, eq: &Ring, features: u64) {
+        self.req_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        self.ev_kick = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+        let queues = vec![
+            ActiveQueue {
+                queue: rq.queue(),
+                notify: self.req_kick.try_clone().expect("clone"),
+            },
+            ActiveQueue {
+                queue: eq.queue(),
+                notify: self.ev_kick.try_clone().expect("clone"),
+            },
+        ];
+        self.dev
+            .lock()
+            .expect("lock")
+            .activate(self.mem.clone(), features, queues, self.interrupt.clone())
+            .expect("activate");
     }
 
     /// Runs the event loop until `done()`; fails instead of hanging if the
@@ -1653,4 +1706,290 @@ fn config_space_lists_objects() {
     let mut far = [0xffu8; 4];
     dev.read_config(u64::MAX, &mut far);
     assert_eq!(far, [0; 4]);
+}
+
+// §7: the in-flight bound, lifecycle ordering, no stale events.
+
+#[test]
+fn republished_heads_wait_on_the_ring_instead_of_growing_host_memory() {
+    republished_heads_wait(all_features());
+}
+
+#[test]
+fn republished_heads_wait_on_the_ring_with_event_idx() {
+    republished_heads_wait(all_features() | (1 << features::VIRTIO_RING_F_EVENT_IDX));
+}
+
+fn republished_heads_wait(features: u64) {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    // Interrupt on every used entry (only read with EVENT_IDX).
+    rq.set_used_event(0);
+    // Every request is for offset 0, which blocks until released: nothing
+    // completes, so only the bound keeps the device from taking more.
+    let p = gated();
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("g", p.clone())], features);
+    h.init(&mut rq, 0);
+    let mut heads = Vec::new();
+    for _ in 0..8 {
+        let hd = h.header(req::DATA_REQUEST, 0, 0, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        heads.push((rq.write_chain(&chain(hd, &[(f, PG as u32)], true, s)), s));
+    }
+    let bound = usize::from(QUEUE_SIZE);
+    let done = h.dev.lock().expect("lock").completions.clone();
+    // A driver publishing the same 8 heads over and over, never waiting.
+    let publish_ring_full = |rq: &Ring| {
+        for i in 0..bound {
+            rq.publish(heads[i % heads.len()].0);
+        }
+    };
+    publish_ring_full(&rq);
+    h.kick_req();
+    let dev = h.dev.clone();
+    h.run_until(|| dev.lock().expect("lock").stats().in_flight == bound as u64);
+    // As far ahead again as the ring allows without being broken.
+    publish_ring_full(&rq);
+    h.kick_req();
+    let n = h.em.run_with_timeout(10_000).expect("event loop");
+    assert!(n > 0, "the kick was seen");
+    let st = h.stats();
+    assert_eq!(st.in_flight, bound as u64, "nothing beyond the bound taken");
+    assert!(st.throttled > 0);
+    assert_eq!(done.in_flight(), bound, "host holds at most QueueSize jobs");
+    assert_eq!(rq.used_count(), 1, "nothing completed, nothing rejected");
+    assert!(!h.dev.lock().expect("lock").needs_reset());
+    // Once requests complete, the chains left on the ring are taken.
+    p.release();
+    let mut max_in_flight = 0;
+    h.run_until(|| {
+        let d = dev.lock().expect("lock");
+        max_in_flight = max_in_flight.max(d.completions.in_flight());
+        rq.used_count() == 1 + 2 * bound as u16
+    });
+    assert!(max_in_flight <= bound);
+    let st = h.stats();
+    assert_eq!((st.in_flight, st.rejected), (0, 0));
+    for &(_, s) in &heads {
+        assert_eq!(h.response(s).status, status::OK);
+    }
+    assert_eq!(p.inner.data_requests(), 2 * bound as u64);
+}
+
+/// Records the order of lifecycle calls; TERMINATE blocks until released.
+struct LifecyclePager {
+    inner: MemPager,
+    log: Mutex<Vec<&'static str>>,
+    gate: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl LifecyclePager {
+    fn log(&self, what: &'static str) {
+        self.log.lock().expect("lock").push(what);
+        self.cv.notify_all();
+    }
+    fn calls(&self) -> Vec<&'static str> {
+        self.log.lock().expect("lock").clone()
+    }
+    fn release(&self) {
+        *self.gate.lock().expect("lock") = true;
+        self.cv.notify_all();
+    }
+    /// Waits (at most 10 s) until `n` calls are logged.
+    fn wait_calls(&self, n: usize) {
+        let log = self.log.lock().expect("lock");
+        let (log, t) = self
+            .cv
+            .wait_timeout_while(log, std::time::Duration::from_secs(10), |l| l.len() < n)
+            .expect("wait");
+        assert!(!t.timed_out(), "pager saw {:?}", *log);
+    }
+}
+
+impl Pager for LifecyclePager {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> PResult<ObjectInfo> {
+        self.log("init");
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        l: u64,
+        d: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> PResult<DataReply> {
+        self.inner.data_request(k, o, l, d, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        l: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> PResult<()> {
+        self.inner.data_write(k, o, l, b)
+    }
+    fn data_unlock(&self, k: KernelId, o: ObjectOffset, l: u64, d: Access) -> PResult<UnlockReply> {
+        self.inner.data_unlock(k, o, l, d)
+    }
+    fn extent(&self) -> PResult<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> PResult<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> PResult<()> {
+        self.log("terminate");
+        let mut open = self.gate.lock().expect("lock");
+        while !*open {
+            open = self.cv.wait(open).expect("wait");
+        }
+        *open = false;
+        drop(open);
+        let r = self.inner.terminate(k);
+        self.log("terminated");
+        r
+    }
+    fn describe(&self) -> String {
+        "lifecycle".into()
+    }
+}
+
+#[test]
+fn init_sent_during_terminate_reaches_the_pager_after_it_with_many_workers() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(LifecyclePager {
+        inner: MemPager::filled(8 * PG, pattern),
+        log: Mutex::new(Vec::new()),
+        gate: Mutex::new(false),
+        cv: Condvar::new(),
+    });
+    let mut h = Harness::with_workers(
+        &mem,
+        &rq,
+        &eq,
+        vec![object("l", p.clone())],
+        all_features(),
+        4,
+    );
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+    for round in 0..3u16 {
+        // TERMINATE and INIT in one kick: idle workers are there to run
+        // the INIT at once, the device must not let them.
+        let (_, st) = h.simple(&mut rq, req::TERMINATE, 0, 0, 0, 0);
+        let (_, si) = h.simple(&mut rq, req::INIT, 0, 0, 0, 0);
+        let logged = p.calls().len();
+        h.dev.lock().expect("lock").process_request_queue();
+        p.wait_calls(logged + 1);
+        // TERMINATE is with the pager; the INIT waits in the device.
+        assert_eq!(p.calls()[logged..], ["terminate"]);
+        assert_eq!(h.stats().in_flight, 2, "the held INIT counts as in flight");
+        assert_eq!(h.dev.lock().expect("lock").completions.in_flight(), 1);
+        p.release();
+        let base = 1 + 3 * round;
+        h.run_until(|| rq.used_count() == base + 2);
+        assert_eq!(p.calls()[logged..], ["terminate", "terminated", "init"]);
+        assert_eq!(h.response(st).status, status::OK);
+        let r = h.response(si);
+        assert_eq!((r.status, r.bytes), (status::OK, 8 * PG));
+        // The object is initialised again: data flows.
+        let f = h.alloc.frames(PG);
+        let (_, r) = h.data_request(&mut rq, 0, PG, PG, &[(f, PG as u32)]);
+        assert_eq!((r.status, r.kind), (status::OK, kind::DATA_PROVIDED));
+    }
+}
+
+fn read_event(h: &Harness, at: u64) -> Event {
+    let b: [u8; EVENT_SIZE] = h.bytes(at, EVENT_SIZE).try_into().expect("32");
+    Event::from_bytes(&b)
+}
+
+#[test]
+fn no_event_from_before_a_reset_or_terminate_reaches_the_driver_after_it() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(64 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let old = p.control(KERNEL).expect("control");
+    // Queued for the first driver instance, which posts no buffers.
+    for i in 0..2 {
+        old.lock_request(ObjectOffset(i * PG), PG, Access::WRITE, false, false)
+            .expect("queued");
+    }
+    assert_eq!(h_pending(&h), 2);
+    h.dev.lock().expect("lock").reset();
+    assert_eq!(
+        h_pending(&h),
+        0,
+        "reset drops what the old driver never got"
+    );
+    assert!(
+        old.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false)
+            .is_err(),
+        "the old instance's handle is dead"
+    );
+    let dev = h.dev.clone();
+    h.run_until(|| !dev.lock().expect("lock").reset_pending());
+    // A new driver instance on fresh rings.
+    let (mut rq, mut eq) = (Ring::new(&mem, 0x20000), Ring::new(&mem, 0x30000));
+    h.reactivate(&rq, &eq, all_features());
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+    let new = p.control(KERNEL).expect("control");
+    assert!(
+        old.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false)
+            .is_err(),
+        "still dead after the new INIT"
+    );
+    new.lock_request(ObjectOffset(5 * PG), PG, Access::WRITE, false, false)
+        .expect("new handle works");
+    let slots: Vec<u64> = (0..4).map(|_| h.alloc.small(EVENT_SIZE as u64)).collect();
+    for &s in &slots[..2] {
+        eq.push(&[(s, 32, true)]);
+    }
+    h.kick_ev();
+    h.run_until(|| eq.used_count() == 1);
+    assert_eq!(read_event(&h, slots[0]).offset, 5 * PG);
+    // Queued on the current handle, then the object is terminated before
+    // the driver posted a buffer for it: the event is void.
+    h.dev.lock().expect("lock").process_event_queue();
+    assert_eq!(eq.used_count(), 1, "no other event was pending");
+    // Take the posted buffer out of the way: the next event would use it.
+    new.lock_request(ObjectOffset(6 * PG), PG, Access::WRITE, false, false)
+        .expect("queued");
+    h.run_until(|| eq.used_count() == 2);
+    assert_eq!(read_event(&h, slots[1]).offset, 6 * PG);
+    new.lock_request(ObjectOffset(7 * PG), PG, Access::WRITE, false, false)
+        .expect("queued");
+    assert_eq!(h_pending(&h), 1);
+    let (_, st) = h.simple(&mut rq, req::TERMINATE, 0, 0, 0, 0);
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 2);
+    assert_eq!(h.response(st).status, status::OK);
+    assert!(
+        new.lock_request(ObjectOffset(0), PG, Access::WRITE, false, false)
+            .is_err(),
+        "a terminated object's handle is dead"
+    );
+    assert_eq!(h_pending(&h), 0, "TERMINATE voids what was queued before");
+    for &s in &slots[2..] {
+        eq.push(&[(s, 32, true)]);
+    }
+    h.kick_ev();
+    let n = h.em.run_with_timeout(10_000).expect("event loop");
+    assert!(n > 0, "the kick was seen");
+    h.dev.lock().expect("lock").deliver_events();
+    assert_eq!(eq.used_count(), 2, "nothing delivered after the TERMINATE");
+    // A new INIT gets a working handle, and only its events arrive.
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+    let newer = p.control(KERNEL).expect("control");
+    newer
+        .lock_request(ObjectOffset(9 * PG), PG, Access::WRITE, false, false)
+        .expect("queued");
+    h.run_until(|| eq.used_count() == 3);
+    assert_eq!(read_event(&h, slots[2]).offset, 9 * PG);
 }
