@@ -524,38 +524,107 @@ pub fn encode_config(entries: &[ObjectEntry]) -> Vec<u8> {
     b
 }
 
+/// Why `fuzz_parse` refused an input: the descriptor walk (`collect_chain`)
+/// or the request parser.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FuzzReject {
+    #[error("chain: {0}")]
+    Chain(#[from] crate::virtio::ChainError),
+    #[error("request: {0}")]
+    Parse(#[from] ParseError),
+}
+
 /// Fuzz entry point (cargo-fuzz target `parse_request` and the corpus
-/// regression test): bytes 0..32 are the header, byte 32 the negotiated
-/// feature bits, then 14-byte descriptors (le64 addr, le32 len, le16 flags;
-/// flag bit 1 = device-writable). Guest memory is taken to be 16 MiB. Returns
-/// the parse result so tests can check the invariants of accepted requests.
-pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, ParseError> {
-    const MEM: u64 = 16 << 20;
+/// regression test). It runs what the device runs for one available chain:
+/// a real descriptor table in guest memory is walked by virtio-queue and
+/// `collect_chain` (loops, dangling `next`, indirect tables, zero-length and
+/// out-of-memory descriptors), then `parse_request`.
+///
+/// Input: bytes 0..32 are the header; byte 32 the negotiated feature bits
+/// (bit 0 READAHEAD, bit 1 UNLOCK; missing: both); then descriptors, at
+/// most `QUEUE_SIZE`, stored at table indices 0, 1, ...; the chain's head
+/// is index 0. With feature bit 7 clear, a descriptor is 14 bytes (le64
+/// addr, le32 len, le16 flags; flag bit 1 = device-writable) and they are
+/// linked in order (NEXT on all but the last). With bit 7 set, a descriptor
+/// is 16 raw virtq bytes (le64 addr, le32 len, le16 flags, le16 next), so
+/// the input chooses the links and INDIRECT itself (an indirect table may
+/// point back into the descriptor table at guest address 0). Guest memory is
+/// 16 MiB: descriptor table at 0, avail ring at 0x1000, used ring at 0x2000.
+/// Returns the parse result so tests can check accepted and refused inputs.
+pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, FuzzReject> {
+    use virtio_queue::{Queue, QueueOwnedT, QueueT};
+    use vm_memory::{Bytes, GuestMemoryMmap};
+    const MEM: usize = 16 << 20;
+    const DESC: u64 = 0;
+    const AVAIL: u64 = 0x1000;
+    const USED: u64 = 0x2000;
+    thread_local! {
+        static GUEST: Option<GuestMemoryMmap> =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).ok();
+    }
     let mut hdr = [0u8; REQ_HDR_SIZE];
     let n = data.len().min(REQ_HDR_SIZE);
     hdr[..n].copy_from_slice(&data[..n]);
-    let feat = data.get(REQ_HDR_SIZE).copied().unwrap_or(0xff);
-    let segs: Vec<Segment> = data
-        .get(REQ_HDR_SIZE + 1..)
-        .unwrap_or(&[])
-        .chunks_exact(14)
-        .take(MAX_CHAIN_LEN)
-        .map(|c| Segment {
-            addr: GuestAddress(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ])),
-            len: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
-            writable: c[12] & 2 != 0,
-        })
-        // collect_chain guarantees these before the parser runs.
-        .filter(|s| {
-            s.len != 0
-                && s.addr
-                    .0
-                    .checked_add(u64::from(s.len))
-                    .is_some_and(|e| e <= MEM)
-        })
-        .collect();
+    let feat = data.get(REQ_HDR_SIZE).copied().unwrap_or(0x03);
+    let raw = feat & 0x80 != 0;
+    let descs = data.get(REQ_HDR_SIZE + 1..).unwrap_or(&[]);
+    // The descriptor table as the driver would have written it.
+    let mut table = vec![0u8; 16 * usize::from(QUEUE_SIZE)];
+    if raw {
+        for (i, c) in descs
+            .chunks_exact(16)
+            .take(usize::from(QUEUE_SIZE))
+            .enumerate()
+        {
+            table[16 * i..16 * i + 16].copy_from_slice(c);
+        }
+    } else {
+        let chunks: Vec<&[u8]> = descs
+            .chunks_exact(14)
+            .take(usize::from(QUEUE_SIZE))
+            .collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let d = &mut table[16 * i..16 * i + 16];
+            d[..12].copy_from_slice(&c[..12]);
+            let mut flags = u16::from(c[12] & 2);
+            if i + 1 < chunks.len() {
+                flags |= 1;
+            }
+            d[12..14].copy_from_slice(&flags.to_le_bytes());
+            d[14..16].copy_from_slice(&((i + 1) as u16).to_le_bytes());
+        }
+    }
+    let segs = GUEST.with(|g| {
+        let Some(mem) = g else {
+            // No guest memory (mmap failed): nothing to walk.
+            return Err(FuzzReject::Chain(crate::virtio::ChainError::Broken));
+        };
+        let ring_ok = mem.write_slice(&table, GuestAddress(DESC)).is_ok()
+            // avail: flags 0, idx 1, ring[0] = head 0.
+            && mem.write_slice(&[0, 0, 1, 0, 0, 0], GuestAddress(AVAIL)).is_ok()
+            && mem.write_slice(&[0u8; 4], GuestAddress(USED)).is_ok();
+        let mut q = Queue::new(QUEUE_SIZE).map_err(|_| crate::virtio::ChainError::Broken)?;
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        let chain = q.iter(mem).ok().and_then(|mut it| it.next());
+        match chain {
+            Some(c) if ring_ok => Ok(crate::virtio::collect_chain(c, QUEUE_SIZE, MAX_CHAIN_LEN)?),
+            _ => Err(FuzzReject::Chain(crate::virtio::ChainError::Broken)),
+        }
+    })?;
+    // What collect_chain guarantees the parser.
+    assert!(!segs.is_empty() && segs.len() <= MAX_CHAIN_LEN);
+    for sg in &segs {
+        assert!(sg.len > 0);
+        assert!(
+            sg.addr
+                .0
+                .checked_add(u64::from(sg.len))
+                .is_some_and(|e| e <= MEM as u64)
+        );
+    }
     let limits = Limits {
         num_objects: 4,
         max_frames: MAX_FRAME_SEGMENTS,
@@ -563,7 +632,7 @@ pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, ParseError> {
         readahead: feat & 1 != 0,
         unlock: feat & 2 != 0,
     };
-    let r = parse_request(&segs, &limits, |_| Some(hdr));
+    let r = parse_request(&segs, &limits, |_| Some(hdr)).map_err(FuzzReject::from);
     if let Ok(p) = &r {
         // Invariants every accepted request must satisfy.
         assert!(p.object.0 < limits.num_objects);
