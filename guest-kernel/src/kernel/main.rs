@@ -92,6 +92,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         Err(_) => boot_failed("cannot load the init program"),
     };
     k.init = init;
+    k.timer_hz = hz.max(1);
     lapic::init(hz);
     let frame = k.schedule();
     *KERNEL.lock() = Some(k);

@@ -2,7 +2,8 @@
 //! tables before the kernel touches the memory behind it, and user memory
 //! is reached through the direct map, never through the user mapping (so a
 //! user can't make the kernel fault or write its own pages behind a
-//! read-only mapping).
+//! read-only mapping). The `_in` forms work on any task's address space
+//! (a message delivered straight into a waiting receiver's buffer).
 
 use crate::arch::mm::{DirectTables, phys_to_virt};
 use crate::kern::scheduler::Kernel;
@@ -10,28 +11,30 @@ use alloc::vec::Vec;
 use guest_kernel::abi::{ERR_BAD_ADDRESS, ERR_INVALID, ERR_NO_MEMORY};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::{self, USER, WRITABLE};
+use guest_kernel::vm::frame::FrameAllocator;
 
-/// Walks the user range page by page: `(physical address, length)` pieces,
-/// or an error if any page is not mapped for the user.
-pub fn user_pieces(
-    k: &mut Kernel,
+/// Walks the user range of the address space `root` page by page:
+/// `(physical address, length)` pieces, or an error if any page is not
+/// mapped with `need` rights for the user.
+pub fn pieces_in(
+    frames: &mut FrameAllocator,
+    root: PhysAddr,
     va: VirtAddr,
     len: u64,
     need: u64,
     mut each: impl FnMut(PhysAddr, u64),
 ) -> Result<(), i64> {
     let end = va.checked_add(len).ok_or(ERR_BAD_ADDRESS)?;
-    if !va.is_user() || (len > 0 && !VirtAddr(end.0 - 1).is_user()) {
+    if !va.is_user() || (len > 0 && !VirtAddr(end.0 - 1).is_user()) || root.0 == 0 {
         return Err(ERR_BAD_ADDRESS);
     }
-    let (_, root) = k.current_task().ok_or(ERR_BAD_ADDRESS)?;
     let mut walker = paging::Walker::new(root);
     let mut at = va;
     while at < end {
         let (pa, flags) = walker
-            .translate(&mut DirectTables(&mut k.frames), at)
+            .translate(&mut DirectTables(frames), at)
             .ok_or(ERR_BAD_ADDRESS)?;
-        if flags & need != need {
+        if flags & (need | USER) != need | USER {
             return Err(ERR_BAD_ADDRESS);
         }
         let n = (PAGE_SIZE - at.page_offset()).min(end.0 - at.0);
@@ -41,6 +44,59 @@ pub fn user_pieces(
     Ok(())
 }
 
+/// Reads `out.len()` bytes at `va` of the address space `root`.
+pub fn read_in(
+    frames: &mut FrameAllocator,
+    root: PhysAddr,
+    va: VirtAddr,
+    out: &mut [u8],
+) -> Result<(), i64> {
+    let mut done = 0usize;
+    pieces_in(frames, root, va, out.len() as u64, USER, |pa, n| {
+        let n = n as usize;
+        // SAFETY: a user page just checked, read through the direct map.
+        unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(pa), out[done..].as_mut_ptr(), n) };
+        done += n;
+    })
+}
+
+/// Writes `bytes` at `va` of the address space `root` (writable user
+/// pages only; nothing is written unless all of the range is).
+pub fn write_in(
+    frames: &mut FrameAllocator,
+    root: PhysAddr,
+    va: VirtAddr,
+    bytes: &[u8],
+) -> Result<(), i64> {
+    pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, |_, _| {})?;
+    let mut done = 0usize;
+    pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, |pa, n| {
+        let n = n as usize;
+        // SAFETY: a user page just checked writable, through the direct map.
+        unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys_to_virt(pa), n) };
+        done += n;
+    })
+}
+
+/// `pieces_in` for the running thread's task.
+pub fn user_pieces(
+    k: &mut Kernel,
+    va: VirtAddr,
+    len: u64,
+    need: u64,
+    each: impl FnMut(PhysAddr, u64),
+) -> Result<(), i64> {
+    let (_, root) = k.current_task().ok_or(ERR_BAD_ADDRESS)?;
+    pieces_in(&mut k.frames, root, va, len, need, each)
+}
+
+/// Reads into `out` from the running task.
+pub fn read_user(k: &mut Kernel, va: VirtAddr, out: &mut [u8]) -> Result<(), i64> {
+    let (_, root) = k.current_task().ok_or(ERR_BAD_ADDRESS)?;
+    read_in(&mut k.frames, root, va, out)
+}
+
+/// Copies at most `max` bytes from the running task into a new buffer.
 pub fn copy_from_user(k: &mut Kernel, va: VirtAddr, len: u64, max: u64) -> Result<Vec<u8>, i64> {
     if len > max {
         return Err(ERR_INVALID);
@@ -48,22 +104,13 @@ pub fn copy_from_user(k: &mut Kernel, va: VirtAddr, len: u64, max: u64) -> Resul
     let mut out = Vec::new();
     out.try_reserve_exact(len as usize)
         .map_err(|_| ERR_NO_MEMORY)?;
-    user_pieces(k, va, len, USER, |pa, n| {
-        // SAFETY: a user page just checked, read through the direct map.
-        out.extend_from_slice(unsafe { core::slice::from_raw_parts(phys_to_virt(pa), n as usize) })
-    })?;
+    out.resize(len as usize, 0);
+    read_user(k, va, &mut out)?;
     Ok(out)
 }
 
-/// Copies `bytes` into the user's writable pages at `va`.
+/// Copies `bytes` into the running task's writable pages at `va`.
 pub fn copy_to_user(k: &mut Kernel, va: VirtAddr, bytes: &[u8]) -> Result<(), i64> {
-    // Check the whole range first so a bad tail writes nothing.
-    user_pieces(k, va, bytes.len() as u64, USER | WRITABLE, |_, _| {})?;
-    let mut done = 0usize;
-    user_pieces(k, va, bytes.len() as u64, USER | WRITABLE, |pa, n| {
-        let n = n as usize;
-        // SAFETY: a user page just checked writable, through the direct map.
-        unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys_to_virt(pa), n) };
-        done += n;
-    })
+    let (_, root) = k.current_task().ok_or(ERR_BAD_ADDRESS)?;
+    write_in(&mut k.frames, root, va, bytes)
 }

@@ -63,6 +63,13 @@ pub struct Kernel {
     /// What exited threads and tasks leave that the trap path ending them
     /// may still be running on; freed on the next kernel entry.
     graveyard: Vec<(Option<KernelStack>, Option<Remains>)>,
+    /// Timed waits, soonest first: (deadline tick, thread). At most one per
+    /// thread, so bounded by the thread count.
+    timeouts: Vec<(u64, ThreadId)>,
+    /// A thread to run next without a trip through the run queue (an RPC
+    /// hand-off from sender to receiver).
+    handoff: Option<ThreadId>,
+    pub timer_hz: u64,
 }
 
 // SAFETY: one CPU; the raw frame pointers point into kernel stacks owned by
@@ -120,7 +127,108 @@ impl Kernel {
             need_resched: false,
             ticks: 0,
             graveyard: Vec::new(),
+            timeouts: Vec::new(),
+            handoff: None,
+            timer_hz: 100,
         }
+    }
+
+    /// Ticks covering `ms` milliseconds, at least one.
+    pub fn ticks_for_ms(&self, ms: u64) -> u64 {
+        ms.saturating_mul(self.timer_hz).div_ceil(1000).max(1)
+    }
+
+    /// Ends the current thread's wait at `ticks_from_now` ticks from now
+    /// (`timed_out` is called then unless the wait ended first). False if
+    /// the timeout list cannot grow (the caller fails the call).
+    pub fn set_timeout(&mut self, ticks_from_now: u64) -> bool {
+        let Some(id) = self.current else {
+            return false;
+        };
+        let at = self.ticks.saturating_add(ticks_from_now);
+        if self.timeouts.try_reserve(1).is_err() {
+            return false;
+        }
+        let pos = self.timeouts.partition_point(|&(t, _)| t <= at);
+        self.timeouts.insert(pos, (at, id));
+        if let Some(t) = self.current() {
+            t.deadline = at;
+        }
+        true
+    }
+
+    /// Forgets `id`'s timed wait (it ended some other way).
+    pub fn clear_timeout(&mut self, id: ThreadId) {
+        if let Some(t) = self.threads.get_mut(&id) {
+            if t.deadline == 0 {
+                return;
+            }
+            t.deadline = 0;
+        }
+        self.timeouts.retain(|&(_, x)| x != id);
+    }
+
+    /// Timer tick: the threads whose timed wait is over, removed from the
+    /// list (the caller ends their waits).
+    pub fn expired(&mut self, out: &mut Vec<ThreadId>) {
+        let n = self.timeouts.partition_point(|&(t, _)| t <= self.ticks);
+        if n == 0 || out.try_reserve(n).is_err() {
+            return;
+        }
+        for (_, id) in self.timeouts.drain(..n) {
+            if let Some(t) = self.threads.get_mut(&id) {
+                t.deadline = 0;
+            }
+            out.push(id);
+        }
+    }
+
+    /// Runs `id` next, before anything in the run queue.
+    pub fn hand_off(&mut self, id: ThreadId) {
+        self.handoff = Some(id);
+        self.need_resched = true;
+    }
+
+    pub fn thread(&mut self, id: ThreadId) -> Option<&mut Thread> {
+        self.threads.get_mut(&id).map(|t| &mut **t)
+    }
+
+    pub fn thread_state(&self, id: ThreadId) -> Option<State> {
+        self.threads.get(&id).map(|t| t.state)
+    }
+
+    /// thread_suspend: the thread stops running (at once if it is ready;
+    /// after its wait if it is blocked) until as many resumes.
+    pub fn suspend(&mut self, id: ThreadId) -> bool {
+        let Some(t) = self.threads.get_mut(&id) else {
+            return false;
+        };
+        t.suspend = t.suspend.saturating_add(1);
+        if t.state == State::Running {
+            self.need_resched = true;
+        }
+        self.runq.remove(id);
+        true
+    }
+
+    /// thread_resume. False if it was not suspended.
+    pub fn resume(&mut self, id: ThreadId) -> bool {
+        let Some(t) = self.threads.get_mut(&id) else {
+            return false;
+        };
+        if t.suspend == 0 {
+            return false;
+        }
+        t.suspend -= 1;
+        if t.suspend == 0 && t.state == State::Ready {
+            self.runq.push(id);
+        }
+        true
+    }
+
+    /// Threads of a task (for task_suspend / task_resume / task ports).
+    pub fn task_threads(&self, id: TaskId) -> &[ThreadId] {
+        self.tasks.get(&id).map_or(&[], |t| &t.threads[..])
     }
 
     /// Starts the built-in program `name` as a new task with one thread.
@@ -326,6 +434,10 @@ impl Kernel {
             self.cur = core::ptr::null_mut();
         }
         self.runq.remove(id);
+        self.timeouts.retain(|&(_, x)| x != id);
+        if self.handoff == Some(id) {
+            self.handoff = None;
+        }
         if let Some(mut th) = self.threads.remove(&id) {
             th.state = State::Exited;
             let stack = th.take_stack();
@@ -377,7 +489,13 @@ impl Kernel {
         // SAFETY: a blocked thread's frame is valid until it runs again.
         unsafe { (*t.frame).rax = result as u64 };
         t.state = State::Ready;
-        self.runq.push(id);
+        let (suspended, timed) = (t.suspend > 0, t.deadline != 0);
+        if timed {
+            self.clear_timeout(id);
+        }
+        if !suspended {
+            self.runq.push(id);
+        }
     }
 
     /// An exception in user mode kills the task, and the kernel goes on.
@@ -445,8 +563,19 @@ impl Kernel {
         self.need_resched = false;
         if cur_running && let Some(t) = self.current() {
             t.state = State::Ready;
-            let id = t.id;
-            self.runq.push(id);
+            let (id, suspended) = (t.id, t.suspend > 0);
+            if !suspended {
+                self.runq.push(id);
+            }
+        }
+        if let Some(h) = self.handoff.take()
+            && let Some(t) = self.threads.get_mut(&h)
+            && t.state == State::Ready
+            && t.suspend == 0
+        {
+            self.runq.remove(h);
+            let p = &mut **t as *mut Thread;
+            return self.switch_to(Some(p));
         }
         let next = loop {
             let Some(id) = self.runq.pop() else {
@@ -454,6 +583,7 @@ impl Kernel {
             };
             if let Some(t) = self.threads.get_mut(&id)
                 && t.state == State::Ready
+                && t.suspend == 0
             {
                 break Some(&mut **t as *mut Thread);
             }

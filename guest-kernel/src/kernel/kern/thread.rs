@@ -25,7 +25,25 @@ pub enum State {
     /// Blocked until a device request for it completes; its frames are in
     /// the device's hands meanwhile, so its task's memory cannot go yet.
     Io,
+    /// Blocked in mach_msg receive (see `Thread::wait`).
+    MsgReceive,
+    /// Blocked in mach_msg send on a full port; runs the trap again when
+    /// there is room.
+    MsgSend,
+    /// Stopped in an exception until its handler replies.
+    Exception,
     Exited,
+}
+
+/// What a thread blocked in mach_msg receive asked for: where a sender
+/// that finds it waiting delivers the message (the receiver's own buffer,
+/// in its address space), so the receiver needs no second trap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvWait {
+    pub buf: u64,
+    pub size: u32,
+    pub name: u32,
+    pub options: u32,
 }
 
 /// FXSAVE area.
@@ -60,6 +78,11 @@ pub struct Thread {
     pub frame: *mut TrapFrame,
     kstack: *mut u8,
     pub fx: Box<FxArea>,
+    /// thread_suspend count: runnable only at 0.
+    pub suspend: u32,
+    /// Tick at which a timed wait ends (0: none).
+    pub deadline: u64,
+    pub recv: RecvWait,
 }
 
 impl Thread {
@@ -94,6 +117,9 @@ impl Thread {
             frame,
             kstack,
             fx,
+            suspend: 0,
+            deadline: 0,
+            recv: RecvWait::default(),
         })
     }
 
