@@ -1,6 +1,13 @@
 //! libmach: what a Duality guest program needs to speak Mach IPC. `abi`
 //! holds the numbers of docs/mach-ipc.md and is shared with the kernel,
-//! so the two cannot drift apart.
+//! so the two cannot drift apart; `traps` wraps the traps, `message`
+//! builds and parses messages, `rpc` generates typed interfaces.
 #![cfg_attr(not(test), no_std)]
 
 pub mod abi;
+pub mod message;
+pub mod rpc;
+pub mod traps;
+
+pub use abi::Name;
+pub use traps::{KernError, MsgError};
