@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const USER_PROGRAMS: [&str; 7] = [
-    "init", "spawn", "fault", "priv", "spin", "objsum", "objfill",
+const USER_PROGRAMS: [&str; 8] = [
+    "init", "spawn", "fault", "priv", "spin", "objsum", "objfill", "nameserver",
 ];
 
 fn main() {

@@ -6,6 +6,7 @@
 
 pub mod abi;
 pub mod message;
+pub mod name_server;
 pub mod rpc;
 pub mod traps;
 
