@@ -13,9 +13,8 @@ use pager_backends::{Access, DataReply, KernelId, ObjectOffset, Pager};
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use virtio_queue::Queue;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
-use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -28,8 +27,8 @@ const KERNEL: KernelId = KernelId(1);
 fn main() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).expect("memory");
     let pager = Arc::new(MemPager::filled(OBJECT, |i| (i % 253) as u8));
-    let rq = MockSplitQueue::create(&mem, GuestAddress(0), QUEUE_SIZE);
-    let eq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), QUEUE_SIZE);
+    let rq = Ring::new(&mem, 0);
+    let eq = Ring::new(&mem, 0x1_0000);
     let dev = Arc::new(Mutex::new(
         PagerDevice::new(
             KERNEL,
@@ -48,11 +47,11 @@ fn main() {
     let feats = 0b111 | (1 << features::VIRTIO_F_VERSION_1);
     let queues = vec![
         ActiveQueue {
-            queue: rq.create_queue::<Queue>().expect("queue"),
+            queue: rq.queue(),
             notify: kick.try_clone().expect("clone"),
         },
         ActiveQueue {
-            queue: eq.create_queue::<Queue>().expect("queue"),
+            queue: eq.queue(),
             notify: ev_kick,
         },
     ];
@@ -110,9 +109,73 @@ fn main() {
     println!("device stats: {s:?}");
 }
 
+/// A split queue laid out by hand: descriptors at `at`, avail ring at
+/// `at + 0x1000`, used ring at `at + 0x2000`. (MockSplitQueue::create puts
+/// its used ring over the upper half of the avail ring, so a driver cycling
+/// through all 256 avail slots would scribble heads into the used ring.)
+struct Ring<'a> {
+    mem: &'a GuestMemoryMmap,
+    desc: u64,
+    avail: u64,
+    used: u64,
+}
+
+impl<'a> Ring<'a> {
+    fn new(mem: &'a GuestMemoryMmap, at: u64) -> Self {
+        mem.write_slice(&[0u8; 0x3000], GuestAddress(at))
+            .expect("clear ring");
+        Ring {
+            mem,
+            desc: at,
+            avail: at + 0x1000,
+            used: at + 0x2000,
+        }
+    }
+
+    fn queue(&self) -> Queue {
+        let mut q = Queue::new(QUEUE_SIZE).expect("queue");
+        q.set_size(QUEUE_SIZE);
+        q.set_desc_table_address(Some(self.desc as u32), Some(0));
+        q.set_avail_ring_address(Some(self.avail as u32), Some(0));
+        q.set_used_ring_address(Some(self.used as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    fn store_desc(&self, i: u16, d: RawDescriptor) {
+        self.mem
+            .write_obj(d, GuestAddress(self.desc + 16 * u64::from(i)))
+            .expect("desc");
+    }
+
+    fn avail_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(self.avail + 2))
+            .expect("avail idx")
+    }
+
+    fn set_avail(&self, slot: u16, head: u16) {
+        self.mem
+            .write_obj(head, GuestAddress(self.avail + 4 + 2 * u64::from(slot)))
+            .expect("avail");
+    }
+
+    fn set_avail_idx(&self, v: u16) {
+        self.mem
+            .write_obj(v, GuestAddress(self.avail + 2))
+            .expect("avail idx");
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem
+            .read_obj(GuestAddress(self.used + 2))
+            .expect("used idx")
+    }
+}
+
 struct Driver<'a> {
     mem: &'a GuestMemoryMmap,
-    rq: MockSplitQueue<'a, GuestMemoryMmap>,
+    rq: Ring<'a>,
     kick: EventFd,
     em: EventManager<Arc<Mutex<PagerDevice>>>,
     dev: Arc<Mutex<PagerDevice>>,
@@ -122,7 +185,7 @@ struct Driver<'a> {
 impl Driver<'_> {
     /// Posts one chain per (type, offset, len) and waits for all of them.
     fn submit(&mut self, reqs: &[(u16, u64, u64)], frame_len: u64) {
-        let start_idx = self.rq.avail().idx().load();
+        let start_idx = self.rq.avail_idx();
         for (i, &(t, off, len)) in reqs.iter().enumerate() {
             let h = HDRS + i as u64 * 64;
             let s = h + 32;
@@ -146,32 +209,22 @@ impl Driver<'_> {
             for (j, (a, l, f)) in descs.into_iter().enumerate() {
                 let next = if j < last { 1 } else { 0 };
                 let desc = SplitDescriptor::new(a, l, f | next, d + j as u16 + 1);
-                self.rq
-                    .desc_table()
-                    .store(d + j as u16, RawDescriptor::from(desc))
-                    .expect("desc");
+                self.rq.store_desc(d + j as u16, RawDescriptor::from(desc));
             }
             let slot = start_idx.wrapping_add(i as u16) % QUEUE_SIZE;
-            self.rq
-                .avail()
-                .ring()
-                .ref_at(slot as usize)
-                .expect("avail")
-                .store(d);
+            self.rq.set_avail(slot, d);
         }
         self.rq
-            .avail()
-            .idx()
-            .store(start_idx.wrapping_add(reqs.len() as u16));
+            .set_avail_idx(start_idx.wrapping_add(reqs.len() as u16));
         self.kick.write(1).expect("kick");
         let target = self.used.wrapping_add(reqs.len() as u16);
-        while self.rq.used().idx().load() != target {
+        while self.rq.used_idx() != target {
             // A device that stops completing must fail the run, not hang it.
             let n = self.em.run_with_timeout(10_000).expect("event loop");
             assert!(
-                n > 0 || self.rq.used().idx().load() == target,
+                n > 0 || self.rq.used_idx() == target,
                 "device made no progress: used {} of {target}, {:?}",
-                self.rq.used().idx().load(),
+                self.rq.used_idx(),
                 self.dev.lock().map(|d| d.stats()).ok()
             );
         }

@@ -7,7 +7,8 @@ use pager_backends::{
     PagerError, Result, UnlockReply,
 };
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vm_memory::VolatileSlice;
 
 struct Store {
@@ -16,14 +17,19 @@ struct Store {
     present: HashSet<u64>,
 }
 
+/// Call counters: atomics, so concurrent requests (several workers and the
+/// event loop's inline path) never serialise on bookkeeping.
 #[derive(Default)]
 struct Calls {
-    kernels: HashMap<KernelId, Arc<dyn KernelControl>>,
-    data_requests: u64,
-    data_writes: u64,
-    unlocks: u64,
-    syncs: u64,
-    terminates: u64,
+    data_requests: AtomicU64,
+    data_writes: AtomicU64,
+    unlocks: AtomicU64,
+    syncs: AtomicU64,
+    terminates: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 pub struct MemPager {
@@ -38,7 +44,8 @@ pub struct MemPager {
     /// Answers `try_data_request` (it never does I/O); off to force the
     /// device's worker path.
     inline: bool,
-    calls: Mutex<Calls>,
+    kernels: RwLock<HashMap<KernelId, Arc<dyn KernelControl>>>,
+    calls: Calls,
 }
 
 impl MemPager {
@@ -55,7 +62,8 @@ impl MemPager {
             initial_lock: Access::NONE,
             readahead: true,
             inline: true,
-            calls: Mutex::new(Calls::default()),
+            kernels: RwLock::new(HashMap::new()),
+            calls: Calls::default(),
         }
     }
 
@@ -93,21 +101,25 @@ impl MemPager {
         self
     }
 
-    fn calls(&self) -> MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    fn kernels(&self) -> RwLockReadGuard<'_, HashMap<KernelId, Arc<dyn KernelControl>>> {
+        self.kernels.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read_store(&self) -> std::sync::RwLockReadGuard<'_, Store> {
+    fn kernels_mut(&self) -> RwLockWriteGuard<'_, HashMap<KernelId, Arc<dyn KernelControl>>> {
+        self.kernels.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_store(&self) -> RwLockReadGuard<'_, Store> {
         self.store.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_store(&self) -> std::sync::RwLockWriteGuard<'_, Store> {
+    fn write_store(&self) -> RwLockWriteGuard<'_, Store> {
         self.store.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The control handle a kernel gave at init (to play manager → kernel).
     pub fn control(&self, k: KernelId) -> Option<Arc<dyn KernelControl>> {
-        self.calls().kernels.get(&k).cloned()
+        self.kernels().get(&k).cloned()
     }
 
     /// A copy of the object's bytes.
@@ -121,23 +133,23 @@ impl MemPager {
     }
 
     pub fn data_requests(&self) -> u64 {
-        self.calls().data_requests
+        self.calls.data_requests.load(Ordering::Relaxed)
     }
     pub fn data_writes(&self) -> u64 {
-        self.calls().data_writes
+        self.calls.data_writes.load(Ordering::Relaxed)
     }
     pub fn terminates(&self) -> u64 {
-        self.calls().terminates
+        self.calls.terminates.load(Ordering::Relaxed)
     }
     pub fn syncs(&self) -> u64 {
-        self.calls().syncs
+        self.calls.syncs.load(Ordering::Relaxed)
     }
     pub fn unlocks(&self) -> u64 {
-        self.calls().unlocks
+        self.calls.unlocks.load(Ordering::Relaxed)
     }
 
-    fn check(&self, calls: &Calls, kernel: KernelId, offset: ObjectOffset, len: u64) -> Result<()> {
-        if !calls.kernels.contains_key(&kernel) {
+    fn check(&self, known: bool, kernel: KernelId, offset: ObjectOffset, len: u64) -> Result<()> {
+        if !known {
             return Err(PagerError::UnknownKernel(kernel.0));
         }
         if len == 0 || !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
@@ -156,18 +168,19 @@ impl MemPager {
         Ok(())
     }
 
-    /// `data_request` with both locks held (taken blocking or not).
+    /// `data_request` with the store locked (taken blocking or not);
+    /// `known`: the kernel has initialised the object.
     fn serve(
         &self,
-        calls: &mut Calls,
+        known: bool,
         s: &Store,
         kernel: KernelId,
         offset: ObjectOffset,
         len: u64,
         bufs: &[VolatileSlice<'_>],
     ) -> Result<DataReply> {
-        self.check(calls, kernel, offset, len)?;
-        calls.data_requests += 1;
+        self.check(known, kernel, offset, len)?;
+        bump(&self.calls.data_requests);
         let first = offset.raw() / PAGE_SIZE;
         let pages = len / PAGE_SIZE;
         if (first..first + pages).all(|p| !s.present.contains(&p)) {
@@ -220,7 +233,7 @@ fn total_len(bufs: &[VolatileSlice<'_>]) -> u64 {
 
 impl Pager for MemPager {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
-        self.calls().kernels.insert(kernel, control);
+        self.kernels_mut().insert(kernel, control);
         Ok(ObjectInfo {
             size: self.size,
             read_only: self.read_only,
@@ -236,9 +249,9 @@ impl Pager for MemPager {
         _desired: Access,
         bufs: &[VolatileSlice<'_>],
     ) -> Result<DataReply> {
-        let mut calls = self.calls();
+        let known = self.kernels().contains_key(&kernel);
         let store = self.read_store();
-        self.serve(&mut calls, &store, kernel, offset, len, bufs)
+        self.serve(known, &store, kernel, offset, len, bufs)
     }
 
     fn try_data_request(
@@ -253,9 +266,9 @@ impl Pager for MemPager {
             return None;
         }
         // Contended locks would mean waiting: say "would block" instead.
-        let mut calls = self.calls.try_lock().ok()?;
+        let known = self.kernels.try_read().ok()?.contains_key(&kernel);
         let store = self.store.try_read().ok()?;
-        Some(self.serve(&mut calls, &store, kernel, offset, len, bufs))
+        Some(self.serve(known, &store, kernel, offset, len, bufs))
     }
 
     fn data_write(
@@ -265,14 +278,12 @@ impl Pager for MemPager {
         len: u64,
         bufs: &[VolatileSlice<'_>],
     ) -> Result<()> {
-        {
-            let mut calls = self.calls();
-            self.check(&calls, kernel, offset, len)?;
-            if self.read_only {
-                return Err(PagerError::ReadOnly);
-            }
-            calls.data_writes += 1;
+        let known = self.kernels().contains_key(&kernel);
+        self.check(known, kernel, offset, len)?;
+        if self.read_only {
+            return Err(PagerError::ReadOnly);
         }
+        bump(&self.calls.data_writes);
         let mut s = self.write_store();
         let mut pos = offset.raw();
         let mut left = len;
@@ -299,9 +310,9 @@ impl Pager for MemPager {
         len: u64,
         desired: Access,
     ) -> Result<UnlockReply> {
-        let mut calls = self.calls();
-        self.check(&calls, kernel, offset, len)?;
-        calls.unlocks += 1;
+        let known = self.kernels().contains_key(&kernel);
+        self.check(known, kernel, offset, len)?;
+        bump(&self.calls.unlocks);
         // A read-only object never grants write.
         let lock = if self.read_only && desired.contains(Access::WRITE) {
             Access::WRITE
@@ -316,14 +327,13 @@ impl Pager for MemPager {
     }
 
     fn sync(&self) -> Result<()> {
-        self.calls().syncs += 1;
+        bump(&self.calls.syncs);
         Ok(())
     }
 
     fn terminate(&self, kernel: KernelId) -> Result<()> {
-        let mut c = self.calls();
-        c.terminates += 1;
-        c.kernels
+        bump(&self.calls.terminates);
+        self.kernels_mut()
             .remove(&kernel)
             .map(|_| ())
             .ok_or(PagerError::UnknownKernel(kernel.0))

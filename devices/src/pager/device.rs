@@ -7,8 +7,9 @@ use super::control::EventBacklog;
 use super::metrics::PagerStats;
 use super::objects::ObjectSlot;
 use super::wire::{
-    self, Limits, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES, OBJ_F_READ_ONLY, ObjectEntry, ObjectId,
-    REQUEST_QUEUE, VIRTIO_PAGER_F_EVENTS, VIRTIO_PAGER_F_READAHEAD, VIRTIO_PAGER_F_UNLOCK,
+    self, Limits, MAX_CHAIN_LEN, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES, OBJ_F_READ_ONLY,
+    ObjectEntry, ObjectId, REQUEST_QUEUE, VIRTIO_PAGER_F_EVENTS, VIRTIO_PAGER_F_READAHEAD,
+    VIRTIO_PAGER_F_UNLOCK,
 };
 use super::worker::{Completions, WorkerPool};
 use crate::virtio::{Interrupt, Segment, features};
@@ -93,6 +94,11 @@ pub struct PagerDevice {
     pub(crate) stale_fds: Vec<EventFd>,
     pub(crate) queues_registered: bool,
     pub(crate) stats: PagerStats,
+    /// request.rs INLINE_TIME_PER_PASS; tests set it to make the split
+    /// between inline and workers deterministic.
+    pub(crate) inline_time_per_pass: std::time::Duration,
+    /// Reused for every request chain walked (no allocation per chain).
+    pub(crate) scratch_segs: Vec<Segment>,
 }
 
 /// Default number of backend worker threads.
@@ -153,6 +159,8 @@ impl PagerDevice {
             stale_fds: Vec::new(),
             queues_registered: false,
             stats: PagerStats::default(),
+            inline_time_per_pass: super::request::INLINE_TIME_PER_PASS,
+            scratch_segs: Vec::with_capacity(MAX_CHAIN_LEN),
         })
     }
 

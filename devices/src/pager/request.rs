@@ -9,15 +9,49 @@ use super::wire::{
     Response, status,
 };
 use super::worker::{self, Completion, Job};
-use crate::virtio::{collect_chain, features};
+use crate::virtio::{Segment, collect_chain_into, features};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Page data the event loop copies inline per pass over the ring before it
-/// hands further requests to the workers: bounds how long one pass holds
-/// the device (and so delays the vCPU's register accesses).
-pub(crate) const INLINE_BYTES_PER_PASS: u64 = 1 << 20;
+/// How long one pass over the ring may spend answering requests inline
+/// before it hands the rest to the workers: bounds how long a pass holds
+/// the device (and so delays the vCPU's register accesses and the event
+/// loop's other fds), whatever the request sizes. A time rather than a byte
+/// count, so a batch of large requests the pager has in memory is not split
+/// between the event loop and the slower worker hand-off for no reason.
+pub(crate) const INLINE_TIME_PER_PASS: Duration = Duration::from_micros(500);
+
+/// The inline allowance of one pass. The clock is read once per inline
+/// request, after it (a single request is bounded by 1 MiB of copying).
+pub(crate) struct InlineBudget {
+    limit: Duration,
+    deadline: Option<Instant>,
+    spent: bool,
+}
+
+impl InlineBudget {
+    fn new(limit: Duration) -> Self {
+        InlineBudget {
+            limit,
+            deadline: None,
+            spent: false,
+        }
+    }
+
+    fn available(&self) -> bool {
+        !self.spent
+    }
+
+    /// Called after each request tried inline; the pass's clock starts
+    /// with the first.
+    fn charge(&mut self) {
+        let now = Instant::now();
+        let deadline = *self.deadline.get_or_insert(now + self.limit);
+        self.spent = now >= deadline;
+    }
+}
 
 impl PagerDevice {
     /// Request queue notification: take every available chain (one kick may
@@ -58,7 +92,7 @@ impl PagerDevice {
         // holds; one that republishes heads without waiting is held here.
         let bound = usize::from(active.reqq.size());
         let event_idx = self.has(features::VIRTIO_RING_F_EVENT_IDX);
-        let mut budget = INLINE_BYTES_PER_PASS;
+        let mut budget = InlineBudget::new(self.inline_time_per_pass);
         let mut used = false;
         loop {
             let room = bound.saturating_sub(self.outstanding);
@@ -114,12 +148,27 @@ impl PagerDevice {
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
         chain: DescriptorChain<&GuestMemoryMmap>,
-        budget: &mut u64,
+        budget: &mut InlineBudget,
     ) -> bool {
         self.stats.requests += 1;
+        // One buffer for every chain walked (taken out of `self` while
+        // borrowed by the parse below, put back at the end).
+        let mut segs = std::mem::take(&mut self.scratch_segs);
+        let used = self.handle_chain(mem, chain, &mut segs, budget);
+        self.scratch_segs = segs;
+        used
+    }
+
+    fn handle_chain(
+        &mut self,
+        mem: &Arc<GuestMemoryMmap>,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        segs: &mut Vec<Segment>,
+        budget: &mut InlineBudget,
+    ) -> bool {
         let head = chain.head_index();
-        let segs = match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN) {
-            Ok(s) => s,
+        let segs = match collect_chain_into(chain, QUEUE_SIZE, MAX_CHAIN_LEN, segs) {
+            Ok(()) => &segs[..],
             Err(e) => {
                 // No trustworthy status slot in a chain we could not walk.
                 tracing::debug!(%e, "virtio-pager: bad request chain");
@@ -127,7 +176,7 @@ impl PagerDevice {
             }
         };
         let limits = self.limits();
-        let parsed = wire::parse_request(&segs, &limits, |addr| {
+        let parsed = wire::parse_request(segs, &limits, |addr| {
             let mut b = [0u8; REQ_HDR_SIZE];
             mem.read_slice(&mut b, addr).ok().map(|_| b)
         });
@@ -135,7 +184,7 @@ impl PagerDevice {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(%e, "virtio-pager: bad request");
-                return self.reject(mem, head, wire::status_slot(&segs), e.status());
+                return self.reject(mem, head, wire::status_slot(segs), e.status());
             }
         };
         let object = parsed.object;
@@ -165,13 +214,11 @@ impl PagerDevice {
             }
             Admission::Run => {
                 self.outstanding += 1;
-                if let Request::DataRequest { len, .. } = &job.request
-                    && *budget > 0
-                {
+                if matches!(job.request, Request::DataRequest { .. }) && budget.available() {
                     // The fast path: no hand-off to a worker and back.
-                    let len = *len;
-                    if let Some(c) = worker::try_run(&job) {
-                        *budget = budget.saturating_sub(len);
+                    let served = worker::try_run(&job);
+                    budget.charge();
+                    if let Some(c) = served {
                         self.stats.inline += 1;
                         return self.retire(c);
                     }

@@ -631,6 +631,8 @@ fn one_kick_many_requests_one_interrupt(p: MemPager, inline: bool) {
     // Drive the device by hand to observe the batching exactly: one pass
     // over the ring, then retire all completions at once.
     let mut dev = h.dev.lock().expect("lock");
+    // However slow this build is, the whole batch fits one pass.
+    dev.inline_time_per_pass = std::time::Duration::from_secs(3600);
     let before = dev.stats();
     dev.process_request_queue();
     let done = dev.completions.clone();
@@ -645,7 +647,7 @@ fn one_kick_many_requests_one_interrupt(p: MemPager, inline: bool) {
         1,
         "one interrupt for the whole batch"
     );
-    // 64 pages are within one pass's inline budget.
+    // All within one pass's inline allowance.
     let want_inline = if inline { N } else { 0 };
     assert_eq!(after.inline - before.inline, want_inline);
     drop(dev);
@@ -1992,4 +1994,34 @@ fn no_event_from_before_a_reset_or_terminate_reaches_the_driver_after_it() {
         .expect("queued");
     h.run_until(|| eq.used_count() == 3);
     assert_eq!(read_event(&h, slots[2]).offset, 9 * PG);
+}
+
+#[test]
+fn a_spent_inline_allowance_hands_the_rest_of_the_pass_to_workers() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(64 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    // No time at all: the first request is served inline, then the
+    // allowance is spent and the pass hands every other one to a worker.
+    h.dev.lock().expect("lock").inline_time_per_pass = std::time::Duration::ZERO;
+    let mut reqs = Vec::new();
+    for i in 0..16 {
+        let hd = h.header(req::DATA_REQUEST, 0, i * PG, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        rq.push(&chain(hd, &[(f, PG as u32)], true, s));
+        reqs.push((f, s, i));
+    }
+    let before = h.stats();
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 17);
+    let after = h.stats();
+    assert_eq!(after.inline - before.inline, 1);
+    assert_eq!(after.completed - before.completed, 16);
+    for (f, s, i) in reqs {
+        assert_eq!(h.response(s).status, status::OK);
+        assert_eq!(h.bytes(f, PG as usize), p.contents(i * PG, PG as usize));
+    }
 }

@@ -477,6 +477,27 @@ fn check_frames(frames: &[Segment], writable: bool, limits: &Limits) -> Result<u
 /// status over page data (or pages over each other) in an order the driver
 /// cannot predict.
 fn check_no_overlap(segs: &[Segment]) -> Result<(), ParseError> {
+    // Typical chains (header, a frame or a few, response) are checked pair
+    // by pair without allocating; long ones are sorted.
+    const PAIRWISE: usize = 8;
+    if segs.len() <= PAIRWISE {
+        let mut ends = [0u64; PAIRWISE];
+        for (i, s) in segs.iter().enumerate() {
+            ends[i] = s
+                .addr
+                .0
+                .checked_add(u64::from(s.len))
+                .ok_or(ParseError::Overlap)?;
+        }
+        for i in 0..segs.len() {
+            for j in i + 1..segs.len() {
+                if segs[i].addr.0 < ends[j] && segs[j].addr.0 < ends[i] {
+                    return Err(ParseError::Overlap);
+                }
+            }
+        }
+        return Ok(());
+    }
     let mut ranges = Vec::with_capacity(segs.len());
     for s in segs {
         let end = s

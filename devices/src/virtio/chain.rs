@@ -42,8 +42,26 @@ where
     M: Deref + Clone,
     M::Target: GuestMemoryBackend,
 {
-    let mem = chain.memory();
     let mut segs = Vec::new();
+    collect_chain_into(chain, queue_size, max, &mut segs)?;
+    Ok(segs)
+}
+
+/// `collect_chain` into a caller's buffer (cleared first), so a device can
+/// reuse one allocation for every chain it walks. On error `segs` holds
+/// the descriptors walked so far.
+pub fn collect_chain_into<M>(
+    chain: DescriptorChain<M>,
+    queue_size: u16,
+    max: usize,
+    segs: &mut Vec<Segment>,
+) -> Result<(), ChainError>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemoryBackend,
+{
+    let mem = chain.memory();
+    segs.clear();
     let mut last_has_next = false;
     // `chain` is cloned because `memory()` borrows it; descriptors are tiny.
     for desc in chain.clone() {
@@ -81,5 +99,5 @@ where
             ChainError::Broken
         });
     }
-    Ok(segs)
+    Ok(())
 }

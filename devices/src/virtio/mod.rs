@@ -7,7 +7,7 @@ pub mod device;
 pub mod interrupt;
 pub mod mmio;
 
-pub use chain::{ChainError, Segment, collect_chain};
+pub use chain::{ChainError, Segment, collect_chain, collect_chain_into};
 pub use device::{ActivateError, ActiveQueue, VirtioDevice};
 pub use interrupt::Interrupt;
 pub use mmio::MmioTransport;
