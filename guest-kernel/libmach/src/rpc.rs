@@ -806,6 +806,49 @@ mod tests {
         assert_eq!(c.check_in(b"a", 1), Ok(()));
     }
 
+    // The example of docs/libmach.md: no arguments, several outs, MoveSend.
+    crate::mach_interface! {
+        interface calc = 5000 {
+            fn add(a: u32, b: u64) -> (sum: u64);
+            fn hello(name: Bytes<16>, port: MoveSend) -> ();
+            fn greeting() -> (text: Bytes<32>, tag: [u8; 4]);
+        }
+    }
+
+    struct Calc(Name);
+    impl calc::Server for Calc {
+        fn add(&mut self, a: u32, b: u64) -> Result<u64, KernError> {
+            Ok(u64::from(a) + b)
+        }
+        fn hello(&mut self, _name: &[u8], port: Name) -> Result<(), KernError> {
+            self.0 = port;
+            Ok(())
+        }
+        fn greeting(&mut self) -> Result<(Bytes<32>, [u8; 4]), KernError> {
+            Ok((
+                Bytes::new(b"hello, world").ok_or(KernError(abi::KERN_FAILURE))?,
+                *b"tag!",
+            ))
+        }
+    }
+
+    #[test]
+    fn doc_example() {
+        let mut s = Calc(0);
+        let mut t = Loopback {
+            dispatch: |req: &[u8], rep: &mut [u8]| calc::dispatch(&mut s, req, rep),
+            server_port: SERVER,
+            reply_port: REPLY,
+        };
+        let mut c = calc::Client::new(SERVER, &mut t);
+        assert_eq!(c.add(1, 2), Ok(3));
+        assert_eq!(c.hello(b"me", 0x42), Ok(()));
+        let (text, tag) = c.greeting().unwrap();
+        assert_eq!((text.as_slice(), tag), (&b"hello, world"[..], *b"tag!"));
+        drop(c);
+        assert_eq!(s.0, 0x42);
+    }
+
     proptest::proptest! {
         #[test]
         fn dispatch_arbitrary_requests_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
