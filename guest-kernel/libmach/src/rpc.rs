@@ -845,7 +845,6 @@ mod tests {
         assert_eq!(c.hello(b"me", 0x42), Ok(()));
         let (text, tag) = c.greeting().unwrap();
         assert_eq!((text.as_slice(), tag), (&b"hello, world"[..], *b"tag!"));
-        drop(c);
         assert_eq!(s.0, 0x42);
     }
 

@@ -11,7 +11,7 @@ mod rt;
 
 use libmach::abi::{self, Name};
 use libmach::message::{Builder, Item, Message, MsgBuf};
-use libmach::name_server::{name_server, NAME_MAX};
+use libmach::name_server::{NAME_MAX, name_server};
 use libmach::rpc;
 use libmach::traps::{self, KernError};
 
@@ -43,7 +43,11 @@ impl Table {
     }
 
     fn insert(&mut self, name: &[u8], port: Name) -> Result<(), KernError> {
-        if name.is_empty() || name.len() > NAME_MAX || port == abi::PORT_NULL || port == abi::PORT_DEAD {
+        if name.is_empty()
+            || name.len() > NAME_MAX
+            || port == abi::PORT_NULL
+            || port == abi::PORT_DEAD
+        {
             return Err(KernError(abi::KERN_INVALID_ARGUMENT));
         }
         if self.find(name).is_some() {
@@ -56,8 +60,15 @@ impl Table {
             .ok_or(KernError(abi::KERN_NO_SPACE))?;
         // Fails if the port is already dead: then it is not worth a slot.
         traps::port_request_dead_name(port, self.notify)?;
-        let mut e = Entry { name: [0; NAME_MAX], len: name.len(), port };
-        e.name.get_mut(..name.len()).ok_or(KernError(abi::KERN_INVALID_ARGUMENT))?.copy_from_slice(name);
+        let mut e = Entry {
+            name: [0; NAME_MAX],
+            len: name.len(),
+            port,
+        };
+        e.name
+            .get_mut(..name.len())
+            .ok_or(KernError(abi::KERN_INVALID_ARGUMENT))?
+            .copy_from_slice(name);
         *slot = Some(e);
         Ok(())
     }
@@ -68,8 +79,12 @@ impl Table {
         if m.id() != abi::NOTIFY_DEAD_NAME {
             return;
         }
-        let Some(Item::Inline(d)) = m.items().next() else { return };
-        let Ok(b) = <[u8; 4]>::try_from(d) else { return };
+        let Some(Item::Inline(d)) = m.items().next() else {
+            return;
+        };
+        let Ok(b) = <[u8; 4]>::try_from(d) else {
+            return;
+        };
         let dead = u32::from_le_bytes(b);
         for slot in self.entries.iter_mut() {
             if slot.is_some_and(|e| e.port == dead) {
@@ -92,7 +107,9 @@ impl name_server::Server for Table {
 
     fn look_up(&mut self, name: &[u8]) -> Result<Name, KernError> {
         // The reply copies our send right (SendRight = COPY_SEND).
-        self.find(name).map(|e| e.port).ok_or(KernError(abi::KERN_INVALID_NAME))
+        self.find(name)
+            .map(|e| e.port)
+            .ok_or(KernError(abi::KERN_INVALID_NAME))
     }
 }
 
@@ -119,13 +136,20 @@ fn start(port: Name, args: &[u8]) {
     }
     for word in rt::words(args) {
         let (name, arg) = match word.iter().position(|&c| c == b':') {
-            Some(i) => (word.get(..i).unwrap_or(&[]), word.get(i + 1..).unwrap_or(&[])),
+            Some(i) => (
+                word.get(..i).unwrap_or(&[]),
+                word.get(i + 1..).unwrap_or(&[]),
+            ),
             None => (word, &b""[..]),
         };
         match traps::task_create(name, arg) {
             Ok(task) => match traps::task_set_bootstrap_port(task, port) {
                 Ok(()) => println!("nameserver: started {}", rt::str(word)),
-                Err(e) => println!("nameserver: {}: bootstrap port: {}", rt::str(name), e.name()),
+                Err(e) => println!(
+                    "nameserver: {}: bootstrap port: {}",
+                    rt::str(name),
+                    e.name()
+                ),
             },
             Err(e) => println!("nameserver: cannot start {}: {}", rt::str(name), e.name()),
         }
@@ -151,7 +175,10 @@ fn main(args: &[u8]) -> i32 {
         println!("nameserver: send right: {e}");
     }
     start(port, args);
-    let mut table = Table { entries: [None; MAX_ENTRIES], notify };
+    let mut table = Table {
+        entries: [None; MAX_ENTRIES],
+        notify,
+    };
     let e = rpc::serve::<1024>(abi::PORT_NULL, |req, reply| {
         let local = abi::Header::from_bytes(req)?.local;
         if local == notify {
