@@ -49,6 +49,11 @@ impl MQueue {
         self.msgs.pop_front()
     }
 
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Kmsg> + '_ {
+        self.msgs.iter()
+    }
+
     pub(super) fn drain_all(&mut self) -> VecDeque<Kmsg> {
         core::mem::take(&mut self.msgs)
     }

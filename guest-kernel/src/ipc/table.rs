@@ -78,4 +78,13 @@ impl<T> Table<T> {
         self.free.push(index);
         Some(value)
     }
+
+    /// Every live object (invariant checks in tests).
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, u32, &T)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.generation, s.value.as_ref()?)))
+    }
 }

@@ -1,0 +1,1 @@
+//! Model check of rights transfer (proptest).
