@@ -99,6 +99,11 @@ pub struct PagerDevice {
     pub(crate) inline_time_per_pass: std::time::Duration,
     /// Reused for every request chain walked (no allocation per chain).
     pub(crate) scratch_segs: Vec<Segment>,
+    /// Admitted DATA_REQUESTs of the current pass (request.rs).
+    pub(crate) scratch_jobs: Vec<super::worker::Job>,
+    /// request.rs PARALLEL_MIN; usize::MAX keeps every batch on the event
+    /// loop (tests that count inline answers).
+    pub(crate) parallel_min: usize,
 }
 
 /// Default number of backend worker threads.
@@ -161,6 +166,8 @@ impl PagerDevice {
             stats: PagerStats::default(),
             inline_time_per_pass: super::request::INLINE_TIME_PER_PASS,
             scratch_segs: Vec::with_capacity(MAX_CHAIN_LEN),
+            scratch_jobs: Vec::with_capacity(usize::from(wire::QUEUE_SIZE)),
+            parallel_min: super::request::PARALLEL_MIN,
         })
     }
 

@@ -23,6 +23,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// between the event loop and the slower worker hand-off for no reason.
 pub(crate) const INLINE_TIME_PER_PASS: Duration = Duration::from_micros(500);
 
+/// A pass with at least this many admitted DATA_REQUESTs shares them with
+/// the workers (`PagerDevice::parallel_min`; tests move it)...
+pub(crate) const PARALLEL_MIN: usize = 16;
+/// ...handing this percentage (the tail of the batch) to one worker.
+pub(crate) const PARALLEL_SHARE_PCT: usize = 50;
+
 /// The inline allowance of one pass. The clock is read once per inline
 /// request, after it (a single request is bounded by 1 MiB of copying).
 pub(crate) struct InlineBudget {
@@ -118,9 +124,12 @@ impl PagerDevice {
                 }
             };
             let took = chains.len();
+            let mut ready = std::mem::take(&mut self.scratch_jobs);
             for chain in chains {
-                used |= self.handle_request(&mem, chain, &mut budget);
+                used |= self.handle_request(&mem, chain, &mut ready);
             }
+            used |= self.run_data_requests(&mut ready, &mut budget);
+            self.scratch_jobs = ready;
             if took == room {
                 // Maybe more; the bound check above decides.
                 continue;
@@ -142,19 +151,51 @@ impl PagerDevice {
         }
     }
 
-    /// Returns true if the chain was completed at once (rejected, or
-    /// answered inline).
+    /// The admitted DATA_REQUESTs of one pass. A large batch is shared:
+    /// a tail goes to the workers as one hand-off first, so a worker copies
+    /// in parallel with the event loop, which serves the rest inline (as
+    /// long as its allowance lasts and the pager needs no blocking). Returns
+    /// true if used entries were added.
+    fn run_data_requests(&mut self, ready: &mut Vec<Job>, budget: &mut InlineBudget) -> bool {
+        let n = ready.len();
+        let mut used = false;
+        if n >= self.parallel_min && self.pool.threads() > 0 {
+            let tail = ready.split_off(n - n * PARALLEL_SHARE_PCT / 100);
+            if let Err(jobs) = self.pool.submit_batch(tail) {
+                for job in jobs {
+                    used |= self.pool_refused(job.head, job.status);
+                }
+            }
+        }
+        for job in ready.drain(..) {
+            if budget.available() {
+                // The fast path: no hand-off to a worker and back.
+                let served = worker::try_run(&job);
+                budget.charge();
+                if let Some(c) = served {
+                    self.stats.inline += 1;
+                    used |= self.retire(c);
+                    continue;
+                }
+            }
+            used |= self.start(job);
+        }
+        used
+    }
+
+    /// Returns true if the chain was completed at once (rejected).
+    /// Admitted DATA_REQUESTs are left in `ready` for `run_data_requests`.
     fn handle_request(
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
         chain: DescriptorChain<&GuestMemoryMmap>,
-        budget: &mut InlineBudget,
+        ready: &mut Vec<Job>,
     ) -> bool {
         self.stats.requests += 1;
         // One buffer for every chain walked (taken out of `self` while
         // borrowed by the parse below, put back at the end).
         let mut segs = std::mem::take(&mut self.scratch_segs);
-        let used = self.handle_chain(mem, chain, &mut segs, budget);
+        let used = self.handle_chain(mem, chain, &mut segs, ready);
         self.scratch_segs = segs;
         used
     }
@@ -164,7 +205,7 @@ impl PagerDevice {
         mem: &Arc<GuestMemoryMmap>,
         chain: DescriptorChain<&GuestMemoryMmap>,
         segs: &mut Vec<Segment>,
-        budget: &mut InlineBudget,
+        ready: &mut Vec<Job>,
     ) -> bool {
         let head = chain.head_index();
         let segs = match collect_chain_into(chain, QUEUE_SIZE, MAX_CHAIN_LEN, segs) {
@@ -214,14 +255,9 @@ impl PagerDevice {
             }
             Admission::Run => {
                 self.outstanding += 1;
-                if matches!(job.request, Request::DataRequest { .. }) && budget.available() {
-                    // The fast path: no hand-off to a worker and back.
-                    let served = worker::try_run(&job);
-                    budget.charge();
-                    if let Some(c) = served {
-                        self.stats.inline += 1;
-                        return self.retire(c);
-                    }
+                if matches!(job.request, Request::DataRequest { .. }) {
+                    ready.push(job);
+                    return false;
                 }
                 self.start(job)
             }
@@ -245,6 +281,12 @@ impl PagerDevice {
         if let Some(s) = self.objects.get_mut(object.0 as usize) {
             s.init_not_started();
         }
+        self.pool_refused(head, status_at)
+    }
+
+    /// The pool is gone: complete the chain with PAGER_FAILED. Returns true
+    /// if a used entry was added.
+    fn pool_refused(&mut self, head: Option<u16>, status_at: GuestAddress) -> bool {
         match head {
             Some(head) => {
                 self.outstanding = self.outstanding.saturating_sub(1);

@@ -633,6 +633,8 @@ fn one_kick_many_requests_one_interrupt(p: MemPager, inline: bool) {
     let mut dev = h.dev.lock().expect("lock");
     // However slow this build is, the whole batch fits one pass.
     dev.inline_time_per_pass = std::time::Duration::from_secs(3600);
+    // And stays on the event loop (no share for the workers).
+    dev.parallel_min = usize::MAX;
     let before = dev.stats();
     dev.process_request_queue();
     let done = dev.completions.clone();
@@ -2020,6 +2022,36 @@ fn a_spent_inline_allowance_hands_the_rest_of_the_pass_to_workers() {
     let after = h.stats();
     assert_eq!(after.inline - before.inline, 1);
     assert_eq!(after.completed - before.completed, 16);
+    for (f, s, i) in reqs {
+        assert_eq!(h.response(s).status, status::OK);
+        assert_eq!(h.bytes(f, PG as usize), p.contents(i * PG, PG as usize));
+    }
+}
+
+#[test]
+fn a_large_batch_is_shared_between_the_event_loop_and_a_worker() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::filled(64 * PG, pattern));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    h.dev.lock().expect("lock").inline_time_per_pass = std::time::Duration::from_secs(3600);
+    let n = 2 * super::request::PARALLEL_MIN as u64;
+    let mut reqs = Vec::new();
+    for i in 0..n {
+        let hd = h.header(req::DATA_REQUEST, 0, i * PG, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        rq.push(&chain(hd, &[(f, PG as u32)], true, s));
+        reqs.push((f, s, i));
+    }
+    let before = h.stats();
+    h.kick_req();
+    h.run_until(|| rq.used_count() == 1 + n as u16);
+    let after = h.stats();
+    let to_workers = n as usize * super::request::PARALLEL_SHARE_PCT / 100;
+    assert_eq!(after.inline - before.inline, n - to_workers as u64);
+    assert_eq!(after.completed - before.completed, n);
     for (f, s, i) in reqs {
         assert_eq!(h.response(s).status, status::OK);
         assert_eq!(h.bytes(f, PG as usize), p.contents(i * PG, PG as usize));

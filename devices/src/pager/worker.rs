@@ -11,11 +11,12 @@ use crate::virtio::Segment;
 use pager_backends::{
     DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError,
 };
+use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -90,53 +91,123 @@ impl Completions {
 
     fn push(&self, c: Completion) {
         self.lock().push(c);
+        self.pushed(1);
+    }
+
+    /// A batch's completions: one lock, one kick.
+    fn push_all(&self, cs: Vec<Completion>) {
+        let n = cs.len();
+        self.lock().extend(cs);
+        self.pushed(n);
+    }
+
+    fn pushed(&self, n: usize) {
         // Decrement after the push so "in_flight == 0" implies every
         // completion is visible to `take`.
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.in_flight.fetch_sub(n, Ordering::SeqCst);
         if let Err(e) = self.evt.write(1) {
             tracing::error!(%e, "virtio-pager: completion kick failed");
         }
     }
 }
 
+/// How long a worker that ran out of work keeps looking for more before it
+/// sleeps. At most one worker spins at a time, so the others (and the
+/// event loop) keep their CPUs; a batch arriving within this window starts
+/// without a wake-up's latency.
+pub const WORKER_SPIN: Duration = Duration::from_micros(50);
+
+/// Jobs handed to the workers, in batches (one wake-up per batch).
+struct Queue {
+    batches: VecDeque<Vec<Job>>,
+    open: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    /// A worker is spinning for work: a submit need not wake anyone.
+    spinning: AtomicBool,
+    /// Batches queued: what a spinning worker watches (not the lock).
+    queued: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_pop(&self) -> Option<Vec<Job>> {
+        let b = self.lock().batches.pop_front()?;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        Some(b)
+    }
+}
+
 pub struct WorkerPool {
-    tx: Option<Sender<Job>>,
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
     completions: Arc<Completions>,
 }
 
 impl WorkerPool {
     pub fn new(threads: usize, completions: Arc<Completions>) -> io::Result<Self> {
-        let (tx, rx) = channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                batches: VecDeque::new(),
+                open: true,
+            }),
+            cv: Condvar::new(),
+            spinning: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+        });
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
-            let rx = rx.clone();
+            let sh = shared.clone();
             let done = completions.clone();
             handles.push(
                 thread::Builder::new()
                     .name(format!("pager-worker-{i}"))
-                    .spawn(move || worker_loop(&rx, &done))?,
+                    .spawn(move || worker_loop(&sh, &done))?,
             );
         }
         Ok(WorkerPool {
-            tx: Some(tx),
+            shared,
             threads: handles,
             completions,
         })
     }
 
-    /// Queue a job. Never blocks. The channel has no capacity of its own:
+    /// Queue a job. Never blocks. The queue has no capacity of its own:
     /// the device bounds what it admits (requests in flight ≤ queue size,
     /// plus at most one internal TERMINATE per object).
     pub fn submit(&self, job: Job) -> bool {
-        let Some(tx) = &self.tx else { return false };
-        self.completions.in_flight.fetch_add(1, Ordering::SeqCst);
-        if tx.send(job).is_err() {
-            self.completions.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return false;
+        self.submit_batch(vec![job]).is_ok()
+    }
+
+    /// Queue jobs that one worker runs one after the other: one hand-off
+    /// (and at most one wake-up) for all of them. Gives them back if the
+    /// pool is closed.
+    pub fn submit_batch(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        if jobs.is_empty() {
+            return Ok(());
         }
-        true
+        let n = jobs.len();
+        {
+            let mut q = self.shared.lock();
+            if !q.open {
+                return Err(jobs);
+            }
+            self.completions.in_flight.fetch_add(n, Ordering::SeqCst);
+            q.batches.push_back(jobs);
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        // A spinning worker re-checks the queue under the lock after it
+        // stops spinning, so skipping the wake-up here loses nothing.
+        if !self.shared.spinning.load(Ordering::SeqCst) {
+            self.shared.cv.notify_one();
+        }
+        Ok(())
     }
 
     pub fn threads(&self) -> usize {
@@ -146,22 +217,60 @@ impl WorkerPool {
 
 impl Drop for WorkerPool {
     fn drop(&mut self) {
-        // Closing the channel ends the workers once their current job is
-        // done. We do not join: a hung backend must not hang VMM shutdown.
-        self.tx = None;
+        // Closing the queue ends the workers once the queued work is done.
+        // We do not join: a hung backend must not hang VMM shutdown.
+        self.shared.lock().open = false;
+        self.shared.cv.notify_all();
     }
 }
 
-fn worker_loop(rx: &Mutex<Receiver<Job>>, done: &Completions) {
+fn worker_loop(sh: &Shared, done: &Completions) {
     loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => return,
-            }
+        let Some(batch) = next_batch(sh) else {
+            return;
         };
-        done.push(run(job));
+        if batch.len() == 1 {
+            for job in batch {
+                done.push(run(job));
+            }
+        } else {
+            let out: Vec<Completion> = batch.into_iter().map(run).collect();
+            done.push_all(out);
+        }
+    }
+}
+
+/// The next batch: spin briefly (if no other worker does) before sleeping.
+/// `None` when the pool is closed and empty.
+fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
+    if let Some(b) = sh.try_pop() {
+        return Some(b);
+    }
+    if !sh.spinning.swap(true, Ordering::SeqCst) {
+        let start = Instant::now();
+        while start.elapsed() < WORKER_SPIN {
+            if sh.queued.load(Ordering::SeqCst) > 0
+                && let Some(b) = sh.try_pop()
+            {
+                sh.spinning.store(false, Ordering::SeqCst);
+                return Some(b);
+            }
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+        sh.spinning.store(false, Ordering::SeqCst);
+    }
+    let mut q = sh.lock();
+    loop {
+        if let Some(b) = q.batches.pop_front() {
+            sh.queued.fetch_sub(1, Ordering::SeqCst);
+            return Some(b);
+        }
+        if !q.open {
+            return None;
+        }
+        q = sh.cv.wait(q).unwrap_or_else(|p| p.into_inner());
     }
 }
 
