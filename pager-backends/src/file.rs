@@ -15,7 +15,7 @@ use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::VolatileSlice;
@@ -54,6 +54,82 @@ impl FilePager {
             readahead: ReadAhead::new(opts.max_readahead),
         })
     }
+
+    /// The answer to a read of `want` bytes at `offset` that got `got`.
+    fn provided(
+        &self,
+        offset: ObjectOffset,
+        want: u64,
+        got: u64,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Result<DataReply> {
+        // Bytes the object says exist in this range; fewer means the file
+        // was truncated under us, and zero-filling would silently lose data.
+        let expected = (self.size - offset.raw()).min(want);
+        if got < expected {
+            return Err(PagerError::io_context(
+                self.path.display(),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "file is shorter than the object: wanted {expected} bytes at {offset}, got {got} (truncated since open?)"
+                    ),
+                ),
+            ));
+        }
+        // The tail of the last page past end of file reads as zeros.
+        Cursor::new(bufs, got, want - got).zero_rest();
+        Ok(DataReply::Provided {
+            bytes: want,
+            lock: Access::NONE,
+        })
+    }
+}
+
+/// Iovecs per `preadv2` (the kernel's UIO_MAXIOV is 1024).
+const NOWAIT_IOV: usize = 1024;
+
+/// One `preadv2(RWF_NOWAIT)` of `len` bytes at `pos` into the start of
+/// `bufs`. `None`: the data is not all in the page cache (EAGAIN), the
+/// file system cannot tell (EOPNOTSUPP), or the request needs more iovecs
+/// than one call takes; the caller falls back to a blocking read. A real
+/// I/O error is also "would block": the blocking path reports it properly.
+fn pread_nowait(fd: RawFd, bufs: &[VolatileSlice<'_>], pos: u64, len: u64) -> Option<u64> {
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(bufs.len().min(NOWAIT_IOV));
+    let mut left = len;
+    for b in bufs {
+        if left == 0 {
+            break;
+        }
+        if iov.len() == NOWAIT_IOV {
+            return None;
+        }
+        let seg = (b.len() as u64).min(left) as usize;
+        if seg == 0 {
+            continue;
+        }
+        iov.push(libc::iovec {
+            // ptr_guard_mut also marks the range dirty when a bitmap is used.
+            iov_base: b.ptr_guard_mut().as_ptr() as *mut libc::c_void,
+            iov_len: seg,
+        });
+        left -= seg as u64;
+    }
+    if left > 0 {
+        return None;
+    }
+    let at = libc::off_t::try_from(pos).ok()?;
+    loop {
+        // SAFETY: every iovec points into a live caller slice, within its
+        // length; the slices outlive the call.
+        let n = unsafe { libc::preadv2(fd, iov.as_ptr(), iov.len() as i32, at, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            return Some(n as u64);
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return None;
+        }
+    }
 }
 
 impl Pager for FilePager {
@@ -80,26 +156,39 @@ impl Pager for FilePager {
         let want = self.readahead.plan(offset, len, offered(bufs), left);
         let got = sg::pread_into(self.file.as_raw_fd(), bufs, offset.raw(), want)
             .map_err(|e| PagerError::io_context(self.path.display(), e))?;
-        // Bytes the object says exist in this range; fewer means the file
-        // was truncated under us, and zero-filling would silently lose data.
-        let expected = (self.size - offset.raw()).min(want);
-        if got < expected {
-            return Err(PagerError::io_context(
-                self.path.display(),
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "file is shorter than the object: wanted {expected} bytes at {offset}, got {got} (truncated since open?)"
-                    ),
-                ),
-            ));
+        self.provided(offset, want, got, bufs)
+    }
+
+    /// `data_request` served from the page cache only: one
+    /// `preadv2(RWF_NOWAIT)`, which fails with EAGAIN (or reads short)
+    /// instead of waiting for the disk. Anything but a complete read (or one
+    /// cut short by end of file) is "would block".
+    fn try_data_request(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _desired: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> Option<Result<DataReply>> {
+        if let Err(e) = self
+            .kernels
+            .check(kernel)
+            .and_then(|()| check_range(offset, len, self.size, bufs))
+        {
+            return Some(Err(e));
         }
-        // The tail of the last page past end of file reads as zeros.
-        Cursor::new(bufs, got, want - got).zero_rest();
-        Ok(DataReply::Provided {
-            bytes: want,
-            lock: Access::NONE,
-        })
+        // No read-ahead on this path: a window beyond what is cached would
+        // only make the read come back short; the worker's `data_request`
+        // plans read-ahead as usual.
+        let want = len;
+        let got = pread_nowait(self.file.as_raw_fd(), bufs, offset.raw(), want)?;
+        // Short of `want` but at end of file is a complete answer.
+        let in_file = self.size.saturating_sub(offset.raw()).min(want);
+        if got < in_file {
+            return None;
+        }
+        Some(self.provided(offset, want, got, bufs))
     }
 
     fn data_write(

@@ -329,3 +329,100 @@ fn parallel_readers_see_their_own_pages() {
         t.join().unwrap();
     }
 }
+
+#[test]
+fn try_data_request_serves_cached_pages_and_zero_fills_the_tail() {
+    let data = pattern(3 * 4096 + 1000);
+    let (_d, _p, f) = open_file(&data, true);
+    // Just written: the file is in the page cache, so RWF_NOWAIT succeeds.
+    let mut buf = vec![0xaau8; 8192];
+    let r = f
+        .try_data_request(
+            K,
+            ObjectOffset(8192),
+            8192,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .expect("cached pages are served without blocking")
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
+    assert_eq!(&buf[..4096 + 1000], &data[8192..]);
+    assert!(buf[4096 + 1000..].iter().all(|&b| b == 0));
+    // Scatter list, no read-ahead even when room is offered.
+    let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 8192]);
+    let r = f
+        .try_data_request(
+            K,
+            ObjectOffset(0),
+            4096,
+            Access::READ,
+            &[slice(&mut a), slice(&mut b)],
+        )
+        .expect("cached")
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 4096,
+            lock: Access::NONE
+        }
+    );
+    assert_eq!(&a[..], &data[..4096]);
+}
+
+#[test]
+fn try_data_request_reports_errors_without_blocking() {
+    let (_d, _p, f) = open_file(&pattern(5000), true);
+    let mut buf = vec![0u8; 4096];
+    let past = f.try_data_request(
+        K,
+        ObjectOffset(8192),
+        4096,
+        Access::READ,
+        &[slice(&mut buf)],
+    );
+    assert!(
+        matches!(past, Some(Err(PagerError::PastEnd { .. }))),
+        "{past:?}"
+    );
+    let unknown = f.try_data_request(
+        KernelId(99),
+        ObjectOffset(0),
+        4096,
+        Access::READ,
+        &[slice(&mut buf)],
+    );
+    assert!(matches!(unknown, Some(Err(_))), "{unknown:?}");
+}
+
+#[test]
+fn try_data_request_on_a_truncated_file_defers_to_the_blocking_path() {
+    let data = pattern(16384);
+    let (_d, path, f) = open_file(&data, true);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Short read that is not the object's end: "would block", and the
+    // blocking call then reports the truncation.
+    assert!(
+        f.try_data_request(
+            K,
+            ObjectOffset(8192),
+            4096,
+            Access::READ,
+            &[slice(&mut buf)]
+        )
+        .is_none()
+    );
+}
