@@ -758,7 +758,15 @@ impl Ipc {
         let de = sp.lookup(h.remote).ok_or(SEND_INVALID_DEST)?;
         let dest = de.port;
         let dport = self.port(dest).ok_or(SEND_INVALID_DEST)?;
-        if !is_dest_disposition(dest_disp) {
+        // The right itself is checked before fullness, so a task cannot
+        // probe queues it holds no right to.
+        let held = match (de.kind, dest_disp) {
+            (Kind::Port, COPY_SEND | MOVE_SEND) => de.urefs > 0,
+            (Kind::Port, MAKE_SEND | MAKE_SEND_ONCE) => de.receive,
+            (Kind::SendOnce, MOVE_SEND_ONCE) => true,
+            _ => false,
+        };
+        if !held {
             return Err(SEND_INVALID_DEST);
         }
         let to_kernel = dport.kobject.is_some();

@@ -119,7 +119,7 @@ pub(super) struct Got {
 
 impl Got {
     /// (kind, disp, count, addr, payload) of every item.
-    fn items(&self) -> Vec<(ItemHeader, Vec<u8>)> {
+    pub(super) fn items(&self) -> Vec<(ItemHeader, Vec<u8>)> {
         let body = &self.bytes[HEADER_SIZE..];
         let mut off = 0;
         let mut v = Vec::new();
@@ -129,7 +129,7 @@ impl Got {
         }
         v
     }
-    fn names(&self) -> Vec<Name> {
+    pub(super) fn names(&self) -> Vec<Name> {
         let mut out = Vec::new();
         for (h, p) in self.items() {
             if h.kind == ITEM_PORTS {
