@@ -101,8 +101,8 @@ pub struct PagerDevice {
     pub(crate) scratch_segs: Vec<Segment>,
     /// Admitted DATA_REQUESTs of the current pass (request.rs).
     pub(crate) scratch_jobs: Vec<super::worker::Job>,
-    /// request.rs PARALLEL_MIN; usize::MAX keeps every batch on the event
-    /// loop (tests that count inline answers).
+    /// request.rs PARALLEL_MIN when batches are shared with the workers;
+    /// usize::MAX (the default) keeps every batch on the event loop.
     pub(crate) parallel_min: usize,
 }
 
@@ -167,7 +167,7 @@ impl PagerDevice {
             inline_time_per_pass: super::request::INLINE_TIME_PER_PASS,
             scratch_segs: Vec::with_capacity(MAX_CHAIN_LEN),
             scratch_jobs: Vec::with_capacity(usize::from(wire::QUEUE_SIZE)),
-            parallel_min: super::request::PARALLEL_MIN,
+            parallel_min: usize::MAX,
         })
     }
 
@@ -176,6 +176,16 @@ impl PagerDevice {
             in_flight: self.outstanding as u64,
             ..self.stats
         }
+    }
+
+    /// Share large batches of DATA_REQUESTs between the event loop and a
+    /// worker (request.rs PARALLEL_MIN); off by default.
+    pub fn set_parallel_batches(&mut self, on: bool) {
+        self.parallel_min = if on {
+            super::request::PARALLEL_MIN
+        } else {
+            usize::MAX
+        };
     }
 
     pub fn worker_threads(&self) -> usize {

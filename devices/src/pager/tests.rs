@@ -634,7 +634,7 @@ fn one_kick_many_requests_one_interrupt(p: MemPager, inline: bool) {
     // However slow this build is, the whole batch fits one pass.
     dev.inline_time_per_pass = std::time::Duration::from_secs(3600);
     // And stays on the event loop (no share for the workers).
-    dev.parallel_min = usize::MAX;
+    dev.set_parallel_batches(false);
     let before = dev.stats();
     dev.process_request_queue();
     let done = dev.completions.clone();
@@ -2035,7 +2035,11 @@ fn a_large_batch_is_shared_between_the_event_loop_and_a_worker() {
     let p = Arc::new(MemPager::filled(64 * PG, pattern));
     let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
     h.init(&mut rq, 0);
-    h.dev.lock().expect("lock").inline_time_per_pass = std::time::Duration::from_secs(3600);
+    {
+        let mut d = h.dev.lock().expect("lock");
+        d.inline_time_per_pass = std::time::Duration::from_secs(3600);
+        d.set_parallel_batches(true);
+    }
     let n = 2 * super::request::PARALLEL_MIN as u64;
     let mut reqs = Vec::new();
     for i in 0..n {
