@@ -192,7 +192,7 @@ pub(super) fn check_header(msg: &[u8]) -> Result<SendHeader, u32> {
         return Err(SEND_TOO_LARGE);
     }
     let header = Header::from_bytes(msg).ok_or(SEND_MSG_TOO_SMALL)?;
-    if msg.len() % 8 != 0 || header.size as usize != msg.len() {
+    if !msg.len().is_multiple_of(8) || header.size as usize != msg.len() {
         return Err(SEND_MSG_TOO_SMALL);
     }
     if header.bits & !(BITS_COMPLEX | 0xffff) != 0 {
@@ -215,10 +215,14 @@ impl Ipc {
         fx: &mut Effects,
     ) -> Result<usize, u32> {
         let size = k.size();
-        if buf.len() < size || self.spaces.get(s.0.index, s.0.generation).is_none() {
+        if self.spaces.get(s.0.index, s.0.generation).is_none() {
             self.kmsg_destroy(k, fx);
             return Err(RCV_INVALID_DATA);
         }
+        let Some((head, out)) = buf.get_mut(..size).map(|b| b.split_at_mut(HEADER_SIZE)) else {
+            self.kmsg_destroy(k, fx);
+            return Err(RCV_INVALID_DATA);
+        };
         let (remote, reply_ty) = match k.take_reply() {
             KRight::Port { port, ty } => (self.insert_right(s, port, ty, fx), ty),
             _ => (PORT_NULL, 0),
@@ -232,11 +236,10 @@ impl Ipc {
             seqno: k.seqno,
             id: k.id,
         };
-        let (head, rest) = buf.split_at_mut(HEADER_SIZE);
         head.copy_from_slice(&header.to_bytes());
-        let out = rest.get_mut(..k.body.len()).ok_or(RCV_INVALID_DATA)?;
         out.copy_from_slice(&k.body);
-        let mut off = 0;
+        // Simple messages have nothing to translate.
+        let mut off = if k.complex { 0 } else { out.len() };
         let (mut right, mut region) = (0usize, 0usize);
         while let Ok(Some((h, payload, next))) = item_at(out, off) {
             match h.kind {

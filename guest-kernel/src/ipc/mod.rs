@@ -41,9 +41,9 @@ mod space;
 mod table;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod tests;
 
 use alloc::vec::Vec;
 
@@ -117,7 +117,9 @@ pub struct Effects {
 pub enum Send {
     Queued,
     /// Backlog reached: nothing changed; block with `wait_send`, retry.
-    Full { port: PortId },
+    Full {
+        port: PortId,
+    },
     /// The destination is a kernel object's port: the kernel serves the
     /// message, then gives it back with `kmsg_destroy`.
     ToKernel(Kmsg),
@@ -134,7 +136,9 @@ pub enum Recv {
     Empty,
     /// The first message needs `size` bytes. With `large` it stays queued;
     /// without, it was destroyed.
-    TooLarge { size: usize },
+    TooLarge {
+        size: usize,
+    },
     Error(u32),
 }
 
@@ -676,7 +680,10 @@ impl Ipc {
 
     /// The object died (or the kernel drops its reply port): the port dies.
     pub fn destroy_kernel_port(&mut self, p: PortId, fx: &mut Effects) {
-        if self.port(p).is_some_and(|port| port.receiver == Receiver::Kernel) {
+        if self
+            .port(p)
+            .is_some_and(|port| port.receiver == Receiver::Kernel)
+        {
             self.dying.push(p);
             self.reap(fx);
         }
@@ -804,7 +811,7 @@ impl Ipc {
             return Err(SEND_NO_BUFFER);
         }
         // Out-of-line regions: copied now ("by copy for now").
-        let mut off = 0;
+        let mut off = if scan.ool_count == 0 { body.len() } else { 0 };
         while let Ok(Some((ih, _, next))) = kmsg::item_at(&body, off) {
             if ih.kind == ITEM_OOL {
                 let mut data = Vec::new();
@@ -834,7 +841,7 @@ impl Ipc {
                 }
             }
         }
-        let mut off = 0;
+        let mut off = if scan.names == 0 { body.len() } else { 0 };
         let mut failed = false;
         while let Ok(Some((ih, payload, next))) = kmsg::item_at(&body, off) {
             if ih.kind == ITEM_PORTS {
@@ -886,7 +893,7 @@ impl Ipc {
                 *r = self.copyin_port(port, ty, dest, fx);
             }
         }
-        let mut off = 0;
+        let mut off = if scan.ool_count == 0 { body.len() } else { 0 };
         while let Ok(Some((ih, _, next))) = kmsg::item_at(&body, off) {
             if ih.kind == ITEM_OOL && ih.disp & OOL_DEALLOCATE != 0 {
                 src.deallocate(ih.addr, u64::from(ih.count));

@@ -14,7 +14,13 @@ use super::tests::{It, check_invariants, msg, nomem};
 use super::*;
 
 const N: usize = 3;
-const DEST: [u8; 5] = [COPY_SEND, MAKE_SEND, MOVE_SEND, MOVE_SEND_ONCE, MAKE_SEND_ONCE];
+const DEST: [u8; 5] = [
+    COPY_SEND,
+    MAKE_SEND,
+    MOVE_SEND,
+    MOVE_SEND_ONCE,
+    MAKE_SEND_ONCE,
+];
 const ITEM: [u8; 6] = [
     COPY_SEND,
     MAKE_SEND,
@@ -43,6 +49,7 @@ enum Loc {
 #[derive(Clone, Debug)]
 struct MMsg {
     id: i32,
+    reply: Option<(usize, u8)>,
     right: Option<(usize, u8)>,
 }
 
@@ -106,6 +113,7 @@ enum Op {
         from: usize,
         dest: usize,
         ddisp: usize,
+        reply: Option<(usize, usize)>,
         item: Option<(usize, usize)>,
     },
     Recv(usize, usize),
@@ -116,8 +124,12 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0..N).prop_map(Op::Alloc),
-        8 => (0..N, 0..16usize, 0..DEST.len(), proptest::option::weighted(0.7, (0..16usize, 0..ITEM.len())))
-            .prop_map(|(from, dest, ddisp, item)| Op::Send { from, dest, ddisp, item }),
+        8 => (
+            (0..N, 0..16usize, 0..DEST.len()),
+            proptest::option::weighted(0.3, (0..16usize, 0..DEST.len())),
+            proptest::option::weighted(0.7, (0..16usize, 0..ITEM.len())),
+        )
+            .prop_map(|((from, dest, ddisp), reply, item)| Op::Send { from, dest, ddisp, reply, item }),
         5 => (0..N, 0..16usize).prop_map(|(s, p)| Op::Recv(s, p)),
         2 => (0..N, 0..16usize, 0..4usize).prop_map(|(s, p, k)| Op::Dealloc(s, p, k)),
         1 => (0..N).prop_map(Op::Destroy),
@@ -148,13 +160,13 @@ fn find(ipc: &Ipc, s: SpaceId, port: PortId, disp: u8, skip: usize) -> Name {
 
 fn compare(ipc: &Ipc, m: &Model, sp: &[SpaceId; N]) -> Result<(), TestCaseError> {
     check_invariants(ipc);
-    for i in 0..N {
+    for (i, &s) in sp.iter().enumerate() {
         if !m.alive[i] {
-            prop_assert!(ipc.names(sp[i]).is_empty());
+            prop_assert!(ipc.names(s).is_empty());
             continue;
         }
         let mut real = vec![Hold::default(); m.ports.len()];
-        for (_, r) in ipc.names(sp[i]) {
+        for (_, r) in ipc.names(s) {
             let j = m.ports.iter().position(|p| p.id == r.port);
             prop_assert!(j.is_some(), "a right to an unknown port");
             let h = &mut real[j.unwrap_or(0)];
@@ -169,13 +181,15 @@ fn compare(ipc: &Ipc, m: &Model, sp: &[SpaceId; N]) -> Result<(), TestCaseError>
         if let (true, Loc::Space(i)) = (p.alive, p.loc) {
             let name = find(ipc, sp[i], p.id, MAKE_SEND, 0);
             let st = ipc.port_status(sp[i], name);
-            prop_assert_eq!(st.map(|s| s.num_msgs as usize), Ok(p.queue.len()), "port {}", j);
+            prop_assert_eq!(
+                st.map(|s| s.num_msgs as usize),
+                Ok(p.queue.len()),
+                "port {}",
+                j
+            );
         }
     }
-    prop_assert_eq!(
-        ipc.live_ports(),
-        m.ports.iter().filter(|p| p.alive).count()
-    );
+    prop_assert_eq!(ipc.live_ports(), m.ports.iter().filter(|p| p.alive).count());
     prop_assert_eq!(
         ipc.live_kmsgs(),
         m.ports.iter().map(|p| p.queue.len()).sum::<usize>()
@@ -241,6 +255,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 from,
                 dest,
                 ddisp,
+                reply,
                 item,
             } => {
                 if m.ports.is_empty() || !m.alive[from] {
@@ -249,9 +264,18 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let j = dest % m.ports.len();
                 let dd = DEST[ddisp];
                 let dname = find(&ipc, sp[from], m.ports[j].id, dd, 0);
+                let rp = reply.map(|(k, e)| (k % m.ports.len(), DEST[e]));
                 let it = item.map(|(k, e)| (k % m.ports.len(), ITEM[e]));
+                // Distinct send-once names for each MOVE_SEND_ONCE of one port.
+                let once = |k: usize, e: u8| {
+                    usize::from(k == j && e == MOVE_SEND_ONCE && dd == MOVE_SEND_ONCE)
+                };
+                let rname = rp.map(|(k, e)| find(&ipc, sp[from], m.ports[k].id, e, once(k, e)));
                 let iname = it.map(|(k, e)| {
-                    let skip = usize::from(k == j && e == MOVE_SEND_ONCE && dd == MOVE_SEND_ONCE);
+                    let skip = once(k, e)
+                        + rp.map_or(0, |(rk, re)| {
+                            usize::from(rk == k && re == MOVE_SEND_ONCE && e == MOVE_SEND_ONCE)
+                        });
                     find(&ipc, sp[from], m.ports[k].id, e, skip)
                 });
                 let items: Vec<It> = match (it, iname) {
@@ -259,7 +283,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     _ => vec![],
                 };
                 let before = ipc.names(sp[from]);
-                let r = ipc.send(sp[from], &msg(dname, dd, 0, 0, id, &items), &mut nomem(), &mut fx);
+                let (lname, ld) = match (rp, rname) {
+                    (Some((_, e)), Some(n)) => (n, e),
+                    _ => (0, 0),
+                };
+                let r = ipc.send(
+                    sp[from],
+                    &msg(dname, dd, lname, ld, id, &items),
+                    &mut nomem(),
+                    &mut fx,
+                );
                 // The model's verdict, in the order copyin checks.
                 let mut h = m.hold[from].clone();
                 let want: Result<bool, u32> = (|| {
@@ -268,6 +301,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     if m.ports[j].queue.len() >= BACKLOG_DEFAULT as usize {
                         return Ok(false);
+                    }
+                    if let Some((k, e)) = rp
+                        && (!m.ports[k].alive || !Model::take(&mut h[k], e))
+                    {
+                        return Err(SEND_INVALID_REPLY);
                     }
                     if let Some((k, e)) = it {
                         if !m.ports[k].alive || !Model::take(&mut h[k], e) {
@@ -292,7 +330,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         if let Some((k, PORT_RECEIVE)) = right {
                             m.ports[k].loc = Loc::Transit(j);
                         }
-                        m.ports[j].queue.push_back(MMsg { id, right });
+                        let reply = rp.map(|(k, e)| (k, kmsg::received_type(e).unwrap()));
+                        m.ports[j].queue.push_back(MMsg { id, reply, right });
                     }
                     (Send::Full { port }, Ok(false)) => {
                         prop_assert_eq!(*port, m.ports[j].id);
@@ -320,13 +359,36 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         let mm = mm.unwrap();
                         prop_assert_eq!(g.h.id, mm.id);
                         prop_assert_eq!(g.h.local, name);
+                        match mm.reply {
+                            Some((k, ty)) if m.ports[k].alive => {
+                                prop_assert_eq!(g.h.bits & 0xff, u32::from(ty));
+                                prop_assert_eq!(
+                                    ipc.rights(sp[i], g.h.remote).map(|r| r.port),
+                                    Ok(m.ports[k].id)
+                                );
+                                let h = &mut m.hold[i][k];
+                                if ty == PORT_SEND {
+                                    h.send += 1;
+                                } else {
+                                    h.so += 1;
+                                }
+                            }
+                            Some(_) => prop_assert_eq!(g.h.remote, PORT_DEAD),
+                            None => prop_assert_eq!(g.h.remote, PORT_NULL),
+                        }
                         if let Some((k, ty)) = mm.right {
-                            let got = g.items()[0].1[..4].try_into().map(u32::from_le_bytes).unwrap();
+                            let got = g.items()[0].1[..4]
+                                .try_into()
+                                .map(u32::from_le_bytes)
+                                .unwrap();
                             if !m.ports[k].alive {
                                 prop_assert_eq!(got, PORT_DEAD);
                                 continue;
                             }
-                            prop_assert_eq!(ipc.rights(sp[i], got).map(|r| r.port), Ok(m.ports[k].id));
+                            prop_assert_eq!(
+                                ipc.rights(sp[i], got).map(|r| r.port),
+                                Ok(m.ports[k].id)
+                            );
                             let h = &mut m.hold[i][k];
                             match ty {
                                 PORT_RECEIVE => {
@@ -399,9 +461,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
     #[test]
-    fn rights_transfer_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn rights_transfer_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
         run(ops)?;
     }
 }

@@ -35,7 +35,9 @@ impl Ipc {
         let charge = len + KMSG_OVERHEAD + ports.len() * 16;
         if HEADER_SIZE + len > MSG_SIZE_MAX as usize
             || u32::try_from(ports.len()).is_err()
-            || ports.iter().any(|&(_, ty)| ty != PORT_SEND && ty != PORT_SEND_ONCE)
+            || ports
+                .iter()
+                .any(|&(_, ty)| ty != PORT_SEND && ty != PORT_SEND_ONCE)
         {
             return Err(KERN_INVALID_ARGUMENT);
         }

@@ -10,11 +10,16 @@ use super::{KObject, Name, PortId, SpaceId, Waiter};
 /// Who holds the receive right.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Receiver {
-    Space { space: SpaceId, name: Name },
+    Space {
+        space: SpaceId,
+        name: Name,
+    },
     /// The kernel: a kernel object's port, or one of its own reply ports.
     Kernel,
     /// In a message queued on `dest` (used to refuse receive-right cycles).
-    Transit { dest: PortId },
+    Transit {
+        dest: PortId,
+    },
 }
 
 /// A registered dead-name request: when the port dies, `name` in `space`

@@ -127,7 +127,9 @@ impl Ipc {
     pub(super) fn receive_cycle(&self, s: SpaceId, dest: PortId) -> bool {
         let mut cur = dest;
         for _ in 0..=self.ports.live() {
-            let Some(p) = self.port(cur) else { return false };
+            let Some(p) = self.port(cur) else {
+                return false;
+            };
             match p.receiver {
                 Receiver::Transit { dest } => cur = dest,
                 Receiver::Space { space, name } => {
@@ -184,7 +186,13 @@ impl Ipc {
     /// Copyout of one right into `s`: its name there, `PORT_DEAD` if the
     /// port died in transit, `PORT_NULL` if `s` has no room (the right is
     /// then released).
-    pub(super) fn insert_right(&mut self, s: SpaceId, port: PortId, ty: u8, fx: &mut Effects) -> Name {
+    pub(super) fn insert_right(
+        &mut self,
+        s: SpaceId,
+        port: PortId,
+        ty: u8,
+        fx: &mut Effects,
+    ) -> Name {
         if self.port(port).is_none() {
             return PORT_DEAD;
         }
@@ -222,7 +230,7 @@ impl Ipc {
         } else if e.urefs < UREFS_MAX {
             e.urefs += 1;
         } else {
-            p.srights -= 1; // past UREFS_MAX the extra reference is dropped
+            p.srights = p.srights.saturating_sub(1); // past UREFS_MAX the extra reference is dropped
         }
         Some(name)
     }

@@ -41,7 +41,9 @@ impl<T> Table<T> {
         let index = u32::try_from(self.slots.len()).ok()?;
         // Reserve the free-list room now so `remove` never allocates.
         self.slots.try_reserve(1).ok()?;
-        self.free.try_reserve(self.slots.len() + 1 - self.free.len()).ok()?;
+        self.free
+            .try_reserve(self.slots.len() + 1 - self.free.len())
+            .ok()?;
         self.slots.push(Slot {
             generation: 1,
             value: Some(value),

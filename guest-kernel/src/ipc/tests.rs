@@ -15,12 +15,19 @@ pub(super) enum It {
 }
 
 fn pad8(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
 }
 
-pub(super) fn msg(remote: Name, rdisp: u8, local: Name, ldisp: u8, id: i32, items: &[It]) -> Vec<u8> {
+pub(super) fn msg(
+    remote: Name,
+    rdisp: u8,
+    local: Name,
+    ldisp: u8,
+    id: i32,
+    items: &[It],
+) -> Vec<u8> {
     let mut body = Vec::new();
     let mut complex = false;
     for it in items {
@@ -45,7 +52,9 @@ pub(super) fn msg(remote: Name, rdisp: u8, local: Name, ldisp: u8, id: i32, item
         body.extend_from_slice(&h.to_bytes());
         match it {
             It::Inline(d) => body.extend_from_slice(d),
-            It::Ports(_, n) => n.iter().for_each(|x| body.extend_from_slice(&x.to_le_bytes())),
+            It::Ports(_, n) => n
+                .iter()
+                .for_each(|x| body.extend_from_slice(&x.to_le_bytes())),
             It::Ool(..) => {}
         }
         pad8(&mut body);
@@ -199,7 +208,19 @@ fn give_send(ipc: &mut Ipc, from: SpaceId, name: Name, to: SpaceId) -> Name {
     let inbox = ipc.port_allocate(to).unwrap();
     let p = ipc.rights(to, inbox).unwrap().port;
     let carrier = ipc.insert_send(from, p).unwrap();
-    send(ipc, from, &msg(carrier, MOVE_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND, vec![name])])).unwrap();
+    send(
+        ipc,
+        from,
+        &msg(
+            carrier,
+            MOVE_SEND,
+            0,
+            0,
+            1,
+            &[It::Ports(MAKE_SEND, vec![name])],
+        ),
+    )
+    .unwrap();
     let g = recv(ipc, to, inbox).unwrap();
     let mut fx = Effects::default();
     ipc.port_deallocate(to, inbox, &mut fx).unwrap();
@@ -218,7 +239,9 @@ pub(super) fn check_invariants(ipc: &Ipc) {
         });
         for (name, e) in sp.names() {
             assert!(!e.pending(), "pending copyin left");
-            let Some(port) = ipc.port(e.port) else { continue };
+            let Some(port) = ipc.port(e.port) else {
+                continue;
+            };
             match e.kind {
                 Kind::Port => {
                     *send.entry(e.port).or_default() += e.urefs;
@@ -262,7 +285,10 @@ pub(super) fn check_invariants(ipc: &Ipc) {
             *once.entry(r.notify).or_default() += 1;
         }
         for &(s, n) in &port.holders {
-            let e = ipc.space(s).and_then(|sp| sp.lookup(n)).expect("stale holder");
+            let e = ipc
+                .space(s)
+                .and_then(|sp| sp.lookup(n))
+                .expect("stale holder");
             assert_eq!(e.kind, Kind::Port);
         }
     }
@@ -271,8 +297,16 @@ pub(super) fn check_invariants(ipc: &Ipc) {
             index: pi,
             generation: pg,
         };
-        assert_eq!(port.srights, send.get(&id).copied().unwrap_or(0), "srights of {id:?}");
-        assert_eq!(port.sorights, once.get(&id).copied().unwrap_or(0), "sorights of {id:?}");
+        assert_eq!(
+            port.srights,
+            send.get(&id).copied().unwrap_or(0),
+            "srights of {id:?}"
+        );
+        assert_eq!(
+            port.sorights,
+            once.get(&id).copied().unwrap_or(0),
+            "sorights of {id:?}"
+        );
     }
     assert_eq!(ipc.live_kmsgs(), queued, "kmsgs outside queues");
 }
@@ -290,7 +324,10 @@ fn allocate_status_deallocate_and_stale_names() {
     let n = ipc.port_allocate(a).unwrap();
     assert_ne!(n, PORT_NULL);
     let st = ipc.port_status(a, n).unwrap();
-    assert_eq!((st.receiver, st.backlog, st.num_msgs, st.send_refs), (1, BACKLOG_DEFAULT, 0, 0));
+    assert_eq!(
+        (st.receiver, st.backlog, st.num_msgs, st.send_refs),
+        (1, BACKLOG_DEFAULT, 0, 0)
+    );
     ipc.port_deallocate(a, n, &mut fx).unwrap();
     assert_eq!(ipc.live_ports(), 0);
     assert_eq!(ipc.port_status(a, n), Err(KERN_INVALID_NAME));
@@ -311,7 +348,19 @@ fn header_fields_on_receive() {
     let p = ipc.port_allocate(a).unwrap();
     let r = ipc.port_allocate(a).unwrap();
     for i in 0..3 {
-        send(&mut ipc, a, &msg(p, MAKE_SEND, r, MAKE_SEND_ONCE, 7 + i, &[It::Inline(b"hi".to_vec())])).unwrap();
+        send(
+            &mut ipc,
+            a,
+            &msg(
+                p,
+                MAKE_SEND,
+                r,
+                MAKE_SEND_ONCE,
+                7 + i,
+                &[It::Inline(b"hi".to_vec())],
+            ),
+        )
+        .unwrap();
     }
     for i in 0..3 {
         let g = recv(&mut ipc, a, p).unwrap();
@@ -338,12 +387,33 @@ fn move_receive_transfers_the_port() {
     let to_b = give_send(&mut ipc, b, inbox, a);
     let q = ipc.port_allocate(a).unwrap();
     let qid = ipc.rights(a, q).unwrap().port;
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![q])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            to_b,
+            COPY_SEND,
+            0,
+            0,
+            1,
+            &[It::Ports(MOVE_RECEIVE, vec![q])],
+        ),
+    )
+    .unwrap();
     assert_eq!(ipc.port_status(a, q), Err(KERN_INVALID_NAME));
     let g = recv(&mut ipc, b, inbox).unwrap();
     assert_eq!(g.items()[0].0.disp, PORT_RECEIVE);
     let nq = g.names()[0];
-    assert_eq!(ipc.rights(b, nq).unwrap(), Rights { port: qid, receive: true, send: 0, send_once: false, dead: 0 });
+    assert_eq!(
+        ipc.rights(b, nq).unwrap(),
+        Rights {
+            port: qid,
+            receive: true,
+            send: 0,
+            send_once: false,
+            dead: 0
+        }
+    );
     check_invariants(&ipc);
 }
 
@@ -354,7 +424,19 @@ fn move_send_copy_send_make_send() {
     let to_b = give_send(&mut ipc, b, inbox, a);
     let q = ipc.port_allocate(a).unwrap();
     // MAKE_SEND: a keeps the receive right, b gets a send right.
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND, vec![q, q])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            to_b,
+            COPY_SEND,
+            0,
+            0,
+            1,
+            &[It::Ports(MAKE_SEND, vec![q, q])],
+        ),
+    )
+    .unwrap();
     assert_eq!(ipc.rights(a, q).unwrap().send, 0);
     let g = recv(&mut ipc, b, inbox).unwrap();
     let ns = g.names();
@@ -364,12 +446,22 @@ fn move_send_copy_send_make_send() {
     // COPY_SEND: a keeps its reference.
     let qa = ipc.insert_send(a, ipc.rights(a, q).unwrap().port).unwrap();
     assert_eq!(qa, q, "a send right joins the receive right's name");
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(COPY_SEND, vec![q])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(COPY_SEND, vec![q])]),
+    )
+    .unwrap();
     assert_eq!(ipc.rights(a, q).unwrap().send, 1);
     recv(&mut ipc, b, inbox).unwrap();
     assert_eq!(ipc.rights(b, ns[0]).unwrap().send, 3);
     // MOVE_SEND: the reference leaves a.
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MOVE_SEND, vec![q])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MOVE_SEND, vec![q])]),
+    )
+    .unwrap();
     assert_eq!(ipc.rights(a, q).unwrap().send, 0);
     assert!(ipc.rights(a, q).unwrap().receive);
     recv(&mut ipc, b, inbox).unwrap();
@@ -383,7 +475,19 @@ fn send_once_is_made_moved_and_consumed() {
     let inbox = ipc.port_allocate(b).unwrap();
     let to_b = give_send(&mut ipc, b, inbox, a);
     let q = ipc.port_allocate(a).unwrap();
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND_ONCE, vec![q, q])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            to_b,
+            COPY_SEND,
+            0,
+            0,
+            1,
+            &[It::Ports(MAKE_SEND_ONCE, vec![q, q])],
+        ),
+    )
+    .unwrap();
     let g = recv(&mut ipc, b, inbox).unwrap();
     let ns = g.names();
     assert_ne!(ns[0], ns[1], "each send-once right has its own name");
@@ -391,14 +495,35 @@ fn send_once_is_made_moved_and_consumed() {
     // Used as a destination it is consumed.
     send(&mut ipc, b, &msg(ns[0], MOVE_SEND_ONCE, 0, 0, 2, &[])).unwrap();
     assert_eq!(ipc.rights(b, ns[0]), Err(KERN_INVALID_NAME));
-    assert_eq!(send(&mut ipc, b, &msg(ns[0], MOVE_SEND_ONCE, 0, 0, 2, &[])), Err(SEND_INVALID_DEST));
+    assert_eq!(
+        send(&mut ipc, b, &msg(ns[0], MOVE_SEND_ONCE, 0, 0, 2, &[])),
+        Err(SEND_INVALID_DEST)
+    );
     // A send-once right cannot be copied or moved as a send right.
-    assert_eq!(send(&mut ipc, b, &msg(ns[1], COPY_SEND, 0, 0, 2, &[])), Err(SEND_INVALID_DEST));
-    assert_eq!(send(&mut ipc, b, &msg(ns[1], MOVE_SEND, 0, 0, 2, &[])), Err(SEND_INVALID_DEST));
+    assert_eq!(
+        send(&mut ipc, b, &msg(ns[1], COPY_SEND, 0, 0, 2, &[])),
+        Err(SEND_INVALID_DEST)
+    );
+    assert_eq!(
+        send(&mut ipc, b, &msg(ns[1], MOVE_SEND, 0, 0, 2, &[])),
+        Err(SEND_INVALID_DEST)
+    );
     // Moved in an item, it leaves b and arrives in a.
     let to_a_box = ipc.port_allocate(a).unwrap();
     let to_a = give_send(&mut ipc, a, to_a_box, b);
-    send(&mut ipc, b, &msg(to_a, COPY_SEND, 0, 0, 3, &[It::Ports(MOVE_SEND_ONCE, vec![ns[1]])])).unwrap();
+    send(
+        &mut ipc,
+        b,
+        &msg(
+            to_a,
+            COPY_SEND,
+            0,
+            0,
+            3,
+            &[It::Ports(MOVE_SEND_ONCE, vec![ns[1]])],
+        ),
+    )
+    .unwrap();
     assert_eq!(ipc.rights(b, ns[1]), Err(KERN_INVALID_NAME));
     let g = recv(&mut ipc, a, to_a_box).unwrap();
     assert!(ipc.rights(a, g.names()[0]).unwrap().send_once);
@@ -413,10 +538,20 @@ fn rpc_with_reply_port() {
     let svc = ipc.port_allocate(server).unwrap();
     let to_svc = give_send(&mut ipc, server, svc, client);
     let reply = ipc.port_allocate(client).unwrap();
-    send(&mut ipc, client, &msg(to_svc, COPY_SEND, reply, MAKE_SEND_ONCE, 100, &[])).unwrap();
+    send(
+        &mut ipc,
+        client,
+        &msg(to_svc, COPY_SEND, reply, MAKE_SEND_ONCE, 100, &[]),
+    )
+    .unwrap();
     let g = recv(&mut ipc, server, svc).unwrap();
     assert_eq!(g.h.bits & 0xff, u32::from(PORT_SEND_ONCE));
-    send(&mut ipc, server, &msg(g.h.remote, MOVE_SEND_ONCE, 0, 0, 200, &[])).unwrap();
+    send(
+        &mut ipc,
+        server,
+        &msg(g.h.remote, MOVE_SEND_ONCE, 0, 0, 200, &[]),
+    )
+    .unwrap();
     assert_eq!(ipc.rights(server, g.h.remote), Err(KERN_INVALID_NAME));
     let r = recv(&mut ipc, client, reply).unwrap();
     assert_eq!((r.h.id, r.h.remote, r.h.local), (200, 0, reply));
@@ -428,14 +563,42 @@ fn bad_dispositions_and_reply() {
     let (mut ipc, a, _) = setup();
     let p = ipc.port_allocate(a).unwrap();
     let before = snapshot(&ipc, a);
-    assert_eq!(send(&mut ipc, a, &msg(p, MOVE_RECEIVE, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
-    assert_eq!(send(&mut ipc, a, &msg(p, 0, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
-    assert_eq!(send(&mut ipc, a, &msg(p, COPY_SEND, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
-    assert_eq!(send(&mut ipc, a, &msg(0, COPY_SEND, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
-    assert_eq!(send(&mut ipc, a, &msg(p, MAKE_SEND, p, 99, 1, &[])), Err(SEND_INVALID_REPLY));
-    assert_eq!(send(&mut ipc, a, &msg(p, MAKE_SEND, p, MOVE_RECEIVE, 1, &[])), Err(SEND_INVALID_REPLY));
-    assert_eq!(send(&mut ipc, a, &msg(p, MAKE_SEND, p, MOVE_SEND, 1, &[])), Err(SEND_INVALID_REPLY));
-    assert_eq!(send(&mut ipc, a, &msg(p, MAKE_SEND, 0x999, MAKE_SEND_ONCE, 1, &[])), Err(SEND_INVALID_REPLY));
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, MOVE_RECEIVE, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, 0, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, COPY_SEND, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(0, COPY_SEND, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, MAKE_SEND, p, 99, 1, &[])),
+        Err(SEND_INVALID_REPLY)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, MAKE_SEND, p, MOVE_RECEIVE, 1, &[])),
+        Err(SEND_INVALID_REPLY)
+    );
+    assert_eq!(
+        send(&mut ipc, a, &msg(p, MAKE_SEND, p, MOVE_SEND, 1, &[])),
+        Err(SEND_INVALID_REPLY)
+    );
+    assert_eq!(
+        send(
+            &mut ipc,
+            a,
+            &msg(p, MAKE_SEND, 0x999, MAKE_SEND_ONCE, 1, &[])
+        ),
+        Err(SEND_INVALID_REPLY)
+    );
     assert_eq!(snapshot(&ipc, a), before);
     assert_eq!(ipc.live_kmsgs(), 0);
     check_invariants(&ipc);
@@ -456,7 +619,10 @@ fn receive_right_death_leaves_dead_names() {
     assert_eq!(ipc.port_status(b, s), Err(KERN_INVALID_RIGHT));
     assert_eq!(ipc.resolve_send(b, s), Err(KERN_TERMINATED));
     let before = snapshot(&ipc, b);
-    assert_eq!(send(&mut ipc, b, &msg(s, COPY_SEND, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
+    assert_eq!(
+        send(&mut ipc, b, &msg(s, COPY_SEND, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
     assert_eq!(snapshot(&ipc, b), before);
     ipc.port_deallocate(b, s, &mut fx).unwrap();
     assert_eq!(ipc.rights(b, s), Err(KERN_INVALID_NAME));
@@ -483,8 +649,14 @@ fn dead_name_notification_carries_the_name() {
     let g = recv(&mut ipc, b, notify).unwrap();
     assert_eq!(g.items()[0].1[..4], s.to_le_bytes());
     // A receive-only name never becomes a dead name; notify must be a right.
-    assert_eq!(ipc.request_dead_name(b, notify, notify, &mut fx), Err(KERN_INVALID_RIGHT));
-    assert_eq!(ipc.request_dead_name(b, s, 0x777, &mut fx), Err(KERN_INVALID_NAME));
+    assert_eq!(
+        ipc.request_dead_name(b, notify, notify, &mut fx),
+        Err(KERN_INVALID_RIGHT)
+    );
+    assert_eq!(
+        ipc.request_dead_name(b, s, 0x777, &mut fx),
+        Err(KERN_INVALID_NAME)
+    );
     check_invariants(&ipc);
 }
 
@@ -503,20 +675,36 @@ fn dead_name_requests_are_bounded_and_dropped_with_the_name() {
     let n2 = ipc.port_allocate(c).unwrap();
     for _ in 0..4 {
         // Replacing a request does not use up the bound.
-        ipc.request_dead_name(b, names[0].1, notify, &mut fx).unwrap();
+        ipc.request_dead_name(b, names[0].1, notify, &mut fx)
+            .unwrap();
     }
     // Fill the bound with send-once names of c.
     let so: Vec<Name> = (0..3)
         .map(|_| {
             let to_c = give_send(&mut ipc, c, n2, a);
-            send(&mut ipc, a, &msg(to_c, MOVE_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND_ONCE, vec![p])])).unwrap();
+            send(
+                &mut ipc,
+                a,
+                &msg(
+                    to_c,
+                    MOVE_SEND,
+                    0,
+                    0,
+                    1,
+                    &[It::Ports(MAKE_SEND_ONCE, vec![p])],
+                ),
+            )
+            .unwrap();
             recv(&mut ipc, c, n2).unwrap().names()[0]
         })
         .collect();
     for &n in &so {
         ipc.request_dead_name(c, n, n2, &mut fx).unwrap();
     }
-    assert_eq!(ipc.request_dead_name(c, names[1].1, n2, &mut fx), Err(KERN_RESOURCE_SHORTAGE));
+    assert_eq!(
+        ipc.request_dead_name(c, names[1].1, n2, &mut fx),
+        Err(KERN_RESOURCE_SHORTAGE)
+    );
     // Dropping the name drops its request.
     ipc.port_deallocate(c, so[0], &mut fx).unwrap();
     ipc.request_dead_name(c, names[1].1, n2, &mut fx).unwrap();
@@ -535,25 +723,37 @@ fn backlog_full_then_room_wakes_the_sender() {
     let mut fx = Effects::default();
     let p = ipc.port_allocate(a).unwrap();
     ipc.port_set_backlog(a, p, 1, &mut fx).unwrap();
-    assert_eq!(ipc.port_set_backlog(a, p, 0, &mut fx), Err(KERN_INVALID_VALUE));
-    assert_eq!(ipc.port_set_backlog(a, p, BACKLOG_MAX + 1, &mut fx), Err(KERN_INVALID_VALUE));
+    assert_eq!(
+        ipc.port_set_backlog(a, p, 0, &mut fx),
+        Err(KERN_INVALID_VALUE)
+    );
+    assert_eq!(
+        ipc.port_set_backlog(a, p, BACKLOG_MAX + 1, &mut fx),
+        Err(KERN_INVALID_VALUE)
+    );
     let s = give_send(&mut ipc, a, p, b);
     let m = msg(s, COPY_SEND, 0, 0, 1, &[]);
     send(&mut ipc, b, &m).unwrap();
     let before = snapshot(&ipc, b);
     let full = ipc.send(b, &m, &mut nomem(), &mut fx);
-    let Send::Full { port } = full else { panic!("{full:?}") };
+    let Send::Full { port } = full else {
+        panic!("{full:?}")
+    };
     assert_eq!(snapshot(&ipc, b), before);
     ipc.wait_send(port, Waiter(1)).unwrap();
     assert_eq!(ipc.blocked(), 1);
     let mut fx = Effects::default();
-    let Recv::Message(k) = ipc.receive(a, p, 4096, false, &mut fx) else { panic!() };
+    let Recv::Message(k) = ipc.receive(a, p, 4096, false, &mut fx) else {
+        panic!()
+    };
     assert_eq!(fx.wake, vec![(Waiter(1), Wake::Room)]);
     assert_eq!(ipc.blocked(), 0);
     ipc.kmsg_destroy(k, &mut fx);
     send(&mut ipc, b, &m).unwrap();
     // Raising the backlog wakes a blocked sender.
-    let Send::Full { port } = ipc.send(b, &m, &mut nomem(), &mut fx) else { panic!() };
+    let Send::Full { port } = ipc.send(b, &m, &mut nomem(), &mut fx) else {
+        panic!()
+    };
     ipc.wait_send(port, Waiter(2)).unwrap();
     let mut fx = Effects::default();
     ipc.port_set_backlog(a, p, 3, &mut fx).unwrap();
@@ -561,7 +761,9 @@ fn backlog_full_then_room_wakes_the_sender() {
     send(&mut ipc, b, &m).unwrap();
     // A blocked sender wakes when the port dies; the retry fails.
     send(&mut ipc, b, &m).unwrap();
-    let Send::Full { port } = ipc.send(b, &m, &mut nomem(), &mut fx) else { panic!() };
+    let Send::Full { port } = ipc.send(b, &m, &mut nomem(), &mut fx) else {
+        panic!()
+    };
     ipc.wait_send(port, Waiter(3)).unwrap();
     let mut fx = Effects::default();
     ipc.port_deallocate(a, p, &mut fx).unwrap();
@@ -581,7 +783,10 @@ fn cancel_wait_forgets_the_waiter() {
     ipc.cancel_wait(Waiter(5));
     assert_eq!(ipc.blocked(), 0);
     let mut fx = Effects::default();
-    assert_eq!(ipc.send(a, &msg(p, MAKE_SEND, 0, 0, 1, &[]), &mut nomem(), &mut fx).is_queued(), true);
+    assert!(
+        ipc.send(a, &msg(p, MAKE_SEND, 0, 0, 1, &[]), &mut nomem(), &mut fx)
+            .is_queued()
+    );
     assert!(fx.wake.is_empty());
     assert_eq!(ipc.wait_receive(a, 0x55, Waiter(5)), Err(RCV_INVALID_NAME));
 }
@@ -650,7 +855,10 @@ fn enable_needs_a_receive_right() {
     assert_eq!(ipc.port_enable(b, s), Err(KERN_INVALID_RIGHT));
     assert_eq!(ipc.port_enable(b, 0x4242), Err(KERN_INVALID_NAME));
     assert_eq!(ipc.port_disable(b, s, &mut fx), Err(KERN_INVALID_RIGHT));
-    assert_eq!(ipc.port_set_backlog(b, s, 2, &mut fx), Err(KERN_INVALID_RIGHT));
+    assert_eq!(
+        ipc.port_set_backlog(b, s, 2, &mut fx),
+        Err(KERN_INVALID_RIGHT)
+    );
     assert_eq!(recv(&mut ipc, b, s).err(), Some(RCV_INVALID_NAME));
 }
 
@@ -662,26 +870,49 @@ fn too_large_with_and_without_large() {
     let mut fx = Effects::default();
     let p = ipc.port_allocate(a).unwrap();
     let q = ipc.port_allocate(a).unwrap();
-    let m = msg(p, MAKE_SEND, 0, 0, 1, &[It::Inline(vec![1; 40]), It::Ports(MOVE_RECEIVE, vec![q])]);
+    let m = msg(
+        p,
+        MAKE_SEND,
+        0,
+        0,
+        1,
+        &[It::Inline(vec![1; 40]), It::Ports(MOVE_RECEIVE, vec![q])],
+    );
     send(&mut ipc, a, &m).unwrap();
     let need = m.len();
     let r = ipc.receive(a, p, 32, true, &mut fx);
-    assert!(matches!(r, Recv::TooLarge { size } if size == need), "{r:?}");
+    assert!(
+        matches!(r, Recv::TooLarge { size } if size == need),
+        "{r:?}"
+    );
     assert_eq!(ipc.port_status(a, p).unwrap().num_msgs, 1);
     assert_eq!(ipc.port_status(a, p).unwrap().seqno, 0);
     // Without `large` the message is destroyed, and the port it carried dies.
     assert_eq!(ipc.live_ports(), 2);
     let r = ipc.receive(a, p, 32, false, &mut fx);
-    assert!(matches!(r, Recv::TooLarge { size } if size == need), "{r:?}");
+    assert!(
+        matches!(r, Recv::TooLarge { size } if size == need),
+        "{r:?}"
+    );
     assert_eq!(ipc.port_status(a, p).unwrap().num_msgs, 0);
     assert_eq!(ipc.live_ports(), 1);
     assert_eq!(ipc.live_kmsgs(), 0);
     check_invariants(&ipc);
     // A copyout buffer that is too small fails and destroys the message.
-    send(&mut ipc, a, &msg(p, MAKE_SEND, 0, 0, 1, &[It::Inline(vec![1; 40])])).unwrap();
-    let Recv::Message(k) = ipc.receive(a, p, 4096, false, &mut fx) else { panic!() };
+    send(
+        &mut ipc,
+        a,
+        &msg(p, MAKE_SEND, 0, 0, 1, &[It::Inline(vec![1; 40])]),
+    )
+    .unwrap();
+    let Recv::Message(k) = ipc.receive(a, p, 4096, false, &mut fx) else {
+        panic!()
+    };
     let mut buf = [0u8; 16];
-    assert_eq!(ipc.copyout(a, k, &mut buf, &mut Sink::default(), &mut fx), Err(RCV_INVALID_DATA));
+    assert_eq!(
+        ipc.copyout(a, k, &mut buf, &mut Sink::default(), &mut fx),
+        Err(RCV_INVALID_DATA)
+    );
     assert_eq!(ipc.live_kmsgs(), 0);
 }
 
@@ -722,41 +953,104 @@ fn malformed_messages_fail_and_change_nothing() {
     let plain = Header::bits(MAKE_SEND, 0);
     let ports = |disp, n: u32, names: &[Name]| {
         let mut v = raw_item(ITEM_PORTS, disp, 0, n, 0);
-        names.iter().for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
+        names
+            .iter()
+            .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
         pad8(&mut v);
         v
     };
     let cases: Vec<(Vec<u8>, u32)> = vec![
         (vec![0; 16], SEND_MSG_TOO_SMALL),
-        ({
-            let mut m = with_body(p, plain, &[]);
-            m[4] = 32; // size ≠ send_size
-            m
-        }, SEND_MSG_TOO_SMALL),
-        ({
-            let mut m = with_body(p, plain, &[0; 4]);
-            m[4] = 28;
-            m
-        }, SEND_MSG_TOO_SMALL),
-        (with_body(p, plain, &vec![0; MSG_SIZE_MAX as usize]), SEND_TOO_LARGE),
+        (
+            {
+                let mut m = with_body(p, plain, &[]);
+                m[4] = 32; // size ≠ send_size
+                m
+            },
+            SEND_MSG_TOO_SMALL,
+        ),
+        (
+            {
+                let mut m = with_body(p, plain, &[0; 4]);
+                m[4] = 28;
+                m
+            },
+            SEND_MSG_TOO_SMALL,
+        ),
+        (
+            with_body(p, plain, &vec![0; MSG_SIZE_MAX as usize]),
+            SEND_TOO_LARGE,
+        ),
         (with_body(p, plain | 1 << 20, &[]), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(9, 0, 0, 0, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(0, 0, 0, 0, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_INLINE, 0, 1, 0, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_INLINE, 1, 0, 0, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, 0, 8)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, 9, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, u32::MAX, 0)), SEND_INVALID_TYPE),
-        (with_body(p, plain, &[1, 0, 0, 0, 0, 0, 0, 0]), SEND_INVALID_TYPE),
-        (with_body(p, plain, &ports(MAKE_SEND, 1, &[q])), SEND_INVALID_TYPE),
-        (with_body(p, cx, &ports(MAKE_SEND, 3, &[q])), SEND_INVALID_TYPE),
-        (with_body(p, cx, &ports(MAKE_SEND, u32::MAX, &[q])), SEND_INVALID_TYPE),
+        (
+            with_body(p, plain, &raw_item(9, 0, 0, 0, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(0, 0, 0, 0, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_INLINE, 0, 1, 0, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_INLINE, 1, 0, 0, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, 0, 8)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, 9, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_INLINE, 0, 0, u32::MAX, 0)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &[1, 0, 0, 0, 0, 0, 0, 0]),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &ports(MAKE_SEND, 1, &[q])),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, cx, &ports(MAKE_SEND, 3, &[q])),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, cx, &ports(MAKE_SEND, u32::MAX, &[q])),
+            SEND_INVALID_TYPE,
+        ),
         (with_body(p, cx, &ports(0, 1, &[q])), SEND_INVALID_RIGHT),
-        (with_body(p, cx, &ports(PORT_RECEIVE + 9, 1, &[q])), SEND_INVALID_RIGHT),
-        (with_body(p, cx, &[ports(MAKE_SEND, 1, &[q]), raw_item(ITEM_OOL, 2, 0, 0, 0)].concat()), SEND_INVALID_TYPE),
-        (with_body(p, plain, &raw_item(ITEM_OOL, 0, 0, 8, 0x1000)), SEND_INVALID_TYPE),
-        (with_body(p, cx, &raw_item(ITEM_OOL, 0, 0, u32::MAX, 0x1000)), SEND_TOO_LARGE),
-        (with_body(p, cx, &raw_item(ITEM_OOL, 0, 0, 64, 0x1000)), SEND_INVALID_DATA),
+        (
+            with_body(p, cx, &ports(PORT_RECEIVE + 9, 1, &[q])),
+            SEND_INVALID_RIGHT,
+        ),
+        (
+            with_body(
+                p,
+                cx,
+                &[ports(MAKE_SEND, 1, &[q]), raw_item(ITEM_OOL, 2, 0, 0, 0)].concat(),
+            ),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, plain, &raw_item(ITEM_OOL, 0, 0, 8, 0x1000)),
+            SEND_INVALID_TYPE,
+        ),
+        (
+            with_body(p, cx, &raw_item(ITEM_OOL, 0, 0, u32::MAX, 0x1000)),
+            SEND_TOO_LARGE,
+        ),
+        (
+            with_body(p, cx, &raw_item(ITEM_OOL, 0, 0, 64, 0x1000)),
+            SEND_INVALID_DATA,
+        ),
     ];
     let before = snapshot(&ipc, a);
     for (i, (m, want)) in cases.iter().enumerate() {
@@ -788,28 +1082,66 @@ fn rights_not_held_fail_transactionally() {
         (vec![It::Ports(MOVE_SEND_ONCE, vec![q])], SEND_INVALID_RIGHT),
         // Stale and bogus names.
         (vec![It::Ports(MAKE_SEND, vec![stale])], SEND_INVALID_RIGHT),
-        (vec![It::Ports(MAKE_SEND, vec![0xdead_0001])], SEND_INVALID_RIGHT),
+        (
+            vec![It::Ports(MAKE_SEND, vec![0xdead_0001])],
+            SEND_INVALID_RIGHT,
+        ),
         // Moving one ref twice; the good move before the bad one is undone.
         (vec![It::Ports(MOVE_SEND, vec![s, s])], SEND_INVALID_RIGHT),
-        (vec![It::Ports(MOVE_RECEIVE, vec![q]), It::Ports(MOVE_RECEIVE, vec![q])], SEND_INVALID_RIGHT),
-        (vec![It::Ports(MOVE_RECEIVE, vec![r, q]), It::Ports(MAKE_SEND, vec![q])], SEND_INVALID_RIGHT),
-        (vec![It::Ports(MOVE_SEND, vec![s]), It::Ports(COPY_SEND, vec![s])], SEND_INVALID_RIGHT),
+        (
+            vec![
+                It::Ports(MOVE_RECEIVE, vec![q]),
+                It::Ports(MOVE_RECEIVE, vec![q]),
+            ],
+            SEND_INVALID_RIGHT,
+        ),
+        (
+            vec![
+                It::Ports(MOVE_RECEIVE, vec![r, q]),
+                It::Ports(MAKE_SEND, vec![q]),
+            ],
+            SEND_INVALID_RIGHT,
+        ),
+        (
+            vec![It::Ports(MOVE_SEND, vec![s]), It::Ports(COPY_SEND, vec![s])],
+            SEND_INVALID_RIGHT,
+        ),
         // The receive right of the destination itself (a cycle).
         (vec![It::Ports(MOVE_RECEIVE, vec![p])], SEND_INVALID_RIGHT),
     ];
     for (i, (items, want)) in bad.iter().enumerate() {
-        assert_eq!(send(&mut ipc, a, &msg(p, MAKE_SEND, 0, 0, 1, items)), Err(*want), "case {i}");
+        assert_eq!(
+            send(&mut ipc, a, &msg(p, MAKE_SEND, 0, 0, 1, items)),
+            Err(*want),
+            "case {i}"
+        );
         assert_eq!(snapshot(&ipc, a), before, "case {i}");
         check_invariants(&ipc);
     }
     // The destination's own last ref moved as dest and again in an item.
     assert_eq!(
-        send(&mut ipc, a, &msg(s, MOVE_SEND, 0, 0, 1, &[It::Ports(MOVE_SEND, vec![s])])),
+        send(
+            &mut ipc,
+            a,
+            &msg(s, MOVE_SEND, 0, 0, 1, &[It::Ports(MOVE_SEND, vec![s])])
+        ),
         Err(SEND_INVALID_RIGHT)
     );
     assert_eq!(snapshot(&ipc, a), before);
     // NULL and DEAD names are carried as such.
-    send(&mut ipc, a, &msg(p, MAKE_SEND, 0, 0, 1, &[It::Ports(MOVE_SEND, vec![0, PORT_DEAD])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            p,
+            MAKE_SEND,
+            0,
+            0,
+            1,
+            &[It::Ports(MOVE_SEND, vec![0, PORT_DEAD])],
+        ),
+    )
+    .unwrap();
     assert_eq!(recv(&mut ipc, a, p).unwrap().names(), vec![0, PORT_DEAD]);
     check_invariants(&ipc);
 }
@@ -820,13 +1152,23 @@ fn receive_right_cycles_are_refused() {
     let p = ipc.port_allocate(a).unwrap();
     let q = ipc.port_allocate(a).unwrap();
     // p's receive right goes into q's queue: fine.
-    send(&mut ipc, a, &msg(q, MAKE_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![p])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(q, MAKE_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![p])]),
+    )
+    .unwrap();
     let pid_name = give_send_self(&mut ipc, a, q);
     let _ = pid_name;
     // Sending q's receive right to p (now in transit inside q) would close
     // the loop q → p → q.
     let mut fx = Effects::default();
-    let s = ipc.send(a, &msg(q, MAKE_SEND, 0, 0, 2, &[It::Ports(MOVE_RECEIVE, vec![q])]), &mut nomem(), &mut fx);
+    let s = ipc.send(
+        a,
+        &msg(q, MAKE_SEND, 0, 0, 2, &[It::Ports(MOVE_RECEIVE, vec![q])]),
+        &mut nomem(),
+        &mut fx,
+    );
     assert!(matches!(s, Send::Error(SEND_INVALID_RIGHT)), "{s:?}");
     check_invariants(&ipc);
     let mut fx = Effects::default();
@@ -848,11 +1190,20 @@ fn receive_right_cycle_through_transit_is_refused() {
     let to_p = ipc.insert_send(a, pid).unwrap();
     assert_eq!(to_p, p);
     // p's receive right into q.
-    send(&mut ipc, a, &msg(q, MAKE_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![p])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(q, MAKE_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![p])]),
+    )
+    .unwrap();
     // Now q's receive right into p: p lives in q's queue → cycle.
     let before = snapshot(&ipc, a);
     assert_eq!(
-        send(&mut ipc, a, &msg(p, COPY_SEND, 0, 0, 2, &[It::Ports(MOVE_RECEIVE, vec![q])])),
+        send(
+            &mut ipc,
+            a,
+            &msg(p, COPY_SEND, 0, 0, 2, &[It::Ports(MOVE_RECEIVE, vec![q])])
+        ),
         Err(SEND_INVALID_RIGHT)
     );
     assert_eq!(snapshot(&ipc, a), before);
@@ -875,7 +1226,19 @@ fn name_exhaustion_then_service() {
     assert_eq!(ipc.port_allocate(a), Err(KERN_NO_SPACE));
     assert_eq!(ipc.live_ports(), 16);
     // A right arriving into a full space is dropped: PORT_NULL.
-    send(&mut ipc, a, &msg(names[0], MAKE_SEND, names[1], MAKE_SEND_ONCE, 1, &[It::Ports(MAKE_SEND_ONCE, vec![names[2]])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            names[0],
+            MAKE_SEND,
+            names[1],
+            MAKE_SEND_ONCE,
+            1,
+            &[It::Ports(MAKE_SEND_ONCE, vec![names[2]])],
+        ),
+    )
+    .unwrap();
     let g = recv(&mut ipc, a, names[0]).unwrap();
     assert_eq!((g.h.remote, g.h.bits & 0xff), (0, 0));
     assert_eq!(g.names(), vec![0]);
@@ -898,7 +1261,10 @@ fn port_and_space_exhaustion_then_service() {
     assert_eq!(ipc.space_create(), Err(KERN_RESOURCE_SHORTAGE));
     let n: Vec<Name> = (0..3).map(|_| ipc.port_allocate(a).unwrap()).collect();
     assert_eq!(ipc.port_allocate(b), Err(KERN_RESOURCE_SHORTAGE));
-    assert_eq!(ipc.kernel_port(KObject::Task(1)), Err(KERN_RESOURCE_SHORTAGE));
+    assert_eq!(
+        ipc.kernel_port(KObject::Task(1)),
+        Err(KERN_RESOURCE_SHORTAGE)
+    );
     assert_eq!(ipc.names(b), vec![]);
     ipc.port_deallocate(a, n[0], &mut fx).unwrap();
     ipc.port_allocate(b).unwrap();
@@ -926,7 +1292,10 @@ fn queued_message_bound_then_service() {
     }
     // The bound is per sender, across ports.
     let before = snapshot(&ipc, b);
-    assert_eq!(send(&mut ipc, b, &msg(t, COPY_SEND, 0, 0, 1, &[])), Err(SEND_NO_BUFFER));
+    assert_eq!(
+        send(&mut ipc, b, &msg(t, COPY_SEND, 0, 0, 1, &[])),
+        Err(SEND_NO_BUFFER)
+    );
     assert_eq!(snapshot(&ipc, b), before);
     // Others still can send.
     send(&mut ipc, a, &msg(p, MAKE_SEND, 0, 0, 1, &[])).unwrap();
@@ -960,11 +1329,23 @@ fn kernel_memory_and_ool_bounds_then_service() {
         freed: Vec::new(),
     };
     let q = ipc.port_allocate(a).unwrap();
-    let ool = msg(q, MAKE_SEND, 0, 0, 2, &[It::Ool(OOL_DEALLOCATE, 0x1000, 3000)]);
+    let ool = msg(
+        q,
+        MAKE_SEND,
+        0,
+        0,
+        2,
+        &[It::Ool(OOL_DEALLOCATE, 0x1000, 3000)],
+    );
     assert!(ipc.send(a, &ool, &mut mem, &mut fx).is_queued());
     assert_eq!(mem.freed, vec![(0x1000, 3000)]);
-    assert!(matches!(ipc.send(a, &ool, &mut mem, &mut fx), Send::Error(SEND_NO_BUFFER)));
-    let Recv::Message(k) = ipc.receive(a, q, 4096, false, &mut fx) else { panic!() };
+    assert!(matches!(
+        ipc.send(a, &ool, &mut mem, &mut fx),
+        Send::Error(SEND_NO_BUFFER)
+    ));
+    let Recv::Message(k) = ipc.receive(a, q, 4096, false, &mut fx) else {
+        panic!()
+    };
     let mut buf = vec![0; 4096];
     let mut sink = Sink::default();
     let n = ipc.copyout(a, k, &mut buf, &mut sink, &mut fx).unwrap();
@@ -977,7 +1358,9 @@ fn kernel_memory_and_ool_bounds_then_service() {
     assert_eq!(sink.placed[0], mem.data);
     assert!(ipc.send(a, &ool, &mut mem, &mut fx).is_queued());
     // A sink out of memory: the item arrives with no region.
-    let Recv::Message(k) = ipc.receive(a, q, 4096, false, &mut fx) else { panic!() };
+    let Recv::Message(k) = ipc.receive(a, q, 4096, false, &mut fx) else {
+        panic!()
+    };
     let full = &mut Sink {
         full: true,
         ..Sink::default()
@@ -1002,27 +1385,50 @@ fn space_destroy_wakes_blocked_receivers_and_kills_its_ports() {
     let to_b = give_send(&mut ipc, b, inbox, a);
     // a's message to b carries a MAKE_SEND of p; a's port p holds b's
     // message carrying the receive right of another port of b.
-    send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND, vec![p])])).unwrap();
+    send(
+        &mut ipc,
+        a,
+        &msg(to_b, COPY_SEND, 0, 0, 1, &[It::Ports(MAKE_SEND, vec![p])]),
+    )
+    .unwrap();
     let bq = ipc.port_allocate(b).unwrap();
-    send(&mut ipc, b, &msg(s, COPY_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![bq])])).unwrap();
+    send(
+        &mut ipc,
+        b,
+        &msg(s, COPY_SEND, 0, 0, 1, &[It::Ports(MOVE_RECEIVE, vec![bq])]),
+    )
+    .unwrap();
     ipc.wait_receive(a, p, Waiter(1)).unwrap();
     ipc.wait_receive(a, 0, Waiter(2)).unwrap();
     let ports_before = ipc.live_ports();
     ipc.space_destroy(a, &mut fx);
     let mut woken = fx.wake.clone();
     woken.sort_by_key(|(w, _)| w.0);
-    assert_eq!(woken, vec![(Waiter(1), Wake::PortDied), (Waiter(2), Wake::PortDied)]);
+    assert_eq!(
+        woken,
+        vec![(Waiter(1), Wake::PortDied), (Waiter(2), Wake::PortDied)]
+    );
     assert_eq!(ipc.blocked(), 0);
-    assert_eq!(ipc.live_ports(), ports_before - 3, "p, g and bq (in p's queue) died");
+    assert_eq!(
+        ipc.live_ports(),
+        ports_before - 3,
+        "p, g and bq (in p's queue) died"
+    );
     assert_eq!(ipc.rights(b, s).unwrap().dead, 1);
     // a's message to b survives a; its right to the dead p arrives dead.
     let got = recv(&mut ipc, b, inbox).unwrap();
     assert_eq!(got.names(), vec![PORT_DEAD]);
-    assert_eq!(send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[])), Err(SEND_INVALID_DEST));
+    assert_eq!(
+        send(&mut ipc, a, &msg(to_b, COPY_SEND, 0, 0, 1, &[])),
+        Err(SEND_INVALID_DEST)
+    );
     assert_eq!(ipc.port_allocate(a), Err(KERN_INVALID_ARGUMENT));
     check_invariants(&ipc);
     ipc.space_destroy(b, &mut fx);
-    assert_eq!((ipc.live_ports(), ipc.live_kmsgs(), ipc.kmsg_bytes()), (0, 0, 0));
+    assert_eq!(
+        (ipc.live_ports(), ipc.live_kmsgs(), ipc.kmsg_bytes()),
+        (0, 0, 0)
+    );
 }
 
 // ---- kernel objects and kernel messages ----
@@ -1038,11 +1444,26 @@ fn kernel_object_ports() {
     assert_eq!(ipc.rights(a, n).unwrap().send, 2);
     assert_eq!(ipc.resolve_send(a, n), Ok(tp));
     let reply = ipc.port_allocate(a).unwrap();
-    let r = ipc.send(a, &msg(n, COPY_SEND, reply, MAKE_SEND_ONCE, 1044, &[It::Inline(vec![1, 2, 3])]), &mut nomem(), &mut fx);
-    let Send::ToKernel(k) = r else { panic!("{r:?}") };
+    let r = ipc.send(
+        a,
+        &msg(
+            n,
+            COPY_SEND,
+            reply,
+            MAKE_SEND_ONCE,
+            1044,
+            &[It::Inline(vec![1, 2, 3])],
+        ),
+        &mut nomem(),
+        &mut fx,
+    );
+    let Send::ToKernel(k) = r else {
+        panic!("{r:?}")
+    };
     assert_eq!((k.id(), k.inline()), (1044, Some(&[1u8, 2, 3][..])));
     let rp = k.reply_port().unwrap();
-    ipc.kernel_send(rp, 1144, &[], &0i32.to_le_bytes(), None, &mut fx).unwrap();
+    ipc.kernel_send(rp, 1144, &[], &0i32.to_le_bytes(), None, &mut fx)
+        .unwrap();
     ipc.kmsg_destroy(k, &mut fx);
     let g = recv(&mut ipc, a, reply).unwrap();
     assert_eq!(g.h.id, 1144);
@@ -1055,7 +1476,10 @@ fn kernel_object_ports() {
     assert_eq!(ipc.resolve_send(a, n), Err(KERN_TERMINATED));
     assert_eq!(ipc.rights(a, n).unwrap().dead, 2);
     assert_eq!(ipc.kobject(tp), None);
-    assert_eq!(recv(&mut ipc, b, notify).unwrap().items()[0].1[..4], bn.to_le_bytes());
+    assert_eq!(
+        recv(&mut ipc, b, notify).unwrap().items()[0].1[..4],
+        bn.to_le_bytes()
+    );
     assert_eq!(ipc.insert_send(a, tp), Err(KERN_INVALID_ARGUMENT));
     check_invariants(&ipc);
 }
@@ -1070,7 +1494,15 @@ fn exception_message_and_kernel_reply_port() {
     let task = ipc.kernel_port(KObject::Task(1)).unwrap();
     let kreply = ipc.kernel_port_allocate().unwrap();
     let info = [0x0e_u8; 32];
-    ipc.kernel_send(excp, EXCEPTION_RAISE, &[(thread, PORT_SEND), (task, PORT_SEND)], &info, Some(kreply), &mut fx).unwrap();
+    ipc.kernel_send(
+        excp,
+        EXCEPTION_RAISE,
+        &[(thread, PORT_SEND), (task, PORT_SEND)],
+        &info,
+        Some(kreply),
+        &mut fx,
+    )
+    .unwrap();
     ipc.wait_kernel(kreply, Waiter(77)).unwrap();
     let g = recv(&mut ipc, a, exc).unwrap();
     assert_eq!(g.h.id, EXCEPTION_RAISE);
@@ -1081,15 +1513,38 @@ fn exception_message_and_kernel_reply_port() {
     assert_eq!(g.items()[1].1, info);
     check_invariants(&ipc);
     let mut fx = Effects::default();
-    send(&mut ipc, a, &msg(g.h.remote, MOVE_SEND_ONCE, 0, 0, EXCEPTION_REPLY, &[It::Inline(0i32.to_le_bytes().to_vec())])).unwrap_or_else(|e| panic!("{e:x}"));
+    send(
+        &mut ipc,
+        a,
+        &msg(
+            g.h.remote,
+            MOVE_SEND_ONCE,
+            0,
+            0,
+            EXCEPTION_REPLY,
+            &[It::Inline(0i32.to_le_bytes().to_vec())],
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e:x}"));
     let mut fx2 = Effects::default();
-    let _ = ipc.send(a, &msg(exc, MAKE_SEND, 0, 0, 1, &[]), &mut nomem(), &mut fx2);
+    let _ = ipc.send(
+        a,
+        &msg(exc, MAKE_SEND, 0, 0, 1, &[]),
+        &mut nomem(),
+        &mut fx2,
+    );
     let k = ipc.kernel_receive(kreply, &mut fx).unwrap();
     assert_eq!((k.id(), k.inline()), (EXCEPTION_REPLY, Some(&[0u8; 4][..])));
     ipc.kmsg_destroy(k, &mut fx);
     assert!(ipc.kernel_receive(kreply, &mut fx).is_none());
-    assert!(ipc.kernel_receive(excp, &mut fx).is_none(), "not a kernel port");
-    assert_eq!(ipc.kernel_send(PortId::NONE, 1, &[], &[], None, &mut fx), Err(SEND_INVALID_DEST));
+    assert!(
+        ipc.kernel_receive(excp, &mut fx).is_none(),
+        "not a kernel port"
+    );
+    assert_eq!(
+        ipc.kernel_send(PortId::NONE, 1, &[], &[], None, &mut fx),
+        Err(SEND_INVALID_DEST)
+    );
     check_invariants(&ipc);
 }
 
@@ -1100,7 +1555,10 @@ fn kernel_receive_port_wakes_the_waiter() {
     let n = ipc.insert_send(a, kp).unwrap();
     ipc.wait_kernel(kp, Waiter(8)).unwrap();
     let mut fx = Effects::default();
-    assert!(ipc.send(a, &msg(n, COPY_SEND, 0, 0, 5, &[]), &mut nomem(), &mut fx).is_queued());
+    assert!(
+        ipc.send(a, &msg(n, COPY_SEND, 0, 0, 5, &[]), &mut nomem(), &mut fx)
+            .is_queued()
+    );
     assert_eq!(fx.wake, vec![(Waiter(8), Wake::Message)]);
     let k = ipc.kernel_receive(kp, &mut fx).unwrap();
     ipc.kmsg_destroy(k, &mut fx);
