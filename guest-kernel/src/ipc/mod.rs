@@ -15,6 +15,23 @@
 //! death), `kmsg` (validation, kernel form, copyout), `mqueue` (queues
 //! and the default group), `notify` (kernel-generated messages), `limits`.
 //!
+//! How the kernel drives it:
+//! - `mach_msg` send: copy the user's bytes in, `send`. `Full` → unless
+//!   `SEND_TIMEOUT` is 0, `wait_send(port, thread)` and sleep; on wake,
+//!   re-run `send`. `ToKernel(k)` → serve `k.id()` / `k.inline()` /
+//!   `k.ports()`, reply with `kernel_send(k.reply_port(), ..)`, then
+//!   `kmsg_destroy(k)`.
+//! - receive: `receive`; `Empty` → `wait_receive` and sleep, retry on wake;
+//!   `Message(k)` → `copyout` into the kernel's copy of the buffer, then
+//!   copy that to the user.
+//! - a thread that dies or times out while parked: `cancel_wait`.
+//! - exceptions: `kernel_send(exception port, EXCEPTION_RAISE, ..,
+//!   Some(reply))` with `reply` from `kernel_port_allocate`, then
+//!   `wait_kernel(reply, thread)`; on wake `kernel_receive(reply)`.
+//! - after every call, carry out `Effects::wake` (pushes there are the
+//!   one allocation not bounded by a limit: they are bounded by the
+//!   number of parked threads).
+//!
 //! Choices the docs leave open:
 //! - A failed send changes nothing: every right is checked (against what
 //!   the message already took from the same name) before any is moved.
