@@ -16,7 +16,15 @@ fn main() {
     }
     println!("cargo:rustc-link-arg-bin=kernel=-Wl,-T,{dir}/kernel.ld");
     for user in [
-        "init", "spawn", "fault", "priv", "spin", "objsum", "objfill", "nameserver",
+        "init",
+        "spawn",
+        "fault",
+        "priv",
+        "spin",
+        "objsum",
+        "objfill",
+        "nameserver",
+        "ipcbench",
     ] {
         println!("cargo:rustc-link-arg-bin={user}=-Wl,-T,{dir}/user.ld");
     }

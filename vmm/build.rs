@@ -12,8 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const USER_PROGRAMS: [&str; 8] = [
-    "init", "spawn", "fault", "priv", "spin", "objsum", "objfill", "nameserver",
+const USER_PROGRAMS: [&str; 9] = [
+    "init",
+    "spawn",
+    "fault",
+    "priv",
+    "spin",
+    "objsum",
+    "objfill",
+    "nameserver",
+    "ipcbench",
 ];
 
 fn main() {

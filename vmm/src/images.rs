@@ -12,7 +12,11 @@ pub const PROGRAMS: &[(&str, &[u8])] = &[
     ("spin", include_bytes!(env!("DUALITY_USER_SPIN"))),
     ("objsum", include_bytes!(env!("DUALITY_USER_OBJSUM"))),
     ("objfill", include_bytes!(env!("DUALITY_USER_OBJFILL"))),
-    ("nameserver", include_bytes!(env!("DUALITY_USER_NAMESERVER"))),
+    (
+        "nameserver",
+        include_bytes!(env!("DUALITY_USER_NAMESERVER")),
+    ),
+    ("ipcbench", include_bytes!(env!("DUALITY_USER_IPCBENCH"))),
 ];
 
 pub fn program_names() -> String {

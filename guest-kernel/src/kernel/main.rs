@@ -12,6 +12,7 @@ extern crate alloc;
 // (tasks, scheduling, the trap table), virtual memory, and device drivers.
 mod arch;
 mod dev;
+mod ipc;
 mod kern;
 mod vm;
 
@@ -85,7 +86,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
 
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
     let args = cmdline::init_args(cmd);
-    let mut k = Kernel::new(boot.clone(), mem.frames, mem.kernel_root);
+    let mut k = Kernel::new(boot.clone(), mem.frames, mem.kernel_root, mem.heap_bytes);
     let init = match k.spawn(init_name, args, None) {
         Ok(id) => id,
         Err(scheduler::SpawnError::NoSuchProgram) => boot_failed("no such init program"),

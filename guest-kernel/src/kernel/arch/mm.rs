@@ -13,8 +13,10 @@ use linked_list_allocator::LockedHeap;
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// 4 MiB of kernel heap: task records, kernel stacks, queues.
-const HEAP_PAGES: u64 = 1024;
+/// Kernel heap (task and thread records, kernel stacks, queued messages):
+/// an eighth of RAM, between 4 MiB and 64 MiB.
+const HEAP_MIN_PAGES: u64 = 1024;
+const HEAP_MAX_PAGES: u64 = 16 * 1024;
 
 unsafe extern "C" {
     static __kernel_end: u8;
@@ -97,6 +99,7 @@ pub fn map_mmio(frames: &mut FrameAllocator, root: PhysAddr, pa: PhysAddr) -> bo
 pub struct Memory {
     pub frames: FrameAllocator,
     pub kernel_root: PhysAddr,
+    pub heap_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -109,13 +112,14 @@ pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
     let floor = kernel_end().max(boot.modules_end());
     let mut frames = FrameAllocator::new(boot.ram().map(|r| (r.start, r.size)), floor);
 
+    let heap_pages = (frames.total_frames() / 8).clamp(HEAP_MIN_PAGES, HEAP_MAX_PAGES);
     let heap = frames
-        .alloc_contiguous(HEAP_PAGES)
+        .alloc_contiguous(heap_pages)
         .ok_or(MemError::NoHeap)?;
     // SAFETY: the range is fresh RAM no one else uses, mapped by the direct map.
     unsafe {
         HEAP.lock()
-            .init(phys_to_virt(heap), (HEAP_PAGES * PAGE_SIZE) as usize)
+            .init(phys_to_virt(heap), (heap_pages * PAGE_SIZE) as usize)
     };
 
     let mut tables = DirectTables(&mut frames);
@@ -147,5 +151,6 @@ pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
     Ok(Memory {
         frames,
         kernel_root: root,
+        heap_bytes: heap_pages * PAGE_SIZE,
     })
 }

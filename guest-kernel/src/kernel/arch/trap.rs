@@ -113,12 +113,17 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
     match f.vector {
         SYSCALL_VECTOR => syscall::handle(k, f),
         _ if is_pvm_syscall(f, cr2) => syscall::handle(k, f),
-        v if v < 32 => k.kill_current(v, f.error, f.rip, cr2),
+        v if v < 32 => {
+            if !crate::ipc::exception::raise(k, v, f.error, f.rip, cr2) {
+                k.kill_current(v, f.error, f.rip, cr2);
+            }
+        }
         TIMER_VECTOR => {
             crate::arch::lapic::eoi();
             k.ticks += 1;
             k.need_resched = true;
             crate::vm::object_io::tick(k);
+            crate::ipc::tick(k);
         }
         v if v == u64::from(VIRTIO_VECTOR) => {
             crate::vm::object_io::interrupt(k);

@@ -21,8 +21,10 @@ use alloc::vec::Vec;
 use guest_kernel::abi::{ERR_NO_SUCH_TASK, KILLED_BASE, PORT_EXIT};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::bootinfo::BootInfo;
+use guest_kernel::ipc::{Effects, Ipc, KObject, Limits, Waiter};
 use guest_kernel::kern::sched::{RunQueue, TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
+use libmach::abi::KERN_FAILURE;
 use spin::Mutex;
 
 pub static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
@@ -38,6 +40,8 @@ pub struct Kernel {
     pub boot: BootInfo,
     pub frames: FrameAllocator,
     pub kernel_root: PhysAddr,
+    /// Every port and name space (the rules are guest_kernel::ipc).
+    pub ipc: Ipc,
     tasks: BTreeMap<TaskId, Box<Task>>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
@@ -91,7 +95,12 @@ pub enum SpawnError {
 }
 
 impl Kernel {
-    pub fn new(boot: BootInfo, frames: FrameAllocator, kernel_root: PhysAddr) -> Kernel {
+    pub fn new(
+        boot: BootInfo,
+        frames: FrameAllocator,
+        kernel_root: PhysAddr,
+        heap_bytes: u64,
+    ) -> Kernel {
         // Idle runs `idle_loop` in ring 0 on its own stack; its first frame
         // is built by hand, later ones by the CPU when an interrupt comes.
         // SAFETY: the idle stack is used by nothing else.
@@ -108,10 +117,21 @@ impl Kernel {
             });
             f
         };
+        // Queued messages and the out-of-line data they carry live in the
+        // kernel heap: each may take a quarter of it.
+        let quarter = (heap_bytes / 4) as usize;
+        let limits = Limits {
+            kmsg_bytes_total: quarter,
+            ool_bytes_total: quarter as u64,
+            ool_bytes_per_space: (quarter as u64).min(Limits::default().ool_bytes_per_space),
+            spaces_total: MAX_TASKS as u32,
+            ..Limits::default()
+        };
         Kernel {
             boot,
             frames,
             kernel_root,
+            ipc: Ipc::new(limits),
             tasks: BTreeMap::new(),
             threads: BTreeMap::new(),
             runq: RunQueue::new(),
@@ -261,13 +281,49 @@ impl Kernel {
         };
         self.next_task += 1;
         self.tasks.insert(id, task);
-        if self.create_thread(id, start).is_err() {
+        let ports = self.make_task_ports(id, parent);
+        if ports.is_err() || self.create_thread(id, start).is_err() {
+            let mut fx = Effects::default();
+            self.drop_task_ports(id, &mut fx);
             if let Some(mut t) = self.tasks.remove(&id) {
                 self.destroy_address_space(&mut t);
             }
+            crate::ipc::apply(self, fx);
             return Err(SpawnError::NoResources);
         }
         Ok(id)
+    }
+
+    /// A new task's name space and port; its bootstrap port is its
+    /// parent's (as in Mach), so a child can find the name server at once.
+    fn make_task_ports(&mut self, id: TaskId, parent: Option<TaskId>) -> Result<(), u32> {
+        let space = self.ipc.space_create()?;
+        let bootstrap = parent
+            .and_then(|p| self.tasks.get(&p))
+            .and_then(|p| p.bootstrap);
+        let port = self.ipc.kernel_port(KObject::Task(id.0));
+        let t = self.tasks.get_mut(&id).ok_or(KERN_FAILURE)?;
+        t.space = Some(space);
+        t.bootstrap = bootstrap;
+        t.port = Some(port?);
+        Ok(())
+    }
+
+    /// The task's name space and port go: its receive rights die (their
+    /// holders get dead names and notifications), and so does its port.
+    fn drop_task_ports(&mut self, id: TaskId, fx: &mut Effects) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let (space, port) = (t.space.take(), t.port.take());
+        t.bootstrap = None;
+        t.exception = None;
+        if let Some(s) = space {
+            self.ipc.space_destroy(s, fx);
+        }
+        if let Some(p) = port {
+            self.ipc.destroy_kernel_port(p, fx);
+        }
     }
 
     /// A new runnable thread in `task`, starting at `start`.
@@ -284,9 +340,27 @@ impl Kernel {
             .try_reserve(1)
             .map_err(|_| SpawnError::NoResources)?;
         let id = ThreadId(self.next_thread);
-        let th = Thread::new(id, task, start).ok_or(SpawnError::NoResources)?;
-        let th = try_box(th).map_err(|_| SpawnError::NoResources)?;
+        let mut th = Thread::new(id, task, start).ok_or(SpawnError::NoResources)?;
+        th.port = Some(
+            self.ipc
+                .kernel_port(KObject::Thread(id.0))
+                .map_err(|_| SpawnError::NoResources)?,
+        );
+        let th = match try_box(th) {
+            Ok(th) => th,
+            Err(mut th) => {
+                let mut fx = Effects::default();
+                if let Some(p) = th.port.take() {
+                    self.ipc.destroy_kernel_port(p, &mut fx);
+                }
+                crate::ipc::apply(self, fx);
+                return Err(SpawnError::NoResources);
+            }
+        };
         self.next_thread += 1;
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return Err(SpawnError::NoResources);
+        };
         t.threads.push(id);
         self.threads.insert(id, th);
         self.runq.push(id);
@@ -312,6 +386,67 @@ impl Kernel {
 
     pub fn task(&self, id: TaskId) -> Option<&Task> {
         self.tasks.get(&id).map(|t| &**t)
+    }
+
+    pub fn task_mut(&mut self, id: TaskId) -> Option<&mut Task> {
+        self.tasks.get_mut(&id).map(|t| &mut **t)
+    }
+
+    /// A blocked thread runs its system call again (a sender that now has
+    /// room): back to the `syscall` instruction, rax still its number.
+    pub fn restart_syscall(&mut self, id: ThreadId) {
+        let Some(t) = self.threads.get_mut(&id) else {
+            return;
+        };
+        // SAFETY: a blocked thread's frame is valid until it runs again.
+        unsafe { (*t.frame).rip = (*t.frame).rip.wrapping_sub(2) };
+        self.make_ready(id);
+    }
+
+    /// A thread stopped in an exception goes on (at the faulting
+    /// instruction, or wherever its handler set it).
+    pub fn resume_excepted(&mut self, id: ThreadId) {
+        self.make_ready(id);
+    }
+
+    fn make_ready(&mut self, id: ThreadId) {
+        let Some(t) = self.threads.get_mut(&id) else {
+            return;
+        };
+        if matches!(t.state, State::Ready | State::Running | State::Exited) {
+            return;
+        }
+        t.state = State::Ready;
+        let (suspended, timed) = (t.suspend > 0, t.deadline != 0);
+        if timed {
+            self.clear_timeout(id);
+        }
+        if !suspended {
+            self.runq.push(id);
+        }
+    }
+
+    /// thread_terminate: the thread ends (its task with it, if it was the
+    /// last). A thread in device I/O ends when the request completes.
+    pub fn terminate_thread(&mut self, id: ThreadId) {
+        let Some(t) = self.threads.get(&id) else {
+            return;
+        };
+        let task = t.task;
+        let last = self.tasks.get(&task).is_some_and(|x| x.threads.len() <= 1);
+        if last {
+            self.terminate_task(task, 0);
+            return;
+        }
+        if t.state == State::Io {
+            // Ends at its completion: mark by suspending it for good.
+            self.suspend(id);
+            return;
+        }
+        self.end_thread(id);
+        if let Some(x) = self.tasks.get_mut(&task) {
+            x.threads.retain(|&th| th != id);
+        }
     }
 
     /// Called first on every kernel entry: remember where the interrupted
@@ -377,6 +512,9 @@ impl Kernel {
             }
             None => return,
         };
+        let mut fx = Effects::default();
+        self.drop_task_ports(id, &mut fx);
+        crate::ipc::apply(self, fx);
         self.reap_memory(id);
         // Wake whoever waits for it; the first waiter collects the status.
         let waiters: Vec<ThreadId> = self
@@ -438,7 +576,13 @@ impl Kernel {
         if self.handoff == Some(id) {
             self.handoff = None;
         }
+        self.ipc.cancel_wait(Waiter(u64::from(id.0)));
         if let Some(mut th) = self.threads.remove(&id) {
+            if let Some(p) = th.port.take() {
+                let mut fx = Effects::default();
+                self.ipc.destroy_kernel_port(p, &mut fx);
+                crate::ipc::apply(self, fx);
+            }
             th.state = State::Exited;
             let stack = th.take_stack();
             drop(th);

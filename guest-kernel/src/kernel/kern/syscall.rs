@@ -11,6 +11,10 @@ use guest_kernel::abi::*;
 use guest_kernel::addr::{PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::USER;
 use guest_kernel::kern::sched::TaskId;
+use libmach::abi::{
+    TRAP_MACH_MSG, TRAP_PORT_ALLOCATE, TRAP_PORT_REQUEST_DEAD_NAME, TRAP_TASK_GET_BOOTSTRAP_PORT,
+    TRAP_TASK_SELF,
+};
 
 const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
 const MAX_NAME: u64 = 64;
@@ -50,6 +54,14 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             None => return,
         },
         SYS_OBJECT_STAT => object_io::stat(k, f),
+        TRAP_MACH_MSG => match crate::ipc::mach_msg::trap(k, f) {
+            Some(r) => r,
+            None => return,
+        },
+        TRAP_PORT_ALLOCATE..=TRAP_PORT_REQUEST_DEAD_NAME => {
+            i64::from(crate::ipc::ports::trap(k, f))
+        }
+        TRAP_TASK_SELF..=TRAP_TASK_GET_BOOTSTRAP_PORT => i64::from(crate::ipc::tasks::trap(k, f)),
         SYS_MILESTONE => {
             crate::arch::cpu::outl(PORT_MILESTONE, MILESTONE_USER_BASE | (f.rdi as u32 & 0xff));
             0

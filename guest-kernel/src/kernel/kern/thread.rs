@@ -6,6 +6,7 @@ use crate::arch::gdt::{USER_CS, USER_DS};
 use crate::arch::trap::TrapFrame;
 use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::boxed::Box;
+use guest_kernel::ipc::PortId;
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 
 pub const KSTACK_SIZE: usize = 16 * 1024;
@@ -80,6 +81,9 @@ pub struct Thread {
     pub fx: Box<FxArea>,
     /// thread_suspend count: runnable only at 0.
     pub suspend: u32,
+    /// Its port (a kernel object) and exception port.
+    pub port: Option<PortId>,
+    pub exception: Option<PortId>,
     /// Tick at which a timed wait ends (0: none).
     pub deadline: u64,
     pub recv: RecvWait,
@@ -118,6 +122,8 @@ impl Thread {
             kstack,
             fx,
             suspend: 0,
+            port: None,
+            exception: None,
             deadline: 0,
             recv: RecvWait::default(),
         })
