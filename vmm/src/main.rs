@@ -2,6 +2,7 @@
 //! `vmm bench` measures; `vmm pager` checks a pager backend by hand.
 
 mod bench;
+mod bench_ipc;
 mod bench_objread;
 mod boot;
 mod bus;
@@ -88,6 +89,11 @@ enum BenchCmd {
         #[arg(long, default_value = "64M")]
         size: String,
     },
+    /// Mach IPC round trips between two guest tasks next to host pipe and socket ping-pong.
+    Ipc {
+        #[arg(long, default_value_t = 1000)]
+        rounds: u32,
+    },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
     Probe,
@@ -123,6 +129,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Objread { size }) => bench_objread::parse_size(&size)
             .and_then(bench_objread::objread)
             .map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Ipc { rounds }) => bench_ipc::ipc(rounds).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,
