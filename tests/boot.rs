@@ -200,3 +200,21 @@ fn boots_through_pvh_and_direct_64_bit_entry() {
         );
     }
 }
+
+#[test]
+fn mach_ipc_round_trips_between_two_tasks() {
+    if !kvm_available("mach_ipc_round_trips_between_two_tasks") {
+        return;
+    }
+    // Two tasks find each other through the inherited bootstrap port and
+    // make null, 4 KiB inline and 64 KiB out-of-line msg_rpc round trips;
+    // every reply must echo its request.
+    let out = vmm(&["run", "--init", "ipcbench", "20"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("ipcbench: 20 null and 20 4 KiB inline round trips, 2 of 64 KiB out-of-line: ok")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+}
