@@ -138,11 +138,14 @@ impl NbdClient {
         if let Err(e) = sent {
             // A half-sent request leaves the stream unframed: the connection
             // is unusable for everyone.
+            // Mark it dead here rather than leave it to the reader thread,
+            // which may not have seen the hang-up yet: callers and
+            // `describe` must agree the moment this error is returned.
+            let why = format!("nbd: sending request failed: {e}");
             self.inflight.cancel(t);
+            self.inflight.fail_all(&why);
             self.kill();
-            return Err(PagerError::Dead(format!(
-                "nbd: sending request failed: {e}"
-            )));
+            return Err(PagerError::Dead(why));
         }
         self.inflight.wait(t, self.timeout, || self.kill())
     }
