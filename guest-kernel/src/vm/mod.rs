@@ -1,3 +1,5 @@
-//! Virtual-memory pure logic: the physical frame allocator.
+//! Virtual-memory pure logic (paper §5): the physical frame allocator and the
+//! types the map, object, page and fault modules share.
 
 pub mod frame;
+pub mod types;
