@@ -128,3 +128,26 @@ pub enum VmError {
     /// The memory object's pager reported an error or died.
     MemoryError,
 }
+
+/// What the address map needs from the object table: map entries hold
+/// object references, so clipping, copying and removing entries add and drop
+/// them, and resolving a copy-on-write entry puts a shadow in front.
+///
+/// The map calls these instead of owning the objects, so map.rs and
+/// object.rs stay independent and each is host-tested alone.
+pub trait ObjectRefs {
+    /// One more reference on `id` (an entry was split or shared).
+    fn reference(&mut self, id: ObjectId);
+    /// Drops one reference; the last one frees the object (or leaves it
+    /// cached, when its pager allowed that).
+    fn release(&mut self, id: ObjectId);
+    /// Creates a shadow object of `size` bytes whose backing is `id` at
+    /// `offset` (§5.2 copy-on-write). The caller's reference on `id` moves
+    /// to the shadow; the shadow is returned holding one reference.
+    fn shadow(
+        &mut self,
+        id: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<ObjectId, VmError>;
+}
