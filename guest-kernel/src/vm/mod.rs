@@ -2,4 +2,5 @@
 //! types the map, object, page and fault modules share.
 
 pub mod frame;
+pub mod pmap;
 pub mod types;
