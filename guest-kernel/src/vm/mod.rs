@@ -2,5 +2,6 @@
 //! types the map, object, page and fault modules share.
 
 pub mod frame;
+pub mod map;
 pub mod pmap;
 pub mod types;

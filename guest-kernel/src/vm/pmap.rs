@@ -21,7 +21,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use crate::addr::{PhysAddr, VirtAddr, PAGE_SIZE};
+use crate::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use crate::vm::types::{VmError, VmProt};
 
 /// One address space's hardware mappings (x86 page tables in the kernel).
