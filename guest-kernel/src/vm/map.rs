@@ -851,3 +851,1109 @@ impl Pmap for NoPmap {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::pmap::{SimMachine, SpaceHandle};
+    use alloc::collections::BTreeMap;
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    const P: u64 = PAGE_SIZE;
+    const RW: VmProt = VmProt::DEFAULT;
+
+    fn va(p: u64) -> VirtAddr {
+        VirtAddr(p * P)
+    }
+
+    /// Counting object table: every reference taken must be released.
+    /// A shadow holds its backing's reference and releases it when freed.
+    #[derive(Default)]
+    struct Refs {
+        counts: BTreeMap<ObjectId, i64>,
+        backing: BTreeMap<ObjectId, ObjectId>,
+        next: u32,
+        fail_shadow: bool,
+        shadows: u32,
+    }
+
+    impl Refs {
+        fn create(&mut self) -> ObjectId {
+            self.next += 1;
+            let id = ObjectId {
+                index: self.next,
+                generation: 1,
+            };
+            self.counts.insert(id, 1);
+            id
+        }
+        fn count(&self, id: ObjectId) -> i64 {
+            self.counts.get(&id).copied().unwrap_or(0)
+        }
+        fn live(&self) -> usize {
+            self.counts.values().filter(|c| **c != 0).count()
+        }
+    }
+
+    impl ObjectRefs for Refs {
+        fn reference(&mut self, id: ObjectId) {
+            let c = self
+                .counts
+                .get_mut(&id)
+                .expect("reference of unknown object");
+            assert!(*c > 0, "reference of a freed object");
+            *c += 1;
+        }
+        fn release(&mut self, id: ObjectId) {
+            let c = self.counts.get_mut(&id).expect("release of unknown object");
+            assert!(*c > 0, "release below zero");
+            *c -= 1;
+            if *c == 0
+                && let Some(b) = self.backing.remove(&id)
+            {
+                self.release(b);
+            }
+        }
+        fn shadow(
+            &mut self,
+            id: ObjectId,
+            _offset: ObjectOffset,
+            _size: u64,
+        ) -> Result<ObjectId, VmError> {
+            if self.fail_shadow {
+                return Err(VmError::ResourceShortage);
+            }
+            assert!(self.count(id) > 0);
+            self.shadows += 1;
+            let s = self.create();
+            self.backing.insert(s, id);
+            Ok(s)
+        }
+    }
+
+    struct Env {
+        refs: Refs,
+        m: SimMachine,
+        sp: SpaceHandle,
+        map: VmMap,
+    }
+
+    fn env() -> Env {
+        let mut m = SimMachine::new();
+        let sp = m.new_space();
+        Env {
+            refs: Refs::default(),
+            m,
+            sp,
+            map: VmMap::new(va(16)..va(1 << 20), DEFAULT_ENTRY_LIMIT).unwrap(),
+        }
+    }
+
+    impl Env {
+        /// Allocates `pages` of a fresh object.
+        fn alloc(&mut self, at: Option<u64>, pages: u64) -> Result<(VirtAddr, ObjectId), VmError> {
+            let o = self.refs.create();
+            let r = self.map.allocate(
+                at.map(va),
+                pages * P,
+                o,
+                ObjectOffset(0),
+                RW,
+                VmProt::ALL,
+                Inheritance::Copy,
+                false,
+                &mut self.refs,
+            );
+            match r {
+                Ok(a) => Ok((a, o)),
+                Err(e) => {
+                    self.refs.release(o);
+                    Err(e)
+                }
+            }
+        }
+        fn dealloc(&mut self, p: u64, pages: u64) -> Result<(), VmError> {
+            self.map
+                .deallocate(va(p), pages * P, &mut self.refs, &mut self.m.pmap(self.sp))
+        }
+        fn protect(
+            &mut self,
+            p: u64,
+            pages: u64,
+            set_max: bool,
+            prot: VmProt,
+        ) -> Result<(), VmError> {
+            self.map.protect(
+                va(p),
+                pages * P,
+                set_max,
+                prot,
+                &mut self.refs,
+                &mut self.m.pmap(self.sp),
+            )
+        }
+        /// Maps every page of the map in the pmap with its current prot
+        /// (without WRITE for needs_copy), as faults would.
+        fn fault_all(&mut self) {
+            let regions: Vec<Region> = self.map.iter().collect();
+            let mut frame = 1000;
+            for r in regions {
+                let mut a = r.start;
+                while a < r.end {
+                    let prot = if r.needs_copy {
+                        r.prot.without(VmProt::WRITE)
+                    } else {
+                        r.prot
+                    };
+                    frame += 1;
+                    self.m
+                        .pmap(self.sp)
+                        .enter(a, crate::addr::PhysAddr(frame * P), prot)
+                        .unwrap();
+                    a = VirtAddr(a.0 + P);
+                }
+            }
+        }
+        fn finish(mut self) {
+            self.map.clear(&mut self.refs, &mut self.m.pmap(self.sp));
+            assert_eq!(self.refs.live(), 0, "leaked: {:?}", self.refs.counts);
+            assert_eq!(self.m.mapping_count(self.sp), 0);
+        }
+    }
+
+    fn spans(map: &VmMap) -> Vec<(u64, u64)> {
+        map.iter().map(|r| (r.start.0 / P, r.end.0 / P)).collect()
+    }
+
+    #[test]
+    fn new_rejects_bad_ranges() {
+        assert!(VmMap::new(va(2)..va(1), 10).is_err());
+        assert!(VmMap::new(VirtAddr(1)..va(4), 10).is_err());
+        assert!(VmMap::new(va(1)..va(4), 0).is_err());
+    }
+
+    #[test]
+    fn allocate_anywhere_and_fixed() {
+        let mut t = env();
+        let (a, _) = t.alloc(None, 2).unwrap();
+        assert_eq!(a, va(16));
+        let (b, _) = t.alloc(None, 1).unwrap();
+        assert_eq!(b, va(18));
+        let (c, _) = t.alloc(Some(100), 3).unwrap();
+        assert_eq!(c, va(100));
+        assert_eq!(spans(&t.map), [(16, 18), (18, 19), (100, 103)]);
+        // anywhere after a hole was freed reuses it (first fit)
+        t.dealloc(16, 2).unwrap();
+        assert_eq!(t.alloc(None, 1).unwrap().0, va(16));
+        assert_eq!(t.alloc(None, 2).unwrap().0, va(19));
+        t.finish();
+    }
+
+    #[test]
+    fn allocate_rejects() {
+        let mut t = env();
+        t.alloc(Some(20), 4).unwrap();
+        let o = t.refs.create();
+        let try_alloc = |t: &mut Env,
+                         addr: Option<VirtAddr>,
+                         size: u64,
+                         off: u64,
+                         prot: VmProt,
+                         max: VmProt| {
+            t.map.allocate(
+                addr,
+                size,
+                o,
+                ObjectOffset(off),
+                prot,
+                max,
+                Inheritance::Copy,
+                false,
+                &mut t.refs,
+            )
+        };
+        use VmError::*;
+        assert_eq!(try_alloc(&mut t, Some(va(22)), P, 0, RW, RW), Err(NoSpace));
+        assert_eq!(
+            try_alloc(&mut t, Some(va(19)), 2 * P, 0, RW, RW),
+            Err(NoSpace)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(18)), 8 * P, 0, RW, RW),
+            Err(NoSpace)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(0)), P, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va((1 << 20) - 1)), 2 * P, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(VirtAddr(va(40).0 + 1)), P, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(40)), P + 1, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(40)), 0, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(try_alloc(&mut t, None, 0, 0, RW, RW), Err(InvalidArgument));
+        assert_eq!(
+            try_alloc(&mut t, Some(VirtAddr(!(P - 1))), 2 * P, 0, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(40)), P, 1, RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(40)), P, !(P - 1), RW, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(
+            try_alloc(&mut t, Some(va(40)), P, 0, VmProt::ALL, RW),
+            Err(InvalidArgument)
+        );
+        assert_eq!(try_alloc(&mut t, None, 1 << 60, 0, RW, RW), Err(NoSpace));
+        assert_eq!(spans(&t.map), [(20, 24)]);
+        t.refs.release(o);
+        t.finish();
+    }
+
+    #[test]
+    fn anywhere_fills_until_full() {
+        let mut refs = Refs::default();
+        let mut map = VmMap::new(va(0)..va(8), 100).unwrap();
+        for i in 0..4 {
+            let o = refs.create();
+            let a = map
+                .allocate(
+                    None,
+                    2 * P,
+                    o,
+                    ObjectOffset(0),
+                    RW,
+                    RW,
+                    Inheritance::Copy,
+                    false,
+                    &mut refs,
+                )
+                .unwrap();
+            assert_eq!(a, va(2 * i));
+        }
+        let o = refs.create();
+        assert_eq!(
+            map.allocate(
+                None,
+                P,
+                o,
+                ObjectOffset(0),
+                RW,
+                RW,
+                Inheritance::Copy,
+                false,
+                &mut refs
+            ),
+            Err(VmError::NoSpace)
+        );
+        refs.release(o);
+        map.clear(&mut refs, &mut NoPmap);
+        assert_eq!(refs.live(), 0);
+    }
+
+    #[test]
+    fn entry_limit_is_resource_shortage() {
+        let mut t = env();
+        t.map = VmMap::new(va(16)..va(1 << 20), 3).unwrap();
+        t.alloc(Some(20), 4).unwrap();
+        t.alloc(Some(30), 4).unwrap();
+        t.alloc(Some(40), 4).unwrap();
+        assert_eq!(t.alloc(None, 1), Err(VmError::ResourceShortage));
+        // punching a hole would need a fourth entry
+        assert_eq!(t.dealloc(21, 1), Err(VmError::ResourceShortage));
+        assert_eq!(
+            t.protect(21, 1, false, VmProt::READ),
+            Err(VmError::ResourceShortage)
+        );
+        assert_eq!(spans(&t.map), [(20, 24), (30, 34), (40, 44)]);
+        // trimming an end needs none
+        t.dealloc(20, 1).unwrap();
+        t.dealloc(33, 1).unwrap();
+        assert_eq!(spans(&t.map), [(21, 24), (30, 33), (40, 44)]);
+        t.finish();
+    }
+
+    #[test]
+    fn deallocate_clips_one_two_three_entries_and_holes() {
+        let mut t = env();
+        let (_, o1) = t.alloc(Some(20), 10).unwrap();
+        // one entry, middle: split in two, offsets follow
+        t.dealloc(23, 2).unwrap();
+        assert_eq!(spans(&t.map), [(20, 23), (25, 30)]);
+        assert_eq!(t.refs.count(o1), 2);
+        assert_eq!(t.map.lookup(va(26)).unwrap().offset, ObjectOffset(6 * P));
+        // two entries, partially each
+        t.dealloc(22, 4).unwrap();
+        assert_eq!(spans(&t.map), [(20, 22), (26, 30)]);
+        assert_eq!(t.refs.count(o1), 2);
+        // three entries: partial, whole, partial; the hole between is fine
+        let (_, o2) = t.alloc(Some(23), 2).unwrap();
+        t.dealloc(21, 7).unwrap();
+        assert_eq!(spans(&t.map), [(20, 21), (28, 30)]);
+        assert_eq!(t.refs.count(o2), 0);
+        assert_eq!(t.refs.count(o1), 2);
+        // pure hole
+        t.dealloc(100, 5).unwrap();
+        // bad arguments
+        assert_eq!(t.dealloc(0, 1), Err(VmError::InvalidArgument));
+        assert_eq!(t.dealloc(20, 0), Err(VmError::InvalidArgument));
+        assert_eq!(
+            t.map
+                .deallocate(VirtAddr(va(20).0 + 8), P, &mut t.refs, &mut t.m.pmap(t.sp)),
+            Err(VmError::InvalidArgument)
+        );
+        t.finish();
+    }
+
+    #[test]
+    fn deallocate_removes_pmap_mappings() {
+        let mut t = env();
+        t.alloc(Some(20), 4).unwrap();
+        t.fault_all();
+        assert_eq!(t.m.mapping_count(t.sp), 4);
+        t.dealloc(21, 2).unwrap();
+        assert!(t.m.extract(t.sp, va(20)).is_some());
+        assert!(t.m.extract(t.sp, va(21)).is_none());
+        assert!(t.m.extract(t.sp, va(22)).is_none());
+        assert!(t.m.extract(t.sp, va(23)).is_some());
+        t.finish();
+    }
+
+    #[test]
+    fn protect_semantics() {
+        let mut t = env();
+        t.alloc(Some(20), 4).unwrap();
+        t.alloc(Some(30), 2).unwrap();
+        t.fault_all();
+        // lowering: entries split, pmap lowered
+        t.protect(21, 2, false, VmProt::READ).unwrap();
+        assert_eq!(spans(&t.map), [(20, 21), (21, 23), (23, 24), (30, 32)]);
+        assert_eq!(t.m.extract(t.sp, va(21)).unwrap().1, VmProt::READ);
+        assert_eq!(t.m.extract(t.sp, va(20)).unwrap().1, RW);
+        // raising within max: map only, the fault path raises the pmap
+        t.protect(21, 2, false, VmProt::ALL).unwrap();
+        assert_eq!(t.map.lookup(va(21)).unwrap().prot, VmProt::ALL);
+        assert_eq!(t.m.extract(t.sp, va(21)).unwrap().1, VmProt::READ);
+        // set_max lowers current too
+        t.protect(20, 4, true, VmProt::READ).unwrap();
+        for p in 20..24 {
+            let l = t.map.lookup(va(p)).unwrap();
+            assert_eq!((l.prot, l.max), (VmProt::READ, VmProt::READ));
+        }
+        assert_eq!(spans(&t.map)[0], (20, 24), "identical again: merged");
+        assert_eq!(t.m.extract(t.sp, va(20)).unwrap().1, VmProt::READ);
+        // above max: nothing changes
+        assert_eq!(t.protect(20, 4, false, RW), Err(VmError::ProtectionFailure));
+        assert_eq!(t.protect(20, 4, true, RW), Err(VmError::ProtectionFailure));
+        // hole inside: nothing changes even for the allocated parts
+        assert_eq!(
+            t.protect(30, 3, false, VmProt::NONE),
+            Err(VmError::InvalidAddress)
+        );
+        assert_eq!(
+            t.protect(29, 2, false, VmProt::NONE),
+            Err(VmError::InvalidAddress)
+        );
+        assert_eq!(t.map.lookup(va(30)).unwrap().prot, RW);
+        // NONE removes the hardware mappings
+        t.protect(30, 2, false, VmProt::NONE).unwrap();
+        assert!(t.m.extract(t.sp, va(30)).is_none());
+        assert_eq!(t.map.lookup(va(30)).unwrap().prot, VmProt::NONE);
+        t.finish();
+    }
+
+    #[test]
+    fn inherit_splits_merges_and_skips_holes() {
+        let mut t = env();
+        let (_, o) = t.alloc(Some(20), 6).unwrap();
+        t.map
+            .inherit(va(22), 2 * P, Inheritance::Share, &mut t.refs)
+            .unwrap();
+        assert_eq!(spans(&t.map), [(20, 22), (22, 24), (24, 26)]);
+        assert_eq!(t.refs.count(o), 3);
+        assert_eq!(
+            t.map.lookup(va(23)).unwrap().inheritance,
+            Inheritance::Share
+        );
+        assert_eq!(t.map.lookup(va(24)).unwrap().inheritance, Inheritance::Copy);
+        t.map
+            .inherit(va(10 + 8), 20 * P, Inheritance::Copy, &mut t.refs)
+            .unwrap();
+        assert_eq!(spans(&t.map), [(20, 26)]);
+        assert_eq!(t.refs.count(o), 1);
+        assert_eq!(
+            t.map
+                .inherit(va(1 << 20), P, Inheritance::Copy, &mut t.refs),
+            Err(VmError::InvalidArgument)
+        );
+        t.finish();
+    }
+
+    #[test]
+    fn merge_on_allocate_only_when_contiguous() {
+        let mut t = env();
+        let o = t.refs.create();
+        t.refs.reference(o);
+        t.refs.reference(o);
+        let at = |t: &mut Env, p: u64, off: u64| {
+            t.map
+                .allocate(
+                    Some(va(p)),
+                    2 * P,
+                    o,
+                    ObjectOffset(off * P),
+                    RW,
+                    VmProt::ALL,
+                    Inheritance::Copy,
+                    false,
+                    &mut t.refs,
+                )
+                .unwrap();
+        };
+        at(&mut t, 20, 0);
+        at(&mut t, 22, 2); // continues the first: merged, reference released
+        assert_eq!(spans(&t.map), [(20, 24)]);
+        assert_eq!(t.refs.count(o), 2);
+        at(&mut t, 24, 9); // not contiguous in the object
+        assert_eq!(spans(&t.map), [(20, 24), (24, 26)]);
+        assert_eq!(t.refs.count(o), 2);
+        t.finish();
+    }
+
+    #[test]
+    fn lookup_with_thousands_of_entries() {
+        let mut refs = Refs::default();
+        let mut map = VmMap::new(va(0)..va(1 << 30), 10_000).unwrap();
+        let n = 5000u64;
+        let mut objs = Vec::new();
+        for i in 0..n {
+            let o = refs.create();
+            // every other page, so nothing merges
+            map.allocate(
+                Some(va(2 * i)),
+                P,
+                o,
+                ObjectOffset(0),
+                RW,
+                RW,
+                Inheritance::Copy,
+                false,
+                &mut refs,
+            )
+            .unwrap();
+            objs.push(o);
+        }
+        assert_eq!(map.len(), n as usize);
+        for i in (0..n).rev() {
+            let l = map.lookup(VirtAddr(va(2 * i).0 + 123)).unwrap();
+            assert_eq!((l.start, l.object), (va(2 * i), objs[i as usize]));
+            assert!(map.lookup(va(2 * i + 1)).is_none());
+            // the hint answers the same again
+            assert_eq!(map.lookup(va(2 * i)).unwrap().object, objs[i as usize]);
+        }
+        assert!(map.lookup(va(2 * n)).is_none());
+        map.clear(&mut refs, &mut NoPmap);
+        assert_eq!(refs.live(), 0);
+    }
+
+    #[test]
+    fn lookup_hint_is_dropped_on_change() {
+        let mut t = env();
+        let (_, o) = t.alloc(Some(20), 4).unwrap();
+        assert_eq!(t.map.lookup(va(22)).unwrap().object, o);
+        t.dealloc(20, 4).unwrap();
+        assert!(t.map.lookup(va(22)).is_none());
+        t.finish();
+    }
+
+    #[test]
+    fn regions_walk() {
+        let mut t = env();
+        let (_, o1) = t.alloc(Some(20), 4).unwrap();
+        let (_, o2) = t.alloc(Some(30), 2).unwrap();
+        t.protect(22, 2, false, VmProt::READ).unwrap();
+        let r = t.map.regions(va(0)).unwrap();
+        assert_eq!(
+            (r.start, r.end, r.object, r.offset, r.prot),
+            (va(20), va(22), o1, ObjectOffset(0), RW)
+        );
+        let r = t.map.regions(va(21)).unwrap();
+        assert_eq!(r.start, va(20));
+        let r = t.map.regions(r.end).unwrap();
+        assert_eq!(
+            (r.start, r.offset, r.prot, r.max),
+            (va(22), ObjectOffset(2 * P), VmProt::READ, VmProt::ALL)
+        );
+        assert_eq!(
+            (r.inheritance, r.shared, r.size()),
+            (Inheritance::Copy, false, 2 * P)
+        );
+        let r = t.map.regions(r.end).unwrap();
+        assert_eq!((r.start, r.object), (va(30), o2));
+        assert!(t.map.regions(r.end).is_none());
+        t.finish();
+    }
+
+    #[test]
+    fn fork_none_share_copy() {
+        let mut t = env();
+        let (_, on) = t.alloc(Some(20), 2).unwrap();
+        let (_, os) = t.alloc(Some(30), 2).unwrap();
+        let (_, oc) = t.alloc(Some(40), 2).unwrap();
+        t.map
+            .inherit(va(20), 2 * P, Inheritance::None, &mut t.refs)
+            .unwrap();
+        t.map
+            .inherit(va(30), 2 * P, Inheritance::Share, &mut t.refs)
+            .unwrap();
+        t.fault_all();
+        let range = t.map.range();
+        let mut child = t.map.fork(range, &mut t.refs, &mut t.m.pmap(t.sp)).unwrap();
+        assert_eq!(spans(&child), [(30, 32), (40, 42)]);
+        assert_eq!(
+            (t.refs.count(on), t.refs.count(os), t.refs.count(oc)),
+            (1, 2, 2)
+        );
+        let (ps, cs) = (t.map.lookup(va(30)).unwrap(), child.lookup(va(30)).unwrap());
+        assert_eq!((ps.object, cs.object), (os, os));
+        assert!(ps.shared && cs.shared && !ps.needs_copy && !cs.needs_copy);
+        let (pc, cc) = (t.map.lookup(va(40)).unwrap(), child.lookup(va(40)).unwrap());
+        assert_eq!((pc.object, cc.object), (oc, oc));
+        assert!(pc.needs_copy && cc.needs_copy && !pc.shared && !cc.shared);
+        assert_eq!(cc.inheritance, Inheritance::Copy);
+        // the parent's copied range is write-protected, the shared one not
+        assert_eq!(t.m.extract(t.sp, va(40)).unwrap().1, VmProt::READ);
+        assert!(!t.m.touch(t.sp, va(41), true));
+        assert!(t.m.touch(t.sp, va(30), true));
+        // a write fault in the parent resolves its copy; the child's stays
+        let l = t.map.resolve_copy(va(41), &mut t.refs).unwrap();
+        assert!(!l.needs_copy && l.object != oc && l.offset == ObjectOffset(P));
+        assert!(child.lookup(va(40)).unwrap().needs_copy);
+        child.clear(&mut t.refs, &mut NoPmap);
+        t.finish();
+    }
+
+    #[test]
+    fn fork_share_resolves_needs_copy_first() {
+        let mut t = env();
+        let o = t.refs.create();
+        t.map
+            .allocate(
+                Some(va(20)),
+                2 * P,
+                o,
+                ObjectOffset(4 * P),
+                RW,
+                VmProt::ALL,
+                Inheritance::Share,
+                true,
+                &mut t.refs,
+            )
+            .unwrap();
+        let range = t.map.range();
+        let mut child = t.map.fork(range, &mut t.refs, &mut t.m.pmap(t.sp)).unwrap();
+        let (p, c) = (t.map.lookup(va(21)).unwrap(), child.lookup(va(21)).unwrap());
+        assert_eq!(t.refs.shadows, 1);
+        assert_ne!(p.object, o);
+        assert_eq!(p.object, c.object);
+        assert_eq!(p.offset, ObjectOffset(P));
+        assert!(!p.needs_copy && !c.needs_copy && p.shared && c.shared);
+        assert_eq!(t.refs.count(p.object), 2);
+        assert_eq!(t.refs.count(o), 1, "held by the shadow");
+        child.clear(&mut t.refs, &mut NoPmap);
+        t.finish();
+    }
+
+    #[test]
+    fn fork_failure_releases_child() {
+        let mut t = env();
+        t.alloc(Some(20), 2).unwrap();
+        let o = t.refs.create();
+        t.map
+            .allocate(
+                Some(va(30)),
+                P,
+                o,
+                ObjectOffset(0),
+                RW,
+                RW,
+                Inheritance::Share,
+                true,
+                &mut t.refs,
+            )
+            .unwrap();
+        t.refs.fail_shadow = true;
+        let range = t.map.range();
+        assert_eq!(
+            t.map
+                .fork(range, &mut t.refs, &mut t.m.pmap(t.sp))
+                .unwrap_err(),
+            VmError::ResourceShortage
+        );
+        assert_eq!(t.refs.count(o), 1);
+        // inherited entries outside the child's range
+        assert_eq!(
+            t.map
+                .fork(va(25)..va(100), &mut t.refs, &mut t.m.pmap(t.sp))
+                .unwrap_err(),
+            VmError::InvalidArgument
+        );
+        t.finish();
+    }
+
+    #[test]
+    fn fork_copy_of_shared_entry_keeps_parent_sharing() {
+        let mut t = env();
+        let (_, o) = t.alloc(Some(20), 1).unwrap();
+        t.map
+            .inherit(va(20), P, Inheritance::Share, &mut t.refs)
+            .unwrap();
+        let range = t.map.range();
+        let mut sibling = t
+            .map
+            .fork(range.clone(), &mut t.refs, &mut t.m.pmap(t.sp))
+            .unwrap();
+        t.map
+            .inherit(va(20), P, Inheritance::Copy, &mut t.refs)
+            .unwrap();
+        let mut child = t.map.fork(range, &mut t.refs, &mut t.m.pmap(t.sp)).unwrap();
+        let p = t.map.lookup(va(20)).unwrap();
+        assert!(p.shared && !p.needs_copy && p.object == o);
+        let c = child.lookup(va(20)).unwrap();
+        assert!(!c.shared && c.needs_copy && c.object == o);
+        sibling.clear(&mut t.refs, &mut NoPmap);
+        child.clear(&mut t.refs, &mut NoPmap);
+        t.finish();
+    }
+
+    #[test]
+    fn copy_out_and_insert() {
+        let mut t = env();
+        let (_, o1) = t.alloc(Some(20), 4).unwrap();
+        let (_, o2) = t.alloc(Some(24), 2).unwrap();
+        t.fault_all();
+        let copy = t
+            .map
+            .copy_out_of(va(22), 3 * P, &mut t.refs, &mut t.m.pmap(t.sp))
+            .unwrap();
+        assert_eq!(copy.size(), 3 * P);
+        assert_eq!(copy.entries().len(), 2);
+        assert_eq!(
+            (copy.entries()[0].object, copy.entries()[0].offset),
+            (o1, ObjectOffset(2 * P))
+        );
+        assert_eq!((copy.entries()[1].object, copy.entries()[1].size), (o2, P));
+        // source: needs_copy over the copied range, write-protected there only
+        assert!(!t.map.lookup(va(21)).unwrap().needs_copy);
+        assert!(t.map.lookup(va(22)).unwrap().needs_copy);
+        assert!(t.map.lookup(va(24)).unwrap().needs_copy);
+        assert!(!t.map.lookup(va(25)).unwrap().needs_copy);
+        assert_eq!(t.m.extract(t.sp, va(21)).unwrap().1, RW);
+        assert_eq!(t.m.extract(t.sp, va(22)).unwrap().1, VmProt::READ);
+        assert_eq!(t.m.extract(t.sp, va(24)).unwrap().1, VmProt::READ);
+        assert_eq!(t.m.extract(t.sp, va(25)).unwrap().1, RW);
+        // insert at a taken address: handed back intact
+        let (e, copy) = t
+            .map
+            .insert_copy(Some(va(20)), copy, None, &mut t.refs)
+            .unwrap_err();
+        assert_eq!(e, VmError::NoSpace);
+        let at = t
+            .map
+            .insert_copy(None, copy, Some(EntryAttrs::COPYOUT), &mut t.refs)
+            .unwrap();
+        assert_eq!(at, va(16), "first fit from the bottom");
+        let l = t.map.lookup(va(18)).unwrap();
+        assert_eq!(
+            (l.object, l.offset, l.needs_copy),
+            (o2, ObjectOffset(0), true)
+        );
+        assert_eq!((l.prot, l.max), (VmProt::DEFAULT, VmProt::ALL));
+        // unreadable source
+        t.protect(20, 1, false, VmProt::NONE).unwrap();
+        assert_eq!(
+            t.map
+                .copy_out_of(va(20), 2 * P, &mut t.refs, &mut t.m.pmap(t.sp))
+                .unwrap_err(),
+            VmError::ProtectionFailure
+        );
+        assert_eq!(
+            t.map
+                .copy_out_of(va(25), 4 * P, &mut t.refs, &mut t.m.pmap(t.sp))
+                .unwrap_err(),
+            VmError::InvalidAddress
+        );
+        // a discarded copy gives its references back
+        let copy = t
+            .map
+            .copy_out_of(va(21), 2 * P, &mut t.refs, &mut t.m.pmap(t.sp))
+            .unwrap();
+        copy.discard(&mut t.refs);
+        t.finish();
+    }
+
+    #[test]
+    fn copy_between_maps_and_shared_memory_via_sim() {
+        // Two tasks on one simulated machine: shared inheritance makes the
+        // child see the parent's writes through the same frames.
+        let mut t = env();
+        let child_sp = t.m.new_space();
+        let (_, o) = t.alloc(Some(20), 1).unwrap();
+        t.map
+            .inherit(va(20), P, Inheritance::Share, &mut t.refs)
+            .unwrap();
+        let range = t.map.range();
+        let mut child = t.map.fork(range, &mut t.refs, &mut t.m.pmap(t.sp)).unwrap();
+        // a trivial "fault handler": the object's page 0 is frame 7
+        let frame_of = |id: ObjectId| {
+            if id == o {
+                crate::addr::PhysAddr(7 * P)
+            } else {
+                unreachable!()
+            }
+        };
+        let pl = t.map.lookup(va(20)).unwrap();
+        let cl = child.lookup(va(20)).unwrap();
+        t.m.pmap(t.sp)
+            .enter(va(20), frame_of(pl.object), pl.prot)
+            .unwrap();
+        t.m.pmap(child_sp)
+            .enter(va(20), frame_of(cl.object), cl.prot)
+            .unwrap();
+        t.m.write_virt(t.sp, va(20), b"shared").unwrap();
+        let mut buf = [0u8; 6];
+        t.m.read_virt(child_sp, va(20), &mut buf).unwrap();
+        assert_eq!(&buf, b"shared");
+        child.clear(&mut t.refs, &mut t.m.pmap(child_sp));
+        t.finish();
+    }
+
+    // ---- model-based property test ----
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct PageModel {
+        object: ObjectId,
+        offset: u64,
+        prot: VmProt,
+        max: VmProt,
+        inheritance: Inheritance,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc {
+            at: Option<u64>,
+            pages: u64,
+            off: u64,
+            prot: u8,
+            max: u8,
+        },
+        Dealloc {
+            at: u64,
+            pages: u64,
+        },
+        Protect {
+            at: u64,
+            pages: u64,
+            set_max: bool,
+            prot: u8,
+        },
+        Inherit {
+            at: u64,
+            pages: u64,
+            inh: u8,
+        },
+        Fork,
+        CopyInsert {
+            at: u64,
+            pages: u64,
+        },
+    }
+
+    const LO: u64 = 4;
+    const HI: u64 = 68;
+
+    fn op() -> impl Strategy<Value = Op> {
+        let at = 0u64..72;
+        let pages = 0u64..12;
+        prop_oneof![
+            (
+                proptest::option::of(at.clone()),
+                pages.clone(),
+                0u64..4,
+                0u8..8,
+                0u8..8
+            )
+                .prop_map(|(at, pages, off, prot, max)| Op::Alloc {
+                    at,
+                    pages,
+                    off,
+                    prot,
+                    max
+                }),
+            (at.clone(), pages.clone()).prop_map(|(at, pages)| Op::Dealloc { at, pages }),
+            (at.clone(), pages.clone(), any::<bool>(), 0u8..8).prop_map(
+                |(at, pages, set_max, prot)| Op::Protect {
+                    at,
+                    pages,
+                    set_max,
+                    prot
+                }
+            ),
+            (at.clone(), pages.clone(), 0u8..3).prop_map(|(at, pages, inh)| Op::Inherit {
+                at,
+                pages,
+                inh
+            }),
+            Just(Op::Fork),
+            (at, pages).prop_map(|(at, pages)| Op::CopyInsert { at, pages }),
+        ]
+    }
+
+    fn in_range(at: u64, pages: u64) -> bool {
+        pages > 0 && at >= LO && at + pages <= HI
+    }
+
+    fn check_map(
+        map: &VmMap,
+        model: &BTreeMap<u64, PageModel>,
+        refs: &Refs,
+        extra: &BTreeMap<ObjectId, i64>,
+    ) {
+        for p in 0..72 {
+            let got = map.lookup(VirtAddr(p * P + 17)).map(|l| PageModel {
+                object: l.object,
+                offset: l.offset.0,
+                prot: l.prot,
+                max: l.max,
+                inheritance: l.inheritance,
+            });
+            assert_eq!(got, model.get(&p).copied(), "page {p}");
+        }
+        // structure: sorted, disjoint, inside the range, fully merged
+        let regions: Vec<Region> = map.iter().collect();
+        for w in regions.windows(2) {
+            assert!(w[0].end <= w[1].start);
+            let mergeable = w[0].end == w[1].start
+                && w[0].object == w[1].object
+                && w[0].offset.0 + w[0].size() == w[1].offset.0
+                && (
+                    w[0].prot,
+                    w[0].max,
+                    w[0].inheritance,
+                    w[0].needs_copy,
+                    w[0].shared,
+                ) == (
+                    w[1].prot,
+                    w[1].max,
+                    w[1].inheritance,
+                    w[1].needs_copy,
+                    w[1].shared,
+                );
+            assert!(!mergeable, "unmerged {:?} {:?}", w[0], w[1]);
+        }
+        // every reference is held by exactly one entry
+        let mut held: BTreeMap<ObjectId, i64> = extra.clone();
+        // a shadow holds a reference on its backing object
+        for b in refs.backing.values() {
+            *held.entry(*b).or_default() += 1;
+        }
+        for r in &regions {
+            *held.entry(r.object).or_default() += 1;
+        }
+        for (id, c) in &refs.counts {
+            assert_eq!(*c, held.get(id).copied().unwrap_or(0), "refs of {id:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn map_matches_page_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut refs = Refs::default();
+            let mut m = SimMachine::new();
+            let sp = m.new_space();
+            let mut map = VmMap::new(va(LO)..va(HI), 24).unwrap();
+            let mut model: BTreeMap<u64, PageModel> = BTreeMap::new();
+            // references held by forked children, kept alive to the end
+            let mut children: Vec<VmMap> = Vec::new();
+            let no_extra = BTreeMap::new();
+            for op in ops {
+                // the copy-on-write state (needs_copy) and the objects
+                // after fork are outside the model: fork and copies are
+                // checked by comparing before/after where they should agree
+                match op {
+                    Op::Alloc { at, pages, off, prot, max } => {
+                        let o = refs.create();
+                        let (prot, max) = (VmProt(prot), VmProt(max));
+                        let r = map.allocate(at.map(va), pages * P, o, ObjectOffset(off * P), prot, max, Inheritance::Copy, false, &mut refs);
+                        let free = |a: u64| (a..a + pages).all(|p| !model.contains_key(&p));
+                        let valid = pages > 0 && max.contains(prot);
+                        match (at, r) {
+                            (Some(a), Ok(got)) => {
+                                prop_assert!(valid && in_range(a, pages) && free(a));
+                                prop_assert_eq!(got, va(a));
+                            }
+                            (Some(a), Err(e)) => {
+                                refs.release(o);
+                                let expect = if !valid || !in_range(a, pages) { VmError::InvalidArgument }
+                                    else if !free(a) { VmError::NoSpace } else { VmError::ResourceShortage };
+                                prop_assert_eq!(e, expect);
+                            }
+                            (None, Ok(got)) => {
+                                let a = got.0 / P;
+                                prop_assert!(valid && in_range(a, pages) && free(a));
+                            }
+                            (None, Err(e)) => {
+                                refs.release(o);
+                                if valid {
+                                    let any_fit = (LO..HI).any(|a| in_range(a, pages) && free(a));
+                                    prop_assert!(e == VmError::ResourceShortage || (e == VmError::NoSpace && !any_fit));
+                                } else {
+                                    prop_assert_eq!(e, VmError::InvalidArgument);
+                                }
+                            }
+                        }
+                        if let Ok(got) = r {
+                            let a = got.0 / P;
+                            for i in 0..pages {
+                                model.insert(a + i, PageModel { object: o, offset: (off + i) * P, prot, max, inheritance: Inheritance::Copy });
+                            }
+                        }
+                    }
+                    Op::Dealloc { at, pages } => {
+                        let r = map.deallocate(va(at), pages * P, &mut refs, &mut m.pmap(sp));
+                        if !in_range(at, pages) {
+                            prop_assert_eq!(r, Err(VmError::InvalidArgument));
+                        } else if r.is_ok() {
+                            for p in at..at + pages { model.remove(&p); }
+                        } else {
+                            prop_assert_eq!(r, Err(VmError::ResourceShortage));
+                        }
+                    }
+                    Op::Protect { at, pages, set_max, prot } => {
+                        let prot = VmProt(prot);
+                        let r = map.protect(va(at), pages * P, set_max, prot, &mut refs, &mut m.pmap(sp));
+                        if !in_range(at, pages) {
+                            prop_assert_eq!(r, Err(VmError::InvalidArgument));
+                        } else if (at..at + pages).any(|p| !model.contains_key(&p)) {
+                            prop_assert!(r == Err(VmError::InvalidAddress) || r == Err(VmError::ProtectionFailure));
+                        } else if (at..at + pages).any(|p| !model[&p].max.contains(prot)) {
+                            prop_assert_eq!(r, Err(VmError::ProtectionFailure));
+                        } else if r.is_ok() {
+                            for p in at..at + pages {
+                                let e = model.get_mut(&p).unwrap();
+                                if set_max { e.max = prot; e.prot = e.prot.intersect(prot); } else { e.prot = prot; }
+                            }
+                        } else {
+                            prop_assert_eq!(r, Err(VmError::ResourceShortage));
+                        }
+                    }
+                    Op::Inherit { at, pages, inh } => {
+                        let inh = Inheritance::from_raw(inh as u64).unwrap();
+                        let r = map.inherit(va(at), pages * P, inh, &mut refs);
+                        if !in_range(at, pages) {
+                            prop_assert_eq!(r, Err(VmError::InvalidArgument));
+                        } else if r.is_ok() {
+                            for p in at..at + pages {
+                                if let Some(e) = model.get_mut(&p) { e.inheritance = inh; }
+                            }
+                        } else {
+                            prop_assert_eq!(r, Err(VmError::ResourceShortage));
+                        }
+                    }
+                    Op::Fork => {
+                        let child = map.fork(va(LO)..va(HI), &mut refs, &mut m.pmap(sp)).unwrap();
+                        // Share with needs_copy puts shadows in: follow them
+                        for r in map.iter() {
+                            for p in r.start.0 / P..r.end.0 / P {
+                                let e = model.get_mut(&p).unwrap();
+                                e.object = r.object;
+                                e.offset = r.offset.0 + (p * P - r.start.0);
+                            }
+                        }
+                        for (p, e) in &model {
+                            let c = child.lookup(va(*p));
+                            match e.inheritance {
+                                Inheritance::None => prop_assert!(c.is_none()),
+                                _ => {
+                                    let c = c.unwrap();
+                                    prop_assert_eq!((c.object, c.offset.0, c.prot, c.max), (e.object, e.offset, e.prot, e.max));
+                                    if e.inheritance == Inheritance::Share {
+                                        prop_assert!(!c.needs_copy && !map.lookup(va(*p)).unwrap().needs_copy);
+                                    } else {
+                                        prop_assert!(c.needs_copy);
+                                        prop_assert!(m.extract(sp, va(*p)).is_none_or(|(_, pr)| !pr.contains(VmProt::WRITE)));
+                                    }
+                                }
+                            }
+                        }
+                        children.push(child);
+                    }
+                    Op::CopyInsert { at, pages } => {
+                        let covered = in_range(at, pages) && (at..at + pages).all(|p| model.get(&p).is_some_and(|e| e.prot.contains(VmProt::READ)));
+                        match map.copy_out_of(va(at), pages * P, &mut refs, &mut m.pmap(sp)) {
+                            Ok(copy) => {
+                                prop_assert!(covered);
+                                let src: Vec<PageModel> = (at..at + pages).map(|p| model[&p]).collect();
+                                match map.insert_copy(None, copy, None, &mut refs) {
+                                    Ok(dst) => {
+                                        let d = dst.0 / P;
+                                        for (i, e) in src.into_iter().enumerate() {
+                                            prop_assert!(!model.contains_key(&(d + i as u64)));
+                                            prop_assert!(map.lookup(va(d + i as u64)).unwrap().needs_copy);
+                                            model.insert(d + i as u64, e);
+                                        }
+                                    }
+                                    Err((_, copy)) => copy.discard(&mut refs),
+                                }
+                            }
+                            Err(_) => prop_assert!(!covered || map.len() + 2 > 24),
+                        }
+                    }
+                }
+                let mut extra = no_extra.clone();
+                for c in &children {
+                    for r in c.iter() { *extra.entry(r.object).or_default() += 1; }
+                }
+                check_map(&map, &model, &refs, &extra);
+            }
+            for mut c in children { c.clear(&mut refs, &mut NoPmap); }
+            map.clear(&mut refs, &mut m.pmap(sp));
+            prop_assert_eq!(refs.live(), 0);
+            prop_assert_eq!(m.mapping_count(sp), 0);
+        }
+    }
+
+    #[test]
+    fn empty_copy_list_is_rejected() {
+        let mut t = env();
+        let copy = VmCopy {
+            entries: vec![],
+            size: 0,
+        };
+        let (e, copy) = t
+            .map
+            .insert_copy(None, copy, None, &mut t.refs)
+            .unwrap_err();
+        assert_eq!(e, VmError::InvalidArgument);
+        copy.discard(&mut t.refs);
+        t.finish();
+    }
+}
