@@ -57,9 +57,10 @@
 //! which is false for a region that is *shared* (entry `shared` flag). For
 //! those the source entry is left writable (keeping the sharing intact) and
 //! only the destination is needs_copy: the copy sees the sharers' later
-//! writes to pages it has not itself written. A true snapshot needs a
-//! delayed copy from the object layer (Mach's copy objects); see the notes
-//! on ObjectRefs in the report.
+//! writes to pages it has not itself written (the flag is sticky, so this
+//! holds even after the other sharers are gone). A true snapshot needs a
+//! delayed copy from the object layer (Mach's copy objects), which
+//! ObjectRefs does not offer yet.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
