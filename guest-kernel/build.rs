@@ -15,19 +15,17 @@ fn main() {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rustc-link-arg-bin=kernel=-Wl,-T,{dir}/kernel.ld");
-    for user in [
-        "init",
-        "spawn",
-        "fault",
-        "priv",
-        "spin",
-        "objsum",
-        "objfill",
-        "nameserver",
-        "ipcbench",
-    ] {
+    // The user programs are the [[bin]] targets other than the kernel:
+    // Cargo.toml is their one list (vmm/build.rs reads it too).
+    let manifest = std::fs::read_to_string(format!("{dir}/Cargo.toml"))
+        .expect("guest-kernel/Cargo.toml is readable");
+    for user in bin_names(&manifest).iter().filter(|n| *n != "kernel") {
         println!("cargo:rustc-link-arg-bin={user}=-Wl,-T,{dir}/user.ld");
     }
+    println!("cargo:rerun-if-changed=Cargo.toml");
     println!("cargo:rerun-if-changed=kernel.ld");
     println!("cargo:rerun-if-changed=user.ld");
 }
+
+// bin_names(): shared with the other build script, one copy.
+include!("bin_names.rs");

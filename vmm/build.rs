@@ -12,18 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
-const USER_PROGRAMS: [&str; 9] = [
-    "init",
-    "spawn",
-    "fault",
-    "priv",
-    "spin",
-    "objsum",
-    "objfill",
-    "nameserver",
-    "ipcbench",
-];
-
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let workspace = manifest.parent().expect("vmm/ has a parent").to_path_buf();
@@ -43,18 +31,30 @@ fn main() {
     let kernel = kernel_dir.join(TARGET).join("release").join("kernel");
     check_sse_free(&kernel);
 
+    // The user programs are guest-kernel's [[bin]] targets other than the
+    // kernel: its Cargo.toml is the one list of them.
+    let manifest = std::fs::read_to_string(guest.join("Cargo.toml"))
+        .expect("guest-kernel/Cargo.toml is readable");
+    let programs: Vec<String> = bin_names(&manifest)
+        .into_iter()
+        .filter(|n| n != "kernel")
+        .collect();
+    let programs: Vec<&str> = programs.iter().map(String::as_str).collect();
     let user_dir = target_dir.join("user");
-    cargo_build(&guest, &user_dir, "", &USER_PROGRAMS);
+    cargo_build(&guest, &user_dir, "", &programs);
     let user_bin = user_dir.join(TARGET).join("release");
 
     println!("cargo:rustc-env=DUALITY_KERNEL_ELF={}", kernel.display());
-    for p in USER_PROGRAMS {
-        println!(
-            "cargo:rustc-env=DUALITY_USER_{}={}",
-            p.to_uppercase(),
-            user_bin.join(p).display()
-        );
+    // images.rs includes this table: (name, ELF bytes) per program.
+    let mut table = String::from("&[\n");
+    for p in &programs {
+        table.push_str(&format!(
+            "    ({p:?}, include_bytes!({:?})),\n",
+            user_bin.join(p).display().to_string()
+        ));
     }
+    table.push_str("]\n");
+    std::fs::write(out.join("programs.rs"), table).expect("OUT_DIR is writable");
     println!("cargo:rerun-if-changed={}", guest.display());
     println!("cargo:rerun-if-changed=build.rs");
 }
@@ -144,3 +144,6 @@ fn check_sse_free(elf: &Path) {
         );
     }
 }
+
+// bin_names(): shared with the other build script, one copy.
+include!("../guest-kernel/bin_names.rs");

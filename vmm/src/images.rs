@@ -4,20 +4,9 @@
 pub const KERNEL: &[u8] = include_bytes!(env!("DUALITY_KERNEL_ELF"));
 
 /// (name, ELF image) of every built-in user program.
-pub const PROGRAMS: &[(&str, &[u8])] = &[
-    ("init", include_bytes!(env!("DUALITY_USER_INIT"))),
-    ("spawn", include_bytes!(env!("DUALITY_USER_SPAWN"))),
-    ("fault", include_bytes!(env!("DUALITY_USER_FAULT"))),
-    ("priv", include_bytes!(env!("DUALITY_USER_PRIV"))),
-    ("spin", include_bytes!(env!("DUALITY_USER_SPIN"))),
-    ("objsum", include_bytes!(env!("DUALITY_USER_OBJSUM"))),
-    ("objfill", include_bytes!(env!("DUALITY_USER_OBJFILL"))),
-    (
-        "nameserver",
-        include_bytes!(env!("DUALITY_USER_NAMESERVER")),
-    ),
-    ("ipcbench", include_bytes!(env!("DUALITY_USER_IPCBENCH"))),
-];
+/// (name, ELF image) of every built-in user program: guest-kernel's
+/// `[[bin]]` targets, tabled by build.rs.
+pub const PROGRAMS: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/programs.rs"));
 
 pub fn program_names() -> String {
     PROGRAMS
