@@ -218,3 +218,32 @@ fn mach_ipc_round_trips_between_two_tasks() {
         out.stdout
     );
 }
+
+#[test]
+fn mach_ipc_semantics_in_the_guest() {
+    if !kvm_available("mach_ipc_semantics_in_the_guest") {
+        return;
+    }
+    // ipctest runs each sub-test in the guest and prints its verdict:
+    // timeouts, backlog, short buffers, malicious messages, dead names,
+    // killing a blocked task, shared-memory threads, exception handling.
+    let out = vmm(&["run", "--init", "ipctest", "all"], &[]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for name in [
+        "receive-timeout",
+        "backlog",
+        "too-small",
+        "malicious",
+        "dead-name",
+        "kill-blocked",
+        "thread",
+        "exception",
+    ] {
+        assert!(
+            out.line(&format!("ipctest: {name} ok")).is_some(),
+            "sub-test {name} did not pass:\n{all}"
+        );
+    }
+    assert!(out.line("ipctest: 0 failed").is_some(), "{all}");
+    assert_eq!(out.status, Some(0), "{all}");
+}

@@ -1,0 +1,440 @@
+//! `ipctest [NAME...]`: in-guest tests of Mach IPC, run by tests/ipc.rs.
+//! Each sub-test prints `ipctest: NAME ok` or `ipctest: NAME FAILED: why`;
+//! the exit status is the number that failed. No names: all of them.
+//!
+//! Sub-tests that need a second task start a copy of this program with a
+//! `child-*` role; it finds us through the bootstrap port it inherits.
+#![no_std]
+#![no_main]
+
+mod rt;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use libmach::abi::{self, ExceptionInfo, Name};
+use libmach::message::{Builder, Item, Message, MsgBuf};
+use libmach::traps::{self, MsgError};
+
+const HELLO: i32 = 100;
+const DIE: i32 = 101;
+const PING: i32 = 200;
+const T: Option<u32> = Some(5_000);
+
+static mut BUF: MsgBuf<2048> = MsgBuf([0; 2048]);
+
+fn buf() -> &'static mut [u8] {
+    // SAFETY: only the main thread of each task uses it, never reentrantly.
+    unsafe { &mut (*(&raw mut BUF)).0 }
+}
+
+type R = Result<(), &'static str>;
+
+fn kern<T>(r: Result<T, traps::KernError>) -> Result<T, &'static str> {
+    r.map_err(|e| e.name())
+}
+fn msg<T>(r: Result<T, MsgError>) -> Result<T, &'static str> {
+    r.map_err(|e| e.name())
+}
+fn expect_err<T>(r: Result<T, MsgError>, want: u32, what: &'static str) -> R {
+    match r {
+        Err(MsgError(c)) if c == want => Ok(()),
+        Err(_) => Err(what),
+        Ok(_) => Err(what),
+    }
+}
+
+/// A port whose name also carries a send right (made by a message to
+/// ourselves, the only way a task makes a send right for its own port).
+fn port_with_send() -> Result<Name, &'static str> {
+    let p = kern(traps::port_allocate())?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(p, abi::MAKE_SEND)
+        .id(0)
+        .ports(&[p], abi::MAKE_SEND)
+        .finish()
+        .map_err(|e| e.name())?;
+    msg(traps::msg_send(&b[..n], Some(0)))?;
+    msg(traps::msg_receive(b, p, Some(0)))?;
+    Ok(p)
+}
+
+fn send_simple(dest: Name, id: i32, body: &[u8], timeout: Option<u32>) -> Result<(), MsgError> {
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(dest, abi::COPY_SEND)
+        .id(id)
+        .inline(body)
+        .finish()
+        .map_err(|_| MsgError(abi::SEND_INVALID_DATA))?;
+    traps::msg_send(&b[..n], timeout)
+}
+
+fn first_port(m: &Message<'_>) -> Option<Name> {
+    m.items().find_map(|i| match i {
+        Item::Ports { names, .. } => names.get(0),
+        _ => None,
+    })
+}
+
+/// A receive on an empty port with a timeout ends in RCV_TIMED_OUT.
+fn receive_timeout() -> R {
+    let p = kern(traps::port_allocate())?;
+    expect_err(
+        traps::msg_receive(buf(), p, Some(30)),
+        abi::RCV_TIMED_OUT,
+        "receive on an empty port did not time out",
+    )?;
+    kern(traps::port_deallocate(p))
+}
+
+/// A full queue blocks the sender; with a timeout it gets SEND_TIMED_OUT,
+/// and once the receiver takes a message there is room again.
+fn backlog() -> R {
+    let p = port_with_send()?;
+    kern(traps::port_set_backlog(p, 1))?;
+    msg(send_simple(p, PING, b"one", Some(0)))?;
+    expect_err(
+        send_simple(p, PING, b"two", Some(20)),
+        abi::SEND_TIMED_OUT,
+        "a send to a full port did not time out",
+    )?;
+    if kern(traps::port_status(p))?.num_msgs != 1 {
+        return Err("the timed-out message was queued");
+    }
+    msg(traps::msg_receive(buf(), p, Some(0)))?;
+    msg(send_simple(p, PING, b"three", Some(0)))?;
+    let n = msg(traps::msg_receive(buf(), p, Some(0)))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.items().next() != Some(Item::Inline(b"three")) {
+        return Err("wrong message after the queue drained");
+    }
+    kern(traps::port_deallocate(p))
+}
+
+/// A buffer too small gets RCV_TOO_LARGE: with RCV_LARGE the message stays
+/// queued and the header says the size needed; without it the message is
+/// destroyed (Mach 3 semantics, docs/mach-ipc.md §3).
+fn too_small() -> R {
+    let p = port_with_send()?;
+    let body = [0x5au8; 512];
+    msg(send_simple(p, PING, &body, Some(0)))?;
+    let mut small = [0u8; 64];
+    // SAFETY: receive only.
+    let r = unsafe {
+        traps::mach_msg(
+            &mut small,
+            abi::RCV_MSG | abi::RCV_LARGE | abi::RCV_TIMEOUT,
+            0,
+            p,
+            0,
+        )
+    };
+    expect_err(r, abi::RCV_TOO_LARGE, "RCV_LARGE into a short buffer")?;
+    let needed = abi::Header::from_bytes(&small).map_or(0, |h| h.size as usize);
+    if needed <= small.len() || needed > buf().len() {
+        return Err("RCV_TOO_LARGE did not report the size needed");
+    }
+    let n = msg(traps::msg_receive(buf(), p, Some(0)))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if n != needed || m.items().next() != Some(Item::Inline(&body)) {
+        return Err("the message kept was not the one sent");
+    }
+    msg(send_simple(p, PING, &body, Some(0)))?;
+    expect_err(
+        traps::msg_receive(&mut small, p, Some(0)),
+        abi::RCV_TOO_LARGE,
+        "a short buffer did not get RCV_TOO_LARGE",
+    )?;
+    if kern(traps::port_status(p))?.num_msgs != 0 {
+        return Err("without RCV_LARGE the message was not destroyed");
+    }
+    kern(traps::port_deallocate(p))
+}
+
+/// Messages that lie or name what the sender does not hold are refused,
+/// and IPC still works afterwards.
+fn malicious() -> R {
+    // A name that was never allocated.
+    expect_err(
+        send_simple(0x0077_7700, PING, b"x", Some(0)),
+        abi::SEND_INVALID_DEST,
+        "send to a bogus name",
+    )?;
+    let p = port_with_send()?;
+    let q = kern(traps::port_allocate())?;
+    kern(traps::port_deallocate(q))?;
+    // Moving a receive right we no longer hold.
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(p, abi::COPY_SEND)
+        .id(PING)
+        .ports(&[q], abi::MOVE_RECEIVE)
+        .finish()
+        .map_err(|e| e.name())?;
+    if traps::msg_send(&b[..n], Some(0)).is_ok() {
+        return Err("moved a receive right it does not hold");
+    }
+    // A header whose size runs past what was handed to the kernel.
+    let n = Builder::new(b)
+        .dest(p, abi::COPY_SEND)
+        .id(PING)
+        .inline(&[1; 64])
+        .finish()
+        .map_err(|e| e.name())?;
+    b[4..8].copy_from_slice(&((n + 512) as u32).to_le_bytes());
+    // SAFETY: no out-of-line items.
+    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
+        return Err("a header size past the message was accepted");
+    }
+    // An item whose length runs past the message end.
+    let n = Builder::new(b)
+        .dest(p, abi::COPY_SEND)
+        .id(PING)
+        .inline(&[2; 16])
+        .finish()
+        .map_err(|e| e.name())?;
+    let item_len_at = abi::HEADER_SIZE + 4;
+    b[item_len_at..item_len_at + 4].copy_from_slice(&4000u32.to_le_bytes());
+    // SAFETY: no out-of-line items.
+    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
+        return Err("an item past the message end was accepted");
+    }
+    // An item of a kind that does not exist.
+    let n = Builder::new(b)
+        .dest(p, abi::COPY_SEND)
+        .id(PING)
+        .inline(&[3; 8])
+        .finish()
+        .map_err(|e| e.name())?;
+    b[abi::HEADER_SIZE] = 0x7f;
+    // SAFETY: no out-of-line items.
+    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
+        return Err("an item of an unknown kind was accepted");
+    }
+    if kern(traps::port_status(p))?.num_msgs != 0 {
+        return Err("a refused message was queued");
+    }
+    // And the port still works.
+    msg(send_simple(p, PING, b"ok", Some(0)))?;
+    msg(traps::msg_receive(buf(), p, Some(0)))?;
+    kern(traps::port_deallocate(p))
+}
+
+/// Starts `ipctest ROLE` with our rendezvous port as its bootstrap port and
+/// waits for its hello carrying a send right to its port.
+fn start_child(role: &[u8]) -> Result<(Name, Name), &'static str> {
+    let rendezvous = port_with_send()?;
+    let me = kern(traps::task_self())?;
+    kern(traps::task_set_bootstrap_port(me, rendezvous))?;
+    let task = kern(traps::task_create(b"ipctest", role))?;
+    let n = msg(traps::msg_receive(buf(), rendezvous, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != HELLO {
+        return Err("child's first message is not hello");
+    }
+    let port = first_port(&m).ok_or("hello without a port")?;
+    kern(traps::port_deallocate(rendezvous))?;
+    Ok((task, port))
+}
+
+/// When the task holding a receive right dies, a sender that asked is
+/// told (dead-name notification) and its send right is a dead name.
+fn dead_name() -> R {
+    let (_task, port) = start_child(b"child-exit")?;
+    let notify = kern(traps::port_allocate())?;
+    kern(traps::port_request_dead_name(port, notify))?;
+    msg(send_simple(port, DIE, b"", T))?;
+    let n = msg(traps::msg_receive(buf(), notify, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != abi::NOTIFY_DEAD_NAME {
+        return Err("the notification is not NOTIFY_DEAD_NAME");
+    }
+    if send_simple(port, PING, b"", Some(0)).is_ok() {
+        return Err("a send to a dead name succeeded");
+    }
+    let _ = traps::port_deallocate(port);
+    kern(traps::port_deallocate(notify))
+}
+
+/// A task blocked in receive is terminated by another; its port dies
+/// (seen by dead-name notification) and the killer carries on.
+fn kill_blocked() -> R {
+    let (task, port) = start_child(b"child-block")?;
+    let notify = kern(traps::port_allocate())?;
+    kern(traps::port_request_dead_name(port, notify))?;
+    kern(traps::task_terminate(task))?;
+    let n = msg(traps::msg_receive(buf(), notify, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != abi::NOTIFY_DEAD_NAME {
+        return Err("no dead-name notification for the killed task's port");
+    }
+    let _ = traps::port_deallocate(port);
+    let _ = traps::port_deallocate(task);
+    kern(traps::port_deallocate(notify))
+}
+
+static SHARED: AtomicU64 = AtomicU64::new(0);
+static mut STACK: [u64; 2048] = [0; 2048];
+
+extern "C" fn writer(arg: u64) -> ! {
+    SHARED.store(arg, Ordering::SeqCst);
+    if let Ok(me) = traps::thread_self() {
+        let _ = traps::thread_terminate(me);
+    }
+    rt::exit(3)
+}
+
+/// A thread created in our task shares its memory: it writes, we read.
+fn thread_shares_memory() -> R {
+    let me = kern(traps::task_self())?;
+    let top = (&raw mut STACK) as u64 + core::mem::size_of::<[u64; 2048]>() as u64 - 8;
+    // SAFETY: `writer` runs on STACK, which nothing else uses.
+    let t = kern(unsafe { traps::thread_create(me, writer as usize as u64, top, 0xfeed) })?;
+    let idle = kern(traps::port_allocate())?;
+    for _ in 0..500 {
+        if SHARED.load(Ordering::SeqCst) == 0xfeed {
+            let _ = traps::port_deallocate(t);
+            return kern(traps::port_deallocate(idle));
+        }
+        // Sleep 2 ms: lets the other thread run.
+        let _ = traps::msg_receive(buf(), idle, Some(2));
+    }
+    Err("the new thread's write was never seen")
+}
+
+static mut STACK2: [u64; 2048] = [0; 2048];
+static FIXED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn faulter(_: u64) -> ! {
+    // SAFETY: a deliberate #UD for the handler to step over (ud2 is 2 bytes).
+    unsafe { core::arch::asm!("ud2") };
+    FIXED.store(1, Ordering::SeqCst);
+    if let Ok(me) = traps::thread_self() {
+        let _ = traps::thread_terminate(me);
+    }
+    rt::exit(4)
+}
+
+/// A thread's fault arrives as an exception message; the handler moves its
+/// RIP past the bad instruction, replies, and the thread carries on.
+fn exception_handler() -> R {
+    let me = kern(traps::task_self())?;
+    let exc = port_with_send()?;
+    let top = (&raw mut STACK2) as u64 + core::mem::size_of::<[u64; 2048]>() as u64 - 8;
+    // SAFETY: `faulter` runs on STACK2, which nothing else uses.
+    // The task's port, set before the thread exists: it may run (and
+    // fault) before thread_create returns to us.
+    kern(traps::task_set_exception_port(me, exc))?;
+    let t = kern(unsafe { traps::thread_create(me, faulter as usize as u64, top, 0) })?;
+    let n = msg(traps::msg_receive(buf(), exc, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != abi::EXCEPTION_RAISE {
+        return Err("not an EXCEPTION_RAISE message");
+    }
+    let thread = first_port(&m).ok_or("no thread port in the exception")?;
+    let info = m
+        .items()
+        .find_map(|i| match i {
+            Item::Inline(d) if d.len() == core::mem::size_of::<ExceptionInfo>() => Some(d),
+            _ => None,
+        })
+        .ok_or("no ExceptionInfo")?;
+    let vector = u64::from_le_bytes(info[..8].try_into().map_err(|_| "short info")?);
+    if vector != 6 {
+        return Err("exception vector is not #UD");
+    }
+    let reply = m.header().remote;
+    let mut st = kern(traps::thread_get_state(thread))?;
+    st.rip += 2;
+    // SAFETY: RIP moves to the instruction after ud2 in `faulter`.
+    kern(unsafe { traps::thread_set_state(thread, &st) })?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(reply, abi::MOVE_SEND_ONCE)
+        .id(abi::EXCEPTION_REPLY)
+        .inline(&0i32.to_le_bytes())
+        .finish()
+        .map_err(|e| e.name())?;
+    msg(traps::msg_send(&b[..n], T))?;
+    kern(traps::task_set_exception_port(me, abi::PORT_NULL))?;
+    let idle = kern(traps::port_allocate())?;
+    for _ in 0..500 {
+        if FIXED.load(Ordering::SeqCst) == 1 {
+            let _ = traps::port_deallocate(thread);
+            let _ = traps::port_deallocate(t);
+            return kern(traps::port_deallocate(idle));
+        }
+        let _ = traps::msg_receive(buf(), idle, Some(2));
+    }
+    Err("the resumed thread did not continue past the fault")
+}
+
+/// The child roles: say hello with a fresh port, then wait (`child-exit`
+/// exits on DIE; `child-block` blocks until it is killed).
+fn child(role: &[u8]) -> i32 {
+    let run = || -> R {
+        let me = kern(traps::task_self())?;
+        let boot = kern(traps::task_get_bootstrap_port(me))?;
+        let p = kern(traps::port_allocate())?;
+        let b = buf();
+        let n = Builder::new(b)
+            .dest(boot, abi::COPY_SEND)
+            .id(HELLO)
+            .ports(&[p], abi::MAKE_SEND)
+            .finish()
+            .map_err(|e| e.name())?;
+        msg(traps::msg_send(&b[..n], T))?;
+        let timeout = if role == b"child-block" { None } else { T };
+        msg(traps::msg_receive(buf(), p, timeout)).map(|_| ())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            println!("ipctest child: {e}");
+            1
+        }
+    }
+}
+
+const TESTS: &[(&str, fn() -> R)] = &[
+    ("receive-timeout", receive_timeout),
+    ("backlog", backlog),
+    ("too-small", too_small),
+    ("malicious", malicious),
+    ("dead-name", dead_name),
+    ("kill-blocked", kill_blocked),
+    ("thread", thread_shares_memory),
+    ("exception", exception_handler),
+];
+
+fn main(args: &[u8]) -> i32 {
+    let mut words = rt::words(args).peekable();
+    if let Some(role) = words.peek().copied()
+        && role.starts_with(b"child-")
+    {
+        return child(role);
+    }
+    let wanted: [&[u8]; 16] = {
+        let mut w: [&[u8]; 16] = [b""; 16];
+        for (slot, word) in w.iter_mut().zip(words) {
+            *slot = word;
+        }
+        w
+    };
+    let all = wanted[0].is_empty() || wanted[0] == b"all";
+    let mut failed = 0;
+    for (name, test) in TESTS {
+        if !all && !wanted.contains(&name.as_bytes()) {
+            continue;
+        }
+        match test() {
+            Ok(()) => println!("ipctest: {name} ok"),
+            Err(why) => {
+                println!("ipctest: {name} FAILED: {why}");
+                failed += 1;
+            }
+        }
+    }
+    println!("ipctest: {failed} failed");
+    failed
+}
