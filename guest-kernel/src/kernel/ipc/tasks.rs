@@ -91,6 +91,8 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
                 crate::kern::scheduler::SpawnError::NoSuchProgram => KERN_INVALID_ARGUMENT,
                 _ => KERN_RESOURCE_SHORTAGE,
             })?;
+            // Bootstrap inheritance used the parent link; nothing else may.
+            k.detach(id);
             let p = k.task(id).and_then(|t| t.port);
             put_name(k, s, f.rdi, p)
         }

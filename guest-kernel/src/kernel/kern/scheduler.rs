@@ -682,6 +682,15 @@ impl Kernel {
         self.exit_current(KILLED_BASE + vector as i64);
     }
 
+    /// Nobody will task_wait for `id` (a Mach task_create child: its death
+    /// is seen through its port), so its record goes as soon as it ends
+    /// instead of lingering for a parent's wait that never comes.
+    pub fn detach(&mut self, id: TaskId) {
+        if let Some(t) = self.tasks.get_mut(&id) {
+            t.parent = None;
+        }
+    }
+
     /// task_wait: `Some(status)` now, or `None` after blocking the caller.
     pub fn wait(&mut self, target: TaskId) -> Result<Option<i64>, i64> {
         let (me, _) = self.current_task().ok_or(ERR_NO_SUCH_TASK)?;
