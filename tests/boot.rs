@@ -226,7 +226,9 @@ fn mach_ipc_semantics_in_the_guest() {
     }
     // ipctest runs each sub-test in the guest and prints its verdict:
     // timeouts, backlog, short buffers, malicious messages, dead names,
-    // killing a blocked task, shared-memory threads, exception handling.
+    // killing a blocked task, shared-memory threads, exception handling, and exhaustion of ports,
+    // queued messages, threads and tasks ending in errors, with a normal
+    // exchange afterwards.
     let out = vmm(&["run", "--init", "ipctest", "all"], &[]);
     let all = format!("{}{}", out.stdout, out.stderr);
     for name in [
@@ -238,6 +240,7 @@ fn mach_ipc_semantics_in_the_guest() {
         "kill-blocked",
         "thread",
         "exception",
+        "exhaustion",
     ] {
         assert!(
             out.line(&format!("ipctest: {name} ok")).is_some(),

@@ -369,6 +369,145 @@ fn exception_handler() -> R {
     Err("the resumed thread did not continue past the fault")
 }
 
+const MAX_THREADS: usize = 80;
+static mut NAMES: [Name; 4096] = [0; 4096];
+static mut STACKS: [[u64; 256]; MAX_THREADS] = [[0; 256]; MAX_THREADS];
+
+extern "C" fn blocker(port: u64) -> ! {
+    // Blocks until terminated: nobody sends to this port.
+    let mut b = [0u8; 64];
+    let _ = traps::msg_receive(&mut b, port as Name, None);
+    rt::exit(5)
+}
+
+/// Each kernel resource a task can make the kernel allocate runs out with
+/// an error (never a kill or a panic), and works again once released.
+fn exhaustion() -> R {
+    // Port names.
+    // SAFETY: only this function uses NAMES.
+    let names = unsafe { &mut *(&raw mut NAMES) };
+    let mut ports = 0usize;
+    let last = loop {
+        if ports == names.len() {
+            return Err("port_allocate never refused");
+        }
+        match traps::port_allocate() {
+            Ok(p) => {
+                names[ports] = p;
+                ports += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    if last.0 != abi::KERN_NO_SPACE && last.0 != abi::KERN_RESOURCE_SHORTAGE {
+        return Err("port exhaustion gave an unexpected error");
+    }
+    for n in &names[..ports] {
+        kern(traps::port_deallocate(*n))?;
+    }
+    let p = port_with_send().map_err(|_| "no port after releasing them")?;
+
+    // Queued messages: five ports of backlog 64 hold more than a task may
+    // have queued, so the per-task bound is what refuses.
+    let mut qs = [0 as Name; 5];
+    for q in qs.iter_mut() {
+        *q = port_with_send()?;
+        kern(traps::port_set_backlog(*q, 64))?;
+    }
+    let mut queued = 0u32;
+    let err = loop {
+        match send_simple(qs[queued as usize % qs.len()], PING, b"fill", Some(0)) {
+            Ok(()) => {
+                queued += 1;
+                if queued > 320 {
+                    return Err("the queues never filled");
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    if err.0 != abi::SEND_NO_BUFFER {
+        return Err("queueing past the per-task bound was not SEND_NO_BUFFER");
+    }
+    for i in 0..queued {
+        msg(traps::msg_receive(
+            buf(),
+            qs[i as usize % qs.len()],
+            Some(0),
+        ))?;
+    }
+    msg(send_simple(p, PING, b"after", Some(0))).map_err(|_| "no send after draining")?;
+    msg(traps::msg_receive(buf(), p, Some(0)))?;
+    for q in qs {
+        kern(traps::port_deallocate(q))?;
+    }
+
+    // Threads.
+    let me = kern(traps::task_self())?;
+    let mut threads = [0 as Name; MAX_THREADS];
+    let mut made = 0;
+    let err = loop {
+        if made == MAX_THREADS {
+            return Err("thread_create never refused");
+        }
+        let top = (&raw mut STACKS) as u64 + ((made + 1) * 256 * 8) as u64 - 8;
+        // SAFETY: each thread has its own slice of STACKS.
+        match unsafe { traps::thread_create(me, blocker as usize as u64, top, u64::from(p)) } {
+            Ok(t) => {
+                threads[made] = t;
+                made += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    if err.0 != abi::KERN_RESOURCE_SHORTAGE && err.0 != abi::KERN_NO_SPACE {
+        return Err("thread exhaustion gave an unexpected error");
+    }
+    for t in &threads[..made] {
+        kern(traps::thread_terminate(*t))?;
+        let _ = traps::port_deallocate(*t);
+    }
+    let thread_count = made;
+
+    // Tasks: children that block in their hello (backlog 1 on a port we
+    // never read) until we kill them.
+    let rendezvous = port_with_send()?;
+    kern(traps::port_set_backlog(rendezvous, 1))?;
+    kern(traps::task_set_bootstrap_port(me, rendezvous))?;
+    let mut tasks = [0 as Name; 128];
+    let mut made = 0;
+    let err = loop {
+        if made == tasks.len() {
+            return Err("task_create never refused");
+        }
+        match traps::task_create(b"ipctest", b"child-block") {
+            Ok(t) => {
+                tasks[made] = t;
+                made += 1;
+            }
+            Err(e) => break e,
+        }
+    };
+    if err.0 != abi::KERN_RESOURCE_SHORTAGE && err.0 != abi::KERN_NO_SPACE {
+        return Err("task exhaustion gave an unexpected error");
+    }
+    for t in &tasks[..made] {
+        kern(traps::task_terminate(*t))?;
+        let _ = traps::port_deallocate(*t);
+    }
+    kern(traps::port_deallocate(rendezvous))?;
+    kern(traps::port_deallocate(p))?;
+    println!(
+        "ipctest: exhaustion: {ports} ports, {queued} messages, {thread_count} threads, {made} tasks before refusal"
+    );
+    // A normal two-task exchange works afterwards.
+    let (task, port) = start_child(b"child-exit")?;
+    msg(send_simple(port, DIE, b"", T))?;
+    let _ = traps::port_deallocate(port);
+    let _ = traps::port_deallocate(task);
+    Ok(())
+}
+
 /// The child roles: say hello with a fresh port, then wait (`child-exit`
 /// exits on DIE; `child-block` blocks until it is killed).
 fn child(role: &[u8]) -> i32 {
@@ -405,6 +544,7 @@ const TESTS: &[(&str, fn() -> R)] = &[
     ("kill-blocked", kill_blocked),
     ("thread", thread_shares_memory),
     ("exception", exception_handler),
+    ("exhaustion", exhaustion),
 ];
 
 fn main(args: &[u8]) -> i32 {
