@@ -21,6 +21,9 @@ const T: Option<u32> = Some(5_000);
 
 static mut BUF: MsgBuf<2048> = MsgBuf([0; 2048]);
 
+// `&raw mut` then a deref, not `&mut BUF`: a reference to a `static mut`
+// is refused by the 2024 edition.
+#[allow(clippy::deref_addrof)]
 fn buf() -> &'static mut [u8] {
     // SAFETY: only the main thread of each task uses it, never reentrantly.
     unsafe { &mut (*(&raw mut BUF)).0 }
@@ -289,7 +292,7 @@ fn thread_shares_memory() -> R {
     let me = kern(traps::task_self())?;
     let top = (&raw mut STACK) as u64 + core::mem::size_of::<[u64; 2048]>() as u64 - 8;
     // SAFETY: `writer` runs on STACK, which nothing else uses.
-    let t = kern(unsafe { traps::thread_create(me, writer as usize as u64, top, 0xfeed) })?;
+    let t = kern(unsafe { traps::thread_create(me, writer as *const () as u64, top, 0xfeed) })?;
     let idle = kern(traps::port_allocate())?;
     for _ in 0..500 {
         if SHARED.load(Ordering::SeqCst) == 0xfeed {
@@ -325,7 +328,7 @@ fn exception_handler() -> R {
     // The task's port, set before the thread exists: it may run (and
     // fault) before thread_create returns to us.
     kern(traps::task_set_exception_port(me, exc))?;
-    let t = kern(unsafe { traps::thread_create(me, faulter as usize as u64, top, 0) })?;
+    let t = kern(unsafe { traps::thread_create(me, faulter as *const () as u64, top, 0) })?;
     let n = msg(traps::msg_receive(buf(), exc, T))?;
     let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
     if m.id() != abi::EXCEPTION_RAISE {
@@ -385,6 +388,7 @@ extern "C" fn blocker(port: u64) -> ! {
 fn exhaustion() -> R {
     // Port names.
     // SAFETY: only this function uses NAMES.
+    #[allow(clippy::deref_addrof)] // as in `buf`
     let names = unsafe { &mut *(&raw mut NAMES) };
     let mut ports = 0usize;
     let last = loop {
@@ -452,7 +456,7 @@ fn exhaustion() -> R {
         }
         let top = (&raw mut STACKS) as u64 + ((made + 1) * 256 * 8) as u64 - 8;
         // SAFETY: each thread has its own slice of STACKS.
-        match unsafe { traps::thread_create(me, blocker as usize as u64, top, u64::from(p)) } {
+        match unsafe { traps::thread_create(me, blocker as *const () as u64, top, u64::from(p)) } {
             Ok(t) => {
                 threads[made] = t;
                 made += 1;
@@ -535,7 +539,9 @@ fn child(role: &[u8]) -> i32 {
     }
 }
 
-const TESTS: &[(&str, fn() -> R)] = &[
+type Test = (&'static str, fn() -> R);
+
+const TESTS: &[Test] = &[
     ("receive-timeout", receive_timeout),
     ("backlog", backlog),
     ("too-small", too_small),

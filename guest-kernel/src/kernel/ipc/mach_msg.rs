@@ -97,7 +97,7 @@ fn send(
     if size > MSG_SIZE_MAX {
         return Err(Some(SEND_TOO_LARGE));
     }
-    if (size as usize) < HEADER_SIZE || size % 8 != 0 {
+    if (size as usize) < HEADER_SIZE || !size.is_multiple_of(8) {
         return Err(Some(SEND_MSG_TOO_SMALL));
     }
     let mut copy = Buf::new(size as usize).ok_or(Some(SEND_NO_BUFFER))?;
