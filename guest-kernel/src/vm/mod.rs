@@ -3,5 +3,6 @@
 
 pub mod frame;
 pub mod map;
+pub mod page;
 pub mod pmap;
 pub mod types;
