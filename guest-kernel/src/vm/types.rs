@@ -16,7 +16,7 @@ impl ObjectOffset {
         self.0
     }
     pub const fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
     pub const fn page_down(self) -> ObjectOffset {
         ObjectOffset(self.0 & !(PAGE_SIZE - 1))
