@@ -12,6 +12,7 @@ mod rt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use libmach::abi::{self, ExceptionInfo, Name};
 use libmach::message::{Builder, Item, Message, MsgBuf};
+use libmach::name_server::name_server;
 use libmach::traps::{self, MsgError};
 
 const HELLO: i32 = 100;
@@ -512,6 +513,145 @@ fn exhaustion() -> R {
     Ok(())
 }
 
+fn rpc<T>(r: Result<T, libmach::rpc::RpcError>) -> Result<T, &'static str> {
+    r.map_err(|e| e.name())
+}
+
+/// Sleeps `ms` (a receive that times out on a port nobody sends to).
+fn sleep(idle: Name, ms: u32) {
+    let mut b = [0u8; 64];
+    let _ = traps::msg_receive(&mut b, idle, Some(ms));
+}
+
+/// Looks `name` up, retrying while it is not checked in yet.
+fn look_up_retry(
+    ns: &mut name_server::Client<libmach::rpc::Kernel>,
+    idle: Name,
+    name: &[u8],
+) -> Result<Name, &'static str> {
+    for _ in 0..1000 {
+        match ns.look_up(name) {
+            Ok(p) => return Ok(p),
+            Err(libmach::rpc::RpcError::Kern(e)) if e.0 == abi::KERN_INVALID_NAME => sleep(idle, 5),
+            Err(e) => return Err(e.name()),
+        }
+    }
+    Err("never checked in")
+}
+
+/// The name server in use: it starts an echo server and three clients;
+/// the server checks its port in, each client looks it up, makes round
+/// trips through it and checks in its own task port as "ok-N". We find
+/// the name server through its task's bootstrap port (it sets that to
+/// itself), see every "ok-N" and kill what it started.
+fn name_server_in_use() -> R {
+    let me = kern(traps::task_self())?;
+    let idle = kern(traps::port_allocate())?;
+    let ns_task = kern(traps::task_create(
+        b"nameserver",
+        b"ipctest:ns-server ipctest:ns-client1 ipctest:ns-client2 ipctest:ns-client3",
+    ))?;
+    let mine = traps::task_get_bootstrap_port(me).unwrap_or(abi::PORT_NULL);
+    let mut port = abi::PORT_NULL;
+    for _ in 0..1000 {
+        match traps::task_get_bootstrap_port(ns_task) {
+            Ok(p) if p != abi::PORT_NULL && p != mine => {
+                port = p;
+                break;
+            }
+            _ => sleep(idle, 5),
+        }
+    }
+    if port == abi::PORT_NULL {
+        return Err("the name server never published its port");
+    }
+    let mut ns = name_server::Client::new(port, libmach::rpc::Kernel::new());
+    let mut tasks = [abi::PORT_NULL; 4];
+    for (i, name) in [&b"ok-1"[..], b"ok-2", b"ok-3", b"echo-task"]
+        .iter()
+        .enumerate()
+    {
+        tasks[i] = look_up_retry(&mut ns, idle, name)?;
+    }
+    // And we can use the service too.
+    let echo = look_up_retry(&mut ns, idle, b"echo")?;
+    echo_round_trips(echo, 3)?;
+    for t in tasks {
+        kern(traps::task_terminate(t))?;
+    }
+    kern(traps::task_terminate(ns_task))?;
+    let _ = traps::port_deallocate(idle);
+    Ok(())
+}
+
+/// `n` msg_rpc round trips to an echo service; each reply must echo.
+fn echo_round_trips(echo: Name, n: u32) -> R {
+    let reply = kern(traps::port_allocate())?;
+    for i in 0..n {
+        let body = i.to_le_bytes();
+        let b = buf();
+        let len = Builder::new(b)
+            .dest(echo, abi::COPY_SEND)
+            .reply(reply, abi::MAKE_SEND_ONCE)
+            .id(PING)
+            .inline(&body)
+            .finish()
+            .map_err(|e| e.name())?;
+        let got = msg(traps::msg_rpc(b, len, reply, T))?;
+        let m = Message::parse(&b[..got]).map_err(|e| e.name())?;
+        if m.id() != PING + 1 || m.items().next() != Some(Item::Inline(&body)) {
+            return Err("the echo did not echo");
+        }
+    }
+    kern(traps::port_deallocate(reply))
+}
+
+/// Under the name server: check in an echo service and serve it.
+fn ns_server() -> R {
+    let mut ns = rpc(libmach::name_server::bootstrap().map_err(libmach::rpc::RpcError::Kern))?;
+    let me = kern(traps::task_self())?;
+    let p = port_with_send()?;
+    rpc(ns.check_in(b"echo", p))?;
+    rpc(ns.check_in(b"echo-task", me))?;
+    loop {
+        let b = buf();
+        let n = msg(traps::msg_receive(b, p, None))?;
+        let (reply, body) = {
+            let m = Message::parse(&b[..n]).map_err(|e| e.name())?;
+            let mut body = [0u8; 64];
+            let len = match m.items().next() {
+                Some(Item::Inline(d)) if d.len() <= body.len() => {
+                    body[..d.len()].copy_from_slice(d);
+                    d.len()
+                }
+                _ => 0,
+            };
+            (m.header().remote, (body, len))
+        };
+        let len = Builder::new(b)
+            .dest(reply, abi::MOVE_SEND_ONCE)
+            .id(PING + 1)
+            .inline(&body.0[..body.1])
+            .finish()
+            .map_err(|e| e.name())?;
+        let _ = traps::msg_send(&b[..len], Some(0));
+    }
+}
+
+/// Under the name server: find the echo service, use it, report.
+fn ns_client(role: &[u8]) -> R {
+    let mut ns = rpc(libmach::name_server::bootstrap().map_err(libmach::rpc::RpcError::Kern))?;
+    let idle = kern(traps::port_allocate())?;
+    let echo = look_up_retry(&mut ns, idle, b"echo")?;
+    echo_round_trips(echo, 10)?;
+    let mut name = *b"ok-0";
+    name[3] = *role.last().unwrap_or(&b'0');
+    rpc(ns.check_in(&name, kern(traps::task_self())?))?;
+    // Stay alive (our task port is what we checked in) until killed.
+    let _ = traps::msg_receive(buf(), idle, None);
+    Ok(())
+}
+
 /// The child roles: say hello with a fresh port, then wait (`child-exit`
 /// exits on DIE; `child-block` blocks until it is killed).
 fn child(role: &[u8]) -> i32 {
@@ -550,15 +690,29 @@ const TESTS: &[Test] = &[
     ("kill-blocked", kill_blocked),
     ("thread", thread_shares_memory),
     ("exception", exception_handler),
+    ("name-server", name_server_in_use),
     ("exhaustion", exhaustion),
 ];
 
 fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args).peekable();
-    if let Some(role) = words.peek().copied()
-        && role.starts_with(b"child-")
-    {
-        return child(role);
+    if let Some(role) = words.peek().copied() {
+        let r = if role.starts_with(b"child-") {
+            return child(role);
+        } else if role == b"ns-server" {
+            Some(ns_server())
+        } else if role.starts_with(b"ns-client") {
+            Some(ns_client(role))
+        } else {
+            None
+        };
+        if let Some(r) = r {
+            if let Err(e) = r {
+                println!("ipctest {}: {e}", rt::str(role));
+                return 1;
+            }
+            return 0;
+        }
     }
     let wanted: [&[u8]; 16] = {
         let mut w: [&[u8]; 16] = [b""; 16];
