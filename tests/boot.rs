@@ -226,7 +226,8 @@ fn mach_ipc_semantics_in_the_guest() {
     }
     // ipctest runs each sub-test in the guest and prints its verdict:
     // timeouts, backlog, short buffers, malicious messages, dead names,
-    // killing a blocked task, shared-memory threads, exception handling, three clients and a server
+    // killing a blocked task, shared-memory threads, exception handling, receive and
+    // send-once rights moved to another task, three clients and a server
     // finding each other through the name server, and exhaustion of ports,
     // queued messages, threads and tasks ending in errors, with a normal
     // exchange afterwards.
@@ -241,6 +242,7 @@ fn mach_ipc_semantics_in_the_guest() {
         "kill-blocked",
         "thread",
         "exception",
+        "rights",
         "name-server",
         "exhaustion",
     ] {

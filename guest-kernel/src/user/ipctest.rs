@@ -652,6 +652,83 @@ fn ns_client(role: &[u8]) -> R {
     Ok(())
 }
 
+/// Rights move between tasks: we move a receive right to a child and give
+/// it a send-once right to our reply port. Messages we then send with our
+/// send right arrive at the child; its answer comes back through the
+/// send-once right, which a second use cannot reach again.
+fn rights_move() -> R {
+    let (task, child_port) = start_child(b"child-rights")?;
+    let p = port_with_send()?;
+    let q = kern(traps::port_allocate())?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(child_port, abi::COPY_SEND)
+        .reply(q, abi::MAKE_SEND_ONCE)
+        .id(PING)
+        .ports(&[p], abi::MOVE_RECEIVE)
+        .finish()
+        .map_err(|e| e.name())?;
+    msg(traps::msg_send(&b[..n], T))?;
+    if kern(traps::port_status(p)).is_ok_and(|s| s.receiver != 0) {
+        return Err("we still hold the receive right we moved");
+    }
+    msg(send_simple(p, PING + 2, b"to the new holder", T))?;
+    let n = msg(traps::msg_receive(buf(), q, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != PING + 3 || m.items().next() != Some(Item::Inline(b"to the new holder")) {
+        return Err("the moved receive right did not get our message");
+    }
+    expect_err(
+        traps::msg_receive(buf(), q, Some(50)),
+        abi::RCV_TIMED_OUT,
+        "a send-once right was used twice",
+    )?;
+    kern(traps::task_terminate(task))?;
+    for name in [p, q, child_port, task] {
+        let _ = traps::port_deallocate(name);
+    }
+    Ok(())
+}
+
+/// `child-rights`: receives a receive right and a send-once right, waits
+/// for a message on the moved right, answers it through the send-once
+/// right, then tries that right again.
+fn child_rights(mine: Name) -> R {
+    let n = msg(traps::msg_receive(buf(), mine, T))?;
+    let (moved, once) = {
+        let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+        (
+            first_port(&m).ok_or("no right in the message")?,
+            m.header().remote,
+        )
+    };
+    let n = msg(traps::msg_receive(buf(), moved, T))?;
+    let mut body = [0u8; 64];
+    let len = {
+        let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+        match m.items().next() {
+            Some(Item::Inline(d)) if d.len() <= body.len() => {
+                body[..d.len()].copy_from_slice(d);
+                d.len()
+            }
+            _ => return Err("no body"),
+        }
+    };
+    for _ in 0..2 {
+        let b = buf();
+        let n = Builder::new(b)
+            .dest(once, abi::MOVE_SEND_ONCE)
+            .id(PING + 3)
+            .inline(&body[..len])
+            .finish()
+            .map_err(|e| e.name())?;
+        // The second send must fail: the right was consumed.
+        let _ = traps::msg_send(&b[..n], Some(0));
+    }
+    let _ = traps::msg_receive(buf(), moved, None);
+    Ok(())
+}
+
 /// The child roles: say hello with a fresh port, then wait (`child-exit`
 /// exits on DIE; `child-block` blocks until it is killed).
 fn child(role: &[u8]) -> i32 {
@@ -667,6 +744,9 @@ fn child(role: &[u8]) -> i32 {
             .finish()
             .map_err(|e| e.name())?;
         msg(traps::msg_send(&b[..n], T))?;
+        if role == b"child-rights" {
+            return child_rights(p);
+        }
         let timeout = if role == b"child-block" { None } else { T };
         msg(traps::msg_receive(buf(), p, timeout)).map(|_| ())
     };
@@ -690,6 +770,7 @@ const TESTS: &[Test] = &[
     ("kill-blocked", kill_blocked),
     ("thread", thread_shares_memory),
     ("exception", exception_handler),
+    ("rights", rights_move),
     ("name-server", name_server_in_use),
     ("exhaustion", exhaustion),
 ];
