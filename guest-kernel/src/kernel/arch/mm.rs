@@ -2,16 +2,16 @@
 //! kernel's own page tables (all RAM in the direct map, the image in the
 //! top 2 GiB).
 
+use super::kalloc::KernelHeap;
 use guest_kernel::addr::{
     DIRECT_MAP_BASE, KERNEL_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VirtAddr,
 };
 use guest_kernel::arch::paging::{self, NO_CACHE, NO_EXECUTE, TableMemory, WRITABLE};
 use guest_kernel::bootinfo::{BootInfo, PhysRead};
 use guest_kernel::vm::frame::FrameAllocator;
-use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: KernelHeap = KernelHeap::empty();
 
 /// Kernel heap (task and thread records, kernel stacks, queued messages):
 /// an eighth of RAM, between 4 MiB and 64 MiB.
@@ -118,7 +118,8 @@ pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
         .ok_or(MemError::NoHeap)?;
     // SAFETY: the range is fresh RAM no one else uses, mapped by the direct map.
     unsafe {
-        HEAP.lock()
+        HEAP.backing
+            .lock()
             .init(phys_to_virt(heap), (heap_pages * PAGE_SIZE) as usize)
     };
 

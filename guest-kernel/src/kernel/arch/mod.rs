@@ -9,6 +9,7 @@ pub mod entry;
 pub mod gdt;
 pub mod idt;
 pub mod ioapic;
+pub mod kalloc;
 pub mod lapic;
 pub mod mem;
 pub mod mm;
