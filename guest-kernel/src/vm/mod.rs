@@ -1,8 +1,11 @@
 //! Virtual-memory pure logic (paper §5): the physical frame allocator and the
 //! types the map, object, page and fault modules share.
 
+pub mod fault;
 pub mod frame;
 pub mod map;
+pub mod memory_object;
+pub mod object;
 pub mod page;
 pub mod pmap;
 pub mod types;

@@ -1,0 +1,319 @@
+//! The pager's side of the external memory interface (paper Table 3-6):
+//! what the kernel does with each message a pager sends on an object's
+//! pager request port. The kernel resolves the port to the [`ObjectId`];
+//! everything here trusts nothing else about the message: offsets and
+//! sizes are checked, frames beyond the object or for pages already
+//! present are given back, and nothing panics.
+//!
+//! Threads blocked on an object (a fault's `Wait` or `Unlock`) are woken by
+//! the kernel after any of these returns `woken: true`; they retry the
+//! fault, which sees the new page state.
+
+use alloc::vec::Vec;
+
+use crate::addr::{PAGE_SIZE, PhysAddr};
+use crate::vm::object::{ObjectAction, ObjectState, Objects};
+use crate::vm::page::{FrameSource, PageId};
+use crate::vm::pmap::PhysMaps;
+use crate::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
+
+/// What a pager reply did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// Pages whose state changed.
+    pub pages: usize,
+    /// Frames given back to the frame source (not needed).
+    pub discarded: usize,
+    /// Some fault may be waiting on this object: wake its waiters.
+    pub woken: bool,
+}
+
+/// The highest protection a page locked against `lock` may be mapped
+/// with. x86 cannot map a page without read access, so a read lock means
+/// no mapping at all.
+pub fn allowed_by_lock(lock: VmProt) -> VmProt {
+    let allowed = VmProt::ALL.without(lock);
+    if allowed.contains(VmProt::READ) {
+        allowed
+    } else {
+        VmProt::NONE
+    }
+}
+
+/// Checks (offset, size) and returns the end, page aligned.
+fn check_range(offset: ObjectOffset, size: u64) -> Result<u64, VmError> {
+    if !offset.is_page_aligned() || size % PAGE_SIZE != 0 {
+        return Err(VmError::InvalidArgument);
+    }
+    offset
+        .checked_add(size)
+        .map(|e| e.0)
+        .ok_or(VmError::InvalidArgument)
+}
+
+impl Objects {
+    fn pages_in(
+        &self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<Vec<PageId>, VmError> {
+        let end = check_range(offset, size)?;
+        self.get(object)?;
+        self.pages.object_pages(object, offset.0, end)
+    }
+
+    /// pager_data_provided: `data` holds one filled frame per page from
+    /// `offset`, ownership passing to the VM. Fills requested pages and
+    /// accepts unrequested ones (read-ahead); frames for pages already
+    /// present, beyond the object's end or over the page limit are given
+    /// back. On Err nothing was consumed (the caller still owns `data`).
+    pub fn data_provided(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        data: &[PhysAddr],
+        lock: VmProt,
+        precious: bool,
+        frames: &mut dyn FrameSource,
+    ) -> Result<Reply, VmError> {
+        let len = (data.len() as u64)
+            .checked_mul(PAGE_SIZE)
+            .ok_or(VmError::InvalidArgument)?;
+        check_range(offset, len)?;
+        if data.iter().any(|f| !f.is_aligned(PAGE_SIZE)) {
+            return Err(VmError::InvalidArgument);
+        }
+        let o = self.get(object)?;
+        let (size, gone) = (o.size(), o.state() == ObjectState::Terminating);
+        let mut r = Reply::default();
+        for (i, &frame) in data.iter().enumerate() {
+            let off = ObjectOffset(offset.0 + i as u64 * PAGE_SIZE);
+            let pid = if gone || off.0 >= size {
+                None
+            } else {
+                match self.pages.lookup(object, off) {
+                    // A placeholder (requested, or marked unavailable).
+                    Some(pid) if self.pages.get(pid).is_some_and(|p| p.absent) => Some(pid),
+                    Some(_) => None,
+                    None => self.pages.insert(object, off, None).ok(),
+                }
+            };
+            let Some(pid) = pid else {
+                frames.free_frame(frame);
+                r.discarded += 1;
+                continue;
+            };
+            if let Some(p) = self.pages.get_mut(pid) {
+                r.woken |= p.busy;
+                p.frame = Some(frame);
+                p.busy = false;
+                p.absent = false;
+                p.error = false;
+                p.dirty = false;
+                p.precious = precious;
+                p.lock = lock;
+                p.unlock_requested = VmProt::NONE;
+            }
+            self.pages.activate(pid);
+            r.pages += 1;
+        }
+        Ok(r)
+    }
+
+    /// pager_data_unavailable: no data exists for [offset, offset+size);
+    /// requested pages become zero-fill (the waiting faults fill them).
+    pub fn data_unavailable(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<Reply, VmError> {
+        let mut r = Reply::default();
+        for pid in self.pages_in(object, offset, size)? {
+            if let Some(p) = self.pages.get_mut(pid) {
+                if p.busy && p.absent && !p.cleaning {
+                    p.busy = false;
+                    r.pages += 1;
+                    r.woken = true;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// pager_data_error: the pager cannot supply [offset, offset+size);
+    /// requested pages fail and their faults get MemoryError.
+    pub fn data_error(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<Reply, VmError> {
+        let mut r = Reply::default();
+        for pid in self.pages_in(object, offset, size)? {
+            if let Some(p) = self.pages.get_mut(pid) {
+                if p.busy && p.absent && !p.cleaning {
+                    p.busy = false;
+                    p.error = true;
+                    r.pages += 1;
+                    r.woken = true;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// The pager is gone (its port died): outstanding requests fail and so
+    /// will later faults that need it.
+    pub fn pager_died(&mut self, object: ObjectId) -> Result<Reply, VmError> {
+        let size = self.get(object)?.size();
+        self.get_mut(object)?.pager_dead = true;
+        let mut r = self.data_error(object, ObjectOffset(0), size)?;
+        r.woken = true;
+        Ok(r)
+    }
+
+    /// pager_data_lock: from now on the pages in the range may not be used
+    /// for `lock` access; existing mappings are lowered at once. Access no
+    /// longer locked satisfies pending unlock requests (their faults are
+    /// woken and retry).
+    pub fn data_lock(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+        lock: VmProt,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Reply, VmError> {
+        let mut r = Reply::default();
+        for pid in self.pages_in(object, offset, size)? {
+            let Some(p) = self.pages.get_mut(pid) else {
+                continue;
+            };
+            if p.absent {
+                continue;
+            }
+            let tighter = !p.lock.contains(lock);
+            p.lock = lock;
+            if !p.unlock_requested.is_empty() {
+                let still = p.unlock_requested.intersect(lock);
+                r.woken |= still != p.unlock_requested;
+                p.unlock_requested = still;
+            }
+            let frame = p.frame;
+            r.pages += 1;
+            if let (true, Some(f)) = (tighter, frame) {
+                phys.page_protect(f, allowed_by_lock(lock));
+            }
+        }
+        Ok(r)
+    }
+
+    /// pager_flush_request: drop the cached pages in the range, writing
+    /// back modified (and precious) ones first. Pages in transit are left
+    /// alone.
+    pub fn flush_request(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let pages = self.pages_in(object, offset, size)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(pages.len())
+            .map_err(|_| VmError::ResourceShortage)?;
+        let port = self.get(object)?.pager_port();
+        for pid in pages {
+            let Some(p) = self.pages.get(pid).copied() else {
+                continue;
+            };
+            if p.busy || p.cleaning {
+                continue;
+            }
+            let Some(f) = p.frame else {
+                // Unavailable or failed placeholder: nothing cached.
+                self.free_page(pid, frames, phys);
+                continue;
+            };
+            phys.page_protect(f, VmProt::NONE);
+            if p.dirty || p.precious || phys.clear_modified(f) {
+                self.pages.dequeue(pid);
+                if let Some(p) = self.pages.get_mut(pid) {
+                    p.busy = true;
+                    p.cleaning = true;
+                    p.dirty = false;
+                }
+                out.push(ObjectAction::DataWrite {
+                    object,
+                    pager: port,
+                    offset: p.offset,
+                    frame: f,
+                });
+            } else {
+                self.free_page(pid, frames, phys);
+            }
+        }
+        Ok(out)
+    }
+
+    /// pager_clean_request: write back the modified pages in the range but
+    /// keep them cached. They are write-protected while the write is in
+    /// flight (a write fault waits), so the data written is the data kept.
+    pub fn clean_request(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let pages = self.pages_in(object, offset, size)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(pages.len())
+            .map_err(|_| VmError::ResourceShortage)?;
+        let port = self.get(object)?.pager_port();
+        for pid in pages {
+            let Some(p) = self.pages.get(pid).copied() else {
+                continue;
+            };
+            let Some(f) = p.frame.filter(|_| !p.busy && !p.cleaning) else {
+                continue;
+            };
+            // Write-protect before asking the modified bit, so no write
+            // slips in between.
+            phys.page_protect(f, VmProt::ALL.without(VmProt::WRITE));
+            if p.dirty || phys.clear_modified(f) {
+                if let Some(p) = self.pages.get_mut(pid) {
+                    p.cleaning = true;
+                    p.dirty = false;
+                }
+                out.push(ObjectAction::DataWrite {
+                    object,
+                    pager: port,
+                    offset: p.offset,
+                    frame: f,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// pager_cache: whether the object may stay cached once unreferenced.
+    /// Rescinding it for an already cached object terminates it now.
+    pub fn cache(
+        &mut self,
+        object: ObjectId,
+        can_persist: bool,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let o = self.get_mut(object)?;
+        o.can_persist = can_persist;
+        if !can_persist && o.state == ObjectState::Cached {
+            return self.uncache(object, frames, phys);
+        }
+        Ok(Vec::new())
+    }
+}

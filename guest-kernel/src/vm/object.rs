@@ -1,0 +1,756 @@
+//! Memory objects (paper §5.2): the kernel's record of each object mapped in
+//! some address map, or kept cached because its pager allowed it.
+//!
+//! [`Objects`] is an arena of objects named by generation-checked
+//! [`ObjectId`]s; it also owns the resident page table (page.rs), because
+//! nearly everything done to an object (terminate, collapse, the pager's
+//! replies) is done to its pages.
+//!
+//! # Kinds
+//!
+//! - Internal: created by the kernel (vm_allocate, copy-on-write shadows).
+//!   Zero-fill on first touch; once a page has been written to the default
+//!   pager its offset is remembered (`paged_out`, Mach's existence map), so
+//!   a fault on it asks the default pager instead of zero-filling, and the
+//!   kernel never asks the default pager for pages it never gave it.
+//! - External: backed by a pager (a task or the host), named by an opaque
+//!   [`PagerRef`] the kernel maps to the memory object port.
+//!
+//! # Lifetime
+//!
+//! Map entries, shadows and in-transit copies hold references
+//! ([`ObjectRefs`]). Dropping the last one only queues the object: freeing
+//! its frames needs the frame source and the physical maps, which
+//! `ObjectRefs::release` does not get, so the kernel calls
+//! [`Objects::reap`] afterwards and sends the messages it returns.
+//!
+//! # Copy strategy
+//!
+//! Only symmetric copy-on-write by shadowing (the map's needs_copy); no copy
+//! objects, so no per-object copy-strategy flag is needed.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+use crate::addr::{PAGE_SIZE, PhysAddr};
+use crate::vm::page::{FrameSource, PageId, ResidentPages};
+use crate::vm::pmap::PhysMaps;
+use crate::vm::types::{ObjectId, ObjectOffset, ObjectRefs, VmError, VmProt};
+
+/// A pager, as the kernel names it (it maps this to a port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PagerRef(pub u64);
+
+/// Where a message about an object's data goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagerPort {
+    /// The object's own pager.
+    Pager(PagerRef),
+    /// The default pager, for an internal object: the kernel creates the
+    /// object's default-pager port (pager_create) on first use.
+    Default,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Internal,
+    External(PagerRef),
+}
+
+/// Where an object is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectState {
+    /// Referenced (or queued for reaping at zero references).
+    Live,
+    /// No references; kept with its pages because the pager allowed
+    /// caching (pager_cache).
+    Cached,
+    /// No references; waiting for its last data_writes to complete before
+    /// it is gone.
+    Terminating,
+}
+
+/// What the kernel must send or do on the object layer's behalf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectAction {
+    /// pager_data_write of one page. The frame stays the object's (its page
+    /// busy) until the kernel reports [`Objects::data_write_done`].
+    DataWrite {
+        object: ObjectId,
+        pager: PagerPort,
+        offset: ObjectOffset,
+        frame: PhysAddr,
+    },
+    /// The object is gone: drop the pager's ports (its termination).
+    Terminate { object: ObjectId, pager: PagerRef },
+    /// An internal object with data at the default pager is gone: the
+    /// default pager may drop that storage.
+    DefaultPagerRelease { object: ObjectId },
+}
+
+/// Result of [`Objects::enter_pager`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagerEntry {
+    /// Already known (live or cached): one more reference.
+    Existing(ObjectId),
+    /// New object, one reference: the kernel sends pager_init and calls
+    /// [`Objects::set_pager_ready`] when the pager is ready.
+    New(ObjectId),
+}
+
+/// One memory object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub(super) size: u64,
+    pub(super) refs: u32,
+    pub(super) kind: ObjectKind,
+    pub(super) shadow: Option<(ObjectId, ObjectOffset)>,
+    pub(super) can_persist: bool,
+    pub(super) pager_ready: bool,
+    pub(super) pager_dead: bool,
+    pub(super) state: ObjectState,
+    /// Internal objects: page offsets the default pager holds.
+    pub(super) paged_out: BTreeSet<u64>,
+    /// On the dying list (so it is queued once).
+    queued: bool,
+}
+
+impl Object {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    pub fn refs(&self) -> u32 {
+        self.refs
+    }
+    pub fn kind(&self) -> ObjectKind {
+        self.kind
+    }
+    pub fn shadow(&self) -> Option<(ObjectId, ObjectOffset)> {
+        self.shadow
+    }
+    pub fn can_persist(&self) -> bool {
+        self.can_persist
+    }
+    pub fn pager_ready(&self) -> bool {
+        self.pager_ready
+    }
+    pub fn pager_dead(&self) -> bool {
+        self.pager_dead
+    }
+    pub fn state(&self) -> ObjectState {
+        self.state
+    }
+    /// Whether the default pager holds the page at `offset`.
+    pub fn is_paged_out(&self, offset: ObjectOffset) -> bool {
+        self.paged_out.contains(&offset.0)
+    }
+    /// Where this object's data messages go.
+    pub fn pager_port(&self) -> PagerPort {
+        match self.kind {
+            ObjectKind::Internal => PagerPort::Default,
+            ObjectKind::External(p) => PagerPort::Pager(p),
+        }
+    }
+}
+
+struct Slot {
+    generation: u32,
+    object: Option<Object>,
+}
+
+/// The object table.
+pub struct Objects {
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    limit: usize,
+    count: usize,
+    pub(super) by_pager: BTreeMap<PagerRef, ObjectId>,
+    /// Objects whose last reference went; capacity kept ≥ `count` so
+    /// `release` never allocates.
+    dying: Vec<ObjectId>,
+    /// The resident pages of every object.
+    pub pages: ResidentPages,
+}
+
+impl core::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Objects")
+            .field("count", &self.count)
+            .field("pages", &self.pages)
+            .finish()
+    }
+}
+
+impl Objects {
+    /// At most `object_limit` objects (live, cached or terminating) and
+    /// `page_limit` resident pages; `reserved_frames` are kept for
+    /// privileged allocations.
+    pub fn new(object_limit: usize, page_limit: usize, reserved_frames: u64) -> Objects {
+        Objects {
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            limit: object_limit.min(u32::MAX as usize),
+            count: 0,
+            by_pager: BTreeMap::new(),
+            dying: Vec::new(),
+            pages: ResidentPages::new(page_limit, reserved_frames),
+        }
+    }
+
+    pub fn object_limit(&self) -> usize {
+        self.limit
+    }
+    /// Objects in the table (live, cached and terminating).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn get(&self, id: ObjectId) -> Result<&Object, VmError> {
+        match self.slots.get(id.index as usize) {
+            Some(Slot {
+                generation,
+                object: Some(o),
+            }) if *generation == id.generation => Ok(o),
+            _ => Err(VmError::InvalidArgument),
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, id: ObjectId) -> Result<&mut Object, VmError> {
+        match self.slots.get_mut(id.index as usize) {
+            Some(Slot {
+                generation,
+                object: Some(o),
+            }) if *generation == id.generation => Ok(o),
+            _ => Err(VmError::InvalidArgument),
+        }
+    }
+
+    fn insert(&mut self, object: Object) -> Result<ObjectId, VmError> {
+        if self.count >= self.limit {
+            return Err(VmError::ResourceShortage);
+        }
+        // Keep release() allocation-free: room for every object to die.
+        let need = (self.count + 1).saturating_sub(self.dying.len());
+        self.dying
+            .try_reserve(need)
+            .map_err(|_| VmError::ResourceShortage)?;
+        let index = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.slots
+                    .try_reserve(1)
+                    .map_err(|_| VmError::ResourceShortage)?;
+                self.free_slots
+                    .try_reserve(self.slots.len() + 1 - self.free_slots.len())
+                    .map_err(|_| VmError::ResourceShortage)?;
+                self.slots.push(Slot {
+                    generation: 0,
+                    object: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.object = Some(object);
+        self.count += 1;
+        Ok(ObjectId {
+            index,
+            generation: slot.generation,
+        })
+    }
+
+    /// Frees the slot; the generation bump makes old names stale.
+    fn remove_slot(&mut self, id: ObjectId) -> Option<Object> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let o = slot.object.take()?;
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_slots.push(id.index);
+        self.count -= 1;
+        if let ObjectKind::External(p) = o.kind {
+            if self.by_pager.get(&p) == Some(&id) {
+                self.by_pager.remove(&p);
+            }
+        }
+        Some(o)
+    }
+
+    fn new_object(size: u64, kind: ObjectKind, shadow: Option<(ObjectId, ObjectOffset)>) -> Object {
+        Object {
+            size,
+            refs: 1,
+            kind,
+            shadow,
+            can_persist: false,
+            pager_ready: matches!(kind, ObjectKind::Internal),
+            pager_dead: false,
+            state: ObjectState::Live,
+            paged_out: BTreeSet::new(),
+            queued: false,
+        }
+    }
+
+    fn check_size(size: u64) -> Result<(), VmError> {
+        if size == 0 || size % PAGE_SIZE != 0 {
+            return Err(VmError::InvalidArgument);
+        }
+        Ok(())
+    }
+
+    /// A zero-fill object of `size` bytes (vm_allocate), one reference.
+    pub fn create_internal(&mut self, size: u64) -> Result<ObjectId, VmError> {
+        Self::check_size(size)?;
+        self.insert(Self::new_object(size, ObjectKind::Internal, None))
+    }
+
+    /// The object for `pager` (vm_allocate_with_pager): the existing one
+    /// (revived from the cache if need be, grown to `size`) or a new one.
+    /// ResourceShortage while an old object of that pager is still
+    /// terminating (retry once its writes complete) or at the limit.
+    pub fn enter_pager(&mut self, pager: PagerRef, size: u64) -> Result<PagerEntry, VmError> {
+        Self::check_size(size)?;
+        if let Some(&id) = self.by_pager.get(&pager) {
+            let o = self.get_mut(id)?;
+            match o.state {
+                ObjectState::Terminating => return Err(VmError::ResourceShortage),
+                ObjectState::Cached => {
+                    o.state = ObjectState::Live;
+                    o.refs = 1;
+                }
+                ObjectState::Live => {
+                    o.refs = o.refs.checked_add(1).ok_or(VmError::ResourceShortage)?
+                }
+            }
+            o.size = o.size.max(size);
+            return Ok(PagerEntry::Existing(id));
+        }
+        let id = self.insert(Self::new_object(size, ObjectKind::External(pager), None))?;
+        self.by_pager.insert(pager, id);
+        Ok(PagerEntry::New(id))
+    }
+
+    /// The object a pager's message names (its pager request port).
+    pub fn lookup_pager(&self, pager: PagerRef) -> Option<ObjectId> {
+        self.by_pager.get(&pager).copied()
+    }
+
+    /// The pager answered pager_init: faults may now send it requests.
+    pub fn set_pager_ready(&mut self, id: ObjectId) -> Result<(), VmError> {
+        self.get_mut(id)?.pager_ready = true;
+        Ok(())
+    }
+
+    /// Removes a page, first removing every mapping of its frame, and
+    /// gives the frame back.
+    pub(super) fn free_page(
+        &mut self,
+        pid: PageId,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) {
+        if let Some(p) = self.pages.remove(pid) {
+            if let Some(f) = p.frame {
+                phys.page_protect(f, VmProt::NONE);
+                frames.free_frame(f);
+            }
+        }
+    }
+
+    /// Frees every object whose last reference went since the last call
+    /// (and those their death releases in turn), returning the messages to
+    /// send. An object the actions cannot be reserved for stays queued
+    /// (ResourceShortage; call again later).
+    pub fn reap(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let mut out = Vec::new();
+        while let Some(&id) = self.dying.last() {
+            if let Ok(o) = self.get_mut(id) {
+                o.queued = false;
+            }
+            match self.get(id) {
+                Ok(o) if o.refs == 0 && o.state == ObjectState::Live => {}
+                // Revived, or already gone: nothing to do.
+                _ => {
+                    self.dying.pop();
+                    continue;
+                }
+            }
+            let pages = self.pages.object_pages(id, 0, u64::MAX)?;
+            if out.try_reserve(pages.len() + 2).is_err() {
+                if let Ok(o) = self.get_mut(id) {
+                    o.queued = true;
+                }
+                return Err(VmError::ResourceShortage);
+            }
+            self.dying.pop();
+            self.terminate(id, &pages, frames, phys, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Ends an object with no references (`pages`: its resident pages;
+    /// `out` has room for one action per page plus two).
+    fn terminate(
+        &mut self,
+        id: ObjectId,
+        pages: &[PageId],
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+        out: &mut Vec<ObjectAction>,
+    ) {
+        let Ok(o) = self.get(id) else { return };
+        let (kind, can_persist, dead, shadow) = (o.kind, o.can_persist, o.pager_dead, o.shadow);
+        if let ObjectKind::External(pager) = kind {
+            if can_persist && !dead {
+                if let Ok(o) = self.get_mut(id) {
+                    o.state = ObjectState::Cached;
+                }
+                return;
+            }
+            // Modifications go back to the pager before it is told the
+            // object is gone; clean pages it already has.
+            for &pid in pages {
+                let Some(p) = self.pages.get(pid).copied() else {
+                    continue;
+                };
+                if p.cleaning {
+                    // Its write is in flight already; wait for it.
+                    if let Some(p) = self.pages.get_mut(pid) {
+                        p.busy = true;
+                    }
+                    continue;
+                }
+                let Some(f) = p.frame.filter(|_| !p.busy && !dead) else {
+                    self.free_page(pid, frames, phys);
+                    continue;
+                };
+                phys.page_protect(f, VmProt::NONE);
+                if p.dirty || p.precious || phys.clear_modified(f) {
+                    self.pages.dequeue(pid);
+                    if let Some(p) = self.pages.get_mut(pid) {
+                        p.busy = true;
+                        p.cleaning = true;
+                        p.dirty = false;
+                    }
+                    out.push(ObjectAction::DataWrite {
+                        object: id,
+                        pager: PagerPort::Pager(pager),
+                        offset: p.offset,
+                        frame: f,
+                    });
+                } else {
+                    self.free_page(pid, frames, phys);
+                }
+            }
+            if self.pages.has_pages(id) {
+                if let Ok(o) = self.get_mut(id) {
+                    o.state = ObjectState::Terminating;
+                }
+            } else {
+                self.remove_slot(id);
+                out.push(ObjectAction::Terminate { object: id, pager });
+            }
+            return;
+        }
+        // Internal: the data dies with the object.
+        for &pid in pages {
+            match self.pages.get(pid) {
+                Some(p) if p.cleaning => {
+                    if let Some(p) = self.pages.get_mut(pid) {
+                        p.busy = true;
+                    }
+                }
+                _ => self.free_page(pid, frames, phys),
+            }
+        }
+        if self.pages.has_pages(id) {
+            // Writes in flight; data_write_done finishes the job.
+            if let Ok(o) = self.get_mut(id) {
+                o.state = ObjectState::Terminating;
+                o.shadow = None;
+            }
+        } else if self
+            .remove_slot(id)
+            .is_some_and(|o| !o.paged_out.is_empty())
+        {
+            out.push(ObjectAction::DefaultPagerRelease { object: id });
+        }
+        if let Some((b, _)) = shadow {
+            self.release(b);
+        }
+    }
+
+    /// Terminates one cached object (the oldest slot first), to make room
+    /// when [`Objects::enter_pager`] or a create hits the limit. Empty when
+    /// nothing is cached.
+    pub fn evict_cached(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let found = self
+            .slots
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| match &s.object {
+                Some(o) if o.state == ObjectState::Cached => Some(ObjectId {
+                    index: i as u32,
+                    generation: s.generation,
+                }),
+                _ => None,
+            });
+        let Some(id) = found else {
+            return Ok(Vec::new());
+        };
+        self.uncache(id, frames, phys)
+    }
+
+    /// Terminates a cached object now.
+    pub(super) fn uncache(
+        &mut self,
+        id: ObjectId,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        let pages = self.pages.object_pages(id, 0, u64::MAX)?;
+        let mut out = Vec::new();
+        out.try_reserve(pages.len() + 2)
+            .map_err(|_| VmError::ResourceShortage)?;
+        let o = self.get_mut(id)?;
+        if o.state != ObjectState::Cached {
+            return Ok(out);
+        }
+        o.state = ObjectState::Live;
+        o.can_persist = false;
+        self.terminate(id, &pages, frames, phys, &mut out);
+        Ok(out)
+    }
+
+    /// The kernel has handed the data of a DataWrite to the pager (the
+    /// message is sent and the frame's contents are no longer needed).
+    /// Evicted pages are freed; a page cleaned in place stays. The last
+    /// write of a terminating object ends it.
+    pub fn data_write_done(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Option<ObjectAction>, VmError> {
+        let o = self.get_mut(object)?;
+        let (kind, state) = (o.kind, o.state);
+        if kind == ObjectKind::Internal {
+            // Allocation failure here aborts (B-tree); bounded by the
+            // object's pages.
+            o.paged_out.insert(offset.0);
+        }
+        let pid = self
+            .pages
+            .lookup(object, offset)
+            .ok_or(VmError::InvalidArgument)?;
+        let p = self
+            .pages
+            .get(pid)
+            .copied()
+            .ok_or(VmError::InvalidArgument)?;
+        if !p.cleaning {
+            return Err(VmError::InvalidArgument);
+        }
+        if p.busy {
+            self.free_page(pid, frames, phys);
+        } else if let Some(p) = self.pages.get_mut(pid) {
+            p.cleaning = false;
+        }
+        if state == ObjectState::Terminating && !self.pages.has_pages(object) {
+            self.remove_slot(object);
+            return Ok(Some(match kind {
+                ObjectKind::External(pager) => ObjectAction::Terminate { object, pager },
+                ObjectKind::Internal => ObjectAction::DefaultPagerRelease { object },
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Whether `obj` has data for `off`: resident (in any state) or with
+    /// the default pager.
+    fn has_data(&self, obj: ObjectId, o: &Object, off: u64) -> bool {
+        self.pages.lookup(obj, ObjectOffset(off)).is_some() || o.paged_out.contains(&off)
+    }
+
+    /// Shadow-chain collapse (§5.5, vm_object_collapse) below `top`:
+    /// repeatedly, while the backing object is internal and quiet (no page
+    /// in transit),
+    /// - merge: if only `top` references it, move its visible pages that
+    ///   `top` lacks up into `top`, free the rest, and drop it;
+    /// - bypass: else, if it has nothing `top` can see that `top` does not
+    ///   hide, point `top` at its backing instead.
+    ///
+    /// Returns whether the chain got shorter. Pages the default pager holds
+    /// for the backing object cannot move (they are the pager's, under the
+    /// backing object's name), so such an object is merged only if `top`
+    /// hides them all.
+    pub fn collapse(
+        &mut self,
+        top: ObjectId,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<bool, VmError> {
+        self.collapse_inner(top, true, frames, phys)
+    }
+
+    /// Only the merge half: cheap enough for every fault (a reference-count
+    /// check) since each merge removes an object.
+    pub(super) fn collapse_merge_only(
+        &mut self,
+        top: ObjectId,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<bool, VmError> {
+        self.collapse_inner(top, false, frames, phys)
+    }
+
+    fn collapse_inner(
+        &mut self,
+        top: ObjectId,
+        bypass: bool,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<bool, VmError> {
+        let mut changed = false;
+        loop {
+            let t = self.get(top)?;
+            let Some((b, soff)) = t.shadow else {
+                return Ok(changed);
+            };
+            let tsize = t.size;
+            let bo = self.get(b)?;
+            if bo.kind != ObjectKind::Internal || bo.state != ObjectState::Live {
+                return Ok(changed);
+            }
+            // With data at the default pager b cannot be merged (that data
+            // is filed under b's name); bypassing it lets it die instead.
+            let merge = bo.refs == 1 && bo.paged_out.is_empty();
+            if !merge && !bypass {
+                return Ok(changed);
+            }
+            let window = soff.0..soff.0.saturating_add(tsize);
+            let bpages = self.pages.object_pages(b, 0, u64::MAX)?;
+            let t = self.get(top)?;
+            // Anything in transit pins the backing object's pages.
+            let quiet = bpages.iter().all(|&pid| {
+                self.pages
+                    .get(pid)
+                    .is_some_and(|p| !p.busy && !p.cleaning && !p.absent)
+            });
+            // The default pager's pages of b that top would see.
+            let hidden_paged = bo
+                .paged_out
+                .range(window.clone())
+                .all(|&off| self.has_data(top, t, off - soff.0));
+            if !quiet || !hidden_paged {
+                return Ok(changed);
+            }
+            if !merge {
+                let hidden = bpages.iter().all(|&pid| {
+                    self.pages.get(pid).is_some_and(|p| {
+                        !window.contains(&p.offset.0) || self.has_data(top, t, p.offset.0 - soff.0)
+                    })
+                });
+                if !hidden {
+                    return Ok(changed);
+                }
+            }
+            let bb = bo.shadow;
+            let new_shadow = match bb {
+                Some((bb, boff)) => Some((
+                    bb,
+                    ObjectOffset(soff.0.checked_add(boff.0).ok_or(VmError::InvalidArgument)?),
+                )),
+                None => None,
+            };
+            if merge {
+                for pid in bpages {
+                    let Some(p) = self.pages.get(pid).copied() else {
+                        continue;
+                    };
+                    let moved = window.contains(&p.offset.0) && {
+                        let to = p.offset.0 - soff.0;
+                        let t = self.get(top)?;
+                        !self.has_data(top, t, to)
+                            && self.pages.rename(pid, top, ObjectOffset(to)).is_ok()
+                    };
+                    if !moved {
+                        self.free_page(pid, frames, phys);
+                    }
+                }
+                // b's reference on its backing passes to top.
+                self.remove_slot(b);
+                self.get_mut(top)?.shadow = new_shadow;
+            } else {
+                if let Some((bb, _)) = new_shadow {
+                    self.reference(bb);
+                }
+                self.get_mut(top)?.shadow = new_shadow;
+                self.release(b);
+            }
+            changed = true;
+        }
+    }
+}
+
+impl ObjectRefs for Objects {
+    fn reference(&mut self, id: ObjectId) {
+        if let Ok(o) = self.get_mut(id) {
+            match o.state {
+                ObjectState::Live => o.refs = o.refs.saturating_add(1),
+                ObjectState::Cached => {
+                    o.state = ObjectState::Live;
+                    o.refs = 1;
+                }
+                // Unreachable by a correct caller (no one holds its name).
+                ObjectState::Terminating => {}
+            }
+        }
+    }
+
+    fn release(&mut self, id: ObjectId) {
+        let room = self.dying.len() < self.dying.capacity();
+        let Ok(o) = self.get_mut(id) else { return };
+        if o.state != ObjectState::Live || o.refs == 0 {
+            return;
+        }
+        o.refs -= 1;
+        if o.refs == 0 && !o.queued && room {
+            // Capacity is reserved per object at creation and each object
+            // is queued once, so this push does not allocate.
+            o.queued = true;
+            self.dying.push(id);
+        }
+    }
+
+    fn shadow(
+        &mut self,
+        id: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<ObjectId, VmError> {
+        Self::check_size(size)?;
+        if !offset.is_page_aligned() || offset.checked_add(size).is_none() {
+            return Err(VmError::InvalidArgument);
+        }
+        let o = self.get(id)?;
+        if o.state != ObjectState::Live || o.refs == 0 {
+            return Err(VmError::InvalidArgument);
+        }
+        self.insert(Self::new_object(
+            size,
+            ObjectKind::Internal,
+            Some((id, offset)),
+        ))
+    }
+}
