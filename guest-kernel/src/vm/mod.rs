@@ -7,5 +7,6 @@ pub mod map;
 pub mod memory_object;
 pub mod object;
 pub mod page;
+pub mod pageout;
 pub mod pmap;
 pub mod types;
