@@ -456,3 +456,742 @@ fn found(
         Resolved::CopyOnWrite { from: frame },
     )
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::vm::map::{DEFAULT_ENTRY_LIMIT, VmMap};
+    use crate::vm::memory_object::Reply;
+    use crate::vm::object::{PagerEntry, PagerRef};
+    use crate::vm::page::FramePool;
+    use crate::vm::pmap::{Pmap, SimMachine, SpaceHandle};
+    use crate::vm::types::{Inheritance, ObjectRefs};
+
+    /// One simulated space seen as the fault handler's machine.
+    pub(crate) struct Sim<'a> {
+        pub m: &'a mut SimMachine,
+        pub s: SpaceHandle,
+    }
+    impl PhysMaps for Sim<'_> {
+        fn page_protect(&mut self, frame: PhysAddr, prot: VmProt) {
+            self.m.page_protect(frame, prot)
+        }
+        fn clear_referenced(&mut self, frame: PhysAddr) -> bool {
+            self.m.clear_referenced(frame)
+        }
+        fn clear_modified(&mut self, frame: PhysAddr) -> bool {
+            self.m.clear_modified(frame)
+        }
+    }
+    impl FaultMachine for Sim<'_> {
+        fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
+            self.m.pmap(self.s).enter(va, frame, prot)
+        }
+        fn zero_frame(&mut self, frame: PhysAddr) {
+            self.m.zero_frame(frame)
+        }
+        fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr) {
+            self.m.copy_frame(src, dst)
+        }
+    }
+
+    pub(crate) struct World {
+        pub m: SimMachine,
+        pub objs: Objects,
+        pub pool: FramePool,
+    }
+
+    impl World {
+        pub fn new(frames: u64) -> World {
+            World {
+                m: SimMachine::new(),
+                objs: Objects::new(64, 256, 0),
+                pool: FramePool::new(PhysAddr(0x100000), frames),
+            }
+        }
+        pub fn fault_target(
+            &mut self,
+            s: SpaceHandle,
+            target: FaultTarget,
+            va: VirtAddr,
+            access: VmProt,
+        ) -> FaultOutcome {
+            let mut sim = Sim { m: &mut self.m, s };
+            fault_object(
+                &mut self.objs,
+                &mut self.pool,
+                &mut sim,
+                target,
+                va,
+                access,
+                false,
+            )
+        }
+        pub fn fault(
+            &mut self,
+            map: &mut VmMap,
+            s: SpaceHandle,
+            va: VirtAddr,
+            access: VmProt,
+        ) -> FaultOutcome {
+            let mut sim = Sim { m: &mut self.m, s };
+            vm_fault(
+                map,
+                &mut self.objs,
+                &mut self.pool,
+                &mut sim,
+                va,
+                access,
+                false,
+            )
+        }
+        /// Touches `va` as the task would, taking faults until it works
+        /// (Err with the first outcome that is not Mapped).
+        pub fn access(
+            &mut self,
+            map: &mut VmMap,
+            s: SpaceHandle,
+            va: VirtAddr,
+            write: bool,
+        ) -> Result<(), FaultOutcome> {
+            let want = if write { VmProt::WRITE } else { VmProt::READ };
+            for _ in 0..4 {
+                if self.m.touch(s, va, write) {
+                    return Ok(());
+                }
+                match self.fault(map, s, va, want) {
+                    FaultOutcome::Mapped { .. } => {}
+                    o => return Err(o),
+                }
+            }
+            panic!("fault at {va:?} does not converge");
+        }
+        pub fn read_byte(&mut self, map: &mut VmMap, s: SpaceHandle, va: VirtAddr) -> u8 {
+            self.access(map, s, va, false).unwrap();
+            let mut b = [0u8];
+            self.m.read_virt(s, va, &mut b).unwrap();
+            b[0]
+        }
+        pub fn write_byte(&mut self, map: &mut VmMap, s: SpaceHandle, va: VirtAddr, v: u8) {
+            self.access(map, s, va, true).unwrap();
+            self.m.write_virt(s, va, &[v]).unwrap();
+        }
+        /// A frame filled with `fill`, as a pager's data_provided brings.
+        pub fn filled_frame(&mut self, fill: u8) -> PhysAddr {
+            let f = self.pool.alloc_frame().unwrap().addr;
+            self.m.frame_mut(f).fill(fill);
+            f
+        }
+        pub fn reap(&mut self) -> alloc::vec::Vec<crate::vm::object::ObjectAction> {
+            self.objs.reap(&mut self.pool, &mut self.m).unwrap()
+        }
+    }
+
+    pub(crate) fn va(p: u64) -> VirtAddr {
+        VirtAddr(0x40_0000 + p * PAGE_SIZE)
+    }
+    fn off(p: u64) -> ObjectOffset {
+        ObjectOffset(p * PAGE_SIZE)
+    }
+    const RW: VmProt = VmProt::DEFAULT;
+    fn tgt(object: ObjectId, page: u64, prot: VmProt) -> FaultTarget {
+        FaultTarget {
+            object,
+            offset: off(page),
+            prot,
+            needs_copy: false,
+        }
+    }
+    pub(crate) fn new_map() -> VmMap {
+        VmMap::new(
+            VirtAddr(0x40_0000)..VirtAddr(0x4000_0000),
+            DEFAULT_ENTRY_LIMIT,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn zero_fill_then_soft_fault() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = w.objs.create_internal(4 * PAGE_SIZE).unwrap();
+        let r = w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::READ);
+        let FaultOutcome::Mapped { frame, prot, how } = r else {
+            panic!("{r:?}")
+        };
+        // Fresh frames are known zero: nothing to do.
+        assert_eq!(
+            how,
+            Resolved::ZeroFill {
+                zeroed_by_kernel: false
+            }
+        );
+        assert_eq!(prot, RW);
+        assert_eq!(w.m.extract(s, va(1)), Some((frame, RW)));
+        w.m.write_virt(s, va(1), b"x").unwrap();
+        // The mapping is a cache: drop it and fault again — same page.
+        w.m.pmap(s).remove(va(0), va(4));
+        let r = w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::WRITE);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame,
+                prot: RW,
+                how: Resolved::Soft
+            }
+        );
+        let mut b = [0u8];
+        w.m.read_virt(s, va(1), &mut b).unwrap();
+        assert_eq!(&b, b"x");
+        // Protection is the entry's.
+        assert_eq!(
+            w.fault_target(s, tgt(o, 2, VmProt::READ), va(2), VmProt::WRITE),
+            FaultOutcome::ProtectionFailure
+        );
+        assert_eq!(
+            w.fault_target(s, tgt(o, 4, RW), va(4), VmProt::READ),
+            FaultOutcome::MemoryError,
+            "past the object's end"
+        );
+    }
+
+    #[test]
+    fn recycled_frame_is_zeroed_by_kernel() {
+        let mut w = World::new(1);
+        let s = w.m.new_space();
+        let f = w.pool.alloc_frame().unwrap().addr;
+        w.m.frame_mut(f).fill(0xee);
+        w.pool.free_frame(f);
+        let o = w.objs.create_internal(PAGE_SIZE).unwrap();
+        let r = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: f,
+                prot: RW,
+                how: Resolved::ZeroFill {
+                    zeroed_by_kernel: true
+                }
+            }
+        );
+        let mut b = [1u8; 8];
+        w.m.read_virt(s, va(0), &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
+    }
+
+    fn external(w: &mut World, pages: u64) -> ObjectId {
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(7), pages * PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        o
+    }
+
+    #[test]
+    fn external_request_provided_then_mapped() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 4);
+        // Not initialised yet: wait.
+        assert_eq!(
+            w.fault_target(s, tgt(o, 2, RW), va(2), VmProt::READ),
+            FaultOutcome::Wait {
+                object: o,
+                offset: off(2)
+            }
+        );
+        w.objs.set_pager_ready(o).unwrap();
+        let r = w.fault_target(s, tgt(o, 2, RW), va(2), VmProt::READ);
+        assert_eq!(
+            r,
+            FaultOutcome::Request {
+                object: o,
+                pager: PagerPort::Pager(PagerRef(7)),
+                offset: off(2),
+                length: PAGE_SIZE,
+                desired_access: VmProt::READ
+            }
+        );
+        // A concurrent fault on the same page waits for that request.
+        assert_eq!(
+            w.fault_target(s, tgt(o, 2, RW), va(2), VmProt::WRITE),
+            FaultOutcome::Wait {
+                object: o,
+                offset: off(2)
+            }
+        );
+        let f = w.filled_frame(b'p');
+        let rep = w
+            .objs
+            .data_provided(o, off(2), &[f], VmProt::NONE, false, &mut w.pool)
+            .unwrap();
+        assert_eq!(
+            rep,
+            Reply {
+                pages: 1,
+                discarded: 0,
+                woken: true
+            }
+        );
+        let r = w.fault_target(s, tgt(o, 2, RW), va(2), VmProt::READ);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: f,
+                prot: RW,
+                how: Resolved::Soft
+            }
+        );
+        let mut b = [0u8; 3];
+        w.m.read_virt(s, VirtAddr(va(2).0 + 100), &mut b).unwrap();
+        assert_eq!(&b, b"ppp");
+    }
+
+    #[test]
+    fn data_provided_more_than_asked_and_duplicates() {
+        let mut w = World::new(16);
+        let s = w.m.new_space();
+        let o = external(&mut w, 3);
+        w.objs.set_pager_ready(o).unwrap();
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Request { .. }
+        ));
+        let frames: alloc::vec::Vec<PhysAddr> = (0..4).map(|i| w.filled_frame(b'a' + i)).collect();
+        let free = w.pool.free_count();
+        // Pages 0..2 taken (1 and 2 unasked: read-ahead), 3 is past the end.
+        let rep = w
+            .objs
+            .data_provided(o, off(0), &frames, VmProt::NONE, false, &mut w.pool)
+            .unwrap();
+        assert_eq!(
+            rep,
+            Reply {
+                pages: 3,
+                discarded: 1,
+                woken: true
+            }
+        );
+        assert_eq!(w.pool.free_count(), free + 1);
+        let r = w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::READ);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: frames[1],
+                prot: RW,
+                how: Resolved::Soft
+            }
+        );
+        // Data for a page already present is ignored (frame given back).
+        let again = w.filled_frame(b'z');
+        let rep = w
+            .objs
+            .data_provided(o, off(1), &[again], VmProt::NONE, false, &mut w.pool)
+            .unwrap();
+        assert_eq!(
+            rep,
+            Reply {
+                pages: 0,
+                discarded: 1,
+                woken: false
+            }
+        );
+        let mut b = [0u8];
+        w.m.read_virt(s, va(1), &mut b).unwrap();
+        assert_eq!(&b, b"b");
+        // Bad input is refused, nothing consumed.
+        assert_eq!(
+            w.objs.data_provided(
+                o,
+                ObjectOffset(5),
+                &[again],
+                VmProt::NONE,
+                false,
+                &mut w.pool
+            ),
+            Err(VmError::InvalidArgument)
+        );
+        assert_eq!(
+            w.objs.data_provided(
+                o,
+                ObjectOffset(u64::MAX & !(PAGE_SIZE - 1)),
+                &[again, again],
+                VmProt::NONE,
+                false,
+                &mut w.pool
+            ),
+            Err(VmError::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn data_unavailable_zero_fills() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 2);
+        w.objs.set_pager_ready(o).unwrap();
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::WRITE),
+            FaultOutcome::Request { desired_access, .. } if desired_access == RW
+        ));
+        let rep = w.objs.data_unavailable(o, off(0), 2 * PAGE_SIZE).unwrap();
+        assert!(rep.woken && rep.pages == 1);
+        let r = w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::WRITE);
+        assert!(
+            matches!(
+                r,
+                FaultOutcome::Mapped {
+                    prot: RW,
+                    how: Resolved::ZeroFill { .. },
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        let mut b = [9u8; 4];
+        w.m.read_virt(s, va(1), &mut b).unwrap();
+        assert_eq!(b, [0; 4]);
+    }
+
+    #[test]
+    fn pager_lock_then_unlock() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        w.objs.set_pager_ready(o).unwrap();
+        let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        let f = w.filled_frame(1);
+        w.objs
+            .data_provided(o, off(0), &[f], VmProt::WRITE, false, &mut w.pool)
+            .unwrap();
+        // Reads are allowed, mapped without write.
+        let r = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: f,
+                prot: VmProt::READ,
+                how: Resolved::Soft
+            }
+        );
+        assert!(!w.m.touch(s, va(0), true));
+        let r = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE);
+        assert_eq!(
+            r,
+            FaultOutcome::Unlock {
+                object: o,
+                pager: PagerPort::Pager(PagerRef(7)),
+                offset: off(0),
+                access: VmProt::WRITE
+            }
+        );
+        // Asked once: the next writer waits.
+        assert_eq!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
+            FaultOutcome::Wait {
+                object: o,
+                offset: off(0)
+            }
+        );
+        // The pager's answer: unlock.
+        let rep = w
+            .objs
+            .data_lock(o, off(0), PAGE_SIZE, VmProt::NONE, &mut w.m)
+            .unwrap();
+        assert!(rep.woken);
+        let r = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE);
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: f,
+                prot: RW,
+                how: Resolved::Soft
+            }
+        );
+        assert!(w.m.touch(s, va(0), true));
+        // Locking again lowers the existing mapping at once.
+        w.objs
+            .data_lock(o, off(0), PAGE_SIZE, VmProt::WRITE, &mut w.m)
+            .unwrap();
+        assert_eq!(w.m.extract(s, va(0)), Some((f, VmProt::READ)));
+        w.objs
+            .data_lock(o, off(0), PAGE_SIZE, VmProt::READ, &mut w.m)
+            .unwrap();
+        assert_eq!(w.m.extract(s, va(0)), None);
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Unlock {
+                access: VmProt::READ,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn data_error_and_dead_pager() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 2);
+        w.objs.set_pager_ready(o).unwrap();
+        let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        assert!(w.objs.data_error(o, off(0), PAGE_SIZE).unwrap().woken);
+        assert_eq!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::MemoryError
+        );
+        // Reported once; a new fault asks again.
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Request { .. }
+        ));
+        assert!(w.objs.pager_died(o).unwrap().woken);
+        assert_eq!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::MemoryError
+        );
+        assert_eq!(
+            w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::READ),
+            FaultOutcome::MemoryError
+        );
+    }
+
+    #[test]
+    fn copy_on_write_after_fork_then_collapse() {
+        let mut w = World::new(32);
+        let ps = w.m.new_space();
+        let cs = w.m.new_space();
+        let mut parent = new_map();
+        let o = w.objs.create_internal(2 * PAGE_SIZE).unwrap();
+        parent
+            .allocate(
+                Some(va(0)),
+                2 * PAGE_SIZE,
+                o,
+                off(0),
+                RW,
+                VmProt::ALL,
+                Inheritance::Copy,
+                false,
+                &mut w.objs,
+            )
+            .unwrap();
+        w.write_byte(&mut parent, ps, va(0), b'A');
+        w.write_byte(&mut parent, ps, va(1), b'a');
+        let mut child = parent
+            .fork(parent.range(), &mut w.objs, &mut w.m.pmap(ps))
+            .unwrap();
+        assert_eq!(w.objs.get(o).unwrap().refs(), 2);
+        // Both read the shared page without copying.
+        assert_eq!(w.read_byte(&mut child, cs, va(0)), b'A');
+        let shared = w.m.extract(cs, va(0)).unwrap().0;
+        assert_eq!(w.m.extract(ps, va(0)).unwrap().0, shared);
+        assert_eq!(w.m.extract(cs, va(0)).unwrap().1, VmProt::READ);
+        // Parent writes: a shadow for the parent, the page copied up.
+        assert!(!w.m.touch(ps, va(0), true));
+        let r = w.fault(&mut parent, ps, va(0), VmProt::WRITE);
+        assert!(
+            matches!(r, FaultOutcome::Mapped { how: Resolved::CopyOnWrite { from }, .. } if from == shared),
+            "{r:?}"
+        );
+        w.m.write_virt(ps, va(0), b"B").unwrap();
+        assert_eq!(w.read_byte(&mut child, cs, va(0)), b'A');
+        w.write_byte(&mut child, cs, va(0), b'C');
+        assert_eq!(w.read_byte(&mut parent, ps, va(0)), b'B');
+        assert_eq!(w.read_byte(&mut child, cs, va(0)), b'C');
+        assert_eq!(w.read_byte(&mut parent, ps, va(1)), b'a');
+        assert_eq!(w.read_byte(&mut child, cs, va(1)), b'a');
+        let sp = parent.lookup(va(0)).unwrap().object;
+        assert_eq!(w.objs.get(sp).unwrap().shadow(), Some((o, off(0))));
+        let count = w.objs.count();
+        assert_eq!(count, 3);
+
+        // The child dies: o is left referenced only by the parent's shadow.
+        child.clear(&mut w.objs, &mut w.m.pmap(cs));
+        assert!(w.reap().is_empty());
+        assert_eq!(w.objs.get(o).unwrap().refs(), 1);
+        // The next fault through the shadow collapses it: o's page 1 moves
+        // up, page 0 (hidden by the parent's copy) is freed.
+        w.m.pmap(ps).remove(va(0), va(2));
+        assert_eq!(w.read_byte(&mut parent, ps, va(1)), b'a');
+        assert_eq!(w.objs.get(sp).unwrap().shadow(), None);
+        assert!(w.objs.get(o).is_err(), "collapsed away");
+        assert_eq!(w.objs.count(), 1);
+        assert_eq!(w.objs.pages.resident_count(), 2);
+        assert_eq!(w.read_byte(&mut parent, ps, va(0)), b'B');
+        // The moved page is now the top object's own: writing it needs no copy.
+        let r = w.fault(&mut parent, ps, va(1), VmProt::WRITE);
+        assert!(
+            matches!(
+                r,
+                FaultOutcome::Mapped {
+                    how: Resolved::Soft,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // Everything is freed when the parent goes too.
+        parent.clear(&mut w.objs, &mut w.m.pmap(ps));
+        assert!(w.reap().is_empty());
+        assert_eq!(w.objs.count(), 0);
+        assert_eq!(w.objs.pages.resident_count(), 0);
+        assert_eq!(w.pool.free_count(), 32);
+    }
+
+    #[test]
+    fn shared_object_sees_copy_up() {
+        // Two spaces share a top object over a backing one; a write by one
+        // must be seen by the other even though it had mapped the backing
+        // page.
+        let mut w = World::new(16);
+        let (a, b) = (w.m.new_space(), w.m.new_space());
+        let base = w.objs.create_internal(PAGE_SIZE).unwrap();
+        w.objs.reference(base);
+        let top = w.objs.shadow(base, off(0), PAGE_SIZE).unwrap();
+        let f = w.objs.pages.alloc_frame(&mut w.pool, false).unwrap().addr;
+        w.m.frame_mut(f).fill(b'o');
+        let pid = w.objs.pages.insert(base, off(0), Some(f)).unwrap();
+        w.objs.pages.activate(pid);
+        assert!(matches!(
+            w.fault_target(a, tgt(top, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert!(matches!(
+            w.fault_target(b, tgt(top, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert_eq!(w.m.extract(b, va(0)), Some((f, VmProt::READ)));
+        assert!(matches!(
+            w.fault_target(a, tgt(top, 0, RW), va(0), VmProt::WRITE),
+            FaultOutcome::Mapped {
+                how: Resolved::CopyOnWrite { .. },
+                ..
+            }
+        ));
+        w.m.write_virt(a, va(0), b"n").unwrap();
+        assert_eq!(
+            w.m.extract(b, va(0)),
+            None,
+            "stale mapping of the backing page dropped"
+        );
+        assert!(matches!(
+            w.fault_target(b, tgt(top, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        let mut x = [0u8];
+        w.m.read_virt(b, va(0), &mut x).unwrap();
+        assert_eq!(&x, b"n");
+        // The base is still o for its other holder.
+        w.m.read_phys(f, &mut x);
+        assert_eq!(&x, b"o");
+    }
+
+    #[test]
+    fn bypass_backing_hidden_by_shadow() {
+        let mut w = World::new(16);
+        let s = w.m.new_space();
+        // bottom <- mid <- top, mid also referenced elsewhere; mid has
+        // page 0, bottom page 1.
+        let bottom = w.objs.create_internal(2 * PAGE_SIZE).unwrap();
+        let mid = w.objs.shadow(bottom, off(0), 2 * PAGE_SIZE).unwrap();
+        w.objs.reference(mid);
+        let top = w.objs.shadow(mid, off(0), 2 * PAGE_SIZE).unwrap();
+        for (o, p) in [(mid, 0), (bottom, 1)] {
+            let f = w.objs.pages.alloc_frame(&mut w.pool, false).unwrap().addr;
+            let pid = w.objs.pages.insert(o, off(p), Some(f)).unwrap();
+            w.objs.pages.activate(pid);
+        }
+        assert!(
+            !w.objs.collapse(top, &mut w.pool, &mut w.m).unwrap(),
+            "mid's page is visible"
+        );
+        assert!(matches!(
+            w.fault_target(s, tgt(top, 0, RW), va(0), VmProt::WRITE),
+            FaultOutcome::Mapped {
+                how: Resolved::CopyOnWrite { .. },
+                ..
+            }
+        ));
+        // Now top hides all of mid: skip it; bottom's page 1 stays visible.
+        assert!(w.objs.collapse(top, &mut w.pool, &mut w.m).unwrap());
+        assert_eq!(w.objs.get(top).unwrap().shadow(), Some((bottom, off(0))));
+        assert_eq!(w.objs.get(mid).unwrap().refs(), 1);
+        assert_eq!(w.objs.get(bottom).unwrap().refs(), 2);
+        assert!(!w.objs.collapse(top, &mut w.pool, &mut w.m).unwrap());
+    }
+
+    #[test]
+    fn resource_shortage_and_reserve() {
+        let mut w = World::new(2);
+        w.objs = Objects::new(64, 256, 1);
+        let s = w.m.new_space();
+        let o = w.objs.create_internal(4 * PAGE_SIZE).unwrap();
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        // One frame left, and it is the reserve.
+        assert_eq!(
+            w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::READ),
+            FaultOutcome::ResourceShortage
+        );
+        let mut sim = Sim { m: &mut w.m, s };
+        let r = fault_object(
+            &mut w.objs,
+            &mut w.pool,
+            &mut sim,
+            tgt(o, 1, RW),
+            va(1),
+            VmProt::READ,
+            true,
+        );
+        assert!(
+            matches!(r, FaultOutcome::Mapped { .. }),
+            "the default pager may use it"
+        );
+        assert_eq!(
+            w.fault_target(s, tgt(o, 2, RW), va(2), VmProt::READ),
+            FaultOutcome::ResourceShortage
+        );
+        // Page limit.
+        let mut w = World::new(8);
+        w.objs = Objects::new(64, 1, 0);
+        let s = w.m.new_space();
+        let o = w.objs.create_internal(4 * PAGE_SIZE).unwrap();
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert_eq!(
+            w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::READ),
+            FaultOutcome::ResourceShortage
+        );
+        assert_eq!(w.pool.free_count(), 7, "frame given back");
+        // A page table that cannot grow.
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        w.m.set_table_limit(s, Some(0));
+        let o = w.objs.create_internal(PAGE_SIZE).unwrap();
+        assert_eq!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::ResourceShortage
+        );
+    }
+
+    #[test]
+    fn stale_and_unmapped() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = w.objs.create_internal(PAGE_SIZE).unwrap();
+        w.objs.release(o);
+        w.reap();
+        assert_eq!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::MemoryError
+        );
+        let mut map = new_map();
+        assert_eq!(
+            w.fault(&mut map, s, va(0), VmProt::READ),
+            FaultOutcome::InvalidAddress
+        );
+    }
+}
