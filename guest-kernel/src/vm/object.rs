@@ -754,3 +754,287 @@ impl ObjectRefs for Objects {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::VirtAddr;
+    use crate::vm::page::FramePool;
+    use crate::vm::pmap::{Pmap, SimMachine};
+
+    fn off(p: u64) -> ObjectOffset {
+        ObjectOffset(p * PAGE_SIZE)
+    }
+
+    struct W {
+        m: SimMachine,
+        objs: Objects,
+        pool: FramePool,
+    }
+    fn world() -> W {
+        W {
+            m: SimMachine::new(),
+            objs: Objects::new(4, 16, 0),
+            pool: FramePool::new(PhysAddr(0x100000), 16),
+        }
+    }
+    /// A resident page at `p` of `o`, mapped in a new space at va p.
+    fn resident(w: &mut W, o: ObjectId, p: u64, dirty: bool) -> PhysAddr {
+        let f = w.objs.pages.alloc_frame(&mut w.pool, false).unwrap().addr;
+        let pid = w.objs.pages.insert(o, off(p), Some(f)).unwrap();
+        w.objs.pages.activate(pid);
+        let s = w.m.new_space();
+        w.m.pmap(s)
+            .enter(VirtAddr(p * PAGE_SIZE), f, VmProt::DEFAULT)
+            .unwrap();
+        if dirty {
+            assert!(w.m.touch(s, VirtAddr(p * PAGE_SIZE), true));
+        }
+        f
+    }
+
+    #[test]
+    fn ids_are_generation_checked_and_bad_ids_harmless() {
+        let mut w = world();
+        let a = w.objs.create_internal(PAGE_SIZE).unwrap();
+        w.objs.release(a);
+        assert!(w.objs.get(a).is_ok(), "queued, not yet reaped");
+        assert!(w.objs.reap(&mut w.pool, &mut w.m).unwrap().is_empty());
+        assert_eq!(w.objs.get(a).map(|_| ()), Err(VmError::InvalidArgument));
+        let b = w.objs.create_internal(PAGE_SIZE).unwrap();
+        assert_eq!(b.index, a.index);
+        assert_ne!(b, a);
+        // Stale or made-up names do nothing.
+        w.objs.reference(a);
+        w.objs.release(a);
+        w.objs.release(ObjectId {
+            index: 99,
+            generation: 0,
+        });
+        assert_eq!(w.objs.get(b).unwrap().refs(), 1);
+        assert_eq!(
+            w.objs.shadow(a, off(0), PAGE_SIZE),
+            Err(VmError::InvalidArgument)
+        );
+        assert_eq!(
+            w.objs.data_unavailable(a, off(0), PAGE_SIZE).map(|_| ()),
+            Err(VmError::InvalidArgument)
+        );
+        assert_eq!(
+            w.objs.data_write_done(b, off(0), &mut w.pool, &mut w.m),
+            Err(VmError::InvalidArgument),
+            "no write in flight"
+        );
+        assert_eq!(w.objs.create_internal(0), Err(VmError::InvalidArgument));
+        assert_eq!(w.objs.create_internal(5), Err(VmError::InvalidArgument));
+    }
+
+    #[test]
+    fn object_limit() {
+        let mut w = world();
+        let a = w.objs.create_internal(PAGE_SIZE).unwrap();
+        for _ in 0..3 {
+            w.objs.create_internal(PAGE_SIZE).unwrap();
+        }
+        assert_eq!(
+            w.objs.create_internal(PAGE_SIZE),
+            Err(VmError::ResourceShortage)
+        );
+        assert_eq!(
+            w.objs.shadow(a, off(0), PAGE_SIZE),
+            Err(VmError::ResourceShortage)
+        );
+        assert_eq!(
+            w.objs.enter_pager(PagerRef(1), PAGE_SIZE),
+            Err(VmError::ResourceShortage)
+        );
+        // A failed shadow leaves the caller's reference where it was.
+        assert_eq!(w.objs.get(a).unwrap().refs(), 1);
+    }
+
+    #[test]
+    fn internal_death_frees_pages_and_releases_chain() {
+        let mut w = world();
+        let free = w.pool.free_count();
+        let base = w.objs.create_internal(2 * PAGE_SIZE).unwrap();
+        let top = w.objs.shadow(base, off(0), 2 * PAGE_SIZE).unwrap();
+        let f = resident(&mut w, base, 0, true);
+        resident(&mut w, top, 1, true);
+        w.objs.get_mut(base).unwrap().paged_out.insert(off(1).0);
+        w.objs.release(top);
+        let acts = w.objs.reap(&mut w.pool, &mut w.m).unwrap();
+        assert_eq!(acts, [ObjectAction::DefaultPagerRelease { object: base }]);
+        assert_eq!(w.objs.count(), 0);
+        assert_eq!(w.objs.pages.resident_count(), 0);
+        assert_eq!(w.pool.free_count(), free);
+        assert!(w.m.mappings_of(f).is_empty(), "unmapped before freed");
+    }
+
+    #[test]
+    fn external_termination_writes_back_then_terminates() {
+        let mut w = world();
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(3), 4 * PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        let dirty = resident(&mut w, o, 0, true);
+        resident(&mut w, o, 1, false);
+        assert_eq!(w.objs.lookup_pager(PagerRef(3)), Some(o));
+        w.objs.release(o);
+        let acts = w.objs.reap(&mut w.pool, &mut w.m).unwrap();
+        assert_eq!(
+            acts,
+            [ObjectAction::DataWrite {
+                object: o,
+                pager: PagerPort::Pager(PagerRef(3)),
+                offset: off(0),
+                frame: dirty
+            }]
+        );
+        assert_eq!(w.objs.get(o).unwrap().state(), ObjectState::Terminating);
+        assert_eq!(w.objs.pages.resident_count(), 1, "clean page freed");
+        // Mapping it again must wait for the end.
+        assert_eq!(
+            w.objs.enter_pager(PagerRef(3), PAGE_SIZE),
+            Err(VmError::ResourceShortage)
+        );
+        assert_eq!(
+            w.objs
+                .data_write_done(o, off(0), &mut w.pool, &mut w.m)
+                .unwrap(),
+            Some(ObjectAction::Terminate {
+                object: o,
+                pager: PagerRef(3)
+            })
+        );
+        assert!(w.objs.get(o).is_err());
+        assert_eq!(w.objs.lookup_pager(PagerRef(3)), None);
+        assert_eq!(w.pool.free_count(), 16);
+        assert!(matches!(
+            w.objs.enter_pager(PagerRef(3), PAGE_SIZE),
+            Ok(PagerEntry::New(_))
+        ));
+    }
+
+    #[test]
+    fn cached_object_survives_and_is_found_again() {
+        let mut w = world();
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(5), PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        assert!(
+            w.objs
+                .cache(o, true, &mut w.pool, &mut w.m)
+                .unwrap()
+                .is_empty()
+        );
+        resident(&mut w, o, 0, false);
+        w.objs.release(o);
+        assert!(w.objs.reap(&mut w.pool, &mut w.m).unwrap().is_empty());
+        assert_eq!(w.objs.get(o).unwrap().state(), ObjectState::Cached);
+        assert_eq!(w.objs.pages.resident_count(), 1);
+        assert_eq!(
+            w.objs.enter_pager(PagerRef(5), PAGE_SIZE),
+            Ok(PagerEntry::Existing(o))
+        );
+        assert_eq!(w.objs.get(o).unwrap().refs(), 1);
+        w.objs.release(o);
+        w.objs.reap(&mut w.pool, &mut w.m).unwrap();
+        // Rescinding the permission ends it.
+        assert_eq!(
+            w.objs.cache(o, false, &mut w.pool, &mut w.m).unwrap(),
+            [ObjectAction::Terminate {
+                object: o,
+                pager: PagerRef(5)
+            }]
+        );
+        assert!(w.objs.get(o).is_err());
+        assert_eq!(w.objs.pages.resident_count(), 0);
+        // Eviction of a cached object to make room.
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(6), PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        w.objs.cache(o, true, &mut w.pool, &mut w.m).unwrap();
+        w.objs.release(o);
+        w.objs.reap(&mut w.pool, &mut w.m).unwrap();
+        assert_eq!(
+            w.objs.evict_cached(&mut w.pool, &mut w.m).unwrap(),
+            [ObjectAction::Terminate {
+                object: o,
+                pager: PagerRef(6)
+            }]
+        );
+        assert!(
+            w.objs
+                .evict_cached(&mut w.pool, &mut w.m)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn flush_and_clean_requests() {
+        let mut w = world();
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(9), 4 * PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        let d0 = resident(&mut w, o, 0, true);
+        resident(&mut w, o, 1, false);
+        let d2 = resident(&mut w, o, 2, true);
+        // clean: write back page 0, keep it, write-protected meanwhile.
+        let acts = w
+            .objs
+            .clean_request(o, off(0), PAGE_SIZE, &mut w.m)
+            .unwrap();
+        assert_eq!(acts.len(), 1);
+        let (s, _) = w.m.mappings_of(d0)[0];
+        assert_eq!(w.m.extract(s, VirtAddr(0)), Some((d0, VmProt::READ)));
+        assert!(
+            w.objs
+                .clean_request(o, off(0), PAGE_SIZE, &mut w.m)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            w.objs.data_write_done(o, off(0), &mut w.pool, &mut w.m),
+            Ok(None)
+        );
+        assert_eq!(w.objs.pages.resident_count(), 3);
+        // flush the lot: page 2 is dirty → written; 0 (now clean) and 1 freed.
+        let acts = w
+            .objs
+            .flush_request(o, off(0), 4 * PAGE_SIZE, &mut w.pool, &mut w.m)
+            .unwrap();
+        assert_eq!(
+            acts,
+            [ObjectAction::DataWrite {
+                object: o,
+                pager: PagerPort::Pager(PagerRef(9)),
+                offset: off(2),
+                frame: d2
+            }]
+        );
+        assert_eq!(w.objs.pages.resident_count(), 1);
+        assert!(w.m.mappings_of(d2).is_empty());
+        w.objs
+            .data_write_done(o, off(2), &mut w.pool, &mut w.m)
+            .unwrap();
+        assert_eq!(w.objs.pages.resident_count(), 0);
+        assert_eq!(
+            w.objs
+                .flush_request(o, ObjectOffset(1), PAGE_SIZE, &mut w.pool, &mut w.m),
+            Err(VmError::InvalidArgument)
+        );
+        assert_eq!(
+            w.objs
+                .data_lock(
+                    o,
+                    off(1),
+                    u64::MAX & !(PAGE_SIZE - 1),
+                    VmProt::ALL,
+                    &mut w.m
+                )
+                .map(|_| ()),
+            Err(VmError::InvalidArgument)
+        );
+    }
+}
