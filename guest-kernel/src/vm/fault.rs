@@ -813,7 +813,7 @@ pub(crate) mod tests {
         assert_eq!(
             w.objs.data_provided(
                 o,
-                ObjectOffset(u64::MAX & !(PAGE_SIZE - 1)),
+                ObjectOffset(!(PAGE_SIZE - 1)),
                 &[again, again],
                 VmProt::NONE,
                 false,

@@ -42,7 +42,7 @@ pub fn allowed_by_lock(lock: VmProt) -> VmProt {
 
 /// Checks (offset, size) and returns the end, page aligned.
 fn check_range(offset: ObjectOffset, size: u64) -> Result<u64, VmError> {
-    if !offset.is_page_aligned() || size % PAGE_SIZE != 0 {
+    if !offset.is_page_aligned() || !size.is_multiple_of(PAGE_SIZE) {
         return Err(VmError::InvalidArgument);
     }
     offset
@@ -131,12 +131,14 @@ impl Objects {
     ) -> Result<Reply, VmError> {
         let mut r = Reply::default();
         for pid in self.pages_in(object, offset, size)? {
-            if let Some(p) = self.pages.get_mut(pid) {
-                if p.busy && p.absent && !p.cleaning {
-                    p.busy = false;
-                    r.pages += 1;
-                    r.woken = true;
-                }
+            if let Some(p) = self.pages.get_mut(pid)
+                && p.busy
+                && p.absent
+                && !p.cleaning
+            {
+                p.busy = false;
+                r.pages += 1;
+                r.woken = true;
             }
         }
         Ok(r)
@@ -152,13 +154,15 @@ impl Objects {
     ) -> Result<Reply, VmError> {
         let mut r = Reply::default();
         for pid in self.pages_in(object, offset, size)? {
-            if let Some(p) = self.pages.get_mut(pid) {
-                if p.busy && p.absent && !p.cleaning {
-                    p.busy = false;
-                    p.error = true;
-                    r.pages += 1;
-                    r.woken = true;
-                }
+            if let Some(p) = self.pages.get_mut(pid)
+                && p.busy
+                && p.absent
+                && !p.cleaning
+            {
+                p.busy = false;
+                p.error = true;
+                r.pages += 1;
+                r.woken = true;
             }
         }
         Ok(r)

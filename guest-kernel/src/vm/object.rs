@@ -269,10 +269,10 @@ impl Objects {
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(id.index);
         self.count -= 1;
-        if let ObjectKind::External(p) = o.kind {
-            if self.by_pager.get(&p) == Some(&id) {
-                self.by_pager.remove(&p);
-            }
+        if let ObjectKind::External(p) = o.kind
+            && self.by_pager.get(&p) == Some(&id)
+        {
+            self.by_pager.remove(&p);
         }
         Some(o)
     }
@@ -293,7 +293,7 @@ impl Objects {
     }
 
     fn check_size(size: u64) -> Result<(), VmError> {
-        if size == 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
             return Err(VmError::InvalidArgument);
         }
         Ok(())
@@ -350,11 +350,11 @@ impl Objects {
         frames: &mut dyn FrameSource,
         phys: &mut dyn PhysMaps,
     ) {
-        if let Some(p) = self.pages.remove(pid) {
-            if let Some(f) = p.frame {
-                phys.page_protect(f, VmProt::NONE);
-                frames.free_frame(f);
-            }
+        if let Some(p) = self.pages.remove(pid)
+            && let Some(f) = p.frame
+        {
+            phys.page_protect(f, VmProt::NONE);
+            frames.free_frame(f);
         }
     }
 
@@ -1026,13 +1026,7 @@ mod tests {
         );
         assert_eq!(
             w.objs
-                .data_lock(
-                    o,
-                    off(1),
-                    u64::MAX & !(PAGE_SIZE - 1),
-                    VmProt::ALL,
-                    &mut w.m
-                )
+                .data_lock(o, off(1), !(PAGE_SIZE - 1), VmProt::ALL, &mut w.m)
                 .map(|_| ()),
             Err(VmError::InvalidArgument)
         );
