@@ -1515,10 +1515,10 @@ pub(crate) mod tests {
                 None => assert_eq!(r, Err(FaultOutcome::InvalidAddress)),
                 Some(pm) => {
                     assert_eq!(r, Ok(()));
-                    for slot in 0..2 {
+                    for (slot, want) in cells[pm.cell].iter().enumerate() {
                         let mut b = [0u8];
                         w.m.read_virt(t.space, slot_va(page, slot), &mut b).unwrap();
-                        assert_eq!(b[0], cells[pm.cell][slot], "page {page} slot {slot}");
+                        assert_eq!(b[0], *want, "page {page} slot {slot}");
                     }
                 }
             }
