@@ -225,15 +225,18 @@ fn mach_ipc_semantics_in_the_guest() {
         return;
     }
     // ipctest runs each sub-test in the guest and prints its verdict:
-    // timeouts, backlog, short buffers, malicious messages, dead names,
-    // killing a blocked task, shared-memory threads, exception handling, receive and
-    // send-once rights moved to another task, three clients and a server
-    // finding each other through the name server, and exhaustion of ports,
-    // queued messages, threads and tasks ending in errors, with a normal
-    // exchange afterwards.
+    // three client tasks on one server, receive timeouts (timed by the
+    // TSC), backlog and send timeout, short buffers, malicious messages
+    // (each refused with its documented error), dead names, killing a
+    // task blocked in receive, shared-memory threads, an exception handler
+    // that fixes a #UD and a #PF, receive, send and send-once rights moved
+    // to another task, clients and a server finding each other through the
+    // name server, and exhaustion of ports, queued messages, threads and
+    // tasks ending in errors, with a normal exchange afterwards.
     let out = vmm(&["run", "--init", "ipctest", "all"], &[]);
     let all = format!("{}{}", out.stdout, out.stderr);
     for name in [
+        "many-clients",
         "receive-timeout",
         "backlog",
         "too-small",

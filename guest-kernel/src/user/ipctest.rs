@@ -1,4 +1,5 @@
-//! `ipctest [NAME...]`: in-guest tests of Mach IPC, run by tests/ipc.rs.
+//! `ipctest [NAME...]`: in-guest tests of Mach IPC, run by tests/boot.rs
+//! (`mach_ipc_semantics_in_the_guest`).
 //! Each sub-test prints `ipctest: NAME ok` or `ipctest: NAME FAILED: why`;
 //! the exit status is the number that failed. No names: all of them.
 //!
@@ -80,13 +81,47 @@ fn first_port(m: &Message<'_>) -> Option<Name> {
     })
 }
 
-/// A receive on an empty port with a timeout ends in RCV_TIMED_OUT.
-fn receive_timeout() -> R {
-    let p = kern(traps::port_allocate())?;
+/// The time-stamp counter (ring 3 may read it: the kernel leaves CR4.TSD
+/// clear). Its rate is unknown to us, so only ratios of it are used.
+fn tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// TSC cycles a receive with `ms` of timeout took, and its error.
+fn timed_receive(p: Name, ms: u32) -> Result<u64, &'static str> {
+    let t0 = tsc();
+    let r = traps::msg_receive(buf(), p, Some(ms));
+    let t = tsc() - t0;
     expect_err(
-        traps::msg_receive(buf(), p, Some(30)),
+        r,
         abi::RCV_TIMED_OUT,
         "receive on an empty port did not time out",
+    )?;
+    Ok(t)
+}
+
+/// A receive on an empty port with a timeout ends in RCV_TIMED_OUT, and
+/// not early: the kernel has no clock a task can read, so the timeout is
+/// timed by the TSC against a short one. 100 ms must take at least 4
+/// times as long as the shortest of three 10 ms ones (timer at 100 Hz:
+/// 10 ms is at most ~1 tick, 100 ms at least 9).
+fn receive_timeout() -> R {
+    let p = kern(traps::port_allocate())?;
+    let mut short = u64::MAX;
+    for _ in 0..3 {
+        short = short.min(timed_receive(p, 10)?);
+    }
+    let long = timed_receive(p, 100)?;
+    if long < 4 * short {
+        println!("ipctest: receive-timeout: 100 ms took {long} TSC cycles, 10 ms {short}");
+        return Err("a 100 ms timeout ended too early against a 10 ms one");
+    }
+    // A poll (timeout 0) of an empty port times out too.
+    expect_err(
+        traps::msg_receive(buf(), p, Some(0)),
+        abi::RCV_TIMED_OUT,
+        "a poll of an empty port did not time out",
     )?;
     kern(traps::port_deallocate(p))
 }
@@ -155,72 +190,343 @@ fn too_small() -> R {
     kern(traps::port_deallocate(p))
 }
 
-/// Messages that lie or name what the sender does not hold are refused,
-/// and IPC still works afterwards.
-fn malicious() -> R {
-    // A name that was never allocated.
-    expect_err(
-        send_simple(0x0077_7700, PING, b"x", Some(0)),
-        abi::SEND_INVALID_DEST,
-        "send to a bogus name",
-    )?;
-    let p = port_with_send()?;
-    let q = kern(traps::port_allocate())?;
-    kern(traps::port_deallocate(q))?;
-    // Moving a receive right we no longer hold.
+/// The raw mach_msg trap, for buffers and sizes libmach would not pass.
+///
+/// # Safety
+/// The kernel reads and writes `buf` as for any mach_msg: it must be
+/// memory nothing else uses, or unmapped.
+unsafe fn raw_mach_msg(buf: u64, option: u32, send: u64, rcv: u64, name: Name) -> u32 {
+    let r: u64;
+    // SAFETY: the caller's promise about `buf`; no other memory is named.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") abi::TRAP_MACH_MSG => r, in("rdi") buf,
+            in("rsi") u64::from(option), in("rdx") send, in("r10") rcv, in("r8") u64::from(name),
+            in("r9") 0u64, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    r as u32
+}
+
+/// An address no task has mapped (the `fault` program dies writing it).
+const UNMAPPED: u64 = 0xdead_0000;
+
+/// The result code of sending `b[..n]` (no waiting).
+fn send_code(n: usize) -> u32 {
+    // SAFETY: the tests' messages carry no deallocating out-of-line items.
+    match unsafe { traps::mach_msg(buf(), abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) } {
+        Ok(()) => abi::MSG_SUCCESS,
+        Err(MsgError(c)) => c,
+    }
+}
+
+/// `got` is the documented `want`; otherwise says which case and fails.
+fn refused(what: &str, got: u32, want: u32) -> R {
+    if got == want {
+        return Ok(());
+    }
+    println!("ipctest: malicious: {what}: got {got:#x}, want {want:#x}");
+    Err("a malicious message was not refused with the documented error")
+}
+
+/// Builds a message to `dest` with `f`, applies `patch` to the bytes and
+/// sends `size(n)` of them; checks the send fails with `want`.
+fn lie(
+    what: &str,
+    want: u32,
+    f: impl FnOnce(&mut Builder<'_>),
+    patch: impl FnOnce(&mut [u8], usize) -> usize,
+) -> R {
     let b = buf();
-    let n = Builder::new(b)
-        .dest(p, abi::COPY_SEND)
-        .id(PING)
-        .ports(&[q], abi::MOVE_RECEIVE)
-        .finish()
-        .map_err(|e| e.name())?;
-    if traps::msg_send(&b[..n], Some(0)).is_ok() {
-        return Err("moved a receive right it does not hold");
+    let mut builder = Builder::new(b);
+    f(&mut builder);
+    let n = builder.finish().map_err(|e| e.name())?;
+    let n = patch(buf(), n);
+    refused(what, send_code(n), want)
+}
+
+fn as_is(_: &mut [u8], n: usize) -> usize {
+    n
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Messages that lie, or name what the sender does not hold, are refused
+/// with the error docs/mach-ipc.md §4 gives for each; nothing is queued, a
+/// failed send leaves the sender's rights as they were, and IPC still
+/// works afterwards.
+fn malicious() -> R {
+    let p = port_with_send()?;
+    let recv_only = kern(traps::port_allocate())?;
+    let gone = kern(traps::port_allocate())?;
+    kern(traps::port_deallocate(gone))?;
+    let bogus: Name = 0x0077_7700;
+    let body = |b: &mut Builder<'_>| {
+        b.dest(p, abi::COPY_SEND).id(PING).inline(&[7; 16]);
+    };
+    let item = abi::HEADER_SIZE;
+
+    // Destinations and reply ports.
+    lie(
+        "bogus destination",
+        abi::SEND_INVALID_DEST,
+        |b| {
+            b.dest(bogus, abi::COPY_SEND).id(PING);
+        },
+        as_is,
+    )?;
+    lie(
+        "destination held as a receive right only",
+        abi::SEND_INVALID_DEST,
+        |b| {
+            b.dest(recv_only, abi::COPY_SEND).id(PING);
+        },
+        as_is,
+    )?;
+    lie(
+        "deallocated destination",
+        abi::SEND_INVALID_DEST,
+        |b| {
+            b.dest(gone, abi::COPY_SEND).id(PING);
+        },
+        as_is,
+    )?;
+    lie(
+        "bogus reply port",
+        abi::SEND_INVALID_REPLY,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .reply(bogus, abi::MAKE_SEND_ONCE)
+                .id(PING);
+        },
+        as_is,
+    )?;
+
+    // Rights the sender does not hold.
+    lie(
+        "moving a receive right no longer held",
+        abi::SEND_INVALID_RIGHT,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[gone], abi::MOVE_RECEIVE);
+        },
+        as_is,
+    )?;
+    lie(
+        "copying a send right never held",
+        abi::SEND_INVALID_RIGHT,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[recv_only], abi::COPY_SEND);
+        },
+        as_is,
+    )?;
+    lie(
+        "a bogus name in a ports item",
+        abi::SEND_INVALID_RIGHT,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[bogus], abi::COPY_SEND);
+        },
+        as_is,
+    )?;
+    lie(
+        "a ports item with a bad disposition",
+        abi::SEND_INVALID_RIGHT,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[p], abi::COPY_SEND);
+        },
+        |m, n| {
+            m[item + 1] = 99;
+            n
+        },
+    )?;
+    // A send right moved in one item, then a bad name in the next: the
+    // send fails and the right is back where it was.
+    let s = port_with_send()?;
+    lie(
+        "a good move then a bad name",
+        abi::SEND_INVALID_RIGHT,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[s], abi::MOVE_SEND)
+                .ports(&[bogus], abi::COPY_SEND);
+        },
+        as_is,
+    )?;
+    if kern(traps::port_status(s))?.send_refs != 1 {
+        return Err("a failed send did not give back the send right it moved");
     }
-    // A header whose size runs past what was handed to the kernel.
-    let n = Builder::new(b)
-        .dest(p, abi::COPY_SEND)
-        .id(PING)
-        .inline(&[1; 64])
-        .finish()
-        .map_err(|e| e.name())?;
-    b[4..8].copy_from_slice(&((n + 512) as u32).to_le_bytes());
-    // SAFETY: no out-of-line items.
-    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
-        return Err("a header size past the message was accepted");
-    }
-    // An item whose length runs past the message end.
-    let n = Builder::new(b)
-        .dest(p, abi::COPY_SEND)
-        .id(PING)
-        .inline(&[2; 16])
-        .finish()
-        .map_err(|e| e.name())?;
-    let item_len_at = abi::HEADER_SIZE + 4;
-    b[item_len_at..item_len_at + 4].copy_from_slice(&4000u32.to_le_bytes());
-    // SAFETY: no out-of-line items.
-    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
-        return Err("an item past the message end was accepted");
-    }
-    // An item of a kind that does not exist.
-    let n = Builder::new(b)
-        .dest(p, abi::COPY_SEND)
-        .id(PING)
-        .inline(&[3; 8])
-        .finish()
-        .map_err(|e| e.name())?;
-    b[abi::HEADER_SIZE] = 0x7f;
-    // SAFETY: no out-of-line items.
-    if unsafe { traps::mach_msg(b, abi::SEND_MSG | abi::SEND_TIMEOUT, n, 0, 0) }.is_ok() {
-        return Err("an item of an unknown kind was accepted");
-    }
+    kern(traps::port_deallocate(s))?;
+
+    // Sizes that lie.
+    lie(
+        "header size past the message",
+        abi::SEND_MSG_TOO_SMALL,
+        body,
+        |m, n| {
+            put32(m, 4, (n + 512) as u32);
+            n
+        },
+    )?;
+    lie(
+        "header size short of the message",
+        abi::SEND_MSG_TOO_SMALL,
+        body,
+        |m, n| {
+            put32(m, 4, (n - 8) as u32);
+            n
+        },
+    )?;
+    lie(
+        "a size not a multiple of 8",
+        abi::SEND_MSG_TOO_SMALL,
+        body,
+        |m, n| {
+            put32(m, 4, (n + 4) as u32);
+            n + 4
+        },
+    )?;
+    lie(
+        "shorter than a header",
+        abi::SEND_MSG_TOO_SMALL,
+        body,
+        |m, _| {
+            put32(m, 4, 16);
+            16
+        },
+    )?;
+    lie(
+        "an item past the message end",
+        abi::SEND_INVALID_TYPE,
+        body,
+        |m, n| {
+            put32(m, item + 4, 4000);
+            n
+        },
+    )?;
+    lie(
+        "an item length that overflows",
+        abi::SEND_INVALID_TYPE,
+        body,
+        |m, n| {
+            put32(m, item + 4, u32::MAX);
+            n
+        },
+    )?;
+    lie(
+        "a ports count past the message end",
+        abi::SEND_INVALID_TYPE,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[p], abi::COPY_SEND);
+        },
+        |m, n| {
+            put32(m, item + 4, 1000);
+            n
+        },
+    )?;
+    // SAFETY (both raw calls): the kernel refuses before touching memory.
+    let big = unsafe { raw_mach_msg(buf().as_ptr() as u64, abi::SEND_MSG, 65536 + 8, 0, 0) };
+    refused("more than MSG_SIZE_MAX", big, abi::SEND_TOO_LARGE)?;
+
+    // Bad item types and reserved bits.
+    lie(
+        "an item of an unknown kind",
+        abi::SEND_INVALID_TYPE,
+        body,
+        |m, n| {
+            m[item] = 0x7f;
+            n
+        },
+    )?;
+    lie(
+        "an item's reserved bytes set",
+        abi::SEND_INVALID_TYPE,
+        body,
+        |m, n| {
+            m[item + 2] = 1;
+            n
+        },
+    )?;
+    lie(
+        "a ports item in a message not marked complex",
+        abi::SEND_INVALID_TYPE,
+        |b| {
+            b.dest(p, abi::COPY_SEND)
+                .id(PING)
+                .ports(&[p], abi::COPY_SEND);
+        },
+        |m, n| {
+            m[3] &= 0x7f;
+            n
+        },
+    )?;
+    lie(
+        "header bits 16-30 set",
+        abi::SEND_INVALID_TYPE,
+        body,
+        |m, n| {
+            m[2] = 0x40;
+            n
+        },
+    )?;
+
+    // Memory the sender cannot read, or the receiver write.
+    lie(
+        "an out-of-line region not mapped",
+        abi::SEND_INVALID_DATA,
+        |b| {
+            b.dest(p, abi::COPY_SEND).id(PING);
+            // SAFETY: without deallocate the region is only read (and it is
+            // not mapped, which is the point).
+            unsafe { b.ool_raw(UNMAPPED, 4096, false) };
+        },
+        as_is,
+    )?;
+    // SAFETY: an unmapped buffer; the kernel must refuse it.
+    let r = unsafe { raw_mach_msg(UNMAPPED, abi::SEND_MSG, 64, 0, 0) };
+    refused("a message buffer not mapped", r, abi::SEND_INVALID_DATA)?;
     if kern(traps::port_status(p))?.num_msgs != 0 {
         return Err("a refused message was queued");
     }
+    expect_err(
+        traps::msg_receive(buf(), bogus, Some(0)),
+        abi::RCV_INVALID_NAME,
+        "a receive on a bogus name was not RCV_INVALID_NAME",
+    )?;
+    let task = kern(traps::task_self())?;
+    expect_err(
+        traps::msg_receive(buf(), task, Some(0)),
+        abi::RCV_INVALID_NAME,
+        "a receive on a send right was not RCV_INVALID_NAME",
+    )?;
+    msg(send_simple(p, PING, b"to a bad buffer", Some(0)))?;
+    // SAFETY: an unmapped buffer; the kernel must refuse to write it.
+    let r = unsafe { raw_mach_msg(UNMAPPED, abi::RCV_MSG | abi::RCV_TIMEOUT, 0, 256, p) };
+    refused("a receive buffer not mapped", r, abi::RCV_INVALID_DATA)?;
+    // The message was dequeued and is lost (docs §4, as in Mach 3).
+    expect_err(
+        traps::msg_receive(buf(), p, Some(0)),
+        abi::RCV_TIMED_OUT,
+        "a message that could not be written out stayed queued",
+    )?;
+
     // And the port still works.
     msg(send_simple(p, PING, b"ok", Some(0)))?;
-    msg(traps::msg_receive(buf(), p, Some(0)))?;
+    let n = msg(traps::msg_receive(buf(), p, Some(0)))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.items().next() != Some(Item::Inline(b"ok")) {
+        return Err("the port did not work after the malicious messages");
+    }
+    kern(traps::port_deallocate(recv_only))?;
     kern(traps::port_deallocate(p))
 }
 
@@ -242,21 +548,50 @@ fn start_child(role: &[u8]) -> Result<(Name, Name), &'static str> {
 }
 
 /// When the task holding a receive right dies, a sender that asked is
-/// told (dead-name notification) and its send right is a dead name.
+/// told (dead-name notification naming the right), its send right is a
+/// dead name (`port_status` finds the name but no port), a send to it
+/// fails with SEND_INVALID_DEST, and deallocating it frees the name.
 fn dead_name() -> R {
-    let (_task, port) = start_child(b"child-exit")?;
+    let (task, port) = start_child(b"child-exit")?;
     let notify = kern(traps::port_allocate())?;
     kern(traps::port_request_dead_name(port, notify))?;
+    if kern(traps::port_status(port))?.send_refs == 0 {
+        return Err("no send right to the child's port before it died");
+    }
     msg(send_simple(port, DIE, b"", T))?;
     let n = msg(traps::msg_receive(buf(), notify, T))?;
     let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
     if m.id() != abi::NOTIFY_DEAD_NAME {
         return Err("the notification is not NOTIFY_DEAD_NAME");
     }
-    if send_simple(port, PING, b"", Some(0)).is_ok() {
-        return Err("a send to a dead name succeeded");
+    let named = match m.items().next() {
+        Some(Item::Inline(d)) if d.len() == 4 => u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+        _ => return Err("the notification does not carry the dead name"),
+    };
+    if named != port {
+        return Err("the notification names another right");
     }
-    let _ = traps::port_deallocate(port);
+    match traps::port_status(port) {
+        Err(e) if e.0 == abi::KERN_INVALID_RIGHT => {}
+        _ => return Err("the send right did not become a dead name"),
+    }
+    expect_err(
+        send_simple(port, PING, b"", Some(0)),
+        abi::SEND_INVALID_DEST,
+        "a send to a dead name was not SEND_INVALID_DEST",
+    )?;
+    // Deallocate the dead name until the name is gone (the notification
+    // may hold a reference of its own, as in Mach).
+    for _ in 0..4 {
+        if traps::port_deallocate(port).is_err() {
+            break;
+        }
+    }
+    match traps::port_status(port) {
+        Err(e) if e.0 == abi::KERN_INVALID_NAME => {}
+        _ => return Err("deallocating the dead name did not free the name"),
+    }
+    let _ = traps::port_deallocate(task);
     kern(traps::port_deallocate(notify))
 }
 
@@ -266,19 +601,33 @@ fn kill_blocked() -> R {
     let (task, port) = start_child(b"child-block")?;
     let notify = kern(traps::port_allocate())?;
     kern(traps::port_request_dead_name(port, notify))?;
+    // Its hello is sent; give it time to reach its receive and block.
+    sleep(notify, 20);
     kern(traps::task_terminate(task))?;
     let n = msg(traps::msg_receive(buf(), notify, T))?;
     let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
     if m.id() != abi::NOTIFY_DEAD_NAME {
         return Err("no dead-name notification for the killed task's port");
     }
+    if traps::task_terminate(task).is_ok() {
+        return Err("a second task_terminate of the dead task succeeded");
+    }
     let _ = traps::port_deallocate(port);
     let _ = traps::port_deallocate(task);
-    kern(traps::port_deallocate(notify))
+    kern(traps::port_deallocate(notify))?;
+    // The killer goes on, and so does the kernel: a new child starts,
+    // says hello and takes a message.
+    let (task, port) = start_child(b"child-exit")?;
+    msg(send_simple(port, DIE, b"", T))?;
+    let _ = traps::port_deallocate(port);
+    kern(traps::port_deallocate(task))
 }
 
 static SHARED: AtomicU64 = AtomicU64::new(0);
-static mut STACK: [u64; 2048] = [0; 2048];
+/// Sizes of the statics below are kept small: the image has no .bss (it is
+/// all .data) and task_create copies it in the kernel, once per child.
+const STACK_WORDS: usize = 1024;
+static mut STACK: [u64; STACK_WORDS] = [0; STACK_WORDS];
 
 extern "C" fn writer(arg: u64) -> ! {
     SHARED.store(arg, Ordering::SeqCst);
@@ -291,7 +640,7 @@ extern "C" fn writer(arg: u64) -> ! {
 /// A thread created in our task shares its memory: it writes, we read.
 fn thread_shares_memory() -> R {
     let me = kern(traps::task_self())?;
-    let top = (&raw mut STACK) as u64 + core::mem::size_of::<[u64; 2048]>() as u64 - 8;
+    let top = (&raw mut STACK) as u64 + core::mem::size_of::<[u64; STACK_WORDS]>() as u64 - 8;
     // SAFETY: `writer` runs on STACK, which nothing else uses.
     let t = kern(unsafe { traps::thread_create(me, writer as *const () as u64, top, 0xfeed) })?;
     let idle = kern(traps::port_allocate())?;
@@ -306,52 +655,62 @@ fn thread_shares_memory() -> R {
     Err("the new thread's write was never seen")
 }
 
-static mut STACK2: [u64; 2048] = [0; 2048];
+static mut STACK2: [u64; STACK_WORDS] = [0; STACK_WORDS];
 static FIXED: AtomicU64 = AtomicU64::new(0);
+/// Where the handler points the faulting store.
+static TARGET: AtomicU64 = AtomicU64::new(0);
+const STORED: u64 = 0x5eed_0ffa_1700;
 
 extern "C" fn faulter(_: u64) -> ! {
     // SAFETY: a deliberate #UD for the handler to step over (ud2 is 2 bytes).
     unsafe { core::arch::asm!("ud2") };
-    FIXED.store(1, Ordering::SeqCst);
+    // A store through an unmapped address: the handler points rdi at
+    // TARGET and the store is retried there.
+    let mut at = UNMAPPED;
+    // SAFETY: a deliberate #PF; the handler redirects rdi before resuming.
+    unsafe {
+        core::arch::asm!("mov qword ptr [rdi], rsi", inout("rdi") at, in("rsi") STORED,
+            options(nostack))
+    };
+    if at == TARGET.as_ptr() as u64 && TARGET.load(Ordering::SeqCst) == STORED {
+        FIXED.store(1, Ordering::SeqCst);
+    } else {
+        FIXED.store(2, Ordering::SeqCst);
+    }
     if let Ok(me) = traps::thread_self() {
         let _ = traps::thread_terminate(me);
     }
     rt::exit(4)
 }
 
-/// A thread's fault arrives as an exception message; the handler moves its
-/// RIP past the bad instruction, replies, and the thread carries on.
-fn exception_handler() -> R {
-    let me = kern(traps::task_self())?;
-    let exc = port_with_send()?;
-    let top = (&raw mut STACK2) as u64 + core::mem::size_of::<[u64; 2048]>() as u64 - 8;
-    // SAFETY: `faulter` runs on STACK2, which nothing else uses.
-    // The task's port, set before the thread exists: it may run (and
-    // fault) before thread_create returns to us.
-    kern(traps::task_set_exception_port(me, exc))?;
-    let t = kern(unsafe { traps::thread_create(me, faulter as *const () as u64, top, 0) })?;
+/// Receives one exception on `exc`: its thread port, its info and the
+/// reply right.
+fn catch(exc: Name) -> Result<(Name, ExceptionInfo, Name), &'static str> {
     let n = msg(traps::msg_receive(buf(), exc, T))?;
     let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
     if m.id() != abi::EXCEPTION_RAISE {
         return Err("not an EXCEPTION_RAISE message");
     }
     let thread = first_port(&m).ok_or("no thread port in the exception")?;
-    let info = m
+    let d = m
         .items()
         .find_map(|i| match i {
             Item::Inline(d) if d.len() == core::mem::size_of::<ExceptionInfo>() => Some(d),
             _ => None,
         })
         .ok_or("no ExceptionInfo")?;
-    let vector = u64::from_le_bytes(info[..8].try_into().map_err(|_| "short info")?);
-    if vector != 6 {
-        return Err("exception vector is not #UD");
-    }
-    let reply = m.header().remote;
-    let mut st = kern(traps::thread_get_state(thread))?;
-    st.rip += 2;
-    // SAFETY: RIP moves to the instruction after ud2 in `faulter`.
-    kern(unsafe { traps::thread_set_state(thread, &st) })?;
+    let word = |i: usize| u64::from_le_bytes(d[8 * i..8 * i + 8].try_into().unwrap_or([0; 8]));
+    let info = ExceptionInfo {
+        vector: word(0),
+        error: word(1),
+        rip: word(2),
+        cr2: word(3),
+    };
+    Ok((thread, info, m.header().remote))
+}
+
+/// Answers an exception: 0 resumes the thread.
+fn resume(reply: Name) -> R {
     let b = buf();
     let n = Builder::new(b)
         .dest(reply, abi::MOVE_SEND_ONCE)
@@ -359,23 +718,76 @@ fn exception_handler() -> R {
         .inline(&0i32.to_le_bytes())
         .finish()
         .map_err(|e| e.name())?;
-    msg(traps::msg_send(&b[..n], T))?;
-    kern(traps::task_set_exception_port(me, abi::PORT_NULL))?;
-    let idle = kern(traps::port_allocate())?;
-    for _ in 0..500 {
-        if FIXED.load(Ordering::SeqCst) == 1 {
-            let _ = traps::port_deallocate(thread);
-            let _ = traps::port_deallocate(t);
-            return kern(traps::port_deallocate(idle));
-        }
-        let _ = traps::msg_receive(buf(), idle, Some(2));
-    }
-    Err("the resumed thread did not continue past the fault")
+    msg(traps::msg_send(&b[..n], T))
 }
 
-const MAX_THREADS: usize = 80;
-static mut NAMES: [Name; 4096] = [0; 4096];
-static mut STACKS: [[u64; 256]; MAX_THREADS] = [[0; 256]; MAX_THREADS];
+/// A thread's faults arrive as exception messages at its task's
+/// exception port; the handler (our main thread) reads the thread's
+/// registers, fixes them and replies, and the thread carries on: first a
+/// ud2 (RIP moved past it), then a store through an unmapped address
+/// (the address register pointed at valid memory, the store retried).
+fn exception_handler() -> R {
+    let me = kern(traps::task_self())?;
+    let exc = port_with_send()?;
+    let top = (&raw mut STACK2) as u64 + core::mem::size_of::<[u64; STACK_WORDS]>() as u64 - 8;
+    // The task's port, set before the thread exists: it may run (and
+    // fault) before thread_create returns to us.
+    kern(traps::task_set_exception_port(me, exc))?;
+    // SAFETY: `faulter` runs on STACK2, which nothing else uses.
+    let t = kern(unsafe { traps::thread_create(me, faulter as *const () as u64, top, 0) })?;
+
+    let (thread, info, reply) = catch(exc)?;
+    if info.vector != 6 {
+        return Err("the first exception is not #UD");
+    }
+    let mut st = kern(traps::thread_get_state(thread))?;
+    if st.rip != info.rip {
+        return Err("thread_get_state's RIP is not the faulting one");
+    }
+    st.rip += 2;
+    // SAFETY: RIP moves to the instruction after ud2 in `faulter`.
+    kern(unsafe { traps::thread_set_state(thread, &st) })?;
+    resume(reply)?;
+    let _ = traps::port_deallocate(thread);
+
+    let (thread, info, reply) = catch(exc)?;
+    if info.vector != 14 || info.cr2 != UNMAPPED {
+        println!(
+            "ipctest: exception: vector {} cr2 {:#x} error {:#x}",
+            info.vector, info.cr2, info.error
+        );
+        return Err("the second exception is not a #PF at the unmapped address");
+    }
+    let mut st = kern(traps::thread_get_state(thread))?;
+    if st.rdi != UNMAPPED || st.rsi != STORED {
+        return Err("thread_get_state does not show the faulting store's registers");
+    }
+    st.rdi = TARGET.as_ptr() as u64;
+    // SAFETY: the store is retried into TARGET, which is ours to write.
+    kern(unsafe { traps::thread_set_state(thread, &st) })?;
+    resume(reply)?;
+    kern(traps::task_set_exception_port(me, abi::PORT_NULL))?;
+
+    let idle = kern(traps::port_allocate())?;
+    for _ in 0..500 {
+        match FIXED.load(Ordering::SeqCst) {
+            0 => sleep(idle, 2),
+            1 => {
+                let _ = traps::port_deallocate(thread);
+                let _ = traps::port_deallocate(t);
+                return kern(traps::port_deallocate(idle));
+            }
+            _ => return Err("the resumed store did not land where the handler pointed it"),
+        }
+    }
+    Err("the resumed thread did not continue past the faults")
+}
+
+/// Past the documented bounds (64 threads, 1,024 names per task).
+const MAX_THREADS: usize = 72;
+const BLOCKER_WORDS: usize = 128;
+static mut NAMES: [Name; 2048] = [0; 2048];
+static mut STACKS: [[u64; BLOCKER_WORDS]; MAX_THREADS] = [[0; BLOCKER_WORDS]; MAX_THREADS];
 
 extern "C" fn blocker(port: u64) -> ! {
     // Blocks until terminated: nobody sends to this port.
@@ -455,7 +867,7 @@ fn exhaustion() -> R {
         if made == MAX_THREADS {
             return Err("thread_create never refused");
         }
-        let top = (&raw mut STACKS) as u64 + ((made + 1) * 256 * 8) as u64 - 8;
+        let top = (&raw mut STACKS) as u64 + ((made + 1) * BLOCKER_WORDS * 8) as u64 - 8;
         // SAFETY: each thread has its own slice of STACKS.
         match unsafe { traps::thread_create(me, blocker as *const () as u64, top, u64::from(p)) } {
             Ok(t) => {
@@ -474,18 +886,16 @@ fn exhaustion() -> R {
     }
     let thread_count = made;
 
-    // Tasks: children that block in their hello (backlog 1 on a port we
-    // never read) until we kill them.
-    let rendezvous = port_with_send()?;
-    kern(traps::port_set_backlog(rendezvous, 1))?;
-    kern(traps::task_set_bootstrap_port(me, rendezvous))?;
+    // Tasks: name servers with nothing to start, which block in receive
+    // until we kill them (a small program: each task_create copies its
+    // image in the kernel, and ipctest's is large).
     let mut tasks = [0 as Name; 128];
     let mut made = 0;
     let err = loop {
         if made == tasks.len() {
             return Err("task_create never refused");
         }
-        match traps::task_create(b"ipctest", b"child-block") {
+        match traps::task_create(b"nameserver", b"") {
             Ok(t) => {
                 tasks[made] = t;
                 made += 1;
@@ -500,7 +910,6 @@ fn exhaustion() -> R {
         kern(traps::task_terminate(*t))?;
         let _ = traps::port_deallocate(*t);
     }
-    kern(traps::port_deallocate(rendezvous))?;
     kern(traps::port_deallocate(p))?;
     println!(
         "ipctest: exhaustion: {ports} ports, {queued} messages, {thread_count} threads, {made} tasks before refusal"
@@ -652,25 +1061,32 @@ fn ns_client(role: &[u8]) -> R {
     Ok(())
 }
 
-/// Rights move between tasks: we move a receive right to a child and give
-/// it a send-once right to our reply port. Messages we then send with our
-/// send right arrive at the child; its answer comes back through the
-/// send-once right, which a second use cannot reach again.
+/// Rights move between tasks: we move a receive right and a send right
+/// to a child and give it a send-once right to our reply port. Messages
+/// we then send with our send right arrive at the child; its answer comes
+/// back through the send-once right; the child's second use of that right
+/// fails with SEND_INVALID_DEST (it was consumed), which the child reports
+/// through the send right we moved to it.
 fn rights_move() -> R {
     let (task, child_port) = start_child(b"child-rights")?;
     let p = port_with_send()?;
     let q = kern(traps::port_allocate())?;
+    let status = port_with_send()?;
     let b = buf();
     let n = Builder::new(b)
         .dest(child_port, abi::COPY_SEND)
         .reply(q, abi::MAKE_SEND_ONCE)
         .id(PING)
         .ports(&[p], abi::MOVE_RECEIVE)
+        .ports(&[status], abi::MOVE_SEND)
         .finish()
         .map_err(|e| e.name())?;
     msg(traps::msg_send(&b[..n], T))?;
     if kern(traps::port_status(p)).is_ok_and(|s| s.receiver != 0) {
         return Err("we still hold the receive right we moved");
+    }
+    if kern(traps::port_status(status))?.send_refs != 0 {
+        return Err("we still hold the send right we moved");
     }
     msg(send_simple(p, PING + 2, b"to the new holder", T))?;
     let n = msg(traps::msg_receive(buf(), q, T))?;
@@ -678,29 +1094,45 @@ fn rights_move() -> R {
     if m.id() != PING + 3 || m.items().next() != Some(Item::Inline(b"to the new holder")) {
         return Err("the moved receive right did not get our message");
     }
+    let n = msg(traps::msg_receive(buf(), status, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    let second = match m.items().next() {
+        Some(Item::Inline(d)) if m.id() == PING + 4 && d.len() == 4 => {
+            u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+        }
+        _ => return Err("no report through the moved send right"),
+    };
+    if second != abi::SEND_INVALID_DEST {
+        println!("ipctest: rights: the second send-once use returned {second:#x}");
+        return Err("a used send-once right was not refused with SEND_INVALID_DEST");
+    }
     expect_err(
-        traps::msg_receive(buf(), q, Some(50)),
+        traps::msg_receive(buf(), q, Some(20)),
         abi::RCV_TIMED_OUT,
-        "a send-once right was used twice",
+        "a send-once right delivered twice",
     )?;
     kern(traps::task_terminate(task))?;
-    for name in [p, q, child_port, task] {
+    for name in [p, q, status, child_port, task] {
         let _ = traps::port_deallocate(name);
     }
     Ok(())
 }
 
-/// `child-rights`: receives a receive right and a send-once right, waits
-/// for a message on the moved right, answers it through the send-once
-/// right, then tries that right again.
+/// `child-rights`: receives a receive right, a send right and a send-once
+/// right, waits for a message on the moved receive right, answers it
+/// through the send-once right, tries that right again and reports the
+/// result through the send right.
 fn child_rights(mine: Name) -> R {
     let n = msg(traps::msg_receive(buf(), mine, T))?;
-    let (moved, once) = {
+    let (moved, status, once) = {
         let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
-        (
-            first_port(&m).ok_or("no right in the message")?,
-            m.header().remote,
-        )
+        let mut it = m.items().filter_map(|i| match i {
+            Item::Ports { names, .. } => names.get(0),
+            _ => None,
+        });
+        let moved = it.next().ok_or("no receive right in the message")?;
+        let status = it.next().ok_or("no send right in the message")?;
+        (moved, status, m.header().remote)
     };
     let n = msg(traps::msg_receive(buf(), moved, T))?;
     let mut body = [0u8; 64];
@@ -714,7 +1146,8 @@ fn child_rights(mine: Name) -> R {
             _ => return Err("no body"),
         }
     };
-    for _ in 0..2 {
+    let mut second = abi::MSG_SUCCESS;
+    for i in 0..2 {
         let b = buf();
         let n = Builder::new(b)
             .dest(once, abi::MOVE_SEND_ONCE)
@@ -722,11 +1155,142 @@ fn child_rights(mine: Name) -> R {
             .inline(&body[..len])
             .finish()
             .map_err(|e| e.name())?;
-        // The second send must fail: the right was consumed.
-        let _ = traps::msg_send(&b[..n], Some(0));
+        let r = traps::msg_send(&b[..n], Some(0));
+        if i == 0 {
+            msg(r)?;
+        } else if let Err(MsgError(c)) = r {
+            second = c;
+        }
     }
+    msg(send_simple(status, PING + 4, &second.to_le_bytes(), T))?;
     let _ = traps::msg_receive(buf(), moved, None);
     Ok(())
+}
+
+const CLIENTS: usize = 3;
+const CALLS: u32 = 10;
+const DONE: i32 = 102;
+
+/// What the server answers to call `i` of client `c`.
+fn answer(c: u32, i: u32) -> u64 {
+    (u64::from(c) << 32) | u64::from(i * 7 + 1)
+}
+
+fn two_u32(m: &Message<'_>) -> Option<(u32, u32)> {
+    match m.items().next() {
+        Some(Item::Inline(d)) if d.len() == 8 => Some((
+            u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
+            u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
+        )),
+        _ => None,
+    }
+}
+
+/// Many clients on one server: three tasks each make CALLS msg_rpc calls
+/// to our one receive right, each with its own reply port; we check every
+/// client's calls arrive once and in order, answer each with a value only
+/// that call has, and each client reports how many answers were right.
+fn many_clients() -> R {
+    let srv = port_with_send()?;
+    kern(traps::port_set_backlog(srv, abi::BACKLOG_MAX))?;
+    let me = kern(traps::task_self())?;
+    kern(traps::task_set_bootstrap_port(me, srv))?;
+    let mut tasks = [abi::PORT_NULL; CLIENTS];
+    for (c, t) in tasks.iter_mut().enumerate() {
+        let mut args = *b"child-client 0";
+        args[13] = b'0' + c as u8;
+        *t = kern(traps::task_create(b"ipctest", &args))?;
+    }
+    let mut served = [0u32; CLIENTS];
+    let mut right = [None; CLIENTS];
+    let mut done = 0;
+    let mut last = CLIENTS;
+    let mut switches = 0;
+    while done < CLIENTS {
+        let n = msg(traps::msg_receive(buf(), srv, T))?;
+        let (id, reply, (c, v)) = {
+            let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+            let body = two_u32(&m).ok_or("a request without (client, call)")?;
+            (m.id(), m.header().remote, body)
+        };
+        let ci = c as usize;
+        if ci >= CLIENTS {
+            return Err("a request from an unknown client");
+        }
+        match id {
+            PING => {
+                if v != served[ci] {
+                    return Err("a client's calls arrived out of order or twice");
+                }
+                served[ci] += 1;
+                if ci != last {
+                    switches += 1;
+                    last = ci;
+                }
+                let b = buf();
+                let n = Builder::new(b)
+                    .dest(reply, abi::MOVE_SEND_ONCE)
+                    .id(PING + 1)
+                    .inline(&answer(c, v).to_le_bytes())
+                    .finish()
+                    .map_err(|e| e.name())?;
+                msg(traps::msg_send(&b[..n], T))?;
+            }
+            DONE if right[ci].is_none() => {
+                right[ci] = Some(v);
+                done += 1;
+            }
+            _ => return Err("an unexpected message at the server"),
+        }
+    }
+    for c in 0..CLIENTS {
+        if served[c] != CALLS || right[c] != Some(CALLS) {
+            println!(
+                "ipctest: many-clients: client {c}: {} calls served, {:?} answers right",
+                served[c], right[c]
+            );
+            return Err("a client's calls were not all served and answered right");
+        }
+    }
+    println!(
+        "ipctest: many-clients: {CLIENTS} clients x {CALLS} calls, the server switched clients {switches} times"
+    );
+    for t in tasks {
+        let _ = traps::port_deallocate(t);
+    }
+    kern(traps::port_deallocate(srv))
+}
+
+/// `child-client C`: CALLS round trips to the bootstrap port, then a
+/// DONE report of how many answers were right.
+fn client(c: u32) -> R {
+    let me = kern(traps::task_self())?;
+    let srv = kern(traps::task_get_bootstrap_port(me))?;
+    let reply = kern(traps::port_allocate())?;
+    let mut right = 0u32;
+    for i in 0..CALLS {
+        let b = buf();
+        let mut body = [0u8; 8];
+        body[..4].copy_from_slice(&c.to_le_bytes());
+        body[4..].copy_from_slice(&i.to_le_bytes());
+        let n = Builder::new(b)
+            .dest(srv, abi::COPY_SEND)
+            .reply(reply, abi::MAKE_SEND_ONCE)
+            .id(PING)
+            .inline(&body)
+            .finish()
+            .map_err(|e| e.name())?;
+        let got = msg(traps::msg_rpc(b, n, reply, T))?;
+        let m = Message::parse(&b[..got]).map_err(|e| e.name())?;
+        if m.id() == PING + 1 && m.items().next() == Some(Item::Inline(&answer(c, i).to_le_bytes()))
+        {
+            right += 1;
+        }
+    }
+    let mut body = [0u8; 8];
+    body[..4].copy_from_slice(&c.to_le_bytes());
+    body[4..].copy_from_slice(&right.to_le_bytes());
+    msg(send_simple(srv, DONE, &body, T))
 }
 
 /// The child roles: say hello with a fresh port, then wait (`child-exit`
@@ -762,6 +1326,7 @@ fn child(role: &[u8]) -> i32 {
 type Test = (&'static str, fn() -> R);
 
 const TESTS: &[Test] = &[
+    ("many-clients", many_clients),
     ("receive-timeout", receive_timeout),
     ("backlog", backlog),
     ("too-small", too_small),
@@ -778,7 +1343,13 @@ const TESTS: &[Test] = &[
 fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args).peekable();
     if let Some(role) = words.peek().copied() {
-        let r = if role.starts_with(b"child-") {
+        let r = if role == b"child-client" {
+            let c = words
+                .nth(1)
+                .and_then(|w| w.first())
+                .map_or(0, |d| d.wrapping_sub(b'0'));
+            Some(client(u32::from(c)))
+        } else if role.starts_with(b"child-") {
             return child(role);
         } else if role == b"ns-server" {
             Some(ns_server())
