@@ -12,6 +12,7 @@
 //! (Pmap::enter).
 
 use crate::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
+use crate::vm::frame::Frame;
 use crate::vm::map::VmMap;
 use crate::vm::memory_object::allowed_by_lock;
 use crate::vm::object::{ObjectKind, Objects, PagerPort};
@@ -266,19 +267,9 @@ fn zero_fill(
     va: VirtAddr,
     privileged: bool,
 ) -> FaultOutcome {
-    let frame = match objects.pages.alloc_frame(frames, privileged) {
-        Ok(f) => f,
-        Err(e) => return FaultOutcome::from_error(e),
-    };
-    let pid = match objects
-        .pages
-        .insert(target.object, target.offset, Some(frame.addr))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            frames.free_frame(frame.addr);
-            return FaultOutcome::from_error(e);
-        }
+    let (pid, frame) = match new_page(objects, frames, target, privileged) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     if !frame.zeroed {
         mmu.zero_frame(frame.addr);
@@ -423,19 +414,9 @@ fn found(
         return map_page(objects, mmu, pid, va, frame, prot, how);
     }
     // Copy-on-write: copy the backing page up into the top object.
-    let new = match objects.pages.alloc_frame(frames, privileged) {
-        Ok(f) => f,
-        Err(e) => return FaultOutcome::from_error(e),
-    };
-    let npid = match objects
-        .pages
-        .insert(target.object, target.offset, Some(new.addr))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            frames.free_frame(new.addr);
-            return FaultOutcome::from_error(e);
-        }
+    let (npid, new) = match new_page(objects, frames, target, privileged) {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     mmu.copy_frame(frame, new.addr);
     // Other spaces sharing the top object may map the backing page at
@@ -455,6 +436,30 @@ fn found(
         target.prot,
         Resolved::CopyOnWrite { from: frame },
     )
+}
+
+/// A frame for `target`'s page, entered in the page table (the frame goes
+/// back if the table refuses).
+fn new_page(
+    objects: &mut Objects,
+    frames: &mut dyn FrameSource,
+    target: FaultTarget,
+    privileged: bool,
+) -> Result<(PageId, Frame), FaultOutcome> {
+    let frame = objects
+        .pages
+        .alloc_frame(frames, privileged)
+        .map_err(FaultOutcome::from_error)?;
+    match objects
+        .pages
+        .insert(target.object, target.offset, Some(frame.addr))
+    {
+        Ok(p) => Ok((p, frame)),
+        Err(e) => {
+            frames.free_frame(frame.addr);
+            Err(FaultOutcome::from_error(e))
+        }
+    }
 }
 
 #[cfg(test)]
