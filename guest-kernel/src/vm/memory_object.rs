@@ -129,19 +129,7 @@ impl Objects {
         offset: ObjectOffset,
         size: u64,
     ) -> Result<Reply, VmError> {
-        let mut r = Reply::default();
-        for pid in self.pages_in(object, offset, size)? {
-            if let Some(p) = self.pages.get_mut(pid)
-                && p.busy
-                && p.absent
-                && !p.cleaning
-            {
-                p.busy = false;
-                r.pages += 1;
-                r.woken = true;
-            }
-        }
-        Ok(r)
+        self.settle_requested(object, offset, size, false)
     }
 
     /// pager_data_error: the pager cannot supply [offset, offset+size);
@@ -152,6 +140,19 @@ impl Objects {
         offset: ObjectOffset,
         size: u64,
     ) -> Result<Reply, VmError> {
+        self.settle_requested(object, offset, size, true)
+    }
+
+    /// Ends the requests outstanding on [offset, offset+size) without data:
+    /// the placeholders stop being busy (zero-fill, or `error`) and their
+    /// waiting faults are woken.
+    fn settle_requested(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+        error: bool,
+    ) -> Result<Reply, VmError> {
         let mut r = Reply::default();
         for pid in self.pages_in(object, offset, size)? {
             if let Some(p) = self.pages.get_mut(pid)
@@ -160,7 +161,7 @@ impl Objects {
                 && !p.cleaning
             {
                 p.busy = false;
-                p.error = true;
+                p.error = error;
                 r.pages += 1;
                 r.woken = true;
             }
@@ -242,22 +243,8 @@ impl Objects {
                 self.free_page(pid, frames, phys);
                 continue;
             };
-            phys.page_protect(f, VmProt::NONE);
-            if p.dirty || p.precious || phys.clear_modified(f) {
-                self.pages.dequeue(pid);
-                if let Some(p) = self.pages.get_mut(pid) {
-                    p.busy = true;
-                    p.cleaning = true;
-                    p.dirty = false;
-                }
-                out.push(ObjectAction::DataWrite {
-                    object,
-                    pager: port,
-                    offset: p.offset,
-                    frame: f,
-                });
-            } else {
-                self.free_page(pid, frames, phys);
+            if let Some(a) = self.reclaim_or_write_back(pid, &p, f, object, port, frames, phys) {
+                out.push(a);
             }
         }
         Ok(out)

@@ -358,6 +358,39 @@ impl Objects {
         }
     }
 
+    /// Takes page `pid` (resident in `frame`) out of every mapping, then
+    /// frees it if the pager already has its data, or starts writing it back
+    /// (the page stays busy and cleaning until `data_write_done`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reclaim_or_write_back(
+        &mut self,
+        pid: PageId,
+        page: &crate::vm::page::Page,
+        frame: PhysAddr,
+        object: ObjectId,
+        pager: PagerPort,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Option<ObjectAction> {
+        phys.page_protect(frame, VmProt::NONE);
+        if !(page.dirty || page.precious || phys.clear_modified(frame)) {
+            self.free_page(pid, frames, phys);
+            return None;
+        }
+        self.pages.dequeue(pid);
+        if let Some(p) = self.pages.get_mut(pid) {
+            p.busy = true;
+            p.cleaning = true;
+            p.dirty = false;
+        }
+        Some(ObjectAction::DataWrite {
+            object,
+            pager,
+            offset: page.offset,
+            frame,
+        })
+    }
+
     /// Frees every object whose last reference went since the last call
     /// (and those their death releases in turn), returning the messages to
     /// send. An object the actions cannot be reserved for stays queued
@@ -429,22 +462,16 @@ impl Objects {
                     self.free_page(pid, frames, phys);
                     continue;
                 };
-                phys.page_protect(f, VmProt::NONE);
-                if p.dirty || p.precious || phys.clear_modified(f) {
-                    self.pages.dequeue(pid);
-                    if let Some(p) = self.pages.get_mut(pid) {
-                        p.busy = true;
-                        p.cleaning = true;
-                        p.dirty = false;
-                    }
-                    out.push(ObjectAction::DataWrite {
-                        object: id,
-                        pager: PagerPort::Pager(pager),
-                        offset: p.offset,
-                        frame: f,
-                    });
-                } else {
-                    self.free_page(pid, frames, phys);
+                if let Some(a) = self.reclaim_or_write_back(
+                    pid,
+                    &p,
+                    f,
+                    id,
+                    PagerPort::Pager(pager),
+                    frames,
+                    phys,
+                ) {
+                    out.push(a);
                 }
             }
             if self.pages.has_pages(id) {
