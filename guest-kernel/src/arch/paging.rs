@@ -282,17 +282,19 @@ pub fn release_user_tables(
     }
 }
 
+/// An emulated MMU's memory for host tests: table frames by address, at
+/// most `limit` of them.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod emu {
+    use super::TableMemory;
+    use crate::addr::{PAGE_SIZE, PhysAddr};
     use std::collections::HashMap;
 
-    /// An emulated MMU's memory: table frames by address.
     #[derive(Default)]
-    struct Emu {
-        tables: HashMap<u64, Box<[u64; 512]>>,
-        next: u64,
-        limit: usize,
+    pub(crate) struct Emu {
+        pub tables: HashMap<u64, Box<[u64; 512]>>,
+        pub next: u64,
+        pub limit: usize,
     }
     impl TableMemory for Emu {
         fn table(&mut self, frame: PhysAddr) -> &mut [u64; 512] {
@@ -309,6 +311,15 @@ mod tests {
             Some(PhysAddr(self.next))
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    pub(crate) use super::emu::Emu;
+
     fn emu() -> (Emu, PhysAddr) {
         let mut e = Emu {
             limit: 64,

@@ -373,28 +373,9 @@ impl PhysMaps for X86PhysMaps<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::paging::emu::Emu;
     use crate::arch::paging::translate;
-    use std::collections::HashMap;
 
-    #[derive(Default)]
-    struct Emu {
-        tables: HashMap<u64, Box<[u64; 512]>>,
-        next: u64,
-        limit: usize,
-    }
-    impl TableMemory for Emu {
-        fn table(&mut self, frame: PhysAddr) -> &mut [u64; 512] {
-            self.tables.get_mut(&frame.0).expect("a table frame")
-        }
-        fn alloc_table(&mut self) -> Option<PhysAddr> {
-            if self.tables.len() >= self.limit {
-                return None;
-            }
-            self.next += PAGE_SIZE;
-            self.tables.insert(self.next, Box::new([0; 512]));
-            Some(PhysAddr(self.next))
-        }
-    }
     #[derive(Default)]
     struct Log(Vec<(PhysAddr, VirtAddr)>);
     impl Tlb for Log {
