@@ -316,7 +316,6 @@ pub(crate) mod emu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     pub(crate) use super::emu::Emu;
 
