@@ -257,3 +257,37 @@ fn mach_ipc_semantics_in_the_guest() {
     assert!(out.line("ipctest: 0 failed").is_some(), "{all}");
     assert_eq!(out.status, Some(0), "{all}");
 }
+
+#[test]
+fn mach_vm_in_the_guest() {
+    if !kvm_available("mach_vm_in_the_guest") {
+        return;
+    }
+    // vmtest runs each sub-test in the guest: zero-fill allocation, fixed
+    // placement and the argument checks, deallocation (the page then
+    // faults, caught as an exception message), current and maximum
+    // protection with violations as exceptions, vm_region's walk,
+    // copy-on-write vm_read/vm_copy/vm_write, copy/share/none inheritance
+    // by a child task, the kernel faulting in untouched message buffers,
+    // vm_statistics, and the map-entry limit ending in
+    // KERN_RESOURCE_SHORTAGE.
+    let out = vmm(&["run", "--init", "vmtest", "all"], &[]);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    for name in [
+        "allocate",
+        "protect",
+        "regions",
+        "read-write-copy",
+        "inherit",
+        "copy-fault-in",
+        "statistics",
+        "exhaustion",
+    ] {
+        assert!(
+            out.line(&format!("vmtest: {name} ok")).is_some(),
+            "sub-test {name} did not pass:\n{all}"
+        );
+    }
+    assert!(out.line("vmtest: 0 failed").is_some(), "{all}");
+    assert_eq!(out.status, Some(0), "{all}");
+}

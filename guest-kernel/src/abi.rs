@@ -125,3 +125,9 @@ pub fn error_name(e: i64) -> &'static str {
 /// Where user programs are linked and where their stack lives.
 pub const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_f000;
 pub const USER_STACK_PAGES: u64 = 16;
+
+/// The part of every task's address space the Mach VM manages (vm_allocate
+/// and friends, docs/vm.md): above the program image and below the window
+/// where received out-of-line regions are placed and the stack.
+pub const VM_MIN_ADDRESS: u64 = 0x0000_1000_0000_0000;
+pub const VM_MAX_ADDRESS: u64 = 0x0000_6000_0000_0000;

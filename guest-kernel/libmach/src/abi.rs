@@ -281,3 +281,73 @@ mod tests {
         assert_eq!(big.payload_len(), Some((u32::MAX as usize + 7) & !7));
     }
 }
+
+// ---- Virtual memory (paper Table 3-3; docs/vm.md) ----
+
+// Trap numbers. Each names its target task by a send right to its port.
+/// (task, *addr in/out, size, anywhere)
+pub const TRAP_VM_ALLOCATE: u64 = 0x40;
+/// (task, addr, size)
+pub const TRAP_VM_DEALLOCATE: u64 = 0x41;
+/// (task, addr, size, set_maximum, prot)
+pub const TRAP_VM_PROTECT: u64 = 0x42;
+/// (task, addr, size, inheritance)
+pub const TRAP_VM_INHERIT: u64 = 0x43;
+/// (task, addr, size, *data out): a copy-on-write copy of the target's
+/// range, mapped anywhere in the caller.
+pub const TRAP_VM_READ: u64 = 0x44;
+/// (task, addr, data, size): the caller's [data, data+size) over the
+/// target's [addr, addr+size), copy-on-write.
+pub const TRAP_VM_WRITE: u64 = 0x45;
+/// (task, src, size, dst): within the target, copy-on-write.
+pub const TRAP_VM_COPY: u64 = 0x46;
+/// (task, *addr in/out, *VmRegionInfo out): the region at or above addr.
+pub const TRAP_VM_REGION: u64 = 0x47;
+/// (task, *VmStatistics out)
+pub const TRAP_VM_STATISTICS: u64 = 0x48;
+
+pub const VM_PROT_NONE: u32 = 0;
+pub const VM_PROT_READ: u32 = 1;
+pub const VM_PROT_WRITE: u32 = 2;
+pub const VM_PROT_EXECUTE: u32 = 4;
+pub const VM_PROT_DEFAULT: u32 = VM_PROT_READ | VM_PROT_WRITE;
+pub const VM_PROT_ALL: u32 = 7;
+
+pub const VM_INHERIT_SHARE: u32 = 0;
+pub const VM_INHERIT_COPY: u32 = 1;
+pub const VM_INHERIT_NONE: u32 = 2;
+
+pub const KERN_PROTECTION_FAILURE: u32 = 2;
+pub const KERN_MEMORY_ERROR: u32 = 10;
+
+/// vm_region's answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmRegionInfo {
+    pub start: u64,
+    pub size: u64,
+    /// Offset of `start` in the region's memory object.
+    pub offset: u64,
+    pub prot: u32,
+    pub max_prot: u32,
+    pub inheritance: u32,
+    /// Nonzero if another task shares the region (inherited shared).
+    pub shared: u32,
+}
+
+/// vm_statistics' answer: page counts and fault counters since boot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmStatistics {
+    pub page_size: u64,
+    pub free_count: u64,
+    pub active_count: u64,
+    pub inactive_count: u64,
+    pub faults: u64,
+    pub zero_fill_count: u64,
+    /// Zero fills whose frame the kernel had to clear itself.
+    pub zeroed_by_kernel: u64,
+    pub cow_faults: u64,
+    pub soft_faults: u64,
+    pub objects: u64,
+}

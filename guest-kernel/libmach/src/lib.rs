@@ -9,6 +9,7 @@ pub mod message;
 pub mod name_server;
 pub mod rpc;
 pub mod traps;
+pub mod vm;
 
 pub use abi::Name;
 pub use traps::{KernError, MsgError};

@@ -31,6 +31,8 @@ impl KernError {
             KERN_INVALID_RIGHT => "KERN_INVALID_RIGHT",
             KERN_INVALID_VALUE => "KERN_INVALID_VALUE",
             KERN_TERMINATED => "KERN_TERMINATED",
+            KERN_PROTECTION_FAILURE => "KERN_PROTECTION_FAILURE",
+            KERN_MEMORY_ERROR => "KERN_MEMORY_ERROR",
             crate::rpc::MIG_TYPE_ERROR => "MIG_TYPE_ERROR",
             crate::rpc::MIG_REPLY_MISMATCH => "MIG_REPLY_MISMATCH",
             crate::rpc::MIG_BAD_ID => "MIG_BAD_ID",
@@ -65,7 +67,7 @@ impl MsgError {
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn trap(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> u32 {
+pub(crate) unsafe fn trap(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> u32 {
     let r: u64;
     // SAFETY: the caller passes pointers valid for what trap `n` accesses.
     unsafe {
@@ -78,11 +80,11 @@ unsafe fn trap(n: u64, a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> u32 {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn trap(_: u64, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64) -> u32 {
+pub(crate) unsafe fn trap(_: u64, _: u64, _: u64, _: u64, _: u64, _: u64, _: u64) -> u32 {
     abi::KERN_FAILURE
 }
 
-fn kr(r: u32) -> Result<(), KernError> {
+pub(crate) fn kr(r: u32) -> Result<(), KernError> {
     if r == abi::KERN_SUCCESS {
         Ok(())
     } else {

@@ -109,6 +109,10 @@ impl Line {
     pub fn send(&self) {
         write(&self.buf[..self.len]);
     }
+    /// What was formatted so far (to pass as arguments, say).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 impl Write for Line {

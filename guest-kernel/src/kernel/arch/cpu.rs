@@ -67,3 +67,10 @@ pub const MSR_STAR: u32 = 0xc000_0081;
 pub const MSR_LSTAR: u32 = 0xc000_0082;
 pub const MSR_FMASK: u32 = 0xc000_0084;
 pub const MSR_APIC_BASE: u32 = 0x1b;
+
+/// Drops the TLB entry for `va` in the loaded address space.
+#[inline]
+pub fn invlpg(va: u64) {
+    // SAFETY: invalidating a translation has no other effect.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) }
+}

@@ -113,6 +113,7 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
     match f.vector {
         SYSCALL_VECTOR => syscall::handle(k, f),
         _ if is_pvm_syscall(f, cr2) => syscall::handle(k, f),
+        PAGE_FAULT if crate::vm::fault::user_fault(k, cr2, f.error) => {}
         v if v < 32 => {
             if !crate::ipc::exception::raise(k, v, f.error, f.rip, cr2) {
                 k.kill_current(v, f.error, f.rip, cr2);

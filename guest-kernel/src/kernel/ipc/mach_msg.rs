@@ -233,7 +233,9 @@ fn copy_out(
         }
     }
     match r {
-        Ok(n) => match write_in(&mut k.frames, root, buf, &copy.bytes()[..n]) {
+        Ok(n) => match crate::vm::fault::prefault(k, task, buf.0, n as u64, true)
+            .and_then(|()| write_in(&mut k.frames, root, buf, &copy.bytes()[..n]))
+        {
             Ok(()) => MSG_SUCCESS,
             Err(_) => RCV_INVALID_DATA,
         },

@@ -15,6 +15,8 @@ use crate::kern::heap::try_box;
 use crate::kern::task::{LoadError, MAX_THREADS, Remains, Task};
 use crate::kern::thread::{KernelStack, State, Thread, UserStart};
 use crate::kprint;
+use crate::vm::Parts;
+use crate::vm::machine::Vm;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -42,6 +44,8 @@ pub struct Kernel {
     pub kernel_root: PhysAddr,
     /// Every port and name space (the rules are guest_kernel::ipc).
     pub ipc: Ipc,
+    /// The VM's objects, resident pages and reverse maps (guest_kernel::vm).
+    pub vm: Vm,
     tasks: BTreeMap<TaskId, Box<Task>>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
@@ -127,8 +131,10 @@ impl Kernel {
             spaces_total: MAX_TASKS as u32,
             ..Limits::default()
         };
+        let vm = Vm::new(frames.total_frames(), heap_bytes);
         Kernel {
             boot,
+            vm,
             frames,
             kernel_root,
             ipc: Ipc::new(limits),
@@ -282,7 +288,8 @@ impl Kernel {
         self.next_task += 1;
         self.tasks.insert(id, task);
         let ports = self.make_task_ports(id, parent);
-        if ports.is_err() || self.create_thread(id, start).is_err() {
+        let memory = self.inherit_memory(id, parent);
+        if ports.is_err() || memory.is_err() || self.create_thread(id, start).is_err() {
             let mut fx = Effects::default();
             self.drop_task_ports(id, &mut fx);
             if let Some(mut t) = self.tasks.remove(&id) {
@@ -557,6 +564,9 @@ impl Kernel {
             unsafe { cpu::set_cr3(self.kernel_root.0) };
             self.cr3_task = None;
         }
+        // CR3 no longer holds its root (switched above), so no invlpg.
+        let loaded = self.kernel_root;
+        crate::vm::destroy_map(&mut t.map, &mut self.vm, &mut self.frames, t.root, loaded);
         t.release_memory(&mut self.frames);
         let root = t.take_root();
         self.graveyard.push((None, Some(root)));
@@ -782,7 +792,53 @@ impl Kernel {
         t.frame
     }
 
+    /// The page-table root CR3 holds now.
+    fn loaded_root(&self) -> PhysAddr {
+        self.cr3_task
+            .and_then(|c| self.tasks.get(&c))
+            .map_or(self.kernel_root, |t| t.root)
+    }
+
+    /// Task `id`'s map beside the VM state, for one VM operation (None once
+    /// its address space is gone).
+    pub fn vm_parts(&mut self, id: TaskId) -> Option<Parts<'_>> {
+        let loaded = self.loaded_root();
+        let t = self.tasks.get_mut(&id)?;
+        if t.root.0 == 0 {
+            return None;
+        }
+        Some(Parts {
+            map: &mut t.map,
+            vm: &mut self.vm,
+            frames: &mut self.frames,
+            root: t.root,
+            loaded,
+        })
+    }
+
+    /// task_create's memory inheritance (§3.1): the child's VM window is
+    /// built from the parent's by each region's inheritance.
+    fn inherit_memory(&mut self, id: TaskId, parent: Option<TaskId>) -> Result<(), ()> {
+        let Some(p) = parent else { return Ok(()) };
+        if self.tasks.get(&p).is_none_or(|t| t.map.is_empty()) {
+            return Ok(());
+        }
+        let child = crate::vm::with_task(self, p, |map, objs, _, m| {
+            let range = map.range();
+            map.fork(range, objs, &mut m.pmap())
+        });
+        let Some(Ok(map)) = child else {
+            return Err(());
+        };
+        // The child was inserted by the caller and runs nothing yet.
+        let t = self.tasks.get_mut(&id).ok_or(())?;
+        t.map = map;
+        Ok(())
+    }
+
     fn destroy_address_space(&mut self, t: &mut Task) {
+        let loaded = self.loaded_root();
+        crate::vm::destroy_map(&mut t.map, &mut self.vm, &mut self.frames, t.root, loaded);
         t.release_memory(&mut self.frames);
         t.take_root().release(&mut self.frames);
     }

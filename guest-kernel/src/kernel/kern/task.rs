@@ -5,7 +5,7 @@
 use crate::arch::mm::{DirectTables, alloc_zeroed, phys_to_virt};
 use crate::kern::thread::UserStart;
 use alloc::vec::Vec;
-use guest_kernel::abi::{USER_STACK_PAGES, USER_STACK_TOP};
+use guest_kernel::abi::{USER_STACK_PAGES, USER_STACK_TOP, VM_MAX_ADDRESS, VM_MIN_ADDRESS};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::{
     self, MapError, NO_EXECUTE, PageSize, TableMemory, USER, WRITABLE,
@@ -15,6 +15,7 @@ use guest_kernel::elf::{Elf, ElfError};
 use guest_kernel::ipc::{PortId, SpaceId};
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::map::VmMap;
 
 const MAX_ARGS: usize = 1024;
 /// Threads one task may have (docs/mach-ipc.md §6).
@@ -41,7 +42,12 @@ pub struct Task {
     pub exception: Option<PortId>,
     /// Where the next out-of-line region received is mapped.
     pub ool_next: u64,
+    /// Its address map over the VM window (vm_allocate and inheritance).
+    pub map: VmMap,
 }
+
+/// Entries one task's map may hold (docs/vm.md).
+pub const MAP_ENTRY_LIMIT: usize = 4096;
 
 /// Out-of-line regions a task receives are mapped from here up.
 pub const OOL_BASE: u64 = 0x0000_6000_0000_0000;
@@ -97,6 +103,13 @@ impl Task {
         };
         let elf = Elf::parse(image).map_err(LoadError::Elf)?;
 
+        // The window is a valid user range, so this fails only if the
+        // constants are wrong.
+        let map = VmMap::new(
+            VirtAddr(VM_MIN_ADDRESS)..VirtAddr(VM_MAX_ADDRESS),
+            MAP_ENTRY_LIMIT,
+        )
+        .map_err(|_| LoadError::NoMemory)?;
         let mut tables = DirectTables(frames);
         let root = tables.alloc_table().ok_or(LoadError::NoMemory)?;
         // The kernel half is shared by every address space.
@@ -119,6 +132,7 @@ impl Task {
             bootstrap: None,
             exception: None,
             ool_next: OOL_BASE,
+            map,
         };
         task.name[..task.name_len].copy_from_slice(&module.name()[..task.name_len]);
         // From here on, failure must give back what was taken.

@@ -1,5 +1,92 @@
-//! Virtual memory. Today: reading and writing memory objects served through
-//! the virtio-pager device into a task's own pages; the Mach VM system
-//! (maps, objects, faults, pageout) grows here.
+//! Virtual memory in the kernel: the Mach VM of guest_kernel::vm driven over
+//! the real machine. `machine` is the glue (frames, page tables, TLB),
+//! `fault` the page-fault path, `calls` the Table 3-3 traps, and
+//! `object_io` reads and writes memory objects served through the
+//! virtio-pager device into a task's own pages.
 
+pub mod calls;
+pub mod fault;
+pub mod machine;
 pub mod object_io;
+
+use crate::kern::scheduler::Kernel;
+use core::cell::RefCell;
+use guest_kernel::addr::PhysAddr;
+use guest_kernel::kern::sched::TaskId;
+use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::map::VmMap;
+use guest_kernel::vm::object::Objects;
+use machine::{LoadedTlb, Machine, SharedFrames};
+
+/// Runs `op` on task `id`'s map with the object table, the frames and the
+/// machine view of its address space; then reaps the objects whose last
+/// reference the operation dropped. None if the task is gone.
+pub fn with_task<R>(
+    k: &mut Kernel,
+    id: TaskId,
+    op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
+) -> Option<R> {
+    Some(with_parts(k.vm_parts(id)?, op))
+}
+
+/// Runs `op` over lent parts; see [`with_task`].
+pub fn with_parts<R>(
+    p: Parts<'_>,
+    op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
+) -> R {
+    let cell = RefCell::new(p.frames);
+    let mut frames = SharedFrames(&cell);
+    let mut m = Machine {
+        tables: SharedFrames(&cell),
+        pv: &mut p.vm.pv,
+        tlb: LoadedTlb { loaded: p.loaded },
+        root: p.root,
+    };
+    let r = op(p.map, &mut p.vm.objects, &mut frames, &mut m);
+    reap(&mut p.vm.objects, &mut frames, &mut m);
+    r
+}
+
+/// A task's address space is going: every region's mappings and object
+/// references go (pages no one else maps are freed), before its page
+/// tables are.
+pub fn destroy_map(
+    map: &mut VmMap,
+    vm: &mut machine::Vm,
+    frames: &mut FrameAllocator,
+    root: PhysAddr,
+    loaded: PhysAddr,
+) {
+    if map.is_empty() || root.0 == 0 {
+        return;
+    }
+    let parts = Parts {
+        map,
+        vm,
+        frames,
+        root,
+        loaded,
+    };
+    with_parts(parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
+}
+
+/// Frees objects that lost their last reference. Internal objects (the only
+/// kind the kernel creates yet) leave nothing to send; a shortage of room
+/// for the actions leaves them queued for the next call.
+pub fn reap(objects: &mut Objects, frames: &mut SharedFrames<'_>, m: &mut Machine<'_>) {
+    // Only internal objects with no paged-out data exist in the kernel yet
+    // (no external pagers, no pageout), and their death sends nothing; the
+    // actions start to matter with the default pager.
+    let _ = objects.reap(frames, m);
+}
+
+/// What [`Kernel::vm_parts`] lends: one task's map beside the kernel-wide VM
+/// state (split borrows of the kernel).
+pub struct Parts<'a> {
+    pub map: &'a mut VmMap,
+    pub vm: &'a mut machine::Vm,
+    pub frames: &'a mut FrameAllocator,
+    /// The task's page-table root, and the one CR3 holds now.
+    pub root: PhysAddr,
+    pub loaded: PhysAddr,
+}

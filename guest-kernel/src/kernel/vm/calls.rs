@@ -1,0 +1,320 @@
+//! The virtual memory calls of Table 3-3 as traps: each decodes its
+//! arguments, names its target task by a send right to the task's port (as
+//! in Mach, so a task may operate on another's memory), and runs the map
+//! operation of guest_kernel::vm::map. Addresses and sizes are rounded to
+//! pages the way Mach rounds them; user pointers go through copyin/copyout.
+
+use super::with_task;
+use crate::arch::copy::{copy_to_user, read_user};
+use crate::arch::trap::TrapFrame;
+use crate::kern::scheduler::Kernel;
+use guest_kernel::addr::{PAGE_SIZE, VirtAddr};
+use guest_kernel::ipc::KObject;
+use guest_kernel::kern::sched::TaskId;
+use guest_kernel::vm::map::{EntryAttrs, VmCopy, VmMap};
+use guest_kernel::vm::object::Objects;
+use guest_kernel::vm::types::{Inheritance, ObjectOffset, ObjectRefs, VmError, VmProt};
+use libmach::abi::*;
+
+pub fn trap(k: &mut Kernel, f: &TrapFrame) -> u32 {
+    match call(k, f) {
+        Ok(()) => KERN_SUCCESS,
+        Err(e) => e,
+    }
+}
+
+/// The kern_return of Table 3-3 for each VM error.
+fn kr(e: VmError) -> u32 {
+    match e {
+        VmError::InvalidArgument => KERN_INVALID_ARGUMENT,
+        VmError::InvalidAddress => KERN_INVALID_ADDRESS,
+        VmError::NoSpace => KERN_NO_SPACE,
+        VmError::ProtectionFailure => KERN_PROTECTION_FAILURE,
+        VmError::ResourceShortage => KERN_RESOURCE_SHORTAGE,
+        VmError::MemoryError => KERN_MEMORY_ERROR,
+    }
+}
+
+/// The task a send right in the caller's space names.
+fn target_task(k: &mut Kernel, name: u32) -> Result<TaskId, u32> {
+    let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+    let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
+    let port = k.ipc.resolve_send(space, name)?;
+    match k.ipc.kobject(port) {
+        Some(KObject::Task(t)) => Ok(TaskId(t)),
+        _ => Err(KERN_INVALID_ARGUMENT),
+    }
+}
+
+/// [trunc_page(addr), round_page(addr + size)), as Mach rounds a range.
+fn page_range(addr: u64, size: u64) -> Result<(VirtAddr, u64), u32> {
+    let end = addr
+        .checked_add(size)
+        .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+        .ok_or(KERN_INVALID_ARGUMENT)?;
+    let start = addr & !(PAGE_SIZE - 1);
+    Ok((VirtAddr(start), end - start))
+}
+
+fn read_u64(k: &mut Kernel, at: u64) -> Result<u64, u32> {
+    let mut b = [0u8; 8];
+    read_user(k, VirtAddr(at), &mut b).map_err(|_| KERN_INVALID_ADDRESS)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn write_u64(k: &mut Kernel, at: u64, v: u64) -> Result<(), u32> {
+    copy_to_user(k, VirtAddr(at), &v.to_le_bytes()).map_err(|_| KERN_INVALID_ADDRESS)
+}
+
+/// A `#[repr(C)]` ABI record as bytes, for copyout.
+fn record_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: the ABI records are plain integers with no padding.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
+    let task = target_task(k, f.rdi as u32)?;
+    match f.rax {
+        TRAP_VM_ALLOCATE => {
+            let hint = read_u64(k, f.rsi)?;
+            let anywhere = f.r10 != 0;
+            let (start, size) = page_range(if anywhere { 0 } else { hint }, f.rdx)?;
+            let at = allocate(k, task, (!anywhere).then_some(start), size)?;
+            if let Err(e) = write_u64(k, f.rsi, at.0) {
+                // The caller cannot learn the address: take it back.
+                let _ = with_task(k, task, |map, objs, _, m| {
+                    map.deallocate(at, size, objs, &mut m.pmap())
+                });
+                return Err(e);
+            }
+            Ok(())
+        }
+        TRAP_VM_DEALLOCATE => {
+            let (start, size) = page_range(f.rsi, f.rdx)?;
+            if size == 0 {
+                return Ok(());
+            }
+            on_map(k, task, |map, objs, m| {
+                map.deallocate(start, size, objs, &mut m.pmap())
+            })
+        }
+        TRAP_VM_PROTECT => {
+            let (start, size) = page_range(f.rsi, f.rdx)?;
+            let prot = VmProt::from_bits(f.r8).ok_or(KERN_INVALID_ARGUMENT)?;
+            let set_max = f.r10 != 0;
+            on_map(k, task, |map, objs, m| {
+                map.protect(start, size, set_max, prot, objs, &mut m.pmap())
+            })
+        }
+        TRAP_VM_INHERIT => {
+            let (start, size) = page_range(f.rsi, f.rdx)?;
+            let inh = Inheritance::from_raw(f.r10).ok_or(KERN_INVALID_ARGUMENT)?;
+            on_map(k, task, |map, objs, _| map.inherit(start, size, inh, objs))
+        }
+        TRAP_VM_READ => {
+            let (start, size) = page_range(f.rsi, f.rdx)?;
+            let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+            let copy = copy_in(k, task, start, size)?;
+            let at = with_task(k, me, |map, objs, _, _| {
+                map.insert_copy(None, copy, Some(EntryAttrs::COPYOUT), objs)
+                    .map_err(|(e, c)| {
+                        c.discard(objs);
+                        kr(e)
+                    })
+            })
+            .ok_or(KERN_TERMINATED)??;
+            if let Err(e) = write_u64(k, f.r10, at.0) {
+                let _ = with_task(k, me, |map, objs, _, m| {
+                    map.deallocate(at, size, objs, &mut m.pmap())
+                });
+                return Err(e);
+            }
+            Ok(())
+        }
+        TRAP_VM_WRITE => {
+            let (dst, size) = page_range(f.rsi, f.r10)?;
+            if f.rsi % PAGE_SIZE != f.rdx % PAGE_SIZE {
+                return Err(KERN_INVALID_ARGUMENT);
+            }
+            let (src, _) = page_range(f.rdx, f.r10)?;
+            let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+            let copy = copy_in(k, me, src, size)?;
+            overwrite(k, task, dst, copy)
+        }
+        TRAP_VM_COPY => {
+            let (src, size) = page_range(f.rsi, f.rdx)?;
+            if f.rsi % PAGE_SIZE != f.r10 % PAGE_SIZE {
+                return Err(KERN_INVALID_ARGUMENT);
+            }
+            let (dst, _) = page_range(f.r10, f.rdx)?;
+            let copy = copy_in(k, task, src, size)?;
+            overwrite(k, task, dst, copy)
+        }
+        TRAP_VM_REGION => {
+            let from = read_u64(k, f.rsi)?;
+            let r = with_task(k, task, |map, _, _, _| map.regions(VirtAddr(from)))
+                .ok_or(KERN_TERMINATED)?
+                .ok_or(KERN_NO_SPACE)?;
+            let info = VmRegionInfo {
+                start: r.start.0,
+                size: r.size(),
+                offset: r.offset.0,
+                prot: u32::from(r.prot.bits()),
+                max_prot: u32::from(r.max.bits()),
+                inheritance: r.inheritance as u32,
+                shared: u32::from(r.shared),
+            };
+            copy_to_user(k, VirtAddr(f.rdx), record_bytes(&info))
+                .map_err(|_| KERN_INVALID_ADDRESS)?;
+            write_u64(k, f.rsi, r.start.0)
+        }
+        TRAP_VM_STATISTICS => {
+            let free = k.frames.free_frames();
+            let vm = &k.vm;
+            let c = vm.counters;
+            let s = VmStatistics {
+                page_size: PAGE_SIZE,
+                free_count: free,
+                active_count: vm.objects.pages.active_count(),
+                inactive_count: vm.objects.pages.inactive_count(),
+                faults: c.faults,
+                zero_fill_count: c.zero_fill,
+                zeroed_by_kernel: c.zeroed_by_kernel,
+                cow_faults: c.cow_faults,
+                soft_faults: c.soft_faults,
+                objects: vm.objects.count() as u64,
+            };
+            copy_to_user(k, VirtAddr(f.rsi), record_bytes(&s)).map_err(|_| KERN_INVALID_ADDRESS)
+        }
+        _ => Err(KERN_INVALID_ARGUMENT),
+    }
+}
+
+/// Runs a map operation on `task`, as a kern_return.
+fn on_map(
+    k: &mut Kernel,
+    task: TaskId,
+    op: impl FnOnce(&mut VmMap, &mut Objects, &mut super::machine::Machine<'_>) -> Result<(), VmError>,
+) -> Result<(), u32> {
+    with_task(k, task, |map, objs, _, m| op(map, objs, m))
+        .ok_or(KERN_TERMINATED)?
+        .map_err(kr)
+}
+
+/// vm_allocate: a new zero-fill internal object over the range.
+fn allocate(
+    k: &mut Kernel,
+    task: TaskId,
+    at: Option<VirtAddr>,
+    size: u64,
+) -> Result<VirtAddr, u32> {
+    if size == 0 {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
+    with_task(k, task, |map, objs, _, _| {
+        let obj = objs.create_internal(size)?;
+        map.allocate(
+            at,
+            size,
+            obj,
+            ObjectOffset(0),
+            VmProt::DEFAULT,
+            VmProt::ALL,
+            Inheritance::Copy,
+            false,
+            objs,
+        )
+        .inspect_err(|_| objs.release(obj))
+    })
+    .ok_or(KERN_TERMINATED)?
+    .map_err(kr)
+}
+
+/// A copy-on-write snapshot of `task`'s range.
+fn copy_in(k: &mut Kernel, task: TaskId, start: VirtAddr, size: u64) -> Result<VmCopy, u32> {
+    if size == 0 {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
+    with_task(k, task, |map, objs, _, m| {
+        map.copy_out_of(start, size, objs, &mut m.pmap())
+    })
+    .ok_or(KERN_TERMINATED)?
+    .map_err(kr)
+}
+
+/// vm_write and vm_copy: `copy` replaces `task`'s [dst, dst + size), which
+/// must be allocated and writable; each destination region keeps its own
+/// protection, maximum and inheritance (the data is what changes). Nothing
+/// changes unless all of it can.
+fn overwrite(k: &mut Kernel, task: TaskId, dst: VirtAddr, copy: VmCopy) -> Result<(), u32> {
+    with_task(k, task, |map, objs, _, m| {
+        let r = overwrite_map(map, objs, m, dst, copy);
+        r.map_err(|(e, c)| {
+            c.discard(objs);
+            kr(e)
+        })
+    })
+    .ok_or(KERN_TERMINATED)?
+}
+
+/// Most distinct regions one overwrite restores the attributes of.
+const OVERWRITE_REGIONS: usize = 64;
+
+fn overwrite_map(
+    map: &mut VmMap,
+    objs: &mut Objects,
+    m: &mut super::machine::Machine<'_>,
+    dst: VirtAddr,
+    copy: VmCopy,
+) -> Result<(), (VmError, VmCopy)> {
+    let size = copy.size();
+    let end = dst.0 + size;
+    // The destination's regions, checked before anything changes.
+    let mut regions: [(VirtAddr, VirtAddr, EntryAttrs); OVERWRITE_REGIONS] =
+        [(VirtAddr(0), VirtAddr(0), EntryAttrs::COPYOUT); OVERWRITE_REGIONS];
+    let mut n = 0;
+    let mut at = dst;
+    while at.0 < end {
+        let Some(l) = map.lookup(at) else {
+            return Err((VmError::InvalidAddress, copy));
+        };
+        if !l.prot.contains(VmProt::WRITE) {
+            return Err((VmError::ProtectionFailure, copy));
+        }
+        if n == OVERWRITE_REGIONS {
+            return Err((VmError::ResourceShortage, copy));
+        }
+        let to = VirtAddr(l.end.0.min(end));
+        regions[n] = (
+            at,
+            to,
+            EntryAttrs {
+                prot: l.prot,
+                max: l.max,
+                inheritance: l.inheritance,
+            },
+        );
+        n += 1;
+        at = to;
+    }
+    if map.len() + copy.entries().len() + 2 * n + 2 > map.entry_limit() {
+        return Err((VmError::ResourceShortage, copy));
+    }
+    if let Err(e) = map.deallocate(dst, size, objs, &mut m.pmap()) {
+        return Err((e, copy));
+    }
+    let all = EntryAttrs {
+        prot: VmProt::ALL,
+        max: VmProt::ALL,
+        inheritance: Inheritance::Copy,
+    };
+    map.insert_copy(Some(dst), copy, Some(all), objs)?;
+    for &(s, e, a) in &regions[..n] {
+        let len = e.0 - s.0;
+        let mut pmap = m.pmap();
+        let _ = map.protect(s, len, true, a.max, objs, &mut pmap);
+        let _ = map.protect(s, len, false, a.prot, objs, &mut pmap);
+        let _ = map.inherit(s, len, a.inheritance, objs);
+    }
+    Ok(())
+}

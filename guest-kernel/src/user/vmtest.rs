@@ -1,0 +1,566 @@
+//! `vmtest [NAME...]`: in-guest tests of the Mach VM calls (Table 3-3), run
+//! by tests/boot.rs (`mach_vm_in_the_guest`). Each sub-test prints
+//! `vmtest: NAME ok` or `vmtest: NAME FAILED: why`; the exit status is the
+//! number that failed. No names: all of them.
+//!
+//! Faults a test expects are caught as exception messages: a helper thread
+//! makes the access, our main thread receives the exception and ends that
+//! thread.
+#![no_std]
+#![no_main]
+
+mod rt;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use libmach::abi::{self, Name, VM_INHERIT_COPY, VM_INHERIT_NONE, VM_INHERIT_SHARE};
+use libmach::message::{Builder, Item, Message, MsgBuf};
+use libmach::traps::{self, KernError};
+use libmach::vm;
+
+const PAGE: u64 = 4096;
+const T: Option<u32> = Some(5_000);
+
+type R = Result<(), &'static str>;
+
+fn kern<T>(r: Result<T, KernError>) -> Result<T, &'static str> {
+    r.map_err(|e| e.name())
+}
+
+fn expect(r: Result<(), KernError>, want: u32, what: &'static str) -> R {
+    match r {
+        Err(KernError(c)) if c == want => Ok(()),
+        Err(e) => {
+            println!("vmtest: {what}: got {}", e.name());
+            Err(what)
+        }
+        Ok(()) => Err(what),
+    }
+}
+
+fn me() -> Result<Name, &'static str> {
+    kern(traps::task_self())
+}
+
+fn allocate(size: u64) -> Result<u64, &'static str> {
+    let mut at = 0;
+    kern(vm::vm_allocate(me()?, &mut at, size, true))?;
+    Ok(at)
+}
+
+/// Reads and writes go through volatile accesses: the compiler must not
+/// assume what the kernel maps there.
+fn peek(at: u64) -> u64 {
+    // SAFETY: the callers only pass addresses they allocated.
+    unsafe { core::ptr::read_volatile(at as *const u64) }
+}
+fn poke(at: u64, v: u64) {
+    // SAFETY: as for peek.
+    unsafe { core::ptr::write_volatile(at as *mut u64, v) }
+}
+
+/// A word per page, different for every page and `seed`.
+fn fill(at: u64, pages: u64, seed: u64) {
+    for p in 0..pages {
+        poke(at + p * PAGE + 8 * (p % 512), seed ^ (p * 0x9e37_79b9));
+    }
+}
+fn check(at: u64, pages: u64, seed: u64) -> bool {
+    (0..pages).all(|p| peek(at + p * PAGE + 8 * (p % 512)) == seed ^ (p * 0x9e37_79b9))
+}
+
+static mut BUF: MsgBuf<512> = MsgBuf([0; 512]);
+
+#[allow(clippy::deref_addrof)]
+fn buf() -> &'static mut [u8] {
+    // SAFETY: only the main thread uses it, never reentrantly.
+    unsafe { &mut (*(&raw mut BUF)).0 }
+}
+
+// ---- expected faults ----
+
+const STACK_WORDS: usize = 512;
+static mut STACK: [u64; STACK_WORDS] = [0; STACK_WORDS];
+/// The address the toucher thread accesses, and whether it writes.
+static TOUCH_AT: AtomicU64 = AtomicU64::new(0);
+static TOUCH_WRITE: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn toucher(_: u64) -> ! {
+    let at = TOUCH_AT.load(Ordering::SeqCst);
+    if TOUCH_WRITE.load(Ordering::SeqCst) != 0 {
+        poke(at, 1);
+    } else {
+        let _ = peek(at);
+    }
+    // Not expected to get here: the access faults.
+    if let Ok(t) = traps::thread_self() {
+        let _ = traps::thread_terminate(t);
+    }
+    rt::exit(90)
+}
+
+/// A port with a send right under the same name (made by a message to
+/// ourselves).
+fn port_with_send() -> Result<Name, &'static str> {
+    let p = kern(traps::port_allocate())?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(p, abi::MAKE_SEND)
+        .ports(&[p], abi::MAKE_SEND)
+        .finish()
+        .map_err(|e| e.name())?;
+    traps::msg_send(&b[..n], Some(0)).map_err(|e| e.name())?;
+    traps::msg_receive(b, p, Some(0)).map_err(|e| e.name())?;
+    Ok(p)
+}
+
+/// Accesses `at` from a second thread and returns the page fault's error
+/// code if it faulted there (Err if it did not fault as a #PF at `at`).
+fn fault_of(at: u64, write: bool) -> Result<u64, &'static str> {
+    let me = me()?;
+    let exc = port_with_send()?;
+    kern(traps::task_set_exception_port(me, exc))?;
+    TOUCH_AT.store(at, Ordering::SeqCst);
+    TOUCH_WRITE.store(u64::from(write), Ordering::SeqCst);
+    let top = (&raw mut STACK) as u64 + (STACK_WORDS as u64 - 1) * 8;
+    // SAFETY: `toucher` runs on STACK, which nothing else uses.
+    let t = kern(unsafe { traps::thread_create(me, toucher as *const () as u64, top, 0) })?;
+    let got = traps::msg_receive(buf(), exc, T).map_err(|e| e.name());
+    let _ = traps::task_set_exception_port(me, abi::PORT_NULL);
+    let _ = traps::thread_terminate(t);
+    let _ = traps::port_deallocate(t);
+    let n = got?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    let info = m
+        .items()
+        .find_map(|i| match i {
+            Item::Inline(d) if d.len() == 32 => Some(d),
+            _ => None,
+        })
+        .ok_or("no exception info")?;
+    let word = |i: usize| u64::from_le_bytes(info[8 * i..8 * i + 8].try_into().unwrap_or([0; 8]));
+    let reply = m.header().remote;
+    for it in m.items() {
+        if let Item::Ports { names, .. } = it {
+            for i in 0..names.len() {
+                if let Some(n) = names.get(i) {
+                    let _ = traps::port_deallocate(n);
+                }
+            }
+        }
+    }
+    let _ = traps::port_deallocate(reply);
+    let _ = traps::port_deallocate(exc);
+    if word(0) != 14 || word(3) != at {
+        println!(
+            "vmtest: fault at {:#x}: vector {} cr2 {:#x}",
+            at,
+            word(0),
+            word(3)
+        );
+        return Err("the access did not page-fault at its address");
+    }
+    Ok(word(1))
+}
+
+// ---- the tests ----
+
+/// Zero fill, writes that stick, fixed placement, rounding and the
+/// argument checks.
+fn allocate_and_deallocate() -> R {
+    let me = me()?;
+    let a = allocate(16 * PAGE)?;
+    if !(abi_window(a) && a.is_multiple_of(PAGE)) {
+        return Err("vm_allocate placed memory outside the VM window or unaligned");
+    }
+    if (0..16).any(|p| peek(a + p * PAGE + 64) != 0) {
+        return Err("new memory is not zero");
+    }
+    fill(a, 16, 0xa11c);
+    if !check(a, 16, 0xa11c) {
+        return Err("written memory does not read back");
+    }
+    // Fixed: just past it, then over it (refused).
+    let mut at = a + 16 * PAGE;
+    kern(vm::vm_allocate(me, &mut at, 3 * PAGE, false))?;
+    if at != a + 16 * PAGE {
+        return Err("a fixed vm_allocate moved");
+    }
+    let mut over = a + 4 * PAGE;
+    expect(
+        vm::vm_allocate(me, &mut over, PAGE, false),
+        abi::KERN_NO_SPACE,
+        "a fixed vm_allocate over allocated memory",
+    )?;
+    let mut zero = 0;
+    expect(
+        vm::vm_allocate(me, &mut zero, 0, true),
+        abi::KERN_INVALID_ARGUMENT,
+        "a zero-sized vm_allocate",
+    )?;
+    let mut low = 0x40_0000;
+    expect(
+        vm::vm_allocate(me, &mut low, PAGE, false),
+        abi::KERN_INVALID_ARGUMENT,
+        "a vm_allocate over the program image",
+    )?;
+    let mut huge = 0;
+    expect(
+        vm::vm_allocate(me, &mut huge, 1 << 62, true),
+        abi::KERN_NO_SPACE,
+        "a vm_allocate larger than the address space",
+    )?;
+    // An unaligned size rounds up to whole pages.
+    let b = allocate(PAGE + 1)?;
+    poke(b + PAGE + 8, 7);
+    kern(vm::vm_deallocate(me, b, PAGE + 1))?;
+    // Deallocated memory faults; the neighbours stay.
+    kern(vm::vm_deallocate(me, a + 2 * PAGE, PAGE))?;
+    fault_of(a + 2 * PAGE, false)?;
+    if !check(a, 2, 0xa11c) || peek(a + 3 * PAGE + 24) != 0xa11c ^ (3 * 0x9e37_79b9) {
+        return Err("deallocating one page disturbed its neighbours");
+    }
+    kern(vm::vm_deallocate(me, a, 19 * PAGE))?;
+    fault_of(a + 5 * PAGE, true)?;
+    Ok(())
+}
+
+fn abi_window(a: u64) -> bool {
+    (rt::abi::VM_MIN_ADDRESS..rt::abi::VM_MAX_ADDRESS).contains(&a)
+}
+
+/// Current and maximum protection, and violations as exceptions.
+fn protect() -> R {
+    let me = me()?;
+    let a = allocate(4 * PAGE)?;
+    fill(a, 4, 0x9807);
+    kern(vm::vm_protect(me, a, 2 * PAGE, false, abi::VM_PROT_READ))?;
+    if !check(a, 4, 0x9807) {
+        return Err("read-only memory does not read");
+    }
+    let err = fault_of(a + PAGE, true)?;
+    if err & 0b11 != 0b11 {
+        return Err("the write to read-only memory is not a protection fault on a write");
+    }
+    poke(a + 2 * PAGE + 8, 5);
+    kern(vm::vm_protect(me, a, 2 * PAGE, false, abi::VM_PROT_DEFAULT))?;
+    poke(a + PAGE, 6);
+    // No access at all: even reads fault.
+    kern(vm::vm_protect(
+        me,
+        a + 3 * PAGE,
+        PAGE,
+        false,
+        abi::VM_PROT_NONE,
+    ))?;
+    fault_of(a + 3 * PAGE, false)?;
+    // Maximum read-only: raising the current protection is refused.
+    kern(vm::vm_protect(me, a, PAGE, true, abi::VM_PROT_READ))?;
+    expect(
+        vm::vm_protect(me, a, PAGE, false, abi::VM_PROT_DEFAULT),
+        abi::KERN_PROTECTION_FAILURE,
+        "raising protection above the maximum",
+    )?;
+    expect(
+        vm::vm_protect(me, a, PAGE, false, 8),
+        abi::KERN_INVALID_ARGUMENT,
+        "an unknown protection bit",
+    )?;
+    expect(
+        vm::vm_protect(me, a + 8 * PAGE, PAGE, false, abi::VM_PROT_READ),
+        abi::KERN_INVALID_ADDRESS,
+        "protecting unallocated memory",
+    )?;
+    kern(vm::vm_deallocate(me, a, 4 * PAGE))
+}
+
+/// vm_region walks the regions in address order with their attributes.
+fn regions() -> R {
+    let me = me()?;
+    let a = allocate(8 * PAGE)?;
+    kern(vm::vm_protect(
+        me,
+        a + 2 * PAGE,
+        3 * PAGE,
+        false,
+        abi::VM_PROT_READ,
+    ))?;
+    kern(vm::vm_inherit(me, a + 5 * PAGE, 3 * PAGE, VM_INHERIT_SHARE))?;
+    let want = [
+        (a, 2, abi::VM_PROT_DEFAULT, VM_INHERIT_COPY),
+        (a + 2 * PAGE, 3, abi::VM_PROT_READ, VM_INHERIT_COPY),
+        (a + 5 * PAGE, 3, abi::VM_PROT_DEFAULT, VM_INHERIT_SHARE),
+    ];
+    let mut at = a;
+    for (start, pages, prot, inh) in want {
+        let r = kern(vm::vm_region(me, at))?;
+        if r.start != start || r.size != pages * PAGE || r.prot != prot || r.inheritance != inh {
+            println!(
+                "vmtest: region at {:#x}: start {:#x} size {:#x} prot {} inheritance {}",
+                at, r.start, r.size, r.prot, r.inheritance
+            );
+            return Err("vm_region does not describe the regions made");
+        }
+        at = r.start + r.size;
+    }
+    kern(vm::vm_deallocate(me, a, 8 * PAGE))?;
+    match vm::vm_region(me, a) {
+        Ok(r) if r.start < a + 8 * PAGE => Err("a deallocated region is still reported"),
+        _ => Ok(()),
+    }
+}
+
+/// vm_read, vm_write and vm_copy move data copy-on-write: later writes to
+/// either side are not seen by the other.
+fn read_write_copy() -> R {
+    let me = me()?;
+    let pages = 8;
+    let src = allocate(pages * PAGE)?;
+    fill(src, pages, 0x5eed);
+    let copy = kern(vm::vm_read(me, src, pages * PAGE))?;
+    if copy == src || !check(copy, pages, 0x5eed) {
+        return Err("vm_read's copy does not hold the data");
+    }
+    fill(src, pages, 0x0dd);
+    if !check(copy, pages, 0x5eed) {
+        return Err("a write to the source shows through vm_read's copy");
+    }
+    fill(copy, pages, 0xc0b1);
+    if !check(src, pages, 0x0dd) {
+        return Err("a write to vm_read's copy shows through the source");
+    }
+    let dst = allocate(pages * PAGE)?;
+    kern(vm::vm_protect(
+        me,
+        dst + PAGE,
+        PAGE,
+        true,
+        abi::VM_PROT_DEFAULT,
+    ))?;
+    kern(vm::vm_copy(me, src, pages * PAGE, dst))?;
+    if !check(dst, pages, 0x0dd) {
+        return Err("vm_copy's destination does not hold the data");
+    }
+    poke(dst + PAGE + 8, 1);
+    if !check(src, pages, 0x0dd) {
+        return Err("a write to vm_copy's destination shows through the source");
+    }
+    let r = kern(vm::vm_region(me, dst + PAGE))?;
+    if r.max_prot != abi::VM_PROT_DEFAULT || r.start != dst + PAGE || r.size != PAGE {
+        return Err("vm_copy did not keep the destination's own maximum protection");
+    }
+    kern(vm::vm_write(me, dst, copy, pages * PAGE))?;
+    if !check(dst, pages, 0xc0b1) {
+        return Err("vm_write's destination does not hold the data");
+    }
+    expect(
+        vm::vm_write(me, dst + 64 * PAGE, copy, PAGE),
+        abi::KERN_INVALID_ADDRESS,
+        "vm_write to unallocated memory",
+    )?;
+    kern(vm::vm_protect(me, dst, PAGE, false, abi::VM_PROT_READ))?;
+    expect(
+        vm::vm_copy(me, src, PAGE, dst),
+        abi::KERN_PROTECTION_FAILURE,
+        "vm_copy over read-only memory",
+    )?;
+    if peek(dst) != 0xc0b1 {
+        return Err("a refused vm_copy changed its destination");
+    }
+    for a in [src, copy, dst] {
+        kern(vm::vm_deallocate(me, a, pages * PAGE))?;
+    }
+    Ok(())
+}
+
+/// task_create's inheritance: a child started by us sees copy regions as
+/// they were (and its writes stay its own), share regions as one memory
+/// with us, and nothing where the region is inherit-none.
+fn inherit() -> R {
+    let me = me()?;
+    let (c, s, n) = (
+        allocate(4 * PAGE)?,
+        allocate(4 * PAGE)?,
+        allocate(4 * PAGE)?,
+    );
+    fill(c, 4, 0xc0);
+    fill(s, 4, 0x50);
+    fill(n, 4, 0x40);
+    kern(vm::vm_inherit(me, s, 4 * PAGE, VM_INHERIT_SHARE))?;
+    kern(vm::vm_inherit(me, n, 4 * PAGE, VM_INHERIT_NONE))?;
+    let mut args = rt::Line::new();
+    let _ = core::fmt::write(&mut args, format_args!("child-inherit {c:x} {s:x} {n:x}"));
+    let child = rt::spawn(b"vmtest", args.bytes());
+    if child < 0 {
+        return Err("could not start the child");
+    }
+    let status = rt::wait(child);
+    if status != 0 {
+        println!("vmtest: inherit: child status {status}");
+        return Err("the child saw the wrong memory (its status says which)");
+    }
+    if !check(c, 4, 0xc0) {
+        return Err("the child's write to a copy region reached the parent");
+    }
+    if !check(s, 4, 0x51) {
+        return Err("the child's write to a share region is not seen by the parent");
+    }
+    for a in [c, s, n] {
+        kern(vm::vm_deallocate(me, a, 4 * PAGE))?;
+    }
+    Ok(())
+}
+
+/// The child side of `inherit`: exit status 0, or which check failed.
+fn child_inherit(c: u64, s: u64, n: u64) -> i32 {
+    let Ok(me) = me() else { return 9 };
+    if !check(c, 4, 0xc0) {
+        return 2;
+    }
+    if !check(s, 4, 0x50) {
+        return 3;
+    }
+    match vm::vm_region(me, n) {
+        Ok(r) if r.start <= n && n < r.start + r.size => return 4,
+        _ => {}
+    }
+    fill(c, 4, 0xcc);
+    fill(s, 4, 0x51);
+    if !check(c, 4, 0xcc) {
+        return 5;
+    }
+    0
+}
+
+/// The kernel copies into and out of memory not yet touched (trap
+/// arguments, message bodies) by faulting it in, as a copyin fault would.
+fn kernel_copies_fault_in() -> R {
+    let me = me()?;
+    let a = allocate(4 * PAGE)?;
+    let p = kern(traps::port_allocate())?;
+    // A message sent from, and received into, untouched memory.
+    let out = a + PAGE;
+    // SAFETY: [out, out + 64) is ours, 8-aligned, and not yet touched.
+    let body = unsafe { core::slice::from_raw_parts_mut(out as *mut u8, 64) };
+    let n = Builder::new(body)
+        .dest(p, abi::MAKE_SEND_ONCE)
+        .id(77)
+        .finish()
+        .map_err(|e| e.name())?;
+    traps::msg_send(&body[..n], Some(0)).map_err(|e| e.name())?;
+    // SAFETY: the last page of the region, ours and untouched.
+    let inb = unsafe { core::slice::from_raw_parts_mut((a + 3 * PAGE) as *mut u8, 256) };
+    traps::msg_receive(inb, p, Some(0)).map_err(|e| e.name())?;
+    let m = Message::parse(inb).map_err(|e| e.name())?;
+    if m.id() != 77 {
+        return Err("the message received into untouched memory is wrong");
+    }
+    let _ = traps::port_deallocate(p);
+    kern(vm::vm_deallocate(me, a, 4 * PAGE))
+}
+
+/// vm_statistics counts the zero-fill faults a task takes.
+fn statistics() -> R {
+    let me = me()?;
+    let before = kern(vm::vm_statistics(me))?;
+    let a = allocate(32 * PAGE)?;
+    fill(a, 32, 1);
+    let after = kern(vm::vm_statistics(me))?;
+    if after.page_size != PAGE || after.zero_fill_count < before.zero_fill_count + 32 {
+        return Err("vm_statistics did not count the zero-fill faults");
+    }
+    kern(vm::vm_deallocate(me, a, 32 * PAGE))
+}
+
+/// A task cannot make the kernel allocate without bound: map entries end
+/// in KERN_RESOURCE_SHORTAGE, and the task carries on.
+fn exhaustion() -> R {
+    let me = me()?;
+    let mut first = 0;
+    let mut made = 0u64;
+    let mut refused = false;
+    for i in 0..5_000u64 {
+        let mut at = 0;
+        // Alternate protections so neighbours cannot merge into one entry.
+        match vm::vm_allocate(me, &mut at, PAGE, true) {
+            Ok(()) => {
+                if i == 0 {
+                    first = at;
+                }
+                if i % 2 == 1 {
+                    kern(vm::vm_protect(me, at, PAGE, false, abi::VM_PROT_READ))?;
+                }
+                made += 1;
+            }
+            Err(KernError(abi::KERN_RESOURCE_SHORTAGE)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => return Err(e.name()),
+        }
+    }
+    if !refused {
+        return Err("5,000 map entries were allowed");
+    }
+    kern(vm::vm_deallocate(me, first, made * PAGE))?;
+    let a = allocate(PAGE)?;
+    poke(a, 3);
+    kern(vm::vm_deallocate(me, a, PAGE))
+}
+
+type Test = (&'static str, fn() -> R);
+
+const TESTS: &[Test] = &[
+    ("allocate", allocate_and_deallocate),
+    ("protect", protect),
+    ("regions", regions),
+    ("read-write-copy", read_write_copy),
+    ("inherit", inherit),
+    ("copy-fault-in", kernel_copies_fault_in),
+    ("statistics", statistics),
+    ("exhaustion", exhaustion),
+];
+
+fn hex(w: &[u8]) -> u64 {
+    w.iter().fold(0, |a, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => 0,
+        };
+        (a << 4) | u64::from(v)
+    })
+}
+
+fn main(args: &[u8]) -> i32 {
+    let mut words = rt::words(args);
+    let first = words.next().unwrap_or(b"");
+    if first == b"child-inherit" {
+        let mut n = || words.next().map_or(0, hex);
+        let (c, s, x) = (n(), n(), n());
+        return child_inherit(c, s, x);
+    }
+    let wanted: [&[u8]; 16] = {
+        let mut w: [&[u8]; 16] = [b""; 16];
+        w[0] = first;
+        for (slot, word) in w[1..].iter_mut().zip(words) {
+            *slot = word;
+        }
+        w
+    };
+    let all = wanted[0].is_empty() || wanted[0] == b"all";
+    let mut failed = 0;
+    for (name, test) in TESTS {
+        if !all && !wanted.contains(&name.as_bytes()) {
+            continue;
+        }
+        match test() {
+            Ok(()) => println!("vmtest: {name} ok"),
+            Err(why) => {
+                println!("vmtest: {name} FAILED: {why}");
+                failed += 1;
+            }
+        }
+    }
+    println!("vmtest: {failed} failed");
+    failed
+}
