@@ -114,7 +114,7 @@ fn host_socket(bytes: usize, rounds: u32) -> Result<u64> {
 }
 
 /// (mark id, ns, insn, exits, irqs) from `--stats` output.
-fn marks(out: &str) -> Vec<[u64; 5]> {
+pub(crate) fn marks(out: &str) -> Vec<[u64; 5]> {
     out.lines()
         .filter(|l| l.starts_with(STATS_TAG) && l.contains(" mark="))
         .filter_map(|l| {

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_ipc;
 mod bench_objread;
+mod bench_vm;
 mod boot;
 mod bus;
 mod config;
@@ -94,6 +95,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 1000)]
         rounds: u32,
     },
+    /// Guest page faults (zero fill, soft, copy-on-write) next to the same faults on the host.
+    Vm {
+        /// Faults per case.
+        #[arg(long, default_value_t = 2000)]
+        pages: u32,
+    },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
     Probe,
@@ -130,6 +137,7 @@ fn main() -> ExitCode {
             .and_then(bench_objread::objread)
             .map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Ipc { rounds }) => bench_ipc::ipc(rounds).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Vm { pages }) => bench_vm::vm(pages).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,

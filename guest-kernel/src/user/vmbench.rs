@@ -1,0 +1,78 @@
+//! `vmbench PAGES`: the guest side of `vmm bench vm`. Each loop touches
+//! PAGES pages, one fault per page, between two benchmark marks (the VMM
+//! samples the vCPU's statistics at each):
+//! 1-2 zero fill on fresh frames, 3-4 soft faults (reading a vm_read copy
+//! whose pages are resident), 5-6 copy-on-write faults (writing that copy),
+//! 7-8 zero fill on recycled frames (the kernel clears each one).
+#![no_std]
+#![no_main]
+
+mod rt;
+
+use libmach::traps;
+use libmach::vm;
+
+const PAGE: u64 = 4096;
+
+fn touch(at: u64, pages: u64, write: bool) -> u64 {
+    let mut sum = 0u64;
+    for p in 0..pages {
+        let a = (at + p * PAGE) as *mut u64;
+        // SAFETY: a page of memory this task allocated.
+        unsafe {
+            if write {
+                core::ptr::write_volatile(a, p);
+            } else {
+                sum = sum.wrapping_add(core::ptr::read_volatile(a));
+            }
+        }
+    }
+    sum
+}
+
+fn run(pages: u64) -> Result<(), &'static str> {
+    let me = traps::task_self().map_err(|e| e.name())?;
+    let size = pages * PAGE;
+    let k = |r: Result<(), traps::KernError>| r.map_err(|e| e.name());
+    let mut a = 0;
+    k(vm::vm_allocate(me, &mut a, size, true))?;
+    rt::milestone(1);
+    touch(a, pages, true);
+    rt::milestone(2);
+    let c = vm::vm_read(me, a, size).map_err(|e| e.name())?;
+    rt::milestone(3);
+    let sum = touch(c, pages, false);
+    rt::milestone(4);
+    if sum != pages * (pages - 1) / 2 {
+        return Err("the copy does not hold what was written");
+    }
+    rt::milestone(5);
+    touch(c, pages, true);
+    rt::milestone(6);
+    k(vm::vm_deallocate(me, c, size))?;
+    k(vm::vm_deallocate(me, a, size))?;
+    let mut b = 0;
+    k(vm::vm_allocate(me, &mut b, size, true))?;
+    rt::milestone(7);
+    touch(b, pages, true);
+    rt::milestone(8);
+    k(vm::vm_deallocate(me, b, size))
+}
+
+fn main(args: &[u8]) -> i32 {
+    let pages = rt::words(args)
+        .next()
+        .and_then(rt::parse_size)
+        .unwrap_or(1000)
+        .max(1);
+    match run(pages) {
+        Ok(()) => {
+            println!("vmbench: {pages} pages per case: ok");
+            0
+        }
+        Err(e) => {
+            println!("vmbench: {e}");
+            1
+        }
+    }
+}
