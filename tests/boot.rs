@@ -269,6 +269,8 @@ fn mach_vm_in_the_guest() {
     // protection with violations as exceptions, vm_region's walk,
     // copy-on-write vm_read/vm_copy/vm_write, copy/share/none inheritance
     // by a child task, the kernel faulting in untouched message buffers,
+    // 3 MiB of out-of-line data arriving as a region of its own (freed by
+    // vm_deallocate; the deallocate flag removes the sender's),
     // vm_statistics, and the map-entry limit ending in
     // KERN_RESOURCE_SHORTAGE.
     let out = vmm(&["run", "--init", "vmtest", "all"], &[]);
@@ -280,6 +282,7 @@ fn mach_vm_in_the_guest() {
         "read-write-copy",
         "inherit",
         "copy-fault-in",
+        "out-of-line",
         "statistics",
         "exhaustion",
     ] {

@@ -153,7 +153,11 @@ fn round_trip(service: Name, reply: Name, kind: u8, bytes: usize) -> Result<(), 
         Item::Ool { addr, len, .. } => {
             // SAFETY: the kernel mapped the region at addr for us.
             let r = unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) };
-            r == d
+            let same = r == d;
+            // The region is ours now: give it back, as a Mach client must.
+            let freed = traps::task_self()
+                .and_then(|me| libmach::vm::vm_deallocate(me, addr, u64::from(len)));
+            same && freed.is_ok()
         }
         _ => false,
     });
@@ -240,9 +244,10 @@ fn echo(b: &mut [u8], got: usize) -> Option<(usize, ())> {
             m.inline(scratch.get(..len)?);
         }
         2 => {
-            // SAFETY: the kernel mapped the request's region at addr.
-            let r = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
-            m.ool(r);
+            // SAFETY: the kernel mapped the request's region at addr for
+            // us; the reply moves it on (deallocate), and nothing here
+            // refers to it afterwards.
+            unsafe { m.ool_raw(addr, len, true) };
         }
         _ => {}
     }

@@ -458,6 +458,61 @@ fn kernel_copies_fault_in() -> R {
     kern(vm::vm_deallocate(me, a, 4 * PAGE))
 }
 
+/// Out-of-line data of several MiB from vm_allocate'd memory arrives as a
+/// region of the receiver's map that vm_deallocate frees; with the
+/// deallocate flag the sender's region goes away.
+fn out_of_line() -> R {
+    let me = me()?;
+    let pages = 3 * 256 + 5; // 3 MiB and a bit
+    let size = pages * PAGE;
+    let src = allocate(size)?;
+    fill(src, pages, 0x0011);
+    let p = kern(traps::port_allocate())?;
+    let send = |dealloc: bool| -> R {
+        let b = buf();
+        let mut m = Builder::new(b);
+        m.dest(p, abi::MAKE_SEND_ONCE).id(5);
+        // SAFETY: [src, src + size) is ours; with `dealloc` nothing refers
+        // to it after the send.
+        unsafe { m.ool_raw(src, size as usize, dealloc) };
+        let n = m.finish().map_err(|e| e.name())?;
+        traps::msg_send(&b[..n], Some(0)).map_err(|e| e.name())
+    };
+    let receive = || -> Result<u64, &'static str> {
+        let n = traps::msg_receive(buf(), p, Some(0)).map_err(|e| e.name())?;
+        let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+        m.items()
+            .find_map(|i| match i {
+                Item::Ool { addr, len, .. } if u64::from(len) == size => Some(addr),
+                _ => None,
+            })
+            .ok_or("no out-of-line region of the size sent")
+    };
+    send(false)?;
+    let got = receive()?;
+    if got == src || !abi_window(got) || !check(got, pages, 0x0011) {
+        return Err("the out-of-line region does not hold the data sent");
+    }
+    let r = kern(vm::vm_region(me, got))?;
+    if r.start != got || r.size != size {
+        return Err("the out-of-line region is not a region of its own");
+    }
+    kern(vm::vm_deallocate(me, got, size))?;
+    if matches!(vm::vm_region(me, got), Ok(r) if r.start == got) {
+        return Err("vm_deallocate left the received region");
+    }
+    send(true)?;
+    if matches!(vm::vm_region(me, src), Ok(r) if r.start <= src && src < r.start + r.size) {
+        return Err("the deallocate flag left the sender's region mapped");
+    }
+    let got = receive()?;
+    if !check(got, pages, 0x0011) {
+        return Err("data sent with the deallocate flag did not arrive");
+    }
+    kern(vm::vm_deallocate(me, got, size))?;
+    kern(traps::port_deallocate(p))
+}
+
 /// vm_statistics counts the zero-fill faults a task takes.
 fn statistics() -> R {
     let me = me()?;
@@ -516,6 +571,7 @@ const TESTS: &[Test] = &[
     ("read-write-copy", read_write_copy),
     ("inherit", inherit),
     ("copy-fault-in", kernel_copies_fault_in),
+    ("out-of-line", out_of_line),
     ("statistics", statistics),
     ("exhaustion", exhaustion),
 ];

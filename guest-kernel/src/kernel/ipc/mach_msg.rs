@@ -6,7 +6,6 @@ use super::{apply, waiter};
 use crate::arch::copy::{read_user, write_in};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::Kernel;
-use crate::kern::task::{OOL_BASE, OOL_SPAN};
 use crate::kern::thread::{RecvWait, State};
 use alloc::vec::Vec;
 use guest_kernel::addr::{PhysAddr, VirtAddr};
@@ -58,7 +57,7 @@ pub fn trap(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     };
     let mut receiver = None;
     if option & SEND_MSG != 0 {
-        match send(k, space, root, buf, send_size, option, timeout) {
+        match send(k, space, buf, send_size, option, timeout) {
             Ok(r) => receiver = r,
             Err(Some(code)) => return Some(i64::from(code)),
             Err(None) => return None,
@@ -88,7 +87,6 @@ pub fn trap(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
 fn send(
     k: &mut Kernel,
     space: SpaceId,
-    root: PhysAddr,
     buf: VirtAddr,
     size: u32,
     option: u32,
@@ -103,11 +101,9 @@ fn send(
     let mut copy = Buf::new(size as usize).ok_or(Some(SEND_NO_BUFFER))?;
     read_user(k, buf, copy.bytes()).map_err(|_| Some(SEND_INVALID_DATA))?;
     let mut fx = Effects::default();
-    let mut src = Source {
-        frames: &mut k.frames,
-        root,
-    };
-    let r = k.ipc.send(space, copy.bytes(), &mut src, &mut fx);
+    let (me, _) = k.current_task().ok_or(Some(SEND_INVALID_DEST))?;
+    let (ipc, parts) = k.ipc_and_vm(me).ok_or(Some(SEND_INVALID_DEST))?;
+    let r = ipc.send(space, copy.bytes(), &mut Source { parts }, &mut fx);
     match r {
         Send::Queued => Ok(apply(k, fx)),
         Send::Full { port } => {
@@ -212,26 +208,11 @@ fn copy_out(
         k.ipc.kmsg_destroy(km, fx);
         return RCV_INVALID_DATA;
     };
-    let next = k.task(task).map_or(OOL_BASE, |t| t.ool_next);
-    let mut sink = Sink {
-        frames: &mut k.frames,
-        root,
-        next,
-        end: OOL_BASE + OOL_SPAN,
-        placed: Vec::new(),
+    let Some((ipc, parts)) = k.ipc_and_vm(task) else {
+        k.ipc.kmsg_destroy(km, fx);
+        return RCV_INVALID_DATA;
     };
-    let r = k.ipc.copyout(space, km, copy.bytes(), &mut sink, fx);
-    let (next, placed) = (sink.next, sink.placed);
-    if let Some(t) = k.task_mut(task) {
-        t.ool_next = next;
-        if !t.adopt(&placed) {
-            // Cannot record them: give the frames back now (their mapping
-            // dies with the task's tables).
-            for pa in placed {
-                k.frames.free(pa);
-            }
-        }
-    }
+    let r = ipc.copyout(space, km, copy.bytes(), &mut Sink { parts }, fx);
     match r {
         Ok(n) => match crate::vm::fault::prefault(k, task, buf.0, n as u64, true)
             .and_then(|()| write_in(&mut k.frames, root, buf, &copy.bytes()[..n]))

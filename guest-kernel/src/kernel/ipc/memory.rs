@@ -1,88 +1,86 @@
-//! Out-of-line message data, by copy for now (the VM issue maps it
-//! copy-on-write instead, behind the same two traits): read from the
-//! sender at send time, placed in fresh pages of the receiver.
+//! Out-of-line message data, by copy for now: read from the sender's
+//! memory at send time (faulting its VM pages in), placed in a new region of
+//! the receiver's address map, which it frees with vm_deallocate. Mapping
+//! the sender's pages copy-on-write instead is the next step, behind the
+//! same two traits.
 
 use crate::arch::copy::read_in;
-use crate::arch::mm::{DirectTables, alloc_zeroed, phys_to_virt};
-use alloc::vec::Vec;
-use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
-use guest_kernel::arch::paging::{self, NO_EXECUTE, PageSize, USER, WRITABLE};
+use crate::arch::mm::phys_to_virt;
+use crate::vm::fault::{prefault_in, resolve_in};
+use crate::vm::{Parts, with_parts};
+use guest_kernel::addr::{PAGE_SIZE, VirtAddr};
 use guest_kernel::ipc::{OolSink, OolSource};
-use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::types::{Inheritance, ObjectOffset, ObjectRefs, VmProt};
 
 /// The sender's address space.
 pub struct Source<'a> {
-    pub frames: &'a mut FrameAllocator,
-    pub root: PhysAddr,
+    pub parts: Parts<'a>,
 }
 
 impl OolSource for Source<'_> {
     fn read(&mut self, addr: u64, len: u64, out: &mut [u8]) -> bool {
-        len as usize == out.len() && read_in(self.frames, self.root, VirtAddr(addr), out).is_ok()
+        len as usize == out.len()
+            && prefault_in(&mut self.parts, addr, len, false).is_ok()
+            && read_in(self.parts.frames, self.parts.root, VirtAddr(addr), out).is_ok()
+    }
+
+    /// OOL_DEALLOCATE: the region leaves the sender's map (memory outside
+    /// the VM window, the program image and stack, stays).
+    fn deallocate(&mut self, addr: u64, len: u64) {
+        let start = addr & !(PAGE_SIZE - 1);
+        let Some(end) = addr
+            .checked_add(len)
+            .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+        else {
+            return;
+        };
+        if end > start && crate::vm::fault::in_window(start, end - start) {
+            with_parts(&mut self.parts, |map, objs, _, m| {
+                let _ = map.deallocate(VirtAddr(start), end - start, objs, &mut m.pmap());
+            });
+        }
     }
 }
 
-/// The receiver's address space: regions go at `next`, page by page, up to
-/// `end`; the frames are recorded for the task to free.
+/// The receiver's address space: each region becomes a new zero-fill
+/// object mapped anywhere in its VM window, filled with the data.
 pub struct Sink<'a> {
-    pub frames: &'a mut FrameAllocator,
-    pub root: PhysAddr,
-    pub next: u64,
-    pub end: u64,
-    pub placed: Vec<PhysAddr>,
+    pub parts: Parts<'a>,
 }
 
 impl OolSink for Sink<'_> {
     fn place(&mut self, data: &[u8]) -> Option<u64> {
-        let pages = (data.len() as u64).div_ceil(PAGE_SIZE).max(1);
-        let at = self.next;
-        if at.checked_add(pages * PAGE_SIZE)? > self.end
-            || self.placed.try_reserve(pages as usize).is_err()
-        {
-            return None;
+        let size = (data.len() as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+        let at = with_parts(&mut self.parts, |map, objs, _, _| {
+            let obj = objs.create_internal(size).ok()?;
+            map.allocate(
+                None,
+                size,
+                obj,
+                ObjectOffset(0),
+                VmProt::DEFAULT,
+                VmProt::ALL,
+                Inheritance::Copy,
+                false,
+                objs,
+            )
+            .inspect_err(|_| objs.release(obj))
+            .ok()
+        })?;
+        for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
+            let va = VirtAddr(at.0 + i as u64 * PAGE_SIZE);
+            let Ok(frame) = resolve_in(&mut self.parts, va, VmProt::WRITE) else {
+                with_parts(&mut self.parts, |map, objs, _, m| {
+                    let _ = map.deallocate(at, size, objs, &mut m.pmap());
+                });
+                return None;
+            };
+            // SAFETY: the frame just mapped for the receiver's new region,
+            // through the direct map.
+            unsafe {
+                core::ptr::copy_nonoverlapping(chunk.as_ptr(), phys_to_virt(frame), chunk.len())
+            };
         }
-        let first = self.placed.len();
-        for i in 0..pages {
-            let ok = alloc_zeroed(self.frames).and_then(|pa| {
-                let va = VirtAddr(at + i * PAGE_SIZE);
-                let flags = USER | WRITABLE | NO_EXECUTE;
-                paging::map(
-                    &mut DirectTables(self.frames),
-                    self.root,
-                    va,
-                    pa,
-                    flags,
-                    PageSize::Small,
-                )
-                .ok()
-                .map(|_| pa)
-            });
-            match ok {
-                Some(pa) => {
-                    let off = (i * PAGE_SIZE) as usize;
-                    let n = data.len().saturating_sub(off).min(PAGE_SIZE as usize);
-                    // SAFETY: a fresh frame of the receiver, through the
-                    // direct map.
-                    unsafe {
-                        core::ptr::copy_nonoverlapping(data[off..].as_ptr(), phys_to_virt(pa), n)
-                    };
-                    self.placed.push(pa);
-                }
-                None => {
-                    // Undo this region: unmap and free what was placed.
-                    for (j, pa) in self.placed.drain(first..).enumerate() {
-                        let _ = paging::unmap(
-                            &mut DirectTables(self.frames),
-                            self.root,
-                            VirtAddr(at + j as u64 * PAGE_SIZE),
-                        );
-                        self.frames.free(pa);
-                    }
-                    return None;
-                }
-            }
-        }
-        self.next = at + pages * PAGE_SIZE;
-        Some(at)
+        Some(at.0)
     }
 }

@@ -802,18 +802,26 @@ impl Kernel {
     /// Task `id`'s map beside the VM state, for one VM operation (None once
     /// its address space is gone).
     pub fn vm_parts(&mut self, id: TaskId) -> Option<Parts<'_>> {
+        self.ipc_and_vm(id).map(|(_, p)| p)
+    }
+
+    /// [`Kernel::vm_parts`] beside the IPC state: a message's out-of-line
+    /// data is read from the sender's map, or placed in the receiver's,
+    /// while the IPC layer works on the message.
+    pub fn ipc_and_vm(&mut self, id: TaskId) -> Option<(&mut Ipc, Parts<'_>)> {
         let loaded = self.loaded_root();
         let t = self.tasks.get_mut(&id)?;
         if t.root.0 == 0 {
             return None;
         }
-        Some(Parts {
+        let parts = Parts {
             map: &mut t.map,
             vm: &mut self.vm,
             frames: &mut self.frames,
             root: t.root,
             loaded,
-        })
+        };
+        Some((&mut self.ipc, parts))
     }
 
     /// task_create's memory inheritance (§3.1): the child's VM window is

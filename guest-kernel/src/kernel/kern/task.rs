@@ -31,8 +31,7 @@ pub struct Task {
     pub root: PhysAddr,
     /// Its threads, at most MAX_THREADS.
     pub threads: Vec<ThreadId>,
-    /// Frames private to this task (data, bss, stack, out-of-line regions
-    /// received), freed at exit.
+    /// Frames private to this task (data, bss, stack), freed at exit.
     owned: Vec<PhysAddr>,
     /// Its port name space, its own port (a kernel object), and the ports
     /// it was given for bootstrap (the name server) and exceptions.
@@ -40,19 +39,12 @@ pub struct Task {
     pub port: Option<PortId>,
     pub bootstrap: Option<PortId>,
     pub exception: Option<PortId>,
-    /// Where the next out-of-line region received is mapped.
-    pub ool_next: u64,
     /// Its address map over the VM window (vm_allocate and inheritance).
     pub map: VmMap,
 }
 
 /// Entries one task's map may hold (docs/vm.md).
 pub const MAP_ENTRY_LIMIT: usize = 4096;
-
-/// Out-of-line regions a task receives are mapped from here up.
-pub const OOL_BASE: u64 = 0x0000_6000_0000_0000;
-/// ... up to this many bytes over its lifetime (no vm_deallocate yet).
-pub const OOL_SPAN: u64 = 1 << 30;
 
 #[derive(Debug)]
 #[allow(dead_code)] // the payloads are for debugging output
@@ -131,7 +123,6 @@ impl Task {
             port: None,
             bootstrap: None,
             exception: None,
-            ool_next: OOL_BASE,
             map,
         };
         task.name[..task.name_len].copy_from_slice(&module.name()[..task.name_len]);
@@ -241,16 +232,6 @@ impl Task {
             rdi: args_va,
             rsi: args.len() as u64,
         })
-    }
-
-    /// Takes ownership of frames mapped into this task since (received
-    /// out-of-line data), freed with the task.
-    pub fn adopt(&mut self, frames: &[PhysAddr]) -> bool {
-        if self.owned.try_reserve(frames.len()).is_err() {
-            return false;
-        }
-        self.owned.extend_from_slice(frames);
-        true
     }
 
     fn private_page(&mut self, frames: &mut FrameAllocator) -> Result<PhysAddr, LoadError> {

@@ -4,7 +4,7 @@
 //! finds a page not yet present. Faults the VM cannot satisfy become
 //! exception messages (kern/ipc/exception.rs), as before.
 
-use super::with_task;
+use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
 use guest_kernel::abi::{ERR_BAD_ADDRESS, ERR_NO_MEMORY, VM_MAX_ADDRESS, VM_MIN_ADDRESS};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
@@ -48,11 +48,21 @@ pub fn resolve(
     va: VirtAddr,
     access: VmProt,
 ) -> Result<PhysAddr, FaultOutcome> {
-    let outcome = with_task(k, task, |map, objects, frames, m| {
+    let mut p = k.vm_parts(task).ok_or(FaultOutcome::InvalidAddress)?;
+    resolve_in(&mut p, va, access)
+}
+
+/// [`resolve`] over lent parts (while the kernel's IPC state is borrowed
+/// too: out-of-line message data).
+pub fn resolve_in(
+    p: &mut Parts<'_>,
+    va: VirtAddr,
+    access: VmProt,
+) -> Result<PhysAddr, FaultOutcome> {
+    let outcome = with_parts(p, |map, objects, frames, m| {
         vm_fault(map, objects, frames, m, va, access, false)
-    })
-    .unwrap_or(FaultOutcome::InvalidAddress);
-    let c = &mut k.vm.counters;
+    });
+    let c = &mut p.vm.counters;
     c.faults += 1;
     match outcome {
         FaultOutcome::Mapped { frame, how, .. } => {
@@ -81,20 +91,28 @@ pub fn prefault(k: &mut Kernel, task: TaskId, va: u64, len: u64, write: bool) ->
     if !in_window(va, len) {
         return Ok(());
     }
+    let mut p = k.vm_parts(task).ok_or(ERR_BAD_ADDRESS)?;
+    prefault_in(&mut p, va, len, write)
+}
+
+/// [`prefault`] over lent parts.
+pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<(), i64> {
+    if !in_window(va, len) {
+        return Ok(());
+    }
     let end = va.checked_add(len).ok_or(ERR_BAD_ADDRESS)?;
     let first = va.max(VM_MIN_ADDRESS) & !(PAGE_SIZE - 1);
     let last = end.min(VM_MAX_ADDRESS);
     let access = if write { VmProt::WRITE } else { VmProt::READ };
     let mut page = first;
     while page < last {
-        let present = with_task(k, task, |_, _, _, m| {
+        let present = with_parts(p, |_, _, _, m| {
             m.pmap()
                 .lookup(VirtAddr(page))
                 .is_some_and(|(_, prot)| prot.contains(access))
-        })
-        .ok_or(ERR_BAD_ADDRESS)?;
+        });
         if !present {
-            match resolve(k, task, VirtAddr(page), access) {
+            match resolve_in(p, VirtAddr(page), access) {
                 Ok(_) => {}
                 Err(FaultOutcome::ResourceShortage) => return Err(ERR_NO_MEMORY),
                 Err(_) => return Err(ERR_BAD_ADDRESS),

@@ -26,15 +26,15 @@ pub fn with_task<R>(
     id: TaskId,
     op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> Option<R> {
-    Some(with_parts(k.vm_parts(id)?, op))
+    Some(with_parts(&mut k.vm_parts(id)?, op))
 }
 
 /// Runs `op` over lent parts; see [`with_task`].
 pub fn with_parts<R>(
-    p: Parts<'_>,
+    p: &mut Parts<'_>,
     op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> R {
-    let cell = RefCell::new(p.frames);
+    let cell = RefCell::new(&mut *p.frames);
     let mut frames = SharedFrames(&cell);
     let mut m = Machine {
         tables: SharedFrames(&cell),
@@ -42,7 +42,7 @@ pub fn with_parts<R>(
         tlb: LoadedTlb { loaded: p.loaded },
         root: p.root,
     };
-    let r = op(p.map, &mut p.vm.objects, &mut frames, &mut m);
+    let r = op(&mut *p.map, &mut p.vm.objects, &mut frames, &mut m);
     reap(&mut p.vm.objects, &mut frames, &mut m);
     r
 }
@@ -60,14 +60,14 @@ pub fn destroy_map(
     if map.is_empty() || root.0 == 0 {
         return;
     }
-    let parts = Parts {
+    let mut parts = Parts {
         map,
         vm,
         frames,
         root,
         loaded,
     };
-    with_parts(parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
+    with_parts(&mut parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
 }
 
 /// Frees objects that lost their last reference. Internal objects (the only
