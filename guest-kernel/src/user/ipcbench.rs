@@ -23,11 +23,14 @@ const BIG: usize = 64 * 1024;
 static mut BUF: MsgBuf<{ 4096 + 256 }> = MsgBuf([0; 4096 + 256]);
 static mut DATA: [u8; BIG] = [0; BIG];
 
+// `&raw mut` then a deref: a reference to a `static mut` is refused.
+#[allow(clippy::deref_addrof)]
 fn buf() -> &'static mut [u8] {
     // SAFETY: one thread per task uses it, never reentrantly.
     unsafe { &mut (*(&raw mut BUF)).0 }
 }
 
+#[allow(clippy::deref_addrof)]
 fn data() -> &'static mut [u8; BIG] {
     // SAFETY: as for `buf`.
     unsafe { &mut *(&raw mut DATA) }

@@ -114,11 +114,10 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
         SYSCALL_VECTOR => syscall::handle(k, f),
         _ if is_pvm_syscall(f, cr2) => syscall::handle(k, f),
         PAGE_FAULT if crate::vm::fault::user_fault(k, cr2, f.error) => {}
-        v if v < 32 => {
-            if !crate::ipc::exception::raise(k, v, f.error, f.rip, cr2) {
-                k.kill_current(v, f.error, f.rip, cr2);
-            }
+        v if v < 32 && !crate::ipc::exception::raise(k, v, f.error, f.rip, cr2) => {
+            k.kill_current(v, f.error, f.rip, cr2);
         }
+        v if v < 32 => {}
         TIMER_VECTOR => {
             crate::arch::lapic::eoi();
             k.ticks += 1;

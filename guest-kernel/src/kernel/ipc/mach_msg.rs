@@ -18,6 +18,8 @@ use libmach::abi::*;
 const SMALL: usize = 256;
 
 /// A copy buffer: on the stack for small messages.
+// The large variant is the point: small messages never touch the heap.
+#[allow(clippy::large_enum_variant)]
 enum Buf {
     Small([u64; SMALL / 8], usize),
     Heap(Vec<u8>),

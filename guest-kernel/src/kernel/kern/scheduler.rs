@@ -269,15 +269,8 @@ impl Kernel {
             return Err(SpawnError::NoResources);
         }
         let id = TaskId(self.next_task);
-        let (task, start) = Task::load(
-            id,
-            parent,
-            &module,
-            args,
-            self.kernel_root,
-            &mut self.frames,
-        )
-        .map_err(SpawnError::Load)?;
+        let (task, start) = Task::load(parent, &module, args, self.kernel_root, &mut self.frames)
+            .map_err(SpawnError::Load)?;
         let task = match try_box(task) {
             Ok(t) => t,
             Err(mut task) => {

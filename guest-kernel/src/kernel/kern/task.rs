@@ -22,7 +22,6 @@ const MAX_ARGS: usize = 1024;
 pub const MAX_THREADS: usize = 64;
 
 pub struct Task {
-    pub id: TaskId,
     pub parent: Option<TaskId>,
     name: [u8; 16],
     name_len: usize,
@@ -75,7 +74,6 @@ impl Task {
     /// (shared by every task of that program); writable ones get private
     /// frames with the file bytes copied in.
     pub fn load(
-        id: TaskId,
         parent: Option<TaskId>,
         module: &Module,
         args: &[u8],
@@ -111,7 +109,6 @@ impl Task {
         tables.table(root)[256..].copy_from_slice(&kernel_half);
 
         let mut task = Task {
-            id,
             parent,
             name: [0; 16],
             name_len: module.name().len().min(16),
