@@ -48,6 +48,11 @@ pub struct Kmsg {
 }
 
 impl Kmsg {
+    /// It carries out-of-line regions (the receiver's memory is needed to
+    /// place them).
+    pub fn has_ool(&self) -> bool {
+        !self.ool.is_empty()
+    }
     pub fn id(&self) -> i32 {
         self.id
     }

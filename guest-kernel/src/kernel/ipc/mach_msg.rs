@@ -1,7 +1,7 @@
 //! The `mach_msg` trap: msg_send, msg_receive and msg_rpc (paper Table
 //! 3-1) in one, with options and timeouts (docs/mach-ipc.md §2).
 
-use super::memory::{Sink, Source};
+use super::memory::{NoOol, Sink, Source};
 use super::{apply, waiter};
 use crate::arch::copy::{read_user, write_in};
 use crate::arch::trap::TrapFrame;
@@ -103,9 +103,19 @@ fn send(
     let mut copy = Buf::new(size as usize).ok_or(Some(SEND_NO_BUFFER))?;
     read_user(k, buf, copy.bytes()).map_err(|_| Some(SEND_INVALID_DATA))?;
     let mut fx = Effects::default();
-    let (me, _) = k.current_task().ok_or(Some(SEND_INVALID_DEST))?;
-    let (ipc, parts) = k.ipc_and_vm(me).ok_or(Some(SEND_INVALID_DEST))?;
-    let r = ipc.send(space, copy.bytes(), &mut Source { parts }, &mut fx);
+    // Only a complex message can carry out-of-line regions; the others
+    // skip lending the sender's map (the null RPC's hot path).
+    let bits = copy
+        .bytes()
+        .first_chunk::<4>()
+        .map_or(0, |b| u32::from_le_bytes(*b));
+    let r = if bits & BITS_COMPLEX != 0 {
+        let (me, _) = k.current_task().ok_or(Some(SEND_INVALID_DEST))?;
+        let (ipc, parts) = k.ipc_and_vm(me).ok_or(Some(SEND_INVALID_DEST))?;
+        ipc.send(space, copy.bytes(), &mut Source { parts }, &mut fx)
+    } else {
+        k.ipc.send(space, copy.bytes(), &mut NoOol, &mut fx)
+    };
     match r {
         Send::Queued => Ok(apply(k, fx)),
         Send::Full { port } => {
@@ -210,11 +220,15 @@ fn copy_out(
         k.ipc.kmsg_destroy(km, fx);
         return RCV_INVALID_DATA;
     };
-    let Some((ipc, parts)) = k.ipc_and_vm(task) else {
-        k.ipc.kmsg_destroy(km, fx);
-        return RCV_INVALID_DATA;
+    let r = if km.has_ool() {
+        let Some((ipc, parts)) = k.ipc_and_vm(task) else {
+            k.ipc.kmsg_destroy(km, fx);
+            return RCV_INVALID_DATA;
+        };
+        ipc.copyout(space, km, copy.bytes(), &mut Sink { parts }, fx)
+    } else {
+        k.ipc.copyout(space, km, copy.bytes(), &mut NoOol, fx)
     };
-    let r = ipc.copyout(space, km, copy.bytes(), &mut Sink { parts }, fx);
     match r {
         Ok(n) => match crate::vm::fault::prefault(k, task, buf.0, n as u64, true)
             .and_then(|()| write_in(&mut k.frames, root, buf, &copy.bytes()[..n]))

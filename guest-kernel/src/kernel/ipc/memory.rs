@@ -12,6 +12,21 @@ use guest_kernel::addr::{PAGE_SIZE, VirtAddr};
 use guest_kernel::ipc::{OolSink, OolSource};
 use guest_kernel::vm::types::{Inheritance, ObjectOffset, ObjectRefs, VmProt};
 
+/// A message with no out-of-line items needs no address space.
+pub struct NoOol;
+
+impl OolSource for NoOol {
+    fn read(&mut self, _: u64, _: u64, _: &mut [u8]) -> bool {
+        false
+    }
+}
+
+impl OolSink for NoOol {
+    fn place(&mut self, _: &[u8]) -> Option<u64> {
+        None
+    }
+}
+
 /// The sender's address space.
 pub struct Source<'a> {
     pub parts: Parts<'a>,
