@@ -225,14 +225,16 @@ fn mach_ipc_semantics_in_the_guest() {
         return;
     }
     // ipctest runs each sub-test in the guest and prints its verdict:
-    // three client tasks on one server, receive timeouts (timed by the
-    // TSC), backlog and send timeout, short buffers, malicious messages
-    // (each refused with its documented error), dead names, killing a
-    // task blocked in receive, shared-memory threads, an exception handler
+    // three client tasks on one server, receive timeouts, backlog and
+    // send timeout, short buffers, malicious messages (each refused with
+    // its documented error), dead names, killing a task blocked in
+    // receive, shared-memory threads, an exception handler
     // that fixes a #UD and a #PF, receive, send and send-once rights moved
     // to another task, clients and a server finding each other through the
-    // name server, and exhaustion of ports, queued messages, threads and
-    // tasks ending in errors, with a normal exchange afterwards.
+    // name server, exhaustion of ports, queued messages, threads and
+    // tasks ending in errors, with a normal exchange afterwards, and a
+    // child task suspended, resumed, given a thread, debugged and ended
+    // by messages to its task and thread ports (served by the kernel).
     let out = vmm(&["run", "--init", "ipctest", "all"], &[]);
     let all = format!("{}{}", out.stdout, out.stderr);
     for name in [
@@ -248,6 +250,7 @@ fn mach_ipc_semantics_in_the_guest() {
         "rights",
         "name-server",
         "exhaustion",
+        "kobject-msgs",
     ] {
         assert!(
             out.line(&format!("ipctest: {name} ok")).is_some(),

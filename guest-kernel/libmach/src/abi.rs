@@ -198,6 +198,56 @@ pub const NOTIFY_DEAD_NAME: i32 = 0x48;
 pub const EXCEPTION_RAISE: i32 = 2400;
 pub const EXCEPTION_REPLY: i32 = 2500;
 
+// Messages the kernel serves on task and thread ports (docs/mach-ipc.md
+// §5.1): the operation of trap N is request id N + KOBJECT_ID_BASE, sent
+// to the task or thread port it acts on; the reply (to the request's reply
+// port) has id + REPLY_ID_OFFSET and carries an INLINE i32 return code,
+// then the out value if there is one. `kernel_msgs` is the client.
+
+/// Request id of a kernel-object operation = its trap number + this.
+pub const KOBJECT_ID_BASE: i32 = 1000;
+/// A reply's id is its request's + this (MIG's convention).
+pub const REPLY_ID_OFFSET: i32 = 100;
+/// To a task port; no arguments.
+pub const MSG_TASK_TERMINATE: i32 = KOBJECT_ID_BASE + TRAP_TASK_TERMINATE as i32;
+/// To a task port; no arguments. Suspends every thread of the task.
+pub const MSG_TASK_SUSPEND: i32 = KOBJECT_ID_BASE + TRAP_TASK_SUSPEND as i32;
+/// To a task port; no arguments.
+pub const MSG_TASK_RESUME: i32 = KOBJECT_ID_BASE + TRAP_TASK_RESUME as i32;
+/// To a task port; three INLINE u64: entry, stack, argument. Reply: a
+/// `PORTS` item with a send right to the new thread's port.
+pub const MSG_THREAD_CREATE: i32 = KOBJECT_ID_BASE + TRAP_THREAD_CREATE as i32;
+/// To a thread port; no arguments.
+pub const MSG_THREAD_TERMINATE: i32 = KOBJECT_ID_BASE + TRAP_THREAD_TERMINATE as i32;
+/// To a thread port; no arguments.
+pub const MSG_THREAD_SUSPEND: i32 = KOBJECT_ID_BASE + TRAP_THREAD_SUSPEND as i32;
+/// To a thread port; no arguments.
+pub const MSG_THREAD_RESUME: i32 = KOBJECT_ID_BASE + TRAP_THREAD_RESUME as i32;
+/// To a thread port; no arguments. Reply: INLINE `ThreadState` (144 bytes).
+pub const MSG_THREAD_GET_STATE: i32 = KOBJECT_ID_BASE + TRAP_THREAD_GET_STATE as i32;
+/// To a thread port; INLINE `ThreadState` (144 bytes).
+pub const MSG_THREAD_SET_STATE: i32 = KOBJECT_ID_BASE + TRAP_THREAD_SET_STATE as i32;
+/// To a task port; a `PORTS` item of one send right (or `PORT_NULL`).
+pub const MSG_TASK_SET_EXCEPTION_PORT: i32 = KOBJECT_ID_BASE + TRAP_TASK_SET_EXCEPTION_PORT as i32;
+/// To a thread port; a `PORTS` item of one send right (or `PORT_NULL`).
+pub const MSG_THREAD_SET_EXCEPTION_PORT: i32 =
+    KOBJECT_ID_BASE + TRAP_THREAD_SET_EXCEPTION_PORT as i32;
+/// To a task port; a `PORTS` item of one send right (or `PORT_NULL`).
+pub const MSG_TASK_SET_BOOTSTRAP_PORT: i32 = KOBJECT_ID_BASE + TRAP_TASK_SET_BOOTSTRAP_PORT as i32;
+/// To a task port; no arguments. Reply: a `PORTS` item, one send right.
+pub const MSG_TASK_GET_BOOTSTRAP_PORT: i32 = KOBJECT_ID_BASE + TRAP_TASK_GET_BOOTSTRAP_PORT as i32;
+
+// MIG return codes (negative, as in Mach), in replies of kernel-served
+// and `mach_interface!` servers.
+/// The reply is not of the type the routine returns.
+pub const MIG_TYPE_ERROR: u32 = -300i32 as u32;
+/// The reply's id is not the request's + 100.
+pub const MIG_REPLY_MISMATCH: u32 = -301i32 as u32;
+/// The server knows no routine with the request's id.
+pub const MIG_BAD_ID: u32 = -303i32 as u32;
+/// The request's items do not match the routine's arguments.
+pub const MIG_BAD_ARGUMENTS: u32 = -304i32 as u32;
+
 /// `port_status` out value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,6 +296,48 @@ pub struct ThreadState {
     pub rflags: u64,
 }
 
+impl ThreadState {
+    /// Bytes on the wire (the trap's memory layout, the messages' INLINE item).
+    pub const SIZE: usize = 18 * 8;
+
+    /// The registers in field order.
+    #[rustfmt::skip]
+    pub fn words(&self) -> [u64; 18] {
+        [
+            self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.rsp,
+            self.r8, self.r9, self.r10, self.r11, self.r12, self.r13, self.r14, self.r15,
+            self.rip, self.rflags,
+        ]
+    }
+    #[rustfmt::skip]
+    pub fn from_words(w: [u64; 18]) -> ThreadState {
+        let [rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15, rip,
+            rflags] = w;
+        ThreadState {
+            rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp, r8, r9, r10, r11, r12, r13, r14, r15, rip,
+            rflags,
+        }
+    }
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        for (c, w) in b.chunks_exact_mut(8).zip(self.words()) {
+            c.copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+    /// None unless `b` is exactly `SIZE` bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<ThreadState> {
+        if b.len() != Self::SIZE {
+            return None;
+        }
+        let mut w = [0u64; 18];
+        for (x, c) in w.iter_mut().zip(b.chunks_exact(8)) {
+            *x = u64::from_le_bytes(c.try_into().ok()?);
+        }
+        Some(ThreadState::from_words(w))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +371,38 @@ mod tests {
             ..i
         };
         assert_eq!(big.payload_len(), Some((u32::MAX as usize + 7) & !7));
+    }
+
+    #[test]
+    fn thread_state_bytes_are_its_memory_layout() {
+        let w: [u64; 18] = core::array::from_fn(|i| 0x1111 * (i as u64 + 1));
+        let st = ThreadState::from_words(w);
+        assert_eq!(
+            (st.rax, st.rsp, st.rip, st.rflags),
+            (w[0], w[7], w[16], w[17])
+        );
+        assert_eq!(st.words(), w);
+        let b = st.to_bytes();
+        assert_eq!(core::mem::size_of::<ThreadState>(), ThreadState::SIZE);
+        // SAFETY: ThreadState is repr(C) u64s; read as bytes.
+        let mem =
+            unsafe { core::slice::from_raw_parts(&st as *const _ as *const u8, ThreadState::SIZE) };
+        assert_eq!(&b[..], mem);
+        assert_eq!(ThreadState::from_bytes(&b), Some(st));
+        assert_eq!(ThreadState::from_bytes(&b[..143]), None);
+    }
+
+    #[test]
+    fn kernel_object_ids_are_trap_numbers_plus_base() {
+        assert_eq!(MSG_TASK_TERMINATE, 1044);
+        assert_eq!(MSG_THREAD_GET_STATE, 1051);
+        assert_eq!(MSG_TASK_GET_BOOTSTRAP_PORT, 1056);
+        // No clash with the other ids the kernel knows, replies included.
+        for id in [NOTIFY_DEAD_NAME, EXCEPTION_RAISE, EXCEPTION_REPLY] {
+            assert!(
+                !(MSG_TASK_TERMINATE..=MSG_TASK_GET_BOOTSTRAP_PORT + REPLY_ID_OFFSET).contains(&id)
+            );
+        }
     }
 }
 

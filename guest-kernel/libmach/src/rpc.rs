@@ -12,17 +12,11 @@ use crate::abi::{self, Name};
 use crate::message::{Builder, Item, Message, item_size};
 use crate::traps::{self, KernError, MsgError};
 
-/// The reply is not of the type the routine returns.
-pub const MIG_TYPE_ERROR: u32 = -300i32 as u32;
-/// The reply's id is not the request's + 100.
-pub const MIG_REPLY_MISMATCH: u32 = -301i32 as u32;
-/// The server knows no routine with the request's id.
-pub const MIG_BAD_ID: u32 = -303i32 as u32;
-/// The request's items do not match the routine's arguments.
-pub const MIG_BAD_ARGUMENTS: u32 = -304i32 as u32;
-
-/// Reply id offset (MIG's convention).
-pub const REPLY_ID_OFFSET: i32 = 100;
+// The MIG codes and the reply id offset are the ABI's (the kernel's own
+// servers use them too).
+pub use crate::abi::{
+    MIG_BAD_ARGUMENTS, MIG_BAD_ID, MIG_REPLY_MISMATCH, MIG_TYPE_ERROR, REPLY_ID_OFFSET,
+};
 /// Bytes of the return-code item in every reply.
 pub const RETURN_CODE_SIZE: usize = item_size(4);
 
@@ -122,6 +116,31 @@ impl<const N: usize> Arg for [u8; N] {
     }
     fn as_in(v: &[u8; N]) -> [u8; N] {
         *v
+    }
+}
+
+/// A thread's registers, one `INLINE` item of `ThreadState::SIZE` bytes
+/// (the layout of the `thread_get_state` trap's memory).
+impl Arg for abi::ThreadState {
+    type In<'a> = &'a abi::ThreadState;
+    type View<'a> = abi::ThreadState;
+    type Owned = abi::ThreadState;
+    const MAX_SIZE: usize = item_size(abi::ThreadState::SIZE);
+    fn put(b: &mut Builder<'_>, v: &abi::ThreadState) -> bool {
+        b.inline(&v.to_bytes());
+        true
+    }
+    fn view(item: Item<'_>) -> Option<abi::ThreadState> {
+        match item {
+            Item::Inline(d) => abi::ThreadState::from_bytes(d),
+            _ => None,
+        }
+    }
+    fn own(v: abi::ThreadState) -> abi::ThreadState {
+        v
+    }
+    fn as_in(v: &abi::ThreadState) -> &abi::ThreadState {
+        v
     }
 }
 

@@ -13,14 +13,14 @@
 //! Layout, one job per file as in GNU Mach's ipc/: `space` (names →
 //! entries), `port`, `right` (copyin/copyout of each disposition, port
 //! death), `kmsg` (validation, kernel form, copyout), `mqueue` (queues
-//! and the default group), `notify` (kernel-generated messages), `limits`.
+//! and the default group), `notify` (kernel-generated messages), `kobject`
+//! (requests to the kernel's task and thread ports), `limits`.
 //!
 //! How the kernel drives it:
 //! - `mach_msg` send: copy the user's bytes in, `send`. `Full` → unless
 //!   `SEND_TIMEOUT` is 0, `wait_send(port, thread)` and sleep; on wake,
-//!   re-run `send`. `ToKernel(k)` → serve `k.id()` / `k.inline()` /
-//!   `k.ports()`, reply with `kernel_send(k.reply_port(), ..)`, then
-//!   `kmsg_destroy(k)`.
+//!   re-run `send`. `ToKernel(k)` → `kobject::decode(&k)`, perform it,
+//!   `kernel_reply(k.take_reply(), ..)` with the result, `kmsg_destroy(k)`.
 //! - receive: `receive`; `Empty` → `wait_receive` and sleep, retry on wake;
 //!   `Message(k)` → `copyout` into the kernel's copy of the buffer, then
 //!   copy that to the user.
@@ -43,12 +43,14 @@
 //! - A right the receiver has no room for is released and arrives as
 //!   `PORT_NULL`; an out-of-line region the sink cannot place arrives with
 //!   `addr` = 0 and `count` = 0.
-//! - Kernel messages (notifications, `kernel_send`) ignore the backlog.
+//! - Kernel messages (notifications, `kernel_send`) ignore the backlog;
+//!   `kernel_reply` does not (a full reply port loses the reply).
 //! - `port_deallocate` drops a send reference if the name has one, else
 //!   the receive right.
 //! - Header bits 16-30 must be 0 (`SEND_INVALID_TYPE`).
 
 mod kmsg;
+pub mod kobject;
 mod limits;
 mod mqueue;
 mod notify;
@@ -67,6 +69,7 @@ use alloc::vec::Vec;
 pub use kmsg::{KRight, Kmsg};
 pub use libmach::abi::{Name, PortStatus};
 pub use limits::Limits;
+pub use notify::KItem;
 
 use libmach::abi::*;
 use limits::KMSG_OVERHEAD;
@@ -1077,7 +1080,8 @@ impl Ipc {
             },
             None => KRight::Null,
         };
-        let k = self.kmsg_kernel(dest, PORT_SEND, id, ports, inline, reply_r)?;
+        let items = [KItem::Ports(ports), KItem::Inline(inline)];
+        let k = self.kmsg_kernel(dest, PORT_SEND, id, &items, reply_r)?;
         // Rights made only once the message exists, so a failure leaks none.
         if let Some(p) = self.port_mut(dest) {
             p.srights += 1;
@@ -1088,6 +1092,40 @@ impl Ipc {
             p.sorights += 1;
         }
         self.deliver(k, fx)
+    }
+
+    /// The kernel's reply to a request it served (docs §5.1): to `reply`,
+    /// the request's reply right (`Kmsg::take_reply`), which it consumes;
+    /// id `id`, an `INLINE` i32 `code`, then `out`. The kernel never waits,
+    /// so the reply is dropped (false) if the port died, is full (its
+    /// backlog, as for any sender: this bounds what a task that never
+    /// receives its replies can pile up), is itself a kernel object's port
+    /// (nobody would read it), or there is no kernel memory for it.
+    pub fn kernel_reply(
+        &mut self,
+        reply: KRight,
+        id: i32,
+        code: u32,
+        out: Option<KItem<'_>>,
+        fx: &mut Effects,
+    ) -> bool {
+        let KRight::Port { port, ty } = reply else {
+            return false;
+        };
+        let room = self
+            .port(port)
+            .is_some_and(|p| p.kobject.is_none() && !p.is_full());
+        let code = code.to_le_bytes();
+        let items = [KItem::Inline(&code), out.unwrap_or(KItem::Inline(&[]))];
+        // The reply right becomes the message's destination right.
+        match room.then(|| self.kmsg_kernel(port, ty, id, &items, KRight::Null)) {
+            Some(Ok(k)) => self.deliver(k, fx).is_ok(),
+            _ => {
+                self.release(reply);
+                self.reap(fx);
+                false
+            }
+        }
     }
 }
 

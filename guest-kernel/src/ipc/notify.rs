@@ -1,5 +1,5 @@
-//! Kernel-generated messages: dead-name notifications and the kernel's own
-//! sends (exception messages). They are bounded by the kernel message
+//! Kernel-generated messages: dead-name notifications, the kernel's own
+//! sends (exception messages) and its replies to requests it served. They are bounded by the kernel message
 //! memory bound but not by the destination's backlog: the kernel cannot
 //! block, and they are bounded by their causes (one per dead-name request,
 //! one per faulting thread).
@@ -11,36 +11,50 @@ use super::limits::KMSG_OVERHEAD;
 use super::{Effects, Ipc, Name, PortId};
 use libmach::abi::*;
 
+/// An item of a message the kernel builds.
+#[derive(Clone, Copy, Debug)]
+pub enum KItem<'a> {
+    Inline(&'a [u8]),
+    /// Rights the kernel makes, each `PORT_SEND` or `PORT_SEND_ONCE` (the
+    /// item's `disp` is the first one's).
+    Ports(&'a [(PortId, u8)]),
+}
+
 impl Ipc {
-    /// Builds a kernel message whose body is a `PORTS` item (if `ports`)
-    /// then an `INLINE` item (if `inline`), as docs §5 lays them out.
-    /// The destination right (`dest_ty`) and `reply` must already exist.
+    /// Builds a kernel message whose body is `items` in order (empty ones
+    /// left out), as docs §5 lays them out. The destination right
+    /// (`dest_ty`) and `reply` must already exist; the `Ports` rights are
+    /// made here.
     pub(super) fn kmsg_kernel(
         &mut self,
         dest: PortId,
         dest_ty: u8,
         id: i32,
-        ports: &[(PortId, u8)],
-        inline: &[u8],
+        items: &[KItem<'_>],
         reply: KRight,
     ) -> Result<Kmsg, u32> {
         let pad = |n: usize| (n + 7) & !7;
-        let mut len = 0;
-        if !ports.is_empty() {
-            len += ITEM_HEADER_SIZE + pad(ports.len() * 4);
+        let (mut len, mut nports) = (0usize, 0usize);
+        for it in items {
+            match *it {
+                KItem::Inline(d) if !d.is_empty() => len += ITEM_HEADER_SIZE + pad(d.len()),
+                KItem::Ports(p) if !p.is_empty() => {
+                    if p.iter()
+                        .any(|&(_, ty)| ty != PORT_SEND && ty != PORT_SEND_ONCE)
+                    {
+                        return Err(KERN_INVALID_ARGUMENT);
+                    }
+                    len += ITEM_HEADER_SIZE + pad(p.len().saturating_mul(4));
+                    nports += p.len();
+                }
+                _ => {}
+            }
         }
-        if !inline.is_empty() {
-            len += ITEM_HEADER_SIZE + pad(inline.len());
-        }
-        let charge = len + KMSG_OVERHEAD + ports.len() * 16;
-        if HEADER_SIZE + len > MSG_SIZE_MAX as usize
-            || u32::try_from(ports.len()).is_err()
-            || ports
-                .iter()
-                .any(|&(_, ty)| ty != PORT_SEND && ty != PORT_SEND_ONCE)
-        {
+        // Within MSG_SIZE_MAX every count fits its u32.
+        if HEADER_SIZE.saturating_add(len) > MSG_SIZE_MAX as usize {
             return Err(KERN_INVALID_ARGUMENT);
         }
+        let charge = len + KMSG_OVERHEAD + nports * 16;
         if self.kmsg_bytes + charge > self.limits.kmsg_bytes_total {
             return Err(KERN_RESOURCE_SHORTAGE);
         }
@@ -49,49 +63,48 @@ impl Ipc {
             .map_err(|_| KERN_RESOURCE_SHORTAGE)?;
         let mut rights = Vec::new();
         rights
-            .try_reserve_exact(ports.len())
+            .try_reserve_exact(nports)
             .map_err(|_| KERN_RESOURCE_SHORTAGE)?;
-        if !ports.is_empty() {
+        for it in items {
+            let (kind, disp, count) = match *it {
+                KItem::Inline(d) if !d.is_empty() => (ITEM_INLINE, 0, d.len()),
+                KItem::Ports(p) if !p.is_empty() => (ITEM_PORTS, p[0].1, p.len()),
+                _ => continue,
+            };
             let h = ItemHeader {
-                kind: ITEM_PORTS,
-                disp: ports.first().map_or(PORT_SEND, |p| p.1),
+                kind,
+                disp,
                 reserved: 0,
-                count: ports.len() as u32,
+                count: count as u32,
                 addr: 0,
             };
             body.extend_from_slice(&h.to_bytes());
-            body.resize(body.len() + pad(ports.len() * 4), 0);
-            for &(p, ty) in ports {
-                // The kernel makes these rights.
-                rights.push(match self.port_mut(p) {
-                    Some(port) => {
-                        if ty == PORT_SEND {
-                            port.srights += 1;
-                        } else {
-                            port.sorights += 1;
-                        }
-                        KRight::Port { port: p, ty }
+            match *it {
+                KItem::Inline(d) => body.extend_from_slice(d),
+                KItem::Ports(ports) => {
+                    body.resize(body.len() + ports.len() * 4, 0);
+                    for &(p, ty) in ports {
+                        // The kernel makes these rights.
+                        rights.push(match self.port_mut(p) {
+                            Some(port) => {
+                                if ty == PORT_SEND {
+                                    port.srights += 1;
+                                } else {
+                                    port.sorights += 1;
+                                }
+                                KRight::Port { port: p, ty }
+                            }
+                            None => KRight::Dead,
+                        });
                     }
-                    None => KRight::Dead,
-                });
+                }
             }
-        }
-        if !inline.is_empty() {
-            let h = ItemHeader {
-                kind: ITEM_INLINE,
-                disp: 0,
-                reserved: 0,
-                count: inline.len() as u32,
-                addr: 0,
-            };
-            body.extend_from_slice(&h.to_bytes());
-            body.extend_from_slice(inline);
-            body.resize(len, 0);
+            body.resize(pad(body.len()), 0);
         }
         self.kmsg_bytes += charge;
         self.kmsgs_live += 1;
         Ok(Kmsg {
-            complex: !ports.is_empty(),
+            complex: nports > 0,
             dest,
             dest_ty,
             reply,
@@ -137,8 +150,7 @@ impl Ipc {
             notify,
             PORT_SEND_ONCE,
             NOTIFY_DEAD_NAME,
-            &[],
-            &name.to_le_bytes(),
+            &[KItem::Inline(&name.to_le_bytes())],
             KRight::Null,
         ) {
             Ok(k) => {

@@ -1268,6 +1268,9 @@ fn child(role: &[u8]) -> i32 {
     let run = || -> R {
         let me = kern(traps::task_self())?;
         let boot = kern(traps::task_get_bootstrap_port(me))?;
+        if role == b"child-spin" {
+            return child_spin(boot);
+        }
         let p = kern(traps::port_allocate())?;
         let b = buf();
         let n = Builder::new(b)
@@ -1297,6 +1300,323 @@ fn child(role: &[u8]) -> i32 {
     }
 }
 
+/// Where the spinning threads of `kobject-msgs` start counting.
+const MARK: u64 = 1 << 40;
+const MARK2: u64 = 2 << 40;
+const MARK3: u64 = 3 << 40;
+
+/// Counts in r12 from `start`, forever, never entering the kernel: its
+/// progress is visible only in its registers (thread_get_state).
+extern "C" fn counter(start: u64) -> ! {
+    // SAFETY: a register loop; touches no memory.
+    unsafe { core::arch::asm!("2: inc r12", "jmp 2b", in("r12") start, options(noreturn)) }
+}
+
+/// Faults (#UD) first, then counts in r12 as `counter` does.
+extern "C" fn faulting_counter(start: u64) -> ! {
+    // SAFETY: a deliberate #UD (2 bytes) the handler steps over, then a
+    // register loop.
+    unsafe { core::arch::asm!("ud2", "2: inc r12", "jmp 2b", in("r12") start, options(noreturn)) }
+}
+
+/// `child-spin`: says hello with a send right to its thread's port, then
+/// counts forever (`counter`) until it is terminated.
+fn child_spin(boot: Name) -> R {
+    let me = kern(traps::thread_self())?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(boot, abi::COPY_SEND)
+        .id(HELLO)
+        .ports(&[me], abi::COPY_SEND)
+        .finish()
+        .map_err(|e| e.name())?;
+    msg(traps::msg_send(&b[..n], T))?;
+    counter(MARK)
+}
+
+/// `r` failed with the kernel's (or MIG's) return code `want`.
+fn expect_code<T>(r: Result<T, libmach::rpc::RpcError>, want: u32, what: &'static str) -> R {
+    match r {
+        Err(libmach::rpc::RpcError::Kern(e)) if e.0 == want => Ok(()),
+        Err(e) => {
+            println!("ipctest: kobject-msgs: {what}: got {}", e.name());
+            Err(what)
+        }
+        Ok(_) => Err(what),
+    }
+}
+
+/// `r`'s value, or `what` failed (the error printed).
+fn ctx<T>(r: Result<T, libmach::rpc::RpcError>, what: &'static str) -> Result<T, &'static str> {
+    r.map_err(|e| {
+        println!("ipctest: kobject-msgs: {what}: {}", e.name());
+        what
+    })
+}
+
+/// A hand-built request to `dest` (`with` adds its items) and the reply
+/// the kernel sends back: (reply id, return code).
+fn raw_request(
+    dest: Name,
+    reply: Name,
+    id: i32,
+    with: impl FnOnce(&mut Builder<'_>),
+) -> Result<(i32, u32), &'static str> {
+    let b = buf();
+    let mut builder = Builder::new(b);
+    builder
+        .dest(dest, abi::COPY_SEND)
+        .reply(reply, abi::MAKE_SEND_ONCE)
+        .id(id);
+    with(&mut builder);
+    let n = builder.finish().map_err(|e| e.name())?;
+    let got = msg(traps::msg_rpc(b, n, reply, Some(0)))?;
+    let m = Message::parse(&b[..got]).map_err(|e| e.name())?;
+    match m.items().next() {
+        Some(Item::Inline(d)) if d.len() == 4 => {
+            Ok((m.id(), u32::from_le_bytes([d[0], d[1], d[2], d[3]])))
+        }
+        _ => Err("a kernel reply without its return code"),
+    }
+}
+
+/// The thread's r12, read by message while it is briefly suspended.
+fn peek_counter(
+    th: &mut libmach::kernel_msgs::Client<libmach::rpc::Kernel>,
+) -> Result<u64, &'static str> {
+    rpc(th.thread_suspend())?;
+    let st = rpc(th.thread_get_state());
+    rpc(th.thread_resume())?;
+    Ok(st?.r12)
+}
+
+/// Lets the other task run until `th`'s counter passes `above`.
+fn wait_for_count(
+    th: &mut libmach::kernel_msgs::Client<libmach::rpc::Kernel>,
+    idle: Name,
+    above: u64,
+) -> Result<u64, &'static str> {
+    for _ in 0..500 {
+        let c = peek_counter(th)?;
+        if c > above {
+            return Ok(c);
+        }
+        sleep(idle, 2);
+    }
+    Err("a running counter never moved")
+}
+
+/// Tasks and threads operated on by messages to their ports, served by
+/// the kernel (docs/mach-ipc.md §5.1) — nothing here uses the task traps
+/// on the child. A counting child task is suspended by a message (its
+/// counter, read by thread_get_state messages, stops) and resumed (it
+/// counts again); a thread created in it by message faults into the
+/// exception port we set by message, is fixed by get/set_state messages
+/// and counts from where set_state put it; unknown ids, bad bodies and
+/// operations on the wrong kind of port get their error replies; requests
+/// without a reply port are served silently; and a terminate message ends
+/// the child, seen by the dead-name notification of its task port.
+fn kobject_msgs() -> R {
+    use libmach::kernel_msgs::{self as km, Client};
+    use libmach::rpc::{Kernel, RpcError};
+    let (task, thread) = start_child(b"child-spin")?;
+    let reply = kern(traps::port_allocate())?;
+    let idle = kern(traps::port_allocate())?;
+    let notify = kern(traps::port_allocate())?;
+    kern(traps::port_request_dead_name(task, notify))?;
+    // The kernel answers within the call: a zero timeout is enough.
+    let client = |port: Name| {
+        let mut t = Kernel::with_reply_port(reply);
+        t.timeout = Some(0);
+        Client::new(port, t)
+    };
+    let (mut t, mut th) = (client(task), client(thread));
+
+    // Suspend and resume by message.
+    expect_code(
+        th.thread_get_state(),
+        abi::KERN_FAILURE,
+        "get_state of a running thread",
+    )?;
+    let c0 = wait_for_count(&mut th, idle, MARK)?;
+    ctx(t.task_suspend(), "task_suspend by message")?;
+    let c1 = ctx(
+        th.thread_get_state(),
+        "get_state of the task suspended by message",
+    )?
+    .r12;
+    for _ in 0..5 {
+        sleep(idle, 2);
+    }
+    if c1 < c0 || rpc(th.thread_get_state())?.r12 != c1 {
+        return Err("a task suspended by message went on counting");
+    }
+    ctx(t.task_resume(), "task_resume by message")?;
+    wait_for_count(&mut th, idle, c1)?;
+    expect_code(
+        th.thread_resume(),
+        abi::KERN_FAILURE,
+        "resume of a thread not suspended",
+    )?;
+
+    // A new thread, made by message, faults into the exception port set
+    // by message; get_state and set_state by message fix it.
+    let exc = port_with_send()?;
+    ctx(
+        t.task_set_exception_port(exc),
+        "task_set_exception_port by message",
+    )?;
+    // The child runs this same program: our addresses are its addresses,
+    // and nothing in it uses STACK2.
+    let top = (&raw mut STACK2) as u64 + core::mem::size_of::<[u64; STACK_WORDS]>() as u64 - 8;
+    // SAFETY: the thread runs in the child, on its (unused) STACK2.
+    let new = ctx(
+        unsafe { t.thread_create(faulting_counter as *const () as u64, top, MARK2) },
+        "thread_create by message",
+    )?;
+    let (excepted, info, exc_reply) = catch(exc)?;
+    if excepted != new || info.vector != 6 {
+        return Err("the new thread's #UD did not reach the exception port set by message");
+    }
+    let mut nt = client(new);
+    let mut st = ctx(nt.thread_get_state(), "get_state of the excepted thread")?;
+    if st.rip != info.rip || st.r12 != MARK2 {
+        return Err("get_state by message does not show the faulting thread");
+    }
+    let mut bad = st;
+    bad.rip = 0xffff_8000_0000_0000;
+    // SAFETY: refused: a kernel address.
+    expect_code(
+        unsafe { nt.thread_set_state(&bad) },
+        abi::KERN_INVALID_VALUE,
+        "set_state to a kernel address",
+    )?;
+    st.rip += 2;
+    st.r12 = MARK3;
+    // SAFETY: past the ud2 into the loop, in the child's thread.
+    ctx(unsafe { nt.thread_set_state(&st) }, "set_state by message")?;
+    resume(exc_reply)?;
+    let c = wait_for_count(&mut nt, idle, MARK3)?;
+    if !(MARK3..MARK3 + (1 << 39)).contains(&c) {
+        return Err("the thread did not count from where set_state put it");
+    }
+    rpc(t.task_set_exception_port(abi::PORT_NULL))?;
+    // One-shot calls (a reply port each); a terminated thread's port dies.
+    km::thread_terminate(new).map_err(|e| e.name())?;
+    match km::thread_suspend(new) {
+        Err(RpcError::Msg(MsgError(abi::SEND_INVALID_DEST))) => {}
+        _ => return Err("a message to a terminated thread's port was not SEND_INVALID_DEST"),
+    }
+
+    // Error replies.
+    let want = |got: (i32, u32), id: i32, code: u32, what: &'static str| -> R {
+        if got == (id + abi::REPLY_ID_OFFSET, code) {
+            return Ok(());
+        }
+        println!(
+            "ipctest: kobject-msgs: {what}: reply {} code {:#x}",
+            got.0, got.1
+        );
+        Err("a bad request did not get its error reply")
+    };
+    want(
+        raw_request(task, reply, 1999, |_| {})?,
+        1999,
+        abi::MIG_BAD_ID,
+        "bogus id",
+    )?;
+    want(
+        raw_request(task, reply, abi::MSG_THREAD_CREATE, |b| {
+            b.inline(&1u64.to_le_bytes()).inline(&2u64.to_le_bytes());
+        })?,
+        abi::MSG_THREAD_CREATE,
+        abi::MIG_BAD_ARGUMENTS,
+        "thread_create missing an argument",
+    )?;
+    want(
+        raw_request(thread, reply, abi::MSG_THREAD_SET_STATE, |b| {
+            b.inline(&[0u8; 100]);
+        })?,
+        abi::MSG_THREAD_SET_STATE,
+        abi::MIG_BAD_ARGUMENTS,
+        "set_state with a truncated state",
+    )?;
+    want(
+        raw_request(task, reply, abi::MSG_TASK_SUSPEND, |b| {
+            b.inline(b"extra");
+        })?,
+        abi::MSG_TASK_SUSPEND,
+        abi::MIG_BAD_ARGUMENTS,
+        "task_suspend with an argument",
+    )?;
+    expect_code(
+        t.thread_suspend(),
+        abi::KERN_INVALID_ARGUMENT,
+        "a thread operation on a task port",
+    )?;
+    expect_code(
+        th.task_suspend(),
+        abi::KERN_INVALID_ARGUMENT,
+        "a task operation on a thread port",
+    )?;
+
+    // No reply port: served, and nothing comes back.
+    let no_reply = |dest: Name, id: i32| -> R {
+        let b = buf();
+        let n = Builder::new(b)
+            .dest(dest, abi::COPY_SEND)
+            .id(id)
+            .finish()
+            .map_err(|e| e.name())?;
+        msg(traps::msg_send(&b[..n], Some(0)))
+    };
+    no_reply(task, abi::MSG_TASK_SUSPEND)?;
+    ctx(
+        th.thread_get_state(),
+        "task_suspend without a reply port was not served",
+    )?;
+    no_reply(task, 1999)?;
+    no_reply(task, abi::MSG_TASK_RESUME)?;
+    expect_code(
+        th.thread_get_state(),
+        abi::KERN_FAILURE,
+        "task_resume without a reply port was not served",
+    )?;
+    expect_err(
+        traps::msg_receive(buf(), reply, Some(0)),
+        abi::RCV_TIMED_OUT,
+        "a request without a reply port was answered",
+    )?;
+
+    // The bootstrap port by message, on our own task.
+    let me = kern(traps::task_self())?;
+    let old = traps::task_get_bootstrap_port(me).ok();
+    let mut mine = client(me);
+    rpc(mine.task_set_bootstrap_port(exc))?;
+    if rpc(mine.task_get_bootstrap_port())? != exc {
+        return Err("task_get_bootstrap_port by message is not what was set");
+    }
+    rpc(mine.task_set_bootstrap_port(old.unwrap_or(abi::PORT_NULL)))?;
+
+    // Terminate by message: the task port dies, and we are told.
+    ctx(t.task_terminate(), "task_terminate by message")?;
+    let n = msg(traps::msg_receive(buf(), notify, T))?;
+    let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
+    if m.id() != abi::NOTIFY_DEAD_NAME
+        || m.items().next() != Some(Item::Inline(&task.to_le_bytes()))
+    {
+        return Err("no dead-name notification for the task terminated by message");
+    }
+    match t.task_resume() {
+        Err(RpcError::Msg(MsgError(abi::SEND_INVALID_DEST))) => {}
+        _ => return Err("a message to a terminated task's port was not SEND_INVALID_DEST"),
+    }
+    for name in [task, thread, new, exc, reply, idle, notify] {
+        while traps::port_deallocate(name).is_ok() {}
+    }
+    Ok(())
+}
+
 type Test = (&'static str, fn() -> R);
 
 const TESTS: &[Test] = &[
@@ -1312,6 +1632,7 @@ const TESTS: &[Test] = &[
     ("rights", rights_move),
     ("name-server", name_server_in_use),
     ("exhaustion", exhaustion),
+    ("kobject-msgs", kobject_msgs),
 ];
 
 fn main(args: &[u8]) -> i32 {

@@ -9,7 +9,7 @@
 use super::apply;
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
-use guest_kernel::ipc::{Effects, KObject, Kmsg};
+use guest_kernel::ipc::Effects;
 use guest_kernel::kern::sched::ThreadId;
 use libmach::abi::*;
 
@@ -71,31 +71,10 @@ pub fn raise(k: &mut Kernel, vector: u64, error: u64, rip: u64, cr2: u64) -> boo
     sent
 }
 
-/// A message to one of the kernel's own ports. The kernel serves the
-/// exception reply on thread ports; task and thread operations are traps
-/// (the fast path docs/mach-ipc.md §2 describes), so other messages are
-/// refused.
-pub fn serve(k: &mut Kernel, km: Kmsg, fx: &mut Effects) -> u32 {
-    let obj = k.ipc.kobject(km.dest());
-    let code = match (obj, km.id()) {
-        (Some(KObject::Thread(t)), EXCEPTION_REPLY) => {
-            let rc = km
-                .inline()
-                .and_then(|b| b.get(..4))
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .unwrap_or(-1);
-            reply(k, ThreadId(t), rc);
-            MSG_SUCCESS
-        }
-        _ => SEND_INVALID_DEST,
-    };
-    k.ipc.kmsg_destroy(km, fx);
-    code
-}
-
-/// The handler answered for `tid`: resume it where it faulted (with the
+/// The handler answered for `tid` (EXCEPTION_REPLY, which
+/// `kobject::serve` dispatches here): resume it where it faulted (with the
 /// state the handler may have set), or end its task.
-fn reply(k: &mut Kernel, tid: ThreadId, rc: i32) {
+pub fn reply(k: &mut Kernel, tid: ThreadId, rc: i32) {
     let Some(t) = k.thread(tid) else {
         return;
     };

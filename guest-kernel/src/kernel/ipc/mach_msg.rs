@@ -65,7 +65,8 @@ pub fn trap(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
             Err(None) => return None,
         }
     }
-    if option & RCV_MSG == 0 {
+    // A message to our own task or thread port may have ended us.
+    if option & RCV_MSG == 0 || k.current().is_none() {
         return Some(i64::from(MSG_SUCCESS));
     }
     let want = RecvWait {
@@ -133,7 +134,7 @@ fn send(
             Err(None)
         }
         Send::ToKernel(km) => {
-            let code = super::exception::serve(k, km, &mut fx);
+            let code = super::kobject::serve(k, km, &mut fx);
             apply(k, fx);
             if code == MSG_SUCCESS {
                 Ok(None)

@@ -10,6 +10,7 @@
 //! blocked sending to a full port runs its trap again when there is room.
 
 pub mod exception;
+pub mod kobject;
 pub mod mach_msg;
 pub mod memory;
 pub mod ports;

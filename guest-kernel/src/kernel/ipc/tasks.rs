@@ -1,6 +1,8 @@
-//! Task and thread operations on their ports (paper §3.1): the kernel's
-//! fast path for what Mach expresses as messages to those ports. Each takes
-//! a send right naming the task or thread in the caller's space.
+//! Task and thread operations on their ports (paper §3.1). `perform` is
+//! the one implementation of each; it is reached two ways: by the traps
+//! here (the fast path: a send right named in a register, out values
+//! written to user memory) and by messages to the task or thread port
+//! (`kobject::serve`, docs/mach-ipc.md §5.1), as Mach's kernel serves them.
 
 use super::apply;
 use crate::arch::copy::{copy_from_user, copy_to_user};
@@ -9,6 +11,7 @@ use crate::kern::scheduler::Kernel;
 use crate::kern::thread::{State, UserStart};
 use guest_kernel::abi::KILLED_BASE;
 use guest_kernel::addr::VirtAddr;
+use guest_kernel::ipc::kobject::Request;
 use guest_kernel::ipc::{Effects, KObject, PortId, SpaceId};
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 use libmach::abi::*;
@@ -20,7 +23,6 @@ const USER_RFLAGS: u64 = 0x0000_0cd5 | (1 << 18);
 const TERMINATED_STATUS: i64 = KILLED_BASE + 9;
 const PROGRAM_NAME_MAX: u64 = 64;
 const ARGS_MAX: u64 = 1024;
-const STATE_WORDS: usize = 18;
 
 fn space(k: &mut Kernel) -> Result<SpaceId, u32> {
     let (task, _) = k.current_task().ok_or(KERN_FAILURE)?;
@@ -39,20 +41,10 @@ fn put_name(k: &mut Kernel, s: SpaceId, at: u64, p: Option<PortId>) -> Result<()
     Ok(())
 }
 
-fn task_of(k: &Kernel, s: SpaceId, name: u32) -> Result<TaskId, u32> {
+/// The kernel object a send right of the caller names.
+fn target(k: &Kernel, s: SpaceId, name: u32) -> Result<KObject, u32> {
     let p = k.ipc.resolve_send(s, name)?;
-    match k.ipc.kobject(p) {
-        Some(KObject::Task(t)) => Ok(TaskId(t)),
-        _ => Err(KERN_INVALID_ARGUMENT),
-    }
-}
-
-fn thread_of(k: &Kernel, s: SpaceId, name: u32) -> Result<ThreadId, u32> {
-    let p = k.ipc.resolve_send(s, name)?;
-    match k.ipc.kobject(p) {
-        Some(KObject::Thread(t)) => Ok(ThreadId(t)),
-        _ => Err(KERN_INVALID_ARGUMENT),
-    }
+    k.ipc.kobject(p).ok_or(KERN_INVALID_ARGUMENT)
 }
 
 /// A port the caller names by a send right, or None for PORT_NULL.
@@ -76,104 +68,150 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
     match f.rax {
         TRAP_TASK_SELF => {
             let p = k.task(me).and_then(|t| t.port);
-            put_name(k, s, f.rdi, p)
+            return put_name(k, s, f.rdi, p);
         }
         TRAP_THREAD_SELF => {
             let p = k.current().and_then(|t| t.port);
-            put_name(k, s, f.rdi, p)
+            return put_name(k, s, f.rdi, p);
         }
-        TRAP_TASK_CREATE => {
-            let name = copy_from_user(k, VirtAddr(f.rsi), f.rdx, PROGRAM_NAME_MAX)
+        TRAP_TASK_CREATE => return task_create(k, s, me, f),
+        _ => {}
+    }
+    // The rest act on the task or thread `rdi` names.
+    let obj = target(k, s, f.rdi as u32)?;
+    let req = match f.rax {
+        TRAP_TASK_TERMINATE => Request::TaskTerminate,
+        TRAP_TASK_SUSPEND => Request::TaskSuspend,
+        TRAP_TASK_RESUME => Request::TaskResume,
+        TRAP_THREAD_CREATE => Request::ThreadCreate {
+            entry: f.rsi,
+            stack: f.rdx,
+            arg: f.r10,
+        },
+        TRAP_THREAD_TERMINATE => Request::ThreadTerminate,
+        TRAP_THREAD_SUSPEND => Request::ThreadSuspend,
+        TRAP_THREAD_RESUME => Request::ThreadResume,
+        TRAP_THREAD_GET_STATE => Request::ThreadGetState,
+        TRAP_THREAD_SET_STATE => {
+            let bytes = copy_from_user(k, VirtAddr(f.rsi), ThreadState::SIZE as u64, 256)
                 .map_err(|_| KERN_INVALID_ADDRESS)?;
-            let args = copy_from_user(k, VirtAddr(f.r10), f.r8, ARGS_MAX)
-                .map_err(|_| KERN_INVALID_ADDRESS)?;
-            let id = k.spawn(&name, &args, Some(me)).map_err(|e| match e {
-                crate::kern::scheduler::SpawnError::NoSuchProgram => KERN_INVALID_ARGUMENT,
-                _ => KERN_RESOURCE_SHORTAGE,
-            })?;
-            // Bootstrap inheritance used the parent link; nothing else may.
-            k.detach(id);
-            let p = k.task(id).and_then(|t| t.port);
-            put_name(k, s, f.rdi, p)
+            Request::ThreadSetState(ThreadState::from_bytes(&bytes).ok_or(KERN_INVALID_ADDRESS)?)
         }
-        TRAP_TASK_TERMINATE => {
-            let t = task_of(k, s, f.rdi as u32)?;
-            k.terminate_task(t, TERMINATED_STATUS);
-            Ok(())
+        TRAP_TASK_SET_EXCEPTION_PORT => {
+            Request::TaskSetExceptionPort(port_or_null(k, s, f.rsi as u32)?)
         }
-        TRAP_TASK_SUSPEND | TRAP_TASK_RESUME => {
-            let t = task_of(k, s, f.rdi as u32)?;
+        TRAP_THREAD_SET_EXCEPTION_PORT => {
+            Request::ThreadSetExceptionPort(port_or_null(k, s, f.rsi as u32)?)
+        }
+        TRAP_TASK_SET_BOOTSTRAP_PORT => {
+            Request::TaskSetBootstrapPort(port_or_null(k, s, f.rsi as u32)?)
+        }
+        TRAP_TASK_GET_BOOTSTRAP_PORT => Request::TaskGetBootstrapPort,
+        _ => return Err(KERN_INVALID_ARGUMENT),
+    };
+    match perform(k, obj, req)? {
+        Out::None => Ok(()),
+        Out::State(st) => {
+            copy_to_user(k, VirtAddr(f.rsi), &st.to_bytes()).map_err(|_| KERN_INVALID_ADDRESS)
+        }
+        Out::Port(p) => {
+            let at = if f.rax == TRAP_THREAD_CREATE {
+                f.r8
+            } else {
+                f.rsi
+            };
+            put_name(k, s, at, Some(p))
+        }
+    }
+}
+
+fn task_create(k: &mut Kernel, s: SpaceId, me: TaskId, f: &TrapFrame) -> Result<(), u32> {
+    let name = copy_from_user(k, VirtAddr(f.rsi), f.rdx, PROGRAM_NAME_MAX)
+        .map_err(|_| KERN_INVALID_ADDRESS)?;
+    let args =
+        copy_from_user(k, VirtAddr(f.r10), f.r8, ARGS_MAX).map_err(|_| KERN_INVALID_ADDRESS)?;
+    let id = k.spawn(&name, &args, Some(me)).map_err(|e| match e {
+        crate::kern::scheduler::SpawnError::NoSuchProgram => KERN_INVALID_ARGUMENT,
+        _ => KERN_RESOURCE_SHORTAGE,
+    })?;
+    // Bootstrap inheritance used the parent link; nothing else may.
+    k.detach(id);
+    let p = k.task(id).and_then(|t| t.port);
+    put_name(k, s, f.rdi, p)
+}
+
+/// What an operation gives back.
+pub enum Out {
+    None,
+    State(ThreadState),
+    /// A send right the kernel makes for the caller (a new thread's port,
+    /// the bootstrap port).
+    Port(PortId),
+}
+
+/// Carries out `req` on `obj` (by trap or by message: the same code).
+/// `KERN_INVALID_ARGUMENT` if `obj` is not the kind the operation is for.
+pub fn perform(k: &mut Kernel, obj: KObject, req: Request) -> Result<Out, u32> {
+    let (task, thread) = match obj {
+        KObject::Task(t) => (Some(TaskId(t)), None),
+        KObject::Thread(t) => (None, Some(ThreadId(t))),
+    };
+    let task = || task.ok_or(KERN_INVALID_ARGUMENT);
+    let thread = || thread.ok_or(KERN_INVALID_ARGUMENT);
+    match req {
+        Request::TaskTerminate => k.terminate_task(task()?, TERMINATED_STATUS),
+        Request::TaskSuspend | Request::TaskResume => {
+            let t = task()?;
+            // At most MAX_THREADS; a copy, since suspend/resume need `k`.
             let threads: alloc::vec::Vec<ThreadId> = k.task_threads(t).to_vec();
             for th in threads {
-                if f.rax == TRAP_TASK_SUSPEND {
+                if req == Request::TaskSuspend {
                     k.suspend(th);
                 } else {
                     k.resume(th);
                 }
             }
-            Ok(())
         }
-        TRAP_THREAD_CREATE => {
-            let t = task_of(k, s, f.rdi as u32)?;
-            let (entry, stack) = (VirtAddr(f.rsi), VirtAddr(f.rdx));
+        Request::ThreadCreate { entry, stack, arg } => {
+            let t = task()?;
+            let (entry, stack) = (VirtAddr(entry), VirtAddr(stack));
             if !entry.is_user() || !stack.is_user() {
                 return Err(KERN_INVALID_ADDRESS);
             }
             let start = UserStart {
                 rip: entry.0,
                 rsp: stack.0,
-                rdi: f.r10,
+                rdi: arg,
                 rsi: 0,
             };
             let id = k
                 .create_thread(t, start)
                 .map_err(|_| KERN_RESOURCE_SHORTAGE)?;
-            let p = k.thread(id).and_then(|x| x.port);
-            put_name(k, s, f.r8, p)
+            let p = k.thread(id).and_then(|x| x.port).ok_or(KERN_TERMINATED)?;
+            return Ok(Out::Port(p));
         }
-        TRAP_THREAD_TERMINATE => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            k.terminate_thread(th);
-            Ok(())
+        Request::ThreadTerminate => k.terminate_thread(thread()?),
+        Request::ThreadSuspend => {
+            k.suspend(thread()?);
         }
-        TRAP_THREAD_SUSPEND => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            k.suspend(th);
-            Ok(())
-        }
-        TRAP_THREAD_RESUME => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            if k.resume(th) {
-                Ok(())
-            } else {
-                Err(KERN_FAILURE)
+        Request::ThreadResume => {
+            if !k.resume(thread()?) {
+                return Err(KERN_FAILURE);
             }
         }
-        TRAP_THREAD_GET_STATE => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            let frame = stopped_frame(k, th)?;
+        Request::ThreadGetState => {
+            let frame = stopped_frame(k, thread()?)?;
             // SAFETY: a stopped thread's frame stays valid until it runs.
             let fr = unsafe { &*frame };
-            let words = [
+            return Ok(Out::State(ThreadState::from_words([
                 fr.rax, fr.rbx, fr.rcx, fr.rdx, fr.rsi, fr.rdi, fr.rbp, fr.rsp, fr.r8, fr.r9,
                 fr.r10, fr.r11, fr.r12, fr.r13, fr.r14, fr.r15, fr.rip, fr.rflags,
-            ];
-            let mut bytes = [0u8; STATE_WORDS * 8];
-            for (i, w) in words.iter().enumerate() {
-                bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
-            }
-            copy_to_user(k, VirtAddr(f.rsi), &bytes).map_err(|_| KERN_INVALID_ADDRESS)
+            ])));
         }
-        TRAP_THREAD_SET_STATE => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            let bytes = copy_from_user(k, VirtAddr(f.rsi), (STATE_WORDS * 8) as u64, 256)
-                .map_err(|_| KERN_INVALID_ADDRESS)?;
-            let mut w = [0u64; STATE_WORDS];
-            for (i, c) in bytes.chunks_exact(8).enumerate().take(STATE_WORDS) {
-                w[i] = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            }
-            let (rip, rsp) = (VirtAddr(w[16]), VirtAddr(w[7]));
-            if !rip.is_user() || !rsp.is_user() {
+        Request::ThreadSetState(st) => {
+            let th = thread()?;
+            let w = st.words();
+            if !VirtAddr(st.rip).is_user() || !VirtAddr(st.rsp).is_user() {
                 return Err(KERN_INVALID_VALUE);
             }
             let frame = stopped_frame(k, th)?;
@@ -188,33 +226,24 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
                 w[13], w[14], w[15], w[16],
             ];
             fr.rflags = (w[17] & USER_RFLAGS) | 0x202;
-            Ok(())
         }
-        TRAP_TASK_SET_EXCEPTION_PORT => {
-            let t = task_of(k, s, f.rdi as u32)?;
-            let p = port_or_null(k, s, f.rsi as u32)?;
-            k.task_mut(t).ok_or(KERN_TERMINATED)?.exception = p;
-            Ok(())
+        Request::TaskSetExceptionPort(p) => {
+            k.task_mut(task()?).ok_or(KERN_TERMINATED)?.exception = p;
         }
-        TRAP_THREAD_SET_EXCEPTION_PORT => {
-            let th = thread_of(k, s, f.rdi as u32)?;
-            let p = port_or_null(k, s, f.rsi as u32)?;
-            k.thread(th).ok_or(KERN_TERMINATED)?.exception = p;
-            Ok(())
+        Request::ThreadSetExceptionPort(p) => {
+            k.thread(thread()?).ok_or(KERN_TERMINATED)?.exception = p;
         }
-        TRAP_TASK_SET_BOOTSTRAP_PORT => {
-            let t = task_of(k, s, f.rdi as u32)?;
-            let p = port_or_null(k, s, f.rsi as u32)?;
-            k.task_mut(t).ok_or(KERN_TERMINATED)?.bootstrap = p;
-            Ok(())
+        Request::TaskSetBootstrapPort(p) => {
+            k.task_mut(task()?).ok_or(KERN_TERMINATED)?.bootstrap = p;
         }
-        TRAP_TASK_GET_BOOTSTRAP_PORT => {
-            let t = task_of(k, s, f.rdi as u32)?;
-            let p = k.task(t).and_then(|x| x.bootstrap);
-            put_name(k, s, f.rsi, p)
+        Request::TaskGetBootstrapPort => {
+            let p = k.task(task()?).and_then(|x| x.bootstrap);
+            return p.map(Out::Port).ok_or(KERN_TERMINATED);
         }
-        _ => Err(KERN_INVALID_ARGUMENT),
+        // Only a message carries it; `kobject::serve` handles it.
+        Request::ExceptionReply(_) => return Err(MIG_BAD_ID),
     }
+    Ok(Out::None)
 }
 
 /// The saved frame of a thread that is not running: suspended, or stopped
