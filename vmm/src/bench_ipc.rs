@@ -114,7 +114,30 @@ fn host_socket(bytes: usize, rounds: u32) -> Result<u64> {
 }
 
 /// (mark id, ns, insn, exits, irqs) from `--stats` output.
-pub(crate) fn marks(out: &str) -> Vec<[u64; 5]> {
+/// Runs the guest with `init` (program and arguments) under `--stats`: its
+/// output and the benchmark marks in it.
+pub(crate) fn guest_marks(bench: &str, init: &[&str]) -> Result<(String, Vec<[u64; 5]>)> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args(["run", "--stats", "--init"])
+        .args(init)
+        .stdin(Stdio::null())
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(VmmError::Guest(format!(
+            "{bench} bench: the guest run failed: {text}"
+        )));
+    }
+    let m = marks(&text);
+    Ok((text, m))
+}
+
+fn marks(out: &str) -> Vec<[u64; 5]> {
     out.lines()
         .filter(|l| l.starts_with(STATS_TAG) && l.contains(" mark="))
         .filter_map(|l| {
@@ -135,23 +158,7 @@ pub(crate) fn marks(out: &str) -> Vec<[u64; 5]> {
 
 pub fn ipc(rounds: u32) -> Result<()> {
     let rounds = rounds.max(1);
-    let exe = std::env::current_exe()?;
-    let r = rounds.to_string();
-    let out = Command::new(exe)
-        .args(["run", "--stats", "--init", "ipcbench", &r])
-        .stdin(Stdio::null())
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(VmmError::Guest(format!(
-            "ipc bench: the guest run failed: {text}"
-        )));
-    }
-    let m = marks(&text);
+    let (text, m) = guest_marks("ipc", &["ipcbench", &rounds.to_string()])?;
     // ipcbench marks 2k+1 / 2k+2 around loop k: null, 4 KiB inline, 64 KiB OOL.
     let cases = [
         ("null msg_rpc", 0usize),

@@ -7,9 +7,8 @@
 //! vCPU's KVM statistics; they carry over to hardware KVM, the wall times
 //! do not.
 
-use crate::bench_ipc::marks;
+use crate::bench_ipc::guest_marks;
 use crate::error::{Result, VmmError};
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const PAGE: usize = 4096;
@@ -105,22 +104,7 @@ fn host_faults(kind: HostFault, pages: usize) -> Result<f64> {
 
 pub fn vm(pages: u32) -> Result<()> {
     let pages = pages.max(1);
-    let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .args(["run", "--stats", "--init", "vmbench", &pages.to_string()])
-        .stdin(Stdio::null())
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(VmmError::Guest(format!(
-            "vm bench: the guest run failed: {text}"
-        )));
-    }
-    let m = marks(&text);
+    let (text, m) = guest_marks("vm", &["vmbench", &pages.to_string()])?;
     let cases = [
         ("zero fill (fresh frame)", 1u64, HostFault::ZeroFill),
         ("soft (resident page)", 3, HostFault::Minor),

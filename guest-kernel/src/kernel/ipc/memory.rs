@@ -6,11 +6,12 @@
 
 use crate::arch::copy::read_in;
 use crate::arch::mm::phys_to_virt;
+use crate::vm::calls::zero_fill_region;
 use crate::vm::fault::{prefault_in, resolve_in};
 use crate::vm::{Parts, with_parts};
 use guest_kernel::addr::{PAGE_SIZE, VirtAddr};
 use guest_kernel::ipc::{OolSink, OolSource};
-use guest_kernel::vm::types::{Inheritance, ObjectOffset, ObjectRefs, VmProt};
+use guest_kernel::vm::types::VmProt;
 
 /// A message with no out-of-line items needs no address space.
 pub struct NoOol;
@@ -67,20 +68,7 @@ impl OolSink for Sink<'_> {
     fn place(&mut self, data: &[u8]) -> Option<u64> {
         let size = (data.len() as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
         let at = with_parts(&mut self.parts, |map, objs, _, _| {
-            let obj = objs.create_internal(size).ok()?;
-            map.allocate(
-                None,
-                size,
-                obj,
-                ObjectOffset(0),
-                VmProt::DEFAULT,
-                VmProt::ALL,
-                Inheritance::Copy,
-                false,
-                objs,
-            )
-            .inspect_err(|_| objs.release(obj))
-            .ok()
+            zero_fill_region(map, objs, None, size).ok()
         })?;
         for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
             let va = VirtAddr(at.0 + i as u64 * PAGE_SIZE);

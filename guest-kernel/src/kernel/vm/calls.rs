@@ -212,22 +212,34 @@ fn allocate(
         return Err(KERN_INVALID_ARGUMENT);
     }
     with_task(k, task, |map, objs, _, _| {
-        let obj = objs.create_internal(size)?;
-        map.allocate(
-            at,
-            size,
-            obj,
-            ObjectOffset(0),
-            VmProt::DEFAULT,
-            VmProt::ALL,
-            Inheritance::Copy,
-            false,
-            objs,
-        )
-        .inspect_err(|_| objs.release(obj))
+        zero_fill_region(map, objs, at, size)
     })
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)
+}
+
+/// A new zero-fill internal object mapped over `size` bytes at `at` (or
+/// anywhere) with the defaults of vm_allocate: read/write, any maximum,
+/// copy inheritance.
+pub fn zero_fill_region(
+    map: &mut VmMap,
+    objs: &mut Objects,
+    at: Option<VirtAddr>,
+    size: u64,
+) -> Result<VirtAddr, VmError> {
+    let obj = objs.create_internal(size)?;
+    map.allocate(
+        at,
+        size,
+        obj,
+        ObjectOffset(0),
+        VmProt::DEFAULT,
+        VmProt::ALL,
+        Inheritance::Copy,
+        false,
+        objs,
+    )
+    .inspect_err(|_| objs.release(obj))
 }
 
 /// A copy-on-write snapshot of `task`'s range.
