@@ -1617,9 +1617,7 @@ fn kobject_msgs() -> R {
     Ok(())
 }
 
-type Test = (&'static str, fn() -> R);
-
-const TESTS: &[Test] = &[
+const TESTS: &[rt::Test] = &[
     ("many-clients", many_clients),
     ("receive-timeout", receive_timeout),
     ("backlog", backlog),
@@ -1661,27 +1659,5 @@ fn main(args: &[u8]) -> i32 {
             return 0;
         }
     }
-    let wanted: [&[u8]; 16] = {
-        let mut w: [&[u8]; 16] = [b""; 16];
-        for (slot, word) in w.iter_mut().zip(words) {
-            *slot = word;
-        }
-        w
-    };
-    let all = wanted[0].is_empty() || wanted[0] == b"all";
-    let mut failed = 0;
-    for (name, test) in TESTS {
-        if !all && !wanted.contains(&name.as_bytes()) {
-            continue;
-        }
-        match test() {
-            Ok(()) => println!("ipctest: {name} ok"),
-            Err(why) => {
-                println!("ipctest: {name} FAILED: {why}");
-                failed += 1;
-            }
-        }
-    }
-    println!("ipctest: {failed} failed");
-    failed
+    rt::run_tests("ipctest", TESTS, words)
 }

@@ -134,6 +134,35 @@ macro_rules! println {
     }};
 }
 
+/// A named in-guest test: Ok, or why it failed.
+pub type Test = (&'static str, fn() -> Result<(), &'static str>);
+
+/// Runs the tests named in `wanted` (none, or `all`: every one), printing
+/// `PROG: NAME ok` or `PROG: NAME FAILED: why` for each and then
+/// `PROG: N failed`; returns N (the program's exit status).
+pub fn run_tests<'a>(prog: &str, tests: &[Test], wanted: impl Iterator<Item = &'a [u8]>) -> i32 {
+    let mut names: [&[u8]; 16] = [b""; 16];
+    for (slot, word) in names.iter_mut().zip(wanted) {
+        *slot = word;
+    }
+    let all = names[0].is_empty() || names[0] == b"all";
+    let mut failed = 0;
+    for (name, test) in tests {
+        if !all && !names.contains(&name.as_bytes()) {
+            continue;
+        }
+        match test() {
+            Ok(()) => crate::println!("{prog}: {name} ok"),
+            Err(why) => {
+                crate::println!("{prog}: {name} FAILED: {why}");
+                failed += 1;
+            }
+        }
+    }
+    crate::println!("{prog}: {failed} failed");
+    failed
+}
+
 pub fn words(args: &[u8]) -> impl Iterator<Item = &[u8]> {
     args.split(|&c| c == b' ').filter(|w| !w.is_empty())
 }

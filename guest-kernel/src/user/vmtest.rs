@@ -562,9 +562,7 @@ fn exhaustion() -> R {
     kern(vm::vm_deallocate(me, a, PAGE))
 }
 
-type Test = (&'static str, fn() -> R);
-
-const TESTS: &[Test] = &[
+const TESTS: &[rt::Test] = &[
     ("allocate", allocate_and_deallocate),
     ("protect", protect),
     ("regions", regions),
@@ -595,28 +593,5 @@ fn main(args: &[u8]) -> i32 {
         let (c, s, x) = (n(), n(), n());
         return child_inherit(c, s, x);
     }
-    let wanted: [&[u8]; 16] = {
-        let mut w: [&[u8]; 16] = [b""; 16];
-        w[0] = first;
-        for (slot, word) in w[1..].iter_mut().zip(words) {
-            *slot = word;
-        }
-        w
-    };
-    let all = wanted[0].is_empty() || wanted[0] == b"all";
-    let mut failed = 0;
-    for (name, test) in TESTS {
-        if !all && !wanted.contains(&name.as_bytes()) {
-            continue;
-        }
-        match test() {
-            Ok(()) => println!("vmtest: {name} ok"),
-            Err(why) => {
-                println!("vmtest: {name} FAILED: {why}");
-                failed += 1;
-            }
-        }
-    }
-    println!("vmtest: {failed} failed");
-    failed
+    rt::run_tests("vmtest", TESTS, core::iter::once(first).chain(words))
 }

@@ -12,7 +12,7 @@
 use alloc::vec::Vec;
 
 use crate::addr::{PAGE_SIZE, PhysAddr};
-use crate::vm::object::{ObjectAction, ObjectState, Objects};
+use crate::vm::object::{ObjectAction, ObjectState, Objects, PagerPort};
 use crate::vm::page::{FrameSource, PageId};
 use crate::vm::pmap::PhysMaps;
 use crate::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
@@ -61,6 +61,23 @@ impl Objects {
         let end = check_range(offset, size)?;
         self.get(object)?;
         self.pages.object_pages(object, offset.0, end)
+    }
+
+    /// What flush and clean work over: the range's pages, room for one
+    /// action each (reserved now, so the loop never fails halfway), and
+    /// where the actions go.
+    fn write_back_work(
+        &self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<(Vec<PageId>, Vec<ObjectAction>, PagerPort), VmError> {
+        let pages = self.pages_in(object, offset, size)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(pages.len())
+            .map_err(|_| VmError::ResourceShortage)?;
+        let port = self.get(object)?.pager_port();
+        Ok((pages, out, port))
     }
 
     /// pager_data_provided: `data` holds one filled frame per page from
@@ -226,11 +243,7 @@ impl Objects {
         frames: &mut dyn FrameSource,
         phys: &mut dyn PhysMaps,
     ) -> Result<Vec<ObjectAction>, VmError> {
-        let pages = self.pages_in(object, offset, size)?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(pages.len())
-            .map_err(|_| VmError::ResourceShortage)?;
-        let port = self.get(object)?.pager_port();
+        let (pages, mut out, port) = self.write_back_work(object, offset, size)?;
         for pid in pages {
             let Some(p) = self.pages.get(pid).copied() else {
                 continue;
@@ -260,11 +273,7 @@ impl Objects {
         size: u64,
         phys: &mut dyn PhysMaps,
     ) -> Result<Vec<ObjectAction>, VmError> {
-        let pages = self.pages_in(object, offset, size)?;
-        let mut out = Vec::new();
-        out.try_reserve_exact(pages.len())
-            .map_err(|_| VmError::ResourceShortage)?;
-        let port = self.get(object)?.pager_port();
+        let (pages, mut out, port) = self.write_back_work(object, offset, size)?;
         for pid in pages {
             let Some(p) = self.pages.get(pid).copied() else {
                 continue;
