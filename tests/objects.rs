@@ -499,6 +499,71 @@ fn objfill_leaves_exactly_the_pattern() {
     check_objfill(64 * 1024, 1);
 }
 
+// objmap: host objects mapped with vm_allocate_with_pager, served by faults
+
+#[test]
+fn objmap_reads_a_host_file_through_page_faults() {
+    if !kvm_available("objmap_reads_a_host_file_through_page_faults") {
+        return;
+    }
+    for len in [3, 4096, 3 * MIB + 777] {
+        let f = Temp::with("map", &content(len, len as u64 + 3));
+        let obj = format!("h=file:{}?ro", f.show());
+        let out = vmm(&["run", "--object", &obj, "--init", "objmap", "h"], &[]);
+        assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+        let want = format!("objmap: h size={len} sha256={}", sha256_file(f.path()));
+        assert!(out.line(&want).is_some(), "{len} bytes: {}", out.stdout);
+    }
+}
+
+/// objmap writes the pattern through a writable mapping: the file holds
+/// exactly the pattern afterwards, whether the mapping was removed by
+/// vm_deallocate or by the task's end.
+#[test]
+fn objmap_writes_reach_the_host_file() {
+    if !kvm_available("objmap_writes_reach_the_host_file") {
+        return;
+    }
+    for (len, keep) in [(10000, false), (MIB + 5, false), (200_000, true)] {
+        let f = Temp::with("mapw", &content(len, 41));
+        let obj = format!("h=file:{}", f.show());
+        let mut args = vec!["run", "--object", &obj, "--init", "objmap", "h", "fill", "9"];
+        if keep {
+            args.push("keep");
+        }
+        let out = vmm(&args, &[]);
+        assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+        let got = std::fs::read(f.path()).expect("read back");
+        let mut want = vec![0u8; len];
+        guest_kernel::objfill_pattern::fill(9, 0, &mut want);
+        assert_eq!(got.len(), len, "the file's length changed");
+        assert!(got == want, "{len} bytes (keep {keep}): not the pattern");
+    }
+}
+
+/// A write through a mapping of a read-only object is a protection fault:
+/// the task is killed (no exception handler) and the file is unchanged.
+#[test]
+fn objmap_write_to_a_read_only_object_faults() {
+    if !kvm_available("objmap_write_to_a_read_only_object_faults") {
+        return;
+    }
+    let before = content(10000, 6);
+    let f = Temp::with("mapro", &before);
+    let obj = format!("h=file:{}?ro", f.show());
+    let out = vmm(
+        &["run", "--object", &obj, "--init", "objmap", "h", "fill", "1"],
+        &[],
+    );
+    assert_eq!(out.status, Some(128 + 14), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("(objmap) killed: page fault at 0x100000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(std::fs::read(f.path()).expect("read back") == before);
+}
+
 #[test]
 fn objfill_on_a_read_only_object_is_refused() {
     if !kvm_available("objfill_on_a_read_only_object_is_refused") {

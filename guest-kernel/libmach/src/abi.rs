@@ -429,6 +429,12 @@ pub const TRAP_VM_COPY: u64 = 0x46;
 pub const TRAP_VM_REGION: u64 = 0x47;
 /// (task, *VmStatistics out)
 pub const TRAP_VM_STATISTICS: u64 = 0x48;
+/// (task, *addr in/out, size, anywhere, memory object, offset): maps
+/// [offset, offset+size) of the memory object (a port) into the task.
+pub const TRAP_VM_ALLOCATE_WITH_PAGER: u64 = 0x49;
+/// (host object number from object_lookup, *name out): a send right to
+/// the kernel port that is that host object's memory object.
+pub const TRAP_HOST_OBJECT_PORT: u64 = 0x4a;
 
 pub const VM_PROT_NONE: u32 = 0;
 pub const VM_PROT_READ: u32 = 1;

@@ -148,3 +148,47 @@ pub fn vm_statistics(task: Name) -> Result<VmStatistics, KernError> {
     })
     .map(|()| s)
 }
+
+/// vm_allocate_with_pager (Table 3-4): maps `[offset, offset + size)` of
+/// `memory_object` at `*addr` (or anywhere); reads and writes there are
+/// served by the object's pager through page faults.
+pub fn vm_allocate_with_pager(
+    task: Name,
+    addr: &mut u64,
+    size: u64,
+    anywhere: bool,
+    memory_object: Name,
+    offset: u64,
+) -> Result<(), KernError> {
+    // SAFETY: `addr` is a valid, writable u64.
+    kr(unsafe {
+        trap(
+            abi::TRAP_VM_ALLOCATE_WITH_PAGER,
+            u64::from(task),
+            addr as *mut u64 as u64,
+            size,
+            u64::from(anywhere),
+            u64::from(memory_object),
+            offset,
+        )
+    })
+}
+
+/// The memory object (a send right) of host object `object`, the number
+/// the object lookup call returned.
+pub fn host_object_port(object: u64) -> Result<Name, KernError> {
+    let mut out: Name = 0;
+    // SAFETY: a valid, writable out-pointer.
+    kr(unsafe {
+        trap(
+            abi::TRAP_HOST_OBJECT_PORT,
+            object,
+            &raw mut out as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|()| out)
+}

@@ -123,6 +123,9 @@ pub enum Wake {
 pub enum KObject {
     Task(u32),
     Thread(u32),
+    /// A memory object the host serves through the virtio-pager device
+    /// (its object number there): the kernel is its pager.
+    HostObject(u32),
 }
 
 /// Side effects the kernel carries out after an operation.

@@ -17,6 +17,8 @@ use crate::kern::thread::{KernelStack, State, Thread, UserStart};
 use crate::kprint;
 use crate::vm::Parts;
 use crate::vm::machine::Vm;
+use crate::vm::pager::HostPaging;
+use guest_kernel::vm::types::ObjectId;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -46,6 +48,8 @@ pub struct Kernel {
     pub ipc: Ipc,
     /// The VM's objects, resident pages and reverse maps (guest_kernel::vm).
     pub vm: Vm,
+    /// Page transfers with the virtio-pager device (kernel/vm/pager.rs).
+    pub paging: HostPaging,
     tasks: BTreeMap<TaskId, Box<Task>>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
@@ -135,6 +139,7 @@ impl Kernel {
         Kernel {
             boot,
             vm,
+            paging: HostPaging::default(),
             frames,
             kernel_root,
             ipc: Ipc::new(limits),
@@ -481,6 +486,10 @@ impl Kernel {
         if id == self.init {
             kprint!("init exited with status ", IDec(status), "\n");
             crate::kern::console::lock().flush();
+            // Every mapping goes, so modified pages of host objects are
+            // written back before the pagers are told to sync.
+            self.release_all_maps();
+            crate::vm::pager::drain_at_power_off(self);
             crate::dev::virtio_pager::shutdown();
             power_off(status as u32);
         }
@@ -559,7 +568,14 @@ impl Kernel {
         }
         // CR3 no longer holds its root (switched above), so no invlpg.
         let loaded = self.kernel_root;
-        crate::vm::destroy_map(&mut t.map, &mut self.vm, &mut self.frames, t.root, loaded);
+        crate::vm::destroy_map(
+            &mut t.map,
+            &mut self.vm,
+            &mut self.paging,
+            &mut self.frames,
+            t.root,
+            loaded,
+        );
         t.release_memory(&mut self.frames);
         let root = t.take_root();
         self.graveyard.push((None, Some(root)));
@@ -785,6 +801,21 @@ impl Kernel {
         t.frame
     }
 
+    /// Tears down every task's address map (at power-off).
+    fn release_all_maps(&mut self) {
+        let loaded = self.loaded_root();
+        for t in self.tasks.values_mut() {
+            crate::vm::destroy_map(
+                &mut t.map,
+                &mut self.vm,
+                &mut self.paging,
+                &mut self.frames,
+                t.root,
+                loaded,
+            );
+        }
+    }
+
     /// The page-table root CR3 holds now.
     fn loaded_root(&self) -> PhysAddr {
         self.cr3_task
@@ -810,11 +841,38 @@ impl Kernel {
         let parts = Parts {
             map: &mut t.map,
             vm: &mut self.vm,
+            paging: &mut self.paging,
             frames: &mut self.frames,
             root: t.root,
             loaded,
         };
         Some((&mut self.ipc, parts))
+    }
+
+    /// The VM state with no task's map: for pager replies.
+    pub fn vm_global(&mut self) -> (&mut Vm, &mut FrameAllocator, &mut HostPaging, PhysAddr) {
+        let loaded = self.loaded_root();
+        (&mut self.vm, &mut self.frames, &mut self.paging, loaded)
+    }
+
+    /// Faults sleeping on `object` (its page in transit) run again: they
+    /// retry the faulting instruction, or their system call, from the map.
+    pub fn wake_page_waiters(&mut self, object: ObjectId) {
+        let ids: Vec<(ThreadId, bool)> = self
+            .threads
+            .iter()
+            .filter_map(|(&id, t)| match t.state {
+                State::PageWait { object: o, syscall } if o == object => Some((id, syscall)),
+                _ => None,
+            })
+            .collect();
+        for (id, syscall) in ids {
+            if syscall {
+                self.restart_syscall(id);
+            } else {
+                self.make_ready(id);
+            }
+        }
     }
 
     /// task_create's memory inheritance (§3.1): the child's VM window is
@@ -839,7 +897,14 @@ impl Kernel {
 
     fn destroy_address_space(&mut self, t: &mut Task) {
         let loaded = self.loaded_root();
-        crate::vm::destroy_map(&mut t.map, &mut self.vm, &mut self.frames, t.root, loaded);
+        crate::vm::destroy_map(
+            &mut t.map,
+            &mut self.vm,
+            &mut self.paging,
+            &mut self.frames,
+            t.root,
+            loaded,
+        );
         t.release_memory(&mut self.frames);
         t.take_root().release(&mut self.frames);
     }

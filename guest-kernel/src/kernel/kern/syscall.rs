@@ -13,7 +13,7 @@ use guest_kernel::arch::paging::USER;
 use guest_kernel::kern::sched::TaskId;
 use libmach::abi::{
     TRAP_MACH_MSG, TRAP_PORT_ALLOCATE, TRAP_PORT_REQUEST_DEAD_NAME, TRAP_TASK_GET_BOOTSTRAP_PORT,
-    TRAP_TASK_SELF, TRAP_VM_ALLOCATE, TRAP_VM_STATISTICS,
+    TRAP_HOST_OBJECT_PORT, TRAP_TASK_SELF, TRAP_VM_ALLOCATE,
 };
 
 const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
@@ -62,7 +62,7 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             i64::from(crate::ipc::ports::trap(k, f))
         }
         TRAP_TASK_SELF..=TRAP_TASK_GET_BOOTSTRAP_PORT => i64::from(crate::ipc::tasks::trap(k, f)),
-        TRAP_VM_ALLOCATE..=TRAP_VM_STATISTICS => i64::from(crate::vm::calls::trap(k, f)),
+        TRAP_VM_ALLOCATE..=TRAP_HOST_OBJECT_PORT => i64::from(crate::vm::calls::trap(k, f)),
         SYS_MILESTONE => {
             crate::arch::cpu::outl(PORT_MILESTONE, MILESTONE_USER_BASE | (f.rdi as u32 & 0xff));
             0

@@ -2,6 +2,7 @@
 //! processing state: the saved registers (a `TrapFrame` on its own kernel
 //! stack) and the FPU area. It runs in its task's address space.
 
+use guest_kernel::vm::types::ObjectId;
 use crate::arch::gdt::{USER_CS, USER_DS};
 use crate::arch::trap::TrapFrame;
 use alloc::alloc::{Layout, alloc, dealloc};
@@ -31,6 +32,10 @@ pub enum State {
     /// Blocked in mach_msg send on a full port; runs the trap again when
     /// there is room.
     MsgSend,
+    /// A page fault (or a system call copying user memory, `syscall`)
+    /// waits for a page of `object` in transit; it runs again from the
+    /// faulting instruction or the `syscall` once the object changes.
+    PageWait { object: ObjectId, syscall: bool },
     /// Stopped in an exception until its handler replies.
     Exception,
     Exited,

@@ -4,7 +4,7 @@
 //! operation of guest_kernel::vm::map. Addresses and sizes are rounded to
 //! pages the way Mach rounds them; user pointers go through copyin/copyout.
 
-use super::with_task;
+use super::{pager, with_task};
 use crate::arch::copy::{copy_to_user, read_user};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::Kernel;
@@ -12,7 +12,7 @@ use guest_kernel::addr::{PAGE_SIZE, VirtAddr};
 use guest_kernel::ipc::KObject;
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::map::{EntryAttrs, VmCopy, VmMap};
-use guest_kernel::vm::object::Objects;
+use guest_kernel::vm::object::{Objects, PagerEntry};
 use guest_kernel::vm::types::{Inheritance, ObjectOffset, ObjectRefs, VmError, VmProt};
 use libmach::abi::*;
 
@@ -73,6 +73,9 @@ fn record_bytes<T: Copy>(v: &T) -> &[u8] {
 }
 
 fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
+    if f.rax == TRAP_HOST_OBJECT_PORT {
+        return host_object_port(k, f.rdi, f.rsi);
+    }
     let task = target_task(k, f.rdi as u32)?;
     match f.rax {
         TRAP_VM_ALLOCATE => {
@@ -186,9 +189,106 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
             };
             copy_to_user(k, VirtAddr(f.rsi), record_bytes(&s)).map_err(|_| KERN_INVALID_ADDRESS)
         }
+        TRAP_VM_ALLOCATE_WITH_PAGER => {
+            let hint = read_u64(k, f.rsi)?;
+            let anywhere = f.r10 != 0;
+            let (start, size) = page_range(if anywhere { 0 } else { hint }, f.rdx)?;
+            let at = allocate_with_pager(
+                k,
+                task,
+                (!anywhere).then_some(start),
+                size,
+                f.r8 as u32,
+                f.r9,
+            )?;
+            if let Err(e) = write_u64(k, f.rsi, at.0) {
+                let _ = with_task(k, task, |map, objs, _, m| {
+                    map.deallocate(at, size, objs, &mut m.pmap())
+                });
+                return Err(e);
+            }
+            Ok(())
+        }
         _ => Err(KERN_INVALID_ARGUMENT),
     }
 }
+
+/// host_object_port: a send right, in the caller's space, to the memory
+/// object of a ready host object.
+fn host_object_port(k: &mut Kernel, object: u64, out: u64) -> Result<(), u32> {
+    let id = u32::try_from(object).map_err(|_| KERN_INVALID_ARGUMENT)?;
+    pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
+    let port = pager::object_port(k, id)?;
+    let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+    let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
+    let name = k.ipc.insert_send(space, port)?;
+    if copy_to_user(k, VirtAddr(out), &name.to_le_bytes()).is_err() {
+        let mut fx = guest_kernel::ipc::Effects::default();
+        let _ = k.ipc.port_deallocate(space, name, &mut fx);
+        crate::ipc::apply(k, fx);
+        return Err(KERN_INVALID_ADDRESS);
+    }
+    Ok(())
+}
+
+/// vm_allocate_with_pager: the memory object named by a send right in the
+/// caller's space, mapped over [offset, offset + size). Only host objects'
+/// ports are memory objects yet (in-guest pagers are next).
+fn allocate_with_pager(
+    k: &mut Kernel,
+    task: TaskId,
+    at: Option<VirtAddr>,
+    size: u64,
+    memory_object: u32,
+    offset: u64,
+) -> Result<VirtAddr, u32> {
+    let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+    let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
+    let port = k.ipc.resolve_send(space, memory_object)?;
+    let Some(KObject::HostObject(id)) = k.ipc.kobject(port) else {
+        return Err(KERN_INVALID_ARGUMENT);
+    };
+    let (obj_size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
+    let obj_pages = obj_size
+        .checked_next_multiple_of(PAGE_SIZE)
+        .ok_or(KERN_INVALID_ARGUMENT)?;
+    let in_object = offset
+        .checked_add(size)
+        .is_some_and(|end| end <= obj_pages);
+    if size == 0 || !offset.is_multiple_of(PAGE_SIZE) || !in_object {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
+    let (prot, max) = if read_only {
+        (VmProt::READ, VmProt::READ.union(VmProt::EXECUTE))
+    } else {
+        (VmProt::DEFAULT, VmProt::ALL)
+    };
+    with_task(k, task, |map, objs, _, _| {
+        let obj = match objs.enter_pager(pager::host_pager(id), obj_pages)? {
+            PagerEntry::New(o) => {
+                // The device initialised the object when it was looked up.
+                objs.set_pager_ready(o)?;
+                o
+            }
+            PagerEntry::Existing(o) => o,
+        };
+        map.allocate(
+            at,
+            size,
+            obj,
+            ObjectOffset(offset),
+            prot,
+            max,
+            Inheritance::Copy,
+            false,
+            objs,
+        )
+        .inspect_err(|_| objs.release(obj))
+    })
+    .ok_or(KERN_TERMINATED)?
+    .map_err(kr)
+}
+
 
 /// Runs a map operation on `task`, as a kern_return.
 fn on_map(

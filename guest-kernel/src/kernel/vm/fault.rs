@@ -6,6 +6,7 @@
 
 use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
+use crate::kern::thread::State;
 use guest_kernel::abi::{ERR_BAD_ADDRESS, ERR_NO_MEMORY, VM_MAX_ADDRESS, VM_MIN_ADDRESS};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::kern::sched::TaskId;
@@ -37,7 +38,47 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
     } else {
         VmProt::READ
     };
-    resolve(k, task, VirtAddr(cr2), access).is_ok()
+    match resolve(k, task, VirtAddr(cr2), access) {
+        Ok(_) => true,
+        Err(o) => wait_for_pager(k, o, false),
+    }
+}
+
+/// A fault that needs a pager's answer: ask (Request) and sleep until the
+/// object changes, or just sleep (Wait: another fault's request, or the
+/// pager still initialising). False if the outcome is not one to wait for,
+/// or the kernel could not ask (the request then fails as a pager error,
+/// and the retried fault gets MemoryError).
+fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
+    let object = match o {
+        FaultOutcome::Request {
+            object,
+            pager,
+            offset,
+            desired_access,
+            ..
+        } => {
+            if !super::pager::request(
+                &mut k.paging,
+                &mut k.frames,
+                object,
+                pager,
+                offset,
+                desired_access,
+            ) {
+                super::with_objects(k, |objects, _, _| {
+                    let _ = objects.data_error(object, offset, PAGE_SIZE);
+                });
+                return false;
+            }
+            object
+        }
+        FaultOutcome::Wait { object, .. } => object,
+        // Unlock needs a pager that can lock pages: none does yet.
+        _ => return false,
+    };
+    k.block_current(State::PageWait { object, syscall });
+    true
 }
 
 /// Runs the fault handler for `va` in `task`: the frame now mapped there,
@@ -76,9 +117,9 @@ pub fn resolve_in(
             }
             Ok(frame)
         }
-        // Wait, Request and Unlock need a pager: the kernel has no external
-        // or paged-out objects yet, so they cannot arise. The rest are
-        // the task's own doing (exceptions) or a shortage it must see.
+        // Wait, Request and Unlock need a pager's answer (the caller
+        // decides whether to sleep for it); the rest are the task's own
+        // doing (exceptions) or a shortage it must see.
         o => Err(o),
     }
 }
@@ -115,6 +156,30 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
             match resolve_in(p, VirtAddr(page), access) {
                 Ok(_) => {}
                 Err(FaultOutcome::ResourceShortage) => return Err(ERR_NO_MEMORY),
+                // A page only a pager can supply: the page-in starts (so a
+                // later touch finds it coming), but the kernel cannot sleep
+                // in the middle of a copy (the call may have had effects),
+                // so this copy fails (docs/vm.md, known gaps).
+                Err(FaultOutcome::Request {
+                    object,
+                    pager,
+                    offset,
+                    desired_access,
+                    ..
+                }) => {
+                    let asked = super::pager::request(
+                        p.paging,
+                        p.frames,
+                        object,
+                        pager,
+                        offset,
+                        desired_access,
+                    );
+                    if !asked {
+                        let _ = p.vm.objects.data_error(object, offset, PAGE_SIZE);
+                    }
+                    return Err(ERR_BAD_ADDRESS);
+                }
                 Err(_) => return Err(ERR_BAD_ADDRESS),
             }
         }

@@ -8,6 +8,7 @@ pub mod calls;
 pub mod fault;
 pub mod machine;
 pub mod object_io;
+pub mod pager;
 
 use crate::kern::scheduler::Kernel;
 use core::cell::RefCell;
@@ -15,7 +16,8 @@ use guest_kernel::addr::PhysAddr;
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::map::VmMap;
-use guest_kernel::vm::object::Objects;
+use alloc::vec::Vec;
+use guest_kernel::vm::object::{ObjectAction, Objects};
 use machine::{LoadedTlb, Machine, SharedFrames};
 
 /// Runs `op` on task `id`'s map with the object table, the frames and the
@@ -43,7 +45,27 @@ pub fn with_parts<R>(
         root: p.root,
     };
     let r = op(&mut *p.map, &mut p.vm.objects, &mut frames, &mut m);
-    reap(&mut p.vm.objects, &mut frames, &mut m);
+    reap(&mut p.vm.objects, &mut frames, &mut m, &mut p.paging.actions);
+    r
+}
+
+/// Runs `op` on the object table alone (pager replies): frames and every
+/// space's mappings of a frame, no particular map.
+pub fn with_objects<R>(
+    k: &mut Kernel,
+    op: impl FnOnce(&mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
+) -> R {
+    let (vm, frames, paging, loaded) = k.vm_global();
+    let cell = RefCell::new(frames);
+    let mut frames = SharedFrames(&cell);
+    let mut m = Machine {
+        tables: SharedFrames(&cell),
+        pv: &mut vm.pv,
+        tlb: LoadedTlb { loaded },
+        root: loaded,
+    };
+    let r = op(&mut vm.objects, &mut frames, &mut m);
+    reap(&mut vm.objects, &mut frames, &mut m, &mut paging.actions);
     r
 }
 
@@ -53,6 +75,7 @@ pub fn with_parts<R>(
 pub fn destroy_map(
     map: &mut VmMap,
     vm: &mut machine::Vm,
+    paging: &mut pager::HostPaging,
     frames: &mut FrameAllocator,
     root: PhysAddr,
     loaded: PhysAddr,
@@ -63,6 +86,7 @@ pub fn destroy_map(
     let mut parts = Parts {
         map,
         vm,
+        paging,
         frames,
         root,
         loaded,
@@ -70,14 +94,26 @@ pub fn destroy_map(
     with_parts(&mut parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
 }
 
-/// Frees objects that lost their last reference. Internal objects (the only
-/// kind the kernel creates yet) leave nothing to send; a shortage of room
-/// for the actions leaves them queued for the next call.
-pub fn reap(objects: &mut Objects, frames: &mut SharedFrames<'_>, m: &mut Machine<'_>) {
-    // Only internal objects with no paged-out data exist in the kernel yet
-    // (no external pagers, no pageout), and their death sends nothing; the
-    // actions start to matter with the default pager.
-    let _ = objects.reap(frames, m);
+/// Frees objects that lost their last reference; what must be sent on
+/// their behalf (write-backs) joins `actions`, which the pager glue takes on
+/// the way out of the kernel (kernel/vm/pager.rs). Actions that find no room
+/// in `actions` leave the object queued for the next reap.
+pub fn reap(
+    objects: &mut Objects,
+    frames: &mut SharedFrames<'_>,
+    m: &mut Machine<'_>,
+    actions: &mut Vec<ObjectAction>,
+) {
+    if let Ok(mut out) = objects.reap(frames, m)
+        && !out.is_empty()
+    {
+        if actions.try_reserve(out.len()).is_ok() {
+            actions.append(&mut out);
+        }
+        // Else: out of heap for the list; the writes are lost and the pages
+        // stay busy. Bounded by the object's pages, so this needs a heap
+        // already exhausted by other means.
+    }
 }
 
 /// What [`Kernel::vm_parts`] lends: one task's map beside the kernel-wide VM
@@ -85,6 +121,7 @@ pub fn reap(objects: &mut Objects, frames: &mut SharedFrames<'_>, m: &mut Machin
 pub struct Parts<'a> {
     pub map: &'a mut VmMap,
     pub vm: &'a mut machine::Vm,
+    pub paging: &'a mut pager::HostPaging,
     pub frames: &'a mut FrameAllocator,
     /// The task's page-table root, and the one CR3 holds now.
     pub root: PhysAddr,

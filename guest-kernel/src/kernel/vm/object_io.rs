@@ -37,8 +37,16 @@ fn disarm(d: &mut virtio_pager::Driver) {
     DISARMED.store(true, Ordering::Relaxed);
 }
 
+/// `disarm` for the VM's page transfers (kernel/vm/pager.rs).
+pub fn disarm_for_exit(d: &mut virtio_pager::Driver) {
+    disarm(d);
+}
+
 /// Called on every way out of the kernel (trap::dispatch).
 pub fn leave_kernel(k: &mut Kernel) {
+    if k.paging.has_work() {
+        crate::vm::pager::start(k);
+    }
     if !DISARMED.swap(false, Ordering::Relaxed) {
         return;
     }
@@ -240,6 +248,10 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
             error_of(c.status)
         };
         k.wake_all(State::ObjectInit(c.object), r);
+        return;
+    }
+    if c.token & INIT_TOKEN == 0 && c.token & crate::vm::pager::PAGE_TOKEN != 0 {
+        crate::vm::pager::complete(k, c);
         return;
     }
     if c.token & INIT_TOKEN != 0 || c.token > u64::from(u32::MAX) {

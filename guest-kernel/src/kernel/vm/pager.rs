@@ -1,0 +1,321 @@
+//! The kernel as the pager of host objects (paper Tables 3-5/3-6 over the
+//! virtio-pager device): a memory object whose port is a kernel port for a
+//! device object has its data_request and data_write sent to the device,
+//! which fills or reads the page's frame directly; the completion is the
+//! pager's data_provided / data_unavailable / data_error, or the end of a
+//! write-back. Up to the port, a fault on a host object takes the same path
+//! as one on any other pager's object (kernel/vm/fault.rs).
+//!
+//! Requests wait in `HostPaging` while the device is full and go out as
+//! slots free; faults that need them sleep on their object
+//! (State::PageWait) and retry when it changes.
+
+use crate::dev::virtio_pager::{self, Driver};
+use crate::kern::scheduler::Kernel;
+use alloc::vec::Vec;
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
+use guest_kernel::dev::virtio::pager::{
+    self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
+};
+use guest_kernel::ipc::{KObject, PortId};
+use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
+use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::page::FrameSource;
+use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
+
+/// Pager references of host objects: this bit plus the device's object
+/// number. (Others will be ports of in-guest pagers.)
+const HOST: u64 = 1 << 62;
+/// Completion tokens of page transfers: this bit plus the slot (bit 63
+/// marks object initialisation, bit 62 the power-off sync).
+pub const PAGE_TOKEN: u64 = 1 << 61;
+/// Transfers in flight or waiting at once; further faults wait on their
+/// object until one ends.
+const SLOTS: usize = 64;
+
+pub fn host_pager(object: u32) -> PagerRef {
+    PagerRef(HOST | u64::from(object))
+}
+
+/// The device object a pager reference names, if it is a host object.
+pub fn host_object(p: PagerRef) -> Option<u32> {
+    (p.0 & HOST != 0).then(|| (p.0 & !HOST) as u32)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    object: ObjectId,
+    device_object: u32,
+    offset: ObjectOffset,
+    frame: PhysAddr,
+    /// A data_write (the frame stays the object's); else a data_request
+    /// into a frame of ours.
+    write: bool,
+    desired: VmProt,
+    /// Handed to the device (else still waiting for a free device slot).
+    submitted: bool,
+}
+
+/// Page transfers between the VM and the device, and the kernel ports that
+/// name host objects.
+pub struct HostPaging {
+    slots: [Option<Transfer>; SLOTS],
+    /// Object actions from reaping (write-backs of dying objects), handed
+    /// to `start` on the way out of the kernel.
+    pub actions: Vec<ObjectAction>,
+    ports: Vec<(u32, PortId)>,
+    /// Slots not yet handed to the device (checked on every kernel exit,
+    /// so kept as a count).
+    waiting: usize,
+}
+
+impl Default for HostPaging {
+    fn default() -> Self {
+        HostPaging {
+            slots: [None; SLOTS],
+            actions: Vec::new(),
+            ports: Vec::new(),
+            waiting: 0,
+        }
+    }
+}
+
+impl HostPaging {
+    /// Transfers waiting for the device, or write-backs to start.
+    pub fn has_work(&self) -> bool {
+        self.waiting != 0 || !self.actions.is_empty()
+    }
+}
+
+/// The kernel port naming device object `id` (made once, kept for the
+/// kernel's life: there are few objects and the port is their name).
+pub fn object_port(k: &mut Kernel, id: u32) -> Result<PortId, u32> {
+    if let Some(&(_, p)) = k.paging.ports.iter().find(|(o, _)| *o == id) {
+        return Ok(p);
+    }
+    k.paging
+        .ports
+        .try_reserve(1)
+        .map_err(|_| libmach::abi::KERN_RESOURCE_SHORTAGE)?;
+    let p = k.ipc.kernel_port(KObject::HostObject(id))?;
+    k.paging.ports.push((id, p));
+    Ok(p)
+}
+
+/// The size and writability of a ready device object.
+pub fn object_info(id: u32) -> Option<(u64, bool)> {
+    let guard = virtio_pager::lock();
+    match guard.as_ref()?.object(id)?.state {
+        ObjState::Ready {
+            size, read_only, ..
+        } => Some((size, read_only)),
+        _ => None,
+    }
+}
+
+/// A fault asked `pager` for the page at `offset` of `object` (a busy
+/// placeholder is in place). False if the kernel cannot ask (no free slot,
+/// not a host object): the caller fails the request.
+pub fn request(
+    paging: &mut HostPaging,
+    frames: &mut FrameAllocator,
+    object: ObjectId,
+    pager: PagerPort,
+    offset: ObjectOffset,
+    desired: VmProt,
+) -> bool {
+    let PagerPort::Pager(p) = pager else {
+        return false;
+    };
+    let Some(dev) = host_object(p) else {
+        return false;
+    };
+    let Some(slot) = paging.slots.iter().position(Option::is_none) else {
+        return false;
+    };
+    let Some(frame) = frames.alloc_frame() else {
+        return false;
+    };
+    paging.slots[slot] = Some(Transfer {
+        object,
+        device_object: dev,
+        offset,
+        frame: frame.addr,
+        write: false,
+        desired,
+        submitted: false,
+    });
+    paging.waiting += 1;
+    true
+}
+
+/// Takes the write-backs reaping produced into free slots (frames stay
+/// the objects'). Those without room stay queued.
+fn take_actions(k: &mut Kernel) {
+    while let Some(&a) = k.paging.actions.last() {
+        if let ObjectAction::DataWrite {
+            object,
+            pager: PagerPort::Pager(p),
+            offset,
+            frame,
+        } = a
+            && let Some(device_object) = host_object(p)
+        {
+            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+                return;
+            };
+            k.paging.slots[slot] = Some(Transfer {
+                object,
+                device_object,
+                offset,
+                frame,
+                write: true,
+                desired: VmProt::NONE,
+                submitted: false,
+            });
+            k.paging.waiting += 1;
+        }
+        // Anything else needs nothing sent: a host object's end leaves the
+        // device object as it is, and there is no default pager yet.
+        k.paging.actions.pop();
+    }
+}
+
+/// Hands waiting transfers to the device. Called on the way out of the
+/// kernel and after completions, with the driver lock not held.
+pub fn start(k: &mut Kernel) {
+    if !k.paging.actions.is_empty() {
+        take_actions(k);
+    }
+    if k.paging.waiting == 0 {
+        return;
+    }
+    let mut guard = virtio_pager::lock();
+    let Some(d) = guard.as_mut() else {
+        drop(guard);
+        fail_waiting(k);
+        return;
+    };
+    let mut sent = false;
+    let mut failed = false;
+    let paging = &mut k.paging;
+    for (i, slot) in paging.slots.iter_mut().enumerate() {
+        let Some(t) = slot.as_mut().filter(|t| !t.submitted) else {
+            continue;
+        };
+        match submit(d, t, i) {
+            Ok(()) => {
+                t.submitted = true;
+                paging.waiting -= 1;
+                sent = true;
+            }
+            Err(SubmitError::Busy) => break,
+            Err(_) => failed = true,
+        }
+    }
+    if sent {
+        crate::vm::object_io::disarm_for_exit(d);
+        d.kick();
+    }
+    drop(guard);
+    if failed {
+        fail_waiting(k);
+    }
+}
+
+fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
+    let op = if t.write {
+        Op::DataWrite {
+            offset: t.offset.0,
+            len: PAGE_SIZE,
+        }
+    } else {
+        let mut desired = ACCESS_READ;
+        if t.desired.contains(VmProt::WRITE) {
+            desired |= ACCESS_WRITE;
+        }
+        Op::DataRequest {
+            offset: t.offset.0,
+            len: PAGE_SIZE,
+            desired,
+        }
+    };
+    let frame = Segment {
+        addr: t.frame,
+        len: PAGE_SIZE as u32,
+    };
+    d.submit(t.device_object, op, PAGE_TOKEN | slot as u64, [frame])
+}
+
+/// Transfers the device refused outright (no device, object gone, broken
+/// queue) end as errors: the faults waiting get MemoryError.
+fn fail_waiting(k: &mut Kernel) {
+    for i in 0..SLOTS {
+        if k.paging.slots[i].is_some_and(|t| !t.submitted) {
+            finish(k, i, status::IO_ERROR, 0);
+        }
+    }
+}
+
+/// A page transfer finished (called from the driver's completion path).
+pub fn complete(k: &mut Kernel, c: &Completion) {
+    let slot = (c.token & !PAGE_TOKEN) as usize;
+    if slot < SLOTS && k.paging.slots[slot].is_some_and(|t| t.submitted) {
+        finish(k, slot, c.status, c.kind);
+    }
+}
+
+fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32) {
+    let Some(t) = k.paging.slots[slot].take() else {
+        return;
+    };
+    if !t.submitted {
+        k.paging.waiting -= 1;
+    }
+    let ok = code == status::OK;
+    crate::vm::with_objects(k, |objects, frames, m| {
+        if t.write {
+            // The page stays cached whether or not the write worked.
+            let _ = objects.data_write_done(t.object, t.offset, frames, m);
+            return;
+        }
+        let provided = ok && kind == pager::KIND_PROVIDED;
+        let r = if provided {
+            objects.data_provided(t.object, t.offset, &[t.frame], VmProt::NONE, false, frames)
+        } else if ok {
+            objects.data_unavailable(t.object, t.offset, PAGE_SIZE)
+        } else {
+            objects.data_error(t.object, t.offset, PAGE_SIZE)
+        };
+        // The frame is the object's only if it was provided and taken
+        // (data_provided frees those it does not need itself).
+        if !(provided && r.is_ok()) {
+            frames.free_frame(t.frame);
+        }
+    });
+    k.wake_page_waiters(t.object);
+}
+
+/// Power-off: hands every queued write-back to the device and polls until
+/// all transfers are done, so dirty pages reach their pagers before the
+/// power-off sync. Bounded, as the other polled waits are: a stuck pager
+/// is ended by the host's timeout.
+pub fn drain_at_power_off(k: &mut Kernel) {
+    for _ in 0..50_000_000u64 {
+        start(k);
+        if k.paging.slots.iter().all(Option::is_none) && k.paging.actions.is_empty() {
+            return;
+        }
+        let mut guard = virtio_pager::lock();
+        let Some(d) = guard.as_mut() else {
+            return;
+        };
+        d.poll(
+            &mut |c: &Completion, fr: &pager::Frames| crate::vm::object_io::complete(k, c, fr),
+            &mut |e| virtio_pager::on_event(e),
+        );
+        drop(guard);
+        core::hint::spin_loop();
+    }
+    crate::kprint!("virtio-pager: write-back at power-off did not finish\n");
+}
