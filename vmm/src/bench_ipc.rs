@@ -114,12 +114,19 @@ fn host_socket(bytes: usize, rounds: u32) -> Result<u64> {
 }
 
 /// (mark id, ns, insn, exits, irqs) from `--stats` output.
-/// Runs the guest with `init` (program and arguments) under `--stats`: its
-/// output and the benchmark marks in it.
-pub(crate) fn guest_marks(bench: &str, init: &[&str]) -> Result<(String, Vec<[u64; 5]>)> {
+/// Runs the guest with `init` (program and arguments) under `--stats`,
+/// with `run_args` (objects, say) before it: its output and the benchmark
+/// marks in it.
+pub(crate) fn guest_marks(
+    bench: &str,
+    run_args: &[&str],
+    init: &[&str],
+) -> Result<(String, Vec<[u64; 5]>)> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
-        .args(["run", "--stats", "--init"])
+        .args(["run", "--stats"])
+        .args(run_args)
+        .arg("--init")
         .args(init)
         .stdin(Stdio::null())
         .output()?;
@@ -158,7 +165,7 @@ fn marks(out: &str) -> Vec<[u64; 5]> {
 
 pub fn ipc(rounds: u32) -> Result<()> {
     let rounds = rounds.max(1);
-    let (text, m) = guest_marks("ipc", &["ipcbench", &rounds.to_string()])?;
+    let (text, m) = guest_marks("ipc", &[], &["ipcbench", &rounds.to_string()])?;
     // ipcbench marks 2k+1 / 2k+2 around loop k: null, 4 KiB inline, 64 KiB OOL.
     let cases = [
         ("null msg_rpc", 0usize),

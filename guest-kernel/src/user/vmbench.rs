@@ -3,7 +3,9 @@
 //! samples the vCPU's statistics at each):
 //! 1-2 zero fill on fresh frames, 3-4 soft faults (reading a vm_read copy
 //! whose pages are resident), 5-6 copy-on-write faults (writing that copy),
-//! 7-8 zero fill on recycled frames (the kernel clears each one).
+//! 7-8 zero fill on recycled frames (the kernel clears each one);
+//! with `vmbench PAGES OBJECT`, 9-10 faults on a host object mapped with
+//! vm_allocate_with_pager (each a data_request the device fills).
 #![no_std]
 #![no_main]
 
@@ -11,6 +13,7 @@ mod rt;
 
 use libmach::traps;
 use libmach::vm;
+use rt::abi;
 
 const PAGE: u64 = 4096;
 
@@ -28,6 +31,19 @@ fn touch(at: u64, pages: u64, write: bool) -> u64 {
         }
     }
     sum
+}
+
+/// Reads the first `pages` pages of host object `name` through a mapping.
+fn host_object(name: &[u8], pages: u64) -> Result<(), &'static str> {
+    let me = traps::task_self().map_err(|e| e.name())?;
+    let id = rt::object::lookup(name).map_err(abi::error_name)?;
+    let port = vm::host_object_port(id).map_err(|e| e.name())?;
+    let mut at = 0;
+    vm::vm_allocate_with_pager(me, &mut at, pages * PAGE, true, port, 0).map_err(|e| e.name())?;
+    rt::milestone(9);
+    touch(at, pages, false);
+    rt::milestone(10);
+    vm::vm_deallocate(me, at, pages * PAGE).map_err(|e| e.name())
 }
 
 fn run(pages: u64) -> Result<(), &'static str> {
@@ -60,12 +76,10 @@ fn run(pages: u64) -> Result<(), &'static str> {
 }
 
 fn main(args: &[u8]) -> i32 {
-    let pages = rt::words(args)
-        .next()
-        .and_then(rt::parse_size)
-        .unwrap_or(1000)
-        .max(1);
-    match run(pages) {
+    let mut words = rt::words(args);
+    let pages = words.next().and_then(rt::parse_size).unwrap_or(1000).max(1);
+    let object = words.next();
+    match run(pages).and_then(|()| object.map_or(Ok(()), |o| host_object(o, pages))) {
         Ok(()) => {
             println!("vmbench: {pages} pages per case: ok");
             0

@@ -354,6 +354,10 @@ impl Objects {
             && let Some(f) = p.frame
         {
             phys.page_protect(f, VmProt::NONE);
+            // The frame's next page must not inherit this one's referenced
+            // and modified bits (a clean page read in would look dirty).
+            phys.clear_modified(f);
+            phys.clear_referenced(f);
             frames.free_frame(f);
         }
     }

@@ -18,7 +18,6 @@ use crate::kprint;
 use crate::vm::Parts;
 use crate::vm::machine::Vm;
 use crate::vm::pager::HostPaging;
-use guest_kernel::vm::types::ObjectId;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -28,6 +27,7 @@ use guest_kernel::bootinfo::BootInfo;
 use guest_kernel::ipc::{Effects, Ipc, KObject, Limits, Waiter};
 use guest_kernel::kern::sched::{RunQueue, TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::types::ObjectId;
 use libmach::abi::KERN_FAILURE;
 use spin::Mutex;
 

@@ -2,13 +2,13 @@
 //! processing state: the saved registers (a `TrapFrame` on its own kernel
 //! stack) and the FPU area. It runs in its task's address space.
 
-use guest_kernel::vm::types::ObjectId;
 use crate::arch::gdt::{USER_CS, USER_DS};
 use crate::arch::trap::TrapFrame;
 use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::boxed::Box;
 use guest_kernel::ipc::PortId;
 use guest_kernel::kern::sched::{TaskId, ThreadId};
+use guest_kernel::vm::types::ObjectId;
 
 pub const KSTACK_SIZE: usize = 16 * 1024;
 const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {
@@ -35,7 +35,10 @@ pub enum State {
     /// A page fault (or a system call copying user memory, `syscall`)
     /// waits for a page of `object` in transit; it runs again from the
     /// faulting instruction or the `syscall` once the object changes.
-    PageWait { object: ObjectId, syscall: bool },
+    PageWait {
+        object: ObjectId,
+        syscall: bool,
+    },
     /// Stopped in an exception until its handler replies.
     Exception,
     Exited,

@@ -252,9 +252,7 @@ fn allocate_with_pager(
     let obj_pages = obj_size
         .checked_next_multiple_of(PAGE_SIZE)
         .ok_or(KERN_INVALID_ARGUMENT)?;
-    let in_object = offset
-        .checked_add(size)
-        .is_some_and(|end| end <= obj_pages);
+    let in_object = offset.checked_add(size).is_some_and(|end| end <= obj_pages);
     if size == 0 || !offset.is_multiple_of(PAGE_SIZE) || !in_object {
         return Err(KERN_INVALID_ARGUMENT);
     }
@@ -288,7 +286,6 @@ fn allocate_with_pager(
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)
 }
-
 
 /// Runs a map operation on `task`, as a kern_return.
 fn on_map(

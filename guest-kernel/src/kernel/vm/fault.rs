@@ -58,10 +58,12 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             desired_access,
             ..
         } => {
+            let size = k.vm.objects.get(object).map_or(0, |o| o.size());
             if !super::pager::request(
                 &mut k.paging,
                 &mut k.frames,
                 object,
+                size,
                 pager,
                 offset,
                 desired_access,
@@ -167,10 +169,12 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                     desired_access,
                     ..
                 }) => {
+                    let size = p.vm.objects.get(object).map_or(0, |o| o.size());
                     let asked = super::pager::request(
                         p.paging,
                         p.frames,
                         object,
+                        size,
                         pager,
                         offset,
                         desired_access,

@@ -11,12 +11,12 @@ pub mod object_io;
 pub mod pager;
 
 use crate::kern::scheduler::Kernel;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::map::VmMap;
-use alloc::vec::Vec;
 use guest_kernel::vm::object::{ObjectAction, Objects};
 use machine::{LoadedTlb, Machine, SharedFrames};
 
@@ -45,7 +45,12 @@ pub fn with_parts<R>(
         root: p.root,
     };
     let r = op(&mut *p.map, &mut p.vm.objects, &mut frames, &mut m);
-    reap(&mut p.vm.objects, &mut frames, &mut m, &mut p.paging.actions);
+    reap(
+        &mut p.vm.objects,
+        &mut frames,
+        &mut m,
+        &mut p.paging.actions,
+    );
     r
 }
 

@@ -18,8 +18,8 @@ use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
 };
 use guest_kernel::ipc::{KObject, PortId};
-use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
 
@@ -32,6 +32,10 @@ pub const PAGE_TOKEN: u64 = 1 << 61;
 /// Transfers in flight or waiting at once; further faults wait on their
 /// object until one ends.
 const SLOTS: usize = 64;
+/// Pages one data_request asks for: the faulting page and those after it
+/// (read-ahead; data_provided takes pages no fault asked for). One device
+/// round trip then serves a run of sequential faults.
+const CLUSTER: usize = 16;
 
 pub fn host_pager(object: u32) -> PagerRef {
     PagerRef(HOST | u64::from(object))
@@ -46,10 +50,12 @@ pub fn host_object(p: PagerRef) -> Option<u32> {
 struct Transfer {
     object: ObjectId,
     device_object: u32,
+    /// The first page's offset.
     offset: ObjectOffset,
-    frame: PhysAddr,
-    /// A data_write (the frame stays the object's); else a data_request
-    /// into a frame of ours.
+    /// The pages' frames: one for a data_write (the object's own), up to
+    /// CLUSTER for a data_request (ours until provided).
+    frames: [PhysAddr; CLUSTER],
+    count: usize,
     write: bool,
     desired: VmProt,
     /// Handed to the device (else still waiting for a free device slot).
@@ -113,13 +119,15 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
     }
 }
 
-/// A fault asked `pager` for the page at `offset` of `object` (a busy
-/// placeholder is in place). False if the kernel cannot ask (no free slot,
-/// not a host object): the caller fails the request.
+/// A fault asked `pager` for the page at `offset` of `object`, `size`
+/// bytes long (a busy placeholder is in place). False if the kernel cannot
+/// ask (no free slot or frame, not a host object): the caller fails the
+/// request.
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
     object: ObjectId,
+    size: u64,
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
@@ -133,18 +141,33 @@ pub fn request(
     let Some(slot) = paging.slots.iter().position(Option::is_none) else {
         return false;
     };
-    let Some(frame) = frames.alloc_frame() else {
-        return false;
-    };
-    paging.slots[slot] = Some(Transfer {
+    let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize).clamp(1, CLUSTER);
+    let mut t = Transfer {
         object,
         device_object: dev,
         offset,
-        frame: frame.addr,
+        frames: [PhysAddr(0); CLUSTER],
+        count: 0,
         write: false,
         desired,
         submitted: false,
-    });
+    };
+    for f in t.frames.iter_mut().take(pages) {
+        // Read-ahead is only worth free frames (the faulting page is not
+        // optional).
+        let spare = frames.free_frames() > 1024 || t.count == 0;
+        match frames.alloc_frame().filter(|_| spare) {
+            Some(fr) => {
+                *f = fr.addr;
+                t.count += 1;
+            }
+            None => break,
+        }
+    }
+    if t.count == 0 {
+        return false;
+    }
+    paging.slots[slot] = Some(t);
     paging.waiting += 1;
     true
 }
@@ -168,7 +191,8 @@ fn take_actions(k: &mut Kernel) {
                 object,
                 device_object,
                 offset,
-                frame,
+                frames: one(frame),
+                count: 1,
                 write: true,
                 desired: VmProt::NONE,
                 submitted: false,
@@ -198,11 +222,21 @@ pub fn start(k: &mut Kernel) {
     };
     let mut sent = false;
     let mut failed = false;
-    let paging = &mut k.paging;
+    let (paging, frames) = (&mut k.paging, &mut k.frames);
+    // Never more pages in one request than the device takes.
+    let max = ((d.max_request_bytes() / PAGE_SIZE) as usize)
+        .min(d.max_frames())
+        .max(1);
     for (i, slot) in paging.slots.iter_mut().enumerate() {
         let Some(t) = slot.as_mut().filter(|t| !t.submitted) else {
             continue;
         };
+        if t.count > max {
+            for &f in &t.frames[max..t.count] {
+                frames.free(f);
+            }
+            t.count = max;
+        }
         match submit(d, t, i) {
             Ok(()) => {
                 t.submitted = true;
@@ -223,11 +257,18 @@ pub fn start(k: &mut Kernel) {
     }
 }
 
+fn one(frame: PhysAddr) -> [PhysAddr; CLUSTER] {
+    let mut f = [PhysAddr(0); CLUSTER];
+    f[0] = frame;
+    f
+}
+
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
+    let len = t.count as u64 * PAGE_SIZE;
     let op = if t.write {
         Op::DataWrite {
             offset: t.offset.0,
-            len: PAGE_SIZE,
+            len,
         }
     } else {
         let mut desired = ACCESS_READ;
@@ -236,15 +277,15 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
         }
         Op::DataRequest {
             offset: t.offset.0,
-            len: PAGE_SIZE,
+            len,
             desired,
         }
     };
-    let frame = Segment {
-        addr: t.frame,
+    let frames = t.frames[..t.count].iter().map(|&addr| Segment {
+        addr,
         len: PAGE_SIZE as u32,
-    };
-    d.submit(t.device_object, op, PAGE_TOKEN | slot as u64, [frame])
+    });
+    d.submit(t.device_object, op, PAGE_TOKEN | slot as u64, frames)
 }
 
 /// Transfers the device refused outright (no device, object gone, broken
@@ -252,7 +293,7 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
 fn fail_waiting(k: &mut Kernel) {
     for i in 0..SLOTS {
         if k.paging.slots[i].is_some_and(|t| !t.submitted) {
-            finish(k, i, status::IO_ERROR, 0);
+            finish(k, i, status::IO_ERROR, 0, 0);
         }
     }
 }
@@ -261,12 +302,12 @@ fn fail_waiting(k: &mut Kernel) {
 pub fn complete(k: &mut Kernel, c: &Completion) {
     let slot = (c.token & !PAGE_TOKEN) as usize;
     if slot < SLOTS && k.paging.slots[slot].is_some_and(|t| t.submitted) {
-        finish(k, slot, c.status, c.kind);
+        finish(k, slot, c.status, c.kind, c.bytes);
     }
 }
 
-fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32) {
-    let Some(t) = k.paging.slots[slot].take() else {
+fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
+    let Some(mut t) = k.paging.slots[slot].take() else {
         return;
     };
     if !t.submitted {
@@ -280,18 +321,33 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32) {
             return;
         }
         let provided = ok && kind == pager::KIND_PROVIDED;
-        let r = if provided {
-            objects.data_provided(t.object, t.offset, &[t.frame], VmProt::NONE, false, frames)
-        } else if ok {
-            objects.data_unavailable(t.object, t.offset, PAGE_SIZE)
+        // The pager may provide less than asked (the object's end).
+        let have = if provided {
+            (bytes.div_ceil(PAGE_SIZE) as usize).min(t.count)
         } else {
-            objects.data_error(t.object, t.offset, PAGE_SIZE)
+            0
         };
-        // The frame is the object's only if it was provided and taken
+        let r = if have > 0 {
+            objects.data_provided(
+                t.object,
+                t.offset,
+                &t.frames[..have],
+                VmProt::NONE,
+                false,
+                frames,
+            )
+        } else if ok {
+            objects.data_unavailable(t.object, t.offset, t.count as u64 * PAGE_SIZE)
+        } else {
+            objects.data_error(t.object, t.offset, t.count as u64 * PAGE_SIZE)
+        };
+        // Frames are the object's only if provided and taken
         // (data_provided frees those it does not need itself).
-        if !(provided && r.is_ok()) {
-            frames.free_frame(t.frame);
+        let kept = if r.is_ok() { have } else { 0 };
+        for &f in &t.frames[kept..t.count] {
+            frames.free_frame(f);
         }
+        t.count = 0;
     });
     k.wake_page_waiters(t.object);
 }
