@@ -273,7 +273,10 @@ fn mach_vm_in_the_guest() {
     // copy-on-write vm_read/vm_copy/vm_write, copy/share/none inheritance
     // by a child task, the kernel faulting in untouched message buffers,
     // 3 MiB of out-of-line data arriving as a region of its own (freed by
-    // vm_deallocate; the deallocate flag removes the sender's),
+    // vm_deallocate; the deallocate flag removes the sender's), a pager
+    // thread serving a region (computed pages, data_lock then data_unlock
+    // on write, clean_request and flush_request, termination, a dead
+    // pager's fault as an exception),
     // vm_statistics, and the map-entry limit ending in
     // KERN_RESOURCE_SHORTAGE.
     let out = vmm(&["run", "--init", "vmtest", "all"], &[]);
@@ -286,6 +289,7 @@ fn mach_vm_in_the_guest() {
         "inherit",
         "copy-fault-in",
         "out-of-line",
+        "user-pager",
         "statistics",
         "exhaustion",
     ] {

@@ -7,6 +7,7 @@
 
 pub mod abi;
 pub mod kernel_msgs;
+pub mod memory_object;
 pub mod message;
 pub mod name_server;
 pub mod rpc;

@@ -153,6 +153,29 @@ impl<'a> Builder<'a> {
         self
     }
 
+    /// One `INLINE` item carrying `parts` one after another (a fixed
+    /// header and page data, say) without staging them in one buffer.
+    pub fn inline_parts(&mut self, parts: &[&[u8]]) -> &mut Self {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let Ok(count) = u32::try_from(total) else {
+            self.fail(BuildError::TooLong);
+            return self;
+        };
+        let h = ItemHeader {
+            kind: abi::ITEM_INLINE,
+            count,
+            ..Default::default()
+        };
+        if let Some(mut p) = self.item(h, total) {
+            for part in parts {
+                let (now, rest) = p.split_at_mut(part.len());
+                now.copy_from_slice(part);
+                p = rest;
+            }
+        }
+        self
+    }
+
     /// A `PORTS` item: every name in `names` sent with `disp`.
     pub fn ports(&mut self, names: &[Name], disp: u8) -> &mut Self {
         if !valid_disposition(disp) {

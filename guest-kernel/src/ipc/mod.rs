@@ -126,6 +126,9 @@ pub enum KObject {
     /// A memory object the host serves through the virtio-pager device
     /// (its object number there): the kernel is its pager.
     HostObject(u32),
+    /// A memory object's control (request) port, through which its pager,
+    /// a guest task, answers the kernel (a VM object id, raw).
+    MemoryControl(u64),
 }
 
 /// Side effects the kernel carries out after an operation.

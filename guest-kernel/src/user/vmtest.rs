@@ -98,6 +98,13 @@ extern "C" fn toucher(_: u64) -> ! {
     rt::exit(90)
 }
 
+/// Where a thread on a stack of `words` at `base` starts: as just after a
+/// call (rsp + 8 16-byte aligned), which the compiler's aligned SSE
+/// accesses to the stack rely on.
+fn stack_top(base: u64, words: usize) -> u64 {
+    ((base + words as u64 * 8) & !15) - 8
+}
+
 /// A port with a send right under the same name (made by a message to
 /// ourselves).
 fn port_with_send() -> Result<Name, &'static str> {
@@ -121,7 +128,7 @@ fn fault_of(at: u64, write: bool) -> Result<u64, &'static str> {
     kern(traps::task_set_exception_port(me, exc))?;
     TOUCH_AT.store(at, Ordering::SeqCst);
     TOUCH_WRITE.store(u64::from(write), Ordering::SeqCst);
-    let top = (&raw mut STACK) as u64 + (STACK_WORDS as u64 - 1) * 8;
+    let top = stack_top((&raw mut STACK) as u64, STACK_WORDS);
     // SAFETY: `toucher` runs on STACK, which nothing else uses.
     let t = kern(unsafe { traps::thread_create(me, toucher as *const () as u64, top, 0) })?;
     let got = traps::msg_receive(buf(), exc, T).map_err(|e| e.name());
@@ -513,6 +520,213 @@ fn out_of_line() -> R {
     kern(traps::port_deallocate(p))
 }
 
+// ---- a pager in this task (a second thread serves the memory object) ----
+
+const PAGER_WORDS: usize = 4096;
+static mut PAGER_STACK: [u64; PAGER_WORDS] = [0; PAGER_WORDS];
+static mut PAGER_BUF: MsgBuf<{ 3 * PAGE as usize }> = MsgBuf([0; 3 * PAGE as usize]);
+/// What the pager thread saw and did, for the main thread to check.
+static CONTROL: AtomicU64 = AtomicU64::new(0);
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static UNLOCKS: AtomicU64 = AtomicU64::new(0);
+static WRITES: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static TERMINATED: AtomicU64 = AtomicU64::new(0);
+const PAGER_SEED: u64 = 0x7a9e_0000;
+
+/// The word the pager computes for byte offset `off` of its object.
+fn pager_word(off: u64) -> u64 {
+    off ^ PAGER_SEED
+}
+
+/// Serves the memory object `port`: pages are computed, provided locked
+/// against writing (so a write asks for an unlock, which is granted), and
+/// written pages are checked in. Ends at pager_terminate.
+extern "C" fn pager_thread(port: u64) -> ! {
+    use libmach::memory_object::{self as mo, PagerCall};
+    #[allow(clippy::deref_addrof)]
+    // SAFETY: only this thread uses PAGER_BUF.
+    let b = unsafe { &mut (*(&raw mut PAGER_BUF)).0 };
+    let mut page = [0u8; PAGE as usize];
+    // The one page written back, kept as the pager's backing store.
+    let mut stored: Option<(u64, [u8; PAGE as usize])> = None;
+    loop {
+        let Ok(n) = traps::msg_receive(b, port as Name, T) else {
+            break;
+        };
+        let Ok(m) = Message::parse(&b[..n]) else {
+            continue;
+        };
+        let Some(c) = PagerCall::parse(&m) else {
+            continue;
+        };
+        let (id, control, f) = (c.id, c.control, c.fields);
+        CONTROL.store(u64::from(control), Ordering::SeqCst);
+        let (reply_id, a, len, lock, data): (i32, u64, u64, u32, &[u8]) = match id {
+            mo::MEMORY_OBJECT_INIT => continue,
+            mo::MEMORY_OBJECT_DATA_REQUEST => {
+                REQUESTS.fetch_add(1, Ordering::SeqCst);
+                match &stored {
+                    Some((off, data)) if *off == f.a => page.copy_from_slice(data),
+                    _ => {
+                        for (i, w) in page.chunks_exact_mut(8).enumerate() {
+                            w.copy_from_slice(&pager_word(f.a + 8 * i as u64).to_le_bytes());
+                        }
+                    }
+                }
+                (
+                    mo::MEMORY_OBJECT_DATA_PROVIDED,
+                    f.a,
+                    0,
+                    abi::VM_PROT_WRITE,
+                    &page[..],
+                )
+            }
+            mo::MEMORY_OBJECT_DATA_UNLOCK => {
+                UNLOCKS.fetch_add(1, Ordering::SeqCst);
+                (mo::MEMORY_OBJECT_DATA_LOCK, f.a, f.b, 0, &[][..])
+            }
+            mo::MEMORY_OBJECT_DATA_WRITE => {
+                let w = f
+                    .data
+                    .get(..8)
+                    .and_then(|w| w.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                WRITTEN.store(w, Ordering::SeqCst);
+                if let Ok(d) = <[u8; PAGE as usize]>::try_from(f.data) {
+                    stored = Some((f.a, d));
+                }
+                WRITES.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            mo::MEMORY_OBJECT_TERMINATE => {
+                TERMINATED.store(1, Ordering::SeqCst);
+                break;
+            }
+            _ => continue,
+        };
+        // The reply is built after the request's buffer is no longer read.
+        let mut out = [0u64; (2 * PAGE as usize) / 8];
+        // SAFETY: u64s viewed as bytes (8-aligned for the builder).
+        let ob = unsafe {
+            core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 2 * PAGE as usize)
+        };
+        if let Ok(n) = mo::build_reply(ob, control, reply_id, a, len, lock, data) {
+            let _ = traps::msg_send(&ob[..n], T);
+        }
+    }
+    if let Ok(t) = traps::thread_self() {
+        let _ = traps::thread_terminate(t);
+    }
+    rt::exit(91)
+}
+
+/// Polls `cond` while other threads work (up to about 5 s): waiting for
+/// an event, not timing one.
+fn wait_until(cond: impl Fn() -> bool) -> bool {
+    let Ok(idle) = traps::port_allocate() else {
+        return false;
+    };
+    let mut b = [0u64; 8];
+    // SAFETY: u64s viewed as bytes.
+    let bb = unsafe { core::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut u8, 64) };
+    let mut ok = cond();
+    for _ in 0..2_500 {
+        if ok {
+            break;
+        }
+        let _ = traps::msg_receive(bb, idle, Some(2));
+        ok = cond();
+    }
+    let _ = traps::port_deallocate(idle);
+    ok
+}
+
+fn control_call(id: i32, offset: u64, size: u64) -> R {
+    let control = CONTROL.load(Ordering::SeqCst) as Name;
+    let mut out = [0u64; 64];
+    // SAFETY: u64s viewed as bytes.
+    let ob = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 512) };
+    let n = libmach::memory_object::build_reply(ob, control, id, offset, size, 0, &[])
+        .map_err(|e| e.name())?;
+    traps::msg_send(&ob[..n], T).map_err(|e| e.name())
+}
+
+/// A memory object served by a pager of our own (a second thread): faults
+/// become data_request messages it answers with computed pages; a write to
+/// a page it locked asks for (and gets) an unlock; clean_request brings the
+/// modified page back as data_write (which the pager keeps); flush_request
+/// drops the pages, so the next read asks again and gets the kept data; vm_deallocate ends the object (pager_terminate);
+/// and an object whose pager died faults with an exception.
+fn user_pager() -> R {
+    use libmach::memory_object as mo;
+    let me = me()?;
+    let pages = 8;
+    let port = port_with_send()?;
+    let top = stack_top((&raw mut PAGER_STACK) as u64, PAGER_WORDS);
+    // SAFETY: the pager thread runs on PAGER_STACK, which nothing else uses.
+    let t = kern(unsafe {
+        traps::thread_create(me, pager_thread as *const () as u64, top, u64::from(port))
+    })?;
+    let mut at = 0;
+    kern(vm::vm_allocate_with_pager(
+        me,
+        &mut at,
+        pages * PAGE,
+        true,
+        port,
+        0,
+    ))?;
+    for p in 0..pages {
+        for w in [0, 8, PAGE - 8] {
+            if peek(at + p * PAGE + w) != pager_word(p * PAGE + w) {
+                return Err("a page does not hold what the pager computed");
+            }
+        }
+    }
+    if REQUESTS.load(Ordering::SeqCst) < pages {
+        return Err("fewer data_requests than pages read");
+    }
+    poke(at + 16, 0x5a5a);
+    if UNLOCKS.load(Ordering::SeqCst) != 1 || peek(at + 16) != 0x5a5a {
+        return Err("a write to a locked page did not go through data_unlock");
+    }
+    control_call(mo::MEMORY_OBJECT_CLEAN_REQUEST, 0, pages * PAGE)?;
+    if !wait_until(|| WRITES.load(Ordering::SeqCst) == 1) {
+        return Err("clean_request did not write the modified page back");
+    }
+    if WRITTEN.load(Ordering::SeqCst) != pager_word(0) {
+        return Err("data_write did not carry the page's data");
+    }
+    let before = REQUESTS.load(Ordering::SeqCst);
+    control_call(mo::MEMORY_OBJECT_FLUSH_REQUEST, 0, pages * PAGE)?;
+    if !wait_until(|| {
+        // The flush has landed once reading asks the pager again.
+        peek(at + PAGE) == pager_word(PAGE) && REQUESTS.load(Ordering::SeqCst) > before
+    }) {
+        return Err("after flush_request a read did not ask the pager again");
+    }
+    if peek(at + 16) != 0x5a5a {
+        return Err("the page written back did not come back from the pager");
+    }
+    kern(vm::vm_deallocate(me, at, pages * PAGE))?;
+    if !wait_until(|| TERMINATED.load(Ordering::SeqCst) == 1) {
+        return Err("the object's end did not reach its pager");
+    }
+    let _ = traps::port_deallocate(t);
+
+    // A pager that is gone: its object's faults end in an exception.
+    let dead = port_with_send()?;
+    let mut at = 0;
+    kern(vm::vm_allocate_with_pager(me, &mut at, PAGE, true, dead, 0))?;
+    // The send right, then the receive right: the port dies.
+    kern(traps::port_deallocate(dead))?;
+    kern(traps::port_deallocate(dead))?;
+    fault_of(at, false)?;
+    kern(vm::vm_deallocate(me, at, PAGE))?;
+    kern(traps::port_deallocate(port))
+}
+
 /// vm_statistics counts the zero-fill faults a task takes.
 fn statistics() -> R {
     let me = me()?;
@@ -570,6 +784,7 @@ const TESTS: &[rt::Test] = &[
     ("inherit", inherit),
     ("copy-fault-in", kernel_copies_fault_in),
     ("out-of-line", out_of_line),
+    ("user-pager", user_pager),
     ("statistics", statistics),
     ("exhaustion", exhaustion),
 ];

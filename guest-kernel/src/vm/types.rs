@@ -110,6 +110,19 @@ pub struct ObjectId {
     pub generation: u32,
 }
 
+impl ObjectId {
+    /// As one number (a kernel port's object, say).
+    pub const fn to_raw(self) -> u64 {
+        ((self.generation as u64) << 32) | self.index as u64
+    }
+    pub const fn from_raw(v: u64) -> ObjectId {
+        ObjectId {
+            index: v as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
+}
+
 /// Why a VM operation was refused (the KERN_* results of Table 3-3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VmError {

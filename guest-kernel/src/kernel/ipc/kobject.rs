@@ -21,6 +21,9 @@ pub fn serve(k: &mut Kernel, mut km: Kmsg, fx: &mut Effects) -> u32 {
         k.ipc.kmsg_destroy(km, fx);
         return SEND_INVALID_DEST;
     };
+    if let KObject::MemoryControl(object) = obj {
+        return crate::vm::user_pager::serve(k, object, km, fx);
+    }
     let result = match (obj, kobject::decode(&km)) {
         (KObject::Thread(t), Ok(Request::ExceptionReply(rc))) => {
             // The reply to EXCEPTION_RAISE is itself a reply: none back.

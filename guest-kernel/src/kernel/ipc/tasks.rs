@@ -155,7 +155,7 @@ pub fn perform(k: &mut Kernel, obj: KObject, req: Request) -> Result<Out, u32> {
     let (task, thread) = match obj {
         KObject::Task(t) => (Some(TaskId(t)), None),
         KObject::Thread(t) => (None, Some(ThreadId(t))),
-        KObject::HostObject(_) => return Err(KERN_INVALID_ARGUMENT),
+        KObject::HostObject(_) | KObject::MemoryControl(_) => return Err(KERN_INVALID_ARGUMENT),
     };
     let task = || task.ok_or(KERN_INVALID_ARGUMENT);
     let thread = || thread.ok_or(KERN_INVALID_ARGUMENT);

@@ -50,6 +50,8 @@ pub struct Kernel {
     pub vm: Vm,
     /// Page transfers with the virtio-pager device (kernel/vm/pager.rs).
     pub paging: HostPaging,
+    /// Objects whose pagers are guest tasks (kernel/vm/user_pager.rs).
+    pub user_pagers: crate::vm::user_pager::UserPagers,
     tasks: BTreeMap<TaskId, Box<Task>>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
@@ -140,6 +142,7 @@ impl Kernel {
             boot,
             vm,
             paging: HostPaging::default(),
+            user_pagers: Default::default(),
             frames,
             kernel_root,
             ipc: Ipc::new(limits),

@@ -4,7 +4,7 @@
 //! operation of guest_kernel::vm::map. Addresses and sizes are rounded to
 //! pages the way Mach rounds them; user pointers go through copyin/copyout.
 
-use super::{pager, with_task};
+use super::{pager, user_pager, with_task};
 use crate::arch::copy::{copy_to_user, read_user};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::Kernel;
@@ -232,8 +232,8 @@ fn host_object_port(k: &mut Kernel, object: u64, out: u64) -> Result<(), u32> {
 }
 
 /// vm_allocate_with_pager: the memory object named by a send right in the
-/// caller's space, mapped over [offset, offset + size). Only host objects'
-/// ports are memory objects yet (in-guest pagers are next).
+/// caller's space, mapped over [offset, offset + size): a host object's
+/// kernel port, or the port of a pager task.
 fn allocate_with_pager(
     k: &mut Kernel,
     task: TaskId,
@@ -245,8 +245,10 @@ fn allocate_with_pager(
     let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
     let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
     let port = k.ipc.resolve_send(space, memory_object)?;
-    let Some(KObject::HostObject(id)) = k.ipc.kobject(port) else {
-        return Err(KERN_INVALID_ARGUMENT);
+    let id = match k.ipc.kobject(port) {
+        Some(KObject::HostObject(id)) => id,
+        None => return map_user_object(k, task, at, size, port, offset),
+        Some(_) => return Err(KERN_INVALID_ARGUMENT),
     };
     let (obj_size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
     let obj_pages = obj_size
@@ -426,4 +428,53 @@ fn overwrite_map(
         let _ = map.inherit(s, len, a.inheritance, objs);
     }
     Ok(())
+}
+
+/// vm_allocate_with_pager on a guest pager's port: the object (made, and
+/// its pager sent pager_init, on first use) covers at least the mapping.
+fn map_user_object(
+    k: &mut Kernel,
+    task: TaskId,
+    at: Option<VirtAddr>,
+    size: u64,
+    memory_object: guest_kernel::ipc::PortId,
+    offset: u64,
+) -> Result<VirtAddr, u32> {
+    let end = offset.checked_add(size).ok_or(KERN_INVALID_ARGUMENT)?;
+    if size == 0 || !offset.is_multiple_of(PAGE_SIZE) {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
+    let known = user_pager::pager_of(k, memory_object);
+    let pager = match known {
+        Some(p) => p,
+        None => user_pager::new_pager(k)?,
+    };
+    let entry = k.vm.objects.enter_pager(pager, end).map_err(kr)?;
+    let obj = match entry {
+        PagerEntry::New(o) => {
+            if let Err(e) = user_pager::init(k, pager, o, memory_object) {
+                k.vm.objects.release(o);
+                return Err(e);
+            }
+            let _ = k.vm.objects.set_pager_ready(o);
+            o
+        }
+        PagerEntry::Existing(o) => o,
+    };
+    with_task(k, task, |map, objs, _, _| {
+        map.allocate(
+            at,
+            size,
+            obj,
+            ObjectOffset(offset),
+            VmProt::DEFAULT,
+            VmProt::ALL,
+            Inheritance::Copy,
+            false,
+            objs,
+        )
+        .inspect_err(|_| objs.release(obj))
+    })
+    .ok_or(KERN_TERMINATED)?
+    .map_err(kr)
 }

@@ -75,8 +75,18 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             }
             object
         }
+        FaultOutcome::Unlock {
+            object,
+            pager,
+            offset,
+            access,
+        } => {
+            if !super::pager::unlock(&mut k.paging, pager, offset, access) {
+                return false;
+            }
+            object
+        }
         FaultOutcome::Wait { object, .. } => object,
-        // Unlock needs a pager that can lock pages: none does yet.
         _ => return false,
     };
     k.block_current(State::PageWait { object, syscall });

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod machine;
 pub mod object_io;
 pub mod pager;
+pub mod user_pager;
 
 use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;

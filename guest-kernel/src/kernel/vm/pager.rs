@@ -73,6 +73,22 @@ pub struct HostPaging {
     /// Slots not yet handed to the device (checked on every kernel exit,
     /// so kept as a count).
     waiting: usize,
+    /// Calls for guest pagers, sent as messages on the way out of the
+    /// kernel (where the IPC state is at hand).
+    calls: Vec<(PagerRef, Call)>,
+}
+
+/// A Table 3-5 call a fault needs from a guest pager.
+#[derive(Clone, Copy, Debug)]
+pub enum Call {
+    DataRequest {
+        offset: ObjectOffset,
+        desired: VmProt,
+    },
+    DataUnlock {
+        offset: ObjectOffset,
+        access: VmProt,
+    },
 }
 
 impl Default for HostPaging {
@@ -82,6 +98,7 @@ impl Default for HostPaging {
             actions: Vec::new(),
             ports: Vec::new(),
             waiting: 0,
+            calls: Vec::new(),
         }
     }
 }
@@ -89,7 +106,7 @@ impl Default for HostPaging {
 impl HostPaging {
     /// Transfers waiting for the device, or write-backs to start.
     pub fn has_work(&self) -> bool {
-        self.waiting != 0 || !self.actions.is_empty()
+        self.waiting != 0 || !self.actions.is_empty() || !self.calls.is_empty()
     }
 }
 
@@ -135,6 +152,9 @@ pub fn request(
     let PagerPort::Pager(p) = pager else {
         return false;
     };
+    if crate::vm::user_pager::is_user(p) {
+        return defer(paging, p, Call::DataRequest { offset, desired });
+    }
     let Some(dev) = host_object(p) else {
         return false;
     };
@@ -172,6 +192,30 @@ pub fn request(
     true
 }
 
+/// A fault's call to a guest pager, sent by `start`.
+fn defer(paging: &mut HostPaging, pager: PagerRef, call: Call) -> bool {
+    if paging.calls.len() >= SLOTS * 4 || paging.calls.try_reserve(1).is_err() {
+        return false;
+    }
+    paging.calls.push((pager, call));
+    true
+}
+
+/// pager_data_unlock for a fault: only guest pagers lock pages.
+pub fn unlock(
+    paging: &mut HostPaging,
+    pager: PagerPort,
+    offset: ObjectOffset,
+    access: VmProt,
+) -> bool {
+    match pager {
+        PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
+            defer(paging, p, Call::DataUnlock { offset, access })
+        }
+        _ => false,
+    }
+}
+
 /// Takes the write-backs reaping produced into free slots (frames stay
 /// the objects'). Those without room stay queued.
 fn take_actions(k: &mut Kernel) {
@@ -198,6 +242,20 @@ fn take_actions(k: &mut Kernel) {
                 submitted: false,
             });
             k.paging.waiting += 1;
+        } else if let ObjectAction::DataWrite {
+            object,
+            pager: PagerPort::Pager(p),
+            offset,
+            frame,
+        } = a
+        {
+            k.paging.actions.pop();
+            crate::vm::user_pager::data_write(k, p, object, offset, frame);
+            continue;
+        } else if let ObjectAction::Terminate { pager, .. } = a {
+            k.paging.actions.pop();
+            crate::vm::user_pager::terminate(k, pager);
+            continue;
         }
         // Anything else needs nothing sent: a host object's end leaves the
         // device object as it is, and there is no default pager yet.
@@ -208,6 +266,9 @@ fn take_actions(k: &mut Kernel) {
 /// Hands waiting transfers to the device. Called on the way out of the
 /// kernel and after completions, with the driver lock not held.
 pub fn start(k: &mut Kernel) {
+    while let Some((p, call)) = k.paging.calls.pop() {
+        crate::vm::user_pager::send_call(k, p, call);
+    }
     if !k.paging.actions.is_empty() {
         take_actions(k);
     }
