@@ -222,6 +222,26 @@ pub fn port_allocate() -> Result<Name, KernError> {
     trap_out_name(abi::TRAP_PORT_ALLOCATE)
 }
 
+/// A new port whose name carries both the receive right and a send right
+/// (Mach's port_allocate then insert_right MAKE_SEND): a message to
+/// ourselves that carries MAKE_SEND of the port, received at once.
+pub fn port_allocate_with_send() -> Result<Name, KernError> {
+    let p = port_allocate()?;
+    let mut buf = crate::message::MsgBuf::<64>::default();
+    let made = crate::message::Builder::new(&mut buf.0)
+        .dest(p, abi::MAKE_SEND)
+        .ports(&[p], abi::MAKE_SEND)
+        .finish()
+        .ok()
+        .and_then(|n| msg_send(&buf.0[..n], Some(0)).ok())
+        .and_then(|()| msg_receive(&mut buf.0, p, Some(0)).ok());
+    if made.is_none() {
+        let _ = port_deallocate(p);
+        return Err(KernError(abi::KERN_RESOURCE_SHORTAGE));
+    }
+    Ok(p)
+}
+
 pub fn port_deallocate(name: Name) -> Result<(), KernError> {
     trap_scalar(abi::TRAP_PORT_DEALLOCATE, u64::from(name), 0)
 }

@@ -50,17 +50,7 @@ fn expect_err<T>(r: Result<T, MsgError>, want: u32, what: &'static str) -> R {
 /// A port whose name also carries a send right (made by a message to
 /// ourselves, the only way a task makes a send right for its own port).
 fn port_with_send() -> Result<Name, &'static str> {
-    let p = kern(traps::port_allocate())?;
-    let b = buf();
-    let n = Builder::new(b)
-        .dest(p, abi::MAKE_SEND)
-        .id(0)
-        .ports(&[p], abi::MAKE_SEND)
-        .finish()
-        .map_err(|e| e.name())?;
-    msg(traps::msg_send(&b[..n], Some(0)))?;
-    msg(traps::msg_receive(b, p, Some(0)))?;
-    Ok(p)
+    kern(traps::port_allocate_with_send())
 }
 
 fn send_simple(dest: Name, id: i32, body: &[u8], timeout: Option<u32>) -> Result<(), MsgError> {

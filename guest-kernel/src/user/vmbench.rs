@@ -5,10 +5,14 @@
 //! whose pages are resident), 5-6 copy-on-write faults (writing that copy),
 //! 7-8 zero fill on recycled frames (the kernel clears each one);
 //! with `vmbench PAGES OBJECT`, 9-10 faults on a host object mapped with
-//! vm_allocate_with_pager (each a data_request the device fills).
+//! vm_allocate_with_pager (each a data_request the device fills);
+//! 11-12 faults on a memory object served by a pager thread of this task
+//! (each a data_request message and a data_provided answer).
 #![no_std]
 #![no_main]
 
+#[path = "computed_pager.rs"]
+mod computed_pager;
 mod rt;
 
 use libmach::traps;
@@ -46,6 +50,24 @@ fn host_object(name: &[u8], pages: u64) -> Result<(), &'static str> {
     vm::vm_deallocate(me, at, pages * PAGE).map_err(|e| e.name())
 }
 
+/// Reads `pages` pages of a memory object our own pager thread serves.
+fn user_pager(pages: u64) -> Result<(), &'static str> {
+    use core::sync::atomic::Ordering;
+    let e = |e: traps::KernError| e.name();
+    let me = traps::task_self().map_err(e)?;
+    let port = traps::port_allocate_with_send().map_err(e)?;
+    computed_pager::LOCK_WRITES.store(0, Ordering::SeqCst);
+    let t = computed_pager::spawn(me, port).map_err(e)?;
+    let mut at = 0;
+    vm::vm_allocate_with_pager(me, &mut at, pages * PAGE, true, port, 0).map_err(e)?;
+    rt::milestone(11);
+    touch(at, pages, false);
+    rt::milestone(12);
+    vm::vm_deallocate(me, at, pages * PAGE).map_err(e)?;
+    let _ = traps::port_deallocate(t);
+    Ok(())
+}
+
 fn run(pages: u64) -> Result<(), &'static str> {
     let me = traps::task_self().map_err(|e| e.name())?;
     let size = pages * PAGE;
@@ -79,7 +101,10 @@ fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args);
     let pages = words.next().and_then(rt::parse_size).unwrap_or(1000).max(1);
     let object = words.next();
-    match run(pages).and_then(|()| object.map_or(Ok(()), |o| host_object(o, pages))) {
+    let all = run(pages)
+        .and_then(|()| user_pager(pages))
+        .and_then(|()| object.map_or(Ok(()), |o| host_object(o, pages)));
+    match all {
         Ok(()) => {
             println!("vmbench: {pages} pages per case: ok");
             0

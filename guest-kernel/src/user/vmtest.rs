@@ -9,6 +9,8 @@
 #![no_std]
 #![no_main]
 
+#[path = "computed_pager.rs"]
+mod computed_pager;
 mod rt;
 
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -108,16 +110,7 @@ fn stack_top(base: u64, words: usize) -> u64 {
 /// A port with a send right under the same name (made by a message to
 /// ourselves).
 fn port_with_send() -> Result<Name, &'static str> {
-    let p = kern(traps::port_allocate())?;
-    let b = buf();
-    let n = Builder::new(b)
-        .dest(p, abi::MAKE_SEND)
-        .ports(&[p], abi::MAKE_SEND)
-        .finish()
-        .map_err(|e| e.name())?;
-    traps::msg_send(&b[..n], Some(0)).map_err(|e| e.name())?;
-    traps::msg_receive(b, p, Some(0)).map_err(|e| e.name())?;
-    Ok(p)
+    kern(traps::port_allocate_with_send())
 }
 
 /// Accesses `at` from a second thread and returns the page fault's error
@@ -522,105 +515,6 @@ fn out_of_line() -> R {
 
 // ---- a pager in this task (a second thread serves the memory object) ----
 
-const PAGER_WORDS: usize = 4096;
-static mut PAGER_STACK: [u64; PAGER_WORDS] = [0; PAGER_WORDS];
-static mut PAGER_BUF: MsgBuf<{ 3 * PAGE as usize }> = MsgBuf([0; 3 * PAGE as usize]);
-/// What the pager thread saw and did, for the main thread to check.
-static CONTROL: AtomicU64 = AtomicU64::new(0);
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
-static UNLOCKS: AtomicU64 = AtomicU64::new(0);
-static WRITES: AtomicU64 = AtomicU64::new(0);
-static WRITTEN: AtomicU64 = AtomicU64::new(0);
-static TERMINATED: AtomicU64 = AtomicU64::new(0);
-const PAGER_SEED: u64 = 0x7a9e_0000;
-
-/// The word the pager computes for byte offset `off` of its object.
-fn pager_word(off: u64) -> u64 {
-    off ^ PAGER_SEED
-}
-
-/// Serves the memory object `port`: pages are computed, provided locked
-/// against writing (so a write asks for an unlock, which is granted), and
-/// written pages are checked in. Ends at pager_terminate.
-extern "C" fn pager_thread(port: u64) -> ! {
-    use libmach::memory_object::{self as mo, PagerCall};
-    #[allow(clippy::deref_addrof)]
-    // SAFETY: only this thread uses PAGER_BUF.
-    let b = unsafe { &mut (*(&raw mut PAGER_BUF)).0 };
-    let mut page = [0u8; PAGE as usize];
-    // The one page written back, kept as the pager's backing store.
-    let mut stored: Option<(u64, [u8; PAGE as usize])> = None;
-    loop {
-        let Ok(n) = traps::msg_receive(b, port as Name, T) else {
-            break;
-        };
-        let Ok(m) = Message::parse(&b[..n]) else {
-            continue;
-        };
-        let Some(c) = PagerCall::parse(&m) else {
-            continue;
-        };
-        let (id, control, f) = (c.id, c.control, c.fields);
-        CONTROL.store(u64::from(control), Ordering::SeqCst);
-        let (reply_id, a, len, lock, data): (i32, u64, u64, u32, &[u8]) = match id {
-            mo::MEMORY_OBJECT_INIT => continue,
-            mo::MEMORY_OBJECT_DATA_REQUEST => {
-                REQUESTS.fetch_add(1, Ordering::SeqCst);
-                match &stored {
-                    Some((off, data)) if *off == f.a => page.copy_from_slice(data),
-                    _ => {
-                        for (i, w) in page.chunks_exact_mut(8).enumerate() {
-                            w.copy_from_slice(&pager_word(f.a + 8 * i as u64).to_le_bytes());
-                        }
-                    }
-                }
-                (
-                    mo::MEMORY_OBJECT_DATA_PROVIDED,
-                    f.a,
-                    0,
-                    abi::VM_PROT_WRITE,
-                    &page[..],
-                )
-            }
-            mo::MEMORY_OBJECT_DATA_UNLOCK => {
-                UNLOCKS.fetch_add(1, Ordering::SeqCst);
-                (mo::MEMORY_OBJECT_DATA_LOCK, f.a, f.b, 0, &[][..])
-            }
-            mo::MEMORY_OBJECT_DATA_WRITE => {
-                let w = f
-                    .data
-                    .get(..8)
-                    .and_then(|w| w.try_into().ok())
-                    .map_or(0, u64::from_le_bytes);
-                WRITTEN.store(w, Ordering::SeqCst);
-                if let Ok(d) = <[u8; PAGE as usize]>::try_from(f.data) {
-                    stored = Some((f.a, d));
-                }
-                WRITES.fetch_add(1, Ordering::SeqCst);
-                continue;
-            }
-            mo::MEMORY_OBJECT_TERMINATE => {
-                TERMINATED.store(1, Ordering::SeqCst);
-                break;
-            }
-            _ => continue,
-        };
-        // The reply is built after the request's buffer is no longer read.
-        let mut out = [0u64; (2 * PAGE as usize) / 8];
-        // SAFETY: u64s viewed as bytes (8-aligned for the builder).
-        let ob = unsafe {
-            core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 2 * PAGE as usize)
-        };
-        if let Ok(n) = mo::build_reply(ob, control, reply_id, a, len, lock, data) {
-            let _ = traps::msg_send(&ob[..n], T);
-        }
-    }
-    if let Ok(t) = traps::thread_self() {
-        let _ = traps::thread_terminate(t);
-    }
-    rt::exit(91)
-}
-
 /// Polls `cond` while other threads work (up to about 5 s): waiting for
 /// an event, not timing one.
 fn wait_until(cond: impl Fn() -> bool) -> bool {
@@ -643,7 +537,7 @@ fn wait_until(cond: impl Fn() -> bool) -> bool {
 }
 
 fn control_call(id: i32, offset: u64, size: u64) -> R {
-    let control = CONTROL.load(Ordering::SeqCst) as Name;
+    let control = computed_pager::CONTROL.load(Ordering::SeqCst) as Name;
     let mut out = [0u64; 64];
     // SAFETY: u64s viewed as bytes.
     let ob = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 512) };
@@ -663,11 +557,7 @@ fn user_pager() -> R {
     let me = me()?;
     let pages = 8;
     let port = port_with_send()?;
-    let top = stack_top((&raw mut PAGER_STACK) as u64, PAGER_WORDS);
-    // SAFETY: the pager thread runs on PAGER_STACK, which nothing else uses.
-    let t = kern(unsafe {
-        traps::thread_create(me, pager_thread as *const () as u64, top, u64::from(port))
-    })?;
+    let t = kern(computed_pager::spawn(me, port))?;
     let mut at = 0;
     kern(vm::vm_allocate_with_pager(
         me,
@@ -679,30 +569,31 @@ fn user_pager() -> R {
     ))?;
     for p in 0..pages {
         for w in [0, 8, PAGE - 8] {
-            if peek(at + p * PAGE + w) != pager_word(p * PAGE + w) {
+            if peek(at + p * PAGE + w) != computed_pager::word(p * PAGE + w) {
                 return Err("a page does not hold what the pager computed");
             }
         }
     }
-    if REQUESTS.load(Ordering::SeqCst) < pages {
+    if computed_pager::REQUESTS.load(Ordering::SeqCst) < pages {
         return Err("fewer data_requests than pages read");
     }
     poke(at + 16, 0x5a5a);
-    if UNLOCKS.load(Ordering::SeqCst) != 1 || peek(at + 16) != 0x5a5a {
+    if computed_pager::UNLOCKS.load(Ordering::SeqCst) != 1 || peek(at + 16) != 0x5a5a {
         return Err("a write to a locked page did not go through data_unlock");
     }
     control_call(mo::MEMORY_OBJECT_CLEAN_REQUEST, 0, pages * PAGE)?;
-    if !wait_until(|| WRITES.load(Ordering::SeqCst) == 1) {
+    if !wait_until(|| computed_pager::WRITES.load(Ordering::SeqCst) == 1) {
         return Err("clean_request did not write the modified page back");
     }
-    if WRITTEN.load(Ordering::SeqCst) != pager_word(0) {
+    if computed_pager::WRITTEN.load(Ordering::SeqCst) != computed_pager::word(0) {
         return Err("data_write did not carry the page's data");
     }
-    let before = REQUESTS.load(Ordering::SeqCst);
+    let before = computed_pager::REQUESTS.load(Ordering::SeqCst);
     control_call(mo::MEMORY_OBJECT_FLUSH_REQUEST, 0, pages * PAGE)?;
     if !wait_until(|| {
         // The flush has landed once reading asks the pager again.
-        peek(at + PAGE) == pager_word(PAGE) && REQUESTS.load(Ordering::SeqCst) > before
+        peek(at + PAGE) == computed_pager::word(PAGE)
+            && computed_pager::REQUESTS.load(Ordering::SeqCst) > before
     }) {
         return Err("after flush_request a read did not ask the pager again");
     }
@@ -710,7 +601,7 @@ fn user_pager() -> R {
         return Err("the page written back did not come back from the pager");
     }
     kern(vm::vm_deallocate(me, at, pages * PAGE))?;
-    if !wait_until(|| TERMINATED.load(Ordering::SeqCst) == 1) {
+    if !wait_until(|| computed_pager::TERMINATED.load(Ordering::SeqCst) == 1) {
         return Err("the object's end did not reach its pager");
     }
     let _ = traps::port_deallocate(t);
