@@ -13,6 +13,7 @@ use crate::kern::scheduler::Kernel;
 use core::cell::RefCell;
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::kern::sched::TaskId;
+use guest_kernel::vm::copy_store::CopyStore;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::map::VmMap;
 use guest_kernel::vm::object::Objects;
@@ -34,17 +35,55 @@ pub fn with_parts<R>(
     p: &mut Parts<'_>,
     op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> R {
-    let cell = RefCell::new(&mut *p.frames);
+    let map = &mut *p.map;
+    with_objects(p.vm, p.frames, p.root, p.loaded, |objs, _, frames, m| {
+        op(map, objs, frames, m)
+    })
+}
+
+/// Runs `op` on the object table (and the snapshots in transit) with the
+/// machine view of the space `root`, then reaps; [`with_parts`] without a
+/// map.
+fn with_objects<R>(
+    vm: &mut machine::Vm,
+    frames: &mut FrameAllocator,
+    root: PhysAddr,
+    loaded: PhysAddr,
+    op: impl FnOnce(&mut Objects, &mut CopyStore, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
+) -> R {
+    let cell = RefCell::new(frames);
     let mut frames = SharedFrames(&cell);
     let mut m = Machine {
         tables: SharedFrames(&cell),
-        pv: &mut p.vm.pv,
-        tlb: LoadedTlb { loaded: p.loaded },
-        root: p.root,
+        pv: &mut vm.pv,
+        tlb: LoadedTlb { loaded },
+        root,
     };
-    let r = op(&mut *p.map, &mut p.vm.objects, &mut frames, &mut m);
-    reap(&mut p.vm.objects, &mut frames, &mut m);
+    let r = op(&mut vm.objects, &mut vm.copies, &mut frames, &mut m);
+    reap(&mut vm.objects, &mut frames, &mut m);
     r
+}
+
+/// Discards the out-of-line snapshots of messages destroyed unreceived
+/// (`Ipc::take_released`): their object references go, and pages no one
+/// maps any more are freed. The IPC trap layer calls it after every
+/// operation that released something (`Ipc::has_released`).
+pub fn discard_released(k: &mut Kernel) {
+    let loaded = k.loaded_root();
+    let ipc = &mut k.ipc;
+    // Reaping unmaps pages through the reverse maps, in every space: the
+    // root the machine view names is not used.
+    with_objects(
+        &mut k.vm,
+        &mut k.frames,
+        loaded,
+        loaded,
+        |objs, copies, _, _| {
+            while let Some(h) = ipc.take_released() {
+                copies.discard(h, objs);
+            }
+        },
+    );
 }
 
 /// A task's address space is going: every region's mappings and object
