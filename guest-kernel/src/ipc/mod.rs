@@ -313,6 +313,7 @@ impl Ipc {
     }
     /// Whether `take_released` has something (cheap: the kernel asks
     /// after every call).
+    #[inline]
     pub fn has_released(&self) -> bool {
         !self.released.is_empty()
     }

@@ -289,7 +289,9 @@ impl Ipc {
         self.ool_bytes -= k.ool_bytes.min(self.ool_bytes);
         self.ool_copied -= k.ool_copied.min(self.ool_copied);
         self.kmsgs_live -= 1;
-        self.release_regions(&mut k.ool);
+        if !k.ool.is_empty() {
+            self.release_regions(&mut k.ool);
+        }
         if k.dest_ty != 0 {
             self.release(KRight::Port {
                 port: k.dest,
