@@ -527,7 +527,9 @@ fn objmap_writes_reach_the_host_file() {
     for (len, keep) in [(10000, false), (MIB + 5, false), (200_000, true)] {
         let f = Temp::with("mapw", &content(len, 41));
         let obj = format!("h=file:{}", f.show());
-        let mut args = vec!["run", "--object", &obj, "--init", "objmap", "h", "fill", "9"];
+        let mut args = vec![
+            "run", "--object", &obj, "--init", "objmap", "h", "fill", "9",
+        ];
         if keep {
             args.push("keep");
         }
@@ -552,12 +554,15 @@ fn objmap_write_to_a_read_only_object_faults() {
     let f = Temp::with("mapro", &before);
     let obj = format!("h=file:{}?ro", f.show());
     let out = vmm(
-        &["run", "--object", &obj, "--init", "objmap", "h", "fill", "1"],
+        &[
+            "run", "--object", &obj, "--init", "objmap", "h", "fill", "1",
+        ],
         &[],
     );
     assert_eq!(out.status, Some(128 + 14), "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("(objmap) killed: page fault at 0x100000000000"),
+        out.stdout
+            .contains("(objmap) killed: page fault at 0x100000000000"),
         "{}",
         out.stdout
     );

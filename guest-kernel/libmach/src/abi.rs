@@ -43,7 +43,9 @@ pub const RCV_LARGE: u32 = 0x800;
 
 /// Largest message (header and inline items), in bytes.
 pub const MSG_SIZE_MAX: u32 = 64 * 1024;
-/// Largest out-of-line bytes in one message.
+/// Largest out-of-line bytes one message carries by copy (regions outside
+/// the VM window, or sent with `OOL_PHYSICAL_COPY`); regions mapped
+/// copy-on-write are bounded by the bytes a task has in flight instead.
 pub const OOL_MAX: u64 = 16 << 20;
 pub const BACKLOG_DEFAULT: u32 = 5;
 pub const BACKLOG_MAX: u32 = 64;
@@ -109,6 +111,11 @@ pub const ITEM_PORTS: u8 = 2;
 pub const ITEM_OOL: u8 = 3;
 /// OOL `disp` bit: the region leaves the sender's address space.
 pub const OOL_DEALLOCATE: u8 = 1;
+/// OOL `disp` bit: copy the bytes at send time even if the region could be
+/// mapped copy-on-write (Mach's `MACH_MSG_PHYSICAL_COPY`).
+pub const OOL_PHYSICAL_COPY: u8 = 2;
+/// Every OOL `disp` bit.
+pub const OOL_FLAGS: u8 = OOL_DEALLOCATE | OOL_PHYSICAL_COPY;
 
 /// The 16-byte descriptor in front of every item.
 #[repr(C)]

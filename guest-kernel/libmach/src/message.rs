@@ -200,10 +200,17 @@ impl<'a> Builder<'a> {
         self
     }
 
-    /// An `OOL` item: the kernel copies `region` at send time; it stays ours.
+    /// An `OOL` item: `region` goes by copy-on-write mapping (memory in the
+    /// VM window) or is copied at send time (elsewhere); it stays ours.
     pub fn ool(&mut self, region: &[u8]) -> &mut Self {
         // SAFETY: without the deallocate flag the region is only read.
         unsafe { self.ool_raw(region.as_ptr() as u64, region.len(), false) }
+    }
+
+    /// An `OOL` item the kernel copies at send time wherever it lies
+    /// (`OOL_PHYSICAL_COPY`); it stays ours.
+    pub fn ool_physical(&mut self, region: &[u8]) -> &mut Self {
+        self.ool_item(region.as_ptr() as u64, region.len(), abi::OOL_PHYSICAL_COPY)
     }
 
     /// An `OOL` item for any range.
@@ -212,11 +219,15 @@ impl<'a> Builder<'a> {
     /// With `deallocate`, sending unmaps the range from this task: nothing
     /// may refer to it once the message is sent.
     pub unsafe fn ool_raw(&mut self, addr: u64, len: usize, deallocate: bool) -> &mut Self {
+        let disp = if deallocate { abi::OOL_DEALLOCATE } else { 0 };
+        self.ool_item(addr, len, disp)
+    }
+
+    fn ool_item(&mut self, addr: u64, len: usize, disp: u8) -> &mut Self {
         let Ok(count) = u32::try_from(len) else {
             self.fail(BuildError::TooLong);
             return self;
         };
-        let disp = if deallocate { abi::OOL_DEALLOCATE } else { 0 };
         let h = ItemHeader {
             kind: abi::ITEM_OOL,
             disp,
@@ -341,7 +352,7 @@ fn item_at(body: &[u8], off: usize) -> Result<(Item<'_>, usize), ParseError> {
                 names: Names(payload.get(..n).ok_or(ParseError::Truncated)?),
             }
         }
-        abi::ITEM_OOL if h.disp & !abi::OOL_DEALLOCATE == 0 => Item::Ool {
+        abi::ITEM_OOL if h.disp & !abi::OOL_FLAGS == 0 => Item::Ool {
             addr: h.addr,
             len: h.count,
             deallocate: h.disp & abi::OOL_DEALLOCATE != 0,
@@ -461,6 +472,28 @@ mod tests {
             }
         );
         assert_eq!(items.len(), 3);
+    }
+
+    #[test]
+    fn physical_copy_ool_items_build_and_parse() {
+        let mut buf = MsgBuf::<64>::new();
+        let region = [7u8; 10];
+        let n = Builder::new(&mut buf.0)
+            .dest(1, abi::MAKE_SEND)
+            .ool_physical(&region)
+            .finish()
+            .unwrap();
+        let h = ItemHeader::from_bytes(&buf.0[HEADER_SIZE..]).unwrap();
+        assert_eq!(h.disp, abi::OOL_PHYSICAL_COPY);
+        let m = Message::parse(&buf.0[..n]).unwrap();
+        assert_eq!(
+            m.items().collect::<Vec<_>>(),
+            [Item::Ool {
+                addr: region.as_ptr() as u64,
+                len: 10,
+                deallocate: false
+            }]
+        );
     }
 
     #[test]

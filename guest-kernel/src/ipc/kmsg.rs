@@ -1,6 +1,7 @@
 //! Kernel messages: validation of the user's bytes, the kernel form
 //! (the body bytes in one `Vec`, the rights as `PortId`s beside them, the
-//! out-of-line data), and translation back into a receiver's buffer.
+//! out-of-line regions: copied bytes or copy-on-write snapshots), and
+//! translation back into a receiver's buffer.
 //!
 //! The body is kept exactly as sent (header stripped), with each `PORTS`
 //! item's `disp` rewritten to the right type the receiver will get; the
@@ -8,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Effects, Ipc, Name, OolSink, PortId, SpaceId};
+use super::{Effects, Ipc, Name, OolSink, PortId, Snapshot, SpaceId};
 use libmach::abi::*;
 
 /// A right carried by a message.
@@ -20,6 +21,18 @@ pub enum KRight {
     Dead,
     /// A right (`PORT_RECEIVE`, `PORT_SEND` or `PORT_SEND_ONCE`) to `port`.
     Port { port: PortId, ty: u8 },
+}
+
+/// One out-of-line region of a message in transit.
+#[derive(Debug)]
+pub(super) enum OolData {
+    /// Copied at send time (kernel heap).
+    Bytes(Vec<u8>),
+    /// A copy-on-write snapshot the kernel holds (`OolSource::snapshot`);
+    /// released with the message unless a sink placed it.
+    Snapshot(Snapshot),
+    /// Placed in the receiver: nothing left to release.
+    Placed,
 }
 
 /// A message in kernel form. It owns rights and kernel memory: give every
@@ -37,12 +50,15 @@ pub struct Kmsg {
     pub(super) rcv_name: Name,
     pub(super) body: Vec<u8>,
     pub(super) rights: Vec<KRight>,
-    pub(super) ool: Vec<Vec<u8>>,
+    pub(super) ool: Vec<OolData>,
     pub(super) sender: Option<SpaceId>,
     /// Arrival order, for the default group.
     pub(super) stamp: u64,
     pub(super) charge: usize,
-    pub(super) ool_total: u64,
+    /// Out-of-line bytes in flight: copied bytes plus snapshots' sizes.
+    pub(super) ool_bytes: u64,
+    /// The copied part of them (kernel heap).
+    pub(super) ool_copied: u64,
     /// Still counted in the sender's queued messages / OOL bytes.
     pub(super) charged_sender: bool,
 }
@@ -138,6 +154,8 @@ pub(super) fn item_at(body: &[u8], off: usize) -> Result<Option<(ItemHeader, usi
 pub(super) struct Scan {
     pub(super) names: usize,
     pub(super) ool_count: usize,
+    /// Their bytes as sent (a snapshot counts its pages, so this is the
+    /// least the message adds to the bytes in flight).
     pub(super) ool_bytes: u64,
 }
 
@@ -169,14 +187,12 @@ pub(super) fn scan(body: &[u8], complex: bool) -> Result<Scan, u32> {
                 s.names += h.count as usize;
             }
             ITEM_OOL => {
-                if !complex || h.disp & !OOL_DEALLOCATE != 0 {
+                if !complex || h.disp & !OOL_FLAGS != 0 {
                     return Err(SEND_INVALID_TYPE);
                 }
+                // At most 4095 items of < 4 GiB each: no overflow.
                 s.ool_count += 1;
                 s.ool_bytes += u64::from(h.count);
-                if s.ool_bytes > OOL_MAX {
-                    return Err(SEND_TOO_LARGE);
-                }
             }
             _ => return Err(SEND_INVALID_TYPE),
         }
@@ -263,10 +279,25 @@ impl Ipc {
                     }
                 }
                 ITEM_OOL => {
-                    let data = k.ool.get(region).map_or(&[][..], |d| d.as_slice());
+                    let placed = match k.ool.get_mut(region) {
+                        Some(OolData::Bytes(data)) => sink.place(data),
+                        Some(o) => match *o {
+                            OolData::Snapshot(snap) => {
+                                let at = sink.place_snapshot(snap.handle);
+                                if at.is_some() {
+                                    *o = OolData::Placed;
+                                    self.snapshots -= 1;
+                                }
+                                at
+                            }
+                            _ => None,
+                        },
+                        None => None,
+                    };
                     region += 1;
-                    // A receiver out of memory gets the item with no region.
-                    let (addr, count) = match sink.place(data) {
+                    // A receiver out of memory gets the item with no region
+                    // (an unplaced snapshot is released with the message).
+                    let (addr, count) = match placed {
                         Some(a) => (a, h.count),
                         None => (0, 0),
                     };

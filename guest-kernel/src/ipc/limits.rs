@@ -13,11 +13,17 @@ pub struct Limits {
     pub queued_per_space: u32,
     /// Kernel message memory (inline bytes plus bookkeeping) → `SEND_NO_BUFFER`.
     pub kmsg_bytes_total: usize,
-    /// Out-of-line bytes a space has in flight → `SEND_NO_BUFFER`.
+    /// Out-of-line bytes a space has in flight, copied or mapped (a
+    /// snapshot counts its pages) → `SEND_NO_BUFFER`.
     pub ool_bytes_per_space: u64,
-    /// Out-of-line bytes held by the kernel in total (they are copies for
-    /// now, so they are kernel heap) → `SEND_NO_BUFFER`.
+    /// Out-of-line bytes in flight in total → `SEND_NO_BUFFER`.
     pub ool_bytes_total: u64,
+    /// The copied part of a space's bytes in flight (kernel heap) →
+    /// `SEND_NO_BUFFER`; one message copies at most `OOL_MAX` bytes
+    /// (`SEND_TOO_LARGE`).
+    pub ool_copied_per_space: u64,
+    /// Copied out-of-line bytes in total (kernel heap) → `SEND_NO_BUFFER`.
+    pub ool_copied_total: u64,
     /// Dead-name requests registered on one port → `RESOURCE_SHORTAGE`.
     pub dead_name_requests_per_port: u32,
 }
@@ -30,8 +36,10 @@ impl Default for Limits {
             spaces_total: 64,
             queued_per_space: 256,
             kmsg_bytes_total: 4 << 20,
-            ool_bytes_per_space: 16 << 20,
-            ool_bytes_total: 16 << 20,
+            ool_bytes_per_space: 256 << 20,
+            ool_bytes_total: 1 << 30,
+            ool_copied_per_space: 16 << 20,
+            ool_copied_total: 16 << 20,
             dead_name_requests_per_port: 64,
         }
     }

@@ -30,7 +30,11 @@
 //!   `wait_kernel(reply, thread)`; on wake `kernel_receive(reply)`.
 //! - after every call, carry out `Effects::wake` (pushes there are the
 //!   one allocation not bounded by a limit: they are bounded by the
-//!   number of parked threads).
+//!   number of parked threads), and discard every snapshot handle
+//!   [`Ipc::take_released`] gives back: messages destroyed unreceived
+//!   (port death, `RCV_TOO_LARGE`, a space's destruction, a failed send)
+//!   release their out-of-line snapshots there. The list never allocates
+//!   when it grows: a send reserves room for its snapshots up front.
 //!
 //! Choices the docs leave open:
 //! - A failed send changes nothing: every right is checked (against what
@@ -43,6 +47,12 @@
 //! - A right the receiver has no room for is released and arrives as
 //!   `PORT_NULL`; an out-of-line region the sink cannot place arrives with
 //!   `addr` = 0 and `count` = 0.
+//! - Out-of-line regions go as copy-on-write snapshots when the source can
+//!   take one (`OolSource::snapshot`: the kernel does for memory in the VM
+//!   window) and are copied otherwise, or with `OOL_PHYSICAL_COPY`. All of
+//!   them count against the bytes in flight per space and in total (a
+//!   snapshot by its pages); copies also against their own, smaller,
+//!   bounds (`OOL_MAX` per message, `ool_copied_*`): they are kernel heap.
 //! - Kernel messages (notifications, `kernel_send`) ignore the backlog;
 //!   `kernel_reply` does not (a full reply port loses the reply).
 //! - `port_deallocate` drops a send reference if the name has one, else
@@ -66,6 +76,7 @@ mod tests;
 
 use alloc::vec::Vec;
 
+use kmsg::OolData;
 pub use kmsg::{KRight, Kmsg};
 pub use libmach::abi::{Name, PortStatus};
 pub use limits::Limits;
@@ -168,11 +179,29 @@ pub enum Recv {
     Error(u32),
 }
 
-/// The sender's memory, for out-of-line regions (copied at send time).
+/// A copy-on-write snapshot of an out-of-line region (Mach's vm_map_copy),
+/// taken by the sender's memory and held by the kernel while the message is
+/// in flight. The IPC only carries it: the handle is the kernel's.
+#[derive(Copy, Clone, Eq, PartialEq, Debug)]
+pub struct Snapshot {
+    pub handle: u64,
+    /// Bytes it maps (the region rounded out to whole pages): what it
+    /// counts against the bounds on out-of-line bytes in flight.
+    pub size: u64,
+}
+
+/// The sender's memory, for out-of-line regions.
 pub trait OolSource {
+    /// A copy-on-write snapshot of `len` (> 0) bytes at `addr` instead of
+    /// their bytes; None: the region is copied (`read`). The default never
+    /// snapshots.
+    fn snapshot(&mut self, _addr: u64, _len: u64) -> Option<Snapshot> {
+        None
+    }
     /// Fills `out` from `len` bytes at `addr`; false if not readable.
     fn read(&mut self, addr: u64, len: u64, out: &mut [u8]) -> bool;
-    /// The send succeeded and the item had `OOL_DEALLOCATE`: unmap it.
+    /// The send succeeded and the item had `OOL_DEALLOCATE`: unmap it
+    /// (after any snapshot of it was taken).
     fn deallocate(&mut self, _addr: u64, _len: u64) {}
 }
 
@@ -180,6 +209,12 @@ pub trait OolSource {
 pub trait OolSink {
     /// Copies `data` into fresh pages; their address, or None if no memory.
     fn place(&mut self, data: &[u8]) -> Option<u64>;
+    /// Maps the snapshot `handle` anywhere; the address of the region's
+    /// first byte (its offset in its first page as the sender had it). On
+    /// None the handle is still the message's, and is released with it.
+    fn place_snapshot(&mut self, _handle: u64) -> Option<u64> {
+        None
+    }
 }
 
 /// What a name denotes in a space (a fuller `port_status`, for tests and
@@ -209,7 +244,15 @@ pub struct Ipc {
     waits: Vec<(Waiter, WaitOn)>,
     kmsgs_live: usize,
     kmsg_bytes: usize,
+    /// Out-of-line bytes in flight (copies and snapshots) / copied.
     ool_bytes: u64,
+    ool_copied: u64,
+    /// Snapshots held by messages (neither placed nor released).
+    snapshots: usize,
+    /// Snapshot handles of destroyed messages, for the kernel to discard.
+    /// Its capacity always covers `snapshots` more, so pushing never
+    /// allocates.
+    released: Vec<u64>,
     stamp: u64,
     /// Ports whose death is pending (see `right::reap`).
     dying: Vec<PortId>,
@@ -234,6 +277,9 @@ impl Ipc {
             kmsgs_live: 0,
             kmsg_bytes: 0,
             ool_bytes: 0,
+            ool_copied: 0,
+            snapshots: 0,
+            released: Vec::new(),
             stamp: 0,
             dying: Vec::new(),
             touched: Vec::new(),
@@ -256,6 +302,26 @@ impl Ipc {
     }
     pub fn blocked(&self) -> usize {
         self.waits.len()
+    }
+    /// Snapshots held by messages in flight.
+    pub fn snapshots_held(&self) -> usize {
+        self.snapshots
+    }
+    /// Out-of-line bytes in flight (copies and snapshots).
+    pub fn ool_bytes(&self) -> u64 {
+        self.ool_bytes
+    }
+
+    /// One snapshot handle of a destroyed message, for the kernel to
+    /// discard (see the module doc); None when there are no more.
+    pub fn take_released(&mut self) -> Option<u64> {
+        self.released.pop()
+    }
+    /// Whether `take_released` has something (cheap: the kernel asks
+    /// after every call).
+    #[inline]
+    pub fn has_released(&self) -> bool {
+        !self.released.is_empty()
     }
 
     // ---- internal accessors ----
@@ -811,8 +877,19 @@ impl Ipc {
             return Err(SEND_INVALID_REPLY);
         }
         let scan = kmsg::scan(body_bytes, sh.complex)?;
-        // Bounds.
+        // Bounds (out-of-line ones again per region below, once it is known
+        // which regions are snapshots and how many pages they take).
         let charge = KMSG_OVERHEAD + body_bytes.len() + scan.names * 16;
+        // More than the bounds could ever take is too large; more than they
+        // have room for now is no buffer.
+        if scan.ool_bytes
+            > self
+                .limits
+                .ool_bytes_per_space
+                .min(self.limits.ool_bytes_total)
+        {
+            return Err(SEND_TOO_LARGE);
+        }
         if self.kmsg_bytes + charge > self.limits.kmsg_bytes_total
             || sp.queued >= self.limits.queued_per_space
             || sp.ool_bytes + scan.ool_bytes > self.limits.ool_bytes_per_space
@@ -827,28 +904,20 @@ impl Ipc {
         body.extend_from_slice(body_bytes);
         let mut rights = Vec::new();
         rights.try_reserve_exact(scan.names).map_err(nobuf)?;
-        let mut regions: Vec<Vec<u8>> = Vec::new();
+        let mut regions: Vec<OolData> = Vec::new();
         regions.try_reserve_exact(scan.ool_count).map_err(nobuf)?;
+        if scan.ool_count > 0 {
+            // Room to release every snapshot held, this message's too.
+            self.released
+                .try_reserve(self.snapshots + scan.ool_count)
+                .map_err(nobuf)?;
+        }
         let want = scan.names + 2;
         if self.touched.capacity() < want {
             self.touched.try_reserve(want).map_err(nobuf)?;
         }
         if !to_kernel && !self.port_mut(dest).is_some_and(|p| p.queue.reserve_one()) {
             return Err(SEND_NO_BUFFER);
-        }
-        // Out-of-line regions: copied now ("by copy for now").
-        let mut off = if scan.ool_count == 0 { body.len() } else { 0 };
-        while let Ok(Some((ih, _, next))) = kmsg::item_at(&body, off) {
-            if ih.kind == ITEM_OOL {
-                let mut data = Vec::new();
-                data.try_reserve_exact(ih.count as usize).map_err(nobuf)?;
-                data.resize(ih.count as usize, 0);
-                if !src.read(ih.addr, u64::from(ih.count), &mut data) {
-                    return Err(SEND_INVALID_DATA);
-                }
-                regions.push(data);
-            }
-            off = next;
         }
         // Rights, phase 1: check everything, in order, against what the
         // message already takes.
@@ -907,6 +976,20 @@ impl Ipc {
             self.copyin_abort(s);
             return Err(SEND_INVALID_RIGHT);
         }
+        // Out-of-line regions: snapshots where the source takes them,
+        // copies otherwise. The last step that can fail.
+        let (ool_bytes, ool_copied) = if scan.ool_count == 0 {
+            (0, 0)
+        } else {
+            match self.copyin_ool(s, &body, src, &mut regions) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.copyin_abort(s);
+                    self.release_regions(&mut regions);
+                    return Err(e);
+                }
+            }
+        };
         // Phase 2: commit. Nothing below fails.
         self.copyin_commit(s);
         let dest_r = self.copyin_port(dest, dest_disp, dest, fx);
@@ -931,7 +1014,8 @@ impl Ipc {
             _ => 0,
         };
         self.kmsg_bytes += charge;
-        self.ool_bytes += scan.ool_bytes;
+        self.ool_bytes += ool_bytes;
+        self.ool_copied += ool_copied;
         self.kmsgs_live += 1;
         let mut k = Kmsg {
             complex: sh.complex,
@@ -947,7 +1031,8 @@ impl Ipc {
             sender: Some(s),
             stamp: 0,
             charge,
-            ool_total: scan.ool_bytes,
+            ool_bytes,
+            ool_copied,
             charged_sender: !to_kernel,
         };
         if to_kernel {
@@ -955,7 +1040,8 @@ impl Ipc {
         }
         if let Some(sp) = self.space_mut(s) {
             sp.queued += 1;
-            sp.ool_bytes += scan.ool_bytes;
+            sp.ool_bytes += ool_bytes;
+            sp.ool_copied += ool_copied;
         }
         self.stamp += 1;
         k.stamp = self.stamp;
@@ -964,6 +1050,66 @@ impl Ipc {
         }
         self.wake_receiver(dest, fx);
         Ok(Send::Queued)
+    }
+
+    /// The out-of-line regions of `body` (a validated message from `s`)
+    /// into `regions`, each checked against the bounds as it is added; the
+    /// bytes they add in flight, and the copied part. On error `regions`
+    /// holds the snapshots taken so far, for the caller to release.
+    fn copyin_ool(
+        &mut self,
+        s: SpaceId,
+        body: &[u8],
+        src: &mut dyn OolSource,
+        regions: &mut Vec<OolData>,
+    ) -> Result<(u64, u64), u32> {
+        let sp = self.space(s).ok_or(SEND_INVALID_DEST)?;
+        let l = &self.limits;
+        // What the bounds allow at all (beyond: too large), and now.
+        let cap = l.ool_bytes_per_space.min(l.ool_bytes_total);
+        let copy_cap = OOL_MAX.min(l.ool_copied_per_space).min(l.ool_copied_total);
+        let room = (l.ool_bytes_per_space.saturating_sub(sp.ool_bytes))
+            .min(l.ool_bytes_total.saturating_sub(self.ool_bytes));
+        let copy_room = (l.ool_copied_per_space.saturating_sub(sp.ool_copied))
+            .min(l.ool_copied_total.saturating_sub(self.ool_copied));
+        let (mut bytes, mut copied) = (0u64, 0u64);
+        let mut off = 0;
+        while let Ok(Some((ih, _, next))) = kmsg::item_at(body, off) {
+            off = next;
+            if ih.kind != ITEM_OOL {
+                continue;
+            }
+            let len = u64::from(ih.count);
+            let snap = (len > 0 && ih.disp & OOL_PHYSICAL_COPY == 0)
+                .then(|| src.snapshot(ih.addr, len))
+                .flatten();
+            if let Some(snap) = snap {
+                self.snapshots += 1;
+                regions.push(OolData::Snapshot(snap));
+                bytes = bytes.saturating_add(snap.size);
+            } else {
+                bytes += len;
+                copied += len;
+            }
+            if bytes > cap || copied > copy_cap {
+                return Err(SEND_TOO_LARGE);
+            }
+            if bytes > room || copied > copy_room {
+                return Err(SEND_NO_BUFFER);
+            }
+            if snap.is_some() {
+                continue;
+            }
+            let mut data = Vec::new();
+            data.try_reserve_exact(ih.count as usize)
+                .map_err(|_| SEND_NO_BUFFER)?;
+            data.resize(ih.count as usize, 0);
+            if !src.read(ih.addr, len, &mut data) {
+                return Err(SEND_INVALID_DATA);
+            }
+            regions.push(OolData::Bytes(data));
+        }
+        Ok((bytes, copied))
     }
 
     /// Receives on `name` (a receive right of `s`; `PORT_NULL`: the oldest

@@ -117,7 +117,8 @@ impl Ipc {
             sender: None,
             stamp: 0,
             charge,
-            ool_total: 0,
+            ool_bytes: 0,
+            ool_copied: 0,
             charged_sender: false,
         })
     }

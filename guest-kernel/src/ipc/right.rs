@@ -3,7 +3,7 @@
 //! right type into the receiver's space, release of rights a destroyed
 //! message held, and port death.
 
-use super::kmsg::{KRight, Kmsg};
+use super::kmsg::{KRight, Kmsg, OolData};
 use super::limits::UREFS_MAX;
 use super::port::Receiver;
 use super::space::{Kind, name_index};
@@ -286,8 +286,12 @@ impl Ipc {
     pub(super) fn kmsg_free(&mut self, mut k: Kmsg) {
         self.uncharge_sender(&mut k);
         self.kmsg_bytes -= k.charge.min(self.kmsg_bytes);
-        self.ool_bytes -= k.ool_total.min(self.ool_bytes);
+        self.ool_bytes -= k.ool_bytes.min(self.ool_bytes);
+        self.ool_copied -= k.ool_copied.min(self.ool_copied);
         self.kmsgs_live -= 1;
+        if !k.ool.is_empty() {
+            self.release_regions(&mut k.ool);
+        }
         if k.dest_ty != 0 {
             self.release(KRight::Port {
                 port: k.dest,
@@ -309,7 +313,21 @@ impl Ipc {
             && let Some(sp) = self.spaces.get_mut(s.0.index, s.0.generation)
         {
             sp.queued = sp.queued.saturating_sub(1);
-            sp.ool_bytes = sp.ool_bytes.saturating_sub(k.ool_total);
+            sp.ool_bytes = sp.ool_bytes.saturating_sub(k.ool_bytes);
+            sp.ool_copied = sp.ool_copied.saturating_sub(k.ool_copied);
+        }
+    }
+
+    /// The snapshots among `regions` go to the released list (whose room
+    /// the send reserved: this never allocates).
+    pub(super) fn release_regions(&mut self, regions: &mut [OolData]) {
+        for o in regions.iter_mut() {
+            if let OolData::Snapshot(snap) = *o {
+                *o = OolData::Placed;
+                self.snapshots = self.snapshots.saturating_sub(1);
+                // Within capacity by the reservation (see `released`).
+                self.released.push(snap.handle);
+            }
         }
     }
 }

@@ -61,8 +61,10 @@ pub(super) struct Space {
     used: u32,
     /// Messages this space sent that are still queued.
     pub(super) queued: u32,
-    /// Out-of-line bytes of those messages.
+    /// Out-of-line bytes of those messages (copies and snapshots), and
+    /// the copied part.
     pub(super) ool_bytes: u64,
+    pub(super) ool_copied: u64,
     /// The default group: enabled receive rights.
     pub(super) group: Vec<PortId>,
     /// Threads blocked receiving on the default group.
@@ -85,6 +87,7 @@ impl Space {
             used: 0,
             queued: 0,
             ool_bytes: 0,
+            ool_copied: 0,
             group: Vec::new(),
             group_waiters: Vec::new(),
         }

@@ -72,15 +72,37 @@ pub(super) fn msg(
     m
 }
 
-/// Sender memory: `base` .. `base + data.len()` is readable.
+/// Sender memory: `base` .. `base + data.len()` is readable. With `cow`
+/// it takes snapshots of ranges inside it (handles from 1, counted in
+/// `taken`) the way the kernel does for its VM window: page-rounded.
+#[derive(Default)]
 pub(super) struct Mem {
     pub(super) base: u64,
     pub(super) data: Vec<u8>,
     pub(super) freed: Vec<(u64, u64)>,
+    pub(super) cow: bool,
+    /// (handle, addr, len) of every snapshot taken.
+    pub(super) taken: Vec<(u64, u64, u64)>,
+    /// Calls to `read`.
+    pub(super) reads: usize,
 }
 
+pub(super) const PAGE: u64 = 4096;
+
 impl OolSource for Mem {
+    fn snapshot(&mut self, addr: u64, len: u64) -> Option<Snapshot> {
+        let end = addr.checked_add(len)?;
+        let inside = addr >= self.base && end <= self.base + self.data.len() as u64;
+        if !self.cow || !inside {
+            return None;
+        }
+        let handle = self.taken.len() as u64 + 1;
+        self.taken.push((handle, addr, len));
+        let size = end.next_multiple_of(PAGE) - (addr & !(PAGE - 1));
+        Some(Snapshot { handle, size })
+    }
     fn read(&mut self, addr: u64, len: u64, out: &mut [u8]) -> bool {
+        self.reads += 1;
         let Some(off) = addr.checked_sub(self.base) else {
             return false;
         };
@@ -98,16 +120,24 @@ impl OolSource for Mem {
 }
 
 pub(super) fn nomem() -> Mem {
+    Mem::default()
+}
+
+/// `size` bytes at 0x1000 (page 1) that snapshot.
+pub(super) fn cow_mem(size: usize) -> Mem {
     Mem {
-        base: 0,
-        data: Vec::new(),
-        freed: Vec::new(),
+        base: 0x1000,
+        data: (0..=255).cycle().take(size).collect(),
+        cow: true,
+        ..Mem::default()
     }
 }
 
 #[derive(Default)]
 pub(super) struct Sink {
     pub(super) placed: Vec<Vec<u8>>,
+    /// Snapshot handles mapped, in order.
+    pub(super) mapped: Vec<u64>,
     pub(super) full: bool,
 }
 
@@ -118,6 +148,13 @@ impl OolSink for Sink {
         }
         self.placed.push(data.to_vec());
         Some(0x10_0000 * self.placed.len() as u64)
+    }
+    fn place_snapshot(&mut self, handle: u64) -> Option<u64> {
+        if self.full {
+            return None;
+        }
+        self.mapped.push(handle);
+        Some(0x8000_0000 + 0x10_0000 * self.mapped.len() as u64)
     }
 }
 
@@ -191,6 +228,8 @@ fn small() -> Limits {
         kmsg_bytes_total: 64 << 10,
         ool_bytes_per_space: 4096,
         ool_bytes_total: 8192,
+        ool_copied_per_space: 4096,
+        ool_copied_total: 8192,
         dead_name_requests_per_port: 4,
     }
 }
@@ -309,6 +348,23 @@ pub(super) fn check_invariants(ipc: &Ipc) {
         );
     }
     assert_eq!(ipc.live_kmsgs(), queued, "kmsgs outside queues");
+    // Out-of-line accounting: every snapshot and byte in flight is in a
+    // queued message, and releasing the snapshots held cannot allocate.
+    let (mut snaps, mut bytes, mut copied) = (0, 0, 0);
+    for (_, _, port) in ipc.ports.iter() {
+        for k in port.queue.iter() {
+            snaps += k
+                .ool
+                .iter()
+                .filter(|o| matches!(o, OolData::Snapshot(_)))
+                .count();
+            bytes += k.ool_bytes;
+            copied += k.ool_copied;
+        }
+    }
+    assert_eq!(ipc.snapshots, snaps, "snapshots outside queued messages");
+    assert_eq!((ipc.ool_bytes, ipc.ool_copied), (bytes, copied));
+    assert!(ipc.released.capacity() >= ipc.released.len() + ipc.snapshots);
 }
 
 fn snapshot(ipc: &Ipc, s: SpaceId) -> Vec<(Name, Rights)> {
@@ -1035,7 +1091,7 @@ fn malformed_messages_fail_and_change_nothing() {
             with_body(
                 p,
                 cx,
-                &[ports(MAKE_SEND, 1, &[q]), raw_item(ITEM_OOL, 2, 0, 0, 0)].concat(),
+                &[ports(MAKE_SEND, 1, &[q]), raw_item(ITEM_OOL, 4, 0, 0, 0)].concat(),
             ),
             SEND_INVALID_TYPE,
         ),
@@ -1326,7 +1382,7 @@ fn kernel_memory_and_ool_bounds_then_service() {
     let mut mem = Mem {
         base: 0x1000,
         data: (0..=255).cycle().take(3000).collect(),
-        freed: Vec::new(),
+        ..Mem::default()
     };
     let q = ipc.port_allocate(a).unwrap();
     let ool = msg(
@@ -1564,5 +1620,329 @@ fn kernel_receive_port_wakes_the_waiter() {
     ipc.kmsg_destroy(k, &mut fx);
     ipc.destroy_kernel_port(kp, &mut fx);
     assert_eq!(ipc.rights(a, n).unwrap().dead, 1);
+    check_invariants(&ipc);
+}
+
+// ---- out-of-line regions as copy-on-write snapshots ----
+
+fn ool_limits() -> Limits {
+    Limits {
+        ool_bytes_per_space: 8 * PAGE,
+        ool_bytes_total: 12 * PAGE,
+        ool_copied_per_space: 4096,
+        ool_copied_total: 8192,
+        ..small()
+    }
+}
+
+fn send_from(ipc: &mut Ipc, s: SpaceId, m: &[u8], mem: &mut Mem) -> Result<(), u32> {
+    let mut fx = Effects::default();
+    match ipc.send(s, m, mem, &mut fx) {
+        Send::Queued => Ok(()),
+        Send::Error(e) => Err(e),
+        Send::Full { .. } => Err(0xf011),
+        Send::ToKernel(k) => {
+            ipc.kmsg_destroy(k, &mut fx);
+            Err(0xce11)
+        }
+    }
+}
+
+fn recv_into(ipc: &mut Ipc, s: SpaceId, name: Name, sink: &mut Sink) -> Result<Got, u32> {
+    let mut fx = Effects::default();
+    match ipc.receive(s, name, 4096, false, &mut fx) {
+        Recv::Message(k) => {
+            let mut buf = vec![0u8; 4096];
+            let n = ipc.copyout(s, k, &mut buf, sink, &mut fx)?;
+            buf.truncate(n);
+            Ok(Got {
+                h: Header::from_bytes(&buf).unwrap(),
+                bytes: buf,
+            })
+        }
+        Recv::Empty => Err(0xe),
+        Recv::TooLarge { .. } => Err(RCV_TOO_LARGE),
+        Recv::Error(e) => Err(e),
+    }
+}
+
+/// Every handle released since the last call, in order.
+fn released(ipc: &mut Ipc) -> Vec<u64> {
+    let mut v = Vec::new();
+    while let Some(h) = ipc.take_released() {
+        v.push(h);
+    }
+    v.sort();
+    v
+}
+
+/// (count, addr) of every OOL item received.
+fn ool_items(g: &Got) -> Vec<(u32, u64)> {
+    g.items()
+        .iter()
+        .filter(|(h, _)| h.kind == ITEM_OOL)
+        .map(|(h, _)| (h.count, h.addr))
+        .collect()
+}
+
+#[test]
+fn ool_regions_go_as_snapshots_unless_copied() {
+    let mut ipc = Ipc::new(ool_limits());
+    let a = ipc.space_create().unwrap();
+    let b = ipc.space_create().unwrap();
+    let p = ipc.port_allocate(b).unwrap();
+    let s = give_send(&mut ipc, b, p, a);
+    let mut mem = cow_mem(6 * PAGE as usize);
+    // 5000 bytes from 0x1010 lie in two pages; the physical copy is read.
+    let m = msg(
+        s,
+        COPY_SEND,
+        0,
+        0,
+        9,
+        &[
+            It::Inline(vec![1, 2, 3]),
+            It::Ool(OOL_DEALLOCATE, 0x1010, 5000),
+            It::Ool(OOL_PHYSICAL_COPY, 0x1000, 100),
+            It::Ool(0, 0x1000, 0),
+        ],
+    );
+    send_from(&mut ipc, a, &m, &mut mem).unwrap();
+    assert_eq!(mem.taken, vec![(1, 0x1010, 5000)]);
+    assert_eq!(mem.reads, 2, "the copy and the empty region are read");
+    assert_eq!(mem.freed, vec![(0x1010, 5000)]);
+    assert_eq!(ipc.snapshots_held(), 1);
+    assert_eq!(ipc.ool_bytes(), 2 * PAGE + 100);
+    check_invariants(&ipc);
+    let mut sink = Sink::default();
+    let g = recv_into(&mut ipc, b, p, &mut sink).unwrap();
+    assert_eq!(sink.mapped, vec![1]);
+    assert_eq!(sink.placed, vec![mem.data[..100].to_vec(), vec![]]);
+    assert_eq!(
+        ool_items(&g),
+        vec![(5000, 0x8010_0000), (100, 0x10_0000), (0, 0x20_0000)]
+    );
+    assert_eq!((ipc.snapshots_held(), ipc.ool_bytes()), (0, 0));
+    assert!(!ipc.has_released(), "a placed snapshot is the receiver's");
+    check_invariants(&ipc);
+}
+
+#[test]
+fn snapshots_of_messages_never_received_are_released() {
+    let mut ipc = Ipc::new(ool_limits());
+    let mut fx = Effects::default();
+    let a = ipc.space_create().unwrap();
+    let b = ipc.space_create().unwrap();
+    let mut mem = cow_mem(8 * PAGE as usize);
+    let ool = |dest: Name| msg(dest, COPY_SEND, 0, 0, 1, &[It::Ool(0, 0x1000, 4096)]);
+    let mut all = Vec::new();
+    let mut gone = |ipc: &mut Ipc, want: usize| {
+        let r = released(ipc);
+        assert_eq!(r.len(), want, "released {r:?}");
+        all.extend(r);
+        check_invariants(ipc);
+    };
+    // Port death: both queued messages go.
+    let p = ipc.port_allocate(b).unwrap();
+    let sp = give_send(&mut ipc, b, p, a);
+    send_from(&mut ipc, a, &ool(sp), &mut mem).unwrap();
+    send_from(&mut ipc, a, &ool(sp), &mut mem).unwrap();
+    assert_eq!(ipc.snapshots_held(), 2);
+    gone(&mut ipc, 0);
+    ipc.port_deallocate(b, p, &mut fx).unwrap();
+    gone(&mut ipc, 2);
+    // RCV_TOO_LARGE: with RCV_LARGE it stays queued, without it goes.
+    let q = ipc.port_allocate(b).unwrap();
+    let sq = give_send(&mut ipc, b, q, a);
+    send_from(&mut ipc, a, &ool(sq), &mut mem).unwrap();
+    assert!(matches!(
+        ipc.receive(b, q, HEADER_SIZE, true, &mut fx),
+        Recv::TooLarge { .. }
+    ));
+    gone(&mut ipc, 0);
+    assert!(matches!(
+        ipc.receive(b, q, HEADER_SIZE, false, &mut fx),
+        Recv::TooLarge { .. }
+    ));
+    gone(&mut ipc, 1);
+    // A receive buffer too small for copyout (RCV_INVALID_DATA).
+    send_from(&mut ipc, a, &ool(sq), &mut mem).unwrap();
+    let Recv::Message(k) = ipc.receive(b, q, 4096, false, &mut fx) else {
+        panic!()
+    };
+    let mut tiny = [0u8; HEADER_SIZE];
+    assert_eq!(
+        ipc.copyout(b, k, &mut tiny, &mut Sink::default(), &mut fx),
+        Err(RCV_INVALID_DATA)
+    );
+    gone(&mut ipc, 1);
+    // A receiver that cannot map it gets no region; the snapshot goes.
+    send_from(&mut ipc, a, &ool(sq), &mut mem).unwrap();
+    let full = &mut Sink {
+        full: true,
+        ..Sink::default()
+    };
+    let g = recv_into(&mut ipc, b, q, full).unwrap();
+    assert_eq!(ool_items(&g), vec![(0, 0)]);
+    gone(&mut ipc, 1);
+    // A port whose receive right travels in a queued message dies with
+    // that message, and its own queued messages with it.
+    let r = ipc.port_allocate(a).unwrap();
+    let sr = ipc.insert_send(a, ipc.rights(a, r).unwrap().port).unwrap();
+    send_from(&mut ipc, a, &ool(sr), &mut mem).unwrap();
+    let carry = msg(
+        sq,
+        COPY_SEND,
+        0,
+        0,
+        2,
+        &[It::Ports(MOVE_RECEIVE, vec![r]), It::Ool(0, 0x2000, 10)],
+    );
+    send_from(&mut ipc, a, &carry, &mut mem).unwrap();
+    assert_eq!(ipc.snapshots_held(), 2);
+    gone(&mut ipc, 0);
+    // The task holding the receive right for q dies with both queued.
+    ipc.space_destroy(b, &mut fx);
+    gone(&mut ipc, 2);
+    // A message the kernel serves is destroyed once served.
+    let kp = ipc.kernel_port(KObject::Task(7)).unwrap();
+    let sk = ipc.insert_send(a, kp).unwrap();
+    let Send::ToKernel(k) = ipc.send(a, &ool(sk), &mut mem, &mut fx) else {
+        panic!()
+    };
+    assert_eq!(ipc.snapshots_held(), 1);
+    ipc.kmsg_destroy(k, &mut fx);
+    gone(&mut ipc, 1);
+    // Every snapshot taken was released exactly once.
+    let taken: Vec<u64> = mem.taken.iter().map(|t| t.0).collect();
+    all.sort();
+    assert_eq!(all, taken);
+    assert_eq!((ipc.snapshots_held(), ipc.ool_bytes()), (0, 0));
+    assert_eq!(ipc.live_kmsgs(), 0);
+}
+
+#[test]
+fn a_failed_send_releases_the_snapshots_it_took() {
+    let mut ipc = Ipc::new(ool_limits());
+    let a = ipc.space_create().unwrap();
+    let p = ipc.port_allocate(a).unwrap();
+    let mut mem = cow_mem(4 * PAGE as usize);
+    let before = snapshot(&ipc, a);
+    // The second region cannot be read (outside the memory, so copied).
+    let bad = msg(
+        p,
+        MAKE_SEND,
+        0,
+        0,
+        1,
+        &[
+            It::Ool(OOL_DEALLOCATE, 0x1000, 100),
+            It::Ool(0, 0x9_0000, 100),
+        ],
+    );
+    assert_eq!(
+        send_from(&mut ipc, a, &bad, &mut mem),
+        Err(SEND_INVALID_DATA)
+    );
+    assert_eq!(released(&mut ipc), vec![1]);
+    assert!(mem.freed.is_empty(), "a failed send deallocated");
+    // Rights are checked before any snapshot is taken.
+    let bad_right = msg(
+        p,
+        MAKE_SEND,
+        0,
+        0,
+        1,
+        &[It::Ool(0, 0x1000, 100), It::Ports(MOVE_SEND, vec![0x4242])],
+    );
+    assert_eq!(
+        send_from(&mut ipc, a, &bad_right, &mut mem),
+        Err(SEND_INVALID_RIGHT)
+    );
+    assert_eq!(mem.taken.len(), 1);
+    assert_eq!(snapshot(&ipc, a), before);
+    assert_eq!((ipc.snapshots_held(), ipc.ool_bytes()), (0, 0));
+    check_invariants(&ipc);
+}
+
+#[test]
+fn snapshots_count_their_pages_in_flight_and_copies_their_own_bounds() {
+    let mut ipc = Ipc::new(ool_limits()); // 8 pages per space, 4 KiB copied
+    let mut fx = Effects::default();
+    let a = ipc.space_create().unwrap();
+    let b = ipc.space_create().unwrap();
+    let p = ipc.port_allocate(a).unwrap();
+    ipc.port_set_backlog(a, p, 64, &mut fx).unwrap();
+    let mut mem = cow_mem(16 * PAGE as usize);
+    let one =
+        |disp: u8, addr: u64, len: u32| msg(p, MAKE_SEND, 0, 0, 1, &[It::Ool(disp, addr, len)]);
+    // One byte counts its whole page; then 6 pages: 7 of 8 in flight.
+    send_from(&mut ipc, a, &one(0, 0x1fff, 1), &mut mem).unwrap();
+    assert_eq!(ipc.ool_bytes(), PAGE);
+    send_from(&mut ipc, a, &one(0, 0x2000, 6 * PAGE as u32), &mut mem).unwrap();
+    // Two bytes fit as sent, but they straddle two pages: no room now
+    // (the snapshot is released, the sender keeps its range).
+    assert_eq!(
+        send_from(&mut ipc, a, &one(OOL_DEALLOCATE, 0x1fff, 2), &mut mem),
+        Err(SEND_NO_BUFFER)
+    );
+    assert_eq!(released(&mut ipc), vec![3]);
+    assert!(mem.freed.is_empty());
+    // Never room: 9 pages as sent.
+    let taken = mem.taken.len();
+    assert_eq!(
+        send_from(&mut ipc, a, &one(0, 0x1000, 9 * PAGE as u32), &mut mem),
+        Err(SEND_TOO_LARGE)
+    );
+    assert_eq!(mem.taken.len(), taken, "refused before any snapshot");
+    // Copies: 4 KiB per space. A copy of 4 KiB + 1 never fits; the same
+    // bytes as a snapshot do (in another space, which has room).
+    let q = ipc.port_allocate(b).unwrap();
+    let sq = give_send(&mut ipc, b, q, a);
+    let _ = sq;
+    let bq = |disp: u8, len: u32| msg(q, MAKE_SEND, 0, 0, 1, &[It::Ool(disp, 0x1000, len)]);
+    assert_eq!(
+        send_from(&mut ipc, b, &bq(OOL_PHYSICAL_COPY, 4097), &mut mem),
+        Err(SEND_TOO_LARGE)
+    );
+    send_from(&mut ipc, b, &bq(0, 4097), &mut mem).unwrap();
+    send_from(&mut ipc, b, &bq(OOL_PHYSICAL_COPY, 4096), &mut mem).unwrap();
+    assert_eq!(
+        send_from(&mut ipc, b, &bq(OOL_PHYSICAL_COPY, 1), &mut mem),
+        Err(SEND_NO_BUFFER)
+    );
+    check_invariants(&ipc);
+    // Receiving gives the room back.
+    while recv_into(&mut ipc, a, p, &mut Sink::default()).is_ok() {}
+    while recv_into(&mut ipc, b, q, &mut Sink::default()).is_ok() {}
+    assert_eq!((ipc.snapshots_held(), ipc.ool_bytes()), (0, 0));
+    // Never room either: 8 pages from mid-page are 9 once rounded.
+    assert_eq!(
+        send_from(&mut ipc, a, &one(0, 0x1800, 8 * PAGE as u32), &mut mem),
+        Err(SEND_TOO_LARGE)
+    );
+    assert_eq!(released(&mut ipc).len(), 1);
+    send_from(&mut ipc, b, &bq(OOL_PHYSICAL_COPY, 4096), &mut mem).unwrap();
+    send_from(&mut ipc, a, &one(0, 0x1000, 8 * PAGE as u32), &mut mem).unwrap();
+    check_invariants(&ipc);
+}
+
+#[test]
+fn a_copy_is_bounded_per_message_a_snapshot_only_in_flight() {
+    let mut ipc = Ipc::new(Limits::default());
+    let a = ipc.space_create().unwrap();
+    let p = ipc.port_allocate(a).unwrap();
+    let big = OOL_MAX as usize + 1;
+    let mut mem = cow_mem(big);
+    let m = |disp: u8| msg(p, MAKE_SEND, 0, 0, 1, &[It::Ool(disp, 0x1000, big as u32)]);
+    assert_eq!(
+        send_from(&mut ipc, a, &m(OOL_PHYSICAL_COPY), &mut mem),
+        Err(SEND_TOO_LARGE)
+    );
+    assert_eq!(mem.reads, 0);
+    send_from(&mut ipc, a, &m(0), &mut mem).unwrap();
+    let mut sink = Sink::default();
+    let g = recv_into(&mut ipc, a, p, &mut sink).unwrap();
+    assert_eq!(ool_items(&g), vec![(big as u32, 0x8010_0000)]);
     check_invariants(&ipc);
 }

@@ -458,40 +458,68 @@ fn kernel_copies_fault_in() -> R {
     kern(vm::vm_deallocate(me, a, 4 * PAGE))
 }
 
-/// Out-of-line data of several MiB from vm_allocate'd memory arrives as a
-/// region of the receiver's map that vm_deallocate frees; with the
-/// deallocate flag the sender's region goes away.
+/// Memory objects alive (vm_statistics), for leak checks.
+fn objects() -> Result<u64, &'static str> {
+    Ok(kern(vm::vm_statistics(me()?))?.objects)
+}
+
+/// Out-of-line data of several MiB from vm_allocate'd memory travels as a
+/// copy-on-write snapshot: it arrives as a region of the receiver's map
+/// that vm_deallocate frees, later writes on either side are not seen by
+/// the other, the deallocate flag takes the sender's region away, an
+/// unaligned region keeps its offset in its page, `OOL_PHYSICAL_COPY`
+/// copies instead, and messages destroyed unreceived (their port
+/// destroyed, a receive buffer too small) release their snapshots: the
+/// object count returns to where it started.
 fn out_of_line() -> R {
     let me = me()?;
+    let start_objects = objects()?;
     let pages = 3 * 256 + 5; // 3 MiB and a bit
     let size = pages * PAGE;
     let src = allocate(size)?;
     fill(src, pages, 0x0011);
     let p = kern(traps::port_allocate())?;
-    let send = |dealloc: bool| -> R {
+    let send_to = |port: Name, at: u64, len: u64, flags: u8| -> R {
         let b = buf();
         let mut m = Builder::new(b);
-        m.dest(p, abi::MAKE_SEND_ONCE).id(5);
-        // SAFETY: [src, src + size) is ours; with `dealloc` nothing refers
-        // to it after the send.
-        unsafe { m.ool_raw(src, size as usize, dealloc) };
+        m.dest(port, abi::MAKE_SEND_ONCE).id(5);
+        if flags & abi::OOL_PHYSICAL_COPY != 0 {
+            // SAFETY: [at, at + len) is ours and mapped.
+            let region = unsafe { core::slice::from_raw_parts(at as *const u8, len as usize) };
+            m.ool_physical(region);
+        } else {
+            // SAFETY: [at, at + len) is ours; with the deallocate flag
+            // nothing refers to it after the send.
+            unsafe { m.ool_raw(at, len as usize, flags & abi::OOL_DEALLOCATE != 0) };
+        }
         let n = m.finish().map_err(|e| e.name())?;
         traps::msg_send(&b[..n], Some(0)).map_err(|e| e.name())
     };
-    let receive = || -> Result<u64, &'static str> {
+    let send = |flags: u8| send_to(p, src, size, flags);
+    let receive = |len: u64| -> Result<u64, &'static str> {
         let n = traps::msg_receive(buf(), p, Some(0)).map_err(|e| e.name())?;
         let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
         m.items()
             .find_map(|i| match i {
-                Item::Ool { addr, len, .. } if u64::from(len) == size => Some(addr),
+                Item::Ool { addr, len: l, .. } if u64::from(l) == len => Some(addr),
                 _ => None,
             })
             .ok_or("no out-of-line region of the size sent")
     };
-    send(false)?;
-    let got = receive()?;
+    // Sent, then both sides write: each keeps its own data.
+    send(0)?;
+    fill(src, pages, 0x0022);
+    let got = receive(size)?;
     if got == src || !abi_window(got) || !check(got, pages, 0x0011) {
-        return Err("the out-of-line region does not hold the data sent");
+        return Err("the out-of-line region does not hold the data as sent");
+    }
+    fill(got, pages, 0x0033);
+    if !check(src, pages, 0x0022) {
+        return Err("the receiver's write to the region reached the sender");
+    }
+    fill(src, pages, 0x0044);
+    if !check(got, pages, 0x0033) {
+        return Err("the sender's later write reached the received region");
     }
     let r = kern(vm::vm_region(me, got))?;
     if r.start != got || r.size != size {
@@ -501,16 +529,68 @@ fn out_of_line() -> R {
     if matches!(vm::vm_region(me, got), Ok(r) if r.start == got) {
         return Err("vm_deallocate left the received region");
     }
-    send(true)?;
+    // Unaligned: the data keeps its offset in its first page.
+    let (off, len) = (0x123, 2 * PAGE + 5);
+    send_to(p, src + off, len, 0)?;
+    let got = receive(len)?;
+    // SAFETY: both ranges are mapped: ours, and what the kernel mapped.
+    let same = unsafe {
+        core::slice::from_raw_parts((src + off) as *const u8, len as usize)
+            == core::slice::from_raw_parts(got as *const u8, len as usize)
+    };
+    if got % PAGE != off || !same {
+        return Err("an unaligned region did not arrive at its offset with its data");
+    }
+    kern(vm::vm_deallocate(me, got, len))?;
+    // Physical copy of VM memory: the same data, by copy.
+    let mib = 256 * PAGE;
+    send_to(p, src, mib, abi::OOL_PHYSICAL_COPY)?;
+    let got = receive(mib)?;
+    if !check(got, 256, 0x0044) {
+        return Err("a physical copy does not hold the data");
+    }
+    kern(vm::vm_deallocate(me, got, mib))?;
+    // Never received: the port dies with two snapshots queued; a receive
+    // into a buffer too small destroys the message. The region they hold
+    // is gone from our map by then, so only they keep its object alive.
+    let held = objects()?;
+    let t = allocate(8 * PAGE)?;
+    fill(t, 8, 0x0055);
+    let q = kern(traps::port_allocate())?;
+    send_to(q, t, 8 * PAGE, 0)?;
+    send_to(q, t + PAGE, PAGE, 0)?;
+    send_to(p, t, 8 * PAGE, 0)?;
+    kern(vm::vm_deallocate(me, t, 8 * PAGE))?;
+    if objects()? == held {
+        return Err("queued snapshots hold no memory object");
+    }
+    kern(traps::port_deallocate(q))?;
+    match traps::msg_receive(&mut buf()[..32], p, Some(0)) {
+        Err(e) if e.0 == abi::RCV_TOO_LARGE => {}
+        _ => return Err("a short receive buffer did not get RCV_TOO_LARGE"),
+    }
+    let after = objects()?;
+    if after != held {
+        println!("vmtest: objects {held} before the unreceived messages, {after} after");
+        return Err("messages destroyed unreceived left memory objects behind");
+    }
+    // Deallocate flag: the region leaves the sender at the send.
+    send(abi::OOL_DEALLOCATE)?;
     if matches!(vm::vm_region(me, src), Ok(r) if r.start <= src && src < r.start + r.size) {
         return Err("the deallocate flag left the sender's region mapped");
     }
-    let got = receive()?;
-    if !check(got, pages, 0x0011) {
+    let got = receive(size)?;
+    if !check(got, pages, 0x0044) {
         return Err("data sent with the deallocate flag did not arrive");
     }
     kern(vm::vm_deallocate(me, got, size))?;
-    kern(traps::port_deallocate(p))
+    kern(traps::port_deallocate(p))?;
+    let end_objects = objects()?;
+    if end_objects != start_objects {
+        println!("vmtest: objects {start_objects} at the start, {end_objects} at the end");
+        return Err("out-of-line messages left memory objects behind");
+    }
+    Ok(())
 }
 
 // ---- a pager in this task (a second thread serves the memory object) ----

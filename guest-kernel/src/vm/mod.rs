@@ -1,6 +1,7 @@
 //! Virtual-memory pure logic (paper §5): the physical frame allocator and the
 //! types the map, object, page and fault modules share.
 
+pub mod copy_store;
 pub mod fault;
 pub mod frame;
 pub mod map;

@@ -29,9 +29,19 @@ pub fn waiter(t: ThreadId) -> Waiter {
 }
 
 /// Carries out `fx`: delivers messages to waiting receivers, restarts
-/// senders that have room, fails waits on dead ports. Returns the first
-/// receiver that got a message (the caller may hand the processor to it).
+/// senders that have room, fails waits on dead ports; then discards the
+/// out-of-line snapshots of messages destroyed on the way. Returns the
+/// first receiver that got a message (the caller may hand the processor
+/// to it).
 pub fn apply(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
+    let first = wake(k, fx);
+    if k.ipc.has_released() {
+        crate::vm::discard_released(k);
+    }
+    first
+}
+
+fn wake(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
     let mut pending = fx.wake;
     let mut first = None;
     // Each delivery can free room (waking a sender) but a sender restarts

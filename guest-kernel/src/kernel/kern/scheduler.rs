@@ -127,13 +127,15 @@ impl Kernel {
             });
             f
         };
-        // Queued messages and the out-of-line data they carry live in the
-        // kernel heap: each may take a quarter of it.
+        // Queued messages and the out-of-line data copied for them live in
+        // the kernel heap: each may take a quarter of it. Out-of-line data
+        // mapped copy-on-write is not heap (it is pages the sender made),
+        // so only the copied part is sized from the heap.
         let quarter = (heap_bytes / 4) as usize;
         let limits = Limits {
             kmsg_bytes_total: quarter,
-            ool_bytes_total: quarter as u64,
-            ool_bytes_per_space: (quarter as u64).min(Limits::default().ool_bytes_per_space),
+            ool_copied_total: quarter as u64,
+            ool_copied_per_space: (quarter as u64).min(Limits::default().ool_copied_per_space),
             spaces_total: MAX_TASKS as u32,
             ..Limits::default()
         };
@@ -820,7 +822,7 @@ impl Kernel {
     }
 
     /// The page-table root CR3 holds now.
-    fn loaded_root(&self) -> PhysAddr {
+    pub fn loaded_root(&self) -> PhysAddr {
         self.cr3_task
             .and_then(|c| self.tasks.get(&c))
             .map_or(self.kernel_root, |t| t.root)

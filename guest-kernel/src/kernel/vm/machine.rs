@@ -8,6 +8,7 @@ use core::cell::RefCell;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::TableMemory;
 use guest_kernel::arch::pmap::{PvTable, Tlb, X86PhysMaps, X86Pmap};
+use guest_kernel::vm::copy_store::CopyStore;
 use guest_kernel::vm::fault::FaultMachine;
 use guest_kernel::vm::frame::{Frame, FrameAllocator};
 use guest_kernel::vm::object::Objects;
@@ -24,6 +25,11 @@ const PV_RECORD_BYTES: u64 = 48;
 /// Memory objects alive at once (every vm_allocate and copy-on-write shadow
 /// makes one).
 const OBJECT_LIMIT: usize = 16 * 1024;
+/// Copy-on-write snapshots carried by messages at once, and their entries
+/// (each a few dozen heap bytes; a region that is one map entry, however
+/// large, is one). Past either, a region is copied instead.
+const SNAPSHOT_LIMIT: usize = 4096;
+const SNAPSHOT_ENTRY_LIMIT: usize = 16 * 1024;
 /// Frames kept back from unprivileged faults for the kernel's own needs
 /// (page tables, the pageout path and the default pager, §6.2.3).
 const RESERVED_FRAMES: u64 = 256;
@@ -43,6 +49,8 @@ pub struct Vm {
     pub objects: Objects,
     pub pv: PvTable,
     pub counters: VmCounters,
+    /// Out-of-line snapshots in messages in flight (handles in the IPC).
+    pub copies: CopyStore,
 }
 
 impl Vm {
@@ -56,6 +64,7 @@ impl Vm {
             objects: Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES),
             pv: PvTable::new(maps as usize),
             counters: VmCounters::default(),
+            copies: CopyStore::new(SNAPSHOT_LIMIT, SNAPSHOT_ENTRY_LIMIT),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Virtual memory in the kernel: the Mach VM of guest_kernel::vm driven over
 //! the real machine. `machine` is the glue (frames, page tables, TLB),
-//! `fault` the page-fault path, `calls` the Table 3-3 traps, and
-//! `object_io` reads and writes memory objects served through the
-//! virtio-pager device into a task's own pages.
+//! `fault` the page-fault path, `calls` the Table 3-3 traps, `pager` and
+//! `user_pager` the two kinds of pager (the host, through the virtio-pager
+//! device; guest tasks, through messages), and `object_io` reads and writes
+//! memory objects served through the device into a task's own pages.
 
 pub mod calls;
 pub mod fault;
@@ -16,6 +17,7 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::kern::sched::TaskId;
+use guest_kernel::vm::copy_store::CopyStore;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::map::VmMap;
 use guest_kernel::vm::object::{ObjectAction, Objects};
@@ -37,22 +39,15 @@ pub fn with_parts<R>(
     p: &mut Parts<'_>,
     op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> R {
-    let cell = RefCell::new(&mut *p.frames);
-    let mut frames = SharedFrames(&cell);
-    let mut m = Machine {
-        tables: SharedFrames(&cell),
-        pv: &mut p.vm.pv,
-        tlb: LoadedTlb { loaded: p.loaded },
-        root: p.root,
-    };
-    let r = op(&mut *p.map, &mut p.vm.objects, &mut frames, &mut m);
-    reap(
-        &mut p.vm.objects,
-        &mut frames,
-        &mut m,
+    let map = &mut *p.map;
+    run(
+        p.vm,
+        p.frames,
         &mut p.paging.actions,
-    );
-    r
+        p.root,
+        p.loaded,
+        |objs, _, frames, m| op(map, objs, frames, m),
+    )
 }
 
 /// Runs `op` on the object table alone (pager replies): frames and every
@@ -62,17 +57,61 @@ pub fn with_objects<R>(
     op: impl FnOnce(&mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> R {
     let (vm, frames, paging, loaded) = k.vm_global();
+    run(
+        vm,
+        frames,
+        &mut paging.actions,
+        loaded,
+        loaded,
+        |objs, _, f, m| op(objs, f, m),
+    )
+}
+
+/// The one place a VM operation runs: the object table (and the snapshots
+/// in transit) with the machine view of the space `root`, then the reaping
+/// of objects that lost their last reference.
+fn run<R>(
+    vm: &mut machine::Vm,
+    frames: &mut FrameAllocator,
+    actions: &mut Vec<ObjectAction>,
+    root: PhysAddr,
+    loaded: PhysAddr,
+    op: impl FnOnce(&mut Objects, &mut CopyStore, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
+) -> R {
     let cell = RefCell::new(frames);
     let mut frames = SharedFrames(&cell);
     let mut m = Machine {
         tables: SharedFrames(&cell),
         pv: &mut vm.pv,
         tlb: LoadedTlb { loaded },
-        root: loaded,
+        root,
     };
-    let r = op(&mut vm.objects, &mut frames, &mut m);
-    reap(&mut vm.objects, &mut frames, &mut m, &mut paging.actions);
+    let r = op(&mut vm.objects, &mut vm.copies, &mut frames, &mut m);
+    reap(&mut vm.objects, &mut frames, &mut m, actions);
     r
+}
+
+/// Discards the out-of-line snapshots of messages destroyed unreceived
+/// (`Ipc::take_released`): their object references go, and pages no one
+/// maps any more are freed. The IPC trap layer calls it after every
+/// operation that released something (`Ipc::has_released`).
+pub fn discard_released(k: &mut Kernel) {
+    let loaded = k.loaded_root();
+    let ipc = &mut k.ipc;
+    // Reaping unmaps pages through the reverse maps, in every space: the
+    // root the machine view names is not used.
+    run(
+        &mut k.vm,
+        &mut k.frames,
+        &mut k.paging.actions,
+        loaded,
+        loaded,
+        |objs, copies, _, _| {
+            while let Some(h) = ipc.take_released() {
+                copies.discard(h, objs);
+            }
+        },
+    );
 }
 
 /// A task's address space is going: every region's mappings and object
@@ -99,7 +138,6 @@ pub fn destroy_map(
     };
     with_parts(&mut parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
 }
-
 /// Frees objects that lost their last reference; what must be sent on
 /// their behalf (write-backs) joins `actions`, which the pager glue takes on
 /// the way out of the kernel (kernel/vm/pager.rs). Actions that find no room
