@@ -16,7 +16,8 @@ use guest_kernel::vm::pmap::{PhysMaps, Pmap};
 use guest_kernel::vm::types::{VmError, VmProt};
 
 /// Heap bytes one resident page or one mapping costs the kernel at most
-/// (a B-tree slot plus the page record; a pv entry). The limits below keep
+/// (the page record, up to twice over while its arena doubles, a free-list
+/// slot and a hash bucket; a pv entry). The limits below keep
 /// the VM's bookkeeping inside its share of the heap, so a task touching
 /// memory meets ResourceShortage, never a heap abort.
 const PAGE_RECORD_BYTES: u64 = 160;
@@ -52,8 +53,16 @@ impl Vm {
         let share = heap_bytes / 4;
         let pages = (share / PAGE_RECORD_BYTES).min(total_frames);
         let maps = share / PV_RECORD_BYTES;
+        let mut objects = Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES);
+        // The time stamp counter at boot is secret enough to keep tasks from
+        // aiming page offsets at one hash bucket; the table is empty now, so
+        // this cannot fail.
+        // SAFETY: rdtsc has no memory effects.
+        let _ = objects
+            .pages
+            .seed_hash(unsafe { core::arch::x86_64::_rdtsc() });
         Vm {
-            objects: Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES),
+            objects,
             pv: PvTable::new(maps as usize),
             counters: VmCounters::default(),
         }
