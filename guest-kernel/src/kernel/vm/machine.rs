@@ -22,6 +22,8 @@ use guest_kernel::vm::types::{VmError, VmProt};
 /// memory meets ResourceShortage, never a heap abort.
 const PAGE_RECORD_BYTES: u64 = 160;
 const PV_RECORD_BYTES: u64 = 48;
+/// The pv table's word per frame of RAM, taken off the share first.
+const PV_FRAME_BYTES: u64 = 4;
 /// Memory objects alive at once (every vm_allocate and copy-on-write shadow
 /// makes one).
 const OBJECT_LIMIT: usize = 16 * 1024;
@@ -50,7 +52,7 @@ impl Vm {
     /// Sized from the RAM the frame allocator manages and the heap share the
     /// VM may use.
     pub fn new(total_frames: u64, heap_bytes: u64) -> Vm {
-        let share = heap_bytes / 4;
+        let share = (heap_bytes / 4).saturating_sub(total_frames * PV_FRAME_BYTES);
         let pages = (share / PAGE_RECORD_BYTES).min(total_frames);
         let maps = share / PV_RECORD_BYTES;
         let mut objects = Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES);
