@@ -250,15 +250,15 @@ fn index(va: u64, level: u32) -> usize {
 /// Calls `f(va, &mut pte)` for every present 4 KiB leaf in [start, end) of
 /// the lower half, skipping absent tables whole. Huge leaves are not user
 /// mappings and are left alone.
-fn for_each_leaf(
-    mem: &mut dyn TableMemory,
+fn for_each_leaf<M: TableMemory + ?Sized>(
+    mem: &mut M,
     root: PhysAddr,
     start: u64,
     end: u64,
     f: &mut dyn FnMut(u64, &mut u64),
 ) {
-    fn walk(
-        mem: &mut dyn TableMemory,
+    fn walk<M: TableMemory + ?Sized>(
+        mem: &mut M,
         table: PhysAddr,
         level: u32,
         start: u64,
@@ -292,8 +292,9 @@ fn for_each_leaf(
 /// The leaf entry slot for `va`: (table, index). With `create`, missing
 /// intermediate tables are allocated (None if that fails or a huge page
 /// covers `va`); without, None where no table exists.
-fn leaf_slot(
-    mem: &mut dyn TableMemory,
+#[inline]
+fn leaf_slot<M: TableMemory + ?Sized>(
+    mem: &mut M,
     root: PhysAddr,
     va: u64,
     create: bool,
@@ -320,14 +321,19 @@ fn leaf_slot(
 
 /// One address space's view: the [`Pmap`] the VM code drives. Built for the
 /// duration of one VM operation from the kernel's long-lived parts.
-pub struct X86Pmap<'a> {
-    pub mem: &'a mut dyn TableMemory,
+///
+/// Generic over the table memory so that the kernel's (the direct map)
+/// inlines: reaching a table is then an add, where a call through a vtable
+/// per level made the walk of every fault's `enter` ~90 emulated
+/// instructions.
+pub struct X86Pmap<'a, M: TableMemory + ?Sized = dyn TableMemory> {
+    pub mem: &'a mut M,
     pub pv: &'a mut PvTable,
     pub tlb: &'a mut dyn Tlb,
     pub root: PhysAddr,
 }
 
-impl Pmap for X86Pmap<'_> {
+impl<M: TableMemory + ?Sized> Pmap for X86Pmap<'_, M> {
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
         if !va.is_aligned(PAGE_SIZE) || !va.is_user() || !frame.is_aligned(PAGE_SIZE) {
             return Err(VmError::InvalidArgument);
@@ -391,7 +397,7 @@ impl Pmap for X86Pmap<'_> {
     }
 }
 
-impl X86Pmap<'_> {
+impl<M: TableMemory + ?Sized> X86Pmap<'_, M> {
     /// The current mapping of `va` (the `extract` the trait's `&self`
     /// cannot give through a `&mut`-only table accessor).
     pub fn lookup(&mut self, va: VirtAddr) -> Option<(PhysAddr, VmProt)> {
@@ -402,15 +408,15 @@ impl X86Pmap<'_> {
 }
 
 /// Every space's mappings of a frame: the [`PhysMaps`] of the kernel.
-pub struct X86PhysMaps<'a> {
-    pub mem: &'a mut dyn TableMemory,
+pub struct X86PhysMaps<'a, M: TableMemory + ?Sized = dyn TableMemory> {
+    pub mem: &'a mut M,
     pub pv: &'a mut PvTable,
     pub tlb: &'a mut dyn Tlb,
 }
 
 /// Applies `f` to the live entry of each mapping of `frame`.
-fn each(
-    mem: &mut dyn TableMemory,
+fn each<M: TableMemory + ?Sized>(
+    mem: &mut M,
     pv: &PvTable,
     frame: PhysAddr,
     f: &mut dyn FnMut(PhysAddr, VirtAddr, &mut u64),
@@ -426,7 +432,7 @@ fn each(
     }
 }
 
-impl PhysMaps for X86PhysMaps<'_> {
+impl<M: TableMemory + ?Sized> PhysMaps for X86PhysMaps<'_, M> {
     fn page_protect(&mut self, frame: PhysAddr, prot: VmProt) {
         if !prot.is_empty() {
             let tlb = &mut *self.tlb;

@@ -116,11 +116,16 @@ impl FaultOutcome {
 /// The whole fault: map lookup, copy-on-write resolution in the map, then
 /// [`fault_object`]. `privileged` is for the pageout path and the default
 /// pager: they may use the reserved frames.
-pub fn vm_fault(
+///
+/// Generic over the frames and the machine (not `dyn`), here and below, so
+/// the kernel's fault path is one inlined piece: calls through vtables and
+/// the argument shuffling around them were a good part of a soft fault
+/// where every ring-0 instruction is emulated.
+pub fn vm_fault<F: FrameSource, M: FaultMachine>(
     map: &mut VmMap,
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     va: VirtAddr,
     access: VmProt,
     privileged: bool,
@@ -151,10 +156,10 @@ pub fn vm_fault(
 
 /// The fault below the map: finds or makes the page for `target` and maps
 /// it at `va` in the faulting space.
-pub fn fault_object(
+pub fn fault_object<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     access: VmProt,
@@ -171,41 +176,59 @@ pub fn fault_object(
         return FaultOutcome::NeedsCopy;
     }
     let top = target.object;
-    match objects.get(top) {
-        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => {}
+    let shadowed = match objects.get(top) {
+        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => {
+            o.shadow().is_some()
+        }
         _ => return FaultOutcome::MemoryError,
-    }
+    };
     // A shadow whose backing lost its other references absorbs it; this
     // keeps chains short as tasks that forked exit (cheap: a count check).
-    let _ = objects.collapse_merge_only(top, frames, mmu);
+    if shadowed {
+        let _ = objects.collapse_merge_only(top, frames, mmu);
+    }
 
     let (mut obj, mut off) = (top, target.offset);
+    // Whether the top object is over a backing one (after the collapse);
+    // nothing below changes it.
+    let mut top_shadowed = false;
     loop {
         let Ok(o) = objects.get(obj) else {
             return FaultOutcome::MemoryError;
         };
-        let (kind, shadow, paged_out) = (o.kind(), o.shadow(), o.is_paged_out(off));
-        let (dead, ready, port) = (o.pager_dead(), o.pager_ready(), o.pager_port());
-        let has_shadow = shadow.is_some();
+        let shadow = o.shadow();
+        if obj == top {
+            top_shadowed = shadow.is_some();
+        }
         if let Some(pid) = objects.pages.lookup(obj, off) {
             return found(
-                objects, frames, mmu, target, va, access, privileged, obj, pid, has_shadow,
+                objects,
+                frames,
+                mmu,
+                target,
+                va,
+                access,
+                privileged,
+                obj,
+                pid,
+                shadow.is_some(),
             );
         }
-        let ask = match kind {
+        let ask = match o.kind() {
             ObjectKind::External(_) => true,
-            ObjectKind::Internal => paged_out,
+            ObjectKind::Internal => o.is_paged_out(off),
         };
         if ask {
-            if dead {
+            if o.pager_dead() {
                 return FaultOutcome::MemoryError;
             }
-            if !ready {
+            if !o.pager_ready() {
                 return FaultOutcome::Wait {
                     object: obj,
                     offset: off,
                 };
             }
+            let port = o.pager_port();
             return request(
                 objects,
                 obj,
@@ -230,7 +253,7 @@ pub fn fault_object(
             None => break,
         }
     }
-    zero_fill(objects, frames, mmu, target, va, privileged)
+    zero_fill(objects, frames, mmu, target, va, privileged, top_shadowed)
 }
 
 /// Makes a busy placeholder so concurrent faults wait for one request.
@@ -258,14 +281,16 @@ fn request(
     }
 }
 
-/// A new zero page in the top object (nothing below has data).
-fn zero_fill(
+/// A new zero page in the top object (nothing below has data);
+/// `shadowed`: the top object has a backing object.
+fn zero_fill<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     privileged: bool,
+    shadowed: bool,
 ) -> FaultOutcome {
     let (pid, frame) = match new_page(objects, frames, target, privileged) {
         Ok(x) => x,
@@ -276,9 +301,6 @@ fn zero_fill(
     }
     // Over a backing object a zero page is data (it hides the backing's
     // page, which may appear later), so it must be paged out, not dropped.
-    let shadowed = objects
-        .get(target.object)
-        .is_ok_and(|o| o.shadow().is_some());
     if let Some(p) = objects.pages.get_mut(pid) {
         p.dirty = shadowed;
     }
@@ -299,9 +321,9 @@ fn zero_fill(
     )
 }
 
-fn map_page(
+fn map_page<M: FaultMachine>(
     objects: &mut Objects,
-    mmu: &mut dyn FaultMachine,
+    mmu: &mut M,
     pid: PageId,
     va: VirtAddr,
     frame: PhysAddr,
@@ -317,10 +339,10 @@ fn map_page(
 
 /// The page is resident in `obj` (the top object or one below it).
 #[allow(clippy::too_many_arguments)] // the fault's whole context
-fn found(
+fn found<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     access: VmProt,
@@ -329,7 +351,8 @@ fn found(
     pid: PageId,
     obj_shadowed: bool,
 ) -> FaultOutcome {
-    let Some(mut p) = objects.pages.get(pid).copied() else {
+    // The page's fields are read where needed, not the record copied.
+    let Some(p) = objects.pages.get(pid) else {
         return FaultOutcome::MemoryError;
     };
     let at_top = obj == target.object;
@@ -360,27 +383,30 @@ fn found(
             q.frame = Some(frame.addr);
             q.absent = false;
             q.dirty = obj_shadowed;
-            p = *q;
         }
         how = Resolved::ZeroFill {
             zeroed_by_kernel: !frame.zeroed,
         };
     }
+    let Some(p) = objects.pages.get(pid) else {
+        return FaultOutcome::MemoryError;
+    };
     let Some(frame) = p.frame else {
         return FaultOutcome::MemoryError;
     };
+    let (offset, lock, cleaning) = (p.offset, p.lock, p.cleaning);
     // Access needed of this page: a write below the top only reads it.
     let need = if at_top {
         access
     } else {
         access.without(VmProt::WRITE)
     };
-    let locked = p.lock.intersect(need);
+    let locked = lock.intersect(need);
     if !locked.is_empty() {
         if p.unlock_requested.contains(locked) {
             return FaultOutcome::Wait {
                 object: obj,
-                offset: p.offset,
+                offset,
             };
         }
         let pager = match objects.get(obj) {
@@ -393,20 +419,20 @@ fn found(
         return FaultOutcome::Unlock {
             object: obj,
             pager,
-            offset: p.offset,
+            offset,
             access: locked,
         };
     }
     if at_top || !write {
-        if write && p.cleaning {
+        if write && cleaning {
             // Write-protected until its data_write completes.
             return FaultOutcome::Wait {
                 object: obj,
-                offset: p.offset,
+                offset,
             };
         }
-        let mut prot = target.prot.intersect(allowed_by_lock(p.lock));
-        if !at_top || target.needs_copy || p.cleaning {
+        let mut prot = target.prot.intersect(allowed_by_lock(lock));
+        if !at_top || target.needs_copy || cleaning {
             // A page of a backing object (or under copy, or being
             // written back) is only read through this mapping.
             prot = prot.without(VmProt::WRITE);
@@ -440,9 +466,9 @@ fn found(
 
 /// A frame for `target`'s page, entered in the page table (the frame goes
 /// back if the table refuses).
-fn new_page(
+fn new_page<F: FrameSource>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
+    frames: &mut F,
     target: FaultTarget,
     privileged: bool,
 ) -> Result<(PageId, Frame), FaultOutcome> {

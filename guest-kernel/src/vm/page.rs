@@ -316,9 +316,9 @@ impl ResidentPages {
     /// A frame for a page. Below the reserve only `privileged` callers (the
     /// pageout path, the default pager's faults) get one, so paging out can
     /// always make progress.
-    pub fn alloc_frame(
+    pub fn alloc_frame<F: FrameSource + ?Sized>(
         &self,
-        frames: &mut dyn FrameSource,
+        frames: &mut F,
         privileged: bool,
     ) -> Result<Frame, VmError> {
         if !privileged && frames.free_count() <= self.reserved {

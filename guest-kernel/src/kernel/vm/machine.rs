@@ -121,9 +121,9 @@ pub struct Machine<'a> {
     pub root: PhysAddr,
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
     /// The pmap of the space this operation works on.
-    pub fn pmap(&mut self) -> X86Pmap<'_> {
+    pub fn pmap(&mut self) -> X86Pmap<'_, SharedFrames<'a>> {
         X86Pmap {
             mem: &mut self.tables,
             pv: self.pv,
@@ -131,7 +131,7 @@ impl Machine<'_> {
             root: self.root,
         }
     }
-    fn phys(&mut self) -> X86PhysMaps<'_> {
+    fn phys(&mut self) -> X86PhysMaps<'_, SharedFrames<'a>> {
         X86PhysMaps {
             mem: &mut self.tables,
             pv: self.pv,
