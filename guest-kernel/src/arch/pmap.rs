@@ -127,16 +127,14 @@ impl PvTable {
         }
     }
 
+    #[inline]
     fn add(&mut self, frame: PhysAddr, root: PhysAddr, va: VirtAddr) -> Result<(), VmError> {
         if self.count >= self.limit {
             return Err(VmError::ResourceShortage);
         }
         let s = frame_slot(frame);
         if s >= self.heads.len() {
-            self.heads
-                .try_reserve(s + 1 - self.heads.len())
-                .map_err(|_| VmError::ResourceShortage)?;
-            self.heads.resize(s + 1, 0);
+            self.grow_heads(s)?;
         }
         let head = self.heads[s];
         let e = PvEntry {
@@ -146,9 +144,13 @@ impl PvTable {
         };
         let i = match self.free {
             0 => {
-                self.entries
-                    .try_reserve(1)
-                    .map_err(|_| VmError::ResourceShortage)?;
+                // Checked here, not left to try_reserve: that is a call on
+                // every mapping that grows the arena.
+                if self.entries.len() == self.entries.capacity() {
+                    self.entries
+                        .try_reserve(1)
+                        .map_err(|_| VmError::ResourceShortage)?;
+                }
                 self.entries.push(e);
                 self.entries.len() as u32
             }
@@ -161,6 +163,16 @@ impl PvTable {
         };
         self.heads[s] = (head & !PV_INDEX) | i;
         self.count += 1;
+        Ok(())
+    }
+
+    /// Frame words up to frame slot `s` (a frame above any mapped so far).
+    #[inline(never)]
+    fn grow_heads(&mut self, s: usize) -> Result<(), VmError> {
+        self.heads
+            .try_reserve(s + 1 - self.heads.len())
+            .map_err(|_| VmError::ResourceShortage)?;
+        self.heads.resize(s + 1, 0);
         Ok(())
     }
 

@@ -176,30 +176,29 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
         return FaultOutcome::NeedsCopy;
     }
     let top = target.object;
-    let shadowed = match objects.get(top) {
-        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => {
-            o.shadow().is_some()
-        }
+    // `o` is the record of `obj`, the object the walk is at: each object
+    // is looked up once.
+    let mut o = match objects.get(top) {
+        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => o,
         _ => return FaultOutcome::MemoryError,
     };
-    // A shadow whose backing lost its other references absorbs it; this
-    // keeps chains short as tasks that forked exit (cheap: a count check).
-    if shadowed {
+    if o.shadow().is_some() {
+        // A shadow whose backing lost its other references absorbs it;
+        // this keeps chains short as tasks that forked exit (cheap: a
+        // count check).
         let _ = objects.collapse_merge_only(top, frames, mmu);
+        o = match objects.get(top) {
+            Ok(o) => o,
+            Err(_) => return FaultOutcome::MemoryError,
+        };
     }
-
-    let (mut obj, mut off) = (top, target.offset);
     // Whether the top object is over a backing one (after the collapse);
     // nothing below changes it.
-    let mut top_shadowed = false;
+    let top_shadowed = o.shadow().is_some();
+
+    let (mut obj, mut off) = (top, target.offset);
     loop {
-        let Ok(o) = objects.get(obj) else {
-            return FaultOutcome::MemoryError;
-        };
         let shadow = o.shadow();
-        if obj == top {
-            top_shadowed = shadow.is_some();
-        }
         if let Some(pid) = objects.pages.lookup(obj, off) {
             return found(
                 objects,
@@ -244,7 +243,7 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
                 };
                 match objects.get(b) {
                     // A shadow larger than its backing window sees zeros.
-                    Ok(bo) if next.0 < bo.size() => {}
+                    Ok(bo) if next.0 < bo.size() => o = bo,
                     _ => break,
                 }
                 obj = b;
@@ -294,7 +293,7 @@ fn zero_fill<F: FrameSource, M: FaultMachine>(
 ) -> FaultOutcome {
     let (pid, frame) = match new_page(objects, frames, target, privileged) {
         Ok(x) => x,
-        Err(o) => return o,
+        Err(e) => return FaultOutcome::from_error(e),
     };
     if !frame.zeroed {
         mmu.zero_frame(frame.addr);
@@ -369,6 +368,8 @@ fn found<F: FrameSource, M: FaultMachine>(
             offset: p.offset,
         };
     }
+    let (mut page_frame, offset) = (p.frame, p.offset);
+    let (lock, unlock_requested, cleaning) = (p.lock, p.unlock_requested, p.cleaning);
     let mut how = Resolved::Soft;
     if p.absent {
         // The pager said data_unavailable: zero-fill in place.
@@ -383,18 +384,15 @@ fn found<F: FrameSource, M: FaultMachine>(
             q.frame = Some(frame.addr);
             q.absent = false;
             q.dirty = obj_shadowed;
+            page_frame = q.frame;
         }
         how = Resolved::ZeroFill {
             zeroed_by_kernel: !frame.zeroed,
         };
     }
-    let Some(p) = objects.pages.get(pid) else {
+    let Some(frame) = page_frame else {
         return FaultOutcome::MemoryError;
     };
-    let Some(frame) = p.frame else {
-        return FaultOutcome::MemoryError;
-    };
-    let (offset, lock, cleaning) = (p.offset, p.lock, p.cleaning);
     // Access needed of this page: a write below the top only reads it.
     let need = if at_top {
         access
@@ -403,7 +401,7 @@ fn found<F: FrameSource, M: FaultMachine>(
     };
     let locked = lock.intersect(need);
     if !locked.is_empty() {
-        if p.unlock_requested.contains(locked) {
+        if unlock_requested.contains(locked) {
             return FaultOutcome::Wait {
                 object: obj,
                 offset,
@@ -442,7 +440,7 @@ fn found<F: FrameSource, M: FaultMachine>(
     // Copy-on-write: copy the backing page up into the top object.
     let (npid, new) = match new_page(objects, frames, target, privileged) {
         Ok(x) => x,
-        Err(o) => return o,
+        Err(e) => return FaultOutcome::from_error(e),
     };
     mmu.copy_frame(frame, new.addr);
     // Other spaces sharing the top object may map the backing page at
@@ -465,17 +463,15 @@ fn found<F: FrameSource, M: FaultMachine>(
 }
 
 /// A frame for `target`'s page, entered in the page table (the frame goes
-/// back if the table refuses).
+/// back if the table refuses). The error is the small VmError, not the
+/// outcome, so the result is passed in registers.
 fn new_page<F: FrameSource>(
     objects: &mut Objects,
     frames: &mut F,
     target: FaultTarget,
     privileged: bool,
-) -> Result<(PageId, Frame), FaultOutcome> {
-    let frame = objects
-        .pages
-        .alloc_frame(frames, privileged)
-        .map_err(FaultOutcome::from_error)?;
+) -> Result<(PageId, Frame), VmError> {
+    let frame = objects.pages.alloc_frame(frames, privileged)?;
     match objects
         .pages
         .insert(target.object, target.offset, Some(frame.addr))
@@ -483,7 +479,7 @@ fn new_page<F: FrameSource>(
         Ok(p) => Ok((p, frame)),
         Err(e) => {
             frames.free_frame(frame.addr);
-            Err(FaultOutcome::from_error(e))
+            Err(e)
         }
     }
 }

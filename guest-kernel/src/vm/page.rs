@@ -337,11 +337,19 @@ impl ResidentPages {
         (h >> self.shift) as usize
     }
 
+    #[inline]
     pub fn lookup(&self, object: ObjectId, offset: ObjectOffset) -> Option<PageId> {
-        let mut cur = *self.buckets.get(self.bucket(object, offset.0))?;
+        self.find_in(self.bucket(object, offset.0), object, offset)
+            .map(PageId)
+    }
+
+    /// The page (object, offset) in bucket `b`.
+    #[inline]
+    fn find_in(&self, b: usize, object: ObjectId, offset: ObjectOffset) -> Option<u32> {
+        let mut cur = *self.buckets.get(b)?;
         while let Some(Some(p)) = self.slots.get(cur as usize) {
             if p.offset == offset && p.object == object {
-                return Some(PageId(cur));
+                return Some(cur);
             }
             cur = p.hash_next;
         }
@@ -417,7 +425,8 @@ impl ResidentPages {
     }
 
     /// Room for the hash table (at the first insert) and for the list head
-    /// of `object`'s slot.
+    /// of `object`'s slot. Rarely needed, so out of line.
+    #[inline(never)]
     fn reserve_for(&mut self, object: ObjectId) -> Result<(), VmError> {
         if self.buckets.is_empty() {
             let n = self
@@ -446,9 +455,17 @@ impl ResidentPages {
         let Some(p) = self.slots.get(i as usize).and_then(|s| s.as_ref()) else {
             return;
         };
-        let (object, offset) = (p.object, p.offset.0);
-        let b = self.bucket(object, offset);
-        let l = object.index as usize;
+        let b = self.bucket(p.object, p.offset.0);
+        self.link_at(i, b);
+    }
+
+    /// [`Self::link`] with the page's bucket `b` known.
+    #[inline]
+    fn link_at(&mut self, i: u32, b: usize) {
+        let Some(p) = self.slots.get(i as usize).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let l = p.object.index as usize;
         let (Some(&bucket_head), Some(list)) = (self.buckets.get(b), self.lists.get(l)) else {
             return;
         };
@@ -506,13 +523,21 @@ impl ResidentPages {
         offset: ObjectOffset,
         frame: Option<PhysAddr>,
     ) -> Result<PageId, VmError> {
-        if !offset.is_page_aligned() || self.lookup(object, offset).is_some() {
+        if !offset.is_page_aligned() {
+            return Err(VmError::InvalidArgument);
+        }
+        let mut b = self.bucket(object, offset.0);
+        if self.find_in(b, object, offset).is_some() {
             return Err(VmError::InvalidArgument);
         }
         if self.count >= self.limit {
             return Err(VmError::ResourceShortage);
         }
-        self.reserve_for(object)?;
+        if self.buckets.is_empty() || object.index as usize >= self.lists.len() {
+            self.reserve_for(object)?;
+            // The bucket array may be new: the bucket with it.
+            b = self.bucket(object, offset.0);
+        }
         let page = Page::new(object, offset, frame);
         let idx = match self.free_slots.pop() {
             Some(i) => {
@@ -520,18 +545,24 @@ impl ResidentPages {
                 i
             }
             None => {
-                self.slots
-                    .try_reserve(1)
-                    .map_err(|_| VmError::ResourceShortage)?;
+                // Capacity is checked here, not left to try_reserve, which
+                // is a call on every insert that grows the arena.
+                if self.slots.len() == self.slots.capacity() {
+                    self.slots
+                        .try_reserve(1)
+                        .map_err(|_| VmError::ResourceShortage)?;
+                }
                 // Reserve the free-list slot now so remove never allocates.
-                self.free_slots
-                    .try_reserve(self.slots.len() + 1 - self.free_slots.len())
-                    .map_err(|_| VmError::ResourceShortage)?;
+                if self.free_slots.capacity() <= self.slots.len() {
+                    self.free_slots
+                        .try_reserve(self.slots.len() + 1 - self.free_slots.len())
+                        .map_err(|_| VmError::ResourceShortage)?;
+                }
                 self.slots.push(Some(page));
                 (self.slots.len() - 1) as u32
             }
         };
-        self.link(idx);
+        self.link_at(idx, b);
         self.count += 1;
         Ok(PageId(idx))
     }
@@ -599,22 +630,26 @@ impl ResidentPages {
     }
 
     /// Unlinks from the current queue and appends to `to`'s tail (also when
-    /// `to` is the current queue: that is a move to the tail).
+    /// `to` is the current queue: that is a move to the tail). Inline: every
+    /// fault activates its page.
+    #[inline]
     fn set_queue(&mut self, id: PageId, to: Queue) {
         let i = id.0 as usize;
         let Some(Some(p)) = self.slots.get(i) else {
             return;
         };
         let (from, prev, next) = (p.queue, p.prev, p.next);
+        if from == to && next == NIL {
+            // Already the tail of `to` (or on no queue, staying so).
+            return;
+        }
+        // NIL is past the end of the arena (the limit keeps it so), so the
+        // bounds check of `get_mut` is the end-of-list test too.
         if from != Queue::None {
-            if prev != NIL
-                && let Some(Some(pp)) = self.slots.get_mut(prev as usize)
-            {
+            if let Some(Some(pp)) = self.slots.get_mut(prev as usize) {
                 pp.next = next;
             }
-            if next != NIL
-                && let Some(Some(np)) = self.slots.get_mut(next as usize)
-            {
+            if let Some(Some(np)) = self.slots.get_mut(next as usize) {
                 np.prev = prev;
             }
             if let Some(l) = self.list(from) {
@@ -639,9 +674,7 @@ impl ResidentPages {
             }
             None => NIL,
         };
-        if tail != NIL
-            && let Some(Some(tp)) = self.slots.get_mut(tail as usize)
-        {
+        if let Some(Some(tp)) = self.slots.get_mut(tail as usize) {
             tp.next = id.0;
         }
         if let Some(Some(p)) = self.slots.get_mut(i) {
