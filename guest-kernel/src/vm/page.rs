@@ -602,6 +602,9 @@ impl ResidentPages {
     }
 
     /// Puts a page at the tail of the active queue (it was just used).
+    /// Inline: every mapped fault ends here, and the call's register saves
+    /// cost as much as the list surgery.
+    #[inline]
     pub fn activate(&mut self, id: PageId) {
         self.set_queue(id, Queue::Active);
     }
