@@ -40,6 +40,10 @@ const PV_INDEX: u32 = (1 << 30) - 1;
 const PV_REFERENCED: u32 = 1 << 30;
 const PV_MODIFIED: u32 = 1 << 31;
 
+/// Frame words are added this many at a time (4 KiB of words, for 4 MiB
+/// of RAM).
+const HEADS_STEP: usize = 1024;
+
 /// One mapping of a frame, on its frame's list.
 #[derive(Clone, Copy, Debug)]
 struct PvEntry {
@@ -166,13 +170,17 @@ impl PvTable {
         Ok(())
     }
 
-    /// Frame words up to frame slot `s` (a frame above any mapped so far).
+    /// Frame words up to past frame slot `s` (a frame above any mapped so
+    /// far), in steps of [`HEADS_STEP`]: fresh frames come in ascending
+    /// order, so growing by one word would be a call and a reallocation
+    /// check on every first mapping of a fresh frame.
     #[inline(never)]
     fn grow_heads(&mut self, s: usize) -> Result<(), VmError> {
+        let len = (s + 1).next_multiple_of(HEADS_STEP);
         self.heads
-            .try_reserve(s + 1 - self.heads.len())
+            .try_reserve(len - self.heads.len())
             .map_err(|_| VmError::ResourceShortage)?;
-        self.heads.resize(s + 1, 0);
+        self.heads.resize(len, 0);
         Ok(())
     }
 
