@@ -10,7 +10,6 @@
 //! large, sparsely mapped range costs per present table, not per page,
 //! which matters where every ring-0 instruction is emulated.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use super::paging::{NO_EXECUTE, PRESENT, TableMemory, USER, WRITABLE};
@@ -32,75 +31,210 @@ pub trait Tlb {
     fn invalidate(&mut self, root: PhysAddr, va: VirtAddr);
 }
 
-/// What the pv table knows of one frame: where it is mapped, and the
-/// referenced/modified bits of mappings already gone (kept so that removing
-/// a mapping never loses a dirty page).
-#[derive(Default)]
-struct PvFrame {
-    maps: Vec<(PhysAddr, VirtAddr)>,
-    referenced: bool,
-    modified: bool,
+/// A pv table word's index field: one more than the index of the frame's
+/// first mapping in `PvTable::entries`, 0 for none (so a zeroed word is a
+/// frame never mapped).
+const PV_INDEX: u32 = (1 << 30) - 1;
+/// Sticky bits of mappings already gone: the frame was referenced /
+/// modified through one of them.
+const PV_REFERENCED: u32 = 1 << 30;
+const PV_MODIFIED: u32 = 1 << 31;
+
+/// Frame words are added this many at a time (4 KiB of words, for 4 MiB
+/// of RAM).
+const HEADS_STEP: usize = 1024;
+
+/// One mapping of a frame, on its frame's list.
+#[derive(Clone, Copy, Debug)]
+struct PvEntry {
+    root: PhysAddr,
+    va: VirtAddr,
+    /// The next mapping of the same frame (or the next free entry), as an
+    /// index field.
+    next: u32,
 }
 
-/// The reverse maps: frame → every (space root, va) mapping it. Bounded:
-/// an `enter` beyond `limit` mappings is refused with ResourceShortage.
+/// The reverse maps: frame → every (space root, va) mapping it, and the
+/// referenced/modified bits of mappings already gone (kept so that removing
+/// a mapping never loses a dirty page).
+///
+/// One word per frame number (the head of the frame's list and its sticky
+/// bits), grown to the highest frame mapped; the mappings themselves are
+/// entries of one arena linked per frame and reused through a free list.
+/// Mapping a frame allocates nothing once the arena has room (where a map
+/// of frames to a Vec each cost a heap allocation per frame), and finding a
+/// frame's mappings is an index.
+///
+/// Bounded: an `enter` beyond `limit` mappings is refused with
+/// ResourceShortage, as is one the arena or the frame words cannot grow
+/// for.
 pub struct PvTable {
-    frames: BTreeMap<PhysAddr, PvFrame>,
-    entries: usize,
+    heads: Vec<u32>,
+    entries: Vec<PvEntry>,
+    /// Free entries (index field of the first).
+    free: u32,
+    count: usize,
     limit: usize,
+}
+
+/// The (root, va) mappings of one frame: [`PvTable::mappings`].
+pub struct Mappings<'a> {
+    entries: &'a [PvEntry],
+    cur: u32,
+}
+
+impl Iterator for Mappings<'_> {
+    type Item = (PhysAddr, VirtAddr);
+    fn next(&mut self) -> Option<(PhysAddr, VirtAddr)> {
+        let e = self.entries.get((self.cur as usize).checked_sub(1)?)?;
+        self.cur = e.next;
+        Some((e.root, e.va))
+    }
+}
+
+fn frame_slot(frame: PhysAddr) -> usize {
+    (frame.0 / PAGE_SIZE) as usize
 }
 
 impl PvTable {
     pub fn new(limit: usize) -> PvTable {
         PvTable {
-            frames: BTreeMap::new(),
-            entries: 0,
-            limit,
+            heads: Vec::new(),
+            entries: Vec::new(),
+            free: 0,
+            count: 0,
+            limit: limit.min(PV_INDEX as usize - 1),
         }
     }
     /// Mappings recorded in total.
     pub fn entries(&self) -> usize {
-        self.entries
+        self.count
+    }
+    fn head(&self, frame: PhysAddr) -> u32 {
+        self.heads.get(frame_slot(frame)).copied().unwrap_or(0)
     }
     /// The (root, va) mappings of `frame`.
-    pub fn mappings(&self, frame: PhysAddr) -> &[(PhysAddr, VirtAddr)] {
-        self.frames.get(&frame).map_or(&[], |f| &f.maps)
+    pub fn mappings(&self, frame: PhysAddr) -> Mappings<'_> {
+        Mappings {
+            entries: &self.entries,
+            cur: self.head(frame) & PV_INDEX,
+        }
     }
 
     /// Drops what is known of an unmapped frame about to be freed (its
     /// sticky bits), so a reused frame starts clean.
     pub fn forget(&mut self, frame: PhysAddr) {
-        if self.frames.get(&frame).is_some_and(|f| f.maps.is_empty()) {
-            self.frames.remove(&frame);
+        if let Some(h) = self.heads.get_mut(frame_slot(frame))
+            && *h & PV_INDEX == 0
+        {
+            *h = 0;
         }
     }
 
+    #[inline]
     fn add(&mut self, frame: PhysAddr, root: PhysAddr, va: VirtAddr) -> Result<(), VmError> {
-        if self.entries >= self.limit {
+        if self.count >= self.limit {
             return Err(VmError::ResourceShortage);
         }
-        let f = self.frames.entry(frame).or_default();
-        f.maps
-            .try_reserve(1)
-            .map_err(|_| VmError::ResourceShortage)?;
-        f.maps.push((root, va));
-        self.entries += 1;
+        let s = frame_slot(frame);
+        if s >= self.heads.len() {
+            self.grow_heads(s)?;
+        }
+        let head = self.heads[s];
+        let e = PvEntry {
+            root,
+            va,
+            next: head & PV_INDEX,
+        };
+        let i = match self.free {
+            0 => {
+                // Checked here, not left to try_reserve: that is a call on
+                // every mapping that grows the arena.
+                if self.entries.len() == self.entries.capacity() {
+                    self.entries
+                        .try_reserve(1)
+                        .map_err(|_| VmError::ResourceShortage)?;
+                }
+                self.entries.push(e);
+                self.entries.len() as u32
+            }
+            i => {
+                let slot = &mut self.entries[i as usize - 1];
+                self.free = slot.next;
+                *slot = e;
+                i
+            }
+        };
+        self.heads[s] = (head & !PV_INDEX) | i;
+        self.count += 1;
         Ok(())
+    }
+
+    /// Frame words up to past frame slot `s` (a frame above any mapped so
+    /// far), in steps of [`HEADS_STEP`]: fresh frames come in ascending
+    /// order, so growing by one word would be a call and a reallocation
+    /// check on every first mapping of a fresh frame.
+    #[inline(never)]
+    fn grow_heads(&mut self, s: usize) -> Result<(), VmError> {
+        let len = (s + 1).next_multiple_of(HEADS_STEP);
+        self.heads
+            .try_reserve(len - self.heads.len())
+            .map_err(|_| VmError::ResourceShortage)?;
+        self.heads.resize(len, 0);
+        Ok(())
+    }
+
+    /// Takes entry `cur` (index field) off frame slot `s`'s list, `prev`
+    /// being the entry before it (0 if it is first), onto the free list.
+    fn unlink(&mut self, s: usize, prev: u32, cur: u32) {
+        let next = self.entries[cur as usize - 1].next;
+        match prev {
+            0 => self.heads[s] = (self.heads[s] & !PV_INDEX) | next,
+            p => self.entries[p as usize - 1].next = next,
+        }
+        self.entries[cur as usize - 1].next = self.free;
+        self.free = cur;
+        self.count -= 1;
+    }
+
+    /// Folds a mapping's hardware bits into its frame's sticky bits.
+    fn fold(&mut self, s: usize, pte: u64) {
+        let mut bits = 0;
+        if pte & ACCESSED != 0 {
+            bits |= PV_REFERENCED;
+        }
+        if pte & DIRTY != 0 {
+            bits |= PV_MODIFIED;
+        }
+        self.heads[s] |= bits;
     }
 
     /// Forgets one mapping, folding its hardware bits into the frame's.
     fn remove(&mut self, frame: PhysAddr, root: PhysAddr, va: VirtAddr, pte: u64) {
-        let Some(f) = self.frames.get_mut(&frame) else {
+        let s = frame_slot(frame);
+        let Some(&head) = self.heads.get(s) else {
             return;
         };
-        if let Some(i) = f.maps.iter().position(|&m| m == (root, va)) {
-            f.maps.swap_remove(i);
-            self.entries -= 1;
+        let (mut prev, mut cur) = (0, head & PV_INDEX);
+        while let Some(e) = self.entries.get((cur as usize).wrapping_sub(1)) {
+            if e.root == root && e.va == va {
+                self.unlink(s, prev, cur);
+                break;
+            }
+            (prev, cur) = (cur, e.next);
         }
-        f.referenced |= pte & ACCESSED != 0;
-        f.modified |= pte & DIRTY != 0;
-        if f.maps.is_empty() && !f.referenced && !f.modified {
-            self.frames.remove(&frame);
+        self.fold(s, pte);
+    }
+
+    /// Takes the sticky bit `bit` of `frame`: whether it was set.
+    fn take_bit(&mut self, frame: PhysAddr, bit: u32) -> bool {
+        match self.heads.get_mut(frame_slot(frame)) {
+            Some(h) => {
+                let was = *h & bit != 0;
+                *h &= !bit;
+                was
+            }
+            None => false,
         }
     }
 }
@@ -136,15 +270,15 @@ fn index(va: u64, level: u32) -> usize {
 /// Calls `f(va, &mut pte)` for every present 4 KiB leaf in [start, end) of
 /// the lower half, skipping absent tables whole. Huge leaves are not user
 /// mappings and are left alone.
-fn for_each_leaf(
-    mem: &mut dyn TableMemory,
+fn for_each_leaf<M: TableMemory + ?Sized>(
+    mem: &mut M,
     root: PhysAddr,
     start: u64,
     end: u64,
     f: &mut dyn FnMut(u64, &mut u64),
 ) {
-    fn walk(
-        mem: &mut dyn TableMemory,
+    fn walk<M: TableMemory + ?Sized>(
+        mem: &mut M,
         table: PhysAddr,
         level: u32,
         start: u64,
@@ -178,8 +312,9 @@ fn for_each_leaf(
 /// The leaf entry slot for `va`: (table, index). With `create`, missing
 /// intermediate tables are allocated (None if that fails or a huge page
 /// covers `va`); without, None where no table exists.
-fn leaf_slot(
-    mem: &mut dyn TableMemory,
+#[inline]
+fn leaf_slot<M: TableMemory + ?Sized>(
+    mem: &mut M,
     root: PhysAddr,
     va: u64,
     create: bool,
@@ -206,14 +341,19 @@ fn leaf_slot(
 
 /// One address space's view: the [`Pmap`] the VM code drives. Built for the
 /// duration of one VM operation from the kernel's long-lived parts.
-pub struct X86Pmap<'a> {
-    pub mem: &'a mut dyn TableMemory,
+///
+/// Generic over the table memory so that the kernel's (the direct map)
+/// inlines: reaching a table is then an add, where a call through a vtable
+/// per level made the walk of every fault's `enter` ~90 emulated
+/// instructions.
+pub struct X86Pmap<'a, M: TableMemory + ?Sized = dyn TableMemory> {
+    pub mem: &'a mut M,
     pub pv: &'a mut PvTable,
     pub tlb: &'a mut dyn Tlb,
     pub root: PhysAddr,
 }
 
-impl Pmap for X86Pmap<'_> {
+impl<M: TableMemory + ?Sized> Pmap for X86Pmap<'_, M> {
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
         if !va.is_aligned(PAGE_SIZE) || !va.is_user() || !frame.is_aligned(PAGE_SIZE) {
             return Err(VmError::InvalidArgument);
@@ -277,7 +417,7 @@ impl Pmap for X86Pmap<'_> {
     }
 }
 
-impl X86Pmap<'_> {
+impl<M: TableMemory + ?Sized> X86Pmap<'_, M> {
     /// The current mapping of `va` (the `extract` the trait's `&self`
     /// cannot give through a `&mut`-only table accessor).
     pub fn lookup(&mut self, va: VirtAddr) -> Option<(PhysAddr, VmProt)> {
@@ -288,20 +428,20 @@ impl X86Pmap<'_> {
 }
 
 /// Every space's mappings of a frame: the [`PhysMaps`] of the kernel.
-pub struct X86PhysMaps<'a> {
-    pub mem: &'a mut dyn TableMemory,
+pub struct X86PhysMaps<'a, M: TableMemory + ?Sized = dyn TableMemory> {
+    pub mem: &'a mut M,
     pub pv: &'a mut PvTable,
     pub tlb: &'a mut dyn Tlb,
 }
 
 /// Applies `f` to the live entry of each mapping of `frame`.
-fn each(
-    mem: &mut dyn TableMemory,
+fn each<M: TableMemory + ?Sized>(
+    mem: &mut M,
     pv: &PvTable,
     frame: PhysAddr,
     f: &mut dyn FnMut(PhysAddr, VirtAddr, &mut u64),
 ) {
-    for &(root, va) in pv.mappings(frame) {
+    for (root, va) in pv.mappings(frame) {
         if let Some((table, i)) = leaf_slot(mem, root, va.0, false) {
             let mut pte = mem.table(table)[i];
             if pte & PRESENT != 0 && pte & ADDR_MASK == frame.0 {
@@ -312,22 +452,37 @@ fn each(
     }
 }
 
-impl PhysMaps for X86PhysMaps<'_> {
+impl<M: TableMemory + ?Sized> PhysMaps for X86PhysMaps<'_, M> {
     fn page_protect(&mut self, frame: PhysAddr, prot: VmProt) {
-        let mut gone = Vec::new();
-        let tlb = &mut *self.tlb;
-        each(self.mem, self.pv, frame, &mut |root, va, pte| {
-            if prot.is_empty() {
-                gone.push((root, va, *pte));
-                *pte = 0;
-            } else {
+        if !prot.is_empty() {
+            let tlb = &mut *self.tlb;
+            each(self.mem, self.pv, frame, &mut |root, va, pte| {
                 let lowered = prot_of(*pte).intersect(prot.union(VmProt::READ));
                 *pte = (*pte & (ADDR_MASK | ACCESSED | DIRTY)) | leaf_flags(lowered);
+                tlb.invalidate(root, va);
+            });
+            return;
+        }
+        // Every live mapping goes, and its entry with it, in one walk of the
+        // frame's list.
+        let s = frame_slot(frame);
+        let pv = &mut *self.pv;
+        let (mut prev, mut cur) = (0, pv.head(frame) & PV_INDEX);
+        while let Some(&e) = pv.entries.get((cur as usize).wrapping_sub(1)) {
+            let live = leaf_slot(self.mem, e.root, e.va.0, false).filter(|&(table, i)| {
+                let pte = self.mem.table(table)[i];
+                pte & PRESENT != 0 && pte & ADDR_MASK == frame.0
+            });
+            match live {
+                Some((table, i)) => {
+                    let pte = core::mem::take(&mut self.mem.table(table)[i]);
+                    self.tlb.invalidate(e.root, e.va);
+                    pv.fold(s, pte);
+                    pv.unlink(s, prev, cur);
+                }
+                None => prev = cur,
             }
-            tlb.invalidate(root, va);
-        });
-        for (root, va, pte) in gone {
-            self.pv.remove(frame, root, va, pte);
+            cur = e.next;
         }
     }
 
@@ -341,13 +496,7 @@ impl PhysMaps for X86PhysMaps<'_> {
                 tlb.invalidate(root, va);
             }
         });
-        if let Some(f) = self.pv.frames.get_mut(&frame) {
-            was |= core::mem::take(&mut f.referenced);
-            if f.maps.is_empty() && !f.modified {
-                self.pv.frames.remove(&frame);
-            }
-        }
-        was
+        self.pv.take_bit(frame, PV_REFERENCED) | was
     }
 
     fn clear_modified(&mut self, frame: PhysAddr) -> bool {
@@ -360,13 +509,7 @@ impl PhysMaps for X86PhysMaps<'_> {
                 tlb.invalidate(root, va);
             }
         });
-        if let Some(f) = self.pv.frames.get_mut(&frame) {
-            was |= core::mem::take(&mut f.modified);
-            if f.maps.is_empty() && !f.referenced {
-                self.pv.frames.remove(&frame);
-            }
-        }
-        was
+        self.pv.take_bit(frame, PV_MODIFIED) | was
     }
 }
 
@@ -452,8 +595,11 @@ mod tests {
         w.pmap(a)
             .enter(VirtAddr(0x40_0000), F2, VmProt::ALL)
             .unwrap();
-        assert!(w.pv.mappings(F1).is_empty());
-        assert_eq!(w.pv.mappings(F2), &[(a, VirtAddr(0x40_0000))]);
+        assert_eq!(w.pv.mappings(F1).next(), None);
+        assert_eq!(
+            w.pv.mappings(F2).collect::<Vec<_>>(),
+            [(a, VirtAddr(0x40_0000))]
+        );
         assert_eq!(w.tlb.0, vec![(a, VirtAddr(0x40_0000))]);
         assert_eq!(w.pte(a, 0x40_0000).unwrap() & NO_EXECUTE, 0);
     }
@@ -519,8 +665,36 @@ mod tests {
         assert_eq!(w.pte(b, 0x7000).unwrap() & WRITABLE, 0);
         w.phys().page_protect(F1, VmProt::NONE);
         assert!(w.pte(a, 0x1000).is_none() && w.pte(b, 0x7000).is_none());
-        assert!(w.pv.mappings(F1).is_empty());
+        assert_eq!(w.pv.mappings(F1).next(), None);
         assert_eq!(w.pv.entries(), 0);
+    }
+
+    #[test]
+    fn pv_lists_unlink_anywhere_and_reuse_entries() {
+        let mut w = World::new();
+        let (a, b, c) = (w.space(), w.space(), w.space());
+        for (root, va) in [(a, 0x1000), (b, 0x2000), (c, 0x3000)] {
+            w.pmap(root).enter(VirtAddr(va), F1, RW).unwrap();
+        }
+        w.pmap(a).enter(VirtAddr(0x5000), F2, RW).unwrap();
+        let maps = |w: &World, f| {
+            let mut v: Vec<_> = w.pv.mappings(f).collect();
+            v.sort();
+            v
+        };
+        // The middle of F1's list goes; the rest stay findable.
+        w.pmap(b).remove(VirtAddr(0x2000), VirtAddr(0x3000));
+        assert_eq!(maps(&w, F1), [(a, VirtAddr(0x1000)), (c, VirtAddr(0x3000))]);
+        assert_eq!(maps(&w, F2), [(a, VirtAddr(0x5000))]);
+        // Its entry is reused: the arena does not grow.
+        let arena = w.pv.entries.len();
+        w.pmap(b).enter(VirtAddr(0x2000), F2, RW).unwrap();
+        assert_eq!(w.pv.entries.len(), arena);
+        assert_eq!(maps(&w, F2), [(a, VirtAddr(0x5000)), (b, VirtAddr(0x2000))]);
+        w.phys().page_protect(F1, VmProt::NONE);
+        assert_eq!(maps(&w, F1), []);
+        assert_eq!(w.pv.entries(), 2);
+        assert!(w.pte(c, 0x3000).is_none() && w.pte(a, 0x5000).is_some());
     }
 
     #[test]

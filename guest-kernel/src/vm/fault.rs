@@ -116,11 +116,16 @@ impl FaultOutcome {
 /// The whole fault: map lookup, copy-on-write resolution in the map, then
 /// [`fault_object`]. `privileged` is for the pageout path and the default
 /// pager: they may use the reserved frames.
-pub fn vm_fault(
+///
+/// Generic over the frames and the machine (not `dyn`), here and below, so
+/// the kernel's fault path is one inlined piece: calls through vtables and
+/// the argument shuffling around them were a good part of a soft fault
+/// where every ring-0 instruction is emulated.
+pub fn vm_fault<F: FrameSource, M: FaultMachine>(
     map: &mut VmMap,
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     va: VirtAddr,
     access: VmProt,
     privileged: bool,
@@ -151,10 +156,10 @@ pub fn vm_fault(
 
 /// The fault below the map: finds or makes the page for `target` and maps
 /// it at `va` in the faulting space.
-pub fn fault_object(
+pub fn fault_object<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     access: VmProt,
@@ -171,41 +176,58 @@ pub fn fault_object(
         return FaultOutcome::NeedsCopy;
     }
     let top = target.object;
-    match objects.get(top) {
-        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => {}
+    // `o` is the record of `obj`, the object the walk is at: each object
+    // is looked up once.
+    let mut o = match objects.get(top) {
+        Ok(o) if target.offset.is_page_aligned() && target.offset.0 < o.size() => o,
         _ => return FaultOutcome::MemoryError,
+    };
+    if o.shadow().is_some() {
+        // A shadow whose backing lost its other references absorbs it;
+        // this keeps chains short as tasks that forked exit (cheap: a
+        // count check).
+        let _ = objects.collapse_merge_only(top, frames, mmu);
+        o = match objects.get(top) {
+            Ok(o) => o,
+            Err(_) => return FaultOutcome::MemoryError,
+        };
     }
-    // A shadow whose backing lost its other references absorbs it; this
-    // keeps chains short as tasks that forked exit (cheap: a count check).
-    let _ = objects.collapse_merge_only(top, frames, mmu);
+    // Whether the top object is over a backing one (after the collapse);
+    // nothing below changes it.
+    let top_shadowed = o.shadow().is_some();
 
     let (mut obj, mut off) = (top, target.offset);
     loop {
-        let Ok(o) = objects.get(obj) else {
-            return FaultOutcome::MemoryError;
-        };
-        let (kind, shadow, paged_out) = (o.kind(), o.shadow(), o.is_paged_out(off));
-        let (dead, ready, port) = (o.pager_dead(), o.pager_ready(), o.pager_port());
-        let has_shadow = shadow.is_some();
+        let shadow = o.shadow();
         if let Some(pid) = objects.pages.lookup(obj, off) {
             return found(
-                objects, frames, mmu, target, va, access, privileged, obj, pid, has_shadow,
+                objects,
+                frames,
+                mmu,
+                target,
+                va,
+                access,
+                privileged,
+                obj,
+                pid,
+                shadow.is_some(),
             );
         }
-        let ask = match kind {
+        let ask = match o.kind() {
             ObjectKind::External(_) => true,
-            ObjectKind::Internal => paged_out,
+            ObjectKind::Internal => o.is_paged_out(off),
         };
         if ask {
-            if dead {
+            if o.pager_dead() {
                 return FaultOutcome::MemoryError;
             }
-            if !ready {
+            if !o.pager_ready() {
                 return FaultOutcome::Wait {
                     object: obj,
                     offset: off,
                 };
             }
+            let port = o.pager_port();
             return request(
                 objects,
                 obj,
@@ -221,7 +243,7 @@ pub fn fault_object(
                 };
                 match objects.get(b) {
                     // A shadow larger than its backing window sees zeros.
-                    Ok(bo) if next.0 < bo.size() => {}
+                    Ok(bo) if next.0 < bo.size() => o = bo,
                     _ => break,
                 }
                 obj = b;
@@ -230,7 +252,7 @@ pub fn fault_object(
             None => break,
         }
     }
-    zero_fill(objects, frames, mmu, target, va, privileged)
+    zero_fill(objects, frames, mmu, target, va, privileged, top_shadowed)
 }
 
 /// Makes a busy placeholder so concurrent faults wait for one request.
@@ -258,27 +280,26 @@ fn request(
     }
 }
 
-/// A new zero page in the top object (nothing below has data).
-fn zero_fill(
+/// A new zero page in the top object (nothing below has data);
+/// `shadowed`: the top object has a backing object.
+fn zero_fill<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     privileged: bool,
+    shadowed: bool,
 ) -> FaultOutcome {
     let (pid, frame) = match new_page(objects, frames, target, privileged) {
         Ok(x) => x,
-        Err(o) => return o,
+        Err(e) => return FaultOutcome::from_error(e),
     };
     if !frame.zeroed {
         mmu.zero_frame(frame.addr);
     }
     // Over a backing object a zero page is data (it hides the backing's
     // page, which may appear later), so it must be paged out, not dropped.
-    let shadowed = objects
-        .get(target.object)
-        .is_ok_and(|o| o.shadow().is_some());
     if let Some(p) = objects.pages.get_mut(pid) {
         p.dirty = shadowed;
     }
@@ -299,9 +320,9 @@ fn zero_fill(
     )
 }
 
-fn map_page(
+fn map_page<M: FaultMachine>(
     objects: &mut Objects,
-    mmu: &mut dyn FaultMachine,
+    mmu: &mut M,
     pid: PageId,
     va: VirtAddr,
     frame: PhysAddr,
@@ -317,10 +338,10 @@ fn map_page(
 
 /// The page is resident in `obj` (the top object or one below it).
 #[allow(clippy::too_many_arguments)] // the fault's whole context
-fn found(
+fn found<F: FrameSource, M: FaultMachine>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
-    mmu: &mut dyn FaultMachine,
+    frames: &mut F,
+    mmu: &mut M,
     target: FaultTarget,
     va: VirtAddr,
     access: VmProt,
@@ -329,7 +350,8 @@ fn found(
     pid: PageId,
     obj_shadowed: bool,
 ) -> FaultOutcome {
-    let Some(mut p) = objects.pages.get(pid).copied() else {
+    // The page's fields are read where needed, not the record copied.
+    let Some(p) = objects.pages.get(pid) else {
         return FaultOutcome::MemoryError;
     };
     let at_top = obj == target.object;
@@ -346,6 +368,8 @@ fn found(
             offset: p.offset,
         };
     }
+    let (mut page_frame, offset) = (p.frame, p.offset);
+    let (lock, unlock_requested, cleaning) = (p.lock, p.unlock_requested, p.cleaning);
     let mut how = Resolved::Soft;
     if p.absent {
         // The pager said data_unavailable: zero-fill in place.
@@ -360,13 +384,13 @@ fn found(
             q.frame = Some(frame.addr);
             q.absent = false;
             q.dirty = obj_shadowed;
-            p = *q;
+            page_frame = q.frame;
         }
         how = Resolved::ZeroFill {
             zeroed_by_kernel: !frame.zeroed,
         };
     }
-    let Some(frame) = p.frame else {
+    let Some(frame) = page_frame else {
         return FaultOutcome::MemoryError;
     };
     // Access needed of this page: a write below the top only reads it.
@@ -375,12 +399,12 @@ fn found(
     } else {
         access.without(VmProt::WRITE)
     };
-    let locked = p.lock.intersect(need);
+    let locked = lock.intersect(need);
     if !locked.is_empty() {
-        if p.unlock_requested.contains(locked) {
+        if unlock_requested.contains(locked) {
             return FaultOutcome::Wait {
                 object: obj,
-                offset: p.offset,
+                offset,
             };
         }
         let pager = match objects.get(obj) {
@@ -393,20 +417,20 @@ fn found(
         return FaultOutcome::Unlock {
             object: obj,
             pager,
-            offset: p.offset,
+            offset,
             access: locked,
         };
     }
     if at_top || !write {
-        if write && p.cleaning {
+        if write && cleaning {
             // Write-protected until its data_write completes.
             return FaultOutcome::Wait {
                 object: obj,
-                offset: p.offset,
+                offset,
             };
         }
-        let mut prot = target.prot.intersect(allowed_by_lock(p.lock));
-        if !at_top || target.needs_copy || p.cleaning {
+        let mut prot = target.prot.intersect(allowed_by_lock(lock));
+        if !at_top || target.needs_copy || cleaning {
             // A page of a backing object (or under copy, or being
             // written back) is only read through this mapping.
             prot = prot.without(VmProt::WRITE);
@@ -416,7 +440,7 @@ fn found(
     // Copy-on-write: copy the backing page up into the top object.
     let (npid, new) = match new_page(objects, frames, target, privileged) {
         Ok(x) => x,
-        Err(o) => return o,
+        Err(e) => return FaultOutcome::from_error(e),
     };
     mmu.copy_frame(frame, new.addr);
     // Other spaces sharing the top object may map the backing page at
@@ -439,17 +463,15 @@ fn found(
 }
 
 /// A frame for `target`'s page, entered in the page table (the frame goes
-/// back if the table refuses).
-fn new_page(
+/// back if the table refuses). The error is the small VmError, not the
+/// outcome, so the result is passed in registers.
+fn new_page<F: FrameSource>(
     objects: &mut Objects,
-    frames: &mut dyn FrameSource,
+    frames: &mut F,
     target: FaultTarget,
     privileged: bool,
-) -> Result<(PageId, Frame), FaultOutcome> {
-    let frame = objects
-        .pages
-        .alloc_frame(frames, privileged)
-        .map_err(FaultOutcome::from_error)?;
+) -> Result<(PageId, Frame), VmError> {
+    let frame = objects.pages.alloc_frame(frames, privileged)?;
     match objects
         .pages
         .insert(target.object, target.offset, Some(frame.addr))
@@ -457,7 +479,7 @@ fn new_page(
         Ok(p) => Ok((p, frame)),
         Err(e) => {
             frames.free_frame(frame.addr);
-            Err(FaultOutcome::from_error(e))
+            Err(e)
         }
     }
 }

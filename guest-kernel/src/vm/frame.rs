@@ -23,6 +23,9 @@ pub struct FrameAllocator {
     /// Frames given back; contents unknown. Empty (no heap use) until the
     /// first free, which only happens once the heap is up.
     recycled: Vec<PhysAddr>,
+    /// Frames left in `fresh`, kept so `free_frames` (asked on every page
+    /// fault, for the reserve) is not a walk over the ranges.
+    fresh_left: u64,
     total: u64,
 }
 
@@ -34,6 +37,7 @@ impl FrameAllocator {
             fresh: [(0, 0); MAX_REGIONS],
             nr_fresh: 0,
             recycled: Vec::new(),
+            fresh_left: 0,
             total: 0,
         };
         for (start, size) in ram {
@@ -43,6 +47,7 @@ impl FrameAllocator {
                 fa.fresh[fa.nr_fresh] = (start, end);
                 fa.nr_fresh += 1;
                 fa.total += (end - start) / PAGE_SIZE;
+                fa.fresh_left += (end - start) / PAGE_SIZE;
             }
         }
         fa
@@ -66,6 +71,7 @@ impl FrameAllocator {
             if r.1 - r.0 >= bytes {
                 let at = r.0;
                 r.0 += bytes;
+                self.fresh_left -= pages;
                 return Some(PhysAddr(at));
             }
         }
@@ -78,11 +84,7 @@ impl FrameAllocator {
     }
 
     pub fn free_frames(&self) -> u64 {
-        let fresh: u64 = self.fresh[..self.nr_fresh]
-            .iter()
-            .map(|r| (r.1 - r.0) / PAGE_SIZE)
-            .sum();
-        fresh + self.recycled.len() as u64
+        self.fresh_left + self.recycled.len() as u64
     }
 
     pub fn total_frames(&self) -> u64 {

@@ -432,15 +432,14 @@ impl VmMap {
         Ok(())
     }
 
-    /// The entry mapping `va`, if any.
+    /// The entry mapping `va`, if any. Inline, so that a hint hit (every
+    /// fault after the first in a region) costs a compare in the caller;
+    /// the tree walk is kept out of line.
+    #[inline]
     pub fn lookup(&self, va: VirtAddr) -> Option<Lookup> {
         let (s, e) = match self.hint.get() {
             Some((s, e)) if s <= va && va < e.end => (s, e),
-            _ => {
-                let found = self.entry_containing(va)?;
-                self.hint.set(Some(found));
-                found
-            }
+            _ => self.lookup_tree(va)?,
         };
         let page = va.align_down(PAGE_SIZE);
         Some(Lookup {
@@ -454,6 +453,14 @@ impl VmMap {
             needs_copy: e.needs_copy,
             shared: e.shared,
         })
+    }
+
+    /// [`VmMap::lookup`] past the hint: the tree, then the hint set.
+    #[inline(never)]
+    fn lookup_tree(&self, va: VirtAddr) -> Option<(VirtAddr, Entry)> {
+        let found = self.entry_containing(va)?;
+        self.hint.set(Some(found));
+        Some(found)
     }
 
     /// For a write fault on a needs_copy entry: puts a shadow object in

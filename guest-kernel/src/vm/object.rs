@@ -399,7 +399,23 @@ impl Objects {
     /// (and those their death releases in turn), returning the messages to
     /// send. An object the actions cannot be reserved for stays queued
     /// (ResourceShortage; call again later).
+    ///
+    /// The kernel calls this after every VM operation, most of which
+    /// release nothing: that case is one inline check.
+    #[inline]
     pub fn reap(
+        &mut self,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        if self.dying.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.reap_dying(frames, phys)
+    }
+
+    #[inline(never)]
+    fn reap_dying(
         &mut self,
         frames: &mut dyn FrameSource,
         phys: &mut dyn PhysMaps,
@@ -636,12 +652,28 @@ impl Objects {
 
     /// Only the merge half: cheap enough for every fault (a reference-count
     /// check) since each merge removes an object.
+    ///
+    /// The first round's checks are made here, inline, so a fault whose
+    /// backing object is shared (the usual case after a fork or a copy)
+    /// pays a few compares, not the call into the whole collapse.
+    #[inline]
     pub(super) fn collapse_merge_only(
         &mut self,
         top: ObjectId,
         frames: &mut dyn FrameSource,
         phys: &mut dyn PhysMaps,
     ) -> Result<bool, VmError> {
+        let Some((b, _)) = self.get(top)?.shadow else {
+            return Ok(false);
+        };
+        let bo = self.get(b)?;
+        let mergeable = bo.kind == ObjectKind::Internal
+            && bo.state == ObjectState::Live
+            && bo.refs == 1
+            && bo.paged_out.is_empty();
+        if !mergeable {
+            return Ok(false);
+        }
         self.collapse_inner(top, false, frames, phys)
     }
 

@@ -61,7 +61,8 @@ pub struct Kernel {
     /// The running thread's record (null while idle, or once it is gone),
     /// so the hot paths (every system call, every wake-up) need no lookup.
     cur: *mut Thread,
-    /// The running thread's task's page-table root.
+    /// The page-table root CR3 holds: the running thread's task's (kept in
+    /// step with every CR3 load, so the VM needs no lookup to know it).
     cur_root: PhysAddr,
     idle_frame: *mut TrapFrame,
     /// Whose FPU state is in the registers (saved only when another
@@ -153,7 +154,7 @@ impl Kernel {
             runq: RunQueue::new(),
             current: None,
             cur: core::ptr::null_mut(),
-            cur_root: PhysAddr(0),
+            cur_root: kernel_root,
             idle_frame,
             fpu_owner: None,
             cr3_task: None,
@@ -570,6 +571,7 @@ impl Kernel {
             // SAFETY: the kernel root maps everything the kernel uses.
             unsafe { cpu::set_cr3(self.kernel_root.0) };
             self.cr3_task = None;
+            self.cur_root = self.kernel_root;
         }
         // CR3 no longer holds its root (switched above), so no invlpg.
         let loaded = self.kernel_root;
@@ -823,9 +825,7 @@ impl Kernel {
 
     /// The page-table root CR3 holds now.
     pub fn loaded_root(&self) -> PhysAddr {
-        self.cr3_task
-            .and_then(|c| self.tasks.get(&c))
-            .map_or(self.kernel_root, |t| t.root)
+        self.cur_root
     }
 
     /// Task `id`'s map beside the VM state, for one VM operation (None once

@@ -17,11 +17,14 @@ use guest_kernel::vm::pmap::{PhysMaps, Pmap};
 use guest_kernel::vm::types::{VmError, VmProt};
 
 /// Heap bytes one resident page or one mapping costs the kernel at most
-/// (a B-tree slot plus the page record; a pv entry). The limits below keep
+/// (the page record, up to twice over while its arena doubles, a free-list
+/// slot and a hash bucket; a pv entry). The limits below keep
 /// the VM's bookkeeping inside its share of the heap, so a task touching
 /// memory meets ResourceShortage, never a heap abort.
 const PAGE_RECORD_BYTES: u64 = 160;
 const PV_RECORD_BYTES: u64 = 48;
+/// The pv table's word per frame of RAM, taken off the share first.
+const PV_FRAME_BYTES: u64 = 4;
 /// Memory objects alive at once (every vm_allocate and copy-on-write shadow
 /// makes one).
 const OBJECT_LIMIT: usize = 16 * 1024;
@@ -57,11 +60,19 @@ impl Vm {
     /// Sized from the RAM the frame allocator manages and the heap share the
     /// VM may use.
     pub fn new(total_frames: u64, heap_bytes: u64) -> Vm {
-        let share = heap_bytes / 4;
+        let share = (heap_bytes / 4).saturating_sub(total_frames * PV_FRAME_BYTES);
         let pages = (share / PAGE_RECORD_BYTES).min(total_frames);
         let maps = share / PV_RECORD_BYTES;
+        let mut objects = Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES);
+        // The time stamp counter at boot is secret enough to keep tasks from
+        // aiming page offsets at one hash bucket; the table is empty now, so
+        // this cannot fail.
+        // SAFETY: rdtsc has no memory effects.
+        let _ = objects
+            .pages
+            .seed_hash(unsafe { core::arch::x86_64::_rdtsc() });
         Vm {
-            objects: Objects::new(OBJECT_LIMIT, pages as usize, RESERVED_FRAMES),
+            objects,
             pv: PvTable::new(maps as usize),
             counters: VmCounters::default(),
             copies: CopyStore::new(SNAPSHOT_LIMIT, SNAPSHOT_ENTRY_LIMIT),
@@ -119,9 +130,9 @@ pub struct Machine<'a> {
     pub root: PhysAddr,
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
     /// The pmap of the space this operation works on.
-    pub fn pmap(&mut self) -> X86Pmap<'_> {
+    pub fn pmap(&mut self) -> X86Pmap<'_, SharedFrames<'a>> {
         X86Pmap {
             mem: &mut self.tables,
             pv: self.pv,
@@ -129,7 +140,7 @@ impl Machine<'_> {
             root: self.root,
         }
     }
-    fn phys(&mut self) -> X86PhysMaps<'_> {
+    fn phys(&mut self) -> X86PhysMaps<'_, SharedFrames<'a>> {
         X86PhysMaps {
             mem: &mut self.tables,
             pv: self.pv,
