@@ -72,7 +72,8 @@ impl PagerDevice {
         }
     }
 
-    fn deliver(&mut self) {
+    /// Moves waiting events into posted buffers.
+    pub(super) fn deliver(&mut self) {
         if self.needs_reset || !self.has(VIRTIO_PAGER_F_EVENTS) {
             return;
         }

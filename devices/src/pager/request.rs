@@ -75,6 +75,10 @@ impl PagerDevice {
     /// the ring for want of room; one interrupt for all of it.
     pub fn process_completions(&mut self) {
         let _ = self.completions.evt().read();
+        // Events a pager issued before answering are in the backlog now:
+        // they go first, so the driver never sees a reply before the calls
+        // its pager made ahead of it (docs/virtio-pager.md §7).
+        self.deliver();
         let mut used = false;
         for c in self.completions.take() {
             used |= self.retire(c);
