@@ -317,8 +317,10 @@ pub fn thread_self() -> Result<Name, KernError> {
 }
 
 /// Starts the built-in program `program` with `args`; a send right to the
-/// new task's port.
-pub fn task_create(program: &[u8], args: &[u8]) -> Result<Name, KernError> {
+/// new task's port. With `inherit_memory` the child's VM window is built
+/// from ours by each region's inheritance (vm_inherit); without, it starts
+/// empty (its program image is its own either way).
+pub fn task_create(program: &[u8], args: &[u8], inherit_memory: bool) -> Result<Name, KernError> {
     let mut out: Name = 0;
     // SAFETY: valid slices and a valid out-pointer.
     let r = unsafe {
@@ -329,7 +331,7 @@ pub fn task_create(program: &[u8], args: &[u8]) -> Result<Name, KernError> {
             program.len() as u64,
             args.as_ptr() as u64,
             args.len() as u64,
-            0,
+            u64::from(inherit_memory),
         )
     };
     kr(r).map(|()| out)

@@ -80,7 +80,7 @@ fn main(args: &[u8]) -> i32 {
     if let Err(e) = traps::task_set_bootstrap_port(me, rendezvous) {
         return fail("task_set_bootstrap_port", e.name());
     }
-    let child = match traps::task_create(b"ipcbench", b"server") {
+    let child = match traps::task_create(b"ipcbench", b"server", false) {
         Ok(t) => t,
         Err(e) => return fail("task_create", e.name()),
     };

@@ -496,7 +496,7 @@ fn start_child(role: &[u8]) -> Result<(Name, Name), &'static str> {
     let rendezvous = port_with_send()?;
     let me = kern(traps::task_self())?;
     kern(traps::task_set_bootstrap_port(me, rendezvous))?;
-    let task = kern(traps::task_create(b"ipctest", role))?;
+    let task = kern(traps::task_create(b"ipctest", role, false))?;
     let n = msg(traps::msg_receive(buf(), rendezvous, T))?;
     let m = Message::parse(&buf()[..n]).map_err(|e| e.name())?;
     if m.id() != HELLO {
@@ -854,7 +854,7 @@ fn exhaustion() -> R {
         if made == tasks.len() {
             return Err("task_create never refused");
         }
-        match traps::task_create(b"nameserver", b"") {
+        match traps::task_create(b"nameserver", b"", false) {
             Ok(t) => {
                 tasks[made] = t;
                 made += 1;
@@ -918,6 +918,7 @@ fn name_server_in_use() -> R {
     let ns_task = kern(traps::task_create(
         b"nameserver",
         b"ipctest:ns-server ipctest:ns-client1 ipctest:ns-client2 ipctest:ns-client3",
+        false,
     ))?;
     let mine = traps::task_get_bootstrap_port(me).unwrap_or(abi::PORT_NULL);
     let mut port = abi::PORT_NULL;
@@ -1158,7 +1159,7 @@ fn many_clients() -> R {
     for (c, t) in tasks.iter_mut().enumerate() {
         let mut args = *b"child-client 0";
         args[13] = b'0' + c as u8;
-        *t = kern(traps::task_create(b"ipctest", &args))?;
+        *t = kern(traps::task_create(b"ipctest", &args, false))?;
     }
     let mut served = [0u32; CLIENTS];
     let mut right = [None; CLIENTS];

@@ -142,7 +142,7 @@ fn start(port: Name, args: &[u8]) {
             ),
             None => (word, &b""[..]),
         };
-        match traps::task_create(name, arg) {
+        match traps::task_create(name, arg, false) {
             Ok(task) => match traps::task_set_bootstrap_port(task, port) {
                 Ok(()) => println!("nameserver: started {}", rt::str(word)),
                 Err(e) => println!(

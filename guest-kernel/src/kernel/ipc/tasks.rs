@@ -130,10 +130,13 @@ fn task_create(k: &mut Kernel, s: SpaceId, me: TaskId, f: &TrapFrame) -> Result<
         .map_err(|_| KERN_INVALID_ADDRESS)?;
     let args =
         copy_from_user(k, VirtAddr(f.r10), f.r8, ARGS_MAX).map_err(|_| KERN_INVALID_ADDRESS)?;
-    let id = k.spawn(&name, &args, Some(me)).map_err(|e| match e {
-        crate::kern::scheduler::SpawnError::NoSuchProgram => KERN_INVALID_ARGUMENT,
-        _ => KERN_RESOURCE_SHORTAGE,
-    })?;
+    let inherit = f.r9 != 0;
+    let id = k
+        .spawn(&name, &args, Some(me), inherit)
+        .map_err(|e| match e {
+            crate::kern::scheduler::SpawnError::NoSuchProgram => KERN_INVALID_ARGUMENT,
+            _ => KERN_RESOURCE_SHORTAGE,
+        })?;
     // Bootstrap inheritance used the parent link; nothing else may.
     k.detach(id);
     let p = k.task(id).and_then(|t| t.port);

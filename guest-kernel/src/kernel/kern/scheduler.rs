@@ -274,6 +274,7 @@ impl Kernel {
         name: &[u8],
         args: &[u8],
         parent: Option<TaskId>,
+        inherit_memory: bool,
     ) -> Result<TaskId, SpawnError> {
         let module = *self.boot.module(name).ok_or(SpawnError::NoSuchProgram)?;
         if self.tasks.len() >= MAX_TASKS {
@@ -292,7 +293,10 @@ impl Kernel {
         self.next_task += 1;
         self.tasks.insert(id, task);
         let ports = self.make_task_ports(id, parent);
-        let memory = self.inherit_memory(id, parent);
+        let memory = match parent {
+            Some(p) if inherit_memory => self.inherit_memory(id, p),
+            _ => Ok(()),
+        };
         if ports.is_err() || memory.is_err() || self.create_thread(id, start).is_err() {
             let mut fx = Effects::default();
             self.drop_task_ports(id, &mut fx);
@@ -882,8 +886,7 @@ impl Kernel {
 
     /// task_create's memory inheritance (§3.1): the child's VM window is
     /// built from the parent's by each region's inheritance.
-    fn inherit_memory(&mut self, id: TaskId, parent: Option<TaskId>) -> Result<(), ()> {
-        let Some(p) = parent else { return Ok(()) };
+    fn inherit_memory(&mut self, id: TaskId, p: TaskId) -> Result<(), ()> {
         if self.tasks.get(&p).is_none_or(|t| t.map.is_empty()) {
             return Ok(());
         }

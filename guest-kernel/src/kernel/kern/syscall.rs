@@ -112,7 +112,9 @@ fn spawn(k: &mut Kernel, f: &TrapFrame) -> i64 {
         Err(e) => return e,
     };
     let parent = k.current_task().map(|(t, _)| t);
-    match k.spawn(&name, &args, parent) {
+    // The old spawn call: children inherit memory as task_create's
+    // inherit_memory does (the vm_inherit of each region decides).
+    match k.spawn(&name, &args, parent, true) {
         Ok(id) => id.0 as i64,
         Err(SpawnError::NoSuchProgram) => ERR_NO_SUCH_PROGRAM,
         Err(SpawnError::Load(LoadError::NoMemory)) => ERR_NO_MEMORY,
