@@ -287,6 +287,7 @@ fn mach_vm_in_the_guest() {
         "regions",
         "read-write-copy",
         "inherit",
+        "no-inherit",
         "copy-fault-in",
         "out-of-line",
         "user-pager",

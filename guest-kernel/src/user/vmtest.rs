@@ -410,6 +410,52 @@ fn inherit() -> R {
     Ok(())
 }
 
+/// task_create without inherit_memory: the child's window is empty even
+/// though ours is not. The child reports on the bootstrap port it inherits
+/// (set to a port of ours for the while).
+fn no_inherit() -> R {
+    let me = me()?;
+    let a = allocate(PAGE)?;
+    poke(a, 1);
+    let p = port_with_send()?;
+    // init has none (PORT_NULL); put back whatever it was.
+    let old = traps::task_get_bootstrap_port(me).unwrap_or(abi::PORT_NULL);
+    kern(traps::task_set_bootstrap_port(me, p))?;
+    let child = traps::task_create(b"vmtest", b"child-empty", false);
+    kern(traps::task_set_bootstrap_port(me, old))?;
+    let child = kern(child)?;
+    let n = traps::msg_receive(buf(), p, T).map_err(|e| e.name())?;
+    let id = Message::parse(&buf()[..n]).map_err(|e| e.name())?.id();
+    let _ = traps::port_deallocate(child);
+    kern(traps::port_deallocate(p))?;
+    kern(traps::port_deallocate(p))?;
+    kern(vm::vm_deallocate(me, a, PAGE))?;
+    match id {
+        0 => Ok(()),
+        _ => Err("a child created without inherit_memory has regions"),
+    }
+}
+
+/// The child side of `no_inherit`: says 0 if its window is empty.
+fn child_empty() -> i32 {
+    let (Ok(me), Ok(boot)) = (
+        me(),
+        traps::task_self().and_then(traps::task_get_bootstrap_port),
+    ) else {
+        return 9;
+    };
+    let found = vm::vm_region(me, rt::abi::VM_MIN_ADDRESS).is_ok();
+    let b = buf();
+    let Ok(n) = Builder::new(b)
+        .dest(boot, abi::COPY_SEND)
+        .id(i32::from(found))
+        .finish()
+    else {
+        return 8;
+    };
+    i32::from(traps::msg_send(&b[..n], T).is_err())
+}
+
 /// The child side of `inherit`: exit status 0, or which check failed.
 fn child_inherit(c: u64, s: u64, n: u64) -> i32 {
     let Ok(me) = me() else { return 9 };
@@ -753,6 +799,7 @@ const TESTS: &[rt::Test] = &[
     ("regions", regions),
     ("read-write-copy", read_write_copy),
     ("inherit", inherit),
+    ("no-inherit", no_inherit),
     ("copy-fault-in", kernel_copies_fault_in),
     ("out-of-line", out_of_line),
     ("user-pager", user_pager),
@@ -774,6 +821,9 @@ fn hex(w: &[u8]) -> u64 {
 fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args);
     let first = words.next().unwrap_or(b"");
+    if first == b"child-empty" {
+        return child_empty();
+    }
     if first == b"child-inherit" {
         let mut n = || words.next().map_or(0, hex);
         let (c, s, x) = (n(), n(), n());
