@@ -685,14 +685,33 @@ fn user_pager() -> R {
     let port = port_with_send()?;
     let t = kern(computed_pager::spawn(me, port))?;
     let mut at = 0;
+    // One page more than the loops touch: a receive buffer.
     kern(vm::vm_allocate_with_pager(
         me,
         &mut at,
-        pages * PAGE,
+        (pages + 1) * PAGE,
         true,
         port,
         0,
     ))?;
+    // Receiving into a page not in yet: the call sleeps for the pager (and
+    // its unlock: the page comes write-locked), then runs again.
+    let q = port_with_send()?;
+    let b = buf();
+    let n = Builder::new(b)
+        .dest(q, abi::COPY_SEND)
+        .id(55)
+        .finish()
+        .map_err(|e| e.name())?;
+    traps::msg_send(&b[..n], T).map_err(|e| e.name())?;
+    // SAFETY: the last page of the mapping, ours, 8-aligned.
+    let inb = unsafe { core::slice::from_raw_parts_mut((at + pages * PAGE) as *mut u8, 256) };
+    let n = traps::msg_receive(inb, q, T).map_err(|e| e.name())?;
+    if Message::parse(&inb[..n]).map_err(|e| e.name())?.id() != 55 {
+        return Err("a message received into a pager's page is wrong");
+    }
+    kern(traps::port_deallocate(q))?;
+    kern(traps::port_deallocate(q))?;
     for p in 0..pages {
         for w in [0, 8, PAGE - 8] {
             if peek(at + p * PAGE + w) != computed_pager::word(p * PAGE + w) {
@@ -700,11 +719,11 @@ fn user_pager() -> R {
             }
         }
     }
-    if computed_pager::REQUESTS.load(Ordering::SeqCst) < pages {
+    if computed_pager::REQUESTS.load(Ordering::SeqCst) < pages + 1 {
         return Err("fewer data_requests than pages read");
     }
     poke(at + 16, 0x5a5a);
-    if computed_pager::UNLOCKS.load(Ordering::SeqCst) != 1 || peek(at + 16) != 0x5a5a {
+    if computed_pager::UNLOCKS.load(Ordering::SeqCst) != 2 || peek(at + 16) != 0x5a5a {
         return Err("a write to a locked page did not go through data_unlock");
     }
     control_call(mo::MEMORY_OBJECT_CLEAN_REQUEST, 0, pages * PAGE)?;
@@ -726,7 +745,7 @@ fn user_pager() -> R {
     if peek(at + 16) != 0x5a5a {
         return Err("the page written back did not come back from the pager");
     }
-    kern(vm::vm_deallocate(me, at, pages * PAGE))?;
+    kern(vm::vm_deallocate(me, at, (pages + 1) * PAGE))?;
     if !wait_until(|| computed_pager::TERMINATED.load(Ordering::SeqCst) == 1) {
         return Err("the object's end did not reach its pager");
     }

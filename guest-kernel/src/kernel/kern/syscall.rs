@@ -5,6 +5,7 @@ use crate::arch::copy::{copy_from_user, user_pieces};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::{Kernel, SpawnError};
 use crate::kern::task::LoadError;
+use crate::vm::fault::ready_for_call;
 use crate::vm::object_io;
 use alloc::vec::Vec;
 use guest_kernel::abi::*;
@@ -12,8 +13,8 @@ use guest_kernel::addr::{PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::USER;
 use guest_kernel::kern::sched::TaskId;
 use libmach::abi::{
-    TRAP_HOST_OBJECT_PORT, TRAP_MACH_MSG, TRAP_PORT_ALLOCATE, TRAP_PORT_REQUEST_DEAD_NAME,
-    TRAP_TASK_GET_BOOTSTRAP_PORT, TRAP_TASK_SELF, TRAP_VM_ALLOCATE,
+    RCV_MSG, SEND_MSG, TRAP_HOST_OBJECT_PORT, TRAP_MACH_MSG, TRAP_PORT_ALLOCATE,
+    TRAP_PORT_REQUEST_DEAD_NAME, TRAP_TASK_GET_BOOTSTRAP_PORT, TRAP_TASK_SELF, TRAP_VM_ALLOCATE,
 };
 
 const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
@@ -54,10 +55,21 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             None => return,
         },
         SYS_OBJECT_STAT => object_io::stat(k, f),
-        TRAP_MACH_MSG => match crate::ipc::mach_msg::trap(k, f) {
-            Some(r) => r,
-            None => return,
-        },
+        TRAP_MACH_MSG => {
+            // A message buffer in pager-backed memory is brought in first,
+            // sleeping if need be, while the call can still start over.
+            let (buf, option) = (f.rdi, f.rsi as u32);
+            let ready = (option & SEND_MSG == 0 || ready_for_call(k, buf, f.rdx, false))
+                && (option & RCV_MSG == 0 || ready_for_call(k, buf, f.r10, true));
+            if !ready {
+                return;
+            }
+            match crate::ipc::mach_msg::trap(k, f) {
+                Some(r) => r,
+                None => return,
+            }
+        }
+
         TRAP_PORT_ALLOCATE..=TRAP_PORT_REQUEST_DEAD_NAME => {
             i64::from(crate::ipc::ports::trap(k, f))
         }

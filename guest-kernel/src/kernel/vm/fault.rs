@@ -201,3 +201,36 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
     }
     Ok(())
 }
+
+/// Before a system call has done anything: makes the running task's
+/// `[va, va + len)` present (writable if the kernel will write it), asking
+/// pagers and sleeping as a user fault would. False: the thread now sleeps
+/// and runs the whole call again once the page comes (the caller returns at
+/// once). Other failures are left for the call's own copy to report.
+pub fn ready_for_call(k: &mut Kernel, va: u64, len: u64, write: bool) -> bool {
+    if !in_window(va, len) {
+        return true;
+    }
+    let Some((task, _)) = k.current_task() else {
+        return true;
+    };
+    let Some(end) = va.checked_add(len) else {
+        return true;
+    };
+    let access = if write { VmProt::WRITE } else { VmProt::READ };
+    let mut page = va.max(VM_MIN_ADDRESS) & !(PAGE_SIZE - 1);
+    while page < end.min(VM_MAX_ADDRESS) {
+        let present = super::with_task(k, task, |_, _, _, m| {
+            m.pmap()
+                .lookup(VirtAddr(page))
+                .is_some_and(|(_, prot)| prot.contains(access))
+        });
+        if present == Some(false)
+            && let Err(o) = resolve(k, task, VirtAddr(page), access)
+        {
+            return !wait_for_pager(k, o, true);
+        }
+        page += PAGE_SIZE;
+    }
+    true
+}
