@@ -83,14 +83,7 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
             let anywhere = f.r10 != 0;
             let (start, size) = page_range(if anywhere { 0 } else { hint }, f.rdx)?;
             let at = allocate(k, task, (!anywhere).then_some(start), size)?;
-            if let Err(e) = write_u64(k, f.rsi, at.0) {
-                // The caller cannot learn the address: take it back.
-                let _ = with_task(k, task, |map, objs, _, m| {
-                    map.deallocate(at, size, objs, &mut m.pmap())
-                });
-                return Err(e);
-            }
-            Ok(())
+            hand_out(k, task, at, size, f.rsi)
         }
         TRAP_VM_DEALLOCATE => {
             let (start, size) = page_range(f.rsi, f.rdx)?;
@@ -126,13 +119,7 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
                     })
             })
             .ok_or(KERN_TERMINATED)??;
-            if let Err(e) = write_u64(k, f.r10, at.0) {
-                let _ = with_task(k, me, |map, objs, _, m| {
-                    map.deallocate(at, size, objs, &mut m.pmap())
-                });
-                return Err(e);
-            }
-            Ok(())
+            hand_out(k, me, at, size, f.r10)
         }
         TRAP_VM_WRITE => {
             let (dst, size) = page_range(f.rsi, f.r10)?;
@@ -201,13 +188,7 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
                 f.r8 as u32,
                 f.r9,
             )?;
-            if let Err(e) = write_u64(k, f.rsi, at.0) {
-                let _ = with_task(k, task, |map, objs, _, m| {
-                    map.deallocate(at, size, objs, &mut m.pmap())
-                });
-                return Err(e);
-            }
-            Ok(())
+            hand_out(k, task, at, size, f.rsi)
         }
         _ => Err(KERN_INVALID_ARGUMENT),
     }
@@ -287,6 +268,18 @@ fn allocate_with_pager(
     })
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)
+}
+
+/// Writes the address of a region just made in `task` to the caller's
+/// `out`; if the caller cannot learn it, the region is taken back.
+fn hand_out(k: &mut Kernel, task: TaskId, at: VirtAddr, size: u64, out: u64) -> Result<(), u32> {
+    let r = write_u64(k, out, at.0);
+    if r.is_err() {
+        let _ = with_task(k, task, |map, objs, _, m| {
+            map.deallocate(at, size, objs, &mut m.pmap())
+        });
+    }
+    r
 }
 
 /// Runs a map operation on `task`, as a kern_return.
