@@ -2,12 +2,13 @@
 //! 3-1) in one, with options and timeouts (docs/mach-ipc.md §2).
 
 use super::memory::{NoOol, Sink, Source};
-use super::{apply, waiter};
+use super::{apply, effects, waiter};
 use crate::arch::copy::{read_user, write_in};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::{RecvWait, State};
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use guest_kernel::addr::{PhysAddr, VirtAddr};
 use guest_kernel::ipc::{Effects, Kmsg, Recv, Send, SpaceId};
 use guest_kernel::kern::sched::{TaskId, ThreadId};
@@ -17,18 +18,23 @@ use libmach::abi::*;
 /// heap allocation for the copy.
 const SMALL: usize = 256;
 
-/// A copy buffer: on the stack for small messages.
+/// A copy buffer: on the stack for small messages. Only its first `len`
+/// bytes are ever initialized (zeroed at creation), so a null message does
+/// not pay for clearing all of the stack buffer.
 // The large variant is the point: small messages never touch the heap.
 #[allow(clippy::large_enum_variant)]
 enum Buf {
-    Small([u64; SMALL / 8], usize),
+    Small(MaybeUninit<[u64; SMALL / 8]>, usize),
     Heap(Vec<u8>),
 }
 
 impl Buf {
     fn new(len: usize) -> Option<Buf> {
         if len <= SMALL {
-            return Some(Buf::Small([0; SMALL / 8], len));
+            let mut a = MaybeUninit::<[u64; SMALL / 8]>::uninit();
+            // SAFETY: `len` <= SMALL bytes inside the array.
+            unsafe { core::ptr::write_bytes(a.as_mut_ptr().cast::<u8>(), 0, len) };
+            return Some(Buf::Small(a, len));
         }
         let mut v = Vec::new();
         v.try_reserve_exact(len).ok()?;
@@ -37,9 +43,9 @@ impl Buf {
     }
     fn bytes(&mut self) -> &mut [u8] {
         match self {
-            // SAFETY: u64s viewed as bytes, within the array.
+            // SAFETY: the first `n` bytes of the array, initialized in `new`.
             Buf::Small(a, n) => unsafe {
-                core::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut u8, *n)
+                core::slice::from_raw_parts_mut(a.as_mut_ptr().cast::<u8>(), *n)
             },
             Buf::Heap(v) => v,
         }
@@ -103,7 +109,7 @@ fn send(
     }
     let mut copy = Buf::new(size as usize).ok_or(Some(SEND_NO_BUFFER))?;
     read_user(k, buf, copy.bytes()).map_err(|_| Some(SEND_INVALID_DATA))?;
-    let mut fx = Effects::default();
+    let mut fx = effects(k);
     // Only a complex message can carry out-of-line regions; the others
     // skip lending the sender's map (the null RPC's hot path).
     let bits = copy
@@ -163,7 +169,7 @@ fn receive(
         return Some(RCV_TOO_LARGE);
     }
     let max = want.size.min(MSG_SIZE_MAX) as usize;
-    let mut fx = Effects::default();
+    let mut fx = effects(k);
     let large = want.options & RCV_LARGE != 0;
     let r = k.ipc.receive(space, want.name, max, large, &mut fx);
     let code = match r {

@@ -28,6 +28,14 @@ pub fn waiter(t: ThreadId) -> Waiter {
     Waiter(u64::from(t.0))
 }
 
+/// An empty `Effects` whose wake list reuses the kernel's spare capacity
+/// (given back by `apply`): no allocation per message.
+pub fn effects(k: &mut Kernel) -> Effects {
+    Effects {
+        wake: core::mem::take(&mut k.fx_spare),
+    }
+}
+
 /// Carries out `fx`: delivers messages to waiting receivers, restarts
 /// senders that have room, fails waits on dead ports; then discards the
 /// out-of-line snapshots of messages destroyed on the way. Returns the
@@ -44,6 +52,10 @@ pub fn apply(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
 fn wake(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
     let mut pending = fx.wake;
     let mut first = None;
+    if pending.is_empty() {
+        give_back(k, pending);
+        return None;
+    }
     // Each delivery can free room (waking a sender) but a sender restarts
     // in its own context, so the chain is short; the bound is a safety net.
     let mut i = 0;
@@ -69,7 +81,16 @@ fn wake(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
             _ => {}
         }
     }
+    give_back(k, pending);
     first
+}
+
+/// Keeps the larger of two wake lists' capacity for the next `effects`.
+fn give_back(k: &mut Kernel, mut v: Vec<(Waiter, Wake)>) {
+    if v.capacity() > k.fx_spare.capacity() {
+        v.clear();
+        k.fx_spare = v;
+    }
 }
 
 fn append(v: &mut Vec<(Waiter, Wake)>, more: Vec<(Waiter, Wake)>) {
