@@ -10,7 +10,7 @@ use crate::kern::thread::{RecvWait, State};
 use alloc::vec::Vec;
 use core::mem::MaybeUninit;
 use guest_kernel::addr::{PhysAddr, VirtAddr};
-use guest_kernel::ipc::{Effects, Kmsg, Recv, Send, SpaceId};
+use guest_kernel::ipc::{Direct, DirectTo, Effects, Kmsg, Recv, Send, SpaceId};
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 use libmach::abi::*;
 
@@ -116,6 +116,12 @@ fn send(
         .bytes()
         .first_chunk::<4>()
         .map_or(0, |b| u32::from_le_bytes(*b));
+    if bits & BITS_COMPLEX == 0
+        && size as usize <= SMALL
+        && let Some(done) = send_direct(k, space, copy.bytes(), &mut fx)
+    {
+        return done;
+    }
     let r = if bits & BITS_COMPLEX != 0 {
         let (me, _) = k.current_task().ok_or(Some(SEND_INVALID_DEST))?;
         let (ipc, parts) = k.ipc_and_vm(me).ok_or(Some(SEND_INVALID_DEST))?;
@@ -153,6 +159,58 @@ fn send(
             Err(Some(e))
         }
     }
+}
+
+/// The RPC fast path (`Ipc::send_direct`): a simple message whose
+/// destination's first waiter is a thread blocked receiving on it goes
+/// straight into that thread's buffer, which wakes with the result, no
+/// kernel message queued. None: not that case, nothing changed.
+fn send_direct(
+    k: &mut Kernel,
+    space: SpaceId,
+    msg: &[u8],
+    fx: &mut Effects,
+) -> Option<Result<Option<ThreadId>, Option<u32>>> {
+    let remote = msg
+        .get(8..12)
+        .and_then(|b| b.first_chunk::<4>())
+        .map(|b| u32::from_le_bytes(*b))?;
+    let w = k.ipc.direct_candidate(space, remote)?;
+    let tid = ThreadId(w.0 as u32);
+    let (task, want) = k
+        .thread(tid)
+        .filter(|t| t.state == State::MsgReceive)
+        .map(|t| (t.task, t.recv))?;
+    let (rspace, root) = k.task(task).and_then(|t| Some((t.space?, t.root)))?;
+    let mut out = [0u8; SMALL];
+    let mut to = DirectTo {
+        waiter: w,
+        space: rspace,
+        name: want.name,
+        max: want.size.min(MSG_SIZE_MAX) as usize,
+        out: &mut out,
+    };
+    let size = match k.ipc.send_direct(space, msg, &mut to, fx) {
+        Direct::Declined => return None,
+        Direct::Sent(Send::Error(e)) => {
+            apply(k, core::mem::take(fx));
+            return Some(Err(Some(e)));
+        }
+        // Anything else (`Full`) the ordinary send handles again, from
+        // scratch: nothing changed.
+        Direct::Sent(_) => return None,
+        Direct::Delivered { size, .. } => size,
+    };
+    let bytes = out.get(..size).unwrap_or(&[]);
+    let code = match crate::vm::fault::prefault(k, task, want.buf, size as u64, true)
+        .and_then(|()| write_in(&mut k.frames, root, VirtAddr(want.buf), bytes))
+    {
+        Ok(()) => MSG_SUCCESS,
+        Err(_) => RCV_INVALID_DATA,
+    };
+    k.wake_with(tid, i64::from(code));
+    apply(k, core::mem::take(fx));
+    Some(Ok(Some(tid)))
 }
 
 /// `None`: blocked until a sender delivers, a timeout, or the port's death.
