@@ -1003,9 +1003,13 @@ impl Ipc {
             body.extend_from_slice(body_bytes);
         }
         let mut rights = Vec::new();
-        rights.try_reserve_exact(scan.names).map_err(nobuf)?;
+        if scan.names > 0 {
+            rights.try_reserve_exact(scan.names).map_err(nobuf)?;
+        }
         let mut regions: Vec<OolData> = Vec::new();
-        regions.try_reserve_exact(scan.ool_count).map_err(nobuf)?;
+        if scan.ool_count > 0 {
+            regions.try_reserve_exact(scan.ool_count).map_err(nobuf)?;
+        }
         if scan.ool_count > 0 {
             // Room to release every snapshot held, this message's too.
             self.released
@@ -1041,8 +1045,10 @@ impl Ipc {
         }
         let mut off = if scan.names == 0 { body.len() } else { 0 };
         let mut failed = false;
+        let mut moves_receive = false;
         while let Ok(Some((ih, payload, next))) = kmsg::item_at(&body, off) {
             if ih.kind == ITEM_PORTS {
+                moves_receive |= ih.disp == MOVE_RECEIVE;
                 for i in 0..ih.count as usize {
                     let at = payload + i * 4;
                     let name = body
@@ -1075,7 +1081,8 @@ impl Ipc {
             self.copyin_abort(s);
             return Err(SEND_INVALID_RIGHT);
         }
-        if self.receive_cycle(s, dest) {
+        // Only an item's MOVE_RECEIVE can make a cycle.
+        if moves_receive && self.receive_cycle(s, dest) {
             self.copyin_abort(s);
             return Err(SEND_INVALID_RIGHT);
         }

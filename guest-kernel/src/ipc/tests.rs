@@ -1954,48 +1954,37 @@ fn a_copy_is_bounded_per_message_a_snapshot_only_in_flight() {
 #[test]
 #[ignore]
 fn null_rpc_profile() {
-    let (mut ipc, client, server) = setup();
-    let service = ipc.port_allocate(server).unwrap();
-    let to_service = give_send(&mut ipc, server, service, client);
-    let reply = ipc.port_allocate(client).unwrap();
+    let (mut ipc, client, server, service, to_service, reply) = rpc_pair();
     let req = msg(to_service, COPY_SEND, reply, MAKE_SEND_ONCE, 7, &[]);
     let mut buf = [0u8; 256];
     let mut fx = Effects::default();
-    let (mut src, mut sink) = (nomem(), Sink::default());
     for _ in 0..2000 {
         ipc.wait_receive(server, service, Waiter(1)).unwrap();
-        assert!(matches!(
-            ipc.send(client, &req, &mut src, &mut fx),
-            Send::Queued
-        ));
-        fx.wake.clear();
-        let Recv::Message(k) = ipc.receive(server, service, 256, false, &mut fx) else {
-            panic!()
+        let mut d = DirectTo {
+            waiter: Waiter(1),
+            space: server,
+            name: service,
+            max: 256,
+            out: &mut buf,
         };
-        let n = ipc
-            .copyout(server, k, &mut buf, &mut sink, &mut fx)
-            .unwrap();
-        let got = Header::from_bytes(&buf[..n]).unwrap();
+        assert!(matches!(
+            ipc.send_direct(client, &req, &mut d, &mut fx),
+            Direct::Delivered { .. }
+        ));
+        let got = Header::from_bytes(&buf).unwrap();
         ipc.wait_receive(client, reply, Waiter(2)).unwrap();
-        let rep = Header {
-            bits: Header::bits(MOVE_SEND_ONCE, 0),
-            size: HEADER_SIZE as u32,
-            remote: got.remote,
-            local: PORT_NULL,
-            seqno: 0,
-            id: 8,
-        }
-        .to_bytes();
-        assert!(matches!(
-            ipc.send(server, &rep, &mut src, &mut fx),
-            Send::Queued
-        ));
-        fx.wake.clear();
-        let Recv::Message(k) = ipc.receive(client, reply, 256, false, &mut fx) else {
-            panic!()
+        let rep = msg(got.remote, MOVE_SEND_ONCE, 0, 0, 8, &[]);
+        let mut d = DirectTo {
+            waiter: Waiter(2),
+            space: client,
+            name: reply,
+            max: 256,
+            out: &mut buf,
         };
-        ipc.copyout(client, k, &mut buf, &mut sink, &mut fx)
-            .unwrap();
+        assert!(matches!(
+            ipc.send_direct(server, &rep, &mut d, &mut fx),
+            Direct::Delivered { .. }
+        ));
     }
     check_invariants(&ipc);
 }
