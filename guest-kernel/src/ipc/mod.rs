@@ -1309,6 +1309,40 @@ impl Ipc {
         self.dequeue(p, max_size, large, fx)
     }
 
+    /// [`Ipc::receive`], and where it would say `Empty`, [`Ipc::wait_receive`]
+    /// of `w` at once (one lookup of the receive right for both); an error
+    /// of the wait comes back as `Recv::Error`.
+    pub fn receive_or_wait(
+        &mut self,
+        s: SpaceId,
+        name: Name,
+        max_size: usize,
+        large: bool,
+        w: Waiter,
+        fx: &mut Effects,
+    ) -> Recv {
+        if name == PORT_NULL {
+            return match self.receive(s, name, max_size, large, fx) {
+                Recv::Empty => match self.wait_receive(s, name, w) {
+                    Ok(()) => Recv::Empty,
+                    Err(e) => Recv::Error(e),
+                },
+                r => r,
+            };
+        }
+        let p = match self.receive_right(s, name) {
+            Ok(p) => p,
+            Err(_) => return Recv::Error(RCV_INVALID_NAME),
+        };
+        match self.dequeue(p, max_size, large, fx) {
+            Recv::Empty => match self.register(w, WaitOn::Receive(p)) {
+                Ok(()) => Recv::Empty,
+                Err(e) => Recv::Error(e),
+            },
+            r => r,
+        }
+    }
+
     /// Reads a message sent to one of the kernel's own ports.
     /// Dequeuing makes room, so `fx` may wake a blocked sender.
     pub fn kernel_receive(&mut self, p: PortId, fx: &mut Effects) -> Option<Kmsg> {

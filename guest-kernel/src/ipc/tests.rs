@@ -2190,3 +2190,34 @@ fn send_direct_declines_without_changes() {
     assert!(fx.wake.is_empty());
     check_invariants(&ipc);
 }
+
+/// `receive_or_wait` is `receive`, then `wait_receive` on `Empty`.
+#[test]
+fn receive_or_wait_is_receive_then_wait() {
+    let (mut ipc, client, server, service, to_service, _) = rpc_pair();
+    let mut fx = Effects::default();
+    assert!(matches!(
+        ipc.receive_or_wait(server, service, 256, false, Waiter(1), &mut fx),
+        Recv::Empty
+    ));
+    assert_eq!(ipc.blocked(), 1);
+    send(&mut ipc, client, &msg(to_service, COPY_SEND, 0, 0, 7, &[])).unwrap();
+    assert_eq!(fx.wake.len(), 0);
+    let Recv::Message(k) = ipc.receive_or_wait(server, service, 256, false, Waiter(1), &mut fx)
+    else {
+        panic!("no message")
+    };
+    assert_eq!(k.id(), 7);
+    ipc.kmsg_destroy(k, &mut fx);
+    assert!(matches!(
+        ipc.receive_or_wait(server, service ^ 0x100, 256, false, Waiter(1), &mut fx),
+        Recv::Error(RCV_INVALID_NAME)
+    ));
+    // The default group, empty: as wait_receive says.
+    assert!(matches!(
+        ipc.receive_or_wait(server, PORT_NULL, 256, false, Waiter(1), &mut fx),
+        Recv::Error(RCV_INVALID_NAME)
+    ));
+    ipc.cancel_wait(Waiter(1));
+    check_invariants(&ipc);
+}

@@ -229,14 +229,19 @@ fn receive(
     let max = want.size.min(MSG_SIZE_MAX) as usize;
     let mut fx = effects(k);
     let large = want.options & RCV_LARGE != 0;
-    let r = k.ipc.receive(space, want.name, max, large, &mut fx);
+    // A poll never waits; otherwise an empty queue parks us in the same call.
+    let poll = want.options & RCV_TIMEOUT != 0 && timeout == 0;
+    let r = if poll {
+        k.ipc.receive(space, want.name, max, large, &mut fx)
+    } else {
+        k.ipc
+            .receive_or_wait(space, want.name, max, large, waiter(tid), &mut fx)
+    };
     let code = match r {
         Recv::Message(km) => copy_out(k, task, space, root, km, VirtAddr(want.buf), &mut fx),
         Recv::Empty => {
-            if want.options & RCV_TIMEOUT != 0 && timeout == 0 {
+            if poll {
                 RCV_TIMED_OUT
-            } else if let Err(e) = k.ipc.wait_receive(space, want.name, waiter(tid)) {
-                e
             } else {
                 if want.options & RCV_TIMEOUT != 0
                     && !k.set_timeout(k.ticks_for_ms(u64::from(timeout)))
