@@ -1999,16 +1999,12 @@ fn rpc_pair() -> (Ipc, SpaceId, SpaceId, Name, Name, Name) {
     (ipc, client, server, service, to_service, reply)
 }
 
+/// What a receiver got (or the send's error), and who else was woken.
+type RpcSeen = (Result<Vec<u8>, u32>, Vec<(Waiter, Wake)>);
+
 /// The slow path's view of one send to a parked receiver: send, then the
 /// receiver's receive and copyout.
-fn slow_rpc(
-    ipc: &mut Ipc,
-    from: SpaceId,
-    m: &[u8],
-    to: SpaceId,
-    on: Name,
-    max: usize,
-) -> (Result<Vec<u8>, u32>, Vec<(Waiter, Wake)>) {
+fn slow_rpc(ipc: &mut Ipc, from: SpaceId, m: &[u8], to: SpaceId, on: Name, max: usize) -> RpcSeen {
     let mut fx = Effects::default();
     let (mut src, mut sink) = (nomem(), Sink::default());
     match ipc.send(from, m, &mut src, &mut fx) {
@@ -2039,7 +2035,7 @@ fn fast_rpc(
     on: Name,
     max: usize,
     w: Waiter,
-) -> Option<(Result<Vec<u8>, u32>, Vec<(Waiter, Wake)>)> {
+) -> Option<RpcSeen> {
     let mut fx = Effects::default();
     let mut buf = vec![0u8; 256];
     let mut d = DirectTo {

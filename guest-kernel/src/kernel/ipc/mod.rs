@@ -6,7 +6,9 @@
 //!
 //! A thread blocked in receive is delivered to directly by whoever makes
 //! its message available (the message goes into its own buffer, its trap
-//! returns with the result), so an RPC costs each side one trap. A thread
+//! returns with the result), so an RPC costs each side one trap. A simple
+//! small message to such a receiver skips the queue altogether
+//! (`mach_msg::send_direct`, `Ipc::send_direct`; docs/mach-ipc.md §2.1). A thread
 //! blocked sending to a full port runs its trap again when there is room.
 
 pub mod exception;
