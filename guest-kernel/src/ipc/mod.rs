@@ -163,6 +163,38 @@ pub enum Send {
     Error(u32),
 }
 
+/// A receiver blocked in receive that a send may deliver to at once
+/// ([`Ipc::send_direct`]): its space, the name it receives on, the most it
+/// takes, and where its received form goes.
+pub struct DirectTo<'a> {
+    pub waiter: Waiter,
+    pub space: SpaceId,
+    pub name: Name,
+    pub max: usize,
+    pub out: &'a mut [u8],
+}
+
+/// The outcome of [`Ipc::send_direct`].
+#[must_use]
+#[derive(Debug)]
+pub enum Direct {
+    /// Sent and received in one step: `waiter` (no longer parked) got
+    /// `size` bytes in `DirectTo::out`, exactly what `receive` + `copyout`
+    /// of the queued message would have given it.
+    Delivered { waiter: Waiter, size: usize },
+    /// Not the common case (complex, too large, nobody waiting first in
+    /// line, a kernel port...): nothing changed, use [`Ipc::send`].
+    Declined,
+    /// What [`Ipc::send`] would have returned (an error, or `Full`).
+    Sent(Send),
+}
+
+enum Outcome {
+    Send(Send),
+    Direct { waiter: Waiter, size: usize },
+    Declined,
+}
+
 /// The outcome of [`Ipc::receive`].
 #[must_use]
 #[derive(Debug)]
@@ -203,6 +235,15 @@ pub trait OolSource {
     /// The send succeeded and the item had `OOL_DEALLOCATE`: unmap it
     /// (after any snapshot of it was taken).
     fn deallocate(&mut self, _addr: u64, _len: u64) {}
+}
+
+/// No sender memory: a direct send carries no out-of-line region.
+struct NoSource;
+
+impl OolSource for NoSource {
+    fn read(&mut self, _addr: u64, _len: u64, _out: &mut [u8]) -> bool {
+        false
+    }
 }
 
 /// The receiver's memory, for out-of-line regions.
@@ -835,10 +876,46 @@ impl Ipc {
         ool: &mut dyn OolSource,
         fx: &mut Effects,
     ) -> Send {
-        match self.send_inner(s, msg, ool, fx) {
-            Ok(r) => r,
+        match self.send_inner(s, msg, ool, None, fx) {
+            Ok(Outcome::Send(r)) => r,
+            // Only a direct send declines or delivers.
+            Ok(_) => Send::Error(SEND_INVALID_DEST),
             Err(e) => Send::Error(e),
         }
+    }
+
+    /// The RPC fast path: [`Ipc::send`] of a simple message straight into
+    /// the receiver `to`, when it is the first waiter on the destination,
+    /// nothing is queued there and the message fits it. Same checks, same
+    /// rights bookkeeping (one implementation: `send_inner`), same result
+    /// as `send` followed by that receiver's `receive` and `copyout`, but
+    /// no kernel message is built or queued.
+    pub fn send_direct(
+        &mut self,
+        s: SpaceId,
+        msg: &[u8],
+        to: &mut DirectTo<'_>,
+        fx: &mut Effects,
+    ) -> Direct {
+        let mut none = NoSource;
+        match self.send_inner(s, msg, &mut none, Some(to), fx) {
+            Ok(Outcome::Send(r)) => Direct::Sent(r),
+            Ok(Outcome::Direct { waiter, size }) => Direct::Delivered { waiter, size },
+            Ok(Outcome::Declined) => Direct::Declined,
+            Err(e) => Direct::Sent(Send::Error(e)),
+        }
+    }
+
+    /// The thread first in line to receive on the port `name` (a send or
+    /// send-once right of `s`) denotes, if nothing is queued there: the
+    /// receiver a [`Ipc::send_direct`] would deliver to.
+    pub fn direct_candidate(&self, s: SpaceId, name: Name) -> Option<Waiter> {
+        let e = self.space(s)?.lookup(name)?;
+        let port = self.port(e.port)?;
+        if port.kobject.is_some() || port.queue.len() != 0 {
+            return None;
+        }
+        port.queue.waiters.first().copied()
     }
 
     fn send_inner(
@@ -846,8 +923,9 @@ impl Ipc {
         s: SpaceId,
         msg: &[u8],
         src: &mut dyn OolSource,
+        direct: Option<&mut DirectTo<'_>>,
         fx: &mut Effects,
-    ) -> Result<Send, u32> {
+    ) -> Result<Outcome, u32> {
         let sh = kmsg::check_header(msg)?;
         let h = sh.header;
         let body_bytes = msg.get(HEADER_SIZE..).ok_or(SEND_MSG_TOO_SMALL)?;
@@ -870,7 +948,7 @@ impl Ipc {
         }
         let to_kernel = dport.kobject.is_some();
         if !to_kernel && dport.is_full() {
-            return Ok(Send::Full { port: dest });
+            return Ok(Outcome::Send(Send::Full { port: dest }));
         }
         let local_disp = h.local_disposition();
         if h.local != PORT_NULL && !is_dest_disposition(local_disp) {
@@ -897,15 +975,41 @@ impl Ipc {
         {
             return Err(SEND_NO_BUFFER);
         }
+        // The fast path takes only what needs no kernel message: a simple
+        // message to a port with nothing queued whose first waiter is the
+        // receiver, receiving on it by name, with room for it.
+        if let Some(to) = direct.as_ref() {
+            let size = msg.len();
+            let eligible = !sh.complex
+                && !to_kernel
+                && size <= to.max
+                && size <= to.out.len()
+                && self.port(dest).is_some_and(|p| p.queue.len() == 0)
+                && self
+                    .port(dest)
+                    .is_some_and(|p| p.queue.waiters.first() == Some(&to.waiter))
+                && to.name != PORT_NULL
+                && self.receive_right(to.space, to.name) == Ok(dest);
+            if !eligible {
+                return Ok(Outcome::Declined);
+            }
+        }
         // Every allocation before any right moves.
         let nobuf = |_| SEND_NO_BUFFER;
+        // (A direct send builds no kernel message: its body stays empty.)
         let mut body = Vec::new();
-        body.try_reserve_exact(body_bytes.len()).map_err(nobuf)?;
-        body.extend_from_slice(body_bytes);
+        if direct.is_none() {
+            body.try_reserve_exact(body_bytes.len()).map_err(nobuf)?;
+            body.extend_from_slice(body_bytes);
+        }
         let mut rights = Vec::new();
-        rights.try_reserve_exact(scan.names).map_err(nobuf)?;
+        if scan.names > 0 {
+            rights.try_reserve_exact(scan.names).map_err(nobuf)?;
+        }
         let mut regions: Vec<OolData> = Vec::new();
-        regions.try_reserve_exact(scan.ool_count).map_err(nobuf)?;
+        if scan.ool_count > 0 {
+            regions.try_reserve_exact(scan.ool_count).map_err(nobuf)?;
+        }
         if scan.ool_count > 0 {
             // Room to release every snapshot held, this message's too.
             self.released
@@ -916,7 +1020,10 @@ impl Ipc {
         if self.touched.capacity() < want {
             self.touched.try_reserve(want).map_err(nobuf)?;
         }
-        if !to_kernel && !self.port_mut(dest).is_some_and(|p| p.queue.reserve_one()) {
+        if !to_kernel
+            && direct.is_none()
+            && !self.port_mut(dest).is_some_and(|p| p.queue.reserve_one())
+        {
             return Err(SEND_NO_BUFFER);
         }
         // Rights, phase 1: check everything, in order, against what the
@@ -938,8 +1045,10 @@ impl Ipc {
         }
         let mut off = if scan.names == 0 { body.len() } else { 0 };
         let mut failed = false;
+        let mut moves_receive = false;
         while let Ok(Some((ih, payload, next))) = kmsg::item_at(&body, off) {
             if ih.kind == ITEM_PORTS {
+                moves_receive |= ih.disp == MOVE_RECEIVE;
                 for i in 0..ih.count as usize {
                     let at = payload + i * 4;
                     let name = body
@@ -972,7 +1081,8 @@ impl Ipc {
             self.copyin_abort(s);
             return Err(SEND_INVALID_RIGHT);
         }
-        if self.receive_cycle(s, dest) {
+        // Only an item's MOVE_RECEIVE can make a cycle.
+        if moves_receive && self.receive_cycle(s, dest) {
             self.copyin_abort(s);
             return Err(SEND_INVALID_RIGHT);
         }
@@ -1009,6 +1119,9 @@ impl Ipc {
             }
             off = next;
         }
+        if let Some(to) = direct {
+            return Ok(self.direct_finish(&h, body_bytes, dest, dest_r, reply_r, to, fx));
+        }
         let dest_ty = match dest_r {
             KRight::Port { ty, .. } => ty,
             _ => 0,
@@ -1036,7 +1149,7 @@ impl Ipc {
             charged_sender: !to_kernel,
         };
         if to_kernel {
-            return Ok(Send::ToKernel(k));
+            return Ok(Outcome::Send(Send::ToKernel(k)));
         }
         if let Some(sp) = self.space_mut(s) {
             sp.queued += 1;
@@ -1049,7 +1162,61 @@ impl Ipc {
             p.queue.push(k);
         }
         self.wake_receiver(dest, fx);
-        Ok(Send::Queued)
+        Ok(Outcome::Send(Send::Queued))
+    }
+
+    /// The end of a direct send (rights already committed; nothing here
+    /// fails): what queueing the message, `receive` by `to`'s waiter
+    /// (`dequeue`) and `copyout` would do, in the same order, without the
+    /// kernel message. A simple message carries only its reply right.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_finish(
+        &mut self,
+        h: &Header,
+        body: &[u8],
+        dest: PortId,
+        dest_r: KRight,
+        reply_r: KRight,
+        to: &mut DirectTo<'_>,
+        fx: &mut Effects,
+    ) -> Outcome {
+        // Queued (wake_receiver: the waiter leaves its wait) ...
+        self.stamp += 1;
+        let mut seqno = 0;
+        if let Some(port) = self.port_mut(dest) {
+            if !port.queue.waiters.is_empty() {
+                port.queue.waiters.remove(0);
+            }
+            seqno = port.queue.seqno;
+            port.queue.seqno = seqno.wrapping_add(1);
+        }
+        self.unregister(to.waiter);
+        // ... dequeued: the destination right is consumed by delivery ...
+        self.release(dest_r);
+        self.wake_sender(dest, fx);
+        // ... and copied out.
+        let (remote, reply_ty) = match reply_r {
+            KRight::Port { port, ty } => (self.insert_right(to.space, port, ty, fx), ty),
+            _ => (PORT_NULL, 0),
+        };
+        let size = HEADER_SIZE + body.len();
+        let header = Header {
+            bits: u32::from(if remote == PORT_NULL { 0 } else { reply_ty }),
+            size: size as u32,
+            remote,
+            local: to.name,
+            seqno,
+            id: h.id,
+        };
+        if let Some((head, out)) = to.out.get_mut(..size).map(|b| b.split_at_mut(HEADER_SIZE)) {
+            head.copy_from_slice(&header.to_bytes());
+            out.copy_from_slice(body);
+        }
+        self.reap(fx);
+        Outcome::Direct {
+            waiter: to.waiter,
+            size,
+        }
     }
 
     /// The out-of-line regions of `body` (a validated message from `s`)
@@ -1140,6 +1307,40 @@ impl Ipc {
             }
         };
         self.dequeue(p, max_size, large, fx)
+    }
+
+    /// [`Ipc::receive`], and where it would say `Empty`, [`Ipc::wait_receive`]
+    /// of `w` at once (one lookup of the receive right for both); an error
+    /// of the wait comes back as `Recv::Error`.
+    pub fn receive_or_wait(
+        &mut self,
+        s: SpaceId,
+        name: Name,
+        max_size: usize,
+        large: bool,
+        w: Waiter,
+        fx: &mut Effects,
+    ) -> Recv {
+        if name == PORT_NULL {
+            return match self.receive(s, name, max_size, large, fx) {
+                Recv::Empty => match self.wait_receive(s, name, w) {
+                    Ok(()) => Recv::Empty,
+                    Err(e) => Recv::Error(e),
+                },
+                r => r,
+            };
+        }
+        let p = match self.receive_right(s, name) {
+            Ok(p) => p,
+            Err(_) => return Recv::Error(RCV_INVALID_NAME),
+        };
+        match self.dequeue(p, max_size, large, fx) {
+            Recv::Empty => match self.register(w, WaitOn::Receive(p)) {
+                Ok(()) => Recv::Empty,
+                Err(e) => Recv::Error(e),
+            },
+            r => r,
+        }
     }
 
     /// Reads a message sent to one of the kernel's own ports.

@@ -63,21 +63,38 @@ pub fn read_in(
 }
 
 /// Writes `bytes` at `va` of the address space `root` (writable user
-/// pages only; nothing is written unless all of the range is).
+/// pages only; nothing is written unless all of the range is). A range of
+/// a few pages (every message up to 8 KiB) is walked once: the check keeps
+/// its translations and the copy uses them.
 pub fn write_in(
     frames: &mut FrameAllocator,
     root: PhysAddr,
     va: VirtAddr,
     bytes: &[u8],
 ) -> Result<(), i64> {
-    pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, |_, _| {})?;
-    let mut done = 0usize;
+    const KEPT: usize = 4;
+    let mut kept = [(PhysAddr(0), 0u64); KEPT];
+    let mut count = 0usize;
     pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, |pa, n| {
+        if let Some(slot) = kept.get_mut(count) {
+            *slot = (pa, n);
+        }
+        count += 1;
+    })?;
+    let mut done = 0usize;
+    let mut put = |pa: PhysAddr, n: u64| {
         let n = n as usize;
         // SAFETY: a user page just checked writable, through the direct map.
         unsafe { core::ptr::copy_nonoverlapping(bytes[done..].as_ptr(), phys_to_virt(pa), n) };
         done += n;
-    })
+    };
+    if count <= KEPT {
+        for &(pa, n) in &kept[..count] {
+            put(pa, n);
+        }
+        return Ok(());
+    }
+    pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, put)
 }
 
 /// `pieces_in` for the running thread's task.

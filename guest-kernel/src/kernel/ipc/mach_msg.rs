@@ -2,14 +2,15 @@
 //! 3-1) in one, with options and timeouts (docs/mach-ipc.md §2).
 
 use super::memory::{NoOol, Sink, Source};
-use super::{apply, waiter};
+use super::{apply, effects, waiter};
 use crate::arch::copy::{read_user, write_in};
 use crate::arch::trap::TrapFrame;
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::{RecvWait, State};
 use alloc::vec::Vec;
+use core::mem::MaybeUninit;
 use guest_kernel::addr::{PhysAddr, VirtAddr};
-use guest_kernel::ipc::{Effects, Kmsg, Recv, Send, SpaceId};
+use guest_kernel::ipc::{Direct, DirectTo, Effects, Kmsg, Recv, Send, SpaceId};
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 use libmach::abi::*;
 
@@ -17,18 +18,23 @@ use libmach::abi::*;
 /// heap allocation for the copy.
 const SMALL: usize = 256;
 
-/// A copy buffer: on the stack for small messages.
+/// A copy buffer: on the stack for small messages. Only its first `len`
+/// bytes are ever initialized (zeroed at creation), so a null message does
+/// not pay for clearing all of the stack buffer.
 // The large variant is the point: small messages never touch the heap.
 #[allow(clippy::large_enum_variant)]
 enum Buf {
-    Small([u64; SMALL / 8], usize),
+    Small(MaybeUninit<[u64; SMALL / 8]>, usize),
     Heap(Vec<u8>),
 }
 
 impl Buf {
     fn new(len: usize) -> Option<Buf> {
         if len <= SMALL {
-            return Some(Buf::Small([0; SMALL / 8], len));
+            let mut a = MaybeUninit::<[u64; SMALL / 8]>::uninit();
+            // SAFETY: `len` <= SMALL bytes inside the array.
+            unsafe { core::ptr::write_bytes(a.as_mut_ptr().cast::<u8>(), 0, len) };
+            return Some(Buf::Small(a, len));
         }
         let mut v = Vec::new();
         v.try_reserve_exact(len).ok()?;
@@ -37,9 +43,9 @@ impl Buf {
     }
     fn bytes(&mut self) -> &mut [u8] {
         match self {
-            // SAFETY: u64s viewed as bytes, within the array.
+            // SAFETY: the first `n` bytes of the array, initialized in `new`.
             Buf::Small(a, n) => unsafe {
-                core::slice::from_raw_parts_mut(a.as_mut_ptr() as *mut u8, *n)
+                core::slice::from_raw_parts_mut(a.as_mut_ptr().cast::<u8>(), *n)
             },
             Buf::Heap(v) => v,
         }
@@ -103,13 +109,19 @@ fn send(
     }
     let mut copy = Buf::new(size as usize).ok_or(Some(SEND_NO_BUFFER))?;
     read_user(k, buf, copy.bytes()).map_err(|_| Some(SEND_INVALID_DATA))?;
-    let mut fx = Effects::default();
+    let mut fx = effects(k);
     // Only a complex message can carry out-of-line regions; the others
     // skip lending the sender's map (the null RPC's hot path).
     let bits = copy
         .bytes()
         .first_chunk::<4>()
         .map_or(0, |b| u32::from_le_bytes(*b));
+    if bits & BITS_COMPLEX == 0
+        && size as usize <= SMALL
+        && let Some(done) = send_direct(k, space, copy.bytes(), &mut fx)
+    {
+        return done;
+    }
     let r = if bits & BITS_COMPLEX != 0 {
         let (me, _) = k.current_task().ok_or(Some(SEND_INVALID_DEST))?;
         let (ipc, parts) = k.ipc_and_vm(me).ok_or(Some(SEND_INVALID_DEST))?;
@@ -149,6 +161,58 @@ fn send(
     }
 }
 
+/// The RPC fast path (`Ipc::send_direct`): a simple message whose
+/// destination's first waiter is a thread blocked receiving on it goes
+/// straight into that thread's buffer, which wakes with the result, no
+/// kernel message queued. None: not that case, nothing changed.
+fn send_direct(
+    k: &mut Kernel,
+    space: SpaceId,
+    msg: &[u8],
+    fx: &mut Effects,
+) -> Option<Result<Option<ThreadId>, Option<u32>>> {
+    let remote = msg
+        .get(8..12)
+        .and_then(|b| b.first_chunk::<4>())
+        .map(|b| u32::from_le_bytes(*b))?;
+    let w = k.ipc.direct_candidate(space, remote)?;
+    let tid = ThreadId(w.0 as u32);
+    let (task, want) = k
+        .thread(tid)
+        .filter(|t| t.state == State::MsgReceive)
+        .map(|t| (t.task, t.recv))?;
+    let (rspace, root) = k.task(task).and_then(|t| Some((t.space?, t.root)))?;
+    let mut out = [0u8; SMALL];
+    let mut to = DirectTo {
+        waiter: w,
+        space: rspace,
+        name: want.name,
+        max: want.size.min(MSG_SIZE_MAX) as usize,
+        out: &mut out,
+    };
+    let size = match k.ipc.send_direct(space, msg, &mut to, fx) {
+        Direct::Declined => return None,
+        Direct::Sent(Send::Error(e)) => {
+            apply(k, core::mem::take(fx));
+            return Some(Err(Some(e)));
+        }
+        // Anything else (`Full`) the ordinary send handles again, from
+        // scratch: nothing changed.
+        Direct::Sent(_) => return None,
+        Direct::Delivered { size, .. } => size,
+    };
+    let bytes = out.get(..size).unwrap_or(&[]);
+    let code = match crate::vm::fault::prefault(k, task, want.buf, size as u64, true)
+        .and_then(|()| write_in(&mut k.frames, root, VirtAddr(want.buf), bytes))
+    {
+        Ok(()) => MSG_SUCCESS,
+        Err(_) => RCV_INVALID_DATA,
+    };
+    k.wake_with(tid, i64::from(code));
+    apply(k, core::mem::take(fx));
+    Some(Ok(Some(tid)))
+}
+
 /// `None`: blocked until a sender delivers, a timeout, or the port's death.
 fn receive(
     k: &mut Kernel,
@@ -163,16 +227,21 @@ fn receive(
         return Some(RCV_TOO_LARGE);
     }
     let max = want.size.min(MSG_SIZE_MAX) as usize;
-    let mut fx = Effects::default();
+    let mut fx = effects(k);
     let large = want.options & RCV_LARGE != 0;
-    let r = k.ipc.receive(space, want.name, max, large, &mut fx);
+    // A poll never waits; otherwise an empty queue parks us in the same call.
+    let poll = want.options & RCV_TIMEOUT != 0 && timeout == 0;
+    let r = if poll {
+        k.ipc.receive(space, want.name, max, large, &mut fx)
+    } else {
+        k.ipc
+            .receive_or_wait(space, want.name, max, large, waiter(tid), &mut fx)
+    };
     let code = match r {
         Recv::Message(km) => copy_out(k, task, space, root, km, VirtAddr(want.buf), &mut fx),
         Recv::Empty => {
-            if want.options & RCV_TIMEOUT != 0 && timeout == 0 {
+            if poll {
                 RCV_TIMED_OUT
-            } else if let Err(e) = k.ipc.wait_receive(space, want.name, waiter(tid)) {
-                e
             } else {
                 if want.options & RCV_TIMEOUT != 0
                     && !k.set_timeout(k.ticks_for_ms(u64::from(timeout)))

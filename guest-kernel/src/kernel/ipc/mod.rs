@@ -6,7 +6,9 @@
 //!
 //! A thread blocked in receive is delivered to directly by whoever makes
 //! its message available (the message goes into its own buffer, its trap
-//! returns with the result), so an RPC costs each side one trap. A thread
+//! returns with the result), so an RPC costs each side one trap. A simple
+//! small message to such a receiver skips the queue altogether
+//! (`mach_msg::send_direct`, `Ipc::send_direct`; docs/mach-ipc.md §2.1). A thread
 //! blocked sending to a full port runs its trap again when there is room.
 
 pub mod exception;
@@ -28,6 +30,14 @@ pub fn waiter(t: ThreadId) -> Waiter {
     Waiter(u64::from(t.0))
 }
 
+/// An empty `Effects` whose wake list reuses the kernel's spare capacity
+/// (given back by `apply`): no allocation per message.
+pub fn effects(k: &mut Kernel) -> Effects {
+    Effects {
+        wake: core::mem::take(&mut k.fx_spare),
+    }
+}
+
 /// Carries out `fx`: delivers messages to waiting receivers, restarts
 /// senders that have room, fails waits on dead ports; then discards the
 /// out-of-line snapshots of messages destroyed on the way. Returns the
@@ -44,6 +54,10 @@ pub fn apply(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
 fn wake(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
     let mut pending = fx.wake;
     let mut first = None;
+    if pending.is_empty() {
+        give_back(k, pending);
+        return None;
+    }
     // Each delivery can free room (waking a sender) but a sender restarts
     // in its own context, so the chain is short; the bound is a safety net.
     let mut i = 0;
@@ -69,7 +83,16 @@ fn wake(k: &mut Kernel, fx: Effects) -> Option<ThreadId> {
             _ => {}
         }
     }
+    give_back(k, pending);
     first
+}
+
+/// Keeps the larger of two wake lists' capacity for the next `effects`.
+fn give_back(k: &mut Kernel, mut v: Vec<(Waiter, Wake)>) {
+    if v.capacity() > k.fx_spare.capacity() {
+        v.clear();
+        k.fx_spare = v;
+    }
 }
 
 fn append(v: &mut Vec<(Waiter, Wake)>, more: Vec<(Waiter, Wake)>) {

@@ -85,6 +85,9 @@ pub struct Kernel {
     /// hand-off from sender to receiver).
     handoff: Option<ThreadId>,
     pub timer_hz: u64,
+    /// An empty wake list keeping its capacity, so the IPC hot path's
+    /// `Effects` need no heap allocation per message (ipc::effects).
+    pub fx_spare: Vec<(guest_kernel::ipc::Waiter, guest_kernel::ipc::Wake)>,
 }
 
 // SAFETY: one CPU; the raw frame pointers point into kernel stacks owned by
@@ -167,6 +170,7 @@ impl Kernel {
             timeouts: Vec::new(),
             handoff: None,
             timer_hz: 100,
+            fx_spare: Vec::new(),
         }
     }
 
