@@ -102,6 +102,27 @@ pub fn parse_specs(args: &[String]) -> Result<Vec<ObjectSpec>> {
     Ok(specs)
 }
 
+/// The object the guest's default pager pages anonymous memory to.
+pub const SWAP_NAME: &str = "swap";
+
+/// `--swap`: exports an `anon` object named `swap` of `size` bytes after the
+/// `--object`s, unless one of them is named `swap` already (that one is the
+/// guest's swap then) or swap is off (`None`).
+pub fn add_swap(specs: &mut Vec<ObjectSpec>, size: Option<u64>) -> Result<()> {
+    let Some(size) = size else { return Ok(()) };
+    if specs.iter().any(|s| s.name == SWAP_NAME) {
+        return Ok(());
+    }
+    if specs.len() >= MAX_OBJECTS {
+        return Err(VmmError::TooManyObjects {
+            count: specs.len() + 1,
+            max: MAX_OBJECTS,
+        });
+    }
+    specs.push(parse_spec(&format!("{SWAP_NAME}=anon?size={size}"))?);
+    Ok(())
+}
+
 /// An opened object: the device gets `pager`, the VMM keeps it too to sync
 /// it at shutdown and to read its statistics.
 pub struct OpenObject {
