@@ -174,10 +174,19 @@ pub fn check(k: &mut Kernel) {
 
 #[inline(never)]
 fn low(k: &mut Kernel) {
-    if matches!(k.paging.default.swap, Swap::None) {
+    // Hysteresis: writes already under way count as free frames, so one
+    // scan serves until FREE_TARGET - FREE_MIN more frames are taken.
+    if matches!(k.paging.default.swap, Swap::None)
+        || k.frames.free_frames() + pending(k) >= FREE_MIN
+    {
         return;
     }
     pageout(k, 0);
+}
+
+/// Write-backs queued or in flight (their frames are as good as free).
+fn pending(k: &Kernel) -> u64 {
+    k.paging.default.writing + k.paging.actions.len() as u64
 }
 
 /// What a pageout pass did.
@@ -198,7 +207,7 @@ pub fn pageout(k: &mut Kernel, at_least: u64) -> Outcome {
         return Outcome::Nothing;
     }
     let free = k.frames.free_frames();
-    let writing = k.paging.default.writing;
+    let writing = pending(k);
     let target = if at_least > 0 {
         free.saturating_add(at_least)
     } else {
@@ -260,14 +269,24 @@ pub fn shortage(k: &mut Kernel) -> bool {
     if matches!(k.paging.default.swap, Swap::None) {
         return false;
     }
-    match pageout(k, SHORTAGE_BATCH) {
+    // Writes under way will free frames: wait for them rather than scan
+    // again (a scan per shortage would queue ever more writes).
+    let r = if pending(k) > 0 {
+        Outcome::Writing
+    } else {
+        pageout(k, SHORTAGE_BATCH)
+    };
+    match r {
         Outcome::Freed => true,
         Outcome::Writing => {
             k.paging.default.sleepers = true;
             k.block_current(State::FrameWait);
             true
         }
-        Outcome::Nothing => false,
+        Outcome::Nothing => {
+            crate::kprint!("default pager: out of memory, nothing to page out\n");
+            false
+        }
     }
 }
 

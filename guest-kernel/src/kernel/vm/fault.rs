@@ -77,6 +77,9 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             ) {
                 Asked::Yes => {}
                 Asked::No => {
+                    if pager == guest_kernel::vm::object::PagerPort::Default {
+                        crate::kprint!("default pager: no transfer slot for a page-in\n");
+                    }
                     super::with_objects(k, |objects, _, _| {
                         let _ = objects.data_error(object, offset, PAGE_SIZE);
                     });

@@ -36,6 +36,9 @@ const SLOTS: usize = 64;
 /// (read-ahead; data_provided takes pages no fault asked for). One device
 /// round trip then serves a run of sequential faults.
 const CLUSTER: usize = 16;
+/// Slots write-backs leave to data_requests, so a fault needing a page
+/// back does not find every slot taken by pageout's writes.
+const READ_RESERVE: usize = 16;
 
 pub fn host_pager(object: u32) -> PagerRef {
     PagerRef(HOST | u64::from(object))
@@ -249,6 +252,11 @@ pub fn unlock(
 /// the objects'). Those without room stay queued.
 fn take_actions(k: &mut Kernel) {
     while let Some(&a) = k.paging.actions.last() {
+        if matches!(a, ObjectAction::DataWrite { .. })
+            && k.paging.slots.iter().filter(|s| s.is_some()).count() >= SLOTS - READ_RESERVE
+        {
+            return;
+        }
         if let ObjectAction::DataWrite {
             object,
             pager: PagerPort::Default,
