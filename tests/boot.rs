@@ -281,8 +281,14 @@ fn anonymous_memory_pages_out_to_swap_and_back() {
         &[],
     );
     let all = format!("{}{}", out.stdout, out.stderr);
-    assert!(out.line("vmtest: swap: 20 MiB read back intact").is_some(), "{all}");
-    assert!(out.line("vmtest: swap-child: 300 rounds intact").is_some(), "{all}");
+    assert!(
+        out.line("vmtest: swap: 20 MiB read back intact").is_some(),
+        "{all}"
+    );
+    assert!(
+        out.line("vmtest: swap-child: 300 rounds intact").is_some(),
+        "{all}"
+    );
     assert!(out.line("vmtest: swap ok").is_some(), "{all}");
     assert_eq!(out.status, Some(0), "{all}");
 }

@@ -20,9 +20,9 @@ pub fn parse_swap_size(s: &str) -> Result<Option<u64>> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| bad("expected a number with an optional K, M or G suffix (0: no swap)".into()))?;
+    let n: u64 = num.parse().map_err(|_| {
+        bad("expected a number with an optional K, M or G suffix (0: no swap)".into())
+    })?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1024,
@@ -35,7 +35,9 @@ pub fn parse_swap_size(s: &str) -> Result<Option<u64>> {
         return Ok(None);
     }
     if bytes % 4096 != 0 {
-        return Err(bad(format!("{bytes} bytes is not a multiple of the 4 KiB page")));
+        return Err(bad(format!(
+            "{bytes} bytes is not a multiple of the 4 KiB page"
+        )));
     }
     if bytes > MAX_SWAP {
         return Err(bad(format!("at most {} GiB", MAX_SWAP / (1024 * MIB))));

@@ -783,7 +783,9 @@ fn swap_fill(a: u64, pages: u64, seed: u64) {
 /// memory, so each page brought back in pushes out one already checked
 /// (read in order, every page would be paged out just before its turn).
 fn swap_check(a: u64, pages: u64, seed: u64) -> Option<u64> {
-    (0..pages).rev().find(|&p| (0..PAGE / 8).any(|w| peek(a + p * PAGE + w * 8) != pattern(p, w, seed)))
+    (0..pages)
+        .rev()
+        .find(|&p| (0..PAGE / 8).any(|w| peek(a + p * PAGE + w * 8) != pattern(p, w, seed)))
 }
 
 fn swap_run(mib: u64) -> R {

@@ -288,15 +288,22 @@ mod tests {
         assert_eq!(r.actions.len(), 1);
         // No swap slot: the page stays, dirty and active, not paged out.
         assert_eq!(
-            objs.data_write_refused(o, off(0), &mut pool, &mut m).unwrap(),
+            objs.data_write_refused(o, off(0), &mut pool, &mut m)
+                .unwrap(),
             None
         );
-        let p = *objs.pages.get(objs.pages.lookup(o, off(0)).unwrap()).unwrap();
+        let p = *objs
+            .pages
+            .get(objs.pages.lookup(o, off(0)).unwrap())
+            .unwrap();
         assert!(!p.busy && !p.cleaning && p.dirty);
         assert_eq!(p.queue(), Queue::Active);
         assert!(!objs.get(o).unwrap().is_paged_out(off(0)));
         // Refusing again is an error (nothing in flight).
-        assert!(objs.data_write_refused(o, off(0), &mut pool, &mut m).is_err());
+        assert!(
+            objs.data_write_refused(o, off(0), &mut pool, &mut m)
+                .is_err()
+        );
         // The next scan writes it again (dirty).
         let cfg = PageoutConfig {
             free_min: 20,

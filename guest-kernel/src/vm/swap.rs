@@ -390,7 +390,10 @@ mod tests {
         let mut m = SwapMap::new(8, 2).unwrap();
         assert_eq!(m.assign(obj(2, 1), off(0)), Err(SwapError::Invalid));
         assert_eq!(m.used(), 0);
-        assert_eq!(SwapMap::new(0, 2).unwrap().assign(obj(0, 1), off(0)), Err(SwapError::Full));
+        assert_eq!(
+            SwapMap::new(0, 2).unwrap().assign(obj(0, 1), off(0)),
+            Err(SwapError::Full)
+        );
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub enum Swap {
     None,
     /// Initialisation sent at boot; device object `id`.
     Pending(u32),
-    Ready { dev: u32, map: SwapMap },
+    Ready {
+        dev: u32,
+        map: SwapMap,
+    },
 }
 
 /// The default pager's state.
@@ -151,9 +154,13 @@ pub fn boot(k: &mut Kernel) {
     let Some(d) = guard.as_mut() else { return };
     let Some(id) = d.find(SWAP_NAME) else { return };
     if !matches!(d.object(id).map(|o| o.state), Some(ObjState::Ready { .. }))
-        && d
-            .submit(id, Op::Init, super::object_io::INIT_TOKEN | u64::from(id), [])
-            .is_err()
+        && d.submit(
+            id,
+            Op::Init,
+            super::object_io::INIT_TOKEN | u64::from(id),
+            [],
+        )
+        .is_err()
     {
         crate::kprint!("default pager: cannot initialise the swap object\n");
         return;
@@ -249,7 +256,10 @@ pub fn pageout(k: &mut Kernel, at_least: u64) -> Outcome {
     k.paging.default.writing += writes;
     // External objects' write-backs end as writes too (their waiters are
     // woken by the object), so any write counts as worth waiting for.
-    outcome(r.freed, k.paging.default.writing + u64::from(!k.paging.actions.is_empty()))
+    outcome(
+        r.freed,
+        k.paging.default.writing + u64::from(!k.paging.actions.is_empty()),
+    )
 }
 
 fn outcome(freed: u64, writing: u64) -> Outcome {
