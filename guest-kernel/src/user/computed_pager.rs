@@ -44,10 +44,7 @@ extern "C" fn pager_thread(port: u64) -> ! {
     let mut page = [0u8; PAGE as usize];
     // The one page written back, kept as the pager's backing store.
     let mut stored: Option<(u64, [u8; PAGE as usize])> = None;
-    loop {
-        let Ok(n) = traps::msg_receive(b, port as Name, T) else {
-            break;
-        };
+    while let Ok(n) = traps::msg_receive(b, port as Name, T) {
         let Ok(m) = Message::parse(&b[..n]) else {
             continue;
         };

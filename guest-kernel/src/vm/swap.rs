@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(m.object_slots(a), 0);
         assert_eq!(m.used(), 200);
         for p in 0..300 {
-            assert_eq!(m.lookup(a, off(p)).is_some(), false);
+            assert!(m.lookup(a, off(p)).is_none());
             assert_eq!(m.lookup(b, off(p)).is_some(), p % 3 != 0, "page {p}");
         }
         // A later object in the same table slot (a new generation) starts
@@ -409,7 +409,7 @@ mod tests {
             let o = obj((x % 8) as u32, 1);
             let p = (x >> 8) % 128;
             match (x >> 20) % 5 {
-                0 | 1 | 2 => match m.assign(o, off(p)) {
+                0..=2 => match m.assign(o, off(p)) {
                     Ok(s) => {
                         if let Some(&old) = model.get(&(o.index, p)) {
                             assert_eq!(old, s);
@@ -422,7 +422,7 @@ mod tests {
                 3 => assert_eq!(m.free(o, off(p)), model.remove(&(o.index, p))),
                 _ => {
                     let n = model.keys().filter(|k| k.0 == o.index).count();
-                    if (x >> 30) % 8 == 0 {
+                    if (x >> 30).is_multiple_of(8) {
                         assert_eq!(m.release_object(o), n as u64);
                         model.retain(|k, _| k.0 != o.index);
                     } else {

@@ -29,7 +29,6 @@ use crate::kern::thread::State;
 use guest_kernel::addr::PAGE_SIZE;
 use guest_kernel::dev::virtio::pager::{ObjState, Op};
 use guest_kernel::vm::object::{ObjectAction, PagerPort};
-use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::pageout::{PageoutConfig, pageout_scan};
 use guest_kernel::vm::swap::SwapMap;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset};

@@ -149,15 +149,14 @@ pub fn reap(
     m: &mut Machine<'_>,
     actions: &mut Vec<ObjectAction>,
 ) {
+    // Out of heap for the list, the writes are lost and the pages stay
+    // busy. Bounded by the object's pages, so this needs a heap already
+    // exhausted by other means.
     if let Ok(mut out) = objects.reap(frames, m)
         && !out.is_empty()
+        && actions.try_reserve(out.len()).is_ok()
     {
-        if actions.try_reserve(out.len()).is_ok() {
-            actions.append(&mut out);
-        }
-        // Else: out of heap for the list; the writes are lost and the pages
-        // stay busy. Bounded by the object's pages, so this needs a heap
-        // already exhausted by other means.
+        actions.append(&mut out);
     }
 }
 

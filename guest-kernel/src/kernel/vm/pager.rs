@@ -46,7 +46,7 @@ pub fn host_pager(object: u32) -> PagerRef {
 
 /// The device object a pager reference names, if it is a host object.
 pub fn host_object(p: PagerRef) -> Option<u32> {
-    (p.0 & HOST != 0).then(|| (p.0 & !HOST) as u32)
+    (p.0 & HOST != 0).then_some((p.0 & !HOST) as u32)
 }
 
 #[derive(Clone, Copy, Debug)]
