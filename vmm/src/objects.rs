@@ -245,6 +245,31 @@ mod tests {
     }
 
     #[test]
+    fn swap_object() {
+        let mut specs = parse_specs(&["d=zero".to_string()]).unwrap();
+        add_swap(&mut specs, None).unwrap();
+        assert_eq!(specs.len(), 1, "--swap 0 adds nothing");
+        add_swap(&mut specs, Some(64 << 20)).unwrap();
+        assert_eq!(specs[1].name, "swap");
+        assert_eq!(
+            specs[1].parsed,
+            PagerUri::Anon {
+                size: Some(64 << 20)
+            }
+        );
+        // The user's own `swap` is the guest's swap.
+        let mut specs = parse_specs(&["swap=anon?size=8M".to_string()]).unwrap();
+        add_swap(&mut specs, Some(1 << 30)).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            specs[0].parsed,
+            PagerUri::Anon {
+                size: Some(8 << 20)
+            }
+        );
+    }
+
+    #[test]
     fn good_specs() {
         let s = parse_spec("data=file:/tmp/x?ro").unwrap();
         assert_eq!(s.name, "data");
