@@ -880,6 +880,12 @@ impl Kernel {
         }
     }
 
+    /// Whether a thread waits for an object read or write into its own
+    /// pages (their frames are the device's until it completes).
+    pub fn any_in_io(&self) -> bool {
+        self.threads.values().any(|t| t.state == State::Io)
+    }
+
     /// Pageout freed frames: faults waiting for them run again.
     pub fn wake_frame_waiters(&mut self) {
         let ids: Vec<ThreadId> = self

@@ -212,6 +212,13 @@ pub fn pageout(k: &mut Kernel, at_least: u64) -> Outcome {
     if k.paging.default.ready().is_none() {
         return Outcome::Nothing;
     }
+    // A task's object read or write (kernel/vm/object_io.rs) hands its own
+    // pages' frames to the device; none may be reclaimed under it, so
+    // pageout waits for those to end (the tick retries; rare: only objsum-
+    // and objfill-like calls into window memory).
+    if k.any_in_io() {
+        return Outcome::Writing;
+    }
     let free = k.frames.free_frames();
     let writing = pending(k);
     let target = if at_least > 0 {
