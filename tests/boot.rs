@@ -262,6 +262,45 @@ fn mach_ipc_semantics_in_the_guest() {
 }
 
 #[test]
+fn anonymous_memory_pages_out_to_swap_and_back() {
+    if !kvm_available("anonymous_memory_pages_out_to_swap_and_back") {
+        return;
+    }
+    // A 24 MiB guest (about 15 MiB free for tasks) writes a pattern over
+    // 20 MiB of vm_allocate'd memory and reads it all back, while a child
+    // task rewrites and checks 64 pages of its own 300 times: internal
+    // pages must go to the `swap` object (the default pager) and come back
+    // intact, and faults that find no frame must wait for pageout instead
+    // of ending the task. 20 MiB, not 128: every page transfer costs some
+    // 4,000 emulated kernel instructions here (about 10 ms), so this is
+    // ~5,800 transfers and under a minute.
+    let out = vmm(
+        &[
+            "run", "--mem", "24M", "--swap", "64M", "--init", "vmtest", "swap", "20",
+        ],
+        &[],
+    );
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("vmtest: swap: 20 MiB read back intact").is_some(),
+        "{all}"
+    );
+    assert!(
+        out.line("vmtest: swap-child: 300 rounds intact").is_some(),
+        "{all}"
+    );
+    assert!(out.line("vmtest: swap ok").is_some(), "{all}");
+    assert_eq!(out.status, Some(0), "{all}");
+}
+
+#[test]
+fn swap_size_is_checked() {
+    let out = vmm(&["run", "--swap", "12Q"], &[]);
+    assert_ne!(out.status, Some(0));
+    assert!(out.stderr.contains("--swap \"12Q\""), "{}", out.stderr);
+}
+
+#[test]
 fn mach_vm_in_the_guest() {
     if !kvm_available("mach_vm_in_the_guest") {
         return;

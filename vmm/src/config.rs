@@ -9,6 +9,42 @@ pub const MIN_MEM: u64 = 16 * MIB;
 /// The boot page tables cover this much with one page directory per GiB.
 pub const MAX_MEM: u64 = 64 * 1024 * MIB;
 
+/// Largest `--swap`: the guest's default pager numbers swap pages with 32
+/// bits, and the host file is sparse, so this is a sanity bound.
+pub const MAX_SWAP: u64 = 1024 * 1024 * MIB;
+
+/// Parses `--swap SIZE` (`512M`, `4G`, bytes; `0` for none): `None` when
+/// swap is off, else its size in bytes, a page multiple.
+pub fn parse_swap_size(s: &str) -> Result<Option<u64>> {
+    let bad = |why: String| VmmError::SwapSize(s.to_string(), why);
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        bad("expected a number with an optional K, M or G suffix (0: no swap)".into())
+    })?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1024,
+        "M" | "MB" | "MIB" => MIB,
+        "G" | "GB" | "GIB" => 1024 * MIB,
+        _ => return Err(bad("unknown unit (use K, M or G)".into())),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(|| bad("too large".into()))?;
+    if bytes == 0 {
+        return Ok(None);
+    }
+    if bytes % 4096 != 0 {
+        return Err(bad(format!(
+            "{bytes} bytes is not a multiple of the 4 KiB page"
+        )));
+    }
+    if bytes > MAX_SWAP {
+        return Err(bad(format!("at most {} GiB", MAX_SWAP / (1024 * MIB))));
+    }
+    Ok(Some(bytes))
+}
+
 /// Parses `256M`, `1G`, `512MiB`, `1048576` (bytes) and checks the limits.
 pub fn parse_mem_size(s: &str) -> Result<u64> {
     let bad = |why| VmmError::MemorySize(s.to_string(), why);
@@ -66,6 +102,20 @@ pub fn parse_pager_timeout(s: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_sizes() {
+        assert_eq!(parse_swap_size("0").unwrap(), None);
+        assert_eq!(parse_swap_size("512M").unwrap(), Some(512 * MIB));
+        assert_eq!(parse_swap_size("1G").unwrap(), Some(1024 * MIB));
+        assert_eq!(parse_swap_size("8192").unwrap(), Some(8192));
+        for bad in ["", "-1", "1X", "100", "4097", "2000G", "lots"] {
+            assert!(
+                matches!(parse_swap_size(bad), Err(VmmError::SwapSize(..))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn pager_timeouts() {

@@ -46,6 +46,8 @@ pub enum VmmError {
     Boot(String),
     #[error("--object {arg:?}: {why}")]
     Object { arg: String, why: String },
+    #[error("--swap {0:?}: {1}")]
+    SwapSize(String, String),
     #[error("--object {arg:?}: cannot open: {source}")]
     ObjectOpen {
         arg: String,

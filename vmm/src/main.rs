@@ -57,6 +57,11 @@ enum Cmd {
         /// nbd://HOST:PORT/EXPORT, unix:PATH. Give it before --init.
         #[arg(long = "object", value_name = "NAME=URI")]
         objects: Vec<String>,
+        /// Swap for the guest's default pager: an `anon` object named `swap`
+        /// of this size (sparse on the host; e.g. 512M, 4G); 0 turns paging
+        /// out of anonymous memory off. An `--object swap=...` is used instead.
+        #[arg(long, value_name = "SIZE", default_value = "1G")]
+        swap: String,
         /// Seconds a pager may take to answer one request (and the final
         /// sync) before it is declared dead; connecting gets at most 5 of them.
         #[arg(long, value_name = "SECS", default_value = "30")]
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
             cmdline,
             stats,
             objects,
+            swap,
             pager_timeout,
             boot,
             init,
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
             cmdline,
             stats,
             objects,
+            swap,
             pager_timeout,
             boot,
             init,
@@ -163,6 +170,7 @@ struct RunArgs {
     cmdline: String,
     stats: bool,
     objects: Vec<String>,
+    swap: String,
     pager_timeout: String,
     boot: run::BootProtocol,
     init: Vec<String>,
@@ -171,7 +179,9 @@ struct RunArgs {
 fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let mem = config::parse_mem_size(&a.mem)?;
     let pager_timeout = config::parse_pager_timeout(&a.pager_timeout)?;
-    let objects = objects::parse_specs(&a.objects)?;
+    let mut objects = objects::parse_specs(&a.objects)?;
+    let swap = config::parse_swap_size(&a.swap)?;
+    objects::add_swap(&mut objects, swap)?;
     let stats = a.stats;
     let report = run::run(&run::RunOptions {
         mem,

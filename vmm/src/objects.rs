@@ -102,6 +102,27 @@ pub fn parse_specs(args: &[String]) -> Result<Vec<ObjectSpec>> {
     Ok(specs)
 }
 
+/// The object the guest's default pager pages anonymous memory to.
+pub const SWAP_NAME: &str = "swap";
+
+/// `--swap`: exports an `anon` object named `swap` of `size` bytes after the
+/// `--object`s, unless one of them is named `swap` already (that one is the
+/// guest's swap then) or swap is off (`None`).
+pub fn add_swap(specs: &mut Vec<ObjectSpec>, size: Option<u64>) -> Result<()> {
+    let Some(size) = size else { return Ok(()) };
+    if specs.iter().any(|s| s.name == SWAP_NAME) {
+        return Ok(());
+    }
+    if specs.len() >= MAX_OBJECTS {
+        return Err(VmmError::TooManyObjects {
+            count: specs.len() + 1,
+            max: MAX_OBJECTS,
+        });
+    }
+    specs.push(parse_spec(&format!("{SWAP_NAME}=anon?size={size}"))?);
+    Ok(())
+}
+
 /// An opened object: the device gets `pager`, the VMM keeps it too to sync
 /// it at shutdown and to read its statistics.
 pub struct OpenObject {
@@ -221,6 +242,31 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(s) => panic!("{arg:?} parsed as {s:?}"),
         }
+    }
+
+    #[test]
+    fn swap_object() {
+        let mut specs = parse_specs(&["d=zero".to_string()]).unwrap();
+        add_swap(&mut specs, None).unwrap();
+        assert_eq!(specs.len(), 1, "--swap 0 adds nothing");
+        add_swap(&mut specs, Some(64 << 20)).unwrap();
+        assert_eq!(specs[1].name, "swap");
+        assert_eq!(
+            specs[1].parsed,
+            PagerUri::Anon {
+                size: Some(64 << 20)
+            }
+        );
+        // The user's own `swap` is the guest's swap.
+        let mut specs = parse_specs(&["swap=anon?size=8M".to_string()]).unwrap();
+        add_swap(&mut specs, Some(1 << 30)).unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(
+            specs[0].parsed,
+            PagerUri::Anon {
+                size: Some(8 << 20)
+            }
+        );
     }
 
     #[test]

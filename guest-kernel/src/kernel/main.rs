@@ -87,6 +87,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
     let args = cmdline::init_args(cmd);
     let mut k = Kernel::new(boot.clone(), mem.frames, mem.kernel_root, mem.heap_bytes);
+    vm::default_pager::boot(&mut k);
     let init = match k.spawn(init_name, args, None, false) {
         Ok(id) => id,
         Err(scheduler::SpawnError::NoSuchProgram) => boot_failed("no such init program"),

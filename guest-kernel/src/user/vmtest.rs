@@ -812,6 +812,93 @@ fn exhaustion() -> R {
     kern(vm::vm_deallocate(me, a, PAGE))
 }
 
+/// `vmtest swap MIB` (not in `all`: it wants a small guest with swap,
+/// `vmm run --mem 32M --swap 256M`): writes a pattern over MIB MiB of
+/// vm_allocate'd memory, more than the guest has, and reads it all back,
+/// while a child task keeps rewriting and checking pages of its own. The
+/// kernel must page both out to swap and back in intact.
+fn swap_test(mib: u64) -> i32 {
+    match swap_run(mib) {
+        Ok(()) => {
+            println!("vmtest: swap ok");
+            0
+        }
+        Err(why) => {
+            println!("vmtest: swap FAILED: {why}");
+            1
+        }
+    }
+}
+
+fn pattern(page: u64, word: u64, seed: u64) -> u64 {
+    (page << 16 | word).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed
+}
+
+/// Writes every word of `pages` pages at `a`.
+fn swap_fill(a: u64, pages: u64, seed: u64) {
+    for p in 0..pages {
+        for w in 0..PAGE / 8 {
+            poke(a + p * PAGE + w * 8, pattern(p, w, seed));
+        }
+    }
+}
+
+/// The first page of `pages` at `a` that lost its pattern, checked from
+/// the last page down: the pages written last are read while still in
+/// memory, so each page brought back in pushes out one already checked
+/// (read in order, every page would be paged out just before its turn).
+fn swap_check(a: u64, pages: u64, seed: u64) -> Option<u64> {
+    (0..pages)
+        .rev()
+        .find(|&p| (0..PAGE / 8).any(|w| peek(a + p * PAGE + w * 8) != pattern(p, w, seed)))
+}
+
+fn swap_run(mib: u64) -> R {
+    let me = me()?;
+    let pages = mib.max(1) * (1 << 20) / PAGE;
+    let child = rt::spawn(b"vmtest", b"swap-child");
+    if child < 0 {
+        return Err("could not start the child");
+    }
+    let a = allocate(pages * PAGE)?;
+    swap_fill(a, pages, 0x5eed);
+    println!("vmtest: swap: {mib} MiB written");
+    if let Some(p) = swap_check(a, pages, 0x5eed) {
+        println!("vmtest: swap: page {p} of {pages} is wrong");
+        return Err("a page came back from swap with the wrong data");
+    }
+    println!("vmtest: swap: {mib} MiB read back intact");
+    kern(vm::vm_deallocate(me, a, pages * PAGE))?;
+    let status = rt::wait(child);
+    if status != 0 {
+        println!("vmtest: swap: child status {status}");
+        return Err("the child's pages did not survive");
+    }
+    Ok(())
+}
+
+/// The second task of `swap`: rewrites and checks 64 pages of its own,
+/// round after round, so they are paged out and in under the other's load.
+fn swap_child() -> i32 {
+    const PAGES: u64 = 64;
+    const ROUNDS: u64 = 300;
+    let Ok(a) = allocate(PAGES * PAGE) else {
+        return 2;
+    };
+    for round in 0..ROUNDS {
+        swap_fill(a, PAGES, round);
+        for _ in 0..4 {
+            rt::yield_now();
+        }
+        if swap_check(a, PAGES, round).is_some() {
+            println!("vmtest: swap-child: round {round} lost data");
+            return 3;
+        }
+    }
+    println!("vmtest: swap-child: {ROUNDS} rounds intact");
+    0
+}
+
 const TESTS: &[rt::Test] = &[
     ("allocate", allocate_and_deallocate),
     ("protect", protect),
@@ -840,6 +927,17 @@ fn hex(w: &[u8]) -> u64 {
 fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args);
     let first = words.next().unwrap_or(b"");
+    if first == b"swap" {
+        let mib = words.next().map_or(128, |w| {
+            w.iter()
+                .filter(|d| d.is_ascii_digit())
+                .fold(0u64, |a, &d| a * 10 + u64::from(d - b'0'))
+        });
+        return swap_test(mib);
+    }
+    if first == b"swap-child" {
+        return swap_child();
+    }
     if first == b"child-empty" {
         return child_empty();
     }

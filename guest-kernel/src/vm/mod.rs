@@ -10,4 +10,5 @@ pub mod object;
 pub mod page;
 pub mod pageout;
 pub mod pmap;
+pub mod swap;
 pub mod types;

@@ -623,6 +623,47 @@ impl Objects {
         Ok(None)
     }
 
+    /// A DataWrite the kernel could not carry out (no swap slot left, a
+    /// device error): the page keeps its data in memory, dirty, back on the
+    /// active queue, as if pageout had never picked it. A terminating
+    /// object's page is simply freed (nobody needs its data); its last one
+    /// ends the object as [`Objects::data_write_done`] would.
+    pub fn data_write_refused(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Option<ObjectAction>, VmError> {
+        let o = self.get(object)?;
+        let (kind, state) = (o.kind, o.state);
+        let pid = self
+            .pages
+            .lookup(object, offset)
+            .ok_or(VmError::InvalidArgument)?;
+        if !self.pages.get(pid).is_some_and(|p| p.cleaning) {
+            return Err(VmError::InvalidArgument);
+        }
+        if state == ObjectState::Terminating {
+            self.free_page(pid, frames, phys);
+            if !self.pages.has_pages(object) {
+                self.remove_slot(object);
+                return Ok(Some(match kind {
+                    ObjectKind::External(pager) => ObjectAction::Terminate { object, pager },
+                    ObjectKind::Internal => ObjectAction::DefaultPagerRelease { object },
+                }));
+            }
+            return Ok(None);
+        }
+        if let Some(p) = self.pages.get_mut(pid) {
+            p.busy = false;
+            p.cleaning = false;
+            p.dirty = true;
+        }
+        self.pages.activate(pid);
+        Ok(None)
+    }
+
     /// Whether `obj` has data for `off`: resident (in any state) or with
     /// the default pager.
     fn has_data(&self, obj: ObjectId, o: &Object, off: u64) -> bool {

@@ -275,4 +275,41 @@ mod tests {
         assert_eq!(objs.pages.resident_count(), 0);
         assert!(objs.get(o).unwrap().is_paged_out(off(0)));
     }
+
+    #[test]
+    fn refused_write_keeps_the_page() {
+        let (mut m, s, mut objs, mut pool, o) = setup(1);
+        m.write_virt(s, VirtAddr(8), b"kept").unwrap();
+        let cfg = PageoutConfig {
+            free_min: 20,
+            free_target: pool.free_count() + 1,
+        };
+        let r = pageout_scan(&cfg, &mut objs, &mut pool, &mut m).unwrap();
+        assert_eq!(r.actions.len(), 1);
+        // No swap slot: the page stays, dirty and active, not paged out.
+        assert_eq!(
+            objs.data_write_refused(o, off(0), &mut pool, &mut m)
+                .unwrap(),
+            None
+        );
+        let p = *objs
+            .pages
+            .get(objs.pages.lookup(o, off(0)).unwrap())
+            .unwrap();
+        assert!(!p.busy && !p.cleaning && p.dirty);
+        assert_eq!(p.queue(), Queue::Active);
+        assert!(!objs.get(o).unwrap().is_paged_out(off(0)));
+        // Refusing again is an error (nothing in flight).
+        assert!(
+            objs.data_write_refused(o, off(0), &mut pool, &mut m)
+                .is_err()
+        );
+        // The next scan writes it again (dirty).
+        let cfg = PageoutConfig {
+            free_min: 20,
+            free_target: pool.free_count() + 1,
+        };
+        let r = pageout_scan(&cfg, &mut objs, &mut pool, &mut m).unwrap();
+        assert_eq!(r.actions.len(), 1);
+    }
 }

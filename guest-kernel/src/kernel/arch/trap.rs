@@ -123,6 +123,7 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
             k.ticks += 1;
             k.need_resched = true;
             crate::vm::object_io::tick(k);
+            crate::vm::default_pager::tick(k);
             crate::ipc::tick(k);
         }
         v if v == u64::from(VIRTIO_VECTOR) => {

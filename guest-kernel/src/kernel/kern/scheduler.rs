@@ -888,6 +888,24 @@ impl Kernel {
         }
     }
 
+    /// Whether a thread waits for an object read or write into its own
+    /// pages (their frames are the device's until it completes).
+    pub fn any_in_io(&self) -> bool {
+        self.threads.values().any(|t| t.state == State::Io)
+    }
+
+    /// Pageout freed frames: faults waiting for them run again.
+    pub fn wake_frame_waiters(&mut self) {
+        let ids: Vec<ThreadId> = self
+            .threads
+            .iter()
+            .filter_map(|(&id, t)| (t.state == State::FrameWait).then_some(id))
+            .collect();
+        for id in ids {
+            self.make_ready(id);
+        }
+    }
+
     /// task_create's memory inheritance (§3.1): the child's VM window is
     /// built from the parent's by each region's inheritance.
     fn inherit_memory(&mut self, id: TaskId, p: TaskId) -> Result<(), ()> {

@@ -39,6 +39,10 @@ pub enum State {
         object: ObjectId,
         syscall: bool,
     },
+    /// A page fault found no free frame; it runs again from the faulting
+    /// instruction once pageout's write-backs have freed some
+    /// (kernel/vm/default_pager.rs).
+    FrameWait,
     /// Stopped in an exception until its handler replies.
     Exception,
     Exited,

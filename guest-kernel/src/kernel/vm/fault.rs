@@ -4,6 +4,7 @@
 //! finds a page not yet present. Faults the VM cannot satisfy become
 //! exception messages (kern/ipc/exception.rs), as before.
 
+use super::pager::Asked;
 use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
@@ -39,7 +40,13 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
         VmProt::READ
     };
     match resolve(k, task, VirtAddr(cr2), access) {
-        Ok(_) => true,
+        Ok(_) => {
+            super::default_pager::check(k);
+            true
+        }
+        // Out of frames (or page records): pageout, and sleep for it if
+        // there is swap; else an exception as before.
+        Err(FaultOutcome::ResourceShortage) => super::default_pager::shortage(k),
         Err(o) => wait_for_pager(k, o, false),
     }
 }
@@ -59,7 +66,7 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             ..
         } => {
             let size = k.vm.objects.get(object).map_or(0, |o| o.size());
-            if !super::pager::request(
+            match super::pager::request(
                 &mut k.paging,
                 &mut k.frames,
                 object,
@@ -68,10 +75,23 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
                 offset,
                 desired_access,
             ) {
-                super::with_objects(k, |objects, _, _| {
-                    let _ = objects.data_error(object, offset, PAGE_SIZE);
-                });
-                return false;
+                Asked::Yes => {}
+                Asked::No => {
+                    if pager == guest_kernel::vm::object::PagerPort::Default {
+                        crate::kprint!("default pager: no transfer slot for a page-in\n");
+                    }
+                    super::with_objects(k, |objects, _, _| {
+                        let _ = objects.data_error(object, offset, PAGE_SIZE);
+                    });
+                    return false;
+                }
+                // Nothing in swap for it: zero fill, retried at once.
+                Asked::Unavailable => {
+                    super::with_objects(k, |objects, _, _| {
+                        let _ = objects.data_unavailable(object, offset, PAGE_SIZE);
+                    });
+                    return true;
+                }
             }
             object
         }
@@ -189,8 +209,16 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                         offset,
                         desired_access,
                     );
-                    if !asked {
-                        let _ = p.vm.objects.data_error(object, offset, PAGE_SIZE);
+                    match asked {
+                        Asked::Yes => {}
+                        Asked::No => {
+                            let _ = p.vm.objects.data_error(object, offset, PAGE_SIZE);
+                        }
+                        Asked::Unavailable => {
+                            // Zero fill: try the page again.
+                            let _ = p.vm.objects.data_unavailable(object, offset, PAGE_SIZE);
+                            continue;
+                        }
                     }
                     return Err(ERR_BAD_ADDRESS);
                 }

@@ -35,7 +35,7 @@ const SNAPSHOT_LIMIT: usize = 4096;
 const SNAPSHOT_ENTRY_LIMIT: usize = 16 * 1024;
 /// Frames kept back from unprivileged faults for the kernel's own needs
 /// (page tables, the pageout path and the default pager, §6.2.3).
-const RESERVED_FRAMES: u64 = 256;
+pub const RESERVED_FRAMES: u64 = 256;
 
 /// Fault and page counters (vm_statistics).
 #[derive(Clone, Copy, Debug, Default)]

@@ -6,6 +6,7 @@
 //! memory objects served through the device into a task's own pages.
 
 pub mod calls;
+pub mod default_pager;
 pub mod fault;
 pub mod machine;
 pub mod object_io;

@@ -22,7 +22,7 @@ use guest_kernel::dev::virtio::pager::{
 };
 
 /// Completion tokens: a task id, or this bit plus the object for an INIT.
-const INIT_TOKEN: u64 = 1 << 63;
+pub const INIT_TOKEN: u64 = 1 << 63;
 
 /// Set when a system call disarmed completion interrupts; the way out of
 /// the kernel (`leave_kernel`) arms them again. Spares every other kernel

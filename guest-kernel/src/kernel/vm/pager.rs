@@ -36,6 +36,9 @@ const SLOTS: usize = 64;
 /// (read-ahead; data_provided takes pages no fault asked for). One device
 /// round trip then serves a run of sequential faults.
 const CLUSTER: usize = 16;
+/// Slots write-backs leave to data_requests, so a fault needing a page
+/// back does not find every slot taken by pageout's writes.
+const READ_RESERVE: usize = 16;
 
 pub fn host_pager(object: u32) -> PagerRef {
     PagerRef(HOST | u64::from(object))
@@ -50,8 +53,12 @@ pub fn host_object(p: PagerRef) -> Option<u32> {
 struct Transfer {
     object: ObjectId,
     device_object: u32,
-    /// The first page's offset.
+    /// The first page's offset in the object.
     offset: ObjectOffset,
+    /// Where on the device (the object offset, or a swap slot's).
+    dev_offset: u64,
+    /// The default pager's (swap) transfer.
+    default: bool,
     /// The pages' frames: one for a data_write (the object's own), up to
     /// CLUSTER for a data_request (ours until provided).
     frames: [PhysAddr; CLUSTER],
@@ -76,6 +83,8 @@ pub struct HostPaging {
     /// Calls for guest pagers, sent as messages on the way out of the
     /// kernel (where the IPC state is at hand).
     calls: Vec<(PagerRef, Call)>,
+    /// The default pager: swap slots and pageout (default_pager.rs).
+    pub default: super::default_pager::DefaultPager,
 }
 
 /// A Table 3-5 call a fault needs from a guest pager.
@@ -99,6 +108,7 @@ impl Default for HostPaging {
             ports: Vec::new(),
             waiting: 0,
             calls: Vec::new(),
+            default: Default::default(),
         }
     }
 }
@@ -136,10 +146,21 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
     }
 }
 
+/// How a fault's request went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// Sent (or queued): the answer wakes the object's waiters.
+    Yes,
+    /// The kernel cannot ask (no free slot or frame, not a host object):
+    /// the caller fails the request.
+    No,
+    /// The default pager has nothing for the page (no swap slot): the
+    /// caller settles it as data_unavailable (zero fill).
+    Unavailable,
+}
+
 /// A fault asked `pager` for the page at `offset` of `object`, `size`
-/// bytes long (a busy placeholder is in place). False if the kernel cannot
-/// ask (no free slot or frame, not a host object): the caller fails the
-/// request.
+/// bytes long (a busy placeholder is in place).
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
@@ -148,24 +169,35 @@ pub fn request(
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
-) -> bool {
-    let PagerPort::Pager(p) = pager else {
-        return false;
-    };
-    if crate::vm::user_pager::is_user(p) {
-        return defer(paging, p, Call::DataRequest { offset, desired });
-    }
-    let Some(dev) = host_object(p) else {
-        return false;
+) -> Asked {
+    let (dev, dev_offset, default, size) = match pager {
+        PagerPort::Default => match paging.default.page_in(object, offset) {
+            // One page: swap slots of neighbouring pages are not neighbours.
+            Some((dev, at)) => (dev, at, true, offset.0.saturating_add(PAGE_SIZE)),
+            None => return Asked::Unavailable,
+        },
+        PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
+            return if defer(paging, p, Call::DataRequest { offset, desired }) {
+                Asked::Yes
+            } else {
+                Asked::No
+            };
+        }
+        PagerPort::Pager(p) => match host_object(p) {
+            Some(dev) => (dev, offset.0, false, size),
+            None => return Asked::No,
+        },
     };
     let Some(slot) = paging.slots.iter().position(Option::is_none) else {
-        return false;
+        return Asked::No;
     };
     let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize).clamp(1, CLUSTER);
     let mut t = Transfer {
         object,
         device_object: dev,
         offset,
+        dev_offset,
+        default,
         frames: [PhysAddr(0); CLUSTER],
         count: 0,
         write: false,
@@ -185,11 +217,11 @@ pub fn request(
         }
     }
     if t.count == 0 {
-        return false;
+        return Asked::No;
     }
     paging.slots[slot] = Some(t);
     paging.waiting += 1;
-    true
+    Asked::Yes
 }
 
 /// A fault's call to a guest pager, sent by `start`.
@@ -220,6 +252,48 @@ pub fn unlock(
 /// the objects'). Those without room stay queued.
 fn take_actions(k: &mut Kernel) {
     while let Some(&a) = k.paging.actions.last() {
+        if matches!(a, ObjectAction::DataWrite { .. })
+            && k.paging.slots.iter().filter(|s| s.is_some()).count() >= SLOTS - READ_RESERVE
+        {
+            return;
+        }
+        if let ObjectAction::DataWrite {
+            object,
+            pager: PagerPort::Default,
+            offset,
+            frame,
+        } = a
+        {
+            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+                return;
+            };
+            k.paging.actions.pop();
+            let Some((device_object, dev_offset)) = k.paging.default.page_out(object, offset)
+            else {
+                // Swap full (or gone): the page stays in memory.
+                refuse_write(k, object, offset);
+                continue;
+            };
+            k.paging.slots[slot] = Some(Transfer {
+                object,
+                device_object,
+                offset,
+                dev_offset,
+                default: true,
+                frames: one(frame),
+                count: 1,
+                write: true,
+                desired: VmProt::NONE,
+                submitted: false,
+            });
+            k.paging.waiting += 1;
+            continue;
+        }
+        if let ObjectAction::DefaultPagerRelease { object } = a {
+            k.paging.actions.pop();
+            k.paging.default.release(object);
+            continue;
+        }
         if let ObjectAction::DataWrite {
             object,
             pager: PagerPort::Pager(p),
@@ -235,6 +309,8 @@ fn take_actions(k: &mut Kernel) {
                 object,
                 device_object,
                 offset,
+                dev_offset: offset.0,
+                default: false,
                 frames: one(frame),
                 count: 1,
                 write: true,
@@ -258,7 +334,7 @@ fn take_actions(k: &mut Kernel) {
             continue;
         }
         // Anything else needs nothing sent: a host object's end leaves the
-        // device object as it is, and there is no default pager yet.
+        // device object as it is.
         k.paging.actions.pop();
     }
 }
@@ -328,7 +404,7 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
     let len = t.count as u64 * PAGE_SIZE;
     let op = if t.write {
         Op::DataWrite {
-            offset: t.offset.0,
+            offset: t.dev_offset,
             len,
         }
     } else {
@@ -337,7 +413,7 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
             desired |= ACCESS_WRITE;
         }
         Op::DataRequest {
-            offset: t.offset.0,
+            offset: t.dev_offset,
             len,
             desired,
         }
@@ -375,11 +451,21 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
         k.paging.waiting -= 1;
     }
     let ok = code == status::OK;
-    crate::vm::with_objects(k, |objects, frames, m| {
+    let ended = crate::vm::with_objects(k, |objects, frames, m| {
+        if t.write && t.default && !ok {
+            // Swap lost the write: the data stays in memory.
+            return objects
+                .data_write_refused(t.object, t.offset, frames, m)
+                .ok()
+                .flatten();
+        }
         if t.write {
-            // The page stays cached whether or not the write worked.
-            let _ = objects.data_write_done(t.object, t.offset, frames, m);
-            return;
+            // A host object's page stays cached whether or not the write
+            // worked.
+            return objects
+                .data_write_done(t.object, t.offset, frames, m)
+                .ok()
+                .flatten();
         }
         let provided = ok && kind == pager::KIND_PROVIDED;
         // The pager may provide less than asked (the object's end).
@@ -409,8 +495,36 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
             frames.free_frame(f);
         }
         t.count = 0;
+        None
     });
+    // (An external object's end after its last write-back needs nothing
+    // sent to a host object.)
+    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
+        k.paging.default.release(object);
+    }
+    if t.write && t.default {
+        k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
+    }
     k.wake_page_waiters(t.object);
+    if t.write {
+        super::default_pager::frames_freed(k);
+    }
+}
+
+/// A write to swap that cannot be made: the page keeps its data.
+fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+    let ended = crate::vm::with_objects(k, |objects, frames, m| {
+        objects
+            .data_write_refused(object, offset, frames, m)
+            .ok()
+            .flatten()
+    });
+    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
+        k.paging.default.release(object);
+    }
+    k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
+    k.wake_page_waiters(object);
+    super::default_pager::frames_freed(k);
 }
 
 /// Power-off: hands every queued write-back to the device and polls until
