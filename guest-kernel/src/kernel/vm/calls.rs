@@ -253,18 +253,7 @@ fn allocate_with_pager(
             }
             PagerEntry::Existing(o) => o,
         };
-        map.allocate(
-            at,
-            size,
-            obj,
-            ObjectOffset(offset),
-            prot,
-            max,
-            Inheritance::Copy,
-            false,
-            objs,
-        )
-        .inspect_err(|_| objs.release(obj))
+        map_object(map, objs, at, size, obj, offset, (prot, max))
     })
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)
@@ -320,13 +309,27 @@ pub fn zero_fill_region(
     size: u64,
 ) -> Result<VirtAddr, VmError> {
     let obj = objs.create_internal(size)?;
+    map_object(map, objs, at, size, obj, 0, (VmProt::DEFAULT, VmProt::ALL))
+}
+
+/// Maps `obj` (whose one reference the caller hands over) at `at` or
+/// anywhere, with copy inheritance; on failure the reference is released.
+fn map_object(
+    map: &mut VmMap,
+    objs: &mut Objects,
+    at: Option<VirtAddr>,
+    size: u64,
+    obj: guest_kernel::vm::types::ObjectId,
+    offset: u64,
+    (prot, max): (VmProt, VmProt),
+) -> Result<VirtAddr, VmError> {
     map.allocate(
         at,
         size,
         obj,
-        ObjectOffset(0),
-        VmProt::DEFAULT,
-        VmProt::ALL,
+        ObjectOffset(offset),
+        prot,
+        max,
         Inheritance::Copy,
         false,
         objs,
@@ -455,18 +458,15 @@ fn map_user_object(
         PagerEntry::Existing(o) => o,
     };
     with_task(k, task, |map, objs, _, _| {
-        map.allocate(
+        map_object(
+            map,
+            objs,
             at,
             size,
             obj,
-            ObjectOffset(offset),
-            VmProt::DEFAULT,
-            VmProt::ALL,
-            Inheritance::Copy,
-            false,
-            objs,
+            offset,
+            (VmProt::DEFAULT, VmProt::ALL),
         )
-        .inspect_err(|_| objs.release(obj))
     })
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)
