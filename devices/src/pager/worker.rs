@@ -253,6 +253,12 @@ fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
                 && let Some(b) = sh.try_pop()
             {
                 sh.spinning.store(false, Ordering::SeqCst);
+                // A submit that saw us spinning woke no one; if its batch is
+                // still queued, a sleeping worker must take it (we are
+                // about to be busy, perhaps blocked in a pager for long).
+                if sh.queued.load(Ordering::SeqCst) > 0 {
+                    sh.cv.notify_one();
+                }
                 return Some(b);
             }
             for _ in 0..64 {
