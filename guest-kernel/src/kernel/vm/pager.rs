@@ -36,6 +36,11 @@ const SLOTS: usize = 64;
 /// (read-ahead; data_provided takes pages no fault asked for). One device
 /// round trip then serves a run of sequential faults.
 const CLUSTER: usize = 16;
+/// Read-ahead takes frames only while more than this many are free: above
+/// pageout's low watermark by a cluster, so under memory pressure pageout
+/// keeps making room for whole clusters (clean pages of a file are cheap to
+/// drop) instead of the faults falling back to one page per request.
+const READ_AHEAD_MIN_FREE: u64 = super::default_pager::FREE_MIN + CLUSTER as u64;
 /// Slots write-backs leave to data_requests, so a fault needing a page
 /// back does not find every slot taken by pageout's writes.
 const READ_RESERVE: usize = 16;
@@ -207,8 +212,12 @@ pub fn request(
     for f in t.frames.iter_mut().take(pages) {
         // Read-ahead is only worth free frames (the faulting page is not
         // optional).
-        let spare = frames.free_frames() > 1024 || t.count == 0;
-        match frames.alloc_frame().filter(|_| spare) {
+        // (Checked before allocating: a frame taken and then refused
+        // would be lost.)
+        if t.count > 0 && frames.free_frames() <= READ_AHEAD_MIN_FREE {
+            break;
+        }
+        match frames.alloc_frame() {
             Some(fr) => {
                 *f = fr.addr;
                 t.count += 1;
