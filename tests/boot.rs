@@ -180,6 +180,33 @@ fn stats_count_kernel_instructions_and_exits() {
 }
 
 #[test]
+fn stats_include_the_guest_vm_statistics_at_exit() {
+    if !kvm_available("stats_include_the_guest_vm_statistics_at_exit") {
+        return;
+    }
+    // vmtest's allocate sub-test takes zero-fill faults, which the kernel
+    // counts and prints when init exits under --stats (and only then).
+    let out = vmm(&["run", "--stats", "--init", "vmtest", "allocate"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let all = format!("{}{}", out.stdout, out.stderr);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with("vm_statistics:"))
+        .unwrap_or_else(|| panic!("no vm_statistics line in {all}"));
+    let get = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+    };
+    assert!(get("zero_fill") > 0, "{line}");
+    assert!(get("faults") >= get("zero_fill"), "{line}");
+    let quiet = vmm(&["run", "--init", "vmtest", "allocate"], &[]);
+    let all = format!("{}{}", quiet.stdout, quiet.stderr);
+    assert!(!all.contains("vm_statistics:"), "{all}");
+}
+
+#[test]
 fn boots_through_pvh_and_direct_64_bit_entry() {
     if !kvm_available("boots_through_pvh_and_direct_64_bit_entry") {
         return;

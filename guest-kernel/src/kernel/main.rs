@@ -95,6 +95,7 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     };
     k.init = init;
     k.timer_hz = hz.max(1);
+    k.report_vm_stats = cmdline::value(cmd, b"vm_stats") == Some(b"1");
     lapic::init(hz);
     let frame = k.schedule();
     *KERNEL.lock() = Some(k);

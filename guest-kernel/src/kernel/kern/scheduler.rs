@@ -85,6 +85,9 @@ pub struct Kernel {
     /// hand-off from sender to receiver).
     handoff: Option<ThreadId>,
     pub timer_hz: u64,
+    /// Print the VM's statistics when init exits (`vm_stats=1`, which
+    /// `vmm run --stats` passes).
+    pub report_vm_stats: bool,
     /// An empty wake list keeping its capacity, so the IPC hot path's
     /// `Effects` need no heap allocation per message (ipc::effects).
     pub fx_spare: Vec<(guest_kernel::ipc::Waiter, guest_kernel::ipc::Wake)>,
@@ -170,6 +173,7 @@ impl Kernel {
             timeouts: Vec::new(),
             handoff: None,
             timer_hz: 100,
+            report_vm_stats: false,
             fx_spare: Vec::new(),
         }
     }
@@ -504,6 +508,9 @@ impl Kernel {
             // written back before the pagers are told to sync.
             self.release_all_maps();
             crate::vm::pager::drain_at_power_off(self);
+            if self.report_vm_stats {
+                crate::vm::report_statistics(self);
+            }
             crate::dev::virtio_pager::shutdown();
             power_off(status as u32);
         }

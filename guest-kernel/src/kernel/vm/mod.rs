@@ -11,7 +11,10 @@ pub mod fault;
 pub mod machine;
 pub mod object_io;
 pub mod pager;
+pub mod statistics;
 pub mod user_pager;
+
+pub use statistics::report as report_statistics;
 
 use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;

@@ -90,6 +90,11 @@ pub struct HostPaging {
     calls: Vec<(PagerRef, Call)>,
     /// The default pager: swap slots and pageout (default_pager.rs).
     pub default: super::default_pager::DefaultPager,
+    /// Pages brought in from the device (host objects and swap) and
+    /// pages written back to it, failed transfers among them.
+    pub pages_in: u64,
+    pub pages_out: u64,
+    pub failed: u64,
 }
 
 /// A Table 3-5 call a fault needs from a guest pager.
@@ -114,6 +119,9 @@ impl Default for HostPaging {
             waiting: 0,
             calls: Vec::new(),
             default: Default::default(),
+            pages_in: 0,
+            pages_out: 0,
+            failed: 0,
         }
     }
 }
@@ -460,6 +468,12 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
         k.paging.waiting -= 1;
     }
     let ok = code == status::OK;
+    k.paging.failed += u64::from(!ok);
+    if t.write {
+        k.paging.pages_out += u64::from(ok);
+    } else if ok && kind == pager::KIND_PROVIDED {
+        k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(t.count as u64);
+    }
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
         if t.write && t.default && !ok {
             // Swap lost the write: the data stays in memory.

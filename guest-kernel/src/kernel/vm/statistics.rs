@@ -1,0 +1,38 @@
+//! The VM's counts at the end of a run (`vmm run --stats` asks for them
+//! with `vm_stats=1`): the guest's side of the per-object numbers the host
+//! prints, in one line the host (and tests) can parse.
+
+use crate::kern::console::Dec;
+use crate::kern::scheduler::Kernel;
+use crate::kprint;
+
+/// Prints `vm_statistics: key=value ...` on the console.
+pub fn report(k: &Kernel) {
+    let c = k.vm.counters;
+    let p = &k.paging;
+    kprint!(
+        "vm_statistics: faults=",
+        Dec(c.faults),
+        " zero_fill=",
+        Dec(c.zero_fill),
+        " cow=",
+        Dec(c.cow_faults),
+        " soft=",
+        Dec(c.soft_faults),
+        " pages_in=",
+        Dec(p.pages_in),
+        " pages_out=",
+        Dec(p.pages_out),
+        " transfer_errors=",
+        Dec(p.failed),
+        " swap_outs=",
+        Dec(p.default.pageouts),
+        " swap_ins=",
+        Dec(p.default.pageins),
+        " free=",
+        Dec(k.frames.free_frames()),
+        " objects=",
+        Dec(k.vm.objects.count() as u64),
+        "\n"
+    );
+}
