@@ -28,6 +28,8 @@ use crate::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
 pub trait FaultMachine: PhysMaps {
     /// Pmap::enter on the faulting space.
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError>;
+    /// Whether the faulting space maps `va` (fault-around stops there).
+    fn mapped(&mut self, va: VirtAddr) -> bool;
     /// Makes `frame` all zeros (called only for frames not known zero).
     fn zero_frame(&mut self, frame: PhysAddr);
     fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr);
@@ -513,6 +515,9 @@ pub(crate) mod tests {
     impl FaultMachine for Sim<'_> {
         fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
             self.m.pmap(self.s).enter(va, frame, prot)
+        }
+        fn mapped(&mut self, va: VirtAddr) -> bool {
+            self.m.extract(self.s, va).is_some()
         }
         fn zero_frame(&mut self, frame: PhysAddr) {
             self.m.zero_frame(frame)

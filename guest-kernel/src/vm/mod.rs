@@ -3,6 +3,7 @@
 
 pub mod copy_store;
 pub mod fault;
+pub mod fault_around;
 pub mod frame;
 pub mod map;
 pub mod memory_object;

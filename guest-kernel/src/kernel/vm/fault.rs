@@ -12,7 +12,12 @@ use guest_kernel::abi::{ERR_BAD_ADDRESS, ERR_NO_MEMORY, VM_MAX_ADDRESS, VM_MIN_A
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::{FaultOutcome, Resolved, vm_fault};
+use guest_kernel::vm::fault_around::fault_around;
 use guest_kernel::vm::types::VmProt;
+
+/// Pages fault-around maps after a soft read fault at most (one
+/// read-ahead cluster less the faulting page).
+const FAULT_AROUND: u64 = 15;
 
 /// x86 page-fault error code bits.
 const PF_WRITE: u64 = 1 << 1;
@@ -133,7 +138,19 @@ pub fn resolve_in(
     access: VmProt,
 ) -> Result<PhysAddr, FaultOutcome> {
     let outcome = with_parts(p, |map, objects, frames, m| {
-        vm_fault(map, objects, frames, m, va, access, false)
+        let o = vm_fault(map, objects, frames, m, va, access, false);
+        // A read that found its page resident (typically the first page
+        // of a read-ahead cluster just provided) maps the resident pages
+        // after it too: one fault per cluster, not per page.
+        if access == VmProt::READ
+            && let FaultOutcome::Mapped {
+                how: Resolved::Soft,
+                ..
+            } = o
+        {
+            fault_around(map, objects, m, va, FAULT_AROUND);
+        }
+        o
     });
     let c = &mut p.vm.counters;
     c.faults += 1;

@@ -165,6 +165,9 @@ impl FaultMachine for Machine<'_> {
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
         self.pmap().enter(va, frame, prot)
     }
+    fn mapped(&mut self, va: VirtAddr) -> bool {
+        self.pmap().lookup(va).is_some()
+    }
     fn zero_frame(&mut self, frame: PhysAddr) {
         crate::arch::copy::zero_frame(frame);
     }
