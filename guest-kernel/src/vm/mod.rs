@@ -11,5 +11,6 @@ pub mod object;
 pub mod page;
 pub mod pageout;
 pub mod pmap;
+pub mod readahead;
 pub mod swap;
 pub mod types;

@@ -17,7 +17,7 @@ use guest_kernel::vm::types::VmProt;
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
-const FAULT_AROUND: u64 = 15;
+const FAULT_AROUND: u64 = 31;
 
 /// x86 page-fault error code bits.
 const PF_WRITE: u64 = 1 << 1;

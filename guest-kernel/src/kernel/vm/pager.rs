@@ -21,6 +21,7 @@ use guest_kernel::ipc::{KObject, PortId};
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
+use guest_kernel::vm::readahead::ReadAhead;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
 
 /// Pager references of host objects: this bit plus the device's object
@@ -32,10 +33,14 @@ pub const PAGE_TOKEN: u64 = 1 << 61;
 /// Transfers in flight or waiting at once; further faults wait on their
 /// object until one ends.
 const SLOTS: usize = 64;
-/// Pages one data_request asks for: the faulting page and those after it
-/// (read-ahead; data_provided takes pages no fault asked for). One device
-/// round trip then serves a run of sequential faults.
-const CLUSTER: usize = 16;
+/// Pages one data_request asks for at most: the faulting page and those
+/// after it (read-ahead; data_provided takes pages no fault asked for).
+/// The window is sized by the access pattern (guest_kernel::vm::readahead):
+/// it starts at CLUSTER_FIRST and doubles while faults stay sequential, so
+/// one device round trip serves a run of sequential faults and a random
+/// reader asks for its page alone.
+const CLUSTER: usize = 32;
+const CLUSTER_FIRST: u32 = 4;
 /// Read-ahead takes frames only while more than this many are free: above
 /// pageout's low watermark by a cluster, so under memory pressure pageout
 /// keeps making room for whole clusters (clean pages of a file are cheap to
@@ -90,6 +95,8 @@ pub struct HostPaging {
     calls: Vec<(PagerRef, Call)>,
     /// The default pager: swap slots and pageout (default_pager.rs).
     pub default: super::default_pager::DefaultPager,
+    /// Sequential-access detection for host objects' request windows.
+    readahead: ReadAhead,
     /// Pages brought in from the device (host objects and swap) and
     /// pages written back to it, failed transfers among them.
     pub pages_in: u64,
@@ -119,6 +126,7 @@ impl Default for HostPaging {
             waiting: 0,
             calls: Vec::new(),
             default: Default::default(),
+            readahead: ReadAhead::new(CLUSTER_FIRST, CLUSTER as u32),
             pages_in: 0,
             pages_out: 0,
             failed: 0,
@@ -204,7 +212,18 @@ pub fn request(
     let Some(slot) = paging.slots.iter().position(Option::is_none) else {
         return Asked::No;
     };
-    let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize).clamp(1, CLUSTER);
+    // Swap pages come one at a time (neighbouring slots are not
+    // neighbouring pages); host objects by their stream's window.
+    let window = if default {
+        1
+    } else {
+        paging
+            .readahead
+            .window(object.to_raw(), offset.0, PAGE_SIZE) as usize
+    };
+    let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
+        .min(window)
+        .clamp(1, CLUSTER);
     let mut t = Transfer {
         object,
         device_object: dev,
