@@ -221,6 +221,17 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
         };
         if ask {
             if o.pager_dead() {
+                // Only what the default pager kept of it (double paging)
+                // can still come back; the rest is an exception.
+                if o.is_paged_out(off) {
+                    return request(
+                        objects,
+                        obj,
+                        off,
+                        PagerPort::Default,
+                        if obj == top { access } else { VmProt::READ },
+                    );
+                }
                 return FaultOutcome::MemoryError;
             }
             if !o.pager_ready() {

@@ -151,6 +151,16 @@ impl Object {
             ObjectKind::External(p) => PagerPort::Pager(p),
         }
     }
+    /// Where pageout sends this object's dirty pages: its pager, or the
+    /// default pager once that pager is dead (double paging, paper §6.2.3:
+    /// the data is kept, and a later fault reads it back from there).
+    pub fn write_back_port(&self) -> PagerPort {
+        if self.pager_dead {
+            PagerPort::Default
+        } else {
+            self.pager_port()
+        }
+    }
 }
 
 struct Slot {
@@ -628,6 +638,19 @@ impl Objects {
     /// active queue, as if pageout had never picked it. A terminating
     /// object's page is simply freed (nobody needs its data); its last one
     /// ends the object as [`Objects::data_write_done`] would.
+    /// A dead pager's page was written to the default pager (its
+    /// write-back went there, see [`Object::write_back_port`]): faults on
+    /// it now read it back from there rather than failing.
+    pub fn double_paged(&mut self, object: ObjectId, offset: ObjectOffset) -> Result<(), VmError> {
+        let o = self.get_mut(object)?;
+        if o.pager_dead {
+            // Allocation failure here aborts (B-tree); bounded by the
+            // object's pages.
+            o.paged_out.insert(offset.0);
+        }
+        Ok(())
+    }
+
     pub fn data_write_refused(
         &mut self,
         object: ObjectId,

@@ -104,10 +104,10 @@ pub fn pageout_scan(
             continue;
         }
         phys.page_protect(f, VmProt::NONE);
-        let dead = objects.get(p.object).map_or(true, |o| o.pager_dead());
-        if (p.dirty || p.precious || phys.clear_modified(f)) && !dead {
+        if p.dirty || p.precious || phys.clear_modified(f) {
+            // A dead pager's dirty page goes to the default pager.
             let pager = match objects.get(p.object) {
-                Ok(o) => o.pager_port(),
+                Ok(o) => o.write_back_port(),
                 Err(_) => continue,
             };
             objects.pages.dequeue(pid);
@@ -124,8 +124,8 @@ pub fn pageout_scan(
                 frame: f,
             });
         } else {
-            // Clean: the pager has it, or it is a zero page never written.
-            // (A dead pager's data is lost either way.)
+            // Clean: the pager (or the default pager) has it, or it is a
+            // zero page never written.
             objects.free_page(pid, frames, phys);
             r.freed += 1;
         }
@@ -274,6 +274,81 @@ mod tests {
         assert_eq!(pool.free_count(), before + 1);
         assert_eq!(objs.pages.resident_count(), 0);
         assert!(objs.get(o).unwrap().is_paged_out(off(0)));
+    }
+
+    #[test]
+    fn a_dead_pagers_dirty_page_is_double_paged_and_comes_back_from_the_default_pager() {
+        use crate::vm::fault::tests::Sim;
+        use crate::vm::fault::{FaultOutcome, FaultTarget, fault_object};
+        use crate::vm::object::{PagerEntry, PagerRef};
+        let mut m = SimMachine::new();
+        let s = m.new_space();
+        let mut objs = Objects::new(8, 64, 0);
+        let mut pool = FramePool::new(PhysAddr(0x100000), 16);
+        let PagerEntry::New(o) = objs.enter_pager(PagerRef(9), 2 * PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        objs.set_pager_ready(o).unwrap();
+        let f = objs.pages.alloc_frame(&mut pool, false).unwrap().addr;
+        objs.data_provided(o, off(0), &[f], VmProt::NONE, false, &mut pool)
+            .unwrap();
+        m.pmap(s).enter(VirtAddr(0), f, VmProt::DEFAULT).unwrap();
+        m.write_virt(s, VirtAddr(8), b"keep me").unwrap();
+        objs.pager_died(o).unwrap();
+        let cfg = PageoutConfig {
+            free_min: 20,
+            free_target: pool.free_count() + 1,
+        };
+        let r = pageout_scan(&cfg, &mut objs, &mut pool, &mut m).unwrap();
+        assert_eq!(
+            r.actions,
+            [ObjectAction::DataWrite {
+                object: o,
+                pager: PagerPort::Default,
+                offset: off(0),
+                frame: f,
+            }],
+            "not dropped, not sent to the dead pager"
+        );
+        objs.data_write_done(o, off(0), &mut pool, &mut m).unwrap();
+        objs.double_paged(o, off(0)).unwrap();
+        let target = |page| FaultTarget {
+            object: o,
+            offset: off(page),
+            prot: VmProt::DEFAULT,
+            needs_copy: false,
+        };
+        let mut sim = Sim { m: &mut m, s };
+        let r = fault_object(
+            &mut objs,
+            &mut pool,
+            &mut sim,
+            target(0),
+            VirtAddr(0),
+            VmProt::READ,
+            false,
+        );
+        assert!(
+            matches!(
+                r,
+                FaultOutcome::Request {
+                    pager: PagerPort::Default,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // A page the default pager never got is an exception.
+        let r = fault_object(
+            &mut objs,
+            &mut pool,
+            &mut sim,
+            target(1),
+            VirtAddr(PAGE_SIZE),
+            VmProt::READ,
+            false,
+        );
+        assert_eq!(r, FaultOutcome::MemoryError);
     }
 
     #[test]

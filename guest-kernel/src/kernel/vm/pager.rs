@@ -11,6 +11,7 @@
 //! (State::PageWait) and retry when it changes.
 
 use crate::dev::virtio_pager::{self, Driver};
+use crate::kern::console::Dec;
 use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
@@ -102,6 +103,12 @@ pub struct HostPaging {
     pub pages_in: u64,
     pub pages_out: u64,
     pub failed: u64,
+    /// Host objects whose pager failed; write-backs to host objects that
+    /// failed; dirty pages lost (their object ended with the write failed).
+    pub dead_objects: u64,
+    pub failed_writes: u64,
+    pub lost_pages: u64,
+    write_failure_reported: bool,
 }
 
 /// A Table 3-5 call a fault needs from a guest pager.
@@ -130,6 +137,10 @@ impl Default for HostPaging {
             pages_in: 0,
             pages_out: 0,
             failed: 0,
+            dead_objects: 0,
+            failed_writes: 0,
+            lost_pages: 0,
+            write_failure_reported: false,
         }
     }
 }
@@ -493,17 +504,33 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     } else if ok && kind == pager::KIND_PROVIDED {
         k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(t.count as u64);
     }
+    // A host object's pager that failed (broke protocol, timed out, is
+    // gone) is dead from now on (paper §6.1): absent pages fault, resident
+    // ones stay readable, dirty ones go to the default pager.
+    let died = !t.default && code == status::PAGER_FAILED;
+    let mut newly_dead = false;
+    let mut lost = false;
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
-        if t.write && t.default && !ok {
-            // Swap lost the write: the data stays in memory.
+        if died && objects.get(t.object).is_ok_and(|o| !o.pager_dead()) {
+            newly_dead = objects.pager_died(t.object).is_ok();
+        }
+        if t.write && !ok {
+            // The data stays in memory, dirty (unless the object is going
+            // away: then it is lost, and counted).
+            let terminating = objects
+                .get(t.object)
+                .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
+            lost = terminating;
             return objects
                 .data_write_refused(t.object, t.offset, frames, m)
                 .ok()
                 .flatten();
         }
         if t.write {
-            // A host object's page stays cached whether or not the write
-            // worked.
+            if t.default {
+                // A dead pager's page now kept by the default pager.
+                let _ = objects.double_paged(t.object, t.offset);
+            }
             return objects
                 .data_write_done(t.object, t.offset, frames, m)
                 .ok()
@@ -539,6 +566,28 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
         t.count = 0;
         None
     });
+    if newly_dead {
+        k.paging.dead_objects += 1;
+        crate::kprint!(
+            "vm: host object ",
+            Dec(u64::from(t.device_object)),
+            ": pager failed, object dead (absent pages fault, dirty pages go to the default pager)\n"
+        );
+    }
+    if t.write && !ok && !t.default {
+        k.paging.failed_writes += 1;
+        if !k.paging.write_failure_reported {
+            k.paging.write_failure_reported = true;
+            crate::kprint!(
+                "vm: host object ",
+                Dec(u64::from(t.device_object)),
+                ": a write-back failed (status ",
+                Dec(u64::from(code)),
+                "); the page stays in memory (further failures are counted in vm_statistics)\n"
+            );
+        }
+    }
+    k.paging.lost_pages += u64::from(lost);
     // (An external object's end after its last write-back needs nothing
     // sent to a host object.)
     if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
