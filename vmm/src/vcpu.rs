@@ -55,6 +55,18 @@ fn u32_of(data: &[u8]) -> u32 {
     u32::from_le_bytes(b)
 }
 
+/// Where the vCPU was when it stopped, for a kernel developer to start
+/// from (empty if KVM won't tell).
+fn where_stopped(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            " at rip={:#x} rsp={:#x} cr2={:#x} cr3={:#x}",
+            r.rip, r.rsp, s.cr2, s.cr3
+        ),
+        _ => String::new(),
+    }
+}
+
 pub fn run(
     vcpu: &mut VcpuFd,
     mem: &GuestMemoryMmap,
@@ -115,9 +127,10 @@ pub fn run(
                 return Outcome::Failed("the vCPU halted with interrupts off".into());
             }
             Ok(VcpuExit::Shutdown) => {
-                return Outcome::Failed(
-                    "triple fault (the guest kernel could not handle an exception)".into(),
-                );
+                return Outcome::Failed(format!(
+                    "triple fault (the guest kernel could not handle an exception){}",
+                    where_stopped(vcpu)
+                ));
             }
             Ok(VcpuExit::InternalError) => {
                 return Outcome::Failed(

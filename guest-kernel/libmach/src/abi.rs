@@ -436,12 +436,33 @@ pub const TRAP_VM_COPY: u64 = 0x46;
 pub const TRAP_VM_REGION: u64 = 0x47;
 /// (task, *VmStatistics out)
 pub const TRAP_VM_STATISTICS: u64 = 0x48;
-/// (task, *addr in/out, size, anywhere, memory object, offset): maps
+/// (task, *addr in/out, size, flags, memory object, offset): maps
 /// [offset, offset+size) of the memory object (a port) into the task.
+/// flags: PAGER_MAP_ANYWHERE, and the protection asked for shifted by
+/// PAGER_MAP_PROT_SHIFT (0: read/write). A writable mapping of a read-only
+/// object fails with KERN_PROTECTION_FAILURE.
 pub const TRAP_VM_ALLOCATE_WITH_PAGER: u64 = 0x49;
+pub const PAGER_MAP_ANYWHERE: u64 = 1;
+pub const PAGER_MAP_PROT_SHIFT: u32 = 8;
+pub const PAGER_MAP_PROT_MASK: u64 = 7 << PAGER_MAP_PROT_SHIFT;
 /// (host object number from object_lookup, *name out): a send right to
 /// the kernel port that is that host object's memory object.
 pub const TRAP_HOST_OBJECT_PORT: u64 = 0x4a;
+/// (memory object send right, *HostObjectInfo out): the size and flags of
+/// the host object behind a memory object port (KERN_INVALID_ARGUMENT for
+/// any other port).
+pub const TRAP_HOST_OBJECT_INFO: u64 = 0x4b;
+
+/// What TRAP_HOST_OBJECT_INFO writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostObjectInfo {
+    /// Bytes, as the host's pager told at initialisation.
+    pub size: u64,
+    /// HOST_OBJECT_READ_ONLY: only a read-only mapping is allowed.
+    pub flags: u64,
+}
+pub const HOST_OBJECT_READ_ONLY: u64 = 1;
 
 pub const VM_PROT_NONE: u32 = 0;
 pub const VM_PROT_READ: u32 = 1;

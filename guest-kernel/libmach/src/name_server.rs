@@ -5,8 +5,9 @@ use crate::abi::Name;
 use crate::rpc::{Bytes, Kernel, SendRight};
 use crate::traps::{self, KernError};
 
-/// Longest name a server checks in.
-pub const NAME_MAX: usize = 32;
+/// Longest name a server checks in (host objects' names, up to 47 bytes,
+/// fit).
+pub const NAME_MAX: usize = 48;
 
 crate::mach_interface! {
     /// Names to send rights. `check_in` fails with `KERN_NAME_EXISTS` for a

@@ -160,6 +160,31 @@ pub fn vm_allocate_with_pager(
     memory_object: Name,
     offset: u64,
 ) -> Result<(), KernError> {
+    vm_map_pager(
+        task,
+        addr,
+        size,
+        anywhere,
+        abi::VM_PROT_DEFAULT,
+        memory_object,
+        offset,
+    )
+}
+
+/// vm_allocate_with_pager with the protection `prot` (VM_PROT_* bits):
+/// VM_PROT_READ maps a read-only object, which refuses a writable mapping
+/// with KERN_PROTECTION_FAILURE.
+pub fn vm_map_pager(
+    task: Name,
+    addr: &mut u64,
+    size: u64,
+    anywhere: bool,
+    prot: u32,
+    memory_object: Name,
+    offset: u64,
+) -> Result<(), KernError> {
+    let flags = u64::from(anywhere) * abi::PAGER_MAP_ANYWHERE
+        | (u64::from(prot) << abi::PAGER_MAP_PROT_SHIFT) & abi::PAGER_MAP_PROT_MASK;
     // SAFETY: `addr` is a valid, writable u64.
     kr(unsafe {
         trap(
@@ -167,7 +192,7 @@ pub fn vm_allocate_with_pager(
             u64::from(task),
             addr as *mut u64 as u64,
             size,
-            u64::from(anywhere),
+            flags,
             u64::from(memory_object),
             offset,
         )
@@ -183,6 +208,25 @@ pub fn host_object_port(object: u64) -> Result<Name, KernError> {
         trap(
             abi::TRAP_HOST_OBJECT_PORT,
             object,
+            &raw mut out as u64,
+            0,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(|()| out)
+}
+
+/// The size and flags of the host object whose memory object is `port`
+/// (a send right, e.g. from the name server).
+pub fn host_object_info(port: Name) -> Result<abi::HostObjectInfo, KernError> {
+    let mut out = abi::HostObjectInfo::default();
+    // SAFETY: a valid, writable out-pointer to a repr(C) record.
+    kr(unsafe {
+        trap(
+            abi::TRAP_HOST_OBJECT_INFO,
+            u64::from(port),
             &raw mut out as u64,
             0,
             0,

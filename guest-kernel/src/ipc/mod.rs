@@ -559,6 +559,12 @@ impl Ipc {
 
     /// A new port; `s` gets its receive right.
     pub fn port_allocate(&mut self, s: SpaceId) -> Result<Name, u32> {
+        self.port_allocate_id(s).map(|(name, _)| name)
+    }
+
+    /// [`Ipc::port_allocate`], also giving the port itself, for a kernel
+    /// that hands the port to other tasks too (a bootstrap port).
+    pub fn port_allocate_id(&mut self, s: SpaceId) -> Result<(Name, PortId), u32> {
         let limit = self.limits.names_per_space;
         let sp = self.space(s).ok_or(KERN_INVALID_ARGUMENT)?;
         if sp.used() >= limit {
@@ -589,7 +595,7 @@ impl Ipc {
         if let Some(e) = self.space_mut(s).and_then(|sp| sp.lookup_mut(name)) {
             e.receive = true;
         }
-        Ok(name)
+        Ok((name, p))
     }
 
     /// Drops one send, send-once or dead-name reference, or (if the name

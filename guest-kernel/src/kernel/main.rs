@@ -88,11 +88,15 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     let args = cmdline::init_args(cmd);
     let mut k = Kernel::new(boot.clone(), mem.frames, mem.kernel_root, mem.heap_bytes);
     vm::default_pager::boot(&mut k);
+    let bootstrap = kern::bootstrap::start(&mut k);
     let init = match k.spawn(init_name, args, None, false) {
         Ok(id) => id,
         Err(scheduler::SpawnError::NoSuchProgram) => boot_failed("no such init program"),
         Err(_) => boot_failed("cannot load the init program"),
     };
+    if let Some(t) = k.task_mut(init) {
+        t.bootstrap = bootstrap;
+    }
     k.init = init;
     k.timer_hz = hz.max(1);
     k.report_vm_stats = cmdline::value(cmd, b"vm_stats") == Some(b"1");
@@ -107,6 +111,12 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    // A panic while reporting one: stop at once rather than recurse until
+    // the stack overflows (which ends in a triple fault with no message).
+    static PANICKING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    if PANICKING.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        power_off(EXIT_KERNEL_PANIC);
+    }
     {
         let mut c = console::force_lock();
         use console::Piece;

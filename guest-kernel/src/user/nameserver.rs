@@ -1,5 +1,6 @@
 //! The name server: `nameserver prog[:arg] ...` starts each listed program
-//! with the server's port as its bootstrap port, then serves
+//! with the server's port as its bootstrap port (or, as the kernel starts
+//! it, `nameserver --objects NAME...` publishes the host objects), then serves
 //! libmach::name_server (check_in, look_up) forever. The table is bounded
 //! (64 names of at most 32 bytes); a checked-in port that dies is dropped
 //! when its dead-name notification arrives on a second, private port (so
@@ -14,6 +15,7 @@ use libmach::message::{Builder, Item, Message, MsgBuf};
 use libmach::name_server::{NAME_MAX, name_server};
 use libmach::rpc;
 use libmach::traps::{self, KernError};
+use libmach::vm;
 
 const MAX_ENTRIES: usize = 64;
 
@@ -156,8 +158,31 @@ fn start(port: Name, args: &[u8]) {
     }
 }
 
+/// `--objects NAME...`: started by the kernel (kern/bootstrap.rs), which
+/// made our bootstrap port and gave us its receive right. Each host
+/// object's memory object is published under its name before we serve, so
+/// lookups that arrive first wait in the queue and find it.
+fn publish_objects(table: &mut Table, names: &[u8]) {
+    for name in rt::words(names) {
+        let port = rt::object::lookup(name)
+            .map_err(rt::abi::error_name)
+            .and_then(|id| vm::host_object_port(id).map_err(|e| e.name()));
+        let r = port.and_then(|p| table.insert(name, p).map_err(|e| e.name()));
+        if let Err(e) = r {
+            println!("nameserver: cannot publish {}: {e}", rt::str(name));
+        }
+    }
+}
+
 fn main(args: &[u8]) -> i32 {
-    let (port, notify) = match (traps::port_allocate(), traps::port_allocate()) {
+    let published = args.strip_prefix(b"--objects");
+    // The kernel's bootstrap server serves the port it was given; one
+    // started by a task makes its own.
+    let mine = match published {
+        Some(_) => traps::task_self().and_then(traps::task_get_bootstrap_port),
+        None => traps::port_allocate(),
+    };
+    let (port, notify) = match (mine, traps::port_allocate()) {
         (Ok(p), Ok(n)) => (p, n),
         (Err(e), _) | (_, Err(e)) => {
             println!("nameserver: port_allocate: {}", e.name());
@@ -171,14 +196,19 @@ fn main(args: &[u8]) -> i32 {
             return 1;
         }
     }
-    if let Err(e) = make_send(port) {
-        println!("nameserver: send right: {e}");
-    }
-    start(port, args);
     let mut table = Table {
         entries: [None; MAX_ENTRIES],
         notify,
     };
+    match published {
+        Some(names) => publish_objects(&mut table, names),
+        None => {
+            if let Err(e) = make_send(port) {
+                println!("nameserver: send right: {e}");
+            }
+            start(port, args);
+        }
+    }
     let e = rpc::serve::<1024>(abi::PORT_NULL, |req, reply| {
         let local = abi::Header::from_bytes(req)?.local;
         if local == notify {

@@ -53,7 +53,12 @@ fn main(args: &[u8]) -> i32 {
         let me = traps::task_self().map_err(k)?;
         let port = vm::host_object_port(id).map_err(k)?;
         let mut at = 0;
-        vm::vm_allocate_with_pager(me, &mut at, size.max(1), true, port, 0).map_err(k)?;
+        let prot = if seed.is_some() {
+            libmach::abi::VM_PROT_DEFAULT
+        } else {
+            libmach::abi::VM_PROT_READ
+        };
+        vm::vm_map_pager(me, &mut at, size.max(1), true, prot, port, 0).map_err(k)?;
         // SAFETY: the kernel mapped `size` bytes of the object at `at`.
         let bytes = unsafe { core::slice::from_raw_parts_mut(at as *mut u8, size as usize) };
         if let Some(seed) = seed {

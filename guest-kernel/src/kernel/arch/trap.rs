@@ -49,6 +49,12 @@ impl TrapFrame {
     }
 }
 
+const NMI: u64 = 2;
+/// NMIs taken (they are not a task's fault).
+pub static NMIS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+const DOUBLE_FAULT: u64 = 8;
+const MACHINE_CHECK: u64 = 18;
+
 /// Under software KVM (kvm_pvm) `syscall` from ring 3 jumps to LSTAR but
 /// stays in ring 3, so fetching kernel text there faults: a user
 /// instruction-fetch page fault at exactly LSTAR. rcx/r11 hold the return
@@ -101,8 +107,18 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
     } else {
         0
     };
-    if f.vector < 32 && !f.came_from_user() {
+    // A double fault or machine check is the machine's (or the kernel's)
+    // failure whatever ring it interrupted, never a task's fault; it runs
+    // on a small IST stack, so it goes no further than the report.
+    if f.vector < 32 && (!f.came_from_user() || matches!(f.vector, DOUBLE_FAULT | MACHINE_CHECK)) {
         kernel_fault(f, cr2);
+    }
+    if f.vector == NMI {
+        // Nothing here sends NMIs on purpose: count it and go on. It runs
+        // on its IST stack and may interrupt the kernel anywhere (even
+        // holding the console), so it does nothing more.
+        NMIS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        return frame;
     }
     let mut guard = KERNEL.lock();
     let Some(k) = guard.as_mut() else {

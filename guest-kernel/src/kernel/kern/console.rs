@@ -40,7 +40,14 @@ pub fn force_lock() -> MutexGuard<'static, Console> {
         // SAFETY: one CPU, interrupts off; the holder never runs again.
         unsafe { CONSOLE.force_unlock() };
     }
-    CONSOLE.lock()
+    let mut c = CONSOLE.lock();
+    // The failure may have left the buffer inconsistent: what is pending
+    // is dropped rather than trusted.
+    if c.len > BUF {
+        c.len = 0;
+        c.saw_newline = false;
+    }
+    c
 }
 
 impl Console {

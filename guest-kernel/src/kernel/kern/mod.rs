@@ -1,6 +1,7 @@
 //! The kernel proper: tasks, threads, scheduling and the switch, the system
 //! call table, and the console.
 
+pub mod bootstrap;
 pub mod console;
 pub mod heap;
 pub mod scheduler;

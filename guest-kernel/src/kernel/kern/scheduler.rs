@@ -504,8 +504,11 @@ impl Kernel {
         if id == self.init {
             kprint!("init exited with status ", IDec(status), "\n");
             crate::kern::console::lock().flush();
-            // Every mapping goes, so modified pages of host objects are
-            // written back before the pagers are told to sync.
+            // Page-ins still in flight land first (a copy-in may have
+            // started one nobody waits for), while their objects exist;
+            // then every mapping goes, so modified pages of host objects
+            // are written back before the pagers are told to sync.
+            crate::vm::pager::drain_at_power_off(self);
             self.release_all_maps();
             crate::vm::pager::drain_at_power_off(self);
             if self.report_vm_stats {

@@ -13,7 +13,7 @@ use guest_kernel::addr::{PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::USER;
 use guest_kernel::kern::sched::TaskId;
 use libmach::abi::{
-    RCV_MSG, SEND_MSG, TRAP_HOST_OBJECT_PORT, TRAP_MACH_MSG, TRAP_PORT_ALLOCATE,
+    RCV_MSG, SEND_MSG, TRAP_HOST_OBJECT_INFO, TRAP_MACH_MSG, TRAP_PORT_ALLOCATE,
     TRAP_PORT_REQUEST_DEAD_NAME, TRAP_TASK_GET_BOOTSTRAP_PORT, TRAP_TASK_SELF, TRAP_VM_ALLOCATE,
 };
 
@@ -38,7 +38,16 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             k.exit_current(f.rdi as i64);
             return;
         }
-        SYS_CONSOLE_WRITE => console_write(k, VirtAddr(f.rdi), f.rsi),
+        SYS_CONSOLE_WRITE => {
+            // Output from pager-backed memory is brought in first (the
+            // call has no effect before its copy, so it can start over).
+            if f.rsi <= MAX_CONSOLE_WRITE
+                && !crate::vm::fault::ready_for_call(k, f.rdi, f.rsi, false)
+            {
+                return;
+            }
+            console_write(k, VirtAddr(f.rdi), f.rsi)
+        }
         SYS_TASK_SPAWN => spawn(k, f),
         SYS_TASK_WAIT => match k.wait(TaskId(f.rdi as u32)) {
             Ok(Some(status)) => status,
@@ -74,7 +83,7 @@ pub fn handle(k: &mut Kernel, f: &mut TrapFrame) {
             i64::from(crate::ipc::ports::trap(k, f))
         }
         TRAP_TASK_SELF..=TRAP_TASK_GET_BOOTSTRAP_PORT => i64::from(crate::ipc::tasks::trap(k, f)),
-        TRAP_VM_ALLOCATE..=TRAP_HOST_OBJECT_PORT => i64::from(crate::vm::calls::trap(k, f)),
+        TRAP_VM_ALLOCATE..=TRAP_HOST_OBJECT_INFO => i64::from(crate::vm::calls::trap(k, f)),
         SYS_MILESTONE => {
             crate::arch::cpu::outl(PORT_MILESTONE, MILESTONE_USER_BASE | (f.rdi as u32 & 0xff));
             0

@@ -17,7 +17,10 @@ use guest_kernel::kern::sched::{TaskId, ThreadId};
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::map::VmMap;
 
-const MAX_ARGS: usize = 1024;
+/// Bytes of arguments a task starts with: users may pass 1,024 (the spawn
+/// call's bound); the kernel's bootstrap name server gets every host
+/// object's name (59 of at most 48 bytes). They sit at the stack's top.
+const MAX_ARGS: usize = 3072;
 /// Threads one task may have (docs/mach-ipc.md §6).
 pub const MAX_THREADS: usize = 64;
 

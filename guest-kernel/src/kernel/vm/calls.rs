@@ -76,6 +76,9 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
     if f.rax == TRAP_HOST_OBJECT_PORT {
         return host_object_port(k, f.rdi, f.rsi);
     }
+    if f.rax == TRAP_HOST_OBJECT_INFO {
+        return host_object_info(k, f.rdi, f.rsi);
+    }
     let task = target_task(k, f.rdi as u32)?;
     match f.rax {
         TRAP_VM_ALLOCATE => {
@@ -178,7 +181,7 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
         }
         TRAP_VM_ALLOCATE_WITH_PAGER => {
             let hint = read_u64(k, f.rsi)?;
-            let anywhere = f.r10 != 0;
+            let (anywhere, prot) = pager_map_flags(f.r10)?;
             let (start, size) = page_range(if anywhere { 0 } else { hint }, f.rdx)?;
             let at = allocate_with_pager(
                 k,
@@ -187,6 +190,7 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
                 size,
                 f.r8 as u32,
                 f.r9,
+                prot,
             )?;
             hand_out(k, task, at, size, f.rsi)
         }
@@ -198,6 +202,9 @@ fn call(k: &mut Kernel, f: &TrapFrame) -> Result<(), u32> {
 /// object of a ready host object.
 fn host_object_port(k: &mut Kernel, object: u64, out: u64) -> Result<(), u32> {
     let id = u32::try_from(object).map_err(|_| KERN_INVALID_ARGUMENT)?;
+    if !super::object_io::user_visible(k, id) {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
     pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
     let port = pager::object_port(k, id)?;
     let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
@@ -212,9 +219,44 @@ fn host_object_port(k: &mut Kernel, object: u64, out: u64) -> Result<(), u32> {
     Ok(())
 }
 
+/// host_object_info: size and flags of the host object behind a memory
+/// object send right in the caller's space.
+fn host_object_info(k: &mut Kernel, name: u64, out: u64) -> Result<(), u32> {
+    let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
+    let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
+    let name = u32::try_from(name).map_err(|_| KERN_INVALID_NAME)?;
+    let port = k.ipc.resolve_send(space, name)?;
+    let Some(KObject::HostObject(id)) = k.ipc.kobject(port) else {
+        return Err(KERN_INVALID_ARGUMENT);
+    };
+    let (size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
+    let info = HostObjectInfo {
+        size,
+        flags: if read_only { HOST_OBJECT_READ_ONLY } else { 0 },
+    };
+    copy_to_user(k, VirtAddr(out), record_bytes(&info)).map_err(|_| KERN_INVALID_ADDRESS)
+}
+
+/// vm_allocate_with_pager's flags word: bit 0 "anywhere", bits 8..=10 the
+/// protection asked for (0: the default, read and write).
+fn pager_map_flags(raw: u64) -> Result<(bool, VmProt), u32> {
+    if raw & !(PAGER_MAP_ANYWHERE | PAGER_MAP_PROT_MASK) != 0 {
+        return Err(KERN_INVALID_ARGUMENT);
+    }
+    let prot = (raw & PAGER_MAP_PROT_MASK) >> PAGER_MAP_PROT_SHIFT;
+    let prot = match VmProt::from_bits(prot) {
+        Some(VmProt::NONE) => VmProt::DEFAULT,
+        Some(p) => p,
+        None => return Err(KERN_INVALID_ARGUMENT),
+    };
+    Ok((raw & PAGER_MAP_ANYWHERE != 0, prot))
+}
+
 /// vm_allocate_with_pager: the memory object named by a send right in the
-/// caller's space, mapped over [offset, offset + size): a host object's
-/// kernel port, or the port of a pager task.
+/// caller's space, mapped over [offset, offset + size) with protection
+/// `prot`: a host object's kernel port, or the port of a pager task. A
+/// read-only host object refuses a writable mapping
+/// (KERN_PROTECTION_FAILURE), rather than mapping it and faulting later.
 fn allocate_with_pager(
     k: &mut Kernel,
     task: TaskId,
@@ -222,13 +264,14 @@ fn allocate_with_pager(
     size: u64,
     memory_object: u32,
     offset: u64,
+    prot: VmProt,
 ) -> Result<VirtAddr, u32> {
     let (me, _) = k.current_task().ok_or(KERN_FAILURE)?;
     let space = k.task(me).and_then(|t| t.space).ok_or(KERN_FAILURE)?;
     let port = k.ipc.resolve_send(space, memory_object)?;
     let id = match k.ipc.kobject(port) {
         Some(KObject::HostObject(id)) => id,
-        None => return map_user_object(k, task, at, size, port, offset),
+        None => return map_user_object(k, task, at, size, port, offset, prot),
         Some(_) => return Err(KERN_INVALID_ARGUMENT),
     };
     let (obj_size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
@@ -239,11 +282,14 @@ fn allocate_with_pager(
     if size == 0 || !offset.is_multiple_of(PAGE_SIZE) || !in_object {
         return Err(KERN_INVALID_ARGUMENT);
     }
-    let (prot, max) = if read_only {
-        (VmProt::READ, VmProt::READ.union(VmProt::EXECUTE))
+    let max = if read_only {
+        VmProt::READ.union(VmProt::EXECUTE)
     } else {
-        (VmProt::DEFAULT, VmProt::ALL)
+        VmProt::ALL
     };
+    if !max.contains(prot) {
+        return Err(KERN_PROTECTION_FAILURE);
+    }
     with_task(k, task, |map, objs, _, _| {
         let obj = match objs.enter_pager(pager::host_pager(id), obj_pages)? {
             PagerEntry::New(o) => {
@@ -435,6 +481,7 @@ fn map_user_object(
     size: u64,
     memory_object: guest_kernel::ipc::PortId,
     offset: u64,
+    prot: VmProt,
 ) -> Result<VirtAddr, u32> {
     let end = offset.checked_add(size).ok_or(KERN_INVALID_ARGUMENT)?;
     if size == 0 || !offset.is_multiple_of(PAGE_SIZE) {
@@ -458,15 +505,7 @@ fn map_user_object(
         PagerEntry::Existing(o) => o,
     };
     with_task(k, task, |map, objs, _, _| {
-        map_object(
-            map,
-            objs,
-            at,
-            size,
-            obj,
-            offset,
-            (VmProt::DEFAULT, VmProt::ALL),
-        )
+        map_object(map, objs, at, size, obj, offset, (prot, VmProt::ALL))
     })
     .ok_or(KERN_TERMINATED)?
     .map_err(kr)

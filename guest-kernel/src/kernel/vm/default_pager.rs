@@ -61,6 +61,8 @@ pub enum Swap {
 /// The default pager's state.
 pub struct DefaultPager {
     pub swap: Swap,
+    /// The device's `swap` object, set at boot before any task runs.
+    reserved: Option<u32>,
     /// DataWrites to swap queued or in flight.
     pub writing: u64,
     /// A thread sleeps in FrameWait.
@@ -73,6 +75,7 @@ impl Default for DefaultPager {
     fn default() -> Self {
         DefaultPager {
             swap: Swap::None,
+            reserved: None,
             writing: 0,
             sleepers: false,
             pageouts: 0,
@@ -82,6 +85,13 @@ impl Default for DefaultPager {
 }
 
 impl DefaultPager {
+    /// The device object the default pager owns: private to the kernel,
+    /// since it holds every task's paged-out memory.
+    /// It stays private even if it turns out unusable as swap.
+    pub fn swap_object(&self) -> Option<u32> {
+        self.reserved
+    }
+
     /// The swap object and its slots, if ready.
     pub fn ready(&mut self) -> Option<(u32, &mut SwapMap)> {
         if let Swap::Pending(id) = self.swap {
@@ -152,6 +162,7 @@ pub fn boot(k: &mut Kernel) {
     let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else { return };
     let Some(id) = d.find(SWAP_NAME) else { return };
+    k.paging.default.reserved = Some(id);
     if !matches!(d.object(id).map(|o| o.state), Some(ObjState::Ready { .. }))
         && d.submit(
             id,

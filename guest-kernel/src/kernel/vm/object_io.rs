@@ -91,7 +91,7 @@ pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     let Some(d) = guard.as_mut() else {
         return Some(ERR_NO_DEVICE);
     };
-    let Some(id) = d.find(&name) else {
+    let Some(id) = d.find(&name).filter(|&id| user_visible(k, id)) else {
         return Some(ERR_NO_OBJECT);
     };
     match d.object(id).map(|o| o.state) {
@@ -109,17 +109,27 @@ pub fn lookup(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
     None
 }
 
+/// Whether user tasks may name device object `id`: all but the default
+/// pager's swap object (other tasks' paged-out memory is in it).
+pub fn user_visible(k: &Kernel, id: u32) -> bool {
+    k.paging.default.swap_object() != Some(id)
+}
+
+/// A user-given object id, if it names an object users may reach.
+fn user_object(k: &Kernel, raw: u64) -> Option<u32> {
+    u32::try_from(raw).ok().filter(|&id| user_visible(k, id))
+}
+
 pub fn stat(k: &mut Kernel, f: &TrapFrame) -> i64 {
+    let Some(id) = user_object(k, f.rdi) else {
+        return ERR_NO_OBJECT;
+    };
     let st = {
         let guard = virtio_pager::lock();
         let Some(d) = guard.as_ref() else {
             return ERR_NO_DEVICE;
         };
-        match u32::try_from(f.rdi)
-            .ok()
-            .and_then(|id| d.object(id))
-            .map(|o| o.state)
-        {
+        match d.object(id).map(|o| o.state) {
             Some(ObjState::Ready {
                 size,
                 read_only,
@@ -144,7 +154,7 @@ pub fn stat(k: &mut Kernel, f: &TrapFrame) -> i64 {
 /// request's frames.
 pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
     let (offset, va, len) = (f.rsi, VirtAddr(f.rdx), f.r10);
-    let Ok(id) = u32::try_from(f.rdi) else {
+    let Some(id) = user_object(k, f.rdi) else {
         return Some(ERR_NO_OBJECT);
     };
     if len == 0 {
@@ -219,7 +229,7 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
 }
 
 pub fn sync(k: &mut Kernel, f: &TrapFrame) -> Option<i64> {
-    let Ok(id) = u32::try_from(f.rdi) else {
+    let Some(id) = user_object(k, f.rdi) else {
         return Some(ERR_NO_OBJECT);
     };
     let Some(tid) = k.current_thread() else {

@@ -39,6 +39,8 @@ pub fn report(k: &Kernel) {
         Dec(k.frames.free_frames()),
         " objects=",
         Dec(k.vm.objects.count() as u64),
+        " nmis=",
+        Dec(crate::arch::trap::NMIS.load(core::sync::atomic::Ordering::Relaxed)),
         "\n"
     );
 }
