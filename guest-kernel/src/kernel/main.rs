@@ -35,6 +35,7 @@ fn boot_failed(what: &str) -> ! {
 
 /// Called by `_start` on the boot stack with the start_info address.
 pub extern "C" fn kmain(start_info: u64) -> ! {
+    entry::arm_boot_stack();
     let boot = match bootinfo::parse(&mm::DirectRead, PhysAddr(start_info)) {
         Ok(b) => b,
         Err(_) => boot_failed("unreadable PVH start_info"),
@@ -103,6 +104,9 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     lapic::init(hz);
     let frame = k.schedule();
     *KERNEL.lock() = Some(k);
+    if !entry::boot_stack_intact() {
+        panic!("the boot stack overflowed (raise BOOT_STACK_SIZE or shrink kmain's frame)");
+    }
     outl(PORT_MILESTONE, MILESTONE_INIT_START);
     // SAFETY: `frame` is init's initial frame on its kernel stack, and the
     // switch above loaded its address space, stack pointer and FPU state.
