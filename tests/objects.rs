@@ -24,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use support::{Output, kvm_available, vmm, vmm_watch};
+use support::{Output, kvm_available, need_qemu_nbd, vmm, vmm_watch};
 use vm_memory::VolatileSlice;
 
 const MIB: usize = 1 << 20;
@@ -194,32 +194,6 @@ impl Drop for ChildGuard {
 }
 
 // --- qemu-nbd, as pager-backends/tests/common/mod.rs runs it ---------------
-
-fn qemu_nbd_path() -> Option<PathBuf> {
-    ["/usr/bin/qemu-nbd", "/usr/local/bin/qemu-nbd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// qemu-nbd's path, or None after a skip notice; a failure where NBD is
-/// required (CI=true or DUALITY_REQUIRE_NBD=1).
-fn need_qemu_nbd(test: &str) -> Option<PathBuf> {
-    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-        || std::env::var("DUALITY_REQUIRE_NBD").is_ok_and(|v| v == "1");
-    match qemu_nbd_path() {
-        Some(p) => Some(p),
-        None if required => panic!(
-            "{test}: qemu-nbd is not installed but CI/DUALITY_REQUIRE_NBD requires the NBD tests"
-        ),
-        None => {
-            eprintln!(
-                "SKIPPED {test}: qemu-nbd is not installed (apt-get install qemu-utils); set DUALITY_REQUIRE_NBD=1 to make this a failure"
-            );
-            None
-        }
-    }
-}
 
 /// A real qemu-nbd serving `file` as `export` on 127.0.0.1. The socket is
 /// bound here (port 0: no race for a free port) and handed over by

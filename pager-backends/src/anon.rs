@@ -3,7 +3,8 @@
 //! Pages that were never written back are `Unavailable` (the kernel zero
 //! fills them, paper 3.4.1). Written pages live in a sparse, unlinked swap
 //! file: it costs disk only for what was paged out and vanishes with the
-//! process. A bitmap records which pages hold data.
+//! process. A sparse bitmap records which pages hold data: it costs memory
+//! only for the parts of the object that were ever written.
 
 use crate::check::{check_range, round_up_page};
 use crate::error::{PagerError, Result};
@@ -17,15 +18,79 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use vm_memory::VolatileSlice;
+
+/// Largest anonymous object: 256 TiB, what a guest can address with
+/// four-level paging, and more swap than any host has. The bound keeps the
+/// bitmap's index small (3 MiB at the largest).
+pub const MAX_ANON_SIZE: u64 = 1 << 48;
+
+/// Pages per bitmap chunk: a chunk of 64 KiB of bits covers 2 GiB of the
+/// object and is allocated by the first write into that range.
+const CHUNK_PAGES: u64 = 1 << 19;
+
+/// One bit per page, set once the page's data is in the swap file. Lock
+/// free: a chunk is installed once, bits only go up until `clear`.
+struct SparseBitmap {
+    pages: u64,
+    chunks: Box<[OnceLock<Box<[AtomicU64]>>]>,
+}
+
+impl SparseBitmap {
+    fn new(pages: u64) -> SparseBitmap {
+        SparseBitmap {
+            pages,
+            chunks: (0..pages.div_ceil(CHUNK_PAGES))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
+    fn get(&self, page: u64) -> bool {
+        match self.chunks[(page / CHUNK_PAGES) as usize].get() {
+            None => false,
+            Some(words) => {
+                let bit = page % CHUNK_PAGES;
+                words[(bit / 64) as usize].load(Ordering::Acquire) & (1 << (bit % 64)) != 0
+            }
+        }
+    }
+
+    fn set(&self, page: u64) {
+        let chunk = page / CHUNK_PAGES;
+        let words = self.chunks[chunk as usize].get_or_init(|| {
+            // The last chunk only as long as the object.
+            let pages = (self.pages - chunk * CHUNK_PAGES).min(CHUNK_PAGES);
+            (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect()
+        });
+        let bit = page % CHUNK_PAGES;
+        words[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Release);
+    }
+
+    fn count(&self) -> u64 {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|words| words.iter())
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum()
+    }
+
+    fn clear(&self) {
+        for words in self.chunks.iter().filter_map(OnceLock::get) {
+            for w in words.iter() {
+                w.store(0, Ordering::Release);
+            }
+        }
+    }
+}
 
 pub struct AnonPager {
     swap: File,
     size: u64,
-    /// One bit per page: set once the page's data is in the swap file.
-    written: Box<[AtomicU64]>,
+    written: SparseBitmap,
     kernels: Kernels,
 }
 
@@ -57,35 +122,36 @@ impl AnonPager {
                 why: "anonymous object size must be a non-zero page multiple",
             });
         }
+        if size > MAX_ANON_SIZE {
+            return Err(PagerError::io_context(
+                format!("anonymous object of {size} bytes"),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "too large: at most 256 TiB (256T)",
+                ),
+            ));
+        }
         let ctx =
             |e| PagerError::io_context(format!("swap file in {}", opts.swap_dir.display()), e);
         let swap = swap_file(&opts.swap_dir).map_err(ctx)?;
         // Sparse: the length costs nothing until pages are written.
         swap.set_len(size).map_err(ctx)?;
-        let words = (size / PAGE_SIZE).div_ceil(64) as usize;
         Ok(AnonPager {
             swap,
             size,
-            written: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            written: SparseBitmap::new(size / PAGE_SIZE),
             kernels: Kernels::default(),
         })
     }
 
-    fn is_written(&self, page: u64) -> bool {
-        self.written[(page / 64) as usize].load(Ordering::Acquire) & (1 << (page % 64)) != 0
-    }
-
     fn any_written(&self, offset: ObjectOffset, len: u64) -> bool {
         let first = offset.raw() / PAGE_SIZE;
-        (first..first + len / PAGE_SIZE).any(|p| self.is_written(p))
+        (first..first + len / PAGE_SIZE).any(|p| self.written.get(p))
     }
 
     /// Pages currently holding data (for stats and tests).
     pub fn resident_pages(&self) -> u64 {
-        self.written
-            .iter()
-            .map(|w| w.load(Ordering::Relaxed).count_ones() as u64)
-            .sum()
+        self.written.count()
     }
 }
 
@@ -168,7 +234,7 @@ impl Pager for AnonPager {
         // never sees a page as written before it can be read back.
         let first = offset.raw() / PAGE_SIZE;
         for p in first..first + len / PAGE_SIZE {
-            self.written[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::Release);
+            self.written.set(p);
         }
         Ok(())
     }
@@ -196,9 +262,7 @@ impl Pager for AnonPager {
     fn terminate(&self, kernel: KernelId) -> Result<()> {
         if self.kernels.remove(kernel)? {
             // Temporary memory dies with its last kernel: give the disk back.
-            for w in self.written.iter() {
-                w.store(0, Ordering::Release);
-            }
+            self.written.clear();
             // SAFETY: plain fallocate on our own fd.
             let r = unsafe {
                 libc::fallocate(

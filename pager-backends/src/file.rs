@@ -1,4 +1,4 @@
-//! `file:PATH[?ro]`: a host file as a memory object.
+//! `file:PATH[?ro]`: a host file or block device as a memory object.
 //!
 //! Data moves with preadv/pwritev directly between the file and the caller's
 //! buffers. The object's size is the file's length when opened; the last
@@ -14,8 +14,9 @@ use crate::readahead::ReadAhead;
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset};
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::VolatileSlice;
@@ -24,6 +25,9 @@ pub struct FilePager {
     file: File,
     path: PathBuf,
     read_only: bool,
+    /// A block device (a disk, a partition, a loop or rbd device) rather
+    /// than a regular file.
+    block_device: bool,
     size: u64,
     kernels: Kernels,
     readahead: ReadAhead,
@@ -31,25 +35,35 @@ pub struct FilePager {
 
 impl FilePager {
     pub fn open(path: &Path, read_only: bool, opts: &OpenOptions) -> Result<FilePager> {
+        let ctx = |e| PagerError::io_context(path.display(), e);
+        // The type is checked before the open, which would block on a FIFO
+        // until a writer came; and again on what was opened, in case the
+        // path changed in between (O_NONBLOCK keeps that open from blocking).
+        let meta = std::fs::metadata(path).map_err(ctx)?;
+        check_kind(path, meta.file_type())?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(!read_only)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
-            .map_err(|e| PagerError::io_context(path.display(), e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| PagerError::io_context(path.display(), e))?;
-        if meta.is_dir() {
-            return Err(PagerError::io_context(
-                path.display(),
-                io::Error::new(io::ErrorKind::InvalidInput, "is a directory, not a file"),
-            ));
-        }
+            .map_err(ctx)?;
+        let meta = file.metadata().map_err(ctx)?;
+        check_kind(path, meta.file_type())?;
+        // O_NONBLOCK was for the open only: reads wait for the disk as usual.
+        set_blocking(&file).map_err(ctx)?;
+        let block_device = meta.file_type().is_block_device();
+        // A block device's inode says 0 bytes; its size is where it ends.
+        let size = if block_device {
+            (&file).seek(SeekFrom::End(0)).map_err(ctx)?
+        } else {
+            meta.len()
+        };
         Ok(FilePager {
             file,
             path: path.to_path_buf(),
             read_only,
-            size: meta.len(),
+            block_device,
+            size,
             kernels: Kernels::default(),
             readahead: ReadAhead::new(opts.max_readahead),
         })
@@ -84,6 +98,47 @@ impl FilePager {
             lock: Access::NONE,
         })
     }
+}
+
+/// Only regular files and block devices are memory objects: a FIFO or a
+/// socket has no pages to address, a character device like /dev/zero no
+/// size, a directory no data.
+fn check_kind(path: &Path, ft: std::fs::FileType) -> Result<()> {
+    if ft.is_file() || ft.is_block_device() {
+        return Ok(());
+    }
+    let kind = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(PagerError::io_context(
+        path.display(),
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {kind}; a file: object must be a regular file or a block device"),
+        ),
+    ))
+}
+
+fn set_blocking(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Iovecs per `preadv2` (the kernel's UIO_MAXIOV is 1024).
@@ -247,7 +302,12 @@ impl Pager for FilePager {
 
     fn describe(&self) -> String {
         format!(
-            "file {} ({}, {} bytes)",
+            "{} {} ({}, {} bytes)",
+            if self.block_device {
+                "block device"
+            } else {
+                "file"
+            },
             self.path.display(),
             if self.read_only {
                 "read-only"

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `file:PATH[?ro]` | [`file::FilePager`]: a host file, zero-copy preadv/pwritev |
 //! | `zero[?size=N]`, `anon[?size=N]` | [`anon::AnonPager`]: zero-fill memory, sparse swap file |
-//! | `nbd://HOST[:PORT]/EXPORT` | [`nbd::NbdPager`]: remote storage over NBD |
+//! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | [`nbd::NbdPager`]: remote storage over NBD (TCP or a Unix socket) |
 //! | `unix:PATH` | [`unix::UnixPager`]: an external pager process ([`unix::serve`] is the SDK) |
 //!
 //! [`open`] picks the backend from a URI and wraps it in
@@ -43,7 +43,7 @@ pub mod types;
 pub mod unix;
 pub mod uri;
 
-pub use check::MAX_REQUEST;
+pub use check::{MAX_OBJECT_SIZE, MAX_REQUEST};
 pub use error::{PagerError, Result};
 pub use options::OpenOptions;
 pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
@@ -62,9 +62,19 @@ pub fn open_backend(uri: &PagerUri, opts: &OpenOptions) -> Result<Arc<dyn Pager>
         PagerUri::Anon { size } => {
             Arc::new(anon::AnonPager::new(size.unwrap_or(opts.anon_size), opts)?)
         }
-        PagerUri::Nbd { host, port, export } => {
-            Arc::new(nbd::NbdPager::connect(host, *port, export, opts)?)
-        }
+        PagerUri::Nbd { host, port, export } => Arc::new(nbd::NbdPager::connect(
+            &nbd::NbdAddr::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            export,
+            opts,
+        )?),
+        PagerUri::NbdUnix { socket, export } => Arc::new(nbd::NbdPager::connect(
+            &nbd::NbdAddr::Unix(socket.clone()),
+            export,
+            opts,
+        )?),
         PagerUri::Unix { path } => Arc::new(unix::UnixPager::connect(path, opts)?),
     })
 }

@@ -1,36 +1,79 @@
 //! Backend URIs: `file:PATH[?ro]`, `zero[?size=N]` / `anon[?size=N]`,
-//! `nbd://HOST[:PORT]/EXPORT`, `unix:PATH`.
+//! `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///[EXPORT]?socket=PATH`,
+//! `unix:PATH`.
+//!
+//! # Queries
+//!
+//! Options follow a `?` as `key=value` or bare `key`, separated by `&`;
+//! values are percent-decoded (`%26` is a literal `&`). An unknown key is
+//! an error naming it.
+//!
+//! Where the query starts ([`split_query`]):
+//! - NBD URIs are RFC 3986 URIs, as the NBD URI standard says: the query
+//!   starts at the *first* `?`, and an export name writes `?` as `%3F`.
+//! - `file:`, `unix:`, `zero` and `anon` name host paths, which may contain
+//!   `?` and `%` and are taken literally: their query starts at the *last*
+//!   `?`. A path that contains `?` is therefore followed by a `?` of its own,
+//!   with or without options: `file:/tmp/what?.txt?` or
+//!   `file:/tmp/what?.txt?ro`.
 
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, percent_encode};
+use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::net::Ipv6Addr;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Default NBD port (IANA).
 pub const NBD_DEFAULT_PORT: u16 = 10809;
 
+/// Longest export name the NBD protocol allows.
+pub const NBD_MAX_EXPORT_NAME: usize = 4096;
+
+const FORMS: &str =
+    "file:PATH, zero, anon, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH or unix:PATH";
+
+/// What a path that contains `?` must do; shown with unknown options of
+/// the path schemes, where a stray `?` is the likely mistake.
+const PATH_HINT: &str =
+    "; a path that contains '?' ends with a '?' of its own, as in file:/tmp/what?.txt?";
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum UriError {
     #[error("empty URI")]
     Empty,
-    #[error(
-        "unknown scheme in {0:?} (expected file:PATH, zero, anon, nbd://HOST:PORT/EXPORT or unix:PATH)"
-    )]
+    #[error("unknown scheme in {0:?} (expected {FORMS})")]
     UnknownScheme(String),
     #[error("{0}: missing path")]
     MissingPath(&'static str),
-    #[error("{scheme}: unknown option {option:?}")]
+    #[error("{scheme}: unknown option {option:?} (known: {known}){hint}")]
     UnknownOption {
         scheme: &'static str,
         option: String,
+        known: &'static str,
+        hint: &'static str,
+    },
+    #[error("{scheme}: option {option:?} {why}")]
+    BadOption {
+        scheme: &'static str,
+        option: String,
+        why: &'static str,
     },
     #[error(
         "bad size {0:?} (expected a byte count like 4096, 64K, 16M or 2G, a whole number of pages)"
     )]
     BadSize(String),
-    #[error("nbd: missing host in {0:?}")]
+    #[error("nbd: missing host in {0:?} (expected nbd://HOST[:PORT]/EXPORT)")]
     MissingHost(String),
-    #[error("nbd: bad port {0:?}")]
+    #[error("nbd: bad port {0:?} (expected 1-65535)")]
     BadPort(String),
+    #[error(
+        "{0}: NBD over TLS is not supported yet; use nbd:// or nbd+unix:// over a trusted network or an SSH tunnel"
+    )]
+    TlsUnsupported(String),
+    #[error("nbd: {why} in {uri:?}")]
+    BadNbd { uri: String, why: String },
 }
 
 /// A parsed backend URI.
@@ -44,9 +87,16 @@ pub enum PagerUri {
     Anon {
         size: Option<u64>,
     },
+    /// NBD over TCP (`nbd://`).
     Nbd {
         host: String,
         port: u16,
+        export: String,
+    },
+    /// NBD over a Unix domain socket (`nbd+unix://`). A socket name that
+    /// starts with a NUL byte is in Linux's abstract namespace.
+    NbdUnix {
+        socket: PathBuf,
         export: String,
     },
     Unix {
@@ -71,98 +121,281 @@ fn parse_size(s: &str) -> Result<u64, UriError> {
     Ok(n)
 }
 
+/// The URI's scheme in lower case, if it has one (RFC 3986: a letter, then
+/// letters, digits, `+`, `-` or `.`, then `:`).
+fn scheme_of(s: &str) -> Option<String> {
+    let (scheme, _) = s.split_once(':')?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    (first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    .then(|| scheme.to_ascii_lowercase())
+}
+
+fn is_nbd_scheme(scheme: &str) -> bool {
+    scheme == "nbd" || scheme == "nbds" || scheme.starts_with("nbd+") || scheme.starts_with("nbds+")
+}
+
+/// Splits `uri` into the part before its query and the query (without its
+/// `?`), by the rule in the module docs: the first `?` for NBD URIs, the
+/// last one for the forms that name host paths.
+pub fn split_query(uri: &str) -> (&str, Option<&str>) {
+    let split = if scheme_of(uri).is_some_and(|s| is_nbd_scheme(&s)) {
+        uri.split_once('?')
+    } else {
+        uri.rsplit_once('?')
+    };
+    match split {
+        Some((base, q)) => (base, Some(q)),
+        None => (uri, None),
+    }
+}
+
+/// One `key[=value]` of a query; the value percent-decoded, as bytes (a
+/// socket path need not be UTF-8).
+struct QueryOpt<'a> {
+    key: &'a str,
+    value: Option<Vec<u8>>,
+}
+
+/// Parses `q` as `key[=value]&...`, accepting only `known` keys, each once.
+fn parse_query<'a>(
+    scheme: &'static str,
+    q: Option<&'a str>,
+    known: &'static [&'static str],
+    hint: &'static str,
+) -> Result<Vec<QueryOpt<'a>>, UriError> {
+    let mut opts: Vec<QueryOpt<'a>> = Vec::new();
+    for item in q.unwrap_or("").split('&').filter(|i| !i.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(percent_decode_str(v).collect::<Vec<u8>>())),
+            None => (item, None),
+        };
+        if !known.contains(&key) {
+            return Err(UriError::UnknownOption {
+                scheme,
+                option: key.to_string(),
+                known: match known {
+                    [] => "none",
+                    ["ro", "rw"] => "ro, rw",
+                    ["size"] => "size",
+                    ["socket"] => "socket",
+                    _ => "see the documentation",
+                },
+                hint,
+            });
+        }
+        if opts.iter().any(|o| o.key == key) {
+            return Err(UriError::BadOption {
+                scheme,
+                option: key.to_string(),
+                why: "is given twice",
+            });
+        }
+        opts.push(QueryOpt { key, value });
+    }
+    Ok(opts)
+}
+
+fn flag(scheme: &'static str, o: &QueryOpt<'_>) -> Result<(), UriError> {
+    match o.value {
+        None => Ok(()),
+        Some(_) => Err(UriError::BadOption {
+            scheme,
+            option: o.key.to_string(),
+            why: "takes no value",
+        }),
+    }
+}
+
+fn value<'v>(scheme: &'static str, o: &'v QueryOpt<'_>) -> Result<&'v [u8], UriError> {
+    match &o.value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(UriError::BadOption {
+            scheme,
+            option: o.key.to_string(),
+            why: "needs a value (key=value)",
+        }),
+    }
+}
+
 impl PagerUri {
     pub fn parse(s: &str) -> Result<PagerUri, UriError> {
         let s = s.trim();
         if s.is_empty() {
             return Err(UriError::Empty);
         }
-        if let Some(rest) = s.strip_prefix("file:") {
+        let scheme = scheme_of(s);
+        if let Some(scheme) = scheme.as_deref().filter(|sc| is_nbd_scheme(sc)) {
+            return parse_nbd(s, scheme);
+        }
+        let (base, query) = split_query(s);
+        if let Some(rest) = base.strip_prefix("file:") {
             // `file://` with an absolute path is accepted too.
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            let (path, query) = match rest.rsplit_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (rest, None),
-            };
+            let path = rest.strip_prefix("//").unwrap_or(rest);
             if path.is_empty() {
                 return Err(UriError::MissingPath("file"));
             }
-            let read_only = match query {
-                None | Some("rw") => false,
-                Some("ro") => true,
-                Some(o) => {
-                    return Err(UriError::UnknownOption {
+            let mut read_only = None;
+            for o in parse_query("file", query, &["ro", "rw"], PATH_HINT)? {
+                flag("file", &o)?;
+                let ro = o.key == "ro";
+                if read_only.is_some_and(|r| r != ro) {
+                    return Err(UriError::BadOption {
                         scheme: "file",
-                        option: o.to_string(),
+                        option: o.key.to_string(),
+                        why: "contradicts the other (ro or rw, not both)",
                     });
                 }
-            };
+                read_only = Some(ro);
+            }
             return Ok(PagerUri::File {
                 path: PathBuf::from(path),
-                read_only,
+                read_only: read_only.unwrap_or(false),
             });
         }
         for scheme in ["zero", "anon"] {
-            if let Some(rest) = s.strip_prefix(scheme) {
-                let scheme_name: &'static str = if scheme == "zero" { "zero" } else { "anon" };
-                if rest.is_empty() || rest == ":" {
-                    return Ok(PagerUri::Anon { size: None });
+            let scheme: &'static str = if scheme == "zero" { "zero" } else { "anon" };
+            if base == scheme || base.strip_prefix(scheme) == Some(":") {
+                let mut size = None;
+                for o in parse_query(scheme, query, &["size"], "")? {
+                    let v = value(scheme, &o)?;
+                    let v = std::str::from_utf8(v)
+                        .map_err(|_| UriError::BadSize(String::from_utf8_lossy(v).into_owned()))?;
+                    size = Some(parse_size(v)?);
                 }
-                if let Some(q) = rest.strip_prefix('?') {
-                    return match q.strip_prefix("size=") {
-                        Some(v) => Ok(PagerUri::Anon {
-                            size: Some(parse_size(v)?),
-                        }),
-                        None => Err(UriError::UnknownOption {
-                            scheme: scheme_name,
-                            option: q.to_string(),
-                        }),
-                    };
-                }
-                // e.g. "zeros": not this scheme.
-                break;
+                return Ok(PagerUri::Anon { size });
             }
         }
-        if let Some(rest) = s.strip_prefix("nbd://") {
-            let (authority, export) = rest.split_once('/').unwrap_or((rest, ""));
-            let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-                let (h, after) = v6
-                    .split_once(']')
-                    .ok_or_else(|| UriError::MissingHost(s.to_string()))?;
-                (h, after.strip_prefix(':'))
-            } else {
-                match authority.rsplit_once(':') {
-                    Some((h, p)) => (h, Some(p)),
-                    None => (authority, None),
-                }
-            };
-            if host.is_empty() {
-                return Err(UriError::MissingHost(s.to_string()));
-            }
-            let port = match port {
-                None => NBD_DEFAULT_PORT,
-                Some(p) => match p.parse::<u16>() {
-                    Ok(n) if n != 0 => n,
-                    _ => return Err(UriError::BadPort(p.to_string())),
-                },
-            };
-            return Ok(PagerUri::Nbd {
-                host: host.to_string(),
-                port,
-                export: export.to_string(),
-            });
-        }
-        if let Some(rest) = s.strip_prefix("unix:") {
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            if rest.is_empty() {
+        if let Some(rest) = base.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
                 return Err(UriError::MissingPath("unix"));
             }
+            parse_query("unix", query, &[], PATH_HINT)?;
             return Ok(PagerUri::Unix {
-                path: PathBuf::from(rest),
+                path: PathBuf::from(path),
             });
         }
         Err(UriError::UnknownScheme(s.to_string()))
     }
+}
+
+/// `nbd://` and `nbd+unix://`, by the NBD URI standard (RFC 3986 syntax).
+fn parse_nbd(s: &str, scheme: &str) -> Result<PagerUri, UriError> {
+    let bad = |why: &str| UriError::BadNbd {
+        uri: s.to_string(),
+        why: why.to_string(),
+    };
+    match scheme {
+        "nbd" | "nbd+unix" => {}
+        "nbds" | "nbds+unix" => return Err(UriError::TlsUnsupported(format!("{scheme}://"))),
+        _ => return Err(UriError::UnknownScheme(s.to_string())),
+    }
+    let unix = scheme == "nbd+unix";
+    // The scheme is ASCII and case-insensitive: skip it by length.
+    let after_scheme = &s[scheme.len() + 1..];
+    let Some(rest) = after_scheme.strip_prefix("//") else {
+        return Err(bad(if unix {
+            "expected nbd+unix:///EXPORT?socket=PATH"
+        } else {
+            "expected nbd://HOST[:PORT]/EXPORT"
+        }));
+    };
+    if rest.contains('#') {
+        return Err(bad(
+            "a URI fragment ('#') has no meaning here; write '#' in an export name as %23",
+        ));
+    }
+    let (hier, query) = match rest.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = match hier.find('/') {
+        Some(i) => (&hier[..i], &hier[i + 1..]),
+        None => (hier, ""),
+    };
+    let export = percent_decode_str(path)
+        .decode_utf8()
+        .map_err(|_| bad("the export name is not UTF-8"))?
+        .into_owned();
+    if export.contains('\0') {
+        return Err(bad("the export name contains NUL"));
+    }
+    if export.len() > NBD_MAX_EXPORT_NAME {
+        return Err(bad("the export name is longer than 4096 bytes"));
+    }
+    if authority.contains('@') {
+        return Err(bad(
+            "a user name (user@) is only used for TLS authentication, which is not supported yet",
+        ));
+    }
+    if unix {
+        if !authority.is_empty() {
+            return Err(bad(
+                "nbd+unix takes no host: the server is named by socket=, as in nbd+unix:///EXPORT?socket=/run/nbd.sock",
+            ));
+        }
+        let mut socket = None;
+        for o in parse_query("nbd+unix", query, &["socket"], "")? {
+            socket = Some(PathBuf::from(OsString::from_vec(
+                value("nbd+unix", &o)?.to_vec(),
+            )));
+        }
+        let socket = socket
+            .ok_or_else(|| bad("missing socket=PATH (expected nbd+unix:///EXPORT?socket=PATH)"))?;
+        return Ok(PagerUri::NbdUnix { socket, export });
+    }
+    parse_query("nbd", query, &[], "")?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address lacks its closing ']'"))?;
+        if h.parse::<Ipv6Addr>().is_err() {
+            return Err(bad(&format!("{h:?} is not an IPv6 address")));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("expected ':PORT' after ']'"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        let (h, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        if port.is_some_and(|p| p.contains(':')) {
+            return Err(bad(
+                "an IPv6 address goes in brackets, as in nbd://[::1]:10809/export",
+            ));
+        }
+        if let Some(c) = h
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+        {
+            return Err(bad(&format!("the host name contains {c:?}")));
+        }
+        (h, port)
+    };
+    if host.is_empty() {
+        return Err(UriError::MissingHost(s.to_string()));
+    }
+    let port = match port {
+        // RFC 3986: an empty port is the scheme's default.
+        None | Some("") => NBD_DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(UriError::BadPort(p.to_string())),
+        },
+    };
+    Ok(PagerUri::Nbd {
+        host: host.to_string(),
+        port,
+        export,
+    })
 }
 
 impl std::str::FromStr for PagerUri {
@@ -172,24 +405,63 @@ impl std::str::FromStr for PagerUri {
     }
 }
 
+/// What an export name percent-encodes in a URI path: everything that
+/// would end or change the path (`?`, `#`, `%`), controls and spaces.
+/// `/` stays: `nbd://h//disk` is the export `/disk`. Non-ASCII bytes are
+/// always encoded.
+const EXPORT_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// What a query value percent-encodes: as an export name, plus the query's
+/// own separators.
+const QUERY_VALUE_ENCODE: &AsciiSet = &EXPORT_ENCODE.add(b'&').add(b'=');
+
+/// A host path as the path schemes write it: literally, with a `?` after
+/// it if it contains one and no options follow.
+fn write_path(f: &mut fmt::Formatter<'_>, scheme: &str, path: &Path, query: &str) -> fmt::Result {
+    let p = path.display().to_string();
+    // `file://x` would lose its `//`: write such paths after `file://`.
+    let slashes = if p.starts_with("//") { "//" } else { "" };
+    let q = if query.is_empty() && p.contains('?') {
+        "?"
+    } else {
+        query
+    };
+    write!(f, "{scheme}:{slashes}{p}{q}")
+}
+
 impl fmt::Display for PagerUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PagerUri::File { path, read_only } => {
-                write!(
-                    f,
-                    "file:{}{}",
-                    path.display(),
-                    if *read_only { "?ro" } else { "" }
-                )
+                write_path(f, "file", path, if *read_only { "?ro" } else { "" })
             }
             PagerUri::Anon { size: None } => write!(f, "zero"),
             PagerUri::Anon { size: Some(n) } => write!(f, "zero?size={n}"),
-            PagerUri::Nbd { host, port, export } if host.contains(':') => {
-                write!(f, "nbd://[{host}]:{port}/{export}")
+            PagerUri::Nbd { host, port, export } => {
+                let export = percent_encode(export.as_bytes(), EXPORT_ENCODE);
+                if host.contains(':') {
+                    write!(f, "nbd://[{host}]:{port}/{export}")
+                } else {
+                    write!(f, "nbd://{host}:{port}/{export}")
+                }
             }
-            PagerUri::Nbd { host, port, export } => write!(f, "nbd://{host}:{port}/{export}"),
-            PagerUri::Unix { path } => write!(f, "unix:{}", path.display()),
+            PagerUri::NbdUnix { socket, export } => write!(
+                f,
+                "nbd+unix:///{}?socket={}",
+                percent_encode(export.as_bytes(), EXPORT_ENCODE),
+                percent_encode(socket.as_os_str().as_bytes(), QUERY_VALUE_ENCODE)
+            ),
+            PagerUri::Unix { path } => write_path(f, "unix", path, ""),
         }
     }
 }
@@ -197,6 +469,21 @@ impl fmt::Display for PagerUri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nbd(host: &str, port: u16, export: &str) -> PagerUri {
+        PagerUri::Nbd {
+            host: host.into(),
+            port,
+            export: export.into(),
+        }
+    }
+
+    fn why(s: &str) -> String {
+        match PagerUri::parse(s) {
+            Err(e) => e.to_string(),
+            Ok(u) => panic!("{s:?} parsed as {u:?}"),
+        }
+    }
 
     #[test]
     fn parses_each_scheme() {
@@ -226,19 +513,7 @@ mod tests {
         );
         assert_eq!(
             PagerUri::parse("nbd://127.0.0.1:10900/disk").unwrap(),
-            PagerUri::Nbd {
-                host: "127.0.0.1".into(),
-                port: 10900,
-                export: "disk".into()
-            }
-        );
-        assert_eq!(
-            PagerUri::parse("nbd://[::1]/e").unwrap(),
-            PagerUri::Nbd {
-                host: "::1".into(),
-                port: NBD_DEFAULT_PORT,
-                export: "e".into()
-            }
+            nbd("127.0.0.1", 10900, "disk")
         );
         assert_eq!(
             PagerUri::parse("unix:/run/p.sock").unwrap(),
@@ -249,21 +524,173 @@ mod tests {
     }
 
     #[test]
+    fn nbd_uris_as_the_standard_writes_them() {
+        // The standard's own table of export names.
+        for (uri, export) in [
+            ("nbd://example.com/disk", "disk"),
+            ("nbd://example.com/", ""),
+            ("nbd://example.com", ""),
+            ("nbd://example.com//disk", "/disk"),
+            ("nbd://example.com/hello%20world", "hello world"),
+        ] {
+            assert_eq!(
+                PagerUri::parse(uri).unwrap(),
+                nbd("example.com", NBD_DEFAULT_PORT, export),
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            PagerUri::parse("nbd://[::1]:10809/x").unwrap(),
+            nbd("::1", 10809, "x")
+        );
+        assert_eq!(
+            PagerUri::parse("nbd://[fe80::1]/e").unwrap(),
+            nbd("fe80::1", NBD_DEFAULT_PORT, "e")
+        );
+        // An empty port is the default (RFC 3986); schemes ignore case.
+        assert_eq!(
+            PagerUri::parse("NBD://h:/e").unwrap(),
+            nbd("h", NBD_DEFAULT_PORT, "e")
+        );
+        // The first '?' starts the query: an export writes it as %3F.
+        assert_eq!(
+            PagerUri::parse("nbd://h/what%3F").unwrap(),
+            nbd("h", NBD_DEFAULT_PORT, "what?")
+        );
+        assert_eq!(
+            PagerUri::parse("nbd+unix:///disk?socket=/run/nbd.sock").unwrap(),
+            PagerUri::NbdUnix {
+                socket: "/run/nbd.sock".into(),
+                export: "disk".into()
+            }
+        );
+        assert_eq!(
+            PagerUri::parse("nbd+unix:///?socket=/tmp/a%20b%26c?d").unwrap(),
+            PagerUri::NbdUnix {
+                socket: "/tmp/a b&c?d".into(),
+                export: "".into()
+            }
+        );
+        // Linux's abstract namespace, as the standard spells it.
+        assert_eq!(
+            PagerUri::parse("nbd+unix:///?socket=%00/abstract").unwrap(),
+            PagerUri::NbdUnix {
+                socket: "\0/abstract".into(),
+                export: "".into()
+            }
+        );
+    }
+
+    #[test]
+    fn paths_with_question_marks() {
+        let file = |p: &str, ro| PagerUri::File {
+            path: p.into(),
+            read_only: ro,
+        };
+        assert_eq!(
+            PagerUri::parse("file:/tmp/what?.txt?").unwrap(),
+            file("/tmp/what?.txt", false)
+        );
+        assert_eq!(
+            PagerUri::parse("file:/tmp/a?b?ro").unwrap(),
+            file("/tmp/a?b", true)
+        );
+        // Paths are literal: no percent-decoding.
+        assert_eq!(
+            PagerUri::parse("file:/tmp/100%25").unwrap(),
+            file("/tmp/100%25", false)
+        );
+        assert_eq!(
+            PagerUri::parse("unix:/run/p?.sock?").unwrap(),
+            PagerUri::Unix {
+                path: "/run/p?.sock".into()
+            }
+        );
+        // Without the trailing '?', the rest reads as options, and the
+        // error says how to write such a path.
+        let msg = why("file:/tmp/what?.txt");
+        assert!(msg.contains("unknown option \".txt\""), "{msg}");
+        assert!(msg.contains("ends with a '?'"), "{msg}");
+    }
+
+    #[test]
     fn round_trips_through_display() {
         for s in [
             "file:/a/b?ro",
+            "file:/a?b?",
+            "file:/a?b?ro",
+            "file:////net/share",
             "zero?size=8192",
             "nbd://localhost:1234/x",
+            "nbd://[::1]:10809/x",
+            "nbd://h:10809/",
+            "nbd://h:10809//abs",
+            "nbd://h:10809/hello%20world%3F%23%25",
+            "nbd://h:10809/%C3%A9t%C3%A9",
+            "nbd+unix:///disk?socket=/run/nbd.sock",
+            "nbd+unix:///?socket=/tmp/a%20b%26c",
+            "nbd+unix:///?socket=%00/abstract",
             "unix:/s",
+            "unix:/s?x?",
         ] {
-            assert_eq!(PagerUri::parse(s).unwrap().to_string(), s);
+            let u = PagerUri::parse(s).unwrap();
+            assert_eq!(u.to_string(), s, "{u:?}");
+            assert_eq!(PagerUri::parse(&u.to_string()).unwrap(), u);
         }
+        // Values survive any bytes.
+        let u = PagerUri::NbdUnix {
+            socket: "/t/x=1&y?#%+ é".into(),
+            export: "a/b ?#%é".into(),
+        };
+        assert_eq!(PagerUri::parse(&u.to_string()).unwrap(), u);
+    }
+
+    #[test]
+    fn split_query_follows_the_scheme() {
+        assert_eq!(split_query("file:/a?b?ro"), ("file:/a?b", Some("ro")));
+        assert_eq!(split_query("file:/a"), ("file:/a", None));
+        assert_eq!(
+            split_query("nbd+unix:///e?socket=/x?y"),
+            ("nbd+unix:///e", Some("socket=/x?y"))
+        );
+        assert_eq!(split_query("zero?size=4K"), ("zero", Some("size=4K")));
+    }
+
+    #[test]
+    fn tls_is_a_clear_error() {
+        for s in ["nbds://h/e", "nbds+unix:///e?socket=/s", "NBDS://h/e"] {
+            let msg = why(s);
+            assert!(msg.contains("TLS is not supported yet"), "{s}: {msg}");
+        }
+        assert!(why("nbd://alice@h/e").contains("TLS"));
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let msg = why("nbd://h/e?tls-type=x509");
+        assert!(msg.contains("unknown option \"tls-type\""), "{msg}");
+        let msg = why("nbd+unix:///e?socket=/s&timeout=5s");
+        assert!(msg.contains("unknown option \"timeout\""), "{msg}");
+        assert!(msg.contains("known: socket"), "{msg}");
+        let msg = why("zero?sz=1M");
+        assert!(msg.contains("unknown option \"sz\""), "{msg}");
+        let msg = why("unix:/s?x");
+        assert!(msg.contains("unknown option \"x\""), "{msg}");
+        assert!(why("file:/x?ro&ro").contains("given twice"));
+        assert!(why("file:/x?ro&rw").contains("not both"));
+        assert!(why("file:/x?ro=1").contains("takes no value"));
+        assert!(why("zero?size").contains("needs a value"));
+        assert!(why("nbd+unix:///e?socket=").contains("needs a value"));
     }
 
     #[test]
     fn rejects_bad_input_clearly() {
         assert_eq!(PagerUri::parse(""), Err(UriError::Empty));
         assert_eq!(PagerUri::parse("file:"), Err(UriError::MissingPath("file")));
+        assert_eq!(
+            PagerUri::parse("file:?ro"),
+            Err(UriError::MissingPath("file"))
+        );
         assert!(matches!(
             PagerUri::parse("file:/x?rx"),
             Err(UriError::UnknownOption { .. })
@@ -277,20 +704,37 @@ mod tests {
             Err(UriError::BadSize(_))
         ));
         assert!(matches!(
-            PagerUri::parse("zero?sz=1M"),
-            Err(UriError::UnknownOption { .. })
-        ));
-        assert!(matches!(
             PagerUri::parse("nbd://:80/x"),
             Err(UriError::MissingHost(_))
         ));
         assert!(matches!(
-            PagerUri::parse("nbd://h:0/x"),
-            Err(UriError::BadPort(_))
+            PagerUri::parse("nbd:///x"),
+            Err(UriError::MissingHost(_))
         ));
+        for port in ["0", "http", "65536", "+80", "-1"] {
+            assert!(
+                matches!(
+                    PagerUri::parse(&format!("nbd://h:{port}/x")),
+                    Err(UriError::BadPort(_))
+                ),
+                "{port}"
+            );
+        }
+        assert!(why("nbd://::1/x").contains("brackets"));
+        assert!(why("nbd://[::1/x").contains("closing ']'"));
+        assert!(why("nbd://[zz]/x").contains("not an IPv6 address"));
+        assert!(why("nbd://[::1]x/e").contains("':PORT'"));
+        assert!(why("nbd://h h/e").contains("host name contains"));
+        assert!(why("nbd:h/e").contains("expected nbd://HOST"));
+        assert!(why("nbd://h/e#frag").contains("fragment"));
+        assert!(why("nbd://h/%FF").contains("not UTF-8"));
+        assert!(why("nbd://h/a%00b").contains("NUL"));
+        assert!(why(&format!("nbd://h/{}", "e".repeat(4097))).contains("4096"));
+        assert!(why("nbd+unix:///e").contains("missing socket"));
+        assert!(why("nbd+unix://host/e?socket=/s").contains("takes no host"));
         assert!(matches!(
-            PagerUri::parse("nbd://h:http/x"),
-            Err(UriError::BadPort(_))
+            PagerUri::parse("nbd+vsock:///"),
+            Err(UriError::UnknownScheme(_))
         ));
         assert!(matches!(
             PagerUri::parse("zeros"),
@@ -300,7 +744,8 @@ mod tests {
             PagerUri::parse("http://x"),
             Err(UriError::UnknownScheme(_))
         ));
-        let msg = PagerUri::parse("ftp://x").unwrap_err().to_string();
+        let msg = why("ftp://x");
         assert!(msg.contains("expected file:PATH"), "{msg}");
+        assert!(msg.contains("nbd+unix"), "{msg}");
     }
 }

@@ -113,3 +113,50 @@ fn open_by_uri_with_size() {
     .unwrap();
     assert_eq!(p.extent().unwrap(), 1 << 16);
 }
+
+#[test]
+fn huge_objects_are_sparse_and_beyond_the_bound_refused() {
+    // 1000 TiB: over the bound, refused before anything is allocated.
+    let err = AnonPager::new(1000 << 40, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("at most 256 TiB"), "{err}");
+    let err = AnonPager::new(!4095, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // 4 TiB would be a 128 MiB bitmap if it were allocated eagerly; sparse,
+    // only the 2 GiB around the written page has bits.
+    let size = 4u64 << 40;
+    let p = anon(size);
+    let last = size - 4096;
+    let mut page = vec![0x5au8; 4096];
+    p.data_write(K, ObjectOffset(last), 4096, &[slice(&mut page)])
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let r = p
+        .data_request(
+            K,
+            ObjectOffset(last - 4096),
+            8192,
+            Access::READ,
+            &[slice(&mut buf)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
+    assert!(buf[..4096].iter().all(|&b| b == 0));
+    assert!(buf[4096..].iter().all(|&b| b == 0x5a));
+    assert_eq!(p.resident_pages(), 1);
+    let r = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap();
+    assert_eq!(r, DataReply::Unavailable { bytes: 4096 });
+    p.terminate(K).unwrap();
+    assert_eq!(p.resident_pages(), 0);
+}

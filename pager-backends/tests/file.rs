@@ -101,6 +101,112 @@ fn unreadable_paths_are_clear_errors() {
     assert!(err.to_string().contains("plain/sub"), "{err}");
 }
 
+/// Runs `f` on another thread and fails the test if it has not returned
+/// within a few seconds: what is tested is that it does not block.
+fn without_blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} blocked"))
+}
+
+fn open_err(path: &std::path::Path, ro: bool) -> String {
+    let path = path.to_path_buf();
+    let what = format!("opening {}", path.display());
+    without_blocking(&what, move || {
+        match FilePager::open(&path, ro, &OpenOptions::default()) {
+            Ok(p) => panic!("{} opened: {}", path.display(), p.describe()),
+            Err(e) => e.to_string(),
+        }
+    })
+}
+
+#[test]
+fn only_regular_files_and_block_devices_are_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO with no writer: a plain open(2) would wait for one forever.
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for ro in [true, false] {
+        let msg = open_err(&fifo, ro);
+        assert!(msg.contains("is a FIFO"), "{msg}");
+        assert!(msg.contains("regular file or a block device"), "{msg}");
+        assert!(msg.contains("fifo"), "names the path: {msg}");
+    }
+    // /dev/zero reads forever and has no size: not an empty object.
+    let msg = open_err(std::path::Path::new("/dev/zero"), true);
+    assert!(msg.contains("is a character device"), "{msg}");
+    let sock = dir.path().join("sock");
+    let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let msg = open_err(&sock, true);
+    assert!(msg.contains("is a socket"), "{msg}");
+    // A symlink to a FIFO is the FIFO.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    assert!(open_err(&link, true).contains("is a FIFO"));
+}
+
+/// A loop device over a file, detached when dropped (needs root and
+/// losetup; None otherwise).
+struct LoopDevice(std::path::PathBuf);
+
+impl LoopDevice {
+    fn attach(file: &std::path::Path) -> Option<LoopDevice> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--read-only"])
+            .arg(file)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let dev = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && dev.starts_with("/dev/")).then(|| LoopDevice(dev.trim().into()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A block device is a real object (a disk, a partition, a loop or rbd
+/// device): its size is the device's, not the inode's 0, and its pages are
+/// the device's data.
+#[test]
+fn block_device_is_an_object_of_the_devices_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(256 << 10);
+    let file = write_file(dir.path(), "backing", &data);
+    let Some(dev) = LoopDevice::attach(&file) else {
+        eprintln!(
+            "SKIPPED block_device_is_an_object_of_the_devices_size: cannot attach a loop device (needs root and losetup)"
+        );
+        return;
+    };
+    let p = FilePager::open(&dev.0, true, &OpenOptions::default()).unwrap();
+    let info = p.init(K, Arc::new(Recorder::default())).unwrap();
+    assert_eq!(info.size, data.len() as u64, "{}", dev.0.display());
+    assert!(p.describe().starts_with("block device"), "{}", p.describe());
+    let mut buf = vec![0u8; 8192];
+    p.data_request(
+        K,
+        ObjectOffset(65536),
+        8192,
+        Access::READ,
+        &[slice(&mut buf)],
+    )
+    .unwrap();
+    assert_eq!(buf, &data[65536..65536 + 8192]);
+    p.terminate(K).unwrap();
+}
+
 #[test]
 fn file_shorter_than_the_object_is_an_error_not_zeros() {
     let data = pattern(16384);

@@ -62,6 +62,125 @@ fn reads_writes_and_flushes_against_qemu_nbd() {
 }
 
 #[test]
+fn nbd_over_a_unix_socket_against_qemu_nbd() {
+    let Some(q) = need_qemu_nbd("nbd_over_a_unix_socket_against_qemu_nbd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(256 << 10);
+    let path = write_file(dir.path(), "disk.img", &data);
+    let sock = dir.path().join("nbd.sock");
+    let _srv = start_qemu_nbd_unix(&q, &path, "disk", &sock);
+    let uri = format!("nbd+unix:///disk?socket={}", sock.display());
+    let p = pager_backends::open(&uri, &OpenOptions::default()).unwrap();
+    let info = p.init(K, Arc::new(Recorder::default())).unwrap();
+    assert_eq!(info.size, 256 << 10);
+    assert!(p.describe().contains(&uri), "{}", p.describe());
+    let mut buf = vec![0u8; 8192];
+    p.data_request(
+        K,
+        ObjectOffset(65536),
+        8192,
+        Access::READ,
+        &[slice(&mut buf)],
+    )
+    .unwrap();
+    assert_eq!(buf, &data[65536..65536 + 8192]);
+    let mut page = vec![0x24u8; 4096];
+    p.data_write(K, ObjectOffset(0), 4096, &[slice(&mut page)])
+        .unwrap();
+    p.terminate(K).unwrap();
+    assert!(
+        std::fs::read(&path).unwrap()[..4096]
+            .iter()
+            .all(|&b| b == 0x24)
+    );
+    // A wrong export name on the right socket is the server's refusal.
+    let err = pager_backends::open(
+        &format!("nbd+unix:///nope?socket={}", sock.display()),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("export not found"), "{err}");
+}
+
+#[test]
+fn no_server_on_the_unix_socket_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("absent.sock");
+    let err = pager_backends::open(
+        &format!("nbd+unix:///x?socket={}", sock.display()),
+        &OpenOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("absent.sock"), "{err}");
+}
+
+/// A server whose handshake reports an export of `size` bytes.
+fn server_reporting_size(size: u64) -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"NBDMAGICIHAVEOPT").unwrap();
+        s.write_all(&3u16.to_be_bytes()).unwrap();
+        let mut head = [0u8; 4 + 16];
+        s.read_exact(&mut head).unwrap();
+        let len = u32::from_be_bytes(head[16..20].try_into().unwrap());
+        let mut body = vec![0u8; len as usize];
+        s.read_exact(&mut body).unwrap();
+        let mut info = 0u16.to_be_bytes().to_vec();
+        info.extend_from_slice(&size.to_be_bytes());
+        info.extend_from_slice(&1u16.to_be_bytes());
+        for (ty, data) in [(3u32, &info[..]), (1, &[][..])] {
+            let mut m = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+            m.extend_from_slice(&7u32.to_be_bytes());
+            m.extend_from_slice(&ty.to_be_bytes());
+            m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            m.extend_from_slice(data);
+            s.write_all(&m).unwrap();
+        }
+        // Wait for the client to hang up.
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    (port, h)
+}
+
+#[test]
+fn export_size_near_2_64_is_refused() {
+    for size in [u64::MAX, u64::MAX - 100, 1 << 63] {
+        let (port, h) = server_reporting_size(size);
+        let err = pager_backends::open(
+            &format!("nbd://127.0.0.1:{port}/x"),
+            &OpenOptions::default(),
+        )
+        .err()
+        .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("reports an object of {size} bytes")),
+            "{msg}"
+        );
+        h.join().unwrap();
+    }
+    // The largest allowed size still opens.
+    let (port, h) = server_reporting_size(pager_backends::MAX_OBJECT_SIZE);
+    let p = pager_backends::open(
+        &format!("nbd://127.0.0.1:{port}/x"),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        p.init(K, Arc::new(Recorder::default())).unwrap().size,
+        pager_backends::MAX_OBJECT_SIZE
+    );
+    drop(p);
+    h.join().unwrap();
+}
+
+#[test]
 fn many_requests_in_flight_from_many_threads() {
     let Some(q) = need_qemu_nbd("many_requests_in_flight_from_many_threads") else {
         return;

@@ -541,3 +541,86 @@ fn a_stalled_pager_does_not_stall_other_objects() {
     let err = stuck.join().unwrap().unwrap_err();
     assert!(matches!(err, PagerError::Dead(_)), "{err:?}");
 }
+
+/// An external pager that claims an object of `extent` bytes at connect
+/// and `init_size` at init.
+struct Boastful {
+    extent: u64,
+    init_size: u64,
+}
+
+impl Pager for Boastful {
+    fn init(&self, _k: KernelId, _c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        Ok(ObjectInfo {
+            size: self.init_size,
+            read_only: true,
+            may_cache: true,
+        })
+    }
+    fn data_request(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        len: u64,
+        _d: Access,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        Ok(DataReply::Unavailable { bytes: len })
+    }
+    fn data_write(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        Err(PagerError::ReadOnly)
+    }
+    fn data_unlock(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _d: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        Err(PagerError::ReadOnly)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        Ok(self.extent)
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn terminate(&self, _k: KernelId) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "boastful".into()
+    }
+}
+
+#[test]
+fn object_size_near_2_64_is_refused() {
+    let huge = u64::MAX - 1;
+    // At connect (the extent)...
+    let (_d, uri) = serve_in_process(Arc::new(Boastful {
+        extent: huge,
+        init_size: 4096,
+    }));
+    let err = pager_backends::open(&uri, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains(&format!("reports an object of {huge} bytes")),
+        "{err}"
+    );
+    // ...and at init, where a pager may change its mind.
+    let (_d, uri) = serve_in_process(Arc::new(Boastful {
+        extent: 4096,
+        init_size: huge,
+    }));
+    let p = pager_backends::open(&uri, &OpenOptions::default()).unwrap();
+    let err = p.init(K, Arc::new(Recorder::default())).unwrap_err();
+    assert!(err.to_string().contains("reports an object of"), "{err}");
+}

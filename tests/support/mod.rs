@@ -1,9 +1,10 @@
 //! Shared by the integration tests: run the `vmm` binary with a hang guard,
-//! and decide whether KVM tests run here.
+//! and decide whether KVM and NBD tests run here.
 
 #![allow(dead_code)]
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,32 @@ pub fn kvm_available(test: &str) -> bool {
         );
     }
     ok
+}
+
+fn qemu_nbd_path() -> Option<PathBuf> {
+    ["/usr/bin/qemu-nbd", "/usr/local/bin/qemu-nbd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// qemu-nbd's path, or None after a skip notice; a failure where NBD is
+/// required (CI=true or DUALITY_REQUIRE_NBD=1).
+pub fn need_qemu_nbd(test: &str) -> Option<PathBuf> {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("DUALITY_REQUIRE_NBD").is_ok_and(|v| v == "1");
+    match qemu_nbd_path() {
+        Some(p) => Some(p),
+        None if required => panic!(
+            "{test}: qemu-nbd is not installed but CI/DUALITY_REQUIRE_NBD requires the NBD tests"
+        ),
+        None => {
+            eprintln!(
+                "SKIPPED {test}: qemu-nbd is not installed (apt-get install qemu-utils); set DUALITY_REQUIRE_NBD=1 to make this a failure"
+            );
+            None
+        }
+    }
 }
 
 /// Runs `vmm ARGS` with `env`; a run that does not finish within the hang

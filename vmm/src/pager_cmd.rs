@@ -12,7 +12,8 @@ use std::sync::Arc;
 pub enum PagerCommand {
     /// Write a byte range of the memory object to stdout.
     Read {
-        /// Backend URI: file:PATH[?ro], zero[?size=N], nbd://HOST:PORT/EXPORT, unix:PATH
+        /// Backend URI: file:PATH[?ro], zero[?size=N], nbd://HOST[:PORT]/EXPORT,
+        /// nbd+unix:///EXPORT?socket=PATH, unix:PATH
         uri: String,
         /// First byte to write (need not be page aligned).
         #[arg(long, default_value_t = 0)]
@@ -34,6 +35,11 @@ pub enum PagerCmdError {
     Pager(#[from] PagerError),
     #[error("range {offset}+{len} is outside the object ({size} bytes)")]
     Range { offset: u64, len: u64, size: u64 },
+    #[error(
+        "the pager reports an object of {0} bytes; a memory object has at most {max} bytes",
+        max = pager_backends::MAX_OBJECT_SIZE
+    )]
+    Size(u64),
     #[error("writing to stdout: {0}")]
     Stdout(io::Error),
 }
@@ -92,12 +98,24 @@ fn open_for_inspection(uri: &str, opts: &OpenOptions) -> Result<Instrumented, Pa
     )?))
 }
 
+/// Initialises the object for this command. Backends bound the sizes
+/// their peers report; checked here too, as the page arithmetic below
+/// relies on it for any Pager.
+fn init(pager: &Instrumented) -> Result<pager_backends::ObjectInfo, PagerCmdError> {
+    let info = pager.init(ME, Arc::new(CliKernel))?;
+    if info.size > pager_backends::MAX_OBJECT_SIZE {
+        let _ = pager.terminate(ME);
+        return Err(PagerCmdError::Size(info.size));
+    }
+    Ok(info)
+}
+
 pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
     let opts = OpenOptions::default();
     match cmd {
         PagerCommand::Stat { uri } => {
             let pager = open_for_inspection(&uri, &opts)?;
-            let info = pager.init(ME, Arc::new(CliKernel))?;
+            let info = init(&pager)?;
             println!("uri:       {uri}");
             println!("backend:   {}", pager.describe());
             println!(
@@ -112,7 +130,7 @@ pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
         }
         PagerCommand::Read { uri, offset, len } => {
             let pager = open_for_inspection(&uri, &opts)?;
-            let info = pager.init(ME, Arc::new(CliKernel))?;
+            let info = init(&pager)?;
             let r = read_range(&pager, info.size, offset, len);
             // Terminate even after a failed read, but report the read's error.
             let t = pager.terminate(ME);

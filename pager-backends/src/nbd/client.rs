@@ -1,4 +1,5 @@
-//! An NBD client connection: one TCP socket, many requests in flight.
+//! An NBD client connection: one TCP or Unix socket, many requests in
+//! flight.
 //!
 //! Senders write request headers (and write payloads, gathered straight from
 //! the caller's buffers) under a send lock; one reader thread per connection
@@ -6,19 +7,152 @@
 //! into the waiting caller's buffers.
 
 use super::proto::{self, Export};
+use crate::check::check_object_size;
 use crate::error::{PagerError, Result};
 use crate::inflight::Inflight;
 use crate::options::OpenOptions;
 use crate::sg::{self, Cursor};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
 
+/// Where an NBD server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdAddr {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A Unix socket path; a leading NUL names Linux's abstract namespace.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for NbdAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NbdAddr::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            NbdAddr::Tcp { host, port } => write!(f, "{host}:{port}"),
+            NbdAddr::Unix(p) => match p.as_os_str().as_bytes().strip_prefix(b"\0") {
+                Some(name) => write!(f, "unix socket @{}", String::from_utf8_lossy(name)),
+                None => write!(f, "unix socket {}", p.display()),
+            },
+        }
+    }
+}
+
+/// The connection, whichever transport carries it: the protocol is the
+/// same bytes over either.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+        }
+    }
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+    fn shutdown(&self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(Shutdown::Both),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, opts: &OpenOptions, target: &str) -> Result<TcpStream> {
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+            Ok(s) => {
+                s.set_nodelay(true)
+                    .map_err(|e| PagerError::io_context(format!("nbd server {target}"), e))?;
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(PagerError::io_context(
+        format!("nbd server {target}"),
+        last.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "host has no addresses")
+        }),
+    ))
+}
+
+/// Connects to a Unix socket. A local connect does not wait on a network:
+/// it succeeds, or fails at once (no listener, backlog full).
+fn connect_unix(path: &std::path::Path, target: &str) -> Result<UnixStream> {
+    let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
+    match path.as_os_str().as_bytes().strip_prefix(b"\0") {
+        Some(name) => {
+            let addr = SocketAddr::from_abstract_name(name).map_err(ctx)?;
+            UnixStream::connect_addr(&addr).map_err(ctx)
+        }
+        None => UnixStream::connect(path).map_err(ctx),
+    }
+}
+
 pub struct NbdClient {
-    stream: TcpStream,
+    stream: Stream,
     send_lock: Mutex<()>,
     inflight: Arc<Inflight<()>>,
     export: Export,
@@ -27,54 +161,29 @@ pub struct NbdClient {
 }
 
 impl NbdClient {
-    pub fn connect(host: &str, port: u16, export: &str, opts: &OpenOptions) -> Result<NbdClient> {
-        let target = format!("{host}:{port}");
-        let addrs = (host, port)
-            .to_socket_addrs()
-            .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
-        let mut last = None;
-        let mut stream = None;
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, opts.connect_timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let mut stream = match (stream, last) {
-            (Some(s), _) => s,
-            (None, Some(e)) => {
-                return Err(PagerError::io_context(format!("nbd server {target}"), e));
-            }
-            (None, None) => {
-                return Err(PagerError::io_context(
-                    format!("nbd server {target}"),
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "host has no addresses"),
-                ));
-            }
+    pub fn connect(addr: &NbdAddr, export: &str, opts: &OpenOptions) -> Result<NbdClient> {
+        let target = addr.to_string();
+        let mut stream = match addr {
+            NbdAddr::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port, opts, &target)?),
+            NbdAddr::Unix(path) => Stream::Unix(connect_unix(path, &target)?),
         };
         let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
-        stream.set_nodelay(true).map_err(ctx)?;
         stream
-            .set_read_timeout(Some(opts.connect_timeout))
-            .map_err(ctx)?;
-        stream
-            .set_write_timeout(Some(opts.connect_timeout))
+            .set_timeouts(Some(opts.connect_timeout), Some(opts.connect_timeout))
             .map_err(ctx)?;
         let export = proto::handshake(&mut stream, export)?;
+        check_object_size(export.size, format_args!("nbd server {target}"))?;
         // From here the reader waits as long as it must; per-request
         // deadlines are enforced by the waiters (they shut the socket down).
-        stream.set_read_timeout(None).map_err(ctx)?;
         stream
-            .set_write_timeout(Some(opts.request_timeout))
+            .set_timeouts(None, Some(opts.request_timeout))
             .map_err(ctx)?;
         let inflight = Arc::new(Inflight::new(opts.max_in_flight));
         let rstream = stream.try_clone().map_err(ctx)?;
         let rinflight = inflight.clone();
         let reader = std::thread::Builder::new()
-            .name(format!("nbd-reader {target}"))
+            // Not the target: a socket name may hold bytes a thread name cannot.
+            .name("nbd-reader".into())
             .spawn(move || reader_loop(rstream, rinflight))
             .map_err(ctx)?;
         Ok(NbdClient {
@@ -102,7 +211,7 @@ impl NbdClient {
     }
 
     fn kill(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown();
     }
 
     /// Sends one request and waits for its reply. `data` is the write
@@ -190,7 +299,7 @@ impl Drop for NbdClient {
     }
 }
 
-fn reader_loop(stream: TcpStream, inflight: Arc<Inflight<()>>) {
+fn reader_loop(stream: Stream, inflight: Arc<Inflight<()>>) {
     let fd = stream.as_raw_fd();
     let why = loop {
         let mut h = [0u8; 16];
@@ -225,6 +334,6 @@ fn reader_loop(stream: TcpStream, inflight: Arc<Inflight<()>>) {
         }
         inflight.complete(claim, Ok(()));
     };
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = stream.shutdown();
     inflight.fail_all(&why);
 }

@@ -1,11 +1,11 @@
-//! `nbd://HOST[:PORT]/EXPORT`: remote storage over the Network Block
-//! Device protocol, as a memory object. The client is in client.rs, the
+//! `nbd://HOST[:PORT]/EXPORT` and `nbd+unix:///EXPORT?socket=PATH`: remote
+//! storage over the Network Block Device protocol, as a memory object. The client is in client.rs, the
 //! wire format and handshake in proto.rs.
 
 mod client;
 mod proto;
 
-pub use client::NbdClient;
+pub use client::{NbdAddr, NbdClient};
 
 use crate::check::check_range;
 use crate::error::{PagerError, Result};
@@ -14,6 +14,7 @@ use crate::options::OpenOptions;
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
 use crate::sg::Cursor;
 use crate::types::{Access, KernelId, ObjectOffset};
+use crate::uri::PagerUri;
 use std::sync::Arc;
 use vm_memory::VolatileSlice;
 
@@ -24,11 +25,23 @@ pub struct NbdPager {
 }
 
 impl NbdPager {
-    pub fn connect(host: &str, port: u16, export: &str, opts: &OpenOptions) -> Result<NbdPager> {
-        let client = NbdClient::connect(host, port, export, opts)?;
+    pub fn connect(addr: &NbdAddr, export: &str, opts: &OpenOptions) -> Result<NbdPager> {
+        let client = NbdClient::connect(addr, export, opts)?;
+        // Described by the URI that names it, so a user can paste it back.
+        let uri = match addr {
+            NbdAddr::Tcp { host, port } => PagerUri::Nbd {
+                host: host.clone(),
+                port: *port,
+                export: export.to_string(),
+            },
+            NbdAddr::Unix(socket) => PagerUri::NbdUnix {
+                socket: socket.clone(),
+                export: export.to_string(),
+            },
+        };
         Ok(NbdPager {
             client,
-            target: format!("nbd://{host}:{port}/{export}"),
+            target: uri.to_string(),
             kernels: Kernels::default(),
         })
     }

@@ -4,7 +4,7 @@
 //! forwards the pager's unprompted messages to the right `KernelControl`.
 
 use super::proto::{self as p, Header, Rd, Wr};
-use crate::check::{check_range, offered};
+use crate::check::{check_object_size, check_range, offered};
 use crate::error::{PagerError, Result};
 use crate::inflight::{Claim, Inflight};
 use crate::options::OpenOptions;
@@ -480,14 +480,14 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
                 )));
             }
             Reply::Info(ObjectInfo {
-                size: r.u64(0),
+                size: check_object_size(r.u64(0), "external pager")?,
                 read_only: flags & 1 != 0,
                 may_cache: flags & 2 != 0,
             })
         }
         p::T_DATA_UNAVAILABLE => Reply::Unavailable { bytes: r.u64(0) },
         p::T_UNLOCK_REPLY => Reply::Unlock(r.access(0)?),
-        p::T_EXTENT_REPLY => Reply::Extent(r.u64(0)),
+        p::T_EXTENT_REPLY => Reply::Extent(check_object_size(r.u64(0), "external pager")?),
         p::T_DESCRIBE_REPLY => Reply::Describe(r.text(0)?),
         p::T_ERROR => {
             r.text(8)?; // validate now, so a bad message fails as a protocol error

@@ -165,6 +165,42 @@ impl NbdServer {
     }
 }
 
+/// A real qemu-nbd serving `file` as `export` on the Unix socket `socket`
+/// (`qemu-nbd -k`). Returns once the socket accepts connections.
+pub fn start_qemu_nbd_unix(
+    qemu_nbd: &Path,
+    file: &Path,
+    export: &str,
+    socket: &Path,
+) -> ChildGuard {
+    let child = Command::new(qemu_nbd)
+        .args([
+            "-f",
+            "raw",
+            "-x",
+            export,
+            "--persistent",
+            "--shared=16",
+            "-k",
+        ])
+        .arg(socket)
+        .arg(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "qemu-nbd did not listen on {} within 20 s",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    guard
+}
+
 /// The example external pager binary, serving on `socket`. Returns once it
 /// said "ready" (it is then accepting).
 pub fn start_procedural(socket: &Path, size: u64, seed: u64) -> ChildGuard {
