@@ -1,9 +1,17 @@
 //! `vmm run --stats`: the per-object statistics printed at exit agree with
-//! what the guest did (issue 10 item 5).
+//! what the guest did and what its pagers did (issue 10 item 5).
 
 mod support;
+use pager_backends::{
+    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError,
+    UnlockReply,
+};
 use std::collections::HashMap;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
 use support::{Output, kvm_available, vmm};
+use vm_memory::VolatileSlice;
 
 const PAGE: usize = 4096;
 
@@ -92,4 +100,99 @@ fn stats_show_a_mapped_host_file_paged_in_once() {
     // Nothing was written back, so no write quantiles to show.
     assert_eq!(number(&f, "data_write.n"), 0, "{f:?}");
     assert!(!f.contains_key("data_write.p50"), "{f:?}");
+}
+
+/// An external pager that accepts the object and then never answers a
+/// data request.
+struct Silent;
+
+impl Pager for Silent {
+    fn init(&self, _: KernelId, _: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        Ok(ObjectInfo {
+            size: 1 << 20,
+            read_only: true,
+            may_cache: true,
+        })
+    }
+    fn data_request(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        _: Access,
+        _: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        std::thread::sleep(Duration::from_secs(3600));
+        Err(PagerError::Protocol("woke up".into()))
+    }
+    fn data_write(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        _: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        Err(PagerError::ReadOnly)
+    }
+    fn data_unlock(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        desired: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        Ok(UnlockReply { lock: desired })
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        Ok(1 << 20)
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn terminate(&self, _: KernelId) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "silent test pager".into()
+    }
+}
+
+#[test]
+fn stats_count_a_silent_pagers_timeout_apart_from_errors() {
+    if !kvm_available("stats_count_a_silent_pagers_timeout_apart_from_errors") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("duality-stats-silent-{}", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind socket");
+    std::thread::spawn(move || pager_backends::unix::serve(listener, Arc::new(Silent)));
+    let obj = format!("q=unix:{}", sock.display());
+    let out = vmm(
+        &[
+            "run",
+            "--stats",
+            "--pager-timeout",
+            "1",
+            "--object",
+            &obj,
+            "--init",
+            "objsum",
+            "q",
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&sock);
+    assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let f = object_fields(&out, "q");
+    // objsum stops at its first failed read: one request, timed out.
+    assert_eq!(number(&f, "requests.data_request"), 1, "{f:?}");
+    assert_eq!(number(&f, "failures.timeouts"), 1, "{f:?}");
+    // The timeout is not an error too; after it the connection is dead, so
+    // the only errors can be the syncs that follow.
+    assert!(
+        number(&f, "failures.errors") <= number(&f, "requests.sync"),
+        "{f:?}"
+    );
+    assert_eq!(number(&f, "paging.pages_in"), 0, "{f:?}");
+    assert!(f.contains_key("data_request.p99"), "{f:?}");
 }
