@@ -47,7 +47,7 @@ pub use check::{MAX_OBJECT_SIZE, MAX_REQUEST};
 pub use error::{PagerError, Result};
 pub use options::OpenOptions;
 pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
-pub use stats::{Instrumented, StatsSnapshot};
+pub use stats::{Instrumented, LatencySummary, StatsSnapshot};
 pub use types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 pub use uri::{PagerUri, UriError};
 

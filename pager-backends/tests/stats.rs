@@ -37,9 +37,15 @@ fn instrumented_counts_requests_bytes_and_errors() {
     let s = p.stats();
     assert_eq!(s.data_requests, 11);
     assert_eq!(s.data_writes, 1);
-    assert_eq!(s.bytes_in, 4096);
-    assert!(s.bytes_out >= 10 * 8192);
+    // In and out as the guest pages: provided in, written back out.
+    assert_eq!(s.bytes_out, 4096);
+    assert_eq!(s.pages_out, 1);
+    assert!(s.bytes_in >= 10 * 8192);
+    assert_eq!(s.pages_in, s.bytes_in / 4096);
+    assert_eq!(s.inits, 1);
     assert_eq!(s.errors, 1);
+    assert_eq!(s.timeouts, 0);
+    assert!(!s.dead);
     assert_eq!(s.request_latency.count, 11);
     assert!(s.request_latency.p50 <= s.request_latency.p99);
     assert!(s.request_latency.p99 <= s.request_latency.max);

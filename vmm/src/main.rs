@@ -13,13 +13,13 @@ mod images;
 mod objects;
 mod pager_cmd;
 mod pager_device;
+mod report;
 mod run;
 mod stats;
 mod vcpu;
 mod vm;
 
 use clap::{Parser, Subcommand};
-use guest_kernel::abi::{MILESTONE_INIT_START, MILESTONE_USER_BASE};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vcpu::Outcome;
@@ -199,52 +199,8 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         pager_timeout,
     })?;
     if stats {
-        let t = &report.totals;
-        eprintln!(
-            "vmm: vCPU 0: {} exits, {} emulated kernel instructions",
-            t.exits(),
-            t.kernel_instructions()
-        );
-        let mut nonzero: Vec<_> = t.0.iter().filter(|(_, v)| *v != 0).collect();
-        nonzero.sort();
-        for (name, v) in nonzero {
-            eprintln!("vmm:   {name} = {v}");
-        }
-        if let Some(m) = report
-            .milestones
-            .iter()
-            .find(|m| m.id == MILESTONE_INIT_START)
-        {
-            eprintln!(
-                "vmm: boot to init: {} kernel instructions, {} exits",
-                m.stats.kernel_instructions(),
-                m.stats.exits()
-            );
-            eprintln!(
-                "{} init_start_ns={} boot_insn={} boot_exits={}",
-                bench::STATS_TAG,
-                m.mono_ns,
-                m.stats.kernel_instructions(),
-                m.stats.exits()
-            );
-        }
-        for m in &report.milestones {
-            if let Some(mark) = m.id.checked_sub(MILESTONE_USER_BASE) {
-                eprintln!(
-                    "{} mark={mark} ns={} insn={} exits={} irqs={}",
-                    bench::STATS_TAG,
-                    m.mono_ns,
-                    m.stats.kernel_instructions(),
-                    m.stats.exits(),
-                    m.stats.get("irq_injections")
-                );
-            }
-        }
-        if let Some(p) = &report.pager_stats {
-            eprintln!(
-                "vmm: virtio-pager: {} requests, {} completed, {} rejected, {} interrupts",
-                p.requests, p.completed, p.rejected, p.interrupts
-            );
+        for line in report::stats_lines(&report) {
+            eprintln!("{line}");
         }
     }
     match report.outcome {

@@ -10,6 +10,7 @@ use crate::error::{Result, VmmError, kvm};
 use crate::images;
 use crate::objects::{self, ObjectSpec};
 use crate::pager_device;
+use crate::report::ObjectReport;
 use crate::stats::{Snapshot, VcpuStats};
 use crate::vcpu::{self, Milestone, Outcome, Platform};
 use crate::vm::Vm;
@@ -57,6 +58,8 @@ pub struct RunReport {
     pub totals: Snapshot,
     /// The virtio-pager device's counters, if there was one.
     pub pager_stats: Option<PagerStats>,
+    /// Each `--object`'s counters, in table order, after the final sync.
+    pub objects: Vec<ObjectReport>,
     /// Objects whose final sync failed (already reported on stderr).
     pub sync_failures: usize,
 }
@@ -228,16 +231,32 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         eprintln!("vmm: object {name}: sync failed: {why}");
     }
     let (outcome, (totals, milestones)) = ran?;
-    let pager_stats = pager_dev.as_ref().map(|d| {
-        d.lock()
-            .map(|d| d.stats())
-            .unwrap_or_else(|p| p.into_inner().stats())
-    });
+    let (pager_stats, events) = match &pager_dev {
+        Some(d) => {
+            let d = d.lock().unwrap_or_else(|p| p.into_inner());
+            (Some(d.stats()), d.object_events())
+        }
+        None => (None, Vec::new()),
+    };
+    // Same order as the device's table: specs, objects and events zip.
+    let objects = opts
+        .objects
+        .iter()
+        .zip(&objects)
+        .enumerate()
+        .map(|(i, (spec, o))| ObjectReport {
+            name: o.name.clone(),
+            uri: spec.uri.clone(),
+            pager: o.pager.stats(),
+            events: events.get(i).copied().unwrap_or_default(),
+        })
+        .collect();
     Ok(RunReport {
         outcome,
         milestones,
         totals,
         pager_stats,
+        objects,
         sync_failures: sync_failures.len(),
     })
 }

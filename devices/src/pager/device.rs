@@ -4,7 +4,7 @@
 //! side event_handler.rs.
 
 use super::control::EventBacklog;
-use super::metrics::PagerStats;
+use super::metrics::{ObjectEvents, PagerStats};
 use super::objects::ObjectSlot;
 use super::wire::{
     self, Limits, MAX_CHAIN_LEN, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES, OBJ_F_READ_ONLY,
@@ -94,6 +94,8 @@ pub struct PagerDevice {
     pub(crate) stale_fds: Vec<EventFd>,
     pub(crate) queues_registered: bool,
     pub(crate) stats: PagerStats,
+    /// Events delivered, per object id (index into `objects`).
+    pub(crate) object_events: Vec<ObjectEvents>,
     /// request.rs INLINE_TIME_PER_PASS; tests set it to make the split
     /// between inline and workers deterministic.
     pub(crate) inline_time_per_pass: std::time::Duration,
@@ -143,6 +145,7 @@ impl PagerDevice {
             kernel,
             config: wire::encode_config(&entries),
             backlog: Arc::new(EventBacklog::new(slots.len())?),
+            object_events: vec![ObjectEvents::default(); slots.len()],
             objects: slots,
             avail_features: (1 << VIRTIO_PAGER_F_READAHEAD)
                 | (1 << VIRTIO_PAGER_F_UNLOCK)
@@ -176,6 +179,11 @@ impl PagerDevice {
             in_flight: self.outstanding as u64,
             ..self.stats
         }
+    }
+
+    /// Events delivered to the guest, per object in table order.
+    pub fn object_events(&self) -> Vec<ObjectEvents> {
+        self.object_events.clone()
     }
 
     /// Share large batches of DATA_REQUESTs between the event loop and a

@@ -123,6 +123,9 @@ impl PagerDevice {
                 return;
             }
             self.stats.events_delivered += 1;
+            if let Some(n) = self.object_events.get_mut(event.object_id as usize) {
+                n.count(event.ev_type);
+            }
             delivered = true;
         }
         if delivered {

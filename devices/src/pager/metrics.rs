@@ -22,3 +22,32 @@ pub struct PagerStats {
     pub offers_dropped: u64,
     pub interrupts: u64,
 }
+
+/// Pager-initiated events delivered to the guest for one object, by kind
+/// (counted when the event lands in a guest buffer, not when the pager
+/// queues it: a refused or revoked event never reaches the kernel).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectEvents {
+    /// data_lock, flush_request and clean_request.
+    pub lock_requests: u64,
+    pub cache: u64,
+    /// Unrequested data_provided (offers).
+    pub data_provided: u64,
+    pub destroy: u64,
+}
+
+impl ObjectEvents {
+    /// Counts one delivered event of wire type `ev_type`.
+    pub(crate) fn count(&mut self, ev_type: u16) {
+        use super::wire::event;
+        let n = match ev_type {
+            event::LOCK_REQUEST => &mut self.lock_requests,
+            event::CACHE => &mut self.cache,
+            event::DATA_PROVIDED => &mut self.data_provided,
+            event::DESTROY => &mut self.destroy,
+            // Only control.rs builds events, all of the kinds above.
+            _ => return,
+        };
+        *n += 1;
+    }
+}

@@ -19,7 +19,7 @@ pub mod wire;
 pub mod worker;
 
 pub use device::{DEFAULT_WORKERS, PagerDevice, PagerDeviceError, PagerObject};
-pub use metrics::PagerStats;
+pub use metrics::{ObjectEvents, PagerStats};
 pub use wire::{ObjectId, VIRTIO_ID_PAGER};
 
 #[cfg(test)]

@@ -839,6 +839,10 @@ fn events_are_delivered_into_posted_buffers() {
         "unaligned refused"
     );
 
+    // Queued is not delivered: nothing counted before the guest takes them.
+    let counted = |h: &Harness| h.dev.lock().expect("lock").object_events();
+    assert_eq!(counted(&h), vec![super::ObjectEvents::default()]);
+
     let mut bufs = Vec::new();
     for _ in 0..6 {
         let slot = h.alloc.small(EVENT_SIZE as u64);
@@ -887,6 +891,15 @@ fn events_are_delivered_into_posted_buffers() {
     assert!(evs.iter().all(|e| e.object_id == 0));
     assert_eq!(eq.used(4).1, 32 + 2 * PG as u32);
     assert_eq!(eq.used(0).1, 32);
+    assert_eq!(
+        counted(&h),
+        vec![super::ObjectEvents {
+            lock_requests: 3,
+            cache: 1,
+            data_provided: 1,
+            destroy: 1,
+        }]
+    );
 }
 
 #[test]

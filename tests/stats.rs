@@ -1,0 +1,198 @@
+//! `vmm run --stats`: the per-object statistics printed at exit agree with
+//! what the guest did and what its pagers did (issue 10 item 5).
+
+mod support;
+use pager_backends::{
+    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError,
+    UnlockReply,
+};
+use std::collections::HashMap;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{Output, kvm_available, vmm};
+use vm_memory::VolatileSlice;
+
+const PAGE: usize = 4096;
+
+/// The `key=value` fields of object `name`'s block on stderr, with the
+/// row label each came from (`data_request`'s `p50` is `data_request.p50`).
+fn object_fields(out: &Output, name: &str) -> HashMap<String, String> {
+    let head = format!("vmm: object {name} (");
+    let mut lines = out.stderr.lines().skip_while(|l| !l.starts_with(&head));
+    assert!(
+        lines.next().is_some(),
+        "no statistics for object {name}:\n{}",
+        out.stderr
+    );
+    let mut fields = HashMap::new();
+    for row in lines.map_while(|l| l.strip_prefix("vmm:   ")) {
+        let mut words = row.split_whitespace();
+        let label = words.next().unwrap_or_default();
+        for w in words {
+            if let Some((k, v)) = w.split_once('=') {
+                fields.insert(format!("{label}.{k}"), v.to_string());
+            }
+        }
+    }
+    fields
+}
+
+fn number(fields: &HashMap<String, String>, key: &str) -> u64 {
+    fields
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number {key} in {fields:?}"))
+}
+
+#[test]
+fn stats_show_a_mapped_host_file_paged_in_once() {
+    if !kvm_available("stats_show_a_mapped_host_file_paged_in_once") {
+        return;
+    }
+    // 21 pages, the last one partial: several clustered data_requests.
+    let len = 20 * PAGE + 100;
+    let path = std::env::temp_dir().join(format!("duality-stats-{}", std::process::id()));
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("temp file");
+    let obj = format!("h=file:{}?ro", path.display());
+    let out = vmm(
+        &["run", "--stats", "--object", &obj, "--init", "objmap", "h"],
+        &[],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line(&format!("objmap: h size={len} ")).is_some(),
+        "{}",
+        out.stdout
+    );
+    // The guest kernel's own counts are still there.
+    assert!(
+        out.line("vm_statistics: faults=").is_some(),
+        "{}",
+        out.stdout
+    );
+
+    let f = object_fields(&out, "h");
+    assert!(number(&f, "requests.data_request") > 0, "{f:?}");
+    assert_eq!(number(&f, "requests.init"), 1, "{f:?}");
+    let pages = len.div_ceil(PAGE) as u64;
+    assert_eq!(number(&f, "paging.pages_in"), pages, "{f:?}");
+    assert_eq!(number(&f, "paging.bytes_in"), pages * PAGE as u64, "{f:?}");
+    assert_eq!(number(&f, "paging.pages_out"), 0, "{f:?}");
+    assert_eq!(number(&f, "failures.errors"), 0, "{f:?}");
+    assert_eq!(number(&f, "failures.timeouts"), 0, "{f:?}");
+    assert_eq!(f.get("failures.dead").map(String::as_str), Some("no"));
+    assert_eq!(
+        number(&f, "data_request.n"),
+        number(&f, "requests.data_request")
+    );
+    for q in ["p50", "p99", "max"] {
+        let v = f
+            .get(&format!("data_request.{q}"))
+            .unwrap_or_else(|| panic!("no data_request {q}: {f:?}"));
+        assert!(
+            ["ns", "us", "ms", "s"].iter().any(|u| v.ends_with(u)),
+            "{q}={v}"
+        );
+    }
+    // Nothing was written back, so no write quantiles to show.
+    assert_eq!(number(&f, "data_write.n"), 0, "{f:?}");
+    assert!(!f.contains_key("data_write.p50"), "{f:?}");
+}
+
+/// An external pager that accepts the object and then never answers a
+/// data request.
+struct Silent;
+
+impl Pager for Silent {
+    fn init(&self, _: KernelId, _: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        Ok(ObjectInfo {
+            size: 1 << 20,
+            read_only: true,
+            may_cache: true,
+        })
+    }
+    fn data_request(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        _: Access,
+        _: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        std::thread::sleep(Duration::from_secs(3600));
+        Err(PagerError::Protocol("woke up".into()))
+    }
+    fn data_write(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        _: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        Err(PagerError::ReadOnly)
+    }
+    fn data_unlock(
+        &self,
+        _: KernelId,
+        _: ObjectOffset,
+        _: u64,
+        desired: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        Ok(UnlockReply { lock: desired })
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        Ok(1 << 20)
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn terminate(&self, _: KernelId) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "silent test pager".into()
+    }
+}
+
+#[test]
+fn stats_count_a_silent_pagers_timeout_apart_from_errors() {
+    if !kvm_available("stats_count_a_silent_pagers_timeout_apart_from_errors") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("duality-stats-silent-{}", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind socket");
+    std::thread::spawn(move || pager_backends::unix::serve(listener, Arc::new(Silent)));
+    let obj = format!("q=unix:{}", sock.display());
+    let out = vmm(
+        &[
+            "run",
+            "--stats",
+            "--pager-timeout",
+            "1",
+            "--object",
+            &obj,
+            "--init",
+            "objsum",
+            "q",
+        ],
+        &[],
+    );
+    let _ = std::fs::remove_file(&sock);
+    assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let f = object_fields(&out, "q");
+    // objsum stops at its first failed read: one request, timed out.
+    assert_eq!(number(&f, "requests.data_request"), 1, "{f:?}");
+    assert_eq!(number(&f, "failures.timeouts"), 1, "{f:?}");
+    // The timeout is not an error too; after it the connection is dead, so
+    // the only errors can be the syncs that follow.
+    assert!(
+        number(&f, "failures.errors") <= number(&f, "requests.sync"),
+        "{f:?}"
+    );
+    assert_eq!(number(&f, "paging.pages_in"), 0, "{f:?}");
+    assert!(f.contains_key("data_request.p99"), "{f:?}");
+}
