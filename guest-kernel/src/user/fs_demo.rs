@@ -507,7 +507,10 @@ fn client(object: &[u8]) -> Result<(), &'static str> {
 
     let half = demo::WRITE_BACK_LEN;
     let part = Ool::of(mine.get(..half).ok_or("short copy")?).ok_or("too long")?;
-    rpc(fs.write(file, 0, part))?;
+    if let Err(e) = fs.write(file, 0, part) {
+        println!("fs-demo: write of hello.txt refused: {}", e.name());
+        return Err("the write was refused");
+    }
     println!("fs-demo: wrote hello.txt 0..{half} back ok");
 
     let after = rpc(fs.read(file, 0, size))?;
