@@ -392,9 +392,13 @@ mod tests {
         fn arbitrary_headers_never_panic_and_stay_inside(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 4096),
             size in 0u64..1 << 20,
+            count in 0u32..=MAX_FILES as u32,
         ) {
+            // A well-formed start, so the entries themselves get tried.
             let mut h = bytes;
             h[..8].copy_from_slice(&MAGIC);
+            h[8..12].copy_from_slice(&count.to_le_bytes());
+            h[12..16].fill(0);
             if let Ok(t) = Table::parse(&h, size) {
                 for f in t.files() {
                     proptest::prop_assert!(f.offset >= PAGE && f.offset + f.length <= size);
