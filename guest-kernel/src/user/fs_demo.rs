@@ -240,10 +240,15 @@ fn serve(s: &mut Server, service: Name, notify: Name, lifeline: Name) -> Result<
             continue;
         }
         if local == service {
-            let sent = fs::dispatch(s, msg, &mut rep.0)
-                .and_then(|len| rep.0.get(..len))
-                .is_some_and(|r| traps::msg_send(r, Some(0)).is_ok());
-            if sent {
+            let reply = fs::dispatch(s, msg, &mut rep.0).and_then(|len| rep.0.get(..len));
+            let sent = reply.is_some_and(|r| traps::msg_send(r, Some(0)).is_ok());
+            // A read's window left with the reply only if the reply carried
+            // it (not an error reply made after the read) and was sent.
+            let carried = sent
+                && reply
+                    .and_then(|r| Message::parse(r).ok())
+                    .is_some_and(|m| m.items().any(|i| matches!(i, Item::Ool { .. })));
+            if carried {
                 s.window = None;
             } else {
                 s.take_back_window();
@@ -300,7 +305,8 @@ fn server(object: &[u8]) -> Result<(), &'static str> {
         rt::str(service_as.as_slice())
     );
     let r = serve(&mut s, service, notify, lifeline);
-    // The object's last mapping goes: its dirty pages go back to the host.
+    // Its last mapping (the client is done by now): the object ends and
+    // its dirty pages go back to the host file.
     kern(vm::vm_deallocate(me, s.base, s.mapped))?;
     let _ = traps::port_deallocate(port);
     let _ = traps::port_deallocate(service);
