@@ -34,7 +34,11 @@ img=$1
 shift
 
 tmp=
-cleanup() { [ -z "$tmp" ] || rm -rf "$tmp"; }
+# A half-made image never stays behind.
+cleanup() {
+	rm -f "$img.tmp"
+	[ -z "$tmp" ] || rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 if [ $# -eq 0 ]; then
