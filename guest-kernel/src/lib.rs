@@ -17,6 +17,7 @@ pub mod bootinfo;
 pub mod cmdline;
 pub mod dev;
 pub mod elf;
+pub mod fsimage;
 pub mod ipc;
 pub mod kern;
 pub mod numfmt;

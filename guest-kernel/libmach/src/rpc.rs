@@ -233,6 +233,87 @@ right!(
     MakeSendOnce, abi::MAKE_SEND_ONCE, abi::PORT_SEND_ONCE
 );
 
+/// Out-of-line memory, one `OOL` item: the sender names a range of its
+/// memory, the receiver gets it mapped copy-on-write (copied, for memory
+/// outside the VM window) at an address the kernel picks, and owns it
+/// (vm_deallocate it when done). The bytes never pass through the
+/// message buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ool {
+    addr: u64,
+    len: u32,
+    deallocate: bool,
+}
+
+impl Ool {
+    /// `region`, which stays the sender's. None if it is longer than an
+    /// item can say (u32).
+    pub fn of(region: &[u8]) -> Option<Ool> {
+        Some(Ool {
+            addr: region.as_ptr() as u64,
+            len: u32::try_from(region.len()).ok()?,
+            deallocate: false,
+        })
+    }
+
+    /// `[addr, addr + len)`, which leaves the sender when the message is
+    /// sent (`OOL_DEALLOCATE`: its pages are unmapped, rounded out).
+    ///
+    /// # Safety
+    /// Once the message carrying it is sent, nothing in the sender may
+    /// refer to those pages.
+    pub unsafe fn moving(addr: u64, len: u32) -> Ool {
+        Ool {
+            addr,
+            len,
+            deallocate: true,
+        }
+    }
+
+    /// Where the region is (in a received message: in the receiver).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Arg for Ool {
+    type In<'a> = Ool;
+    type View<'a> = Ool;
+    type Owned = Ool;
+    const MAX_SIZE: usize = item_size(0);
+    fn put(b: &mut Builder<'_>, v: Ool) -> bool {
+        // SAFETY: only `Ool::moving`, whose caller promised not to use the
+        // range after the send, sets the deallocate flag.
+        unsafe { b.ool_raw(v.addr, v.len as usize, v.deallocate) };
+        true
+    }
+    fn view(item: Item<'_>) -> Option<Ool> {
+        match item {
+            // Received regions are the receiver's: sending one on keeps it.
+            Item::Ool { addr, len, .. } => Some(Ool {
+                addr,
+                len,
+                deallocate: false,
+            }),
+            _ => None,
+        }
+    }
+    fn own(v: Ool) -> Ool {
+        v
+    }
+    fn as_in(v: &Ool) -> Ool {
+        *v
+    }
+}
+
 /// How a client stub sends a request and gets its reply.
 pub trait Transport {
     /// The receive right replies come to.
@@ -865,6 +946,87 @@ mod tests {
         let (text, tag) = c.greeting().unwrap();
         assert_eq!((text.as_slice(), tag), (&b"hello, world"[..], *b"tag!"));
         assert_eq!(s.0, 0x42);
+    }
+
+    crate::mach_interface! {
+        interface store = 6000 {
+            fn fetch(n: u32) -> (data: Ool);
+            fn put(at: u64, data: Ool) -> (len: u32);
+        }
+    }
+
+    struct Store;
+    impl store::Server for Store {
+        fn fetch(&mut self, n: u32) -> Result<Ool, KernError> {
+            // SAFETY: a made-up range: nothing here sends it through a kernel.
+            Ok(unsafe { Ool::moving(0x1000 * u64::from(n), n) })
+        }
+        fn put(&mut self, at: u64, data: Ool) -> Result<u32, KernError> {
+            if data.addr() != at {
+                return Err(KernError(abi::KERN_INVALID_ADDRESS));
+            }
+            Ok(data.len())
+        }
+    }
+
+    #[test]
+    fn out_of_line_arguments_and_results() {
+        let mut s = Store;
+        let mut t = Loopback {
+            dispatch: |req: &[u8], rep: &mut [u8]| store::dispatch(&mut s, req, rep),
+            server_port: SERVER,
+            reply_port: REPLY,
+        };
+        let mut c = store::Client::new(SERVER, &mut t);
+        let got = c.fetch(3).unwrap();
+        assert_eq!((got.addr(), got.len()), (0x3000, 3));
+        let data = [1u8; 40];
+        let o = Ool::of(&data).unwrap();
+        assert_eq!(c.put(data.as_ptr() as u64, o), Ok(40));
+
+        // On the wire: one OOL item, the deallocate flag only from `moving`.
+        let mut buf = MsgBuf::<256>::new();
+        let n = {
+            let mut b = Builder::new(&mut buf.0);
+            b.dest(SERVER, abi::COPY_SEND).id(6000);
+            <Ool as Arg>::put(&mut b, o);
+            // SAFETY: the message is only parsed.
+            <Ool as Arg>::put(&mut b, unsafe { Ool::moving(0x5000, 8) });
+            b.finish().unwrap()
+        };
+        let m = Message::parse(&buf.0[..n]).unwrap();
+        let items: Vec<_> = m.items().collect();
+        assert_eq!(
+            items,
+            [
+                Item::Ool {
+                    addr: data.as_ptr() as u64,
+                    len: 40,
+                    deallocate: false
+                },
+                Item::Ool {
+                    addr: 0x5000,
+                    len: 8,
+                    deallocate: true
+                }
+            ]
+        );
+        // A received region viewed and sent on stays the receiver's.
+        assert_eq!(
+            <Ool as Arg>::view(items[1]),
+            Some(Ool {
+                addr: 0x5000,
+                len: 8,
+                deallocate: false
+            })
+        );
+        // Inline data where a region goes is a bad argument.
+        let mut rep = MsgBuf::<256>::new();
+        let req = received(|b| {
+            b.id(6001).inline(&0u64.to_le_bytes()).inline(b"not ool");
+        });
+        let n = store::dispatch(&mut s, &req.0, &mut rep.0).unwrap();
+        assert_eq!(code_of(&rep.0[..n]), MIG_BAD_ARGUMENTS as i32);
     }
 
     proptest::proptest! {
