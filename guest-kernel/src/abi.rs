@@ -89,8 +89,10 @@ pub const ERR_BUSY: i64 = -16;
 pub const ERR_NO_OBJECT: i64 = -19;
 pub const ERR_READ_ONLY: i64 = -30;
 pub const ERR_PAST_END: i64 = -34;
-/// The pager broke protocol, timed out or died.
+/// The pager broke protocol or died.
 pub const ERR_PAGER_FAILED: i64 = -71;
+/// The pager did not answer within the object's timeout.
+pub const ERR_PAGER_TIMED_OUT: i64 = -110;
 /// The device was reset while the request was in flight; look the object
 /// up again.
 pub const ERR_RESET: i64 = -104;
@@ -116,7 +118,8 @@ pub fn error_name(e: i64) -> &'static str {
         ERR_NO_OBJECT => "no such object",
         ERR_READ_ONLY => "object is read-only",
         ERR_PAST_END => "offset past the end of the object",
-        ERR_PAGER_FAILED => "pager failed (timed out, died or broke protocol)",
+        ERR_PAGER_FAILED => "pager failed (died or broke protocol)",
+        ERR_PAGER_TIMED_OUT => "pager timed out",
         ERR_RESET => "device was reset",
         _ => "unknown error",
     }

@@ -10,7 +10,7 @@ use crate::addr::PhysAddr;
 
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;
 pub const MAX_REGIONS: usize = 32;
-pub const MAX_MODULES: usize = 16;
+pub const MAX_MODULES: usize = 32;
 pub const MAX_CMDLINE: usize = 512;
 pub const MAX_NAME: usize = 32;
 /// E820 type of usable RAM.

@@ -39,6 +39,7 @@ pub mod procedural;
 pub(crate) mod readahead;
 pub(crate) mod sg;
 pub mod stats;
+pub mod timeout;
 pub mod types;
 pub mod unix;
 pub mod uri;
@@ -48,6 +49,7 @@ pub use error::{PagerError, Result};
 pub use options::OpenOptions;
 pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
 pub use stats::{Instrumented, LatencySummary, StatsSnapshot};
+pub use timeout::{OnTimeout, TimeoutPolicy};
 pub use types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 pub use uri::{PagerUri, UriError};
 

@@ -6,7 +6,9 @@ use crate::error::{Result, VmmError};
 use devices::pager::PagerObject;
 use devices::pager::wire::{CONFIG_HDR_SIZE, OBJECT_ENTRY_SIZE, OBJECT_NAME_LEN};
 use devices::virtio::mmio::{CONFIG_SPACE, MMIO_WINDOW_SIZE};
-use pager_backends::{Instrumented, KernelId, OpenOptions, Pager, PagerUri};
+use pager_backends::{
+    Instrumented, KernelId, OnTimeout, OpenOptions, Pager, PagerUri, TimeoutPolicy,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +29,69 @@ pub struct ObjectSpec {
     /// As given, for messages.
     pub uri: String,
     pub parsed: PagerUri,
+    /// `?timeout=`: this object's bound on each request to its pager
+    /// (else `--pager-timeout`).
+    pub timeout: Option<Duration>,
+    /// `?on_timeout=error|zero`: what a data_request that timed out becomes.
+    pub on_timeout: OnTimeout,
+}
+
+/// The query keys the VMM takes for itself, whatever the backend.
+const OBJECT_KEYS: [&str; 2] = ["timeout", "on_timeout"];
+
+/// Parses a per-object timeout: `5s`, `500ms`, `2m`, or seconds (`1.5`).
+fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
+    let (num, unit) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (v, 1.0)
+    };
+    let secs = num
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * unit)
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= crate::config::MAX_PAGER_TIMEOUT_SECS)
+        .ok_or_else(|| format!("timeout={v}: expected e.g. 5s, 500ms, 2m, more than 0 and at most a day"))?;
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Takes the VMM's own keys out of `uri`'s query: the URI the backend
+/// parses, this object's timeout and its policy.
+fn take_object_keys(
+    uri: &str,
+) -> std::result::Result<(String, Option<Duration>, OnTimeout), String> {
+    let (base, query) = pager_backends::uri::split_query(uri);
+    let Some(query) = query else {
+        return Ok((uri.to_string(), None, OnTimeout::default()));
+    };
+    let (mut timeout, mut on_timeout) = (None, None);
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "timeout" if timeout.is_none() => timeout = Some(parse_timeout(v)?),
+            "on_timeout" if on_timeout.is_none() => {
+                on_timeout = Some(OnTimeout::parse(v).ok_or_else(|| {
+                    format!("on_timeout={v}: expected on_timeout=error or on_timeout=zero")
+                })?)
+            }
+            k if OBJECT_KEYS.contains(&k) => return Err(format!("{k} given twice")),
+            _ => rest.push(pair),
+        }
+    }
+    // A path that contains `?` keeps its trailing `?` (uri.rs's rule).
+    let backend_uri = if !rest.is_empty() {
+        format!("{base}?{}", rest.join("&"))
+    } else if pager_backends::uri::split_query(base).1.is_some() {
+        format!("{base}?")
+    } else {
+        base.to_string()
+    };
+    Ok((backend_uri, timeout, on_timeout.unwrap_or_default()))
 }
 
 impl ObjectSpec {
@@ -73,11 +138,15 @@ pub fn parse_spec(arg: &str) -> Result<ObjectSpec> {
             format!("object name contains {c:?}; names must be printable, without whitespace"),
         ));
     }
-    let parsed = PagerUri::parse(uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
+    let (backend_uri, timeout, on_timeout) = take_object_keys(uri).map_err(|e| bad(arg, e))?;
+    let parsed =
+        PagerUri::parse(&backend_uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
     Ok(ObjectSpec {
         name: name.to_string(),
         uri: uri.to_string(),
         parsed,
+        timeout,
+        on_timeout,
     })
 }
 
@@ -129,13 +198,20 @@ pub struct OpenObject {
     pub name: String,
     pub pager: Arc<Instrumented>,
     pub read_only: bool,
+    pub on_timeout: OnTimeout,
 }
 
 impl OpenObject {
+    /// The device's view: the statistics see every timeout, the policy
+    /// decides what the guest is told.
     pub fn device_object(&self) -> PagerObject {
         PagerObject {
             name: self.name.clone(),
-            pager: self.pager.clone(),
+            pager: Arc::new(TimeoutPolicy::new(
+                self.pager.clone(),
+                self.on_timeout,
+                &self.name,
+            )),
             read_only: self.read_only,
         }
     }
@@ -158,6 +234,14 @@ pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObje
     specs
         .iter()
         .map(|s| {
+            let own;
+            let opts = match s.timeout {
+                Some(t) => {
+                    own = open_options(t);
+                    &own
+                }
+                None => opts,
+            };
             let backend = pager_backends::open_backend(&s.parsed, opts).map_err(|source| {
                 VmmError::ObjectOpen {
                     arg: format!("{}={}", s.name, s.uri),
@@ -168,6 +252,7 @@ pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObje
                 name: s.name.clone(),
                 pager: Arc::new(Instrumented::new(backend)),
                 read_only: s.read_only(),
+                on_timeout: s.on_timeout,
             })
         })
         .collect()

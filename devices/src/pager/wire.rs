@@ -80,8 +80,11 @@ pub mod status {
     pub const BAD_STATE: u32 = 7;
     /// The backing store failed.
     pub const IO_ERROR: u32 = 8;
-    /// The pager broke protocol, timed out, or is gone.
+    /// The pager broke protocol, or is gone.
     pub const PAGER_FAILED: u32 = 9;
+    /// The pager did not answer within the object's timeout (it may still
+    /// be alive: the object is not dead).
+    pub const TIMED_OUT: u32 = 10;
 }
 
 /// Event types (host → guest, event queue).

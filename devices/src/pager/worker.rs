@@ -484,9 +484,8 @@ pub fn error_status(e: &PagerError) -> u32 {
         PagerError::ReadOnly => status::READ_ONLY,
         PagerError::UnknownKernel(_) => status::BAD_STATE,
         PagerError::Io(_) => status::IO_ERROR,
-        PagerError::Protocol(_) | PagerError::Timeout(_) | PagerError::Dead(_) => {
-            status::PAGER_FAILED
-        }
+        PagerError::Timeout(_) => status::TIMED_OUT,
+        PagerError::Protocol(_) | PagerError::Dead(_) => status::PAGER_FAILED,
         // pager-backends grows variants (e.g. URI errors) as backends land.
         #[allow(unreachable_patterns)]
         _ => status::PAGER_FAILED,

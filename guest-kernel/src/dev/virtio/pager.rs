@@ -74,6 +74,7 @@ pub mod status {
     pub const BAD_STATE: u32 = 7;
     pub const IO_ERROR: u32 = 8;
     pub const PAGER_FAILED: u32 = 9;
+    pub const TIMED_OUT: u32 = 10;
     /// The device was reset while the request was in flight.
     pub const DEVICE_RESET: u32 = 0x100;
 }

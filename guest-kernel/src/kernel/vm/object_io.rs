@@ -66,6 +66,7 @@ fn error_of(status_code: u32) -> i64 {
         status::READ_ONLY => ERR_READ_ONLY,
         status::NO_OBJECT => ERR_NO_OBJECT,
         status::PAGER_FAILED => ERR_PAGER_FAILED,
+        status::TIMED_OUT => ERR_PAGER_TIMED_OUT,
         status::DEVICE_RESET | status::BAD_STATE => ERR_RESET,
         _ => ERR_INVALID,
     }

@@ -108,7 +108,10 @@ pub struct HostPaging {
     pub dead_objects: u64,
     pub failed_writes: u64,
     pub lost_pages: u64,
+    /// data_requests the pager left unanswered past the object's timeout.
+    pub timeouts: u64,
     write_failure_reported: bool,
+    timeout_reported: bool,
 }
 
 /// A Table 3-5 call a fault needs from a guest pager.
@@ -140,7 +143,9 @@ impl Default for HostPaging {
             dead_objects: 0,
             failed_writes: 0,
             lost_pages: 0,
+            timeouts: 0,
             write_failure_reported: false,
+            timeout_reported: false,
         }
     }
 }
@@ -508,6 +513,19 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     // gone) is dead from now on (paper §6.1): absent pages fault, resident
     // ones stay readable, dirty ones go to the default pager.
     let died = !t.default && code == status::PAGER_FAILED;
+    if code == status::TIMED_OUT && !t.write {
+        // Not dead: the waiting threads get the memory exception (the
+        // object's policy was `error`; `zero` arrives as unavailable).
+        k.paging.timeouts += 1;
+        if !k.paging.timeout_reported {
+            k.paging.timeout_reported = true;
+            crate::kprint!(
+                "vm: host object ",
+                Dec(u64::from(t.device_object)),
+                ": a data_request timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
+            );
+        }
+    }
     let mut newly_dead = false;
     let mut lost = false;
     let ended = crate::vm::with_objects(k, |objects, frames, m| {

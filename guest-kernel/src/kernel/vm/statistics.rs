@@ -25,6 +25,8 @@ pub fn report(k: &Kernel) {
         Dec(p.pages_out),
         " transfer_errors=",
         Dec(p.failed),
+        " timeouts=",
+        Dec(p.timeouts),
         " dead_objects=",
         Dec(p.dead_objects),
         " failed_writes=",
