@@ -102,6 +102,8 @@ pub struct StatsSnapshot {
     /// Requests answered `Unavailable` (zero fill).
     pub unavailable: u64,
     pub errors: u64,
+    /// Time spent inside the backend answering data requests, summed.
+    pub request_time: Duration,
     pub request_latency: LatencySummary,
     pub write_latency: LatencySummary,
 }
@@ -114,6 +116,7 @@ struct Counters {
     bytes_in: AtomicU64,
     unavailable: AtomicU64,
     errors: AtomicU64,
+    request_ns: AtomicU64,
     request_latency: Histogram,
     write_latency: Histogram,
 }
@@ -145,6 +148,7 @@ impl Instrumented {
             bytes_in: c.bytes_in.load(Relaxed),
             unavailable: c.unavailable.load(Relaxed),
             errors: c.errors.load(Relaxed),
+            request_time: Duration::from_nanos(c.request_ns.load(Relaxed)),
             request_latency: c.request_latency.snapshot(),
             write_latency: c.write_latency.snapshot(),
         }
@@ -158,7 +162,10 @@ impl Instrumented {
     }
 
     fn record_request(&self, t: Instant, r: Result<DataReply>) -> Result<DataReply> {
-        self.c.request_latency.record(t.elapsed());
+        let took = t.elapsed();
+        self.c.request_latency.record(took);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.c.request_ns.fetch_add(ns, Relaxed);
         self.c.data_requests.fetch_add(1, Relaxed);
         match &r {
             Ok(DataReply::Provided { bytes, .. }) => {

@@ -230,12 +230,13 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         for m in &report.milestones {
             if let Some(mark) = m.id.checked_sub(MILESTONE_USER_BASE) {
                 eprintln!(
-                    "{} mark={mark} ns={} insn={} exits={} irqs={}",
+                    "{} mark={mark} ns={} insn={} exits={} irqs={} mmio={}",
                     bench::STATS_TAG,
                     m.mono_ns,
                     m.stats.kernel_instructions(),
                     m.stats.exits(),
-                    m.stats.get("irq_injections")
+                    m.stats.get("irq_injections"),
+                    m.stats.get("mmio_exits")
                 );
             }
         }
@@ -243,6 +244,29 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
             eprintln!(
                 "vmm: virtio-pager: {} requests, {} completed, {} rejected, {} interrupts",
                 p.requests, p.completed, p.rejected, p.interrupts
+            );
+        }
+        for (name, o) in &report.object_stats {
+            let l = &o.request_latency;
+            eprintln!(
+                "vmm: object {name}: {} data requests ({} bytes paged in), {} writes ({} bytes paged out), {} errors; {} µs in the pager, p50 {} µs, p99 {} µs per request",
+                o.data_requests,
+                o.bytes_out,
+                o.data_writes,
+                o.bytes_in,
+                o.errors,
+                o.request_time.as_micros(),
+                l.p50.as_micros(),
+                l.p99.as_micros()
+            );
+            eprintln!(
+                "{} object={name} requests={} bytes={} request_ns={} p50_ns={} p99_ns={}",
+                bench::STATS_TAG,
+                o.data_requests,
+                o.bytes_out,
+                o.request_time.as_nanos(),
+                l.p50.as_nanos(),
+                l.p99.as_nanos()
             );
         }
     }

@@ -16,6 +16,7 @@ use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
 use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use pager_backends::StatsSnapshot;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,9 @@ pub struct RunReport {
     pub pager_stats: Option<PagerStats>,
     /// Objects whose final sync failed (already reported on stderr).
     pub sync_failures: usize,
+    /// Each object's pager statistics (requests, time in the backend), in
+    /// table order.
+    pub object_stats: Vec<(String, StatsSnapshot)>,
 }
 
 /// Builds the kernel command line:
@@ -233,12 +237,17 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             .map(|d| d.stats())
             .unwrap_or_else(|p| p.into_inner().stats())
     });
+    let object_stats = objects
+        .iter()
+        .map(|o| (o.name.clone(), o.pager.stats()))
+        .collect();
     Ok(RunReport {
         outcome,
         milestones,
         totals,
         pager_stats,
         sync_failures: sync_failures.len(),
+        object_stats,
     })
 }
 
