@@ -13,6 +13,7 @@ extern crate alloc;
 pub mod abi;
 pub mod addr;
 pub mod arch;
+pub mod bench_order;
 pub mod bootinfo;
 pub mod cmdline;
 pub mod dev;

@@ -99,6 +99,8 @@ pub struct StatsSnapshot {
     pub timeouts: u64,
     /// Some call failed with `PagerError::Dead`: the pager is gone.
     pub dead: bool,
+    /// Time spent inside the backend answering data requests, summed.
+    pub request_time: Duration,
     pub request_latency: LatencySummary,
     pub write_latency: LatencySummary,
 }
@@ -119,6 +121,7 @@ struct Counters {
     errors: AtomicU64,
     timeouts: AtomicU64,
     dead: AtomicBool,
+    request_ns: AtomicU64,
     request_latency: LatencyHistogram,
     write_latency: LatencyHistogram,
 }
@@ -158,6 +161,7 @@ impl Instrumented {
             errors: c.errors.load(Relaxed),
             timeouts: c.timeouts.load(Relaxed),
             dead: c.dead.load(Relaxed),
+            request_time: Duration::from_nanos(c.request_ns.load(Relaxed)),
             request_latency: c.request_latency.snapshot(),
             write_latency: c.write_latency.snapshot(),
         }
@@ -187,7 +191,10 @@ impl Instrumented {
     }
 
     fn record_request(&self, t: Instant, r: Result<DataReply>) -> Result<DataReply> {
-        self.c.request_latency.record(t.elapsed());
+        let took = t.elapsed();
+        self.c.request_latency.record(took);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.c.request_ns.fetch_add(ns, Relaxed);
         match &r {
             Ok(DataReply::Provided { bytes, .. }) => {
                 self.c.bytes_in.fetch_add(*bytes, Relaxed);

@@ -49,6 +49,11 @@ fn instrumented_counts_requests_bytes_and_errors() {
     assert_eq!(s.request_latency.count, 11);
     assert!(s.request_latency.p50 <= s.request_latency.p99);
     assert!(s.request_latency.p99 <= s.request_latency.max);
+    // The summed time: six of the 11 requests took at least the median,
+    // which the histogram reports at most an eighth high; none took longer
+    // than the maximum.
+    assert!(s.request_time >= s.request_latency.p50 * 5);
+    assert!(s.request_time <= s.request_latency.max * 11);
 }
 
 #[test]

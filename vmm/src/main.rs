@@ -2,6 +2,7 @@
 //! `vmm bench` measures; `vmm pager` checks a pager backend by hand.
 
 mod bench;
+mod bench_fault;
 mod bench_ipc;
 mod bench_objread;
 mod bench_vm;
@@ -16,6 +17,7 @@ mod pager_device;
 mod report;
 mod run;
 mod stats;
+mod uffd;
 mod vcpu;
 mod vm;
 
@@ -107,6 +109,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         pages: u32,
     },
+    /// Guest faults on a host file next to userfaultfd (random) and host mmap (sequential).
+    Fault {
+        /// Pages of the random case, one fault each.
+        #[arg(long, default_value_t = 2000)]
+        pages: u32,
+        /// MiB of the sequential case.
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+        /// Seed of the file contents and the random order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
     Probe,
@@ -146,6 +160,10 @@ fn main() -> ExitCode {
             .map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Ipc { rounds }) => bench_ipc::ipc(rounds).map(|_| ExitCode::SUCCESS),
         Cmd::Bench(BenchCmd::Vm { pages }) => bench_vm::vm(pages).map(|_| ExitCode::SUCCESS),
+        Cmd::Bench(BenchCmd::Fault { pages, mib, seed }) => {
+            bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
+                .map(|_| ExitCode::SUCCESS)
+        }
         Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,

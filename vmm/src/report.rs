@@ -74,6 +74,17 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
     }
     for o in &report.objects {
         out.extend(object_lines(o));
+        // The same for benchmarks to read (vmm bench fault).
+        let (s, l) = (&o.pager, &o.pager.request_latency);
+        out.push(format!(
+            "{STATS_TAG} object={} requests={} bytes={} request_ns={} p50_ns={} p99_ns={}",
+            o.name,
+            s.data_requests,
+            s.bytes_in,
+            s.request_time.as_nanos(),
+            l.p50.as_nanos(),
+            l.p99.as_nanos()
+        ));
     }
     out
 }

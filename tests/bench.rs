@@ -1,0 +1,43 @@
+//! The benchmarks run end to end at tiny sizes and print every row they
+//! promise. Nothing here judges a time: only that the figures are there.
+
+mod support;
+use support::{kvm_available, vmm};
+
+#[test]
+fn bench_fault_prints_every_row() {
+    if !kvm_available("bench_fault_prints_every_row") {
+        return;
+    }
+    let out = vmm(&["bench", "fault", "--pages", "16", "--mib", "1"], &[]);
+    assert_eq!(out.status, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let rows = [
+        "(a) random faults: 16 pages",
+        "guest task (virtio-pager, file)",
+        "host process (userfaultfd)",
+        "(b) sequential page-in: every word of a 1 MiB file",
+        "host process (mmap)",
+        "ratio guest / mmap",
+        "(c) split",
+        "per random fault",
+        "per sequential page",
+        "(d) from the vCPU's KVM statistics",
+        "kernel instructions per fault <= 1500:",
+        "exits per fault <= 1:",
+        "interrupts per fault <= 1:",
+        "far fewer per page when clustered",
+        "p50 <= 1.5x userfaultfd:",
+        "throughput >= 1.0x host mmap:",
+    ];
+    for row in rows {
+        assert!(out.line(row).is_some(), "no '{row}' in:\n{}", out.stdout);
+    }
+    // Where userfaultfd is allowed, the peer and the ratio are there too.
+    if !out.stdout.contains("unavailable") {
+        assert!(
+            out.line("ratio guest / userfaultfd").is_some(),
+            "{}",
+            out.stdout
+        );
+    }
+}
