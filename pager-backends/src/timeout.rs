@@ -207,14 +207,20 @@ mod tests {
     #[test]
     fn zero_policy_answers_unavailable_for_the_whole_request() {
         let p = TimeoutPolicy::new(Arc::new(Silent), OnTimeout::Zero, "q");
-        assert!(matches!(ask(&p), Ok(DataReply::Unavailable { bytes: 4096 })));
+        assert!(matches!(
+            ask(&p),
+            Ok(DataReply::Unavailable { bytes: 4096 })
+        ));
     }
 
     #[test]
     fn only_data_requests_are_turned_into_zeros() {
         let p = TimeoutPolicy::new(Arc::new(Silent), OnTimeout::Zero, "q");
         let w = p.data_write(KernelId(1), ObjectOffset(0), 4096, &[]);
-        assert!(matches!(w, Err(PagerError::Timeout(_))), "a write is not lost silently");
+        assert!(
+            matches!(w, Err(PagerError::Timeout(_))),
+            "a write is not lost silently"
+        );
     }
 
     #[test]

@@ -55,7 +55,9 @@ fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
         .ok()
         .map(|n| n * unit)
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= crate::config::MAX_PAGER_TIMEOUT_SECS)
-        .ok_or_else(|| format!("timeout={v}: expected e.g. 5s, 500ms, 2m, more than 0 and at most a day"))?;
+        .ok_or_else(|| {
+            format!("timeout={v}: expected e.g. 5s, 500ms, 2m, more than 0 and at most a day")
+        })?;
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -139,8 +141,7 @@ pub fn parse_spec(arg: &str) -> Result<ObjectSpec> {
         ));
     }
     let (backend_uri, timeout, on_timeout) = take_object_keys(uri).map_err(|e| bad(arg, e))?;
-    let parsed =
-        PagerUri::parse(&backend_uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
+    let parsed = PagerUri::parse(&backend_uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
     Ok(ObjectSpec {
         name: name.to_string(),
         uri: uri.to_string(),

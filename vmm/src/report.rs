@@ -58,11 +58,12 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
     for m in &report.milestones {
         if let Some(mark) = m.id.checked_sub(MILESTONE_USER_BASE) {
             out.push(format!(
-                "{STATS_TAG} mark={mark} ns={} insn={} exits={} irqs={}",
+                "{STATS_TAG} mark={mark} ns={} insn={} exits={} irqs={} mmio={}",
                 m.mono_ns,
                 m.stats.kernel_instructions(),
                 m.stats.exits(),
-                m.stats.get("irq_injections")
+                m.stats.get("irq_injections"),
+                m.stats.get("mmio_exits")
             ));
         }
     }

@@ -60,7 +60,8 @@ fn map(me: libmach::abi::Name, name: &[u8]) -> Result<(u64, u64), &'static str> 
     }
     let port = vm::host_object_port(id).map_err(|e| e.name())?;
     let mut at = 0;
-    vm::vm_allocate_with_pager(me, &mut at, size, true, port, 0).map_err(|e| e.name())?;
+    vm::vm_map_pager(me, &mut at, size, true, libmach::abi::VM_PROT_READ, port, 0)
+        .map_err(|e| e.name())?;
     Ok((at, size))
 }
 

@@ -100,6 +100,9 @@ struct Server {
     base: u64,
     mapped: u64,
     writable: bool,
+    /// The protection its mappings ask for: read-only for a read-only
+    /// object.
+    prot: u32,
     /// The window of the read being answered: the reply's send unmaps it,
     /// so if that send fails the server unmaps it itself.
     window: Option<(u64, u64)>,
@@ -155,7 +158,7 @@ impl fs::Server for Server {
         let first = start - start % PAGE;
         let size = (start + length).next_multiple_of(PAGE) - first;
         let mut at = 0;
-        vm::vm_allocate_with_pager(self.me, &mut at, size, true, self.object, first)?;
+        vm::vm_map_pager(self.me, &mut at, size, true, self.prot, self.object, first)?;
         self.window = Some((at, size));
         // SAFETY: nothing but this reply refers to the window, and the
         // server forgets it once the reply is sent.
@@ -270,9 +273,14 @@ fn server(object: &[u8]) -> Result<(), &'static str> {
     let port = kern(vm::host_object_port(id))?;
     let mapped = st.size.next_multiple_of(PAGE);
     let mut base = 0;
-    kern(vm::vm_allocate_with_pager(
-        me, &mut base, mapped, true, port, 0,
-    ))?;
+    // A read-only image is mapped read-only (a writable mapping of it is
+    // refused); its server refuses writes itself.
+    let prot = if st.flags & rt::abi::OBJECT_READ_ONLY == 0 {
+        libmach::abi::VM_PROT_DEFAULT
+    } else {
+        libmach::abi::VM_PROT_READ
+    };
+    kern(vm::vm_map_pager(me, &mut base, mapped, true, prot, port, 0))?;
     // SAFETY: the header page is mapped (the object has at least one page).
     let header = unsafe { core::slice::from_raw_parts(base as *const u8, PAGE as usize) };
     let table = match Table::parse(header, st.size) {
@@ -288,7 +296,8 @@ fn server(object: &[u8]) -> Result<(), &'static str> {
         object: port,
         base,
         mapped,
-        writable: st.flags & rt::abi::OBJECT_READ_ONLY == 0,
+        writable: prot == libmach::abi::VM_PROT_DEFAULT,
+        prot,
         window: None,
     };
     let service = kern(traps::port_allocate_with_send())?;

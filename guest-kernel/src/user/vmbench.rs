@@ -53,7 +53,16 @@ fn host_object(name: &[u8], pages: u64) -> Result<(), &'static str> {
     let id = rt::object::lookup(name).map_err(rt::abi::error_name)?;
     let port = vm::host_object_port(id).map_err(|e| e.name())?;
     let mut at = 0;
-    vm::vm_allocate_with_pager(me, &mut at, pages * PAGE, true, port, 0).map_err(|e| e.name())?;
+    vm::vm_map_pager(
+        me,
+        &mut at,
+        pages * PAGE,
+        true,
+        libmach::abi::VM_PROT_READ,
+        port,
+        0,
+    )
+    .map_err(|e| e.name())?;
     rt::milestone(17);
     touch(at, pages, false);
     rt::milestone(18);
