@@ -647,7 +647,7 @@ fn silent_pager_times_out_with_an_error_line() {
         &[],
     );
     let line = objsum_error(&out, "q");
-    assert!(line.contains("pager failed"), "{line}");
+    assert!(line.contains("pager timed out"), "{line}");
     assert!(out.line("objsum: q size=").is_none(), "{}", out.stdout);
     assert!(
         out.line("init exited with status 1").is_some(),
@@ -873,4 +873,277 @@ fn pager_initiated_calls_arrive_as_events_in_the_guest() {
         (size, sha),
         (2 * MIB as u64, sha256_bytes(&vec![0u8; 2 * MIB]))
     );
+}
+
+// ---------------------------------------------------------------------------
+// Objects by name, mapped: sum, fill, cat (the name server publishes each
+// --object; the task maps it and faults its pages in through the device)
+
+/// `(size, sha256)` from `sum NAME`'s line.
+fn sum_result(out: &Output, name: &str) -> (u64, String) {
+    let prefix = format!("sum: {name} size=");
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no sum line for {name}:\n{}{}", out.stdout, out.stderr));
+    let (size, sha) = line.split_once(" sha256=").expect("sum line shape");
+    (size.parse().expect("size"), sha.to_string())
+}
+
+fn run_sum(extra: &[&str], objects: &[String], name: &str) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    for o in objects {
+        args.extend_from_slice(&["--object", o]);
+    }
+    args.extend_from_slice(&["--init", "sum", name]);
+    let out = vmm(&args, &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    out
+}
+
+#[test]
+fn sum_maps_host_files_of_odd_sizes_and_matches_sha256sum() {
+    if !kvm_available("sum_maps_host_files_of_odd_sizes_and_matches_sha256sum") {
+        return;
+    }
+    for len in [0, 1, 4095, 4097, 3 * MIB + 5] {
+        let f = Temp::with("sum", &content(len, len as u64 ^ 0x5a));
+        let out = run_sum(&[], &[format!("d=file:{}?ro", f.show())], "d");
+        assert_eq!(
+            sum_result(&out, "d"),
+            (len as u64, sha256_file(f.path())),
+            "{len} bytes"
+        );
+    }
+}
+
+/// Four times the guest's memory: clean pages are evicted as the sum goes.
+#[test]
+fn sum_of_an_object_four_times_guest_memory() {
+    if !kvm_available("sum_of_an_object_four_times_guest_memory") {
+        return;
+    }
+    let len = 64 * MIB;
+    let f = Temp::with("sum-big", &content(len, 0xb19));
+    let out = run_sum(&["--mem", "16M"], &[format!("d=file:{}?ro", f.show())], "d");
+    assert_eq!(sum_result(&out, "d"), (len as u64, sha256_file(f.path())));
+}
+
+fn check_fill(len: usize, seed: u64, mem: Option<&str>) {
+    let f = Temp::with("fill", &content(len, seed + 1));
+    let obj = format!("d=file:{}", f.show());
+    let seed_s = seed.to_string();
+    let mut args = vec!["run"];
+    if let Some(m) = mem {
+        args.extend_from_slice(&["--mem", m, "--stats"]);
+    }
+    args.extend_from_slice(&["--object", &obj, "--init", "fill", "d", &seed_s]);
+    let out = vmm(&args, &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line(&format!("fill: d seed={seed} wrote {len} bytes"))
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    let got = std::fs::read(f.path()).expect("read back");
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(seed, 0, &mut want);
+    assert_eq!(got.len(), len, "the file's length changed");
+    assert!(got == want, "{len} bytes: not exactly the pattern");
+    if mem.is_some() {
+        // Larger than memory: pages went back on pageout, before the end.
+        let stats = out.stdout.lines().find(|l| l.starts_with("vm_statistics:"));
+        let pages_out = stats
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("pages_out="))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(pages_out >= (len / 4096) as u64, "{stats:?}");
+    }
+}
+
+#[test]
+fn fill_then_shutdown_leaves_exactly_the_pattern() {
+    if !kvm_available("fill_then_shutdown_leaves_exactly_the_pattern") {
+        return;
+    }
+    check_fill(10_000, 3, None);
+    check_fill(MIB + 123, 4, None);
+}
+
+/// A pattern larger than the guest's memory: data_write on pageout.
+#[test]
+fn fill_larger_than_guest_memory_writes_back_on_pageout() {
+    if !kvm_available("fill_larger_than_guest_memory_writes_back_on_pageout") {
+        return;
+    }
+    check_fill(24 * MIB, 5, Some("16M"));
+}
+
+#[test]
+fn read_only_object_refuses_a_writable_mapping() {
+    if !kvm_available("read_only_object_refuses_a_writable_mapping") {
+        return;
+    }
+    let before = content(9000, 8);
+    let f = Temp::with("fill-ro", &before);
+    let obj = format!("d=file:{}?ro", f.show());
+    let out = vmm(&["run", "--object", &obj, "--init", "fill", "d", "1"], &[]);
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line("fill: d: the object is read-only: it cannot be mapped writable")
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    assert!(std::fs::read(f.path()).expect("read back") == before);
+}
+
+#[test]
+fn unknown_names_and_the_swap_object_are_not_found() {
+    if !kvm_available("unknown_names_and_the_swap_object_are_not_found") {
+        return;
+    }
+    let f = Temp::with("names", b"x");
+    let obj = format!("d=file:{}?ro", f.show());
+    for name in ["nope", "swap"] {
+        let out = vmm(&["run", "--object", &obj, "--init", "sum", name], &[]);
+        assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
+        let want = format!("sum: {name}: no such object (not published by the name server)");
+        assert!(out.line(&want).is_some(), "{}", out.stdout);
+    }
+}
+
+#[test]
+fn cat_prints_an_object() {
+    if !kvm_available("cat_prints_an_object") {
+        return;
+    }
+    let f = Temp::with("cat", b"one line\nand another\n");
+    let obj = format!("t=file:{}?ro", f.show());
+    let out = vmm(&["run", "--object", &obj, "--init", "cat", "t"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("one line\nand another\n"),
+        "{}",
+        out.stdout
+    );
+    let out = vmm(&["run", "--object", &obj, "--init", "cat", "t", "3"], &[]);
+    assert!(out.stdout.contains("oneinit exited"), "{}", out.stdout);
+}
+
+#[test]
+fn sum_and_fill_through_nbd_against_qemu_nbd() {
+    if !kvm_available("sum_and_fill_through_nbd_against_qemu_nbd") {
+        return;
+    }
+    let Some(q) = need_qemu_nbd("sum_and_fill_through_nbd_against_qemu_nbd") else {
+        return;
+    };
+    let len = 3 * MIB + 4096;
+    let f = Temp::with("nbd-map", &content(len, 0xdc));
+    let expect = sha256_file(f.path());
+    let srv = NbdServer::start(&q, f.path(), "disk");
+    let obj = format!("r={}", srv.uri("disk"));
+    let out = run_sum(&[], std::slice::from_ref(&obj), "r");
+    assert_eq!(sum_result(&out, "r"), (len as u64, expect));
+    let out = vmm(&["run", "--object", &obj, "--init", "fill", "r", "6"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(6, 0, &mut want);
+    assert!(std::fs::read(f.path()).expect("read back") == want);
+}
+
+#[test]
+fn sum_through_unix_against_the_procedural_pager_process() {
+    if !kvm_available("sum_through_unix_against_the_procedural_pager_process") {
+        return;
+    }
+    let seed = 0x77;
+    let sock = Temp::new("procedural-map");
+    let _pager = start_procedural(sock.path(), "2M", seed);
+    let expect = sha256_bytes(&procedural_content(seed, 2 * MIB));
+    let out = run_sum(&[], &[format!("p=unix:{}", sock.show())], "p");
+    assert_eq!(sum_result(&out, "p"), ((2 * MIB) as u64, expect));
+}
+
+/// A silent external pager under each policy: `error` ends in a memory
+/// exception for the faulting task (reported once by the kernel), `zero`
+/// in zero-filled pages; the VMM exits cleanly either way.
+#[test]
+fn silent_pager_policy_error_raises_and_zero_fills() {
+    if !kvm_available("silent_pager_policy_error_raises_and_zero_fills") {
+        return;
+    }
+    let size = 64 * 1024;
+    let inner = AnonPager::new(size as u64, &OpenOptions::default()).expect("anon pager");
+    let sock = serve_in_process("silent-map", Arc::new(Silent { inner }));
+    let obj = format!("q=unix:{}?timeout=500ms&on_timeout=error", sock.show());
+    let out = vmm(
+        &["run", "--stats", "--object", &obj, "--init", "sum", "q"],
+        &[],
+    );
+    assert!(out.line("sum: q size=").is_none(), "{}", out.stdout);
+    assert!(out.line("(sum) killed").is_some(), "{}", out.stdout);
+    assert!(
+        out.line("a data_request timed out").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // One page, one request: the unix client gives a connection up after
+    // a timeout (a late answer could not be told from the next one's), so
+    // later requests would find the pager dead.
+    let page = 4096;
+    let inner = AnonPager::new(page as u64, &OpenOptions::default()).expect("anon pager");
+    let sock = serve_in_process("silent-zero", Arc::new(Silent { inner }));
+    let obj = format!("q=unix:{}?timeout=500ms&on_timeout=zero", sock.show());
+    let out = vmm(&["run", "--object", &obj, "--init", "sum", "q"], &[]);
+    assert_eq!(
+        sum_result(&out, "q"),
+        (page as u64, sha256_bytes(&vec![0; page]))
+    );
+}
+
+#[test]
+fn killed_pager_makes_its_mapped_object_dead_and_the_other_works() {
+    if !kvm_available("killed_pager_makes_its_mapped_object_dead_and_the_other_works") {
+        return;
+    }
+    let sock = Temp::new("doomed-map");
+    let mut pager = start_procedural(sock.path(), "1G", 9);
+    let b = Temp::with("survivor-map", &content(2 * MIB + 100, 0xc));
+    let expect_b = sha256_file(b.path());
+    let obj_a = format!("a=unix:{}", sock.show());
+    let obj_b = format!("b=file:{}?ro", b.show());
+    let mut killed = false;
+    let out = vmm_watch(
+        &[
+            "run", "--stats", "--object", &obj_a, "--object", &obj_b, "--init", "spawn", "sum:a",
+            "sum:b",
+        ],
+        &[],
+        |line| {
+            if !killed && line.starts_with("spawn: started sum:b") {
+                pager.kill();
+                killed = true;
+            }
+        },
+    );
+    assert!(killed, "spawn never started sum:b:\n{}", out.stdout);
+    assert!(out.line("sum: a size=").is_none(), "{}", out.stdout);
+    assert!(
+        out.line("pager failed, object dead").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(sum_result(&out, "b"), ((2 * MIB + 100) as u64, expect_b));
+    assert!(out.line("dead_objects=1").is_some(), "{}", out.stdout);
+    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
 }
