@@ -75,7 +75,9 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
     }
     for o in &report.objects {
         out.extend(object_lines(o));
-        // The same for benchmarks to read (vmm bench fault).
+    }
+    // The same for benchmarks to read (vmm bench fault), after the blocks.
+    for o in &report.objects {
         let (s, l) = (&o.pager, &o.pager.request_latency);
         out.push(format!(
             "{STATS_TAG} object={} requests={} bytes={} request_ns={} p50_ns={} p99_ns={}",
@@ -316,6 +318,7 @@ mod tests {
             lines[dev + 8],
             "vmm: object z (zero): no paging (init=0 terminate=0 sync=0)"
         );
-        assert_eq!(lines.len(), dev + 9);
+        assert_eq!(lines.len(), dev + 9 + report.objects.len());
+        assert!(lines[dev + 9].starts_with(&format!("{STATS_TAG} object=h requests=")));
     }
 }

@@ -183,8 +183,8 @@ pub fn vm_map_pager(
     memory_object: Name,
     offset: u64,
 ) -> Result<(), KernError> {
-    let flags = u64::from(anywhere) * abi::PAGER_MAP_ANYWHERE
-        | (u64::from(prot) << abi::PAGER_MAP_PROT_SHIFT) & abi::PAGER_MAP_PROT_MASK;
+    let flags = (u64::from(anywhere) * abi::PAGER_MAP_ANYWHERE)
+        | ((u64::from(prot) << abi::PAGER_MAP_PROT_SHIFT) & abi::PAGER_MAP_PROT_MASK);
     // SAFETY: `addr` is a valid, writable u64.
     kr(unsafe {
         trap(

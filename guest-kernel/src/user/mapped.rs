@@ -4,7 +4,7 @@
 //! every access to the mapping is served by page faults, each absent page
 //! a data_request to the host's pager through the virtio-pager device.
 
-use libmach::abi::{self, HOST_OBJECT_READ_ONLY, KERN_INVALID_NAME, KERN_PROTECTION_FAILURE};
+use libmach::abi::{self, KERN_INVALID_NAME, KERN_PROTECTION_FAILURE};
 use libmach::name_server;
 use libmach::rpc::RpcError;
 use libmach::traps::{self, KernError};
@@ -16,7 +16,6 @@ pub struct Mapped {
     task: abi::Name,
     at: u64,
     pub size: u64,
-    pub read_only: bool,
 }
 
 /// Why an object could not be mapped, as a user should read it.
@@ -35,6 +34,8 @@ fn rpc_error(e: RpcError) -> KernError {
     }
 }
 
+// Shared by sum, fill and cat: each uses the accessors it needs.
+#[allow(dead_code)]
 impl Mapped {
     /// Looks `name` up and maps the whole object, writable or not. An
     /// empty object has nothing to map (`bytes` is empty).
@@ -65,7 +66,6 @@ impl Mapped {
             task,
             at,
             size: info.size,
-            read_only: info.flags & HOST_OBJECT_READ_ONLY != 0,
         })
     }
 
