@@ -280,8 +280,13 @@ fn silent_pager_does_not_hang_shutdown() {
         out.stderr
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    // The guest kernel's own sync at power-off may time out first; the unix
+    // client then gives the connection up, and the VMM's final sync finds
+    // the pager dead instead: either way it is reported, and nothing hangs.
     assert!(
-        out.stderr.contains("timed out") || out.stderr.contains("no answer within"),
+        out.stderr.contains("timed out")
+            || out.stderr.contains("no answer within")
+            || out.stderr.contains("pager is dead"),
         "says it timed out: {}",
         out.stderr
     );
