@@ -17,14 +17,12 @@ use pager_backends::{
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
-use support::{Output, kvm_available, need_qemu_nbd, vmm, vmm_watch};
+use support::{Output, Silent, kvm_available, need_qemu_nbd, vmm, vmm_watch};
 use vm_memory::VolatileSlice;
 
 const MIB: usize = 1 << 20;
@@ -333,64 +331,8 @@ fn procedural_content(seed: u64, size: usize) -> Vec<u8> {
 /// process.
 fn serve_in_process(what: &str, pager: Arc<dyn Pager>) -> Temp {
     let sock = Temp::new(what);
-    let listener = UnixListener::bind(sock.path()).expect("bind socket");
-    std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
+    support::serve_unix(sock.path(), pager);
     sock
-}
-
-/// A pager that completes the handshake and then never answers a data
-/// request.
-struct Silent {
-    inner: AnonPager,
-}
-
-impl Pager for Silent {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        self.inner.init(k, c)
-    }
-    fn data_request(
-        &self,
-        _k: KernelId,
-        _o: ObjectOffset,
-        _len: u64,
-        _a: Access,
-        _b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<DataReply> {
-        std::thread::sleep(Duration::from_secs(3600));
-        Err(pager_backends::PagerError::Io(std::io::Error::other(
-            "woke up",
-        )))
-    }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
-        "silent test pager".into()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -631,7 +573,7 @@ fn silent_pager_times_out_with_an_error_line() {
         return;
     }
     let inner = AnonPager::new(MIB as u64, &OpenOptions::default()).expect("anon pager");
-    let sock = serve_in_process("silent-sock", Arc::new(Silent { inner }));
+    let sock = serve_in_process("silent-sock", Arc::new(Silent::new(inner)));
     let obj = format!("q=unix:{}", sock.show());
     let out = vmm(
         &[
@@ -1082,7 +1024,7 @@ fn silent_pager_policy_error_raises_and_zero_fills() {
     }
     let size = 64 * 1024;
     let inner = AnonPager::new(size as u64, &OpenOptions::default()).expect("anon pager");
-    let sock = serve_in_process("silent-map", Arc::new(Silent { inner }));
+    let sock = serve_in_process("silent-map", Arc::new(Silent::new(inner)));
     let obj = format!("q=unix:{}?timeout=500ms&on_timeout=error", sock.show());
     let out = vmm(
         &["run", "--stats", "--object", &obj, "--init", "sum", "q"],
@@ -1102,7 +1044,7 @@ fn silent_pager_policy_error_raises_and_zero_fills() {
     // later requests would find the pager dead.
     let page = 4096;
     let inner = AnonPager::new(page as u64, &OpenOptions::default()).expect("anon pager");
-    let sock = serve_in_process("silent-zero", Arc::new(Silent { inner }));
+    let sock = serve_in_process("silent-zero", Arc::new(Silent::new(inner)));
     let obj = format!("q=unix:{}?timeout=500ms&on_timeout=zero", sock.show());
     let out = vmm(&["run", "--object", &obj, "--init", "sum", "q"], &[]);
     assert_eq!(

@@ -2,16 +2,11 @@
 //! what the guest did and what its pagers did (issue 10 item 5).
 
 mod support;
-use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError,
-    UnlockReply,
-};
+use pager_backends::OpenOptions;
+use pager_backends::anon::AnonPager;
 use std::collections::HashMap;
-use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::Duration;
-use support::{Output, kvm_available, vmm};
-use vm_memory::VolatileSlice;
+use support::{Output, Silent, kvm_available, vmm};
 
 const PAGE: usize = 4096;
 
@@ -102,61 +97,6 @@ fn stats_show_a_mapped_host_file_paged_in_once() {
     assert!(!f.contains_key("data_write.p50"), "{f:?}");
 }
 
-/// An external pager that accepts the object and then never answers a
-/// data request.
-struct Silent;
-
-impl Pager for Silent {
-    fn init(&self, _: KernelId, _: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        Ok(ObjectInfo {
-            size: 1 << 20,
-            read_only: true,
-            may_cache: true,
-        })
-    }
-    fn data_request(
-        &self,
-        _: KernelId,
-        _: ObjectOffset,
-        _: u64,
-        _: Access,
-        _: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<DataReply> {
-        std::thread::sleep(Duration::from_secs(3600));
-        Err(PagerError::Protocol("woke up".into()))
-    }
-    fn data_write(
-        &self,
-        _: KernelId,
-        _: ObjectOffset,
-        _: u64,
-        _: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        Err(PagerError::ReadOnly)
-    }
-    fn data_unlock(
-        &self,
-        _: KernelId,
-        _: ObjectOffset,
-        _: u64,
-        desired: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        Ok(UnlockReply { lock: desired })
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        Ok(1 << 20)
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        Ok(())
-    }
-    fn terminate(&self, _: KernelId) -> pager_backends::Result<()> {
-        Ok(())
-    }
-    fn describe(&self) -> String {
-        "silent test pager".into()
-    }
-}
-
 #[test]
 fn stats_count_a_silent_pagers_timeout_apart_from_errors() {
     if !kvm_available("stats_count_a_silent_pagers_timeout_apart_from_errors") {
@@ -164,8 +104,8 @@ fn stats_count_a_silent_pagers_timeout_apart_from_errors() {
     }
     let sock = std::env::temp_dir().join(format!("duality-stats-silent-{}", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).expect("bind socket");
-    std::thread::spawn(move || pager_backends::unix::serve(listener, Arc::new(Silent)));
+    let inner = AnonPager::new(1 << 20, &OpenOptions::default()).expect("anon pager");
+    support::serve_unix(&sock, Arc::new(Silent::new(inner)));
     let obj = format!("q=unix:{}", sock.display());
     let out = vmm(
         &[

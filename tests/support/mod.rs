@@ -188,3 +188,81 @@ pub fn vmm_watch(args: &[&str], env: &[(&str, &str)], mut on_line: impl FnMut(&s
         stderr: ereader.join().unwrap_or_default(),
     }
 }
+
+/// Serves `pager` as an external pager on a Unix socket at `path`, from a
+/// thread of this test process.
+pub fn serve_unix(path: &std::path::Path, pager: std::sync::Arc<dyn pager_backends::Pager>) {
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind socket");
+    std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
+}
+
+/// A pager that completes the handshake (as `inner`) and then never
+/// answers a data request: what a hung external pager looks like.
+pub struct Silent {
+    inner: Box<dyn pager_backends::Pager>,
+}
+
+impl Silent {
+    pub fn new(inner: impl pager_backends::Pager + 'static) -> Silent {
+        Silent {
+            inner: Box::new(inner),
+        }
+    }
+}
+
+mod silent {
+    use pager_backends::{
+        Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError,
+        Result, UnlockReply,
+    };
+    use std::sync::Arc;
+    use std::time::Duration;
+    use vm_memory::VolatileSlice;
+
+    impl Pager for super::Silent {
+        fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
+            self.inner.init(k, c)
+        }
+        fn data_request(
+            &self,
+            _: KernelId,
+            _: ObjectOffset,
+            _: u64,
+            _: Access,
+            _: &[VolatileSlice<'_>],
+        ) -> Result<DataReply> {
+            std::thread::sleep(Duration::from_secs(3600));
+            Err(PagerError::Protocol("woke up".into()))
+        }
+        fn data_write(
+            &self,
+            k: KernelId,
+            o: ObjectOffset,
+            len: u64,
+            b: &[VolatileSlice<'_>],
+        ) -> Result<()> {
+            self.inner.data_write(k, o, len, b)
+        }
+        fn data_unlock(
+            &self,
+            k: KernelId,
+            o: ObjectOffset,
+            len: u64,
+            a: Access,
+        ) -> Result<UnlockReply> {
+            self.inner.data_unlock(k, o, len, a)
+        }
+        fn extent(&self) -> Result<u64> {
+            self.inner.extent()
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+        fn terminate(&self, k: KernelId) -> Result<()> {
+            self.inner.terminate(k)
+        }
+        fn describe(&self) -> String {
+            "silent test pager".into()
+        }
+    }
+}
