@@ -323,6 +323,37 @@ pub fn kernel_id() -> KernelId {
 mod tests {
     use super::*;
 
+    #[test]
+    fn timeout_keys_are_the_vmms_and_the_rest_goes_to_the_backend() {
+        let s = parse_spec("q=unix:/run/p.sock?timeout=500ms&on_timeout=zero").unwrap();
+        assert_eq!(s.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(s.on_timeout, OnTimeout::Zero);
+        assert_eq!(s.uri, "unix:/run/p.sock?timeout=500ms&on_timeout=zero");
+        let s = parse_spec("d=file:/tmp/x?ro&timeout=2m").unwrap();
+        assert_eq!(s.timeout, Some(Duration::from_secs(120)));
+        assert_eq!(s.on_timeout, OnTimeout::Error);
+        assert!(s.read_only());
+        // A path with `?` keeps its own trailing `?` once the keys go.
+        let s = parse_spec("d=file:/tmp/a?b?timeout=1").unwrap();
+        assert_eq!(
+            s.parsed,
+            PagerUri::File {
+                path: "/tmp/a?b".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(parse_spec("d=zero").unwrap().timeout, None);
+        for (bad, says) in [
+            ("d=zero?timeout=0s", "timeout=0s"),
+            ("d=zero?timeout=soon", "timeout=soon"),
+            ("d=zero?timeout=2d", "timeout=2d"),
+            ("d=zero?on_timeout=retry", "on_timeout=retry"),
+            ("d=zero?timeout=1&timeout=2", "timeout given twice"),
+        ] {
+            assert!(why(bad).contains(says), "{bad}: {}", why(bad));
+        }
+    }
+
     fn why(arg: &str) -> String {
         match parse_spec(arg) {
             Err(e) => e.to_string(),
