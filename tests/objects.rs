@@ -415,76 +415,6 @@ fn objfill_leaves_exactly_the_pattern() {
     check_objfill(64 * 1024, 1);
 }
 
-// objmap: host objects mapped with vm_allocate_with_pager, served by faults
-
-#[test]
-fn objmap_reads_a_host_file_through_page_faults() {
-    if !kvm_available("objmap_reads_a_host_file_through_page_faults") {
-        return;
-    }
-    for len in [3, 4096, 3 * MIB + 777] {
-        let f = Temp::with("map", &content(len, len as u64 + 3));
-        let obj = format!("h=file:{}?ro", f.show());
-        let out = vmm(&["run", "--object", &obj, "--init", "objmap", "h"], &[]);
-        assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
-        let want = format!("objmap: h size={len} sha256={}", sha256_file(f.path()));
-        assert!(out.line(&want).is_some(), "{len} bytes: {}", out.stdout);
-    }
-}
-
-/// objmap writes the pattern through a writable mapping: the file holds
-/// exactly the pattern afterwards, whether the mapping was removed by
-/// vm_deallocate or by the task's end.
-#[test]
-fn objmap_writes_reach_the_host_file() {
-    if !kvm_available("objmap_writes_reach_the_host_file") {
-        return;
-    }
-    for (len, keep) in [(10000, false), (MIB + 5, false), (200_000, true)] {
-        let f = Temp::with("mapw", &content(len, 41));
-        let obj = format!("h=file:{}", f.show());
-        let mut args = vec![
-            "run", "--object", &obj, "--init", "objmap", "h", "fill", "9",
-        ];
-        if keep {
-            args.push("keep");
-        }
-        let out = vmm(&args, &[]);
-        assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
-        let got = std::fs::read(f.path()).expect("read back");
-        let mut want = vec![0u8; len];
-        guest_kernel::objfill_pattern::fill(9, 0, &mut want);
-        assert_eq!(got.len(), len, "the file's length changed");
-        assert!(got == want, "{len} bytes (keep {keep}): not the pattern");
-    }
-}
-
-/// A writable mapping of a read-only object is refused when it is asked
-/// for (KERN_PROTECTION_FAILURE), not left to fault later; the file is
-/// unchanged.
-#[test]
-fn objmap_writable_mapping_of_a_read_only_object_is_refused() {
-    if !kvm_available("objmap_writable_mapping_of_a_read_only_object_is_refused") {
-        return;
-    }
-    let before = content(10000, 6);
-    let f = Temp::with("mapro", &before);
-    let obj = format!("h=file:{}?ro", f.show());
-    let out = vmm(
-        &[
-            "run", "--object", &obj, "--init", "objmap", "h", "fill", "1",
-        ],
-        &[],
-    );
-    assert_eq!(out.status, Some(1), "{}{}", out.stdout, out.stderr);
-    assert!(
-        out.line("objmap: h: KERN_PROTECTION_FAILURE").is_some(),
-        "{}",
-        out.stdout
-    );
-    assert!(std::fs::read(f.path()).expect("read back") == before);
-}
-
 #[test]
 fn objfill_on_a_read_only_object_is_refused() {
     if !kvm_available("objfill_on_a_read_only_object_is_refused") {
@@ -873,7 +803,9 @@ fn sum_of_an_object_four_times_guest_memory() {
     assert_eq!(sum_result(&out, "d"), (len as u64, sha256_file(f.path())));
 }
 
-fn check_fill(len: usize, seed: u64, mem: Option<&str>) {
+/// `fill` over a file of `len` bytes; with `keep` the task's end, not
+/// vm_deallocate, removes the mapping.
+fn check_fill(len: usize, seed: u64, mem: Option<&str>, keep: bool) {
     let f = Temp::with("fill", &content(len, seed + 1));
     let obj = format!("d=file:{}", f.show());
     let seed_s = seed.to_string();
@@ -882,6 +814,9 @@ fn check_fill(len: usize, seed: u64, mem: Option<&str>) {
         args.extend_from_slice(&["--mem", m, "--stats"]);
     }
     args.extend_from_slice(&["--object", &obj, "--init", "fill", "d", &seed_s]);
+    if keep {
+        args.push("keep");
+    }
     let out = vmm(&args, &[]);
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
     assert!(
@@ -914,8 +849,9 @@ fn fill_then_shutdown_leaves_exactly_the_pattern() {
     if !kvm_available("fill_then_shutdown_leaves_exactly_the_pattern") {
         return;
     }
-    check_fill(10_000, 3, None);
-    check_fill(MIB + 123, 4, None);
+    check_fill(10_000, 3, None, false);
+    check_fill(MIB + 123, 4, None, false);
+    check_fill(200_000, 9, None, true);
 }
 
 /// A pattern larger than the guest's memory: data_write on pageout.
@@ -924,7 +860,7 @@ fn fill_larger_than_guest_memory_writes_back_on_pageout() {
     if !kvm_available("fill_larger_than_guest_memory_writes_back_on_pageout") {
         return;
     }
-    check_fill(24 * MIB, 5, Some("16M"));
+    check_fill(24 * MIB, 5, Some("16M"), false);
 }
 
 #[test]

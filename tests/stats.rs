@@ -52,13 +52,13 @@ fn stats_show_a_mapped_host_file_paged_in_once() {
     std::fs::write(&path, &data).expect("temp file");
     let obj = format!("h=file:{}?ro", path.display());
     let out = vmm(
-        &["run", "--stats", "--object", &obj, "--init", "objmap", "h"],
+        &["run", "--stats", "--object", &obj, "--init", "sum", "h"],
         &[],
     );
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
     assert!(
-        out.line(&format!("objmap: h size={len} ")).is_some(),
+        out.line(&format!("sum: h size={len} ")).is_some(),
         "{}",
         out.stdout
     );
