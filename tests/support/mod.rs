@@ -107,7 +107,24 @@ pub fn vmm(args: &[&str], env: &[(&str, &str)]) -> Output {
         }
         if start.elapsed() > guard {
             let _ = child.kill();
-            panic!("vmm {} did not finish within {guard:?}", args.join(" "));
+            let _ = child.wait();
+            // What it printed before it hung says where.
+            let tail = |s: String| {
+                s.lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "vmm {} did not finish within {guard:?}\n--- stdout (tail):\n{}\n--- stderr (tail):\n{}",
+                args.join(" "),
+                tail(reader.join().unwrap_or_default()),
+                tail(ereader.join().unwrap_or_default())
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
