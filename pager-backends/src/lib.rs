@@ -38,6 +38,7 @@ pub mod pager;
 pub mod procedural;
 pub(crate) mod readahead;
 pub(crate) mod sg;
+pub mod size;
 pub mod stats;
 pub mod timeout;
 pub mod types;
