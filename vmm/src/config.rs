@@ -1,9 +1,9 @@
 //! What `vmm run` was asked to do, parsed and checked before any KVM call.
 
 use crate::error::{Result, VmmError};
+use pager_backends::size::{ByteSize, MIB, SizeError, parse_size};
 use std::time::Duration;
 
-pub const MIB: u64 = 1024 * 1024;
 /// Kernel heap (4 MiB), page tables, stacks and a little room for tasks.
 pub const MIN_MEM: u64 = 16 * MIB;
 /// The boot page tables cover this much with one page directory per GiB.
@@ -13,69 +13,58 @@ pub const MAX_MEM: u64 = 64 * 1024 * MIB;
 /// bits, and the host file is sparse, so this is a sanity bound.
 pub const MAX_SWAP: u64 = 1024 * 1024 * MIB;
 
-/// Parses `--swap SIZE` (`512M`, `4G`, bytes; `0` for none): `None` when
-/// swap is off, else its size in bytes, a page multiple.
+/// Parses `--swap SIZE` (a size as `pager_backends::size` reads it; `0`
+/// for none): `None` when swap is off, else its size in bytes, a page
+/// multiple.
 pub fn parse_swap_size(s: &str) -> Result<Option<u64>> {
     let bad = |why: String| VmmError::SwapSize(s.to_string(), why);
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        bad("expected a number with an optional K, M or G suffix (0: no swap)".into())
-    })?;
-    let mult = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1024,
-        "M" | "MB" | "MIB" => MIB,
-        "G" | "GB" | "GIB" => 1024 * MIB,
-        _ => return Err(bad("unknown unit (use K, M or G)".into())),
+    let bytes = match parse_size(s) {
+        Ok(n) => n,
+        Err(SizeError::Overflow) => return Err(bad(too_much_swap())),
+        Err(e) => return Err(bad(format!("{e}; 0 turns swap off"))),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| bad("too large".into()))?;
     if bytes == 0 {
         return Ok(None);
     }
     if bytes % 4096 != 0 {
         return Err(bad(format!(
-            "{bytes} bytes is not a multiple of the 4 KiB page"
+            "{} is not a multiple of the 4 KiB page",
+            ByteSize(bytes)
         )));
     }
     if bytes > MAX_SWAP {
-        return Err(bad(format!("at most {} GiB", MAX_SWAP / (1024 * MIB))));
+        return Err(bad(too_much_swap()));
     }
     Ok(Some(bytes))
 }
 
-/// Parses `256M`, `1G`, `512MiB`, `1048576` (bytes) and checks the limits.
+fn too_much_swap() -> String {
+    format!("at most {}", ByteSize(MAX_SWAP))
+}
+
+/// Parses `--mem` (`256M`, `1G`, `512MiB`, `1048576` bytes: a size as
+/// `pager_backends::size` reads it) and checks the limits.
 pub fn parse_mem_size(s: &str) -> Result<u64> {
-    let bad = |why| VmmError::MemorySize(s.to_string(), why);
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| bad("expected a number with an optional K, M or G suffix"))?;
-    let mult = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1024,
-        "M" | "MB" | "MIB" => MIB,
-        "G" | "GB" | "GIB" => 1024 * MIB,
-        _ => return Err(bad("unknown unit (use K, M or G)")),
+    let too_large = |size: String| VmmError::MemoryTooLarge {
+        size,
+        max: ByteSize(MAX_MEM),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| bad("too large"))?;
+    let bytes = match parse_size(s) {
+        Ok(n) => n,
+        Err(SizeError::Overflow) => return Err(too_large(s.trim().to_string())),
+        Err(e) => return Err(VmmError::MemorySize(s.to_string(), e)),
+    };
     if bytes % 4096 != 0 {
-        return Err(VmmError::MemoryNotPageMultiple(bytes));
+        return Err(VmmError::MemoryNotPageMultiple(ByteSize(bytes)));
     }
     if bytes < MIN_MEM {
         return Err(VmmError::MemoryTooSmall {
-            size: bytes / MIB,
-            min: MIN_MEM / MIB,
+            size: ByteSize(bytes),
+            min: ByteSize(MIN_MEM),
         });
     }
     if bytes > MAX_MEM {
-        return Err(VmmError::MemoryTooLarge {
-            size: bytes / MIB,
-            max: MAX_MEM / MIB,
-        });
+        return Err(too_large(ByteSize(bytes).to_string()));
     }
     Ok(bytes)
 }
@@ -109,7 +98,8 @@ mod tests {
         assert_eq!(parse_swap_size("512M").unwrap(), Some(512 * MIB));
         assert_eq!(parse_swap_size("1G").unwrap(), Some(1024 * MIB));
         assert_eq!(parse_swap_size("8192").unwrap(), Some(8192));
-        for bad in ["", "-1", "1X", "100", "4097", "2000G", "lots"] {
+        assert_eq!(parse_swap_size("1T").unwrap(), Some(MAX_SWAP));
+        for bad in ["", "-1", "1X", "100", "4097", "2000G", "lots", "1.5G"] {
             assert!(
                 matches!(parse_swap_size(bad), Err(VmmError::SwapSize(..))),
                 "{bad}"
@@ -146,21 +136,53 @@ mod tests {
             parse_mem_size("16777217"),
             Err(VmmError::MemoryNotPageMultiple(_))
         ));
-        assert!(matches!(
-            parse_mem_size("100T"),
-            Err(VmmError::MemorySize(..))
-        ));
-        assert!(matches!(
-            parse_mem_size("lots"),
-            Err(VmmError::MemorySize(..))
-        ));
-        assert!(matches!(
-            parse_mem_size("99999999999999999999G"),
-            Err(VmmError::MemorySize(..))
-        ));
-        assert!(matches!(
-            parse_mem_size("1000G"),
-            Err(VmmError::MemoryTooLarge { .. })
-        ));
+        for bad in ["lots", "1.5G", "1X", ""] {
+            assert!(
+                matches!(parse_mem_size(bad), Err(VmmError::MemorySize(..))),
+                "{bad}"
+            );
+        }
+        for big in ["100T", "1000G", "99999999999999999999G", "99999999T"] {
+            assert!(
+                matches!(parse_mem_size(big), Err(VmmError::MemoryTooLarge { .. })),
+                "{big}"
+            );
+        }
+    }
+
+    /// Refused sizes are shown as given, never rounded to a misleading 0.
+    #[test]
+    fn refused_sizes_are_shown_exactly() {
+        let msg = |s: &str| parse_mem_size(s).unwrap_err().to_string();
+        assert_eq!(
+            msg("4096"),
+            "memory size 4 KiB is too small: the guest needs at least 16 MiB"
+        );
+        assert_eq!(
+            msg("16773120"),
+            "memory size 16380 KiB is too small: the guest needs at least 16 MiB"
+        );
+        assert_eq!(
+            msg("99999999T"),
+            "memory size 99999999T is larger than the supported 64 GiB"
+        );
+        assert_eq!(
+            msg("65537M"),
+            "memory size 65537 MiB is larger than the supported 64 GiB"
+        );
+        assert_eq!(
+            parse_swap_size("2000G").unwrap_err().to_string(),
+            "--swap \"2000G\": at most 1 TiB"
+        );
+        assert_eq!(
+            parse_swap_size("99999999999T").unwrap_err().to_string(),
+            "--swap \"99999999999T\": at most 1 TiB"
+        );
+        assert!(
+            parse_swap_size("0.5G")
+                .unwrap_err()
+                .to_string()
+                .contains("fractions")
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Everything that can stop the VMM, each with a message a user can act on.
 
+use pager_backends::size::{ByteSize, SizeError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -21,13 +22,14 @@ pub enum VmmError {
         source: kvm_ioctls::Error,
     },
     #[error("invalid memory size {0:?}: {1}")]
-    MemorySize(String, &'static str),
-    #[error("memory size {size} MiB is too small: the guest needs at least {min} MiB")]
-    MemoryTooSmall { size: u64, min: u64 },
-    #[error("memory size {0} bytes is not a multiple of the 4 KiB page size")]
-    MemoryNotPageMultiple(u64),
-    #[error("memory size {size} MiB is larger than the supported {max} MiB")]
-    MemoryTooLarge { size: u64, max: u64 },
+    MemorySize(String, SizeError),
+    #[error("memory size {size} is too small: the guest needs at least {min}")]
+    MemoryTooSmall { size: ByteSize, min: ByteSize },
+    #[error("memory size {0} is not a multiple of the 4 KiB page size")]
+    MemoryNotPageMultiple(ByteSize),
+    /// `size` as given when it does not even fit in 64 bits.
+    #[error("memory size {size} is larger than the supported {max}")]
+    MemoryTooLarge { size: String, max: ByteSize },
     #[error("cannot allocate guest memory: {0}")]
     GuestMemory(String),
     #[error("cannot read kernel {path}: {source}")]
@@ -46,6 +48,12 @@ pub enum VmmError {
     Boot(String),
     #[error("--object {arg:?}: {why}")]
     Object { arg: String, why: String },
+    #[error("{option} {given:?}: {why}")]
+    BadSize {
+        option: &'static str,
+        given: String,
+        why: String,
+    },
     #[error("--swap {0:?}: {1}")]
     SwapSize(String, String),
     #[error("--object {arg:?}: cannot open: {source}")]
