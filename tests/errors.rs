@@ -48,6 +48,24 @@ fn kernel_that_is_not_elf() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// A file that opens but is not KVM: said so, with the ioctl's own error.
+#[test]
+fn kvm_device_that_is_not_kvm() {
+    let out = vmm(&["run"], &[("VMM_KVM_DEVICE", "/dev/null")]);
+    assert_error(
+        &["run"],
+        &[("VMM_KVM_DEVICE", "/dev/null")],
+        "/dev/null is not a KVM device",
+    );
+    assert!(
+        out.stderr
+            .contains("Inappropriate ioctl for device (os error 25)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("API version"), "{}", out.stderr);
+}
+
 #[test]
 fn memory_too_small_or_not_page_multiple() {
     assert_error(&["run", "--mem", "4M"], &[], "too small");

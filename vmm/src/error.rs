@@ -13,6 +13,12 @@ pub enum VmmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("{path} is not a KVM device: KVM_GET_API_VERSION failed: {source}")]
+    NotKvm {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmVersion(i32),
     #[error("KVM: {what}: {source}")]
