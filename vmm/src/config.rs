@@ -69,23 +69,38 @@ pub fn parse_mem_size(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-/// Longest `--pager-timeout`: a day is already "never" for a page fault.
+/// Longest pager timeout: a day is already "never" for a page fault.
 pub const MAX_PAGER_TIMEOUT_SECS: f64 = 86_400.0;
 
-/// Parses `--pager-timeout SECS` (fractions allowed: `0.5`).
+/// Parses a pager timeout, `--pager-timeout` and an object's `?timeout=`
+/// alike: seconds (`30`, `0.5`) or with a unit (`5s`, `500ms`, `2m`); more
+/// than 0 and at most a day.
+pub fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let secs = num
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * unit)
+        .filter(|s| s.is_finite() && *s <= MAX_PAGER_TIMEOUT_SECS)
+        // A value too small for a nanosecond would be no timeout at all.
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or("expected e.g. 30, 5s, 500ms or 2m: more than 0 and at most a day")?;
+    Ok(secs)
+}
+
+/// `--pager-timeout`.
 pub fn parse_pager_timeout(s: &str) -> Result<Duration> {
-    let bad = |why| VmmError::PagerTimeout(s.to_string(), why);
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| bad("expected a number of seconds"))?;
-    if secs.is_nan() || secs <= 0.0 {
-        return Err(bad("must be more than 0 seconds"));
-    }
-    if secs > MAX_PAGER_TIMEOUT_SECS {
-        return Err(bad("must be at most 86400 seconds (a day)"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    parse_timeout(s).map_err(|why| VmmError::PagerTimeout(s.to_string(), why))
 }
 
 #[cfg(test)]
@@ -114,7 +129,13 @@ mod tests {
             parse_pager_timeout("0.5").unwrap(),
             Duration::from_millis(500)
         );
-        for bad in ["0", "-1", "NaN", "inf", "soon", "", "1e9"] {
+        assert_eq!(parse_pager_timeout("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1e-9"), Ok(Duration::from_nanos(1)));
+        for bad in [
+            "0", "-1", "NaN", "inf", "soon", "", "1e9", "1e-12", "0ms", "2d",
+        ] {
             assert!(
                 matches!(parse_pager_timeout(bad), Err(VmmError::PagerTimeout(..))),
                 "{bad}"

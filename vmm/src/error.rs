@@ -71,7 +71,7 @@ pub enum VmmError {
     #[error("--object given {count} times; the device's object table holds at most {max}")]
     TooManyObjects { count: usize, max: usize },
     #[error("invalid --pager-timeout {0:?}: {1}")]
-    PagerTimeout(String, &'static str),
+    PagerTimeout(String, String),
     #[error("virtio-pager device: {0}")]
     PagerDevice(#[from] devices::pager::PagerDeviceError),
     #[error("the guest stopped: {0}")]
