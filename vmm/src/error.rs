@@ -50,6 +50,16 @@ pub enum VmmError {
     UnknownInit { name: String, known: String },
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// Bytes: the user's `--cmdline` (trimmed), init's arguments with their
+    /// ` -- ` separator, what the VMM adds (`init=NAME`, its own words and
+    /// the spaces between), and the most the kernel command line holds.
+    #[error("{}", cmdline_too_long(*given, *args, *added, *limit))]
+    CmdlineTooLong {
+        given: usize,
+        args: usize,
+        added: usize,
+        limit: usize,
+    },
     #[error("boot setup: {0}")]
     Boot(String),
     #[error("--object {arg:?}: {why}")]
@@ -78,6 +88,25 @@ pub enum VmmError {
     Guest(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+fn cmdline_too_long(given: usize, args: usize, added: usize, limit: usize) -> String {
+    let holds = format!(
+        "the kernel command line holds {limit} bytes, and the VMM adds {added} of its own (init=PROGRAM, its options, spaces)"
+    );
+    if given == 0 {
+        return format!(
+            "init's arguments take {args} bytes of the kernel command line (with the ' -- ' before them), but at most {} fit: {holds}",
+            limit.saturating_sub(added)
+        );
+    }
+    let room = limit.saturating_sub(added + args);
+    let args = if args > 0 {
+        format!("; init's arguments take {args} (with the ' -- ' before them)")
+    } else {
+        String::new()
+    };
+    format!("--cmdline is {given} bytes, but at most {room} fit: {holds}{args}")
 }
 
 pub type Result<T> = std::result::Result<T, VmmError>;

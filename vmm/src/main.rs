@@ -205,12 +205,8 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let report = run::run(&run::RunOptions {
         mem,
         kernel: a.kernel,
-        // The guest's own VM counts come from the kernel at init's exit.
-        cmdline: if stats {
-            format!("{} vm_stats=1", a.cmdline).trim_start().to_string()
-        } else {
-            a.cmdline
-        },
+        cmdline: a.cmdline,
+        vm_stats: stats,
         init: a.init,
         boot: a.boot,
         objects,
