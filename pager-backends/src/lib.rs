@@ -35,6 +35,7 @@ pub(crate) mod kernels;
 pub mod nbd;
 pub mod options;
 pub mod pager;
+pub mod poison;
 pub mod procedural;
 pub(crate) mod readahead;
 pub(crate) mod sg;

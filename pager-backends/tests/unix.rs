@@ -630,7 +630,10 @@ fn object_size_near_2_64_is_refused() {
 #[test]
 fn procedural_pager_refuses_bad_arguments() {
     for (args, says) in [
-        (&["--size", "1.5G"][..], "--size \"1.5G\": fractions are not taken"),
+        (
+            &["--size", "1.5G"][..],
+            "--size \"1.5G\": fractions are not taken",
+        ),
         (&["--size", "64X"][..], "unknown unit \"X\""),
         (&["--size", "99999999T"][..], "more than 16 EiB"),
         (&["--size", "0"][..], "object size must be non-zero"),

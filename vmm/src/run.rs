@@ -17,6 +17,7 @@ use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
 use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use pager_backends::poison;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -258,7 +259,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let (outcome, (totals, milestones)) = ran?;
     let (pager_stats, events) = match &pager_dev {
         Some(d) => {
-            let d = d.lock().unwrap_or_else(|p| p.into_inner());
+            let d = poison::lock(d);
             (Some(d.stats()), d.object_events())
         }
         None => (None, Vec::new()),
