@@ -36,6 +36,7 @@ pub mod nbd;
 pub mod options;
 pub mod pager;
 pub mod poison;
+pub mod pool;
 pub mod procedural;
 pub(crate) mod readahead;
 pub(crate) mod sg;

@@ -17,6 +17,7 @@ use super::proto::{self as p, Header, Rd, Wr};
 use crate::error::{PagerError, Result};
 use crate::pager::{DataReply, KernelControl, Pager};
 use crate::poison;
+use crate::pool::{PoolOptions, WorkPool};
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
@@ -25,7 +26,6 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::VolatileSlice;
@@ -432,26 +432,26 @@ pub fn serve_connection(
         kernels: Mutex::new(HashMap::new()),
         pool: Mutex::new(Vec::new()),
     });
-    let (tx, rx) = mpsc::sync_channel::<Job>(opts.workers.max(1) * 4);
-    let rx = Arc::new(Mutex::new(rx));
-    let mut workers = Vec::new();
-    for _ in 0..opts.workers.max(1) {
-        let (conn, rx) = (conn.clone(), rx.clone());
-        let stream = stream.try_clone().map_err(ctx)?;
-        workers.push(std::thread::spawn(move || {
-            loop {
-                let mut job = match poison::lock(&rx).recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                };
-                if conn.handle(&mut job).is_err() {
-                    // Cannot even reply: end the connection.
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
-                conn.give_back(job.body);
+    let reply_stream = stream.try_clone().map_err(ctx)?;
+    let worker_conn = conn.clone();
+    let workers = WorkPool::new(
+        PoolOptions {
+            name: "pager-serve".into(),
+            threads: opts.workers,
+            // The reader waits when the workers are this far behind, so
+            // one kernel side cannot queue without bound.
+            capacity: Some(opts.workers.max(1) * 4),
+            spin: Duration::ZERO,
+        },
+        move |mut job: Job| {
+            if worker_conn.handle(&mut job).is_err() {
+                // Cannot even reply: end the connection.
+                let _ = reply_stream.shutdown(Shutdown::Both);
             }
-        }));
-    }
+            worker_conn.give_back(job.body);
+        },
+    )
+    .map_err(ctx)?;
 
     let result = loop {
         let mut h = [0u8; p::HEADER_LEN];
@@ -487,15 +487,15 @@ pub fn serve_connection(
         if let Err(e) = sg::read_exact_fd(fd, &mut body) {
             break Err(ctx(e));
         }
-        if tx.send(Job { hd, body }).is_err() {
+        if workers.submit(Job { hd, body }).is_err() {
             break Ok(());
         }
     };
-    drop(tx);
+    // Queued requests are still served (their replies fail once the
+    // stream is shut down) before the kernels are terminated below.
+    workers.close();
     let _ = stream.shutdown(Shutdown::Both);
-    for w in workers {
-        let _ = w.join();
-    }
+    workers.join();
     // The kernel side is gone: whatever it had mapped is released.
     let left: Vec<KernelId> = poison::lock(&conn.kernels)
         .drain()
