@@ -499,7 +499,7 @@ fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
     let r = Rd(body);
     let kernel = r.u64(0);
     // A message racing with terminate finds no kernel: harmless, dropped.
-    let Some(ctl) = poison::read(&controls).get(&kernel).cloned() else {
+    let Some(ctl) = poison::read(controls).get(&kernel).cloned() else {
         return Ok(());
     };
     // The kernel side's own errors (e.g. it is shutting down) are its
