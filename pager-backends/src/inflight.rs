@@ -9,7 +9,8 @@
 //! the caller cannot return while its slot is claimed.
 
 use crate::error::{PagerError, Result};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use crate::poison::{self, lock};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::VolatileSlice;
 
@@ -96,12 +97,6 @@ pub(crate) struct Claim {
     pub expect: Expect,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder cannot leave these states half-updated in a way
-    // that matters more than refusing service would.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl<R> Inflight<R> {
     pub(crate) fn new(max: usize) -> Self {
         let max = max.clamp(1, 1 << 16);
@@ -148,11 +143,7 @@ impl<R> Inflight<R> {
             if now >= deadline {
                 return Err(PagerError::Timeout(timeout));
             }
-            f = self
-                .free_cv
-                .wait_timeout(f, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            f = poison::wait_timeout(&self.free_cv, f, deadline - now).0;
         };
         // Generation 0 is never used, so id 0 is never valid.
         let generation = f.next_gen;
@@ -216,11 +207,7 @@ impl<R> Inflight<R> {
                         self.release(t.idx);
                         return Err(PagerError::Timeout(timeout));
                     }
-                    st = slot
-                        .cv
-                        .wait_timeout(st, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                    st = poison::wait_timeout(&slot.cv, st, deadline - now).0;
                 }
                 State::Filling { generation } if *generation == t.generation => {
                     if Instant::now() >= deadline {
@@ -229,14 +216,10 @@ impl<R> Inflight<R> {
                         if let Some(a) = abort.take() {
                             a();
                         }
-                        st = slot.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                        st = poison::wait(&slot.cv, st);
                     } else {
                         let left = deadline - Instant::now();
-                        st = slot
-                            .cv
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
+                        st = poison::wait_timeout(&slot.cv, st, left).0;
                     }
                 }
                 _ => {

@@ -624,3 +624,29 @@ fn object_size_near_2_64_is_refused() {
     let err = p.init(K, Arc::new(Recorder::default())).unwrap_err();
     assert!(err.to_string().contains("reports an object of"), "{err}");
 }
+
+/// The procedural pager reads `--size` as every size in the project is read
+/// (pager_backends::size), and says what is wrong with one it refuses.
+#[test]
+fn procedural_pager_refuses_bad_arguments() {
+    for (args, says) in [
+        (
+            &["--size", "1.5G"][..],
+            "--size \"1.5G\": fractions are not taken",
+        ),
+        (&["--size", "64X"][..], "unknown unit \"X\""),
+        (&["--size", "99999999T"][..], "more than 16 EiB"),
+        (&["--size", "0"][..], "object size must be non-zero"),
+        (&["--seed", "1K"][..], "--seed \"1K\": expected a number"),
+        (&["--bogus", "1"][..], "usage: procedural-pager"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_procedural-pager"))
+            .args(["--socket", "/nonexistent/never-bound.sock"])
+            .args(args)
+            .output()
+            .expect("run procedural-pager");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: expected {says:?} in {err}");
+    }
+}

@@ -4,6 +4,7 @@
 //! on the event queue. Nothing here touches guest memory or blocks.
 
 use super::wire::{Event, ObjectId, event};
+use pager_backends::poison;
 use pager_backends::{Access, KernelControl, ObjectOffset, PAGE_SIZE, PagerError, Result};
 use std::collections::VecDeque;
 use std::io;
@@ -112,7 +113,7 @@ impl EventBacklog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Backlog> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.inner)
     }
 
     fn push(&self, epoch: u64, ev: PendingEvent) -> Result<()> {

@@ -9,6 +9,7 @@ use crate::error::{PagerError, Result};
 use crate::inflight::{Claim, Inflight};
 use crate::options::OpenOptions;
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::poison;
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
@@ -214,10 +215,7 @@ impl UnixPager {
         msg[p::HEADER_LEN..p::HEADER_LEN + fixed.len()].copy_from_slice(fixed);
         let head = &msg[..p::HEADER_LEN + fixed.len()];
         let sent = {
-            let _g = self
-                .send_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _g = poison::lock(&self.send_lock);
             match data {
                 Some((b, n)) => {
                     sg::write_all_with(self.stream.as_raw_fd(), head, &mut Cursor::new(b, 0, n))
@@ -261,11 +259,7 @@ impl Pager for UnixPager {
         // Registered first so messages the pager sends from inside its init
         // already find their kernel.
         {
-            let mut c = self
-                .shared
-                .controls
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut c = poison::write(&self.shared.controls);
             if c.contains_key(&kernel.0) {
                 return Err(PagerError::Protocol(format!(
                     "kernel {} initialised twice",
@@ -285,11 +279,7 @@ impl Pager for UnixPager {
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.shared
-                .controls
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&kernel.0);
+            poison::write(&self.shared.controls).remove(&kernel.0);
         }
         r
     }
@@ -394,11 +384,7 @@ impl Pager for UnixPager {
     }
 
     fn terminate(&self, kernel: KernelId) -> Result<()> {
-        let known = self
-            .shared
-            .controls
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        let known = poison::write(&self.shared.controls)
             .remove(&kernel.0)
             .is_some();
         if !known {
@@ -513,12 +499,7 @@ fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
     let r = Rd(body);
     let kernel = r.u64(0);
     // A message racing with terminate finds no kernel: harmless, dropped.
-    let Some(ctl) = controls
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&kernel)
-        .cloned()
-    else {
+    let Some(ctl) = poison::read(controls).get(&kernel).cloned() else {
         return Ok(());
     };
     // The kernel side's own errors (e.g. it is shutting down) are its
