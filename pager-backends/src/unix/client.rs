@@ -58,6 +58,8 @@ pub struct UnixPager {
     shared: Arc<Shared>,
     size: AtomicU64,
     timeout: Duration,
+    /// Requests that may be left waiting for a late answer (inflight.rs).
+    max_abandoned: usize,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -165,6 +167,7 @@ impl UnixPager {
             shared,
             size: AtomicU64::new(0),
             timeout: opts.request_timeout,
+            max_abandoned: (opts.max_in_flight / 4).max(1),
             reader: Some(reader),
         };
         let size = pager.extent()?;
@@ -231,7 +234,13 @@ impl UnixPager {
                 self.path.display()
             )));
         }
-        self.shared.inflight.wait(t, self.timeout, || self.kill())
+        // A request left unanswered past the timeout is abandoned, not the
+        // connection: the pager's late answer is recognised by its id and
+        // dropped. Only a pager that leaves a quarter of the slots
+        // unanswered is given up on.
+        self.shared
+            .inflight
+            .wait_or_abandon(t, self.timeout, self.max_abandoned, || self.kill())
     }
 
     fn unexpected(&self, what: &str) -> PagerError {
@@ -443,6 +452,18 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
                 "data provided carries {bytes} bytes in a {}-byte message, for {} bytes of buffer",
                 hd.len, claim.expect.len
             )));
+        }
+        if claim.abandoned {
+            // A late answer to a request that timed out: its buffers went
+            // back to their owner long ago. Read the data and drop it.
+            let mut left = bytes as usize;
+            scratch.resize(PAGE_SIZE as usize, 0);
+            while left > 0 {
+                let n = left.min(scratch.len());
+                sg::read_exact_fd(fd, &mut scratch[..n]).map_err(io)?;
+                left -= n;
+            }
+            return Ok(Reply::Provided { bytes, lock });
         }
         let raw = claim
             .expect
