@@ -126,6 +126,25 @@ fn write(dir: &Path, name: &str, pem: &str) {
     std::fs::write(dir.join(name), pem).unwrap();
 }
 
+/// A directory for one test's certificates, removed when dropped (for
+/// tests without the tempfile crate).
+pub struct CertDir(pub PathBuf);
+
+impl CertDir {
+    pub fn new(test: &str) -> CertDir {
+        let p = std::env::temp_dir().join(format!("duality-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        CertDir(p)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A server's credentials directory as qemu-nbd's tls-creds-x509 (and
 /// nbdkit) read it: `ca-cert.pem` (the CA its clients' certificates must
 /// chain to), `server-cert.pem`, `server-key.pem`.
