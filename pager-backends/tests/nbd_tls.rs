@@ -515,3 +515,267 @@ fn unusable_certificate_directories_are_clear_errors() {
     let why = tls_refusal(&uri(&half));
     assert!(why.contains("not a usable certificate and key"), "{why}");
 }
+
+// --- an in-process NBD server over TLS (rustls): runs without qemu-nbd ----
+
+/// What the in-process server does once the client is in transmission.
+#[derive(Clone, Copy)]
+enum Serve {
+    /// Serves requests one at a time, each reply written whole before the
+    /// next request is read (so it stops reading while a reply does not
+    /// fit the socket), and updates its TLS keys every `key_update_every`
+    /// requests.
+    Disk { key_update_every: u32 },
+    /// Reads one request and never answers.
+    Silent,
+    /// Sends a read reply's header and half its data, then hangs up.
+    DieMidReply,
+}
+
+/// An NBD server for one client over TLS with `cert`, serving `disk`.
+/// Returns the port and the thread, which hands the disk back at the end.
+fn rustls_nbd_server(
+    cert: &common::tls::Issued,
+    disk: Vec<u8>,
+    serve: Serve,
+) -> (u16, std::thread::JoinHandle<Vec<u8>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_slice(cert.cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut disk = disk;
+        let (mut s, _) = l.accept().unwrap();
+        // Small socket buffers on this side, so that what is in flight
+        // does not fit them and both sides must keep reading.
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            let n: libc::c_int = 64 << 10;
+            // SAFETY: a valid socket and an int option.
+            let r = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&n as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0);
+        }
+        s.write_all(b"NBDMAGICIHAVEOPT\0\x03").unwrap();
+        let mut head = [0u8; 4 + 16];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head[4..12], b"IHAVEOPT");
+        assert_eq!(u32::from_be_bytes(head[12..16].try_into().unwrap()), 5);
+        let reply = |opt: u32, ty: u32, data: &[u8]| {
+            let mut m = 0x0003_e889_0455_65a9u64.to_be_bytes().to_vec();
+            m.extend_from_slice(&opt.to_be_bytes());
+            m.extend_from_slice(&ty.to_be_bytes());
+            m.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            m.extend_from_slice(data);
+            m
+        };
+        s.write_all(&reply(5, 1, &[])).unwrap();
+        let session = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+        let mut tls = rustls::StreamOwned::new(session, s);
+        let mut opt = [0u8; 16];
+        tls.read_exact(&mut opt).unwrap();
+        assert_eq!(u32::from_be_bytes(opt[8..12].try_into().unwrap()), 7, "GO");
+        let mut body = vec![0u8; u32::from_be_bytes(opt[12..16].try_into().unwrap()) as usize];
+        tls.read_exact(&mut body).unwrap();
+        let mut info = 0u16.to_be_bytes().to_vec();
+        info.extend_from_slice(&(disk.len() as u64).to_be_bytes());
+        info.extend_from_slice(&(1u16 | 4).to_be_bytes());
+        tls.write_all(&reply(7, 3, &info)).unwrap();
+        tls.write_all(&reply(7, 1, &[])).unwrap();
+        tls.flush().unwrap();
+        let mut served = 0u32;
+        loop {
+            let mut req = [0u8; 28];
+            if tls.read_exact(&mut req).is_err() {
+                break;
+            }
+            let cmd = u16::from_be_bytes([req[6], req[7]]);
+            let off = u64::from_be_bytes(req[16..24].try_into().unwrap()) as usize;
+            let len = u32::from_be_bytes(req[24..28].try_into().unwrap()) as usize;
+            let mut head = 0x6744_6698u32.to_be_bytes().to_vec();
+            head.extend_from_slice(&0u32.to_be_bytes());
+            head.extend_from_slice(&req[8..16]);
+            match (serve, cmd) {
+                (_, 2) => break,
+                (Serve::Silent, _) => {
+                    // Keep the connection open until the client hangs up.
+                    let _ = tls.read(&mut [0u8; 1]);
+                    break;
+                }
+                (Serve::DieMidReply, _) => {
+                    tls.write_all(&head).unwrap();
+                    tls.write_all(&disk[off..off + len / 2]).unwrap();
+                    tls.flush().unwrap();
+                    break;
+                }
+                (Serve::Disk { key_update_every }, _) => {
+                    match cmd {
+                        0 => {
+                            tls.write_all(&head).unwrap();
+                            tls.write_all(&disk[off..off + len]).unwrap();
+                        }
+                        1 => {
+                            tls.read_exact(&mut disk[off..off + len]).unwrap();
+                            tls.write_all(&head).unwrap();
+                        }
+                        _ => tls.write_all(&head).unwrap(),
+                    }
+                    served += 1;
+                    if served.is_multiple_of(key_update_every) {
+                        tls.conn.refresh_traffic_keys().unwrap();
+                    }
+                    tls.flush().unwrap();
+                }
+            }
+        }
+        disk
+    });
+    (port, h)
+}
+
+/// A CA and a client directory trusting it, in `dir`; the server
+/// certificate for 127.0.0.1.
+fn local_pki(dir: &Path) -> (common::tls::Issued, std::path::PathBuf) {
+    let ca = TestCa::new("Duality test CA");
+    let cert = ca.issue(&["127.0.0.1"], Role::Server);
+    (cert, client_dir(&dir.join("client"), &ca, None))
+}
+
+#[test]
+fn concurrent_large_requests_against_a_server_that_answers_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, client) = local_pki(dir.path());
+    // Each of 8 threads reads its own 4 MiB and writes its own 4 MiB, four
+    // times: far more than the sockets buffer, while the server stops
+    // reading whenever a reply does not fit. A sender that kept the TLS
+    // session locked while waiting for room would stop the reader, and the
+    // two sides would wait for each other until the request timeout.
+    let (threads, piece) = (8usize, 4usize << 20);
+    let size = 2 * threads * piece;
+    let (port, server) = rustls_nbd_server(
+        &cert,
+        pattern(size),
+        Serve::Disk {
+            key_update_every: 7,
+        },
+    );
+    let p = open(&format!(
+        "nbds://127.0.0.1:{port}/e?tls-certificates={}",
+        client.display()
+    ))
+    .unwrap();
+    p.init(K, Arc::new(Recorder::default())).unwrap();
+    let expect = Arc::new(pattern(size));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (p, expect) = (p.clone(), expect.clone());
+            std::thread::spawn(move || {
+                let (rd, wr) = (2 * t * piece, (2 * t + 1) * piece);
+                for round in 0..4u8 {
+                    let mut buf = vec![0u8; piece];
+                    p.data_request(
+                        K,
+                        ObjectOffset(rd as u64),
+                        piece as u64,
+                        Access::READ,
+                        &[slice(&mut buf)],
+                    )
+                    .unwrap();
+                    assert!(buf[..] == expect[rd..rd + piece]);
+                    let mut mine = vec![round ^ t as u8; piece];
+                    p.data_write(
+                        K,
+                        ObjectOffset(wr as u64),
+                        piece as u64,
+                        &[slice(&mut mine)],
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    p.terminate(K).unwrap();
+    drop(p);
+    let disk = server.join().unwrap();
+    for t in 0..threads {
+        let (rd, wr) = (2 * t * piece, (2 * t + 1) * piece);
+        assert!(
+            disk[wr..wr + piece].iter().all(|&b| b == 3 ^ t as u8),
+            "thread {t}"
+        );
+        assert!(disk[rd..rd + piece] == expect[rd..rd + piece]);
+    }
+}
+
+#[test]
+fn silent_tls_server_times_out_and_the_connection_is_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, client) = local_pki(dir.path());
+    let (port, server) = rustls_nbd_server(&cert, pattern(1 << 20), Serve::Silent);
+    let opts = OpenOptions {
+        request_timeout: std::time::Duration::from_millis(300),
+        ..OpenOptions::default()
+    };
+    let p = pager_backends::open(
+        &format!(
+            "nbds://127.0.0.1:{port}/e?tls-certificates={}",
+            client.display()
+        ),
+        &opts,
+    )
+    .unwrap();
+    p.init(K, Arc::new(Recorder::default())).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
+    assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
+    let again = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
+    assert!(matches!(again, PagerError::Dead(_)), "{again:?}");
+    drop(p);
+    server.join().unwrap();
+}
+
+#[test]
+fn tls_server_dying_mid_reply_fails_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, client) = local_pki(dir.path());
+    let (port, server) = rustls_nbd_server(&cert, pattern(1 << 20), Serve::DieMidReply);
+    let p = open(&format!(
+        "nbds://127.0.0.1:{port}/e?tls-certificates={}",
+        client.display()
+    ))
+    .unwrap();
+    p.init(K, Arc::new(Recorder::default())).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let err = p
+        .data_request(K, ObjectOffset(0), 65536, Access::READ, &[slice(&mut buf)])
+        .unwrap_err();
+    assert!(
+        matches!(&err, PagerError::Dead(m) if m.contains("mid-reply")),
+        "{err:?}"
+    );
+    server.join().unwrap();
+}
