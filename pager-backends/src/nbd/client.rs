@@ -88,7 +88,7 @@ impl NbdClient {
             }
             Some(mut tls) => {
                 proto::starttls(&mut stream).map_err(|e| tls.explain(e))?;
-                tls.handshake(&mut stream).map_err(|e| tls.explain(e))?;
+                tls.handshake(&mut stream)?;
                 let export = proto::negotiate(
                     &mut rustls::Stream::new(tls.session(), &mut stream),
                     export,
