@@ -22,11 +22,12 @@
 //! writes byte slices, and guest memory is only touched by copies.
 
 use super::transport::Stream;
+use crate::poison::lock;
 use crate::sg::Cursor;
 use rustls::ClientConnection;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Bytes per copy to or from the session: one full TLS record.
@@ -94,12 +95,6 @@ fn wait_for(fd: RawFd, events: libc::c_short, timeout: Option<Duration>) -> io::
             return Err(e);
         }
     }
-}
-
-fn lock(m: &Mutex<ClientConnection>) -> MutexGuard<'_, ClientConnection> {
-    // A panic while holding the session leaves it in some rustls state;
-    // its own error checks report anything inconsistent from there.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Writes what the session has queued until done or the socket is full
