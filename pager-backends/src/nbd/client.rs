@@ -74,10 +74,9 @@ impl NbdClient {
         stream
             .set_timeouts(Some(opts.connect_timeout), Some(opts.connect_timeout))
             .map_err(ctx)?;
-        let greeting = proto::greet(&mut stream)?;
         let (transport, export) = match tls {
             None => {
-                let export = proto::negotiate(&mut stream, export, greeting)?;
+                let export = proto::handshake(&mut stream, export)?;
                 // From here the reader waits as long as it must; per-request
                 // deadlines are enforced by the waiters (they shut the
                 // socket down).
@@ -87,6 +86,7 @@ impl NbdClient {
                 (Transport::Plain(Arc::new(stream)), export)
             }
             Some(mut tls) => {
+                let greeting = proto::greet(&mut stream)?;
                 proto::starttls(&mut stream).map_err(|e| tls.explain(e))?;
                 tls.handshake(&mut stream)?;
                 let export = proto::negotiate(

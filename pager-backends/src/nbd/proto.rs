@@ -194,6 +194,13 @@ pub(crate) fn greet<S: Read + Write>(s: &mut S) -> Result<Greeting> {
     Ok(Greeting { no_zeroes })
 }
 
+/// The whole plaintext handshake for `export`: the greeting, then the
+/// options.
+pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Export> {
+    let greeting = greet(s)?;
+    negotiate(s, export, greeting)
+}
+
 /// Asks the server to start TLS (NBD_OPT_STARTTLS). On Ok the next bytes on
 /// the socket are the TLS handshake; any refusal is an error, never a
 /// reason to go on in plaintext.
