@@ -25,6 +25,27 @@ fn read_returns_the_files_bytes_and_stat_its_size() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// `vmm pager stat|read ... | head`: a reader that went away is not an
+/// error, and nothing panics.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    for args in [
+        &["pager", "stat", "zero?size=1M"][..],
+        &["pager", "read", "zero?size=1M"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run vmm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn bad_uris_and_missing_files_are_clear_errors() {
     let out = vmm(&["pager", "read", "file:/nonexistent/object"], &[]);

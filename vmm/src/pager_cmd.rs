@@ -117,17 +117,21 @@ pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
         PagerCommand::Stat { uri } => {
             let pager = open_for_inspection(&uri, &opts)?;
             let info = init(&pager)?;
-            println!("uri:       {uri}");
-            println!("backend:   {}", pager.describe());
-            println!(
-                "size:      {} bytes ({} pages)",
+            let text = format!(
+                "uri:       {uri}\nbackend:   {}\nsize:      {} bytes ({} pages)\nread-only: {}\nmay cache: {}\n",
+                pager.describe(),
                 info.size,
-                info.size.div_ceil(PAGE_SIZE)
+                info.size.div_ceil(PAGE_SIZE),
+                info.read_only,
+                info.may_cache
             );
-            println!("read-only: {}", info.read_only);
-            println!("may cache: {}", info.may_cache);
+            let written = io::stdout().lock().write_all(text.as_bytes());
             pager.terminate(ME)?;
-            Ok(())
+            match written {
+                // `vmm pager stat ... | head -1` is not an error.
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(PagerCmdError::Stdout(e)),
+                _ => Ok(()),
+            }
         }
         PagerCommand::Read { uri, offset, len } => {
             let pager = open_for_inspection(&uri, &opts)?;
