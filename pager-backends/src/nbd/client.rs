@@ -181,10 +181,11 @@ impl NbdClient {
         let inflight = Arc::new(Inflight::new(opts.max_in_flight));
         let rstream = stream.try_clone().map_err(ctx)?;
         let rinflight = inflight.clone();
-        let reader = std::thread::Builder::new()
-            // Not the target: a socket name may hold bytes a thread name cannot.
-            .name("nbd-reader".into())
-            .spawn(move || reader_loop(rstream, rinflight))
+        // Not the target: a socket name may hold bytes a thread name cannot.
+        let reader =
+            crate::spawn_hooked("nbd-reader".into(), opts.reader_hook.as_ref(), move || {
+                reader_loop(rstream, rinflight)
+            })
             .map_err(ctx)?;
         Ok(NbdClient {
             stream,
