@@ -9,13 +9,14 @@ use super::wire::{
 };
 use crate::virtio::Segment;
 use pager_backends::{
-    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError,
+    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError, ThreadHook,
+    spawn_hooked,
 };
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -151,7 +152,13 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(threads: usize, completions: Arc<Completions>) -> io::Result<Self> {
+    /// `hook` runs first on each worker (the VMM confines it there), before
+    /// it takes any job; a worker whose hook fails fails the pool.
+    pub fn new(
+        threads: usize,
+        completions: Arc<Completions>,
+        hook: Option<&ThreadHook>,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 batches: VecDeque::new(),
@@ -165,11 +172,18 @@ impl WorkerPool {
         for i in 0..threads.max(1) {
             let sh = shared.clone();
             let done = completions.clone();
-            handles.push(
-                thread::Builder::new()
-                    .name(format!("pager-worker-{i}"))
-                    .spawn(move || worker_loop(&sh, &done))?,
-            );
+            let worker = spawn_hooked(format!("pager-worker-{i}"), hook, move || {
+                worker_loop(&sh, &done)
+            });
+            match worker {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // The workers already started end once the queue closes.
+                    shared.lock().open = false;
+                    shared.cv.notify_all();
+                    return Err(e);
+                }
+            }
         }
         Ok(WorkerPool {
             shared,
