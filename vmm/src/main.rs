@@ -16,6 +16,7 @@ mod pager_cmd;
 mod pager_device;
 mod report;
 mod run;
+mod seccomp;
 mod stats;
 mod uffd;
 mod vcpu;
@@ -72,6 +73,17 @@ enum Cmd {
         /// How to enter the kernel.
         #[arg(long, value_enum, default_value_t = run::BootProtocol::Auto)]
         boot: run::BootProtocol,
+        /// Run without seccomp. By default every VMM thread (event loop, vCPU,
+        /// pager workers and readers, final sync) runs under its own seccomp
+        /// filter of the system calls it needs once set up; any other call
+        /// stops the VMM with "vmm: seccomp: thread NAME made forbidden system
+        /// call NR (NAME)" on stderr and exit status 159.
+        #[arg(long)]
+        no_seccomp: bool,
+        /// Test hook: a thread of this kind makes a forbidden call (socket)
+        /// right after its filter is installed. Harmless without filters.
+        #[arg(long, value_enum, value_name = "THREAD", hide = true)]
+        seccomp_selftest: Option<seccomp::ThreadKind>,
         /// The first program and its arguments; takes the rest of the command line,
         /// so give it last (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
@@ -142,6 +154,8 @@ fn main() -> ExitCode {
             swap,
             pager_timeout,
             boot,
+            no_seccomp,
+            seccomp_selftest,
             init,
         } => run_cmd(RunArgs {
             mem,
@@ -152,6 +166,8 @@ fn main() -> ExitCode {
             swap,
             pager_timeout,
             boot,
+            seccomp: !no_seccomp,
+            seccomp_selftest,
             init,
         }),
         Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
@@ -192,6 +208,8 @@ struct RunArgs {
     swap: String,
     pager_timeout: String,
     boot: run::BootProtocol,
+    seccomp: bool,
+    seccomp_selftest: Option<seccomp::ThreadKind>,
     init: Vec<String>,
 }
 
@@ -215,6 +233,8 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         boot: a.boot,
         objects,
         pager_timeout,
+        seccomp: a.seccomp,
+        seccomp_selftest: a.seccomp_selftest,
     })?;
     if stats {
         for line in report::stats_lines(&report) {
