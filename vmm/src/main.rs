@@ -90,11 +90,20 @@ enum Cmd {
         init: Vec<String>,
     },
     /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCmd),
+    Bench(BenchArgs),
     /// Check a pager backend (file:, zero, nbd://, nbd+unix://, unix:) before any guest uses it.
     #[command(subcommand)]
     Pager(pager_cmd::PagerCommand),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Boot the benchmarks' guests without seccomp (as `vmm run
+    /// --no-seccomp`), e.g. to see what the filters cost.
+    #[arg(long, global = true)]
+    no_seccomp: bool,
+    #[command(subcommand)]
+    cmd: BenchCmd,
 }
 
 #[derive(Subcommand)]
@@ -170,17 +179,22 @@ fn main() -> ExitCode {
             seccomp_selftest,
             init,
         }),
-        Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Objread { size }) => bench_objread::parse_size(&size)
-            .and_then(bench_objread::objread)
-            .map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Ipc { rounds }) => bench_ipc::ipc(rounds).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Vm { pages }) => bench_vm::vm(pages).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Fault { pages, mib, seed }) => {
-            bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
-                .map(|_| ExitCode::SUCCESS)
+        Cmd::Bench(b) => {
+            bench::set_no_seccomp(b.no_seccomp);
+            match b.cmd {
+                BenchCmd::Boot { runs } => bench::boot(runs),
+                BenchCmd::Objread { size } => {
+                    bench_objread::parse_size(&size).and_then(bench_objread::objread)
+                }
+                BenchCmd::Ipc { rounds } => bench_ipc::ipc(rounds),
+                BenchCmd::Vm { pages } => bench_vm::vm(pages),
+                BenchCmd::Fault { pages, mib, seed } => {
+                    bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
+                }
+                BenchCmd::Probe => bench::probe(),
+            }
+            .map(|_| ExitCode::SUCCESS)
         }
-        Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => {
