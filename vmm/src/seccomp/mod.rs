@@ -111,7 +111,7 @@ impl Confinement {
             let install = |prog: &BpfProgram| {
                 seccompiler::apply_filter(prog).map_err(|e| {
                     io::Error::other(format!(
-                        "seccomp: cannot install the {} filter: {e}",
+                        "seccomp: cannot install the {} filter: {e} (--no-seccomp runs without filters)",
                         kind.name()
                     ))
                 })
