@@ -118,10 +118,11 @@ fn merge(rules: &mut Rules, other: Rules) {
 }
 
 /// What every thread needs whatever its job: memory (never executable),
-/// locks, sleeping, the clock when the vDSO cannot serve it, signal return,
-/// writing (its eventfds, the console, log lines, the SIGSYS report),
-/// closing what it drops, and its own end. `pid` is ours: a panic aborts
-/// through raise(SIGABRT), which may signal this process and nothing else.
+/// locks and condition variables (futex), the clock when the vDSO cannot
+/// serve it, signal masks and return, writing (its eventfds, the console,
+/// log lines, the SIGSYS report), closing what it drops, and its own end.
+/// `pid` is ours: a panic aborts through raise(SIGABRT), which may signal
+/// this process and nothing else.
 fn common(pid: u32) -> Built {
     let mut r = Rules::new();
     allow(
@@ -132,12 +133,10 @@ fn common(pid: u32) -> Built {
             Sysno::mremap,
             Sysno::madvise,
             Sysno::futex,
-            Sysno::sched_yield,
             // glibc sizes its malloc arenas from it on a thread's first malloc.
             Sysno::sched_getaffinity,
-            Sysno::nanosleep,
-            Sysno::clock_nanosleep,
             Sysno::clock_gettime,
+            // A futex wait with a timeout resumes this way after SIGSTOP/SIGCONT.
             Sysno::restart_syscall,
             Sysno::rt_sigprocmask,
             Sysno::rt_sigreturn,
@@ -267,7 +266,6 @@ fn main_thread() -> Built {
         &mut r,
         &[
             Sysno::epoll_wait,
-            Sysno::epoll_pwait,
             Sysno::epoll_ctl,
             Sysno::read,
             Sysno::preadv2,
