@@ -61,7 +61,7 @@ pub enum UriError {
         why: &'static str,
     },
     #[error(
-        "bad size {0:?} (expected a byte count like 4096, 64K, 16M or 2G, a whole number of pages)"
+        "bad size {0:?} (expected a byte count like 4096, 64K, 16M, 2G or 1T, a whole number of pages)"
     )]
     BadSize(String),
     #[error("nbd: missing host in {0:?} (expected nbd://HOST[:PORT]/EXPORT)")]
@@ -104,21 +104,12 @@ pub enum PagerUri {
     },
 }
 
+/// `size=`: a size as crate::size reads it, more than zero and whole pages.
 fn parse_size(s: &str) -> Result<u64, UriError> {
-    let bad = || UriError::BadSize(s.to_string());
-    let (digits, mult) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 1 << 30),
-        Some(b't' | b'T') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let n = n.checked_mul(mult).ok_or_else(bad)?;
-    if n == 0 || n % crate::PAGE_SIZE != 0 {
-        return Err(bad());
-    }
-    Ok(n)
+    crate::size::parse_size(s)
+        .ok()
+        .filter(|&n| n != 0 && n.is_multiple_of(crate::PAGE_SIZE))
+        .ok_or_else(|| UriError::BadSize(s.to_string()))
 }
 
 /// The URI's scheme in lower case, if it has one (RFC 3986: a letter, then

@@ -10,6 +10,7 @@ mod boot;
 mod bus;
 mod config;
 mod error;
+mod exit;
 mod images;
 mod objects;
 mod pager_cmd;
@@ -41,6 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot the guest kernel and run its init program; exits with init's status.
+    #[command(after_help = exit::HELP)]
     Run {
         /// Guest memory (e.g. 256M, 1G).
         #[arg(long, default_value = "256M")]
@@ -207,7 +209,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vmm: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::VMM_FAILED)
         }
     }
 }
@@ -237,12 +239,8 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let report = run::run(&run::RunOptions {
         mem,
         kernel: a.kernel,
-        // The guest's own VM counts come from the kernel at init's exit.
-        cmdline: if stats {
-            format!("{} vm_stats=1", a.cmdline).trim_start().to_string()
-        } else {
-            a.cmdline
-        },
+        cmdline: a.cmdline,
+        vm_stats: stats,
         init: a.init,
         boot: a.boot,
         objects,
@@ -259,12 +257,22 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         // Data the guest wrote may be lost: that must not look like success.
         Outcome::Exited(0) if report.sync_failures > 0 => {
             eprintln!(
-                "vmm: the guest exited 0, but {} object(s) failed to sync: exiting 1",
-                report.sync_failures
+                "vmm: the guest exited 0, but {} object(s) failed to sync: exiting {}",
+                report.sync_failures,
+                exit::VMM_FAILED
             );
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(exit::VMM_FAILED))
         }
-        Outcome::Exited(status) => Ok(ExitCode::from((status & 0xff) as u8)),
+        Outcome::Exited(status) => {
+            let code = exit::from_guest_status(status);
+            if u32::from(code) != status {
+                eprintln!(
+                    "vmm: init exited with status {}, which does not fit in an exit code (1-255): exiting {code}",
+                    exit::shown(status)
+                );
+            }
+            Ok(ExitCode::from(code))
+        }
         Outcome::Failed(why) => Err(error::VmmError::Guest(why)),
     }
 }

@@ -40,28 +40,6 @@ pub struct ObjectSpec {
 /// The query keys the VMM takes for itself, whatever the backend.
 const OBJECT_KEYS: [&str; 2] = ["timeout", "on_timeout"];
 
-/// Parses a per-object timeout: `5s`, `500ms`, `2m`, or seconds (`1.5`).
-fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
-    let (num, unit) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (v, 1.0)
-    };
-    let secs = num
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * unit)
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= crate::config::MAX_PAGER_TIMEOUT_SECS)
-        .ok_or_else(|| {
-            format!("timeout={v}: expected e.g. 5s, 500ms, 2m, more than 0 and at most a day")
-        })?;
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// Takes the VMM's own keys out of `uri`'s query: the URI the backend
 /// parses, this object's timeout and its policy.
 fn take_object_keys(
@@ -76,7 +54,11 @@ fn take_object_keys(
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "timeout" if timeout.is_none() => timeout = Some(parse_timeout(v)?),
+            "timeout" if timeout.is_none() => {
+                timeout = Some(
+                    crate::config::parse_timeout(v).map_err(|why| format!("timeout={v}: {why}"))?,
+                )
+            }
             "on_timeout" if on_timeout.is_none() => {
                 on_timeout = Some(OnTimeout::parse(v).ok_or_else(|| {
                     format!("on_timeout={v}: expected on_timeout=error or on_timeout=zero")

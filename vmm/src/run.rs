@@ -18,7 +18,7 @@ use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
 use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use pager_backends::OpenOptions;
+use pager_backends::{OpenOptions, poison};
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub mem: u64,
     pub kernel: Option<PathBuf>,
     pub cmdline: String,
+    /// Ask the kernel for its VM counts at init's exit (`vm_stats=1`).
+    pub vm_stats: bool,
     /// Program name, then its arguments.
     pub init: Vec<String>,
     pub boot: BootProtocol,
@@ -70,8 +72,12 @@ pub struct RunReport {
     pub sync_failures: usize,
 }
 
+/// Longest kernel command line: its page-sized slot keeps a NUL at the end.
+pub const CMDLINE_MAX_LEN: usize = layout::CMDLINE_MAX - 1;
+
 /// Builds the kernel command line:
-/// `init=NAME [user options] [platform words] -- ARGS`.
+/// `init=NAME [user options] [platform words] -- ARGS`, and checks that it
+/// fits, blaming each part for its own bytes.
 pub fn kernel_cmdline(user: &str, platform: &[String], init: &[String]) -> Result<String> {
     let name = init.first().map(String::as_str).unwrap_or("init");
     if !images::PROGRAMS.iter().any(|(n, _)| *n == name) {
@@ -85,18 +91,34 @@ pub fn kernel_cmdline(user: &str, platform: &[String], init: &[String]) -> Resul
             "'--' is reserved: give init's arguments after --init PROGRAM".into(),
         ));
     }
+    if user.contains('\0') || init.iter().any(|a| a.contains('\0')) {
+        return Err(VmmError::Cmdline(
+            "contains a NUL byte, which would end it early".into(),
+        ));
+    }
+    let user = user.trim();
     let mut s = format!("init={name}");
-    if !user.trim().is_empty() {
+    if !user.is_empty() {
         s.push(' ');
-        s.push_str(user.trim());
+        s.push_str(user);
     }
     for w in platform {
         s.push(' ');
         s.push_str(w);
     }
+    let before_args = s.len();
     if init.len() > 1 {
         s.push_str(" -- ");
         s.push_str(&init[1..].join(" "));
+    }
+    if s.len() > CMDLINE_MAX_LEN {
+        let args = s.len() - before_args;
+        return Err(VmmError::CmdlineTooLong {
+            given: user.len(),
+            args,
+            added: before_args - user.len(),
+            limit: CMDLINE_MAX_LEN,
+        });
     }
     Ok(s)
 }
@@ -120,12 +142,15 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
-    // No device, no word: without --object the guest boots exactly as before.
-    let platform_words: Vec<String> = if opts.objects.is_empty() {
-        Vec::new()
-    } else {
-        vec![pager_device::our_cmdline_word()]
-    };
+    // The VMM's own words; no device, no word: without --object the guest
+    // boots exactly as before.
+    let mut platform_words = Vec::new();
+    if opts.vm_stats {
+        platform_words.push("vm_stats=1".to_string());
+    }
+    if !opts.objects.is_empty() {
+        platform_words.push(pager_device::our_cmdline_word());
+    }
     let cmdline = kernel_cmdline(&opts.cmdline, &platform_words, &opts.init)?;
     // Every filter is built (and the SIGSYS handler set) before any thread
     // starts; each thread installs its own (seccomp/mod.rs lists where).
@@ -275,7 +300,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let (outcome, (totals, milestones)) = ran?;
     let (pager_stats, events) = match &pager_dev {
         Some(d) => {
-            let d = d.lock().unwrap_or_else(|p| p.into_inner());
+            let d = poison::lock(d);
             (Some(d.stats()), d.object_events())
         }
         None => (None, Vec::new()),
@@ -332,5 +357,45 @@ mod tests {
             kernel_cmdline("a -- b", &[], &[]),
             Err(VmmError::Cmdline(_))
         ));
+        assert!(matches!(
+            kernel_cmdline("a\0b", &[], &[]),
+            Err(VmmError::Cmdline(_))
+        ));
+    }
+
+    /// At the limit the message says how much of it is the user's to give,
+    /// not the bytes the VMM adds.
+    #[test]
+    fn cmdline_limit_counts_only_the_users_bytes() {
+        let dev = [pager_device::our_cmdline_word()];
+        // "init=init" + " " + user + " " + device word.
+        let added = "init=init".len() + 1 + 1 + dev[0].len();
+        let room = CMDLINE_MAX_LEN - added;
+        let fits = "x".repeat(room);
+        let line = kernel_cmdline(&fits, &dev, &[]).unwrap();
+        assert_eq!(line.len(), CMDLINE_MAX_LEN);
+        let err = kernel_cmdline(&format!("{fits}y"), &dev, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "--cmdline is {} bytes, but at most {room} fit",
+                room + 1
+            )),
+            "{err}"
+        );
+        assert!(err.contains(&format!("the VMM adds {added}")), "{err}");
+        // init's arguments shrink the room and are named as such.
+        let init = vec!["init".to_string(), "42".into()];
+        let err = kernel_cmdline(&fits, &dev, &init).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("at most {} fit", room - " -- 42".len())),
+            "{err}"
+        );
+        assert!(err.contains("init's arguments take 6"), "{err}");
+        // Arguments alone too long: they are what is blamed.
+        let init = vec!["init".to_string(), "a".repeat(CMDLINE_MAX_LEN)];
+        let err = kernel_cmdline("", &[], &init).unwrap_err().to_string();
+        assert!(err.starts_with("init's arguments take"), "{err}");
     }
 }

@@ -194,7 +194,12 @@ impl PagerDevice {
 
     /// Events delivered to the guest, per object in table order.
     pub fn object_events(&self) -> Vec<ObjectEvents> {
-        self.object_events.clone()
+        let refused = self.backlog.refused();
+        let mut out = self.object_events.clone();
+        for (o, r) in out.iter_mut().zip(refused) {
+            o.refused = r;
+        }
+        out
     }
 
     /// Share large batches of DATA_REQUESTs between the event loop and a
