@@ -11,10 +11,10 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::io;
 
-/// The exit status of a process a filter stopped: 128 + SIGSYS, what a shell
-/// shows for a death by SIGSYS. The guest's own statuses do not reach it
-/// (a user exception gives 128 + vector, and vector 31 is reserved).
-pub const EXIT_FORBIDDEN: i32 = 128 + libc::SIGSYS;
+/// The exit status of a process a filter stopped. A user exception kills
+/// init with 128 + vector, and vector 31 is reserved, so the guest's own
+/// statuses do not reach it unless init exits with it on purpose.
+const EXIT_FORBIDDEN: i32 = crate::exit::SECCOMP_REFUSED as i32;
 
 /// si_code of a SIGSYS sent by seccomp.
 const SYS_SECCOMP: i32 = 1;
