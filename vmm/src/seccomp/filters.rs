@@ -2,9 +2,10 @@
 //! seccompiler rules. Everything broad (opening files and /dev/kvm, creating
 //! the VM, mapping guest memory, connecting sockets, creating eventfds and
 //! epoll) happens before any filter is installed; none of these lists has
-//! open, socket, connect, execve, fork or a KVM ioctl other than the vCPU's
-//! three. The lists come from tracing every test scenario (strace -f) and
-//! running the whole suite with the filters on.
+//! socket, connect, execve, fork or a KVM ioctl other than the vCPU's
+//! three, and open fails (`no_open`). The lists come from tracing every
+//! test scenario (strace -f) and running the whole suite with the filters
+//! on.
 
 use super::ThreadKind;
 use seccompiler::{
@@ -150,6 +151,9 @@ fn common(pid: u32) -> Built {
             Sysno::gettid,
             Sysno::exit,
             Sysno::exit_group,
+            // Let through here only so that `no_open`'s EACCES decides.
+            Sysno::open,
+            Sysno::openat,
         ],
     );
     // Debug builds of std check that a descriptor is open before closing it.
@@ -333,6 +337,27 @@ pub fn compile(kind: ThreadKind, pid: u32) -> Result<BpfProgram, BackendError> {
     .try_into()
 }
 
+/// Stacked under every thread's filter: open and openat fail with EACCES
+/// (an error wins over the other filter's allow) instead of trapping.
+/// glibc's malloc opens /proc/sys/vm/overcommit_memory the first time any
+/// thread shrinks a heap (and other such files lazily), and does without
+/// when that fails; a trap would end the VMM for it. Nothing opens a file
+/// after setup either way.
+pub fn no_open() -> Result<BpfProgram, BackendError> {
+    SeccompFilter::new(
+        [
+            (nr(Sysno::open), Vec::new()),
+            (nr(Sysno::openat), Vec::new()),
+        ]
+        .into_iter()
+        .collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )?
+    .try_into()
+}
+
 /// Stacked under the main thread's filter: clone3 fails with ENOSYS (an
 /// error wins over the other filter's allow), so glibc starts threads with
 /// clone instead, whose flags are an argument the filter checks; clone3's
@@ -365,6 +390,7 @@ mod tests {
             );
         }
         assert!(!no_clone3().unwrap().is_empty());
+        assert!(!no_open().unwrap().is_empty());
     }
 
     #[test]
@@ -382,9 +408,8 @@ mod tests {
     fn no_thread_may_open_connect_or_start_a_program() {
         for kind in ThreadKind::ALL {
             for call in [
-                Sysno::open,
-                Sysno::openat,
                 Sysno::openat2,
+                Sysno::creat,
                 Sysno::socket,
                 Sysno::connect,
                 Sysno::execve,
@@ -423,6 +448,34 @@ mod tests {
             rules(ThreadKind::Vcpu, PID).unwrap()[&nr(Sysno::ioctl)].len(),
             3
         );
+    }
+
+    /// Installs `no_open` and the reader's filter on a thread of this test
+    /// process (only calls the filter allows happen there, so no SIGSYS):
+    /// opening a file fails with EACCES, and reading does not.
+    #[test]
+    fn under_the_filters_open_fails_with_eacces() {
+        let progs = (
+            no_open().unwrap(),
+            compile(ThreadKind::PagerReader, std::process::id()).unwrap(),
+        );
+        let (open, read) = std::thread::spawn(move || {
+            seccompiler::apply_filter(&progs.0).unwrap();
+            seccompiler::apply_filter(&progs.1).unwrap();
+            // SAFETY: plain open/read/close on a path and buffer of ours.
+            unsafe {
+                let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                let open = (fd, std::io::Error::last_os_error().raw_os_error());
+                let mut b = [0u8; 1];
+                let read = libc::read(-1, b.as_mut_ptr().cast(), 1);
+                let read = (read, std::io::Error::last_os_error().raw_os_error());
+                (open, read)
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(open, (-1, Some(libc::EACCES)));
+        assert_eq!(read, (-1, Some(libc::EBADF)));
     }
 
     #[test]

@@ -62,6 +62,7 @@ struct Filters {
     /// Indexed by `ThreadKind::index`.
     programs: Vec<BpfProgram>,
     no_clone3: BpfProgram,
+    no_open: BpfProgram,
 }
 
 /// What each thread does to confine itself; shared by every thread's hook.
@@ -89,12 +90,14 @@ impl Confinement {
                 .map(|&k| filters::compile(k, pid).map_err(|e| compile_error(k.name(), e)))
                 .collect::<io::Result<Vec<_>>>()?;
             let no_clone3 = filters::no_clone3().map_err(|e| compile_error("clone3", e))?;
+            let no_open = filters::no_open().map_err(|e| compile_error("open", e))?;
             report::install_handler().map_err(|e| {
                 io::Error::other(format!("seccomp: cannot install the SIGSYS handler: {e}"))
             })?;
             Some(Filters {
                 programs,
                 no_clone3,
+                no_open,
             })
         } else {
             None
@@ -116,6 +119,9 @@ impl Confinement {
                     ))
                 })
             };
+            // The error-returning filters first: installing the allow-list
+            // last means no thread ever runs under it alone.
+            install(&f.no_open)?;
             if kind == ThreadKind::Main {
                 install(&f.no_clone3)?;
             }
