@@ -1110,6 +1110,47 @@ fn sum_and_fill_through_nbd_against_qemu_nbd() {
     assert!(std::fs::read(f.path()).expect("read back") == want);
 }
 
+/// The same over TLS: `nbds://` with a CA made for the test, qemu-nbd
+/// serving with its certificate.
+#[test]
+fn sum_and_fill_through_nbds_against_qemu_nbd_over_tls() {
+    if !kvm_available("sum_and_fill_through_nbds_against_qemu_nbd_over_tls") {
+        return;
+    }
+    let Some(q) = need_qemu_nbd("sum_and_fill_through_nbds_against_qemu_nbd_over_tls") else {
+        return;
+    };
+    use support::tls::{CertDir, QemuNbd, QemuTls, Role, TestCa, client_dir, server_dir};
+    let len = 3 * MIB + 4096;
+    let f = Temp::with("nbds-map", &content(len, 0xdd));
+    let expect = sha256_file(f.path());
+    let dir = CertDir::new("objects-nbds");
+    let ca = TestCa::new("Duality test CA");
+    let server = server_dir(
+        &dir.0.join("server"),
+        &ca,
+        &ca.issue(&["127.0.0.1"], Role::Server),
+    );
+    let client = client_dir(&dir.0.join("client"), &ca, None);
+    let tls = QemuTls {
+        creds: &server,
+        verify_clients: false,
+    };
+    let srv = QemuNbd::start(&q, f.path(), "disk", Some(&tls));
+    let obj = format!(
+        "r=nbds://127.0.0.1:{}/disk?tls-certificates={}",
+        srv.port,
+        client.display()
+    );
+    let out = run_sum(&[], std::slice::from_ref(&obj), "r");
+    assert_eq!(sum_result(&out, "r"), (len as u64, expect));
+    let out = vmm(&["run", "--object", &obj, "--init", "fill", "r", "7"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(7, 0, &mut want);
+    assert!(std::fs::read(f.path()).expect("read back") == want);
+}
+
 #[test]
 fn sum_through_unix_against_the_procedural_pager_process() {
     if !kvm_available("sum_through_unix_against_the_procedural_pager_process") {

@@ -3,6 +3,11 @@
 
 #![allow(dead_code)]
 
+/// Test certificates and qemu-nbd over TLS, shared with pager-backends'
+/// NBD tests.
+#[path = "../../pager-backends/tests/common/tls.rs"]
+pub mod tls;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -59,8 +59,8 @@ enum Cmd {
         stats: bool,
         /// Export a memory object to the guest (repeatable; table order is
         /// command-line order). URI: file:PATH[?ro], zero|anon[?size=N],
-        /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH,
-        /// unix:PATH. Give it before --init.
+        /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH (nbds://,
+        /// nbds+unix:// over TLS), unix:PATH. Give it before --init.
         #[arg(long = "object", value_name = "NAME=URI")]
         objects: Vec<String>,
         /// Swap for the guest's default pager: an `anon` object named `swap`
@@ -93,7 +93,7 @@ enum Cmd {
     },
     /// Benchmarks.
     Bench(BenchArgs),
-    /// Check a pager backend (file:, zero, nbd://, nbd+unix://, unix:) before any guest uses it.
+    /// Check a pager backend (file:, zero, nbd[s]://, nbd[s]+unix://, unix:) before any guest uses it.
     #[command(subcommand)]
     Pager(pager_cmd::PagerCommand),
 }

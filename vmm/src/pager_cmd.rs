@@ -13,7 +13,8 @@ pub enum PagerCommand {
     /// Write a byte range of the memory object to stdout.
     Read {
         /// Backend URI: file:PATH[?ro], zero[?size=N], nbd://HOST[:PORT]/EXPORT,
-        /// nbd+unix:///EXPORT?socket=PATH, unix:PATH
+        /// nbd+unix:///EXPORT?socket=PATH (nbds://, nbds+unix:// over TLS),
+        /// unix:PATH
         uri: String,
         /// First byte to write (need not be page aligned).
         #[arg(long, default_value_t = 0)]
