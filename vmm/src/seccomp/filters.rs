@@ -209,10 +209,20 @@ fn vcpu() -> Built {
     Ok(r)
 }
 
+/// Sending on an NBD-over-TLS connection (tls_stream.rs): send(2), which
+/// is sendto, on the non-blocking socket, and poll for room or replies.
+/// The reader needs it too: rustls may answer the server while reading.
+fn tls_send() -> Built {
+    let mut r = Rules::new();
+    allow_arg_in(&mut r, Sysno::sendto, 3, &[SEND_FLAGS])?;
+    allow(&mut r, &[Sysno::poll]);
+    Ok(r)
+}
+
 /// Sending requests to a remote pager (or NBD server) on a socket that is
 /// already connected, and shutting it down when it misses a deadline.
 fn pager_client_send() -> Built {
-    let mut r = Rules::new();
+    let mut r = tls_send()?;
     allow_arg_in(&mut r, Sysno::sendmsg, 2, &[SEND_FLAGS])?;
     allow_arg_in(&mut r, Sysno::shutdown, 1, &[SHUT_BOTH])?;
     Ok(r)
@@ -241,7 +251,7 @@ fn pager_worker() -> Built {
 /// A remote connection's reader: reads replies (straight into guest frames
 /// for page data) and shuts the connection down when it breaks.
 fn pager_reader() -> Built {
-    let mut r = Rules::new();
+    let mut r = tls_send()?;
     allow(&mut r, &[Sysno::read, Sysno::readv]);
     allow_arg_in(&mut r, Sysno::shutdown, 1, &[SHUT_BOTH])?;
     Ok(r)
