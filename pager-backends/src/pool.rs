@@ -14,11 +14,12 @@
 //!   handler stuck in a hung backend cannot hang its owner's shutdown.
 
 use crate::poison;
+use crate::thread_hook::{ThreadHook, spawn_hooked};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub struct PoolOptions {
     /// How long an idle worker looks for work before it sleeps; zero: it
     /// sleeps at once.
     pub spin: Duration,
+    /// Runs first on each worker, before it takes an item (the VMM confines
+    /// its device workers there); a worker whose hook fails fails `new`.
+    pub hook: Option<ThreadHook>,
 }
 
 struct Queue<T> {
@@ -138,13 +142,15 @@ impl<T: Send + 'static> WorkPool<T> {
         let mut threads = Vec::with_capacity(opts.threads.max(1));
         for i in 0..opts.threads.max(1) {
             let (sh, handler) = (shared.clone(), handler.clone());
-            let spawned = thread::Builder::new()
-                .name(format!("{}-{i}", opts.name))
-                .spawn(move || {
+            let spawned = spawn_hooked(
+                format!("{}-{i}", opts.name),
+                opts.hook.as_ref(),
+                move || {
                     while let Some(item) = sh.next() {
                         handler(item);
                     }
-                });
+                },
+            );
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -214,6 +220,7 @@ impl<T> Drop for WorkPool<T> {
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::thread;
 
     fn opts(threads: usize, capacity: Option<usize>, spin: Duration) -> PoolOptions {
         PoolOptions {
@@ -221,6 +228,7 @@ mod tests {
             threads,
             capacity,
             spin,
+            hook: None,
         }
     }
 

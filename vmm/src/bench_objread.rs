@@ -10,7 +10,7 @@ use crate::error::{Result, VmmError};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 const PAGE: u64 = 4096;
@@ -52,15 +52,13 @@ struct GuestRun {
 }
 
 fn guest(path: &Path, chunk: u64) -> Result<GuestRun> {
-    let exe = std::env::current_exe()?;
     let object = format!("data=file:{}?ro", path.display());
     let chunk_arg = format!("{}K", chunk / 1024);
-    let out = Command::new(exe)
-        .args([
-            "run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg,
-        ])
-        .stdin(Stdio::null())
-        .output()?;
+    let out = crate::bench::vmm_command(&[
+        "run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg,
+    ])?
+    .stdin(Stdio::null())
+    .output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -7,6 +7,10 @@
 /// error), or objects that failed to sync after init exited 0.
 pub const VMM_FAILED: u8 = 1;
 
+/// A VMM thread made a system call its seccomp filter refuses: 128 +
+/// SIGSYS, what a shell shows for a death by SIGSYS (seccomp/report.rs).
+pub const SECCOMP_REFUSED: u8 = 128 + libc::SIGSYS as u8;
+
 /// init's status did not fit in 1..=255 (negative, or 256 and up).
 pub const STATUS_OUT_OF_RANGE: u8 = 255;
 
@@ -24,6 +28,8 @@ Exit status:
   102      the guest kernel took an exception in ring 0
   103      the guest kernel could not boot
   128+N    init was killed by CPU exception N (142: page fault)
+  159      a VMM thread made a system call its seccomp filter refuses
+           (stderr names the thread and the call; see --no-seccomp)
   255      init's status was 255 or did not fit in 1-255 (negative, or 256
            and up; stderr gives the status)";
 

@@ -11,16 +11,17 @@ use crate::images;
 use crate::objects::{self, ObjectSpec};
 use crate::pager_device;
 use crate::report::ObjectReport;
+use crate::seccomp::{Confinement, ThreadKind};
 use crate::stats::{Snapshot, VcpuStats};
 use crate::vcpu::{self, Milestone, Outcome, Platform};
 use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
 use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
-use pager_backends::poison;
+use pager_backends::{OpenOptions, poison};
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -42,6 +43,10 @@ pub struct RunOptions {
     pub objects: Vec<ObjectSpec>,
     /// Bounds every remote pager request, and the sync at shutdown.
     pub pager_timeout: Duration,
+    /// Each thread under its seccomp filter (off: `--no-seccomp`).
+    pub seccomp: bool,
+    /// The test hook `--seccomp-selftest`: which thread makes a forbidden call.
+    pub seccomp_selftest: Option<ThreadKind>,
 }
 
 /// How the vCPU enters the kernel.
@@ -147,9 +152,15 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         platform_words.push(pager_device::our_cmdline_word());
     }
     let cmdline = kernel_cmdline(&opts.cmdline, &platform_words, &opts.init)?;
+    // Every filter is built (and the SIGSYS handler set) before any thread
+    // starts; each thread installs its own (seccomp/mod.rs lists where).
+    let confinement = Confinement::new(opts.seccomp, opts.seccomp_selftest)?;
     // Opened first: a missing file or a down server is reported before any
     // KVM work, and the guest never starts without its objects.
-    let pager_opts = objects::open_options(opts.pager_timeout);
+    let pager_opts = OpenOptions {
+        reader_hook: Some(confinement.hook(ThreadKind::PagerReader)),
+        ..objects::open_options(opts.pager_timeout)
+    };
     let objects = objects::open_all(&opts.objects, &pager_opts)?;
     let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
         Some(p) => {
@@ -202,7 +213,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let pager_dev = if objects.is_empty() {
         None
     } else {
-        Some(pager_device::attach(&vm, &objects, &mut mmio)?)
+        let worker_hook = confinement.hook(ThreadKind::PagerWorker);
+        Some(pager_device::attach(
+            &vm,
+            &objects,
+            &mut mmio,
+            &worker_hook,
+        )?)
     };
     let mut platform = Platform {
         console: DoorbellConsole::new(Box::new(std::io::stdout())),
@@ -224,18 +241,41 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     }
 
     let mem = &vm.mem;
+    let vcpu_confinement = confinement.clone();
+    // The vCPU runs the guest only once the event loop is confined too.
+    let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
     let ran = std::thread::scope(|s| {
         let vcpu_thread = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn_scoped(s, move || {
+                let confined = vcpu_confinement.confine(ThreadKind::Vcpu);
+                let go = go_rx.recv().unwrap_or(false);
+                if let Err(e) = confined {
+                    let _ = exit_evt.write(1);
+                    return Err(VmmError::Io(e));
+                }
+                if !go {
+                    let _ = exit_evt.write(1);
+                    return Err(VmmError::Boot(
+                        "the event loop could not be confined; the guest did not start".into(),
+                    ));
+                }
                 let outcome = vcpu::run(&mut vcpu_fd, mem, &mut platform, stats.as_ref());
                 let totals = stats
                     .as_ref()
                     .and_then(|s| s.snapshot().ok())
                     .unwrap_or_default();
                 let _ = exit_evt.write(1);
-                (outcome, totals, platform.milestones)
+                Ok((outcome, totals, platform.milestones))
             })?;
+        // Started before this thread's own filter, so the vCPU's is not
+        // stacked on it.
+        let confined = confinement.confine(ThreadKind::Main);
+        let _ = go_tx.send(confined.is_ok());
+        if let Err(e) = confined {
+            let _ = vcpu_thread.join();
+            return Err(VmmError::Io(e));
+        }
         loop {
             if let Err(e) = events.run() {
                 tracing::error!("event loop: {e:?}");
@@ -247,12 +287,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         }
         let (outcome, totals, milestones) = vcpu_thread
             .join()
-            .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))?;
+            .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))??;
         Ok::<_, VmmError>((outcome, (totals, milestones)))
     });
     // Whatever the guest did, what it wrote must reach the backing stores;
     // bounded by the pager timeout so a dead or silent pager cannot hang us.
-    let sync_failures = objects::sync_all(&objects, opts.pager_timeout);
+    let sync_hook = confinement.hook(ThreadKind::Sync);
+    let sync_failures = objects::sync_all(&objects, opts.pager_timeout, Some(&sync_hook));
     for (name, why) in &sync_failures {
         eprintln!("vmm: object {name}: sync failed: {why}");
     }

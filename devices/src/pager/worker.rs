@@ -11,7 +11,7 @@ use crate::virtio::Segment;
 use pager_backends::poison;
 use pager_backends::pool::{PoolOptions, WorkPool};
 use pager_backends::{
-    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError,
+    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError, ThreadHook,
 };
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,7 +125,13 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(threads: usize, completions: Arc<Completions>) -> io::Result<Self> {
+    /// `hook` runs first on each worker (the VMM confines it there), before
+    /// it takes any job; a worker whose hook fails fails the pool.
+    pub fn new(
+        threads: usize,
+        completions: Arc<Completions>,
+        hook: Option<&ThreadHook>,
+    ) -> io::Result<Self> {
         let done = completions.clone();
         let pool = WorkPool::new(
             PoolOptions {
@@ -136,6 +142,7 @@ impl WorkerPool {
                 // object), so submitting never has to wait.
                 capacity: None,
                 spin: WORKER_SPIN,
+                hook: hook.cloned(),
             },
             move |batch: Vec<Job>| run_batch(batch, &done),
         )?;

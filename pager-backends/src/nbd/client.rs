@@ -103,10 +103,11 @@ impl NbdClient {
         check_object_size(export.size, format_args!("nbd server {target}"))?;
         let inflight = Arc::new(Inflight::new(opts.max_in_flight));
         let (rtransport, rinflight) = (transport.clone(), inflight.clone());
-        let reader = std::thread::Builder::new()
-            // Not the target: a socket name may hold bytes a thread name cannot.
-            .name("nbd-reader".into())
-            .spawn(move || reader_loop(rtransport, rinflight))
+        // Not the target: a socket name may hold bytes a thread name cannot.
+        let reader =
+            crate::spawn_hooked("nbd-reader".into(), opts.reader_hook.as_ref(), move || {
+                reader_loop(rtransport, rinflight)
+            })
             .map_err(ctx)?;
         Ok(NbdClient {
             transport,

@@ -156,10 +156,12 @@ impl UnixPager {
         });
         let rstream = stream.try_clone().map_err(ctx)?;
         let rshared = shared.clone();
-        let reader = std::thread::Builder::new()
-            .name("unix-pager-reader".into())
-            .spawn(move || reader_loop(rstream, rshared))
-            .map_err(ctx)?;
+        let reader = crate::spawn_hooked(
+            "unix-pager-reader".into(),
+            opts.reader_hook.as_ref(),
+            move || reader_loop(rstream, rshared),
+        )
+        .map_err(ctx)?;
         let pager = UnixPager {
             stream,
             path: path.to_path_buf(),

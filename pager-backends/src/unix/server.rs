@@ -442,6 +442,7 @@ pub fn serve_connection(
             // one kernel side cannot queue without bound.
             capacity: Some(opts.workers.max(1) * 4),
             spin: Duration::ZERO,
+            hook: None,
         },
         move |mut job: Job| {
             if worker_conn.handle(&mut job).is_err() {
