@@ -114,10 +114,35 @@ pub fn map_large_range(
     len: u64,
     flags: u64,
 ) -> Result<(), MapError> {
-    if !va.is_aligned(LARGE_PAGE_SIZE)
-        || !pa.is_aligned(LARGE_PAGE_SIZE)
-        || !len.is_multiple_of(LARGE_PAGE_SIZE)
-    {
+    map_range(mem, root, va, pa, len, flags, PageSize::Large)
+}
+
+/// Maps `[va, va + len)` to `[pa, ...)` with 4 KiB pages, the same way.
+pub fn map_small_range(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    len: u64,
+    flags: u64,
+) -> Result<(), MapError> {
+    map_range(mem, root, va, pa, len, flags, PageSize::Small)
+}
+
+fn map_range(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    len: u64,
+    flags: u64,
+    size: PageSize,
+) -> Result<(), MapError> {
+    let (page, level, leaf) = match size {
+        PageSize::Small => (PAGE_SIZE, 0, flags | PRESENT),
+        PageSize::Large => (LARGE_PAGE_SIZE, 1, flags | PRESENT | HUGE),
+    };
+    if !va.is_aligned(page) || !pa.is_aligned(page) || !len.is_multiple_of(page) {
         return Err(MapError::Misaligned);
     }
     let last = va
@@ -130,16 +155,16 @@ pub fn map_large_range(
     let mut off = 0;
     while off < len {
         let v = VirtAddr(va.0 + off);
-        let pd = walk_create(mem, root, v, 1, inter)?;
-        let table = mem.table(pd);
-        let mut i = index(v, 1);
+        let t = walk_create(mem, root, v, level, inter)?;
+        let table = mem.table(t);
+        let mut i = index(v, level);
         while i < 512 && off < len {
             if table[i] & PRESENT != 0 {
                 return Err(MapError::AlreadyMapped);
             }
-            table[i] = (pa.0 + off) | flags | PRESENT | HUGE;
+            table[i] = (pa.0 + off) | leaf;
             i += 1;
-            off += LARGE_PAGE_SIZE;
+            off += page;
         }
     }
     Ok(())
@@ -280,44 +305,6 @@ pub fn release_user_tables(
             mem.table(root)[i] = 0;
         }
     }
-}
-
-/// Maps `[va, va + len)` to `[pa, ...)` with 4 KiB pages. One walk per page
-/// table, then a tight loop over its entries, like [`map_large_range`].
-pub fn map_small_range(
-    mem: &mut dyn TableMemory,
-    root: PhysAddr,
-    va: VirtAddr,
-    pa: PhysAddr,
-    len: u64,
-    flags: u64,
-) -> Result<(), MapError> {
-    if !va.is_aligned(PAGE_SIZE) || !pa.is_aligned(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
-        return Err(MapError::Misaligned);
-    }
-    let last = va
-        .checked_add(len.saturating_sub(1))
-        .ok_or(MapError::NonCanonical)?;
-    if !canonical(va) || !canonical(last) || va.is_user() != last.is_user() {
-        return Err(MapError::NonCanonical);
-    }
-    let inter = PRESENT | WRITABLE | if va.is_user() { USER } else { 0 };
-    let mut off = 0;
-    while off < len {
-        let v = VirtAddr(va.0 + off);
-        let pt = walk_create(mem, root, v, 0, inter)?;
-        let mut i = index(v, 0);
-        let table = mem.table(pt);
-        while i < 512 && off < len {
-            if table[i] & PRESENT != 0 {
-                return Err(MapError::AlreadyMapped);
-            }
-            table[i] = (pa.0 + off) | flags | PRESENT;
-            i += 1;
-            off += PAGE_SIZE;
-        }
-    }
-    Ok(())
 }
 
 /// What [`audit_wx`] found in the kernel half of an address space.

@@ -635,21 +635,14 @@ pub fn queue_actions(k: &mut Kernel, actions: Vec<ObjectAction>) {
     }
     for a in actions {
         if let ObjectAction::DataWrite { object, offset, .. } = a {
-            let ended = crate::vm::with_objects(k, |objects, frames, m| {
-                objects
-                    .data_write_refused(object, offset, frames, m)
-                    .ok()
-                    .flatten()
-            });
-            if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
-                k.paging.default.release(object);
-            }
+            unwind_write(k, object, offset);
         }
     }
 }
 
-/// A write to swap that cannot be made: the page keeps its data.
-fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+/// A write-back that will not be made: the page is dirty again, not in
+/// transit (and an object waiting for its last write may end now).
+fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
         objects
             .data_write_refused(object, offset, frames, m)
@@ -659,6 +652,11 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
         k.paging.default.release(object);
     }
+}
+
+/// A write to swap that cannot be made: the page keeps its data.
+fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+    unwind_write(k, object, offset);
     k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
     k.wake_page_waiters(object);
     super::default_pager::frames_freed(k);
