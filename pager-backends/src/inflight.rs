@@ -198,18 +198,13 @@ impl<R> Inflight<R> {
     }
 
     /// Blocks until the reply arrives, the connection dies, or `timeout`
-    /// passes. On timeout `abort` is called (it should shut the transport
-    /// down) and, if the reader is mid-way through filling our buffers, we
-    /// wait for it to let go before returning.
-    pub(crate) fn wait(&self, t: Ticket, timeout: Duration, abort: impl FnOnce()) -> Result<R> {
-        self.wait_or_abandon(t, timeout, 0, abort)
-    }
-
-    /// Like `wait`, but a request still unanswered at the deadline is
-    /// abandoned instead, as long as fewer than `max_abandoned` are: the
-    /// connection stays up (a pager that was slow once is not dead) and
-    /// the late answer, when it comes, is recognised by its id and dropped.
-    /// Past that many, the peer is treated as gone (`abort`).
+    /// passes. A request still unanswered at the deadline is abandoned, as
+    /// long as fewer than `max_abandoned` are: the connection stays up (a
+    /// peer that was slow once is not dead) and the late answer, when it
+    /// comes, is recognised by its id and dropped. Past that many, `abort`
+    /// is called (it should shut the transport down) and, if the reader is
+    /// mid-way through filling our buffers, we wait for it to let go before
+    /// returning.
     pub(crate) fn wait_or_abandon(
         &self,
         t: Ticket,

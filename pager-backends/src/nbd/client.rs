@@ -53,6 +53,8 @@ pub struct NbdClient {
     inflight: Arc<Inflight<()>>,
     export: Export,
     timeout: Duration,
+    /// Requests that may be left waiting for a late reply (inflight.rs).
+    max_abandoned: usize,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -115,6 +117,7 @@ impl NbdClient {
             inflight,
             export,
             timeout: opts.request_timeout,
+            max_abandoned: (opts.max_in_flight / 4).max(1),
             reader: Some(reader),
         })
     }
@@ -177,7 +180,12 @@ impl NbdClient {
             self.kill();
             return Err(PagerError::Dead(why));
         }
-        self.inflight.wait(t, self.timeout, || self.kill())
+        // A request left unanswered past the timeout is abandoned, not the
+        // connection: the server's late reply is recognised by its cookie
+        // and dropped. Only a server that leaves a quarter of the slots
+        // unanswered is given up on.
+        self.inflight
+            .wait_or_abandon(t, self.timeout, self.max_abandoned, || self.kill())
     }
 
     pub fn read(&self, offset: u64, len: u64, bufs: &[VolatileSlice<'_>], skip: u64) -> Result<()> {
@@ -241,7 +249,23 @@ fn reader_loop(transport: Transport, inflight: Arc<Inflight<()>>) {
             inflight.complete(claim, Err(PagerError::io_context("nbd server", e)));
             continue;
         }
-        if claim.expect.kind == proto::CMD_READ
+        if claim.expect.kind == proto::CMD_READ && claim.abandoned {
+            // A late answer to a read that timed out: its buffers went back
+            // to their owner. Read the data and drop it.
+            let mut sink = [0u8; 4096];
+            let mut left = claim.expect.len;
+            let mut lost = None;
+            while left > 0 && lost.is_none() {
+                let n = left.min(sink.len() as u64) as usize;
+                lost = transport.recv(&mut sink[..n]).err();
+                left -= n as u64;
+            }
+            if let Some(e) = lost {
+                let why = format!("nbd connection lost mid-reply: {e}");
+                inflight.complete(claim, Err(PagerError::Dead(why.clone())));
+                break why;
+            }
+        } else if claim.expect.kind == proto::CMD_READ
             && let Some(raw) = claim.expect.bufs
         {
             // SAFETY: the claim keeps the requester blocked in `wait`.
