@@ -76,7 +76,7 @@ pub fn with_objects<R>(
 /// The one place a VM operation runs: the object table (and the snapshots
 /// in transit) with the machine view of the space `root`, then the reaping
 /// of objects that lost their last reference.
-fn run<R>(
+pub(crate) fn run<R>(
     vm: &mut machine::Vm,
     frames: &mut FrameAllocator,
     actions: &mut Vec<ObjectAction>,

@@ -32,8 +32,9 @@ const HOST: u64 = 1 << 62;
 /// marks object initialisation, bit 62 the power-off sync).
 pub const PAGE_TOKEN: u64 = 1 << 61;
 /// Transfers in flight or waiting at once; further faults wait on their
-/// object until one ends.
+/// object until one ends. One bit each in `HostPaging::used`.
 const SLOTS: usize = 64;
+const _: () = assert!(SLOTS == 64, "the slot masks are one u64");
 /// Pages one data_request asks for at most: the faulting page and those
 /// after it (read-ahead; data_provided takes pages no fault asked for).
 /// The window is sized by the access pattern (guest_kernel::vm::readahead):
@@ -76,21 +77,37 @@ struct Transfer {
     count: usize,
     write: bool,
     desired: VmProt,
-    /// Handed to the device (else still waiting for a free device slot).
-    submitted: bool,
 }
+
+const NO_TRANSFER: Transfer = Transfer {
+    object: ObjectId {
+        index: 0,
+        generation: 0,
+    },
+    device_object: 0,
+    offset: ObjectOffset(0),
+    dev_offset: 0,
+    default: false,
+    frames: [PhysAddr(0); CLUSTER],
+    count: 0,
+    write: false,
+    desired: VmProt::NONE,
+};
 
 /// Page transfers between the VM and the device, and the kernel ports that
 /// name host objects.
 pub struct HostPaging {
-    slots: [Option<Transfer>; SLOTS],
+    /// The transfers, filled in place (a record is a few hundred bytes, so
+    /// it is never moved on the fault path); `used` says which slots hold
+    /// one, `unsent` which of those the device has not been given yet
+    /// (checked on every kernel exit, so kept as bits, not a scan).
+    slots: [Transfer; SLOTS],
+    used: u64,
+    unsent: u64,
     /// Object actions from reaping (write-backs of dying objects), handed
     /// to `start` on the way out of the kernel.
     pub actions: Vec<ObjectAction>,
     ports: Vec<(u32, PortId)>,
-    /// Slots not yet handed to the device (checked on every kernel exit,
-    /// so kept as a count).
-    waiting: usize,
     /// Calls for guest pagers, sent as messages on the way out of the
     /// kernel (where the IPC state is at hand).
     calls: Vec<(PagerRef, Call)>,
@@ -133,10 +150,11 @@ pub enum Call {
 impl Default for HostPaging {
     fn default() -> Self {
         HostPaging {
-            slots: [None; SLOTS],
+            slots: [NO_TRANSFER; SLOTS],
+            used: 0,
+            unsent: 0,
             actions: Vec::new(),
             ports: Vec::new(),
-            waiting: 0,
             calls: Vec::new(),
             default: Default::default(),
             readahead: ReadAhead::new(CLUSTER_FIRST, CLUSTER as u32),
@@ -158,7 +176,40 @@ impl Default for HostPaging {
 impl HostPaging {
     /// Transfers waiting for the device, or write-backs to start.
     pub fn has_work(&self) -> bool {
-        self.waiting != 0 || !self.actions.is_empty() || !self.calls.is_empty()
+        self.unsent != 0 || !self.actions.is_empty() || !self.calls.is_empty()
+    }
+
+    /// A free slot, not yet marked used.
+    fn free_slot(&self) -> Option<usize> {
+        let free = !self.used;
+        (free != 0).then(|| free.trailing_zeros() as usize)
+    }
+
+    /// Fills free slot `slot` with a transfer of one page's `frame` (a
+    /// write-back: the object's own frame) and queues it for the device.
+    #[allow(clippy::too_many_arguments)] // one transfer's fields
+    fn queue_write(
+        &mut self,
+        slot: usize,
+        object: ObjectId,
+        device_object: u32,
+        offset: ObjectOffset,
+        dev_offset: u64,
+        default: bool,
+        frame: PhysAddr,
+    ) {
+        let t = &mut self.slots[slot];
+        t.object = object;
+        t.device_object = device_object;
+        t.offset = offset;
+        t.dev_offset = dev_offset;
+        t.default = default;
+        t.frames[0] = frame;
+        t.count = 1;
+        t.write = true;
+        t.desired = VmProt::NONE;
+        self.used |= 1 << slot;
+        self.unsent |= 1 << slot;
     }
 }
 
@@ -230,7 +281,7 @@ pub fn request(
             None => return Asked::No,
         },
     };
-    let Some(slot) = paging.slots.iter().position(Option::is_none) else {
+    let Some(slot) = paging.free_slot() else {
         return Asked::No;
     };
     // Swap pages come one at a time (neighbouring slots are not
@@ -245,18 +296,15 @@ pub fn request(
     let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
         .min(window)
         .clamp(1, CLUSTER);
-    let mut t = Transfer {
-        object,
-        device_object: dev,
-        offset,
-        dev_offset,
-        default,
-        frames: [PhysAddr(0); CLUSTER],
-        count: 0,
-        write: false,
-        desired,
-        submitted: false,
-    };
+    let t = &mut paging.slots[slot];
+    t.object = object;
+    t.device_object = dev;
+    t.offset = offset;
+    t.dev_offset = dev_offset;
+    t.default = default;
+    t.count = 0;
+    t.write = false;
+    t.desired = desired;
     for f in t.frames.iter_mut().take(pages) {
         // Read-ahead is only worth free frames (the faulting page is not
         // optional).
@@ -276,8 +324,8 @@ pub fn request(
     if t.count == 0 {
         return Asked::No;
     }
-    paging.slots[slot] = Some(t);
-    paging.waiting += 1;
+    paging.used |= 1 << slot;
+    paging.unsent |= 1 << slot;
     Asked::Yes
 }
 
@@ -310,7 +358,7 @@ pub fn unlock(
 fn take_actions(k: &mut Kernel) {
     while let Some(&a) = k.paging.actions.last() {
         if matches!(a, ObjectAction::DataWrite { .. })
-            && k.paging.slots.iter().filter(|s| s.is_some()).count() >= SLOTS - READ_RESERVE
+            && k.paging.used.count_ones() as usize >= SLOTS - READ_RESERVE
         {
             return;
         }
@@ -321,7 +369,7 @@ fn take_actions(k: &mut Kernel) {
             frame,
         } = a
         {
-            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+            let Some(slot) = k.paging.free_slot() else {
                 return;
             };
             k.paging.actions.pop();
@@ -331,19 +379,8 @@ fn take_actions(k: &mut Kernel) {
                 refuse_write(k, object, offset);
                 continue;
             };
-            k.paging.slots[slot] = Some(Transfer {
-                object,
-                device_object,
-                offset,
-                dev_offset,
-                default: true,
-                frames: one(frame),
-                count: 1,
-                write: true,
-                desired: VmProt::NONE,
-                submitted: false,
-            });
-            k.paging.waiting += 1;
+            k.paging
+                .queue_write(slot, object, device_object, offset, dev_offset, true, frame);
             continue;
         }
         if let ObjectAction::DefaultPagerRelease { object } = a {
@@ -359,22 +396,11 @@ fn take_actions(k: &mut Kernel) {
         } = a
             && let Some(device_object) = host_object(p)
         {
-            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+            let Some(slot) = k.paging.free_slot() else {
                 return;
             };
-            k.paging.slots[slot] = Some(Transfer {
-                object,
-                device_object,
-                offset,
-                dev_offset: offset.0,
-                default: false,
-                frames: one(frame),
-                count: 1,
-                write: true,
-                desired: VmProt::NONE,
-                submitted: false,
-            });
-            k.paging.waiting += 1;
+            k.paging
+                .queue_write(slot, object, device_object, offset, offset.0, false, frame);
         } else if let ObjectAction::DataWrite {
             object,
             pager: PagerPort::Pager(p),
@@ -405,7 +431,7 @@ pub fn start(k: &mut Kernel) {
     if !k.paging.actions.is_empty() {
         take_actions(k);
     }
-    if k.paging.waiting == 0 {
+    if k.paging.unsent == 0 {
         return;
     }
     let mut guard = virtio_pager::lock();
@@ -421,10 +447,11 @@ pub fn start(k: &mut Kernel) {
     let max = ((d.max_request_bytes() / PAGE_SIZE) as usize)
         .min(d.max_frames())
         .max(1);
-    for (i, slot) in paging.slots.iter_mut().enumerate() {
-        let Some(t) = slot.as_mut().filter(|t| !t.submitted) else {
-            continue;
-        };
+    let mut pending = paging.unsent;
+    while pending != 0 {
+        let i = pending.trailing_zeros() as usize;
+        pending &= pending - 1;
+        let t = &mut paging.slots[i];
         if t.count > max {
             for &f in &t.frames[max..t.count] {
                 frames.free(f);
@@ -433,8 +460,7 @@ pub fn start(k: &mut Kernel) {
         }
         match submit(d, t, i) {
             Ok(()) => {
-                t.submitted = true;
-                paging.waiting -= 1;
+                paging.unsent &= !(1 << i);
                 sent = true;
             }
             Err(SubmitError::Busy) => break,
@@ -449,12 +475,6 @@ pub fn start(k: &mut Kernel) {
     if failed {
         fail_waiting(k);
     }
-}
-
-fn one(frame: PhysAddr) -> [PhysAddr; CLUSTER] {
-    let mut f = [PhysAddr(0); CLUSTER];
-    f[0] = frame;
-    f
 }
 
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
@@ -485,34 +505,55 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
 /// Transfers the device refused outright (no device, object gone, broken
 /// queue) end as errors: the faults waiting get MemoryError.
 fn fail_waiting(k: &mut Kernel) {
-    for i in 0..SLOTS {
-        if k.paging.slots[i].is_some_and(|t| !t.submitted) {
-            finish(k, i, status::IO_ERROR, 0, 0);
-        }
+    while k.paging.unsent != 0 {
+        let i = k.paging.unsent.trailing_zeros() as usize;
+        finish(k, i, status::IO_ERROR, 0, 0);
     }
+}
+
+/// What `finish` needs of a transfer besides its frames.
+struct Ended {
+    object: ObjectId,
+    device_object: u32,
+    offset: ObjectOffset,
+    default: bool,
+    write: bool,
 }
 
 /// A page transfer finished (called from the driver's completion path).
 pub fn complete(k: &mut Kernel, c: &Completion) {
     let slot = (c.token & !PAGE_TOKEN) as usize;
-    if slot < SLOTS && k.paging.slots[slot].is_some_and(|t| t.submitted) {
+    let sent = k.paging.used & !k.paging.unsent;
+    if slot < SLOTS && sent & (1 << slot) != 0 {
         finish(k, slot, c.status, c.kind, c.bytes);
     }
 }
 
 fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
-    let Some(mut t) = k.paging.slots[slot].take() else {
+    let bit = 1u64 << slot;
+    if k.paging.used & bit == 0 {
         return;
-    };
-    if !t.submitted {
-        k.paging.waiting -= 1;
     }
+    // The slot is free from here on. Its record is read below in place
+    // (not copied out): only `request` and `take_actions` fill slots, and
+    // nothing below calls them.
+    k.paging.used &= !bit;
+    k.paging.unsent &= !bit;
+    let t = &k.paging.slots[slot];
+    let t = Ended {
+        object: t.object,
+        device_object: t.device_object,
+        offset: t.offset,
+        default: t.default,
+        write: t.write,
+    };
     let ok = code == status::OK;
     k.paging.failed += u64::from(!ok);
     if t.write {
         k.paging.pages_out += u64::from(ok);
     } else if ok && kind == pager::KIND_PROVIDED {
-        k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(t.count as u64);
+        let count = k.paging.slots[slot].count as u64;
+        k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(count);
     }
     // A host object's pager that failed (broke protocol, timed out, is
     // gone) is dead from now on (paper §6.1): absent pages fault, resident
@@ -533,62 +574,71 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     }
     let mut newly_dead = false;
     let mut lost = false;
-    let ended = crate::vm::with_objects(k, |objects, frames, m| {
-        if died && objects.get(t.object).is_ok_and(|o| !o.pager_dead()) {
-            newly_dead = objects.pager_died(t.object).is_ok();
-        }
-        if t.write && !ok {
-            // The data stays in memory, dirty (unless the object is going
-            // away: then it is lost, and counted).
-            let terminating = objects
-                .get(t.object)
-                .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
-            lost = terminating;
-            return objects
-                .data_write_refused(t.object, t.offset, frames, m)
-                .ok()
-                .flatten();
-        }
-        if t.write {
-            if t.default {
-                // A dead pager's page now kept by the default pager.
-                let _ = objects.double_paged(t.object, t.offset);
+    let (vm, frames, paging, loaded) = k.vm_global();
+    let pages = &paging.slots[slot].frames[..paging.slots[slot].count];
+    let ended = crate::vm::run(
+        vm,
+        frames,
+        &mut paging.actions,
+        loaded,
+        loaded,
+        |objects, _, frames, m| {
+            if died && objects.get(t.object).is_ok_and(|o| !o.pager_dead()) {
+                newly_dead = objects.pager_died(t.object).is_ok();
             }
-            return objects
-                .data_write_done(t.object, t.offset, frames, m)
-                .ok()
-                .flatten();
-        }
-        let provided = ok && kind == pager::KIND_PROVIDED;
-        // The pager may provide less than asked (the object's end).
-        let have = if provided {
-            (bytes.div_ceil(PAGE_SIZE) as usize).min(t.count)
-        } else {
-            0
-        };
-        let r = if have > 0 {
-            objects.data_provided(
-                t.object,
-                t.offset,
-                &t.frames[..have],
-                VmProt::NONE,
-                false,
-                frames,
-            )
-        } else if ok {
-            objects.data_unavailable(t.object, t.offset, t.count as u64 * PAGE_SIZE)
-        } else {
-            objects.data_error(t.object, t.offset, t.count as u64 * PAGE_SIZE)
-        };
-        // Frames are the object's only if provided and taken
-        // (data_provided frees those it does not need itself).
-        let kept = if r.is_ok() { have } else { 0 };
-        for &f in &t.frames[kept..t.count] {
-            frames.free_frame(f);
-        }
-        t.count = 0;
-        None
-    });
+            if t.write && !ok {
+                // The data stays in memory, dirty (unless the object is going
+                // away: then it is lost, and counted).
+                let terminating = objects
+                    .get(t.object)
+                    .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
+                lost = terminating;
+                return objects
+                    .data_write_refused(t.object, t.offset, frames, m)
+                    .ok()
+                    .flatten();
+            }
+            if t.write {
+                if t.default {
+                    // A dead pager's page now kept by the default pager.
+                    let _ = objects.double_paged(t.object, t.offset);
+                }
+                return objects
+                    .data_write_done(t.object, t.offset, frames, m)
+                    .ok()
+                    .flatten();
+            }
+            let provided = ok && kind == pager::KIND_PROVIDED;
+            // The pager may provide less than asked (the object's end).
+            let have = if provided {
+                (bytes.div_ceil(PAGE_SIZE) as usize).min(pages.len())
+            } else {
+                0
+            };
+            let len = pages.len() as u64 * PAGE_SIZE;
+            let r = if have > 0 {
+                objects.data_provided(
+                    t.object,
+                    t.offset,
+                    &pages[..have],
+                    VmProt::NONE,
+                    false,
+                    frames,
+                )
+            } else if ok {
+                objects.data_unavailable(t.object, t.offset, len)
+            } else {
+                objects.data_error(t.object, t.offset, len)
+            };
+            // Frames are the object's only if provided and taken
+            // (data_provided frees those it does not need itself).
+            let kept = if r.is_ok() { have } else { 0 };
+            for &f in &pages[kept..] {
+                frames.free_frame(f);
+            }
+            None
+        },
+    );
     if newly_dead {
         k.paging.dead_objects += 1;
         crate::kprint!(
@@ -671,7 +721,7 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
 pub fn drain_at_power_off(k: &mut Kernel) {
     for _ in 0..50_000_000u64 {
         start(k);
-        if k.paging.slots.iter().all(Option::is_none) && k.paging.actions.is_empty() {
+        if k.paging.used == 0 && k.paging.actions.is_empty() {
             return;
         }
         let mut guard = virtio_pager::lock();
