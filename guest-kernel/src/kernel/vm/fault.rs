@@ -13,7 +13,7 @@ use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::{FaultOutcome, Resolved, vm_fault};
 use guest_kernel::vm::fault_around::fault_around;
-use guest_kernel::vm::types::VmProt;
+use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
@@ -44,16 +44,70 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
     } else {
         VmProt::READ
     };
-    match resolve(k, task, VirtAddr(cr2), access) {
-        Ok(_) => {
-            super::default_pager::check(k);
-            true
+    let va = VirtAddr(cr2);
+    let mut outcome = resolve(k, task, va, access);
+    // Tries again in this entry (after its own request was answered at
+    // once, or after a zero fill) at most this often; every outcome is
+    // still acted on, so a request made by the last try is sent.
+    let mut retries = 2;
+    loop {
+        match outcome {
+            Ok(_) => {
+                super::default_pager::check(k);
+                return true;
+            }
+            // Out of frames (or page records): pageout, and sleep for it if
+            // there is swap; else an exception as before.
+            Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
+            Err(o) => match ask_pager(k, o) {
+                Ask::Sleep(object) => {
+                    if retries > 0
+                        && matches!(o, FaultOutcome::Request { .. })
+                        && answered_at_once(k)
+                    {
+                        retries -= 1;
+                        outcome = resolve(k, task, va, access);
+                        continue;
+                    }
+                    k.block_current(State::PageWait {
+                        object,
+                        syscall: false,
+                    });
+                    return true;
+                }
+                // Settled as zero fill: map it now, or (having tried
+                // enough) let the thread take the fault again.
+                Ask::Again if retries > 0 => {
+                    retries -= 1;
+                    outcome = resolve(k, task, va, access);
+                }
+                Ask::Again => return true,
+                Ask::Fail => return false,
+            },
         }
-        // Out of frames (or page records): pageout, and sleep for it if
-        // there is swap; else an exception as before.
-        Err(FaultOutcome::ResourceShortage) => super::default_pager::shortage(k),
-        Err(o) => wait_for_pager(k, o, false),
     }
+}
+
+/// Hands the request just made to the device and takes the completions
+/// that are already there, as the way out of the kernel would: where the
+/// device answers within that time (it does on this software KVM, where
+/// every kernel instruction is slow), the fault is retried in this entry
+/// instead of after a sleep, a wake-up and a second trap. True if any
+/// transfer finished meanwhile.
+fn answered_at_once(k: &mut Kernel) -> bool {
+    let before = k.paging.transfers_ended;
+    super::object_io::leave_kernel(k);
+    k.paging.transfers_ended != before
+}
+
+/// What a fault that needs a pager's answer does next.
+enum Ask {
+    /// Sleep until the object changes.
+    Sleep(ObjectId),
+    /// Try again now (the page was settled as zero fill).
+    Again,
+    /// Not one to wait for: the fault fails.
+    Fail,
 }
 
 /// A fault that needs a pager's answer: ask (Request) and sleep until the
@@ -62,6 +116,19 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
 /// or the kernel could not ask (the request then fails as a pager error,
 /// and the retried fault gets MemoryError).
 fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
+    match ask_pager(k, o) {
+        Ask::Sleep(object) => {
+            k.block_current(State::PageWait { object, syscall });
+            true
+        }
+        Ask::Again => true,
+        Ask::Fail => false,
+    }
+}
+
+/// Asks the pager for what outcome `o` needs (Request, Unlock), or finds
+/// the object to wait on (Wait).
+fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
     let object = match o {
         FaultOutcome::Request {
             object,
@@ -88,14 +155,14 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
                     super::with_objects(k, |objects, _, _| {
                         let _ = objects.data_error(object, offset, PAGE_SIZE);
                     });
-                    return false;
+                    return Ask::Fail;
                 }
                 // Nothing in swap for it: zero fill, retried at once.
                 Asked::Unavailable => {
                     super::with_objects(k, |objects, _, _| {
                         let _ = objects.data_unavailable(object, offset, PAGE_SIZE);
                     });
-                    return true;
+                    return Ask::Again;
                 }
             }
             object
@@ -107,15 +174,14 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             access,
         } => {
             if !super::pager::unlock(&mut k.paging, pager, offset, access) {
-                return false;
+                return Ask::Fail;
             }
             object
         }
         FaultOutcome::Wait { object, .. } => object,
-        _ => return false,
+        _ => return Ask::Fail,
     };
-    k.block_current(State::PageWait { object, syscall });
-    true
+    Ask::Sleep(object)
 }
 
 /// Runs the fault handler for `va` in `task`: the frame now mapped there,
