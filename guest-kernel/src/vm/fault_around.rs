@@ -42,7 +42,7 @@ pub fn fault_around<M: FaultMachine>(
             break;
         };
         page = next;
-        if page >= first.end || mmu.mapped(page) {
+        if page >= first.end {
             break;
         }
         let Some(offset) = first
@@ -51,6 +51,9 @@ pub fn fault_around<M: FaultMachine>(
         else {
             break;
         };
+        // The page first, the page tables after: after a random fault the
+        // next page is mostly not resident, and a hash probe is cheaper
+        // than a table walk.
         let Some(frame) = objects
             .pages
             .lookup(first.object, offset)
@@ -60,7 +63,7 @@ pub fn fault_around<M: FaultMachine>(
         else {
             break;
         };
-        if mmu.enter(page, frame, prot).is_err() {
+        if mmu.mapped(page) || mmu.enter(page, frame, prot).is_err() {
             break;
         }
         mapped += 1;

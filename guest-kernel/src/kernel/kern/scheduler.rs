@@ -81,6 +81,10 @@ pub struct Kernel {
     /// A thread to run next without a trip through the run queue (an RPC
     /// hand-off from sender to receiver).
     handoff: Option<ThreadId>,
+    /// Some thread may be in `State::PageWait` (set when one blocks so,
+    /// cleared by a scan that finds none left): every finished page
+    /// transfer asks, and most find no one waiting.
+    page_waiters: bool,
     pub timer_hz: u64,
     /// Print the VM's statistics when init exits (`vm_stats=1`, which
     /// `vmm run --stats` passes).
@@ -169,6 +173,7 @@ impl Kernel {
             graveyard: Vec::new(),
             timeouts: Vec::new(),
             handoff: None,
+            page_waiters: false,
             timer_hz: 100,
             report_vm_stats: false,
             fx_spare: Vec::new(),
@@ -636,6 +641,9 @@ impl Kernel {
     pub fn block_current(&mut self, state: State) {
         if let Some(t) = self.current() {
             t.state = state;
+            if matches!(state, State::PageWait { .. }) {
+                self.page_waiters = true;
+            }
         }
     }
 
@@ -878,14 +886,23 @@ impl Kernel {
     /// Faults sleeping on `object` (its page in transit) run again: they
     /// retry the faulting instruction, or their system call, from the map.
     pub fn wake_page_waiters(&mut self, object: ObjectId) {
+        if !self.page_waiters {
+            return;
+        }
+        let mut others = false;
         let ids: Vec<(ThreadId, bool)> = self
             .threads
             .iter()
             .filter_map(|(&id, t)| match t.state {
                 State::PageWait { object: o, syscall } if o == object => Some((id, syscall)),
+                State::PageWait { .. } => {
+                    others = true;
+                    None
+                }
                 _ => None,
             })
             .collect();
+        self.page_waiters = others;
         for (id, syscall) in ids {
             if syscall {
                 self.restart_syscall(id);
