@@ -381,7 +381,13 @@ impl<M: TableMemory + ?Sized> Pmap for X86Pmap<'_, M> {
                 .remove(PhysAddr(old & ADDR_MASK), self.root, va, old);
             self.tlb.invalidate(self.root, va);
         }
-        self.mem.table(table)[i] = new;
+        // A new mapping starts accessed, as Linux maps pages on x86: the
+        // faulting access sets the bit at once anyway (here without the
+        // CPU's assist), and a shadow MMU (kvm_pvm's) prefetches only
+        // accessed entries, so pages mapped ahead (fault-around) are filled
+        // eight to a shadow fault instead of one each. Pageout sees a page
+        // mapped ahead and never touched as referenced once.
+        self.mem.table(table)[i] = new | ACCESSED;
         Ok(())
     }
 
@@ -702,6 +708,8 @@ mod tests {
         let mut w = World::new();
         let a = w.space();
         w.pmap(a).enter(VirtAddr(0x1000), F1, RW).unwrap();
+        // A new mapping starts accessed (the faulting access would set it).
+        assert!(w.phys().clear_referenced(F1));
         assert!(!w.phys().clear_referenced(F1));
         w.touch(a, 0x1000, false);
         assert!(w.phys().clear_referenced(F1));
