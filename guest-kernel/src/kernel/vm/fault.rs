@@ -17,7 +17,7 @@ use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
-const FAULT_AROUND: u64 = 31;
+pub const FAULT_AROUND: u64 = 31;
 
 /// x86 page-fault error code bits.
 const PF_WRITE: u64 = 1 << 1;
@@ -45,7 +45,7 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
         VmProt::READ
     };
     let va = VirtAddr(cr2);
-    let mut outcome = resolve(k, task, va, access);
+    let mut outcome = resolve(k, task, va, access, FAULT_AROUND);
     // Tries again in this entry (after its own request was answered at
     // once, or after a zero fill) at most this often; every outcome is
     // still acted on, so a request made by the last try is sent.
@@ -60,13 +60,17 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
             // there is swap; else an exception as before.
             Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
             Err(o) => match ask_pager(k, o) {
-                Ask::Sleep(object) => {
+                Ask::Sleep(object, pages) => {
                     if retries > 0
                         && matches!(o, FaultOutcome::Request { .. })
                         && answered_at_once(k)
                     {
                         retries -= 1;
-                        outcome = resolve(k, task, va, access);
+                        // Fault-around maps what came with the page; after
+                        // a request for the page alone, neighbours mapped
+                        // ahead would only be those faulted in before.
+                        let around = if pages > 1 { FAULT_AROUND } else { 0 };
+                        outcome = resolve(k, task, va, access, around);
                         continue;
                     }
                     k.block_current(State::PageWait {
@@ -79,7 +83,7 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
                 // enough) let the thread take the fault again.
                 Ask::Again if retries > 0 => {
                     retries -= 1;
-                    outcome = resolve(k, task, va, access);
+                    outcome = resolve(k, task, va, access, FAULT_AROUND);
                 }
                 Ask::Again => return true,
                 Ask::Fail => return false,
@@ -102,8 +106,9 @@ fn answered_at_once(k: &mut Kernel) -> bool {
 
 /// What a fault that needs a pager's answer does next.
 enum Ask {
-    /// Sleep until the object changes.
-    Sleep(ObjectId),
+    /// Sleep until the object changes; the pages asked of the device
+    /// (0 when nothing was sent to it).
+    Sleep(ObjectId, usize),
     /// Try again now (the page was settled as zero fill).
     Again,
     /// Not one to wait for: the fault fails.
@@ -117,7 +122,7 @@ enum Ask {
 /// and the retried fault gets MemoryError).
 fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
     match ask_pager(k, o) {
-        Ask::Sleep(object) => {
+        Ask::Sleep(object, _) => {
             k.block_current(State::PageWait { object, syscall });
             true
         }
@@ -129,6 +134,7 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
 /// Asks the pager for what outcome `o` needs (Request, Unlock), or finds
 /// the object to wait on (Wait).
 fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
+    let mut pages = 0;
     let object = match o {
         FaultOutcome::Request {
             object,
@@ -137,7 +143,8 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
             desired_access,
             ..
         } => {
-            let size = k.vm.objects.get(object).map_or(0, |o| o.size());
+            let objects = &k.vm.objects;
+            let size = || objects.get(object).map_or(0, |o| o.size());
             match super::pager::request(
                 &mut k.paging,
                 &mut k.frames,
@@ -147,7 +154,7 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
                 offset,
                 desired_access,
             ) {
-                Asked::Yes => {}
+                Asked::Yes(n) => pages = n,
                 Asked::No => {
                     if pager == guest_kernel::vm::object::PagerPort::Default {
                         crate::kprint!("default pager: no transfer slot for a page-in\n");
@@ -181,19 +188,21 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
         FaultOutcome::Wait { object, .. } => object,
         _ => return Ask::Fail,
     };
-    Ask::Sleep(object)
+    Ask::Sleep(object, pages)
 }
 
 /// Runs the fault handler for `va` in `task`: the frame now mapped there,
-/// or the outcome that stopped it.
+/// or the outcome that stopped it. A soft read fault maps up to `around`
+/// resident pages after it too.
 pub fn resolve(
     k: &mut Kernel,
     task: TaskId,
     va: VirtAddr,
     access: VmProt,
+    around: u64,
 ) -> Result<PhysAddr, FaultOutcome> {
     let mut p = k.vm_parts(task).ok_or(FaultOutcome::InvalidAddress)?;
-    resolve_in(&mut p, va, access)
+    resolve_in(&mut p, va, access, around)
 }
 
 /// [`resolve`] over lent parts (while the kernel's IPC state is borrowed
@@ -202,6 +211,7 @@ pub fn resolve_in(
     p: &mut Parts<'_>,
     va: VirtAddr,
     access: VmProt,
+    around: u64,
 ) -> Result<PhysAddr, FaultOutcome> {
     let outcome = with_parts(p, |map, objects, frames, m| {
         let o = vm_fault(map, objects, frames, m, va, access, false);
@@ -209,12 +219,13 @@ pub fn resolve_in(
         // of a read-ahead cluster just provided) maps the resident pages
         // after it too: one fault per cluster, not per page.
         if access == VmProt::READ
+            && around > 0
             && let FaultOutcome::Mapped {
                 how: Resolved::Soft,
                 ..
             } = o
         {
-            fault_around(map, objects, m, va, FAULT_AROUND);
+            fault_around(map, objects, m, va, around);
         }
         o
     });
@@ -268,7 +279,7 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                 .is_some_and(|(_, prot)| prot.contains(access))
         });
         if !present {
-            match resolve_in(p, VirtAddr(page), access) {
+            match resolve_in(p, VirtAddr(page), access, FAULT_AROUND) {
                 Ok(_) => {}
                 Err(FaultOutcome::ResourceShortage) => return Err(ERR_NO_MEMORY),
                 // A page only a pager can supply: the page-in starts (so a
@@ -282,7 +293,8 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                     desired_access,
                     ..
                 }) => {
-                    let size = p.vm.objects.get(object).map_or(0, |o| o.size());
+                    let objects = &p.vm.objects;
+                    let size = || objects.get(object).map_or(0, |o| o.size());
                     let asked = super::pager::request(
                         p.paging,
                         p.frames,
@@ -293,7 +305,7 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                         desired_access,
                     );
                     match asked {
-                        Asked::Yes => {}
+                        Asked::Yes(_) => {}
                         Asked::No => {
                             let _ = p.vm.objects.data_error(object, offset, PAGE_SIZE);
                         }
@@ -337,7 +349,7 @@ pub fn ready_for_call(k: &mut Kernel, va: u64, len: u64, write: bool) -> bool {
                 .is_some_and(|(_, prot)| prot.contains(access))
         });
         if present == Some(false)
-            && let Err(o) = resolve(k, task, VirtAddr(page), access)
+            && let Err(o) = resolve(k, task, VirtAddr(page), access, FAULT_AROUND)
         {
             return !wait_for_pager(k, o, true);
         }

@@ -46,13 +46,15 @@ pub fn disarm_for_exit(d: &mut virtio_pager::Driver) {
 
 /// Called on every way out of the kernel (trap::dispatch).
 pub fn leave_kernel(k: &mut Kernel) {
-    if k.paging.has_work() {
-        crate::vm::pager::start(k);
-    }
+    let sent = if k.paging.has_work() {
+        crate::vm::pager::start(k)
+    } else {
+        None
+    };
     if !DISARMED.swap(false, Ordering::Relaxed) {
         return;
     }
-    let mut guard = virtio_pager::lock();
+    let mut guard = sent.unwrap_or_else(virtio_pager::lock);
     if let Some(d) = guard.as_mut() {
         // Completions and events both need the kernel, one at a time.
         let k = RefCell::new(k);

@@ -24,6 +24,7 @@ use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::readahead::ReadAhead;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
+use spin::MutexGuard;
 
 /// Pager references of host objects: this bit plus the device's object
 /// number. (Others will be ports of in-guest pagers.)
@@ -246,8 +247,9 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
 /// How a fault's request went.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
-    /// Sent (or queued): the answer wakes the object's waiters.
-    Yes,
+    /// Sent (or queued): the answer wakes the object's waiters. The
+    /// pages asked of the device (0 for a guest pager's message).
+    Yes(usize),
     /// The kernel cannot ask (no free slot or frame, not a host object):
     /// the caller fails the request.
     No,
@@ -256,32 +258,32 @@ pub enum Asked {
     Unavailable,
 }
 
-/// A fault asked `pager` for the page at `offset` of `object`, `size`
-/// bytes long (a busy placeholder is in place).
+/// A fault asked `pager` for the page at `offset` of `object`, whose
+/// size in bytes `size` tells (asked only when read-ahead would go past
+/// the page; a busy placeholder is in place).
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
     object: ObjectId,
-    size: u64,
+    size: impl FnOnce() -> u64,
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
 ) -> Asked {
-    let (dev, dev_offset, default, size) = match pager {
+    let (dev, dev_offset, default) = match pager {
         PagerPort::Default => match paging.default.page_in(object, offset) {
-            // One page: swap slots of neighbouring pages are not neighbours.
-            Some((dev, at)) => (dev, at, true, offset.0.saturating_add(PAGE_SIZE)),
+            Some((dev, at)) => (dev, at, true),
             None => return Asked::Unavailable,
         },
         PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
             return if defer(paging, p, Call::DataRequest { offset, desired }) {
-                Asked::Yes
+                Asked::Yes(0)
             } else {
                 Asked::No
             };
         }
         PagerPort::Pager(p) => match host_object(p) {
-            Some(dev) => (dev, offset.0, false, size),
+            Some(dev) => (dev, offset.0, false),
             None => return Asked::No,
         },
     };
@@ -297,9 +299,13 @@ pub fn request(
             .readahead
             .window(object.to_raw(), offset.0, PAGE_SIZE) as usize
     };
-    let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
-        .min(window)
-        .clamp(1, CLUSTER);
+    let pages = if window > 1 {
+        (size().saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
+            .min(window)
+            .clamp(1, CLUSTER)
+    } else {
+        1
+    };
     let t = &mut paging.slots[slot];
     t.object = object;
     t.device_object = dev;
@@ -330,7 +336,7 @@ pub fn request(
     }
     paging.used |= 1 << slot;
     paging.unsent |= 1 << slot;
-    Asked::Yes
+    Asked::Yes(t.count)
 }
 
 /// A fault's call to a guest pager, sent by `start`.
@@ -427,8 +433,10 @@ fn take_actions(k: &mut Kernel) {
 }
 
 /// Hands waiting transfers to the device. Called on the way out of the
-/// kernel and after completions, with the driver lock not held.
-pub fn start(k: &mut Kernel) {
+/// kernel and after completions, with the driver lock not held. Returns
+/// the driver, still locked, when it sent something (the way out takes
+/// the completions next, under the same lock).
+pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
     while let Some((p, call)) = k.paging.calls.pop() {
         crate::vm::user_pager::send_call(k, p, call);
     }
@@ -436,13 +444,13 @@ pub fn start(k: &mut Kernel) {
         take_actions(k);
     }
     if k.paging.unsent == 0 {
-        return;
+        return None;
     }
     let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else {
         drop(guard);
         fail_waiting(k);
-        return;
+        return None;
     };
     let mut sent = false;
     let mut failed = false;
@@ -475,10 +483,12 @@ pub fn start(k: &mut Kernel) {
         crate::vm::object_io::disarm_for_exit(d);
         d.kick();
     }
-    drop(guard);
     if failed {
+        drop(guard);
         fail_waiting(k);
+        return None;
     }
+    sent.then_some(guard)
 }
 
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
