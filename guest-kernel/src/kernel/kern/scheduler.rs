@@ -85,6 +85,9 @@ pub struct Kernel {
     /// cleared by a scan that finds none left): every finished page
     /// transfer asks, and most find no one waiting.
     page_waiters: bool,
+    /// Calls of `wake_page_waiters`, counted whether anyone waited: a fault
+    /// that looks for its answer before it sleeps compares it.
+    page_wakes: u64,
     pub timer_hz: u64,
     /// Print the VM's statistics when init exits (`vm_stats=1`, which
     /// `vmm run --stats` passes).
@@ -174,6 +177,7 @@ impl Kernel {
             timeouts: Vec::new(),
             handoff: None,
             page_waiters: false,
+            page_wakes: 0,
             timer_hz: 100,
             report_vm_stats: false,
             fx_spare: Vec::new(),
@@ -886,6 +890,7 @@ impl Kernel {
     /// Faults sleeping on `object` (its page in transit) run again: they
     /// retry the faulting instruction, or their system call, from the map.
     pub fn wake_page_waiters(&mut self, object: ObjectId) {
+        self.page_wakes += 1;
         if !self.page_waiters {
             return;
         }
@@ -910,6 +915,11 @@ impl Kernel {
                 self.make_ready(id);
             }
         }
+    }
+
+    /// How many times page waiters were woken (see `page_wakes`).
+    pub fn page_wakes(&self) -> u64 {
+        self.page_wakes
     }
 
     /// Whether a thread waits for an object read or write into its own

@@ -61,10 +61,7 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
             Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
             Err(o) => match ask_pager(k, o) {
                 Ask::Sleep(object, pages) => {
-                    if retries > 0
-                        && matches!(o, FaultOutcome::Request { .. })
-                        && answered_at_once(k)
-                    {
+                    if retries > 0 && pages > 0 && answered_at_once(k) {
                         retries -= 1;
                         // Fault-around maps what came with the page; after
                         // a request for the page alone, neighbours mapped
@@ -96,18 +93,22 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
 /// that are already there, as the way out of the kernel would: where the
 /// device answers within that time (it does on this software KVM, where
 /// every kernel instruction is slow), the fault is retried in this entry
-/// instead of after a sleep, a wake-up and a second trap. True if any
-/// transfer finished meanwhile.
+/// instead of after a sleep, a wake-up and a second trap. True if anything
+/// meanwhile woke the faults waiting on some object: the thread has not
+/// gone to sleep yet, so it must look again itself, or it would sleep
+/// through its own wake-up (a completion, a pager found dead, an event).
 fn answered_at_once(k: &mut Kernel) -> bool {
-    let before = k.paging.transfers_ended;
+    let before = k.page_wakes();
     super::object_io::leave_kernel(k);
-    k.paging.transfers_ended != before
+    k.page_wakes() != before
 }
 
 /// What a fault that needs a pager's answer does next.
 enum Ask {
     /// Sleep until the object changes; the pages asked of the device
-    /// (0 when nothing was sent to it).
+    /// (0 when nothing was sent to it: a guest pager answers from its own
+    /// thread, which runs only after this entry, so there is no answer to
+    /// look for before sleeping).
     Sleep(ObjectId, usize),
     /// Try again now (the page was settled as zero fill).
     Again,

@@ -128,9 +128,6 @@ pub struct HostPaging {
     pub lost_pages: u64,
     /// data_requests the pager left unanswered past the object's timeout.
     pub timeouts: u64,
-    /// Transfers finished, counted (a fault that polled for its own
-    /// request's answer compares it to see whether to retry at once).
-    pub transfers_ended: u64,
     /// What host pagers said unprompted (pager_events.rs).
     pub events: super::pager_events::EventCounts,
     pub event_clock: super::pager_events::EventClock,
@@ -169,7 +166,6 @@ impl Default for HostPaging {
             failed_writes: 0,
             lost_pages: 0,
             timeouts: 0,
-            transfers_ended: 0,
             events: Default::default(),
             event_clock: Default::default(),
             write_failure_reported: false,
@@ -553,7 +549,6 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     // nothing below calls them.
     k.paging.used &= !bit;
     k.paging.unsent &= !bit;
-    k.paging.transfers_ended += 1;
     let t = &k.paging.slots[slot];
     let t = Ended {
         object: t.object,
