@@ -4,7 +4,7 @@
 //! finds a page not yet present. Faults the VM cannot satisfy become
 //! exception messages (kern/ipc/exception.rs), as before.
 
-use super::pager::Asked;
+use super::pager::{Asked, Sent};
 use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
@@ -13,6 +13,7 @@ use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::{FaultOutcome, Resolved, vm_fault};
 use guest_kernel::vm::fault_around::fault_around;
+use guest_kernel::vm::object::PagerPort;
 use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
@@ -60,13 +61,23 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
             // there is swap; else an exception as before.
             Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
             Err(o) => match ask_pager(k, o) {
-                Ask::Sleep(object, pages) => {
-                    if retries > 0 && pages > 0 && answered_at_once(k) {
+                Ask::Sleep(object, sent) => {
+                    // Only the device can have answered before this entry
+                    // ends: a guest pager answers from its own thread.
+                    let device = match o {
+                        FaultOutcome::Request { .. } => sent.is_some(),
+                        FaultOutcome::Wait { object, .. } => served_by_device(k, object),
+                        _ => false,
+                    };
+                    if retries > 0 && device && answered_at_once(k) {
                         retries -= 1;
                         // Fault-around maps what came with the page; after
                         // a request for the page alone, neighbours mapped
                         // ahead would only be those faulted in before.
-                        let around = if pages > 1 { FAULT_AROUND } else { 0 };
+                        let around = match sent {
+                            Some(s) if s.pages == 1 => 0,
+                            _ => FAULT_AROUND,
+                        };
                         outcome = resolve(k, task, va, access, around);
                         continue;
                     }
@@ -103,13 +114,24 @@ fn answered_at_once(k: &mut Kernel) -> bool {
     k.page_wakes() != before
 }
 
+/// Whether `object`'s pages come through the virtio-pager device (a host
+/// object, or internal memory through the default pager): only then can
+/// the answer be there before this entry ends. A guest pager answers from
+/// its own thread, which runs only after it.
+fn served_by_device(k: &Kernel, object: ObjectId) -> bool {
+    k.vm.objects
+        .get(object)
+        .is_ok_and(|o| match o.pager_port() {
+            PagerPort::Default => true,
+            PagerPort::Pager(p) => !crate::vm::user_pager::is_user(p),
+        })
+}
+
 /// What a fault that needs a pager's answer does next.
 enum Ask {
-    /// Sleep until the object changes; the pages asked of the device
-    /// (0 when nothing was sent to it: a guest pager answers from its own
-    /// thread, which runs only after this entry, so there is no answer to
-    /// look for before sleeping).
-    Sleep(ObjectId, usize),
+    /// Sleep until the object changes; the transfer to the device, if
+    /// one was made.
+    Sleep(ObjectId, Option<Sent>),
     /// Try again now (the page was settled as zero fill).
     Again,
     /// Not one to wait for: the fault fails.
@@ -135,7 +157,7 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
 /// Asks the pager for what outcome `o` needs (Request, Unlock), or finds
 /// the object to wait on (Wait).
 fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
-    let mut pages = 0;
+    let mut sent = None;
     let object = match o {
         FaultOutcome::Request {
             object,
@@ -155,7 +177,7 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
                 offset,
                 desired_access,
             ) {
-                Asked::Yes(n) => pages = n,
+                Asked::Yes(s) => sent = s,
                 Asked::No => {
                     if pager == guest_kernel::vm::object::PagerPort::Default {
                         crate::kprint!("default pager: no transfer slot for a page-in\n");
@@ -189,7 +211,7 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
         FaultOutcome::Wait { object, .. } => object,
         _ => return Ask::Fail,
     };
-    Ask::Sleep(object, pages)
+    Ask::Sleep(object, sent)
 }
 
 /// Runs the fault handler for `va` in `task`: the frame now mapped there,
@@ -241,6 +263,8 @@ pub fn resolve_in(
                     c.zeroed_by_kernel += u64::from(zeroed_by_kernel);
                 }
                 Resolved::CopyOnWrite { .. } => c.cow_faults += 1,
+                // Counted as a page in (HostPaging::pages_in).
+                Resolved::PagedIn => {}
             }
             Ok(frame)
         }

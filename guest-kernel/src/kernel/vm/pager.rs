@@ -19,6 +19,7 @@ use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
 };
 use guest_kernel::ipc::{KObject, PortId};
+use guest_kernel::vm::fault::PageIn;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
@@ -240,12 +241,20 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
     }
 }
 
+/// A data_request queued for the device: its transfer slot and how many
+/// pages it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub slot: usize,
+    pub pages: usize,
+}
+
 /// How a fault's request went.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
     /// Sent (or queued): the answer wakes the object's waiters. The
-    /// pages asked of the device (0 for a guest pager's message).
-    Yes(usize),
+    /// transfer, for a request to the device.
+    Yes(Option<Sent>),
     /// The kernel cannot ask (no free slot or frame, not a host object):
     /// the caller fails the request.
     No,
@@ -273,7 +282,7 @@ pub fn request(
         },
         PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
             return if defer(paging, p, Call::DataRequest { offset, desired }) {
-                Asked::Yes(0)
+                Asked::Yes(None)
             } else {
                 Asked::No
             };
@@ -332,7 +341,10 @@ pub fn request(
     }
     paging.used |= 1 << slot;
     paging.unsent |= 1 << slot;
-    Asked::Yes(t.count)
+    Asked::Yes(Some(Sent {
+        slot,
+        pages: t.count,
+    }))
 }
 
 /// A fault's call to a guest pager, sent by `start`.
@@ -448,9 +460,26 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
         fail_waiting(k);
         return None;
     };
+    let (sent, failed) = submit_unsent(&mut k.paging, &mut k.frames, d);
+    if failed {
+        drop(guard);
+        fail_waiting(k);
+        return None;
+    }
+    sent.then_some(guard)
+}
+
+/// Hands the transfers not yet sent to the device and notifies it (after
+/// disarming completion interrupts: the way out of the kernel takes the
+/// answers). Returns (something sent, something refused); refused
+/// transfers stay unsent for `start` to fail.
+fn submit_unsent(
+    paging: &mut HostPaging,
+    frames: &mut FrameAllocator,
+    d: &mut Driver,
+) -> (bool, bool) {
     let mut sent = false;
     let mut failed = false;
-    let (paging, frames) = (&mut k.paging, &mut k.frames);
     // Never more pages in one request than the device takes.
     let max = ((d.max_request_bytes() / PAGE_SIZE) as usize)
         .min(d.max_frames())
@@ -479,12 +508,65 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
         crate::vm::object_io::disarm_for_exit(d);
         d.kick();
     }
-    if failed {
-        drop(guard);
-        fail_waiting(k);
-        return None;
+    (sent, failed)
+}
+
+/// A fault asks a host object's pager for its page from inside the fault
+/// handler (`FaultMachine::page_in`): the transfer is made and handed to
+/// the device at once, and for a single page whose answer is already
+/// there (the device often answers within the few instructions between),
+/// the answer is taken on the spot, so the fault maps the page in the
+/// same pass: no placeholder made and filled, no second pass through the
+/// fault handler. Only a plain success is taken so; any other answer, or
+/// one behind another on the ring, is left for the way out of the kernel,
+/// which deals with every kind (`finish`), and the fault waits for it.
+pub fn page_in(
+    paging: &mut HostPaging,
+    frames: &mut FrameAllocator,
+    object: ObjectId,
+    pager: PagerRef,
+    offset: ObjectOffset,
+    size: u64,
+    desired: VmProt,
+) -> PageIn {
+    if crate::vm::user_pager::is_user(pager) || host_object(pager).is_none() {
+        return PageIn::Later;
     }
-    sent.then_some(guard)
+    let asked = request(
+        paging,
+        frames,
+        object,
+        || size,
+        PagerPort::Pager(pager),
+        offset,
+        desired,
+    );
+    let Asked::Yes(Some(sent)) = asked else {
+        // No room to ask: the fault's caller asks (and reports) it.
+        return PageIn::Later;
+    };
+    // A VM operation run from a completion holds the driver: the transfer
+    // then waits for the way out.
+    let Some(mut guard) = virtio_pager::try_lock() else {
+        return PageIn::Asked;
+    };
+    let Some(d) = guard.as_mut() else {
+        return PageIn::Asked;
+    };
+    submit_unsent(paging, frames, d);
+    let bit = 1u64 << sent.slot;
+    if sent.pages != 1 || paging.unsent & bit != 0 {
+        return PageIn::Asked;
+    }
+    let taken = d.take_completion(PAGE_TOKEN | sent.slot as u64, |c| {
+        c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE
+    });
+    if taken.is_none() {
+        return PageIn::Asked;
+    }
+    paging.used &= !bit;
+    paging.pages_in += 1;
+    PageIn::Provided(paging.slots[sent.slot].frames[0])
 }
 
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
