@@ -853,6 +853,18 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         self.stats.completed += 1;
     }
 
+    /// Arms completion interrupts again if no request is in flight (so
+    /// none can complete unseen); true if it did. The caller that disarmed
+    /// need not then pass through `leave_kernel`.
+    pub fn arm_if_idle(&mut self) -> bool {
+        if self.busy != 0 || self.health != Health::Running {
+            return false;
+        }
+        // Nothing in flight, so nothing can have arrived meanwhile.
+        let _ = self.reqq.arm();
+        true
+    }
+
     /// Takes the next completion only if it is the request with `token`
     /// and `accept` wants it, handing it to no one: a caller that has just
     /// submitted a request and can use its answer at once (the VM's fault

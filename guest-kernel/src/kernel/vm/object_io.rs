@@ -44,6 +44,15 @@ pub fn disarm_for_exit(d: &mut virtio_pager::Driver) {
     disarm(d);
 }
 
+/// A caller that disarmed and has since taken every answer it waited
+/// for: interrupts are armed again now if nothing is in flight, and the
+/// way out need not look at the device.
+pub fn rearm_if_idle(d: &mut virtio_pager::Driver) {
+    if d.arm_if_idle() {
+        DISARMED.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Called on every way out of the kernel (trap::dispatch).
 pub fn leave_kernel(k: &mut Kernel) {
     let sent = if k.paging.has_work() {

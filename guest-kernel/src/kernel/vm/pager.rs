@@ -564,6 +564,7 @@ pub fn page_in(
     if taken.is_none() {
         return PageIn::Asked;
     }
+    crate::vm::object_io::rearm_if_idle(d);
     paging.used &= !bit;
     paging.pages_in += 1;
     PageIn::Provided(paging.slots[sent.slot].frames[0])
