@@ -30,6 +30,18 @@ pub trait FaultMachine: PhysMaps {
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError>;
     /// Whether the faulting space maps `va` (fault-around stops there).
     fn mapped(&mut self, va: VirtAddr) -> bool;
+    /// Maps `frames[i]` at `va + i` pages with `prot` (new mappings, as
+    /// `enter` makes them), stopping at the first address already mapped
+    /// or that cannot be mapped; how many it mapped (fault-around).
+    fn enter_ahead(&mut self, va: VirtAddr, frames: &[PhysAddr], prot: VmProt) -> usize {
+        for (n, &f) in frames.iter().enumerate() {
+            let at = VirtAddr(va.0 + n as u64 * PAGE_SIZE);
+            if self.mapped(at) || self.enter(at, f, prot).is_err() {
+                return n;
+            }
+        }
+        frames.len()
+    }
     /// Makes `frame` all zeros (called only for frames not known zero).
     fn zero_frame(&mut self, frame: PhysAddr);
     fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr);

@@ -172,6 +172,9 @@ impl FaultMachine for Machine<'_> {
     fn mapped(&mut self, va: VirtAddr) -> bool {
         self.pmap().lookup(va).is_some()
     }
+    fn enter_ahead(&mut self, va: VirtAddr, frames: &[PhysAddr], prot: VmProt) -> usize {
+        self.pmap().enter_ahead(va, frames, prot)
+    }
     fn zero_frame(&mut self, frame: PhysAddr) {
         crate::arch::copy::zero_frame(frame);
     }
