@@ -89,6 +89,8 @@ pub struct Kernel {
     /// that looks for its answer before it sleeps compares it.
     page_wakes: u64,
     pub timer_hz: u64,
+    /// The TSC's rate, from the timer ticks.
+    pub tsc: crate::kern::clock::TscRate,
     /// Print the VM's statistics when init exits (`vm_stats=1`, which
     /// `vmm run --stats` passes).
     pub report_vm_stats: bool,
@@ -179,6 +181,7 @@ impl Kernel {
             page_waiters: false,
             page_wakes: 0,
             timer_hz: 100,
+            tsc: Default::default(),
             report_vm_stats: false,
             fx_spare: Vec::new(),
         }

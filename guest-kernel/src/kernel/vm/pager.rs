@@ -53,6 +53,18 @@ const READ_AHEAD_MIN_FREE: u64 = super::default_pager::FREE_MIN + CLUSTER as u64
 /// Slots write-backs leave to data_requests, so a fault needing a page
 /// back does not find every slot taken by pageout's writes.
 const READ_RESERVE: usize = 16;
+/// How long a fault spins for its page's answer before it sleeps (hybrid
+/// polling): less than sleeping costs it (an interrupt or a later look, a
+/// wake-up, a second pass through the fault handler: here ~1,000 emulated
+/// instructions, 0.7 ms), more than the device mostly takes to answer from
+/// the host's page cache when the first look found nothing (measured here:
+/// 50-400 µs, the host thread's wake-up on shared cores).
+const POLL_US: u64 = 300;
+/// After this many spins in a row ran out of time the device is taken to
+/// be slow (a remote or busy pager): faults stop spinning, but for one in
+/// SPIN_PROBE, which finds out when it is fast again.
+const SPIN_MISSES: u32 = 4;
+const SPIN_PROBE: u32 = 32;
 
 pub fn host_pager(object: u32) -> PagerRef {
     PagerRef(HOST | u64::from(object))
@@ -129,6 +141,16 @@ pub struct HostPaging {
     pub lost_pages: u64,
     /// data_requests the pager left unanswered past the object's timeout.
     pub timeouts: u64,
+    /// POLL_US in TSC cycles (0 until the timer has shown the rate); the
+    /// spins in a row that ran out of time, and the page-ins since.
+    poll_cycles: u64,
+    spin_misses: u32,
+    spin_skipped: u32,
+    /// Faults whose page the device answered while they waited (page_in),
+    /// the waits that spun for it, and those that ran out of time.
+    pub at_once: u64,
+    pub spins: u64,
+    pub spin_timeouts: u64,
     /// What host pagers said unprompted (pager_events.rs).
     pub events: super::pager_events::EventCounts,
     pub event_clock: super::pager_events::EventClock,
@@ -167,6 +189,12 @@ impl Default for HostPaging {
             failed_writes: 0,
             lost_pages: 0,
             timeouts: 0,
+            poll_cycles: 0,
+            spin_misses: 0,
+            spin_skipped: 0,
+            at_once: 0,
+            spins: 0,
+            spin_timeouts: 0,
             events: Default::default(),
             event_clock: Default::default(),
             write_failure_reported: false,
@@ -239,6 +267,31 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
         } => Some((size, read_only)),
         _ => None,
     }
+}
+
+/// An answer the fault path takes itself: data for the page, nothing
+/// else (every other answer goes through `finish`).
+fn plain_success(c: &Completion) -> bool {
+    c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE
+}
+
+/// Whether a fault whose answer is not there yet spins for it: while the
+/// bound is known, and unless the device has been slow lately (then one
+/// in SPIN_PROBE still does, to see whether it is fast again).
+fn should_spin(paging: &mut HostPaging) -> bool {
+    if paging.poll_cycles == 0 {
+        return false;
+    }
+    if paging.spin_misses < SPIN_MISSES {
+        return true;
+    }
+    paging.spin_skipped = paging.spin_skipped.wrapping_add(1);
+    paging.spin_skipped % SPIN_PROBE == 0
+}
+
+/// Timer tick: the poll bound follows the TSC's rate as the timer sees it.
+pub fn tick(k: &mut Kernel) {
+    k.paging.poll_cycles = k.tsc.cycles(POLL_US, k.timer_hz);
 }
 
 /// A data_request queued for the device: its transfer slot and how many
@@ -558,12 +611,31 @@ pub fn page_in(
     if sent.pages != 1 || paging.unsent & bit != 0 {
         return PageIn::Asked;
     }
-    let taken = d.take_completion(PAGE_TOKEN | sent.slot as u64, |c| {
-        c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE
-    });
+    let token = PAGE_TOKEN | sent.slot as u64;
+    let mut taken = d.take_completion(token, plain_success);
+    if taken.is_none() && d.completions_waiting() == 0 && should_spin(paging) {
+        // The device is still at it: wait for it here, never past the
+        // bound.
+        paging.spins += 1;
+        let start = crate::kern::clock::now();
+        loop {
+            core::hint::spin_loop();
+            if d.completions_waiting() != 0 {
+                taken = d.take_completion(token, plain_success);
+                break;
+            }
+            if crate::kern::clock::now().wrapping_sub(start) > paging.poll_cycles {
+                paging.spin_misses = paging.spin_misses.saturating_add(1);
+                paging.spin_timeouts += 1;
+                break;
+            }
+        }
+    }
     if taken.is_none() {
         return PageIn::Asked;
     }
+    paging.spin_misses = 0;
+    paging.at_once += 1;
     crate::vm::object_io::rearm_if_idle(d);
     paging.used &= !bit;
     paging.pages_in += 1;
