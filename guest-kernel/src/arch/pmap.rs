@@ -131,7 +131,7 @@ impl PvTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, frame: PhysAddr, root: PhysAddr, va: VirtAddr) -> Result<(), VmError> {
         if self.count >= self.limit {
             return Err(VmError::ResourceShortage);
