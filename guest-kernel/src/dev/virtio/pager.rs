@@ -887,7 +887,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         if !accept(&c) {
             return None;
         }
-        self.reqq.pop_used();
+        self.reqq.skip_used();
         self.busy &= !(1 << slot);
         self.stats.completed += 1;
         Some(c)

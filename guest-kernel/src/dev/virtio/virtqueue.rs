@@ -205,6 +205,12 @@ impl SplitQueue {
         idx.wrapping_sub(self.last_used)
     }
 
+    /// Takes the used element `peek_used` just gave (without reading the
+    /// ring again).
+    pub fn skip_used(&mut self) {
+        self.last_used = self.last_used.wrapping_add(1);
+    }
+
     /// The next used element, left where it is (`pop_used` takes it).
     pub fn peek_used(&self) -> Option<(u32, u32)> {
         // SAFETY: used.idx.
