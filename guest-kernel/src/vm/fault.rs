@@ -838,12 +838,15 @@ pub(crate) mod tests {
         o
     }
 
+    /// The page_in calls a machine got: object, pager, offset, size, desired.
+    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>;
+
     /// The simulated machine with a pager it can ask from inside the fault
     /// handler, answering as told; the calls it got are kept.
     struct Asking<'a> {
         sim: Sim<'a>,
         answer: PageIn,
-        asked: alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>,
+        asked: PageIns,
     }
     impl PhysMaps for Asking<'_> {
         fn page_protect(&mut self, frame: PhysAddr, prot: VmProt) {
@@ -891,10 +894,7 @@ pub(crate) mod tests {
             va: VirtAddr,
             access: VmProt,
             answer: PageIn,
-        ) -> (
-            FaultOutcome,
-            alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>,
-        ) {
+        ) -> (FaultOutcome, PageIns) {
             let mut m = Asking {
                 sim: Sim { m: &mut self.m, s },
                 answer,

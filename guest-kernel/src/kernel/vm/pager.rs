@@ -286,7 +286,7 @@ fn should_spin(paging: &mut HostPaging) -> bool {
         return true;
     }
     paging.spin_skipped = paging.spin_skipped.wrapping_add(1);
-    paging.spin_skipped % SPIN_PROBE == 0
+    paging.spin_skipped.is_multiple_of(SPIN_PROBE)
 }
 
 /// Timer tick: the poll bound follows the TSC's rate as the timer sees it.
