@@ -18,7 +18,7 @@ use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
-pub const FAULT_AROUND: u64 = 31;
+const FAULT_AROUND: u64 = 31;
 
 /// x86 page-fault error code bits.
 const PF_WRITE: u64 = 1 << 1;
@@ -100,14 +100,14 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
     }
 }
 
-/// Hands the request just made to the device and takes the completions
-/// that are already there, as the way out of the kernel would: where the
-/// device answers within that time (it does on this software KVM, where
-/// every kernel instruction is slow), the fault is retried in this entry
-/// instead of after a sleep, a wake-up and a second trap. True if anything
-/// meanwhile woke the faults waiting on some object: the thread has not
-/// gone to sleep yet, so it must look again itself, or it would sleep
-/// through its own wake-up (a completion, a pager found dead, an event).
+/// Before a fault sleeps for the device: hands over what is not sent yet
+/// and takes the completions already there, as the way out of the kernel
+/// would; where the device has answered by then, the fault is retried in
+/// this entry instead of after a sleep, a wake-up and a second trap. True
+/// if anything meanwhile woke the faults waiting on some object: the
+/// thread has not gone to sleep yet, so it must look again itself, or it
+/// would sleep through its own wake-up (a completion, a pager found dead,
+/// an event).
 fn answered_at_once(k: &mut Kernel) -> bool {
     let before = k.page_wakes();
     super::object_io::leave_kernel(k);
