@@ -2,6 +2,8 @@
 //! no other clock to calibrate it with): what a bound in cycles needs.
 
 /// TSC cycles per timer tick, a running mean; 0 until two ticks were seen.
+/// Fed by one timer: with more than one CPU, each keeps its own (or only
+/// one CPU's ticks feed it), as the deltas are between one timer's ticks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TscRate {
     last: u64,
