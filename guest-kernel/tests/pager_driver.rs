@@ -662,6 +662,59 @@ fn a_disarmed_queue_completes_without_an_interrupt_and_leave_kernel_takes_it() {
     let _ = std::fs::remove_file(path);
 }
 
+/// Waits until the device has returned `n` chains on the request ring
+/// (nothing is taken from it).
+fn wait_used(rig: &Rig, n: u64) {
+    let start = Instant::now();
+    while rig.driver.stats.completed + rig.driver.completions_waiting() < n {
+        assert!(start.elapsed() < Duration::from_secs(10), "device silent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn take_completion_takes_only_the_named_request_first_in_line_and_accepted() {
+    let path = temp_file(&pattern(4 * 4096));
+    let uri = format!("file:{}", path.display());
+    let mut rig = Rig::new(vec![("data", &uri)]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    let (a, b) = (rig.pages(1), rig.pages(1));
+    let read = |offset| Op::DataRequest {
+        offset,
+        len: 4096,
+        desired: 1,
+    };
+    rig.driver.disarm();
+    rig.driver.submit(0, read(0), 10, a.clone()).unwrap();
+    rig.driver.kick();
+    wait_used(&rig, 2);
+    // Not its token, or not accepted: the completion stays for poll.
+    assert_eq!(rig.driver.take_completion(11, |_| true), None);
+    assert_eq!(rig.driver.take_completion(10, |_| false), None);
+    let c = rig
+        .driver
+        .take_completion(10, |c| {
+            c.status == status::OK && c.kind == pager::KIND_PROVIDED
+        })
+        .expect("taken");
+    assert_eq!((c.token, c.bytes), (10, 4096));
+    assert_eq!(rig.read(&a), pattern(4096));
+    assert_eq!(rig.driver.in_flight(), 0, "its slot is free again");
+    // Behind another completion, a request's own is not taken out of line.
+    rig.driver.submit(0, read(4096), 20, a.clone()).unwrap();
+    rig.driver.kick();
+    wait_used(&rig, 3);
+    rig.driver.submit(0, read(8192), 21, b.clone()).unwrap();
+    rig.driver.kick();
+    wait_used(&rig, 4);
+    assert_eq!(rig.driver.take_completion(21, |_| true), None);
+    rig.poll();
+    let mut tokens: Vec<u64> = rig.done.drain(..).map(|c| c.token).collect();
+    tokens.sort_unstable();
+    assert_eq!(tokens, [20, 21], "both left for poll, none lost");
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn events_are_taken_within_a_budget_and_pushed_pages_swapped_for_fresh_frames() {
     let pager = Arc::new(devices::testing::MemPager::new(64 * PAGE_SIZE));

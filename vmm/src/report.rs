@@ -65,6 +65,11 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
                 m.stats.get("irq_injections"),
                 m.stats.get("mmio_exits")
             ));
+            // Every counter, so a benchmark can say where the exits of a
+            // span went (`vmm bench fault` separates kvm_pvm's own page
+            // fault handling from the kernel's exits).
+            let all: Vec<String> = m.stats.0.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            out.push(format!("{STATS_TAG} counters_at={mark} {}", all.join(" ")));
         }
     }
     if let Some(p) = &report.pager_stats {

@@ -30,9 +30,51 @@ pub trait FaultMachine: PhysMaps {
     fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError>;
     /// Whether the faulting space maps `va` (fault-around stops there).
     fn mapped(&mut self, va: VirtAddr) -> bool;
+    /// Maps `frames[i]` at `va + i` pages with `prot` (new mappings, as
+    /// `enter` makes them), stopping at the first address already mapped
+    /// or that cannot be mapped; how many it mapped (fault-around).
+    fn enter_ahead(&mut self, va: VirtAddr, frames: &[PhysAddr], prot: VmProt) -> usize {
+        for (n, &f) in frames.iter().enumerate() {
+            let at = VirtAddr(va.0 + n as u64 * PAGE_SIZE);
+            if self.mapped(at) || self.enter(at, f, prot).is_err() {
+                return n;
+            }
+        }
+        frames.len()
+    }
     /// Makes `frame` all zeros (called only for frames not known zero).
     fn zero_frame(&mut self, frame: PhysAddr);
     fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr);
+    /// The page at `offset` of `object` (`size` bytes long) is absent and
+    /// its pager is `pager`: the machine may ask for it itself, and even
+    /// have it at once (a pager that answers while the fault is still
+    /// being handled). By default it leaves the asking to the caller of
+    /// the fault handler ([`PageIn::Later`]).
+    fn page_in(
+        &mut self,
+        object: ObjectId,
+        pager: PagerPort,
+        offset: ObjectOffset,
+        size: u64,
+        desired: VmProt,
+    ) -> PageIn {
+        let _ = (object, pager, offset, size, desired);
+        PageIn::Later
+    }
+}
+
+/// What [`FaultMachine::page_in`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageIn {
+    /// Nothing: the fault returns Request and its caller asks the pager.
+    Later,
+    /// Asked, the answer is not here yet: the fault makes the busy
+    /// placeholder and waits (Wait), as for another fault's request.
+    Asked,
+    /// The pager's data for the page is in this frame (now the VM's):
+    /// the page becomes resident, as pager_data_provided would make it
+    /// (clean, unlocked), and the fault goes on with it.
+    Provided(PhysAddr),
 }
 
 /// What the map says about the faulting address (from map::Lookup).
@@ -57,6 +99,9 @@ pub enum Resolved {
     /// Written page copied from `from` (a backing object's frame) into the
     /// top object.
     CopyOnWrite { from: PhysAddr },
+    /// The page's pager provided it while the fault waited
+    /// ([`PageIn::Provided`]).
+    PagedIn,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,13 +286,30 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
                 };
             }
             let port = o.pager_port();
-            return request(
-                objects,
-                obj,
-                off,
-                port,
-                if obj == top { access } else { VmProt::READ },
-            );
+            let desired = if obj == top { access } else { VmProt::READ };
+            return match mmu.page_in(obj, port, off, o.size(), desired) {
+                PageIn::Later => request(objects, obj, off, port, desired),
+                PageIn::Asked => match placeholder(objects, obj, off) {
+                    Ok(_) => FaultOutcome::Wait {
+                        object: obj,
+                        offset: off,
+                    },
+                    // The answer will find no placeholder and make the
+                    // page itself; this fault sees it when it comes.
+                    Err(e) => FaultOutcome::from_error(e),
+                },
+                PageIn::Provided(frame) => paged_in(
+                    objects,
+                    frames,
+                    mmu,
+                    target,
+                    va,
+                    access,
+                    privileged,
+                    (obj, off, shadow.is_some()),
+                    frame,
+                ),
+            };
         }
         match shadow {
             Some((b, boff)) => {
@@ -269,6 +331,16 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
 }
 
 /// Makes a busy placeholder so concurrent faults wait for one request.
+fn placeholder(objects: &mut Objects, obj: ObjectId, off: ObjectOffset) -> Result<PageId, VmError> {
+    let pid = objects.pages.insert(obj, off, None)?;
+    if let Some(p) = objects.pages.get_mut(pid) {
+        p.busy = true;
+        p.absent = true;
+    }
+    Ok(pid)
+}
+
+/// The placeholder, and the request its caller is to send.
 fn request(
     objects: &mut Objects,
     obj: ObjectId,
@@ -276,13 +348,8 @@ fn request(
     pager: PagerPort,
     desired_access: VmProt,
 ) -> FaultOutcome {
-    let pid = match objects.pages.insert(obj, off, None) {
-        Ok(p) => p,
-        Err(e) => return FaultOutcome::from_error(e),
-    };
-    if let Some(p) = objects.pages.get_mut(pid) {
-        p.busy = true;
-        p.absent = true;
+    if let Err(e) = placeholder(objects, obj, off) {
+        return FaultOutcome::from_error(e);
     }
     FaultOutcome::Request {
         object: obj,
@@ -290,6 +357,48 @@ fn request(
         offset: off,
         length: PAGE_SIZE,
         desired_access,
+    }
+}
+
+/// The pager answered the fault at once with the page at (`obj`, `off`)
+/// in `frame`: it becomes resident as data_provided would make it, then
+/// the fault goes on as for a resident page (`shadowed`: `obj` has a
+/// backing object). Without room for the page record the data is given
+/// up (a later fault asks again).
+#[allow(clippy::too_many_arguments)] // the fault's whole context
+fn paged_in<F: FrameSource, M: FaultMachine>(
+    objects: &mut Objects,
+    frames: &mut F,
+    mmu: &mut M,
+    target: FaultTarget,
+    va: VirtAddr,
+    access: VmProt,
+    privileged: bool,
+    (obj, off, shadowed): (ObjectId, ObjectOffset, bool),
+    frame: PhysAddr,
+) -> FaultOutcome {
+    let pid = match objects.pages.insert(obj, off, Some(frame)) {
+        Ok(p) => p,
+        Err(e) => {
+            frames.free_frame(frame);
+            return FaultOutcome::from_error(e);
+        }
+    };
+    // On the active queue whatever the fault makes of it below.
+    objects.pages.activate(pid);
+    match found(
+        objects, frames, mmu, target, va, access, privileged, obj, pid, shadowed,
+    ) {
+        FaultOutcome::Mapped {
+            frame,
+            prot,
+            how: Resolved::Soft,
+        } => FaultOutcome::Mapped {
+            frame,
+            prot,
+            how: Resolved::PagedIn,
+        },
+        o => o,
     }
 }
 
@@ -727,6 +836,211 @@ pub(crate) mod tests {
             panic!()
         };
         o
+    }
+
+    /// The page_in calls a machine got: object, pager, offset, size, desired.
+    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>;
+
+    /// The simulated machine with a pager it can ask from inside the fault
+    /// handler, answering as told; the calls it got are kept.
+    struct Asking<'a> {
+        sim: Sim<'a>,
+        answer: PageIn,
+        asked: PageIns,
+    }
+    impl PhysMaps for Asking<'_> {
+        fn page_protect(&mut self, frame: PhysAddr, prot: VmProt) {
+            self.sim.page_protect(frame, prot)
+        }
+        fn clear_referenced(&mut self, frame: PhysAddr) -> bool {
+            self.sim.clear_referenced(frame)
+        }
+        fn clear_modified(&mut self, frame: PhysAddr) -> bool {
+            self.sim.clear_modified(frame)
+        }
+    }
+    impl FaultMachine for Asking<'_> {
+        fn enter(&mut self, va: VirtAddr, frame: PhysAddr, prot: VmProt) -> Result<(), VmError> {
+            self.sim.enter(va, frame, prot)
+        }
+        fn mapped(&mut self, va: VirtAddr) -> bool {
+            self.sim.mapped(va)
+        }
+        fn zero_frame(&mut self, frame: PhysAddr) {
+            self.sim.zero_frame(frame)
+        }
+        fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr) {
+            self.sim.copy_frame(src, dst)
+        }
+        fn page_in(
+            &mut self,
+            object: ObjectId,
+            pager: PagerPort,
+            offset: ObjectOffset,
+            size: u64,
+            desired: VmProt,
+        ) -> PageIn {
+            self.asked.push((object, pager, offset, size, desired));
+            self.answer
+        }
+    }
+
+    impl World {
+        /// A fault whose machine asks the pager itself and gets `answer`.
+        fn fault_asking(
+            &mut self,
+            s: SpaceHandle,
+            target: FaultTarget,
+            va: VirtAddr,
+            access: VmProt,
+            answer: PageIn,
+        ) -> (FaultOutcome, PageIns) {
+            let mut m = Asking {
+                sim: Sim { m: &mut self.m, s },
+                answer,
+                asked: alloc::vec::Vec::new(),
+            };
+            let r = fault_object(
+                &mut self.objs,
+                &mut self.pool,
+                &mut m,
+                target,
+                va,
+                access,
+                false,
+            );
+            (r, m.asked)
+        }
+    }
+
+    #[test]
+    fn a_pager_answering_at_once_has_the_page_mapped_in_one_pass() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 4);
+        w.objs.set_pager_ready(o).unwrap();
+        let f = w.filled_frame(b'q');
+        let (r, asked) = w.fault_asking(s, tgt(o, 2, RW), va(2), VmProt::READ, PageIn::Provided(f));
+        assert_eq!(
+            asked,
+            [(
+                o,
+                PagerPort::Pager(PagerRef(7)),
+                off(2),
+                4 * PAGE_SIZE,
+                VmProt::READ
+            )]
+        );
+        assert_eq!(
+            r,
+            FaultOutcome::Mapped {
+                frame: f,
+                prot: RW,
+                how: Resolved::PagedIn
+            }
+        );
+        let mut b = [0u8];
+        w.m.read_virt(s, va(2), &mut b).unwrap();
+        assert_eq!(&b, b"q");
+        // Resident as data_provided makes a page: clean, unlocked, active.
+        let pid = w.objs.pages.lookup(o, off(2)).expect("resident");
+        let p = w.objs.pages.get(pid).unwrap();
+        assert!(!p.busy && !p.absent && !p.dirty && p.lock.is_empty());
+        assert_eq!(p.queue(), crate::vm::page::Queue::Active);
+        // The next fault on it (another space) is soft and asks no one.
+        let t = w.m.new_space();
+        let (r, asked) = w.fault_asking(t, tgt(o, 2, RW), va(2), VmProt::READ, PageIn::Later);
+        assert!(asked.is_empty());
+        assert!(
+            matches!(r, FaultOutcome::Mapped { frame, how: Resolved::Soft, .. } if frame == f),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_pager_asked_but_not_yet_answering_leaves_a_placeholder_to_wait_on() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 4);
+        w.objs.set_pager_ready(o).unwrap();
+        let (r, asked) = w.fault_asking(s, tgt(o, 1, RW), va(1), VmProt::WRITE, PageIn::Asked);
+        assert_eq!(asked.len(), 1);
+        // (x86 writes need read access too.)
+        assert_eq!(asked[0].4, VmProt::READ.union(VmProt::WRITE));
+        let wait = FaultOutcome::Wait {
+            object: o,
+            offset: off(1),
+        };
+        assert_eq!(r, wait);
+        // Asked once: a concurrent fault waits for that answer.
+        let (r, asked) = w.fault_asking(s, tgt(o, 1, RW), va(1), VmProt::READ, PageIn::Asked);
+        assert!(asked.is_empty());
+        assert_eq!(r, wait);
+        let f = w.filled_frame(b'w');
+        let rep = w
+            .objs
+            .data_provided(o, off(1), &[f], VmProt::NONE, false, &mut w.pool)
+            .unwrap();
+        assert!(rep.woken);
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 1, RW), va(1), VmProt::WRITE),
+            FaultOutcome::Mapped { frame, how: Resolved::Soft, .. } if frame == f
+        ));
+    }
+
+    #[test]
+    fn a_page_paged_in_below_a_shadow_is_copied_up_for_a_write() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let base = external(&mut w, 1);
+        w.objs.set_pager_ready(base).unwrap();
+        w.objs.reference(base);
+        let top = w.objs.shadow(base, off(0), PAGE_SIZE).unwrap();
+        let f = w.filled_frame(b'b');
+        let (r, asked) = w.fault_asking(
+            s,
+            tgt(top, 0, RW),
+            va(0),
+            VmProt::WRITE,
+            PageIn::Provided(f),
+        );
+        // The backing object's pager is asked for reading only.
+        assert_eq!(
+            asked,
+            [(
+                base,
+                PagerPort::Pager(PagerRef(7)),
+                off(0),
+                PAGE_SIZE,
+                VmProt::READ
+            )]
+        );
+        assert!(
+            matches!(r, FaultOutcome::Mapped { how: Resolved::CopyOnWrite { from }, prot: RW, .. } if from == f),
+            "{r:?}"
+        );
+        w.m.write_virt(s, va(0), b"t").unwrap();
+        // The backing page keeps the pager's data and stays resident.
+        let mut b = [0u8];
+        w.m.read_phys(f, &mut b);
+        assert_eq!(&b, b"b");
+        assert!(w.objs.pages.lookup(base, off(0)).is_some());
+    }
+
+    #[test]
+    fn data_paged_in_without_room_for_its_record_is_given_back() {
+        let mut w = World::new(8);
+        w.objs = Objects::new(64, 1, 0);
+        let s = w.m.new_space();
+        let o = external(&mut w, 2);
+        w.objs.set_pager_ready(o).unwrap();
+        w.objs.pages.insert(o, off(1), None).unwrap();
+        let free = w.pool.free_count();
+        let f = w.filled_frame(b'x');
+        let (r, _) = w.fault_asking(s, tgt(o, 0, RW), va(0), VmProt::READ, PageIn::Provided(f));
+        assert_eq!(r, FaultOutcome::ResourceShortage);
+        assert_eq!(w.pool.free_count(), free, "the frame went back");
+        assert!(w.objs.pages.lookup(o, off(0)).is_none());
     }
 
     #[test]

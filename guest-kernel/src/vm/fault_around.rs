@@ -13,7 +13,7 @@
 //! the first page that does not qualify or is already mapped: it serves
 //! sequential reads and never costs more than `max` lookups.
 
-use crate::addr::{PAGE_SIZE, VirtAddr};
+use crate::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use crate::vm::fault::FaultMachine;
 use crate::vm::map::VmMap;
 use crate::vm::object::Objects;
@@ -35,38 +35,44 @@ pub fn fault_around<M: FaultMachine>(
         return 0;
     }
     let prot = first.prot.without(VmProt::WRITE);
-    let mut page = va.align_down(PAGE_SIZE);
+    let base = va.align_down(PAGE_SIZE);
     let mut mapped = 0;
+    // The resident run's frames are gathered first (a hash probe a page,
+    // which after a random fault mostly ends it at once), then mapped in
+    // one go, so the page tables are walked once, not twice a page.
+    let mut run = [PhysAddr(0); BATCH];
     while mapped < max {
-        let Some(next) = page.0.checked_add(PAGE_SIZE).map(VirtAddr) else {
-            break;
-        };
-        page = next;
-        if page >= first.end || mmu.mapped(page) {
+        let from = VirtAddr(base.0 + (mapped + 1) * PAGE_SIZE);
+        let mut n = 0;
+        while n < BATCH && mapped + (n as u64) < max {
+            let page = from.0 + n as u64 * PAGE_SIZE;
+            if page >= first.end.0 {
+                break;
+            }
+            let Some(frame) = first
+                .offset
+                .checked_add(page - base.0)
+                .and_then(|offset| objects.pages.lookup(first.object, offset))
+                .and_then(|pid| objects.pages.get(pid))
+                .filter(|p| !p.busy && !p.absent && !p.error && !p.lock.contains(VmProt::READ))
+                .and_then(|p| p.frame)
+            else {
+                break;
+            };
+            run[n] = frame;
+            n += 1;
+        }
+        let entered = mmu.enter_ahead(from, &run[..n], prot);
+        mapped += entered as u64;
+        if entered < BATCH {
             break;
         }
-        let Some(offset) = first
-            .offset
-            .checked_add(page.0 - va.align_down(PAGE_SIZE).0)
-        else {
-            break;
-        };
-        let Some(frame) = objects
-            .pages
-            .lookup(first.object, offset)
-            .and_then(|pid| objects.pages.get(pid))
-            .filter(|p| !p.busy && !p.absent && !p.error && !p.lock.contains(VmProt::READ))
-            .and_then(|p| p.frame)
-        else {
-            break;
-        };
-        if mmu.enter(page, frame, prot).is_err() {
-            break;
-        }
-        mapped += 1;
     }
     mapped
 }
+
+/// Pages gathered per `enter_ahead`.
+const BATCH: usize = 32;
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,9 @@
 //! watching again. Kept for a few objects at once (the most recent ones),
 //! so interleaved readers of different objects each keep their stream.
 
-/// Streams remembered at once.
+/// Streams remembered at once (one bit each in `ReadAhead::live`).
 const STREAMS: usize = 8;
+const _: () = assert!(STREAMS <= 8);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stream {
@@ -21,7 +22,12 @@ struct Stream {
 /// Per-object sequential detection for data_request windows.
 #[derive(Clone, Debug)]
 pub struct ReadAhead {
-    streams: [Option<Stream>; STREAMS],
+    streams: [Stream; STREAMS],
+    /// Which entries of `streams` hold one.
+    live: u8,
+    /// The entry used last, looked at first: every fault of a reader
+    /// asks, mostly about the same object as the one before.
+    last: usize,
     clock: u64,
     first: u32,
     max: u32,
@@ -40,7 +46,14 @@ impl ReadAhead {
             first
         };
         ReadAhead {
-            streams: [None; STREAMS],
+            streams: [Stream {
+                object: 0,
+                next: 0,
+                pages: 0,
+                stamp: 0,
+            }; STREAMS],
+            live: 0,
+            last: 0,
             clock: 0,
             first,
             max,
@@ -53,13 +66,10 @@ impl ReadAhead {
     pub fn window(&mut self, object: u64, offset: u64, page_size: u64) -> u32 {
         self.clock += 1;
         let stamp = self.clock;
-        let pages = match self
-            .streams
-            .iter_mut()
-            .flatten()
-            .find(|s| s.object == object)
-        {
-            Some(s) => {
+        let pages = match self.find(object) {
+            Some(i) => {
+                self.last = i;
+                let s = &mut self.streams[i];
                 // Sequential: at the window's end, or inside it (a page the
                 // pager did not provide, or one reclaimed since).
                 let start = s.next.saturating_sub(u64::from(s.pages) * page_size);
@@ -83,25 +93,32 @@ impl ReadAhead {
             pages,
             stamp,
         };
-        let slot = match self.streams.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => self
-                .streams
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.map_or(0, |s| s.stamp))
-                .map_or(0, |(i, _)| i),
+        let slot = if self.live != u8::MAX >> (8 - STREAMS) {
+            (!self.live).trailing_zeros() as usize
+        } else {
+            (0..STREAMS)
+                .min_by_key(|&i| self.streams[i].stamp)
+                .unwrap_or(0)
         };
-        self.streams[slot] = Some(s);
+        self.streams[slot] = s;
+        self.live |= 1 << slot;
+        self.last = slot;
         pages
+    }
+
+    /// The entry holding `object`'s stream.
+    fn find(&self, object: u64) -> Option<usize> {
+        let held = |i: usize| self.live & (1 << i) != 0 && self.streams[i].object == object;
+        if held(self.last) {
+            return Some(self.last);
+        }
+        (0..STREAMS).find(|&i| held(i))
     }
 
     /// `object` is gone: its stream is forgotten (its id may be reused).
     pub fn forget(&mut self, object: u64) {
-        for s in self.streams.iter_mut() {
-            if s.is_some_and(|s| s.object == object) {
-                *s = None;
-            }
+        if let Some(i) = self.find(object) {
+            self.live &= !(1 << i);
         }
     }
 }

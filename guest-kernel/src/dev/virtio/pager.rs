@@ -570,6 +570,11 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         self.busy.count_ones()
     }
 
+    /// Requests the device has returned that no one has taken yet.
+    pub fn completions_waiting(&self) -> u64 {
+        u64::from(self.reqq.used_waiting())
+    }
+
     pub fn is_resetting(&self) -> bool {
         self.health == Health::Resetting
     }
@@ -838,6 +843,59 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             self.stats.spurious += 1;
             return;
         }
+        let c = self.completion_of(slot, used_len);
+        let frames = Frames {
+            table: self.dma.ptr(self.mem.tables[slot]),
+            n: self.slots[slot].frames as usize,
+        };
+        done(&c, &frames);
+        self.busy &= !(1 << slot);
+        self.stats.completed += 1;
+    }
+
+    /// Arms completion interrupts again if no request is in flight (so
+    /// none can complete unseen); true if it did. The caller that disarmed
+    /// need not then pass through `leave_kernel`.
+    pub fn arm_if_idle(&mut self) -> bool {
+        if self.busy != 0 || self.health != Health::Running {
+            return false;
+        }
+        // Nothing in flight, so nothing can have arrived meanwhile.
+        let _ = self.reqq.arm();
+        true
+    }
+
+    /// Takes the next completion only if it is the request with `token`
+    /// and `accept` wants it, handing it to no one: a caller that has just
+    /// submitted a request and can use its answer at once (the VM's fault
+    /// path) takes it so. Anything else stays on the used ring for `poll`,
+    /// in order.
+    pub fn take_completion(
+        &mut self,
+        token: u64,
+        accept: impl FnOnce(&Completion) -> bool,
+    ) -> Option<Completion> {
+        if self.health != Health::Running {
+            return None;
+        }
+        let (id, used_len) = self.reqq.peek_used()?;
+        let slot = id as usize;
+        if slot >= REQ_SLOTS || self.busy & (1 << slot) == 0 || self.slots[slot].token != token {
+            return None;
+        }
+        let c = self.completion_of(slot, used_len);
+        if !accept(&c) {
+            return None;
+        }
+        self.reqq.skip_used();
+        self.busy &= !(1 << slot);
+        self.stats.completed += 1;
+        Some(c)
+    }
+
+    /// The finished request in `slot` (busy, returned with `used_len`
+    /// bytes written), its response read; an INIT's answer is recorded.
+    fn completion_of(&mut self, slot: usize, used_len: u32) -> Completion {
         let info = self.slots[slot];
         let area = self
             .dma
@@ -881,13 +939,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                 ObjState::Uninit
             };
         }
-        let frames = Frames {
-            table: self.dma.ptr(self.mem.tables[slot]),
-            n: info.frames as usize,
-        };
-        done(&c, &frames);
-        self.busy &= !(1 << slot);
-        self.stats.completed += 1;
+        c
     }
 
     /// A new budget period (each timer tick): up to `budget` events (at

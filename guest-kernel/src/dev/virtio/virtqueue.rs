@@ -193,6 +193,26 @@ impl SplitQueue {
 
     /// The next used element (id, len), if the device returned one.
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
+        let e = self.peek_used()?;
+        self.last_used = self.last_used.wrapping_add(1);
+        Some(e)
+    }
+
+    /// Used elements not taken yet.
+    pub fn used_waiting(&self) -> u16 {
+        // SAFETY: used.idx.
+        let idx = unsafe { read_volatile(self.used.add(2) as *const u16) };
+        idx.wrapping_sub(self.last_used)
+    }
+
+    /// Takes the used element `peek_used` just gave (without reading the
+    /// ring again).
+    pub fn skip_used(&mut self) {
+        self.last_used = self.last_used.wrapping_add(1);
+    }
+
+    /// The next used element, left where it is (`pop_used` takes it).
+    pub fn peek_used(&self) -> Option<(u32, u32)> {
         // SAFETY: used.idx.
         let idx = unsafe { read_volatile(self.used.add(2) as *const u16) };
         if idx == self.last_used {
@@ -202,15 +222,13 @@ impl SplitQueue {
         compiler_fence(Ordering::Acquire);
         let slot = (self.last_used & self.mask) as usize;
         // SAFETY: slot < size, inside the used ring.
-        let (id, len) = unsafe {
+        unsafe {
             let e = self.used.add(4 + 8 * slot);
-            (
+            Some((
                 read_volatile(e as *const u32),
                 read_volatile(e.add(4) as *const u32),
-            )
-        };
-        self.last_used = self.last_used.wrapping_add(1);
-        Some((id, len))
+            ))
+        }
     }
 
     /// Asks for an interrupt at the next used entry. Returns true if entries

@@ -140,6 +140,8 @@ pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
             crate::arch::lapic::eoi();
             k.ticks += 1;
             k.need_resched = true;
+            k.tsc.tick(crate::kern::clock::now());
+            crate::vm::pager::tick(k);
             crate::vm::object_io::tick(k);
             crate::vm::default_pager::tick(k);
             crate::ipc::tick(k);

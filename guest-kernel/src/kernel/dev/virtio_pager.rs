@@ -53,6 +53,11 @@ pub fn lock() -> MutexGuard<'static, Option<Driver>> {
     DRIVER.lock()
 }
 
+/// The driver, unless this CPU already holds it further up the stack.
+pub fn try_lock() -> Option<MutexGuard<'static, Option<Driver>>> {
+    DRIVER.try_lock()
+}
+
 /// Events that arrive where the VM cannot act on them (the boot self
 /// test, the polled power-off sync) are dropped; everywhere else they go
 /// to kernel/vm/pager_events.rs.

@@ -133,7 +133,7 @@ impl OolSink for Sink<'_> {
         })?;
         for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
             let va = VirtAddr(at.0 + i as u64 * PAGE_SIZE);
-            let Ok(frame) = resolve_in(&mut self.parts, va, VmProt::WRITE) else {
+            let Ok(frame) = resolve_in(&mut self.parts, va, VmProt::WRITE, 0) else {
                 with_parts(&mut self.parts, |map, objs, _, m| {
                     let _ = map.deallocate(at, size, objs, &mut m.pmap());
                 });

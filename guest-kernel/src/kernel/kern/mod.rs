@@ -2,6 +2,7 @@
 //! call table, and the console.
 
 pub mod bootstrap;
+pub mod clock;
 pub mod console;
 pub mod heap;
 pub mod scheduler;

@@ -81,7 +81,16 @@ pub struct Kernel {
     /// A thread to run next without a trip through the run queue (an RPC
     /// hand-off from sender to receiver).
     handoff: Option<ThreadId>,
+    /// Some thread may be in `State::PageWait` (set when one blocks so,
+    /// cleared by a scan that finds none left): every finished page
+    /// transfer asks, and most find no one waiting.
+    page_waiters: bool,
+    /// Calls of `wake_page_waiters`, counted whether anyone waited: a fault
+    /// that looks for its answer before it sleeps compares it.
+    page_wakes: u64,
     pub timer_hz: u64,
+    /// The TSC's rate, from the timer ticks.
+    pub tsc: crate::kern::clock::TscRate,
     /// Print the VM's statistics when init exits (`vm_stats=1`, which
     /// `vmm run --stats` passes).
     pub report_vm_stats: bool,
@@ -169,7 +178,10 @@ impl Kernel {
             graveyard: Vec::new(),
             timeouts: Vec::new(),
             handoff: None,
+            page_waiters: false,
+            page_wakes: 0,
             timer_hz: 100,
+            tsc: Default::default(),
             report_vm_stats: false,
             fx_spare: Vec::new(),
         }
@@ -636,6 +648,9 @@ impl Kernel {
     pub fn block_current(&mut self, state: State) {
         if let Some(t) = self.current() {
             t.state = state;
+            if matches!(state, State::PageWait { .. }) {
+                self.page_waiters = true;
+            }
         }
     }
 
@@ -878,14 +893,24 @@ impl Kernel {
     /// Faults sleeping on `object` (its page in transit) run again: they
     /// retry the faulting instruction, or their system call, from the map.
     pub fn wake_page_waiters(&mut self, object: ObjectId) {
+        self.page_wakes += 1;
+        if !self.page_waiters {
+            return;
+        }
+        let mut others = false;
         let ids: Vec<(ThreadId, bool)> = self
             .threads
             .iter()
             .filter_map(|(&id, t)| match t.state {
                 State::PageWait { object: o, syscall } if o == object => Some((id, syscall)),
+                State::PageWait { .. } => {
+                    others = true;
+                    None
+                }
                 _ => None,
             })
             .collect();
+        self.page_waiters = others;
         for (id, syscall) in ids {
             if syscall {
                 self.restart_syscall(id);
@@ -893,6 +918,11 @@ impl Kernel {
                 self.make_ready(id);
             }
         }
+    }
+
+    /// How many times page waiters were woken (see `page_wakes`).
+    pub fn page_wakes(&self) -> u64 {
+        self.page_wakes
     }
 
     /// Whether a thread waits for an object read or write into its own

@@ -4,7 +4,7 @@
 //! finds a page not yet present. Faults the VM cannot satisfy become
 //! exception messages (kern/ipc/exception.rs), as before.
 
-use super::pager::Asked;
+use super::pager::{Asked, Sent};
 use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
@@ -13,7 +13,8 @@ use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::{FaultOutcome, Resolved, vm_fault};
 use guest_kernel::vm::fault_around::fault_around;
-use guest_kernel::vm::types::VmProt;
+use guest_kernel::vm::object::PagerPort;
+use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
@@ -44,16 +45,97 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
     } else {
         VmProt::READ
     };
-    match resolve(k, task, VirtAddr(cr2), access) {
-        Ok(_) => {
-            super::default_pager::check(k);
-            true
+    let va = VirtAddr(cr2);
+    let mut outcome = resolve(k, task, va, access, FAULT_AROUND);
+    // Tries again in this entry (after its own request was answered at
+    // once, or after a zero fill) at most this often; every outcome is
+    // still acted on, so a request made by the last try is sent.
+    let mut retries = 2;
+    loop {
+        match outcome {
+            Ok(_) => {
+                super::default_pager::check(k);
+                return true;
+            }
+            // Out of frames (or page records): pageout, and sleep for it if
+            // there is swap; else an exception as before.
+            Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
+            Err(o) => match ask_pager(k, o) {
+                Ask::Sleep(object, sent) => {
+                    // Only the device can have answered before this entry
+                    // ends: a guest pager answers from its own thread.
+                    let device = match o {
+                        FaultOutcome::Request { .. } => sent.is_some(),
+                        FaultOutcome::Wait { object, .. } => served_by_device(k, object),
+                        _ => false,
+                    };
+                    if retries > 0 && device && answered_at_once(k) {
+                        retries -= 1;
+                        // Fault-around maps what came with the page; after
+                        // a request for the page alone, neighbours mapped
+                        // ahead would only be those faulted in before.
+                        let around = match sent {
+                            Some(s) if s.pages == 1 => 0,
+                            _ => FAULT_AROUND,
+                        };
+                        outcome = resolve(k, task, va, access, around);
+                        continue;
+                    }
+                    k.block_current(State::PageWait {
+                        object,
+                        syscall: false,
+                    });
+                    return true;
+                }
+                // Settled as zero fill: map it now, or (having tried
+                // enough) let the thread take the fault again.
+                Ask::Again if retries > 0 => {
+                    retries -= 1;
+                    outcome = resolve(k, task, va, access, FAULT_AROUND);
+                }
+                Ask::Again => return true,
+                Ask::Fail => return false,
+            },
         }
-        // Out of frames (or page records): pageout, and sleep for it if
-        // there is swap; else an exception as before.
-        Err(FaultOutcome::ResourceShortage) => super::default_pager::shortage(k),
-        Err(o) => wait_for_pager(k, o, false),
     }
+}
+
+/// Before a fault sleeps for the device: hands over what is not sent yet
+/// and takes the completions already there, as the way out of the kernel
+/// would; where the device has answered by then, the fault is retried in
+/// this entry instead of after a sleep, a wake-up and a second trap. True
+/// if anything meanwhile woke the faults waiting on some object: the
+/// thread has not gone to sleep yet, so it must look again itself, or it
+/// would sleep through its own wake-up (a completion, a pager found dead,
+/// an event).
+fn answered_at_once(k: &mut Kernel) -> bool {
+    let before = k.page_wakes();
+    super::object_io::leave_kernel(k);
+    k.page_wakes() != before
+}
+
+/// Whether `object`'s pages come through the virtio-pager device (a host
+/// object, or internal memory through the default pager): only then can
+/// the answer be there before this entry ends. A guest pager answers from
+/// its own thread, which runs only after it.
+fn served_by_device(k: &Kernel, object: ObjectId) -> bool {
+    k.vm.objects
+        .get(object)
+        .is_ok_and(|o| match o.pager_port() {
+            PagerPort::Default => true,
+            PagerPort::Pager(p) => !crate::vm::user_pager::is_user(p),
+        })
+}
+
+/// What a fault that needs a pager's answer does next.
+enum Ask {
+    /// Sleep until the object changes; the transfer to the device, if
+    /// one was made.
+    Sleep(ObjectId, Option<Sent>),
+    /// Try again now (the page was settled as zero fill).
+    Again,
+    /// Not one to wait for: the fault fails.
+    Fail,
 }
 
 /// A fault that needs a pager's answer: ask (Request) and sleep until the
@@ -62,6 +144,20 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
 /// or the kernel could not ask (the request then fails as a pager error,
 /// and the retried fault gets MemoryError).
 fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
+    match ask_pager(k, o) {
+        Ask::Sleep(object, _) => {
+            k.block_current(State::PageWait { object, syscall });
+            true
+        }
+        Ask::Again => true,
+        Ask::Fail => false,
+    }
+}
+
+/// Asks the pager for what outcome `o` needs (Request, Unlock), or finds
+/// the object to wait on (Wait).
+fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
+    let mut sent = None;
     let object = match o {
         FaultOutcome::Request {
             object,
@@ -70,7 +166,8 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             desired_access,
             ..
         } => {
-            let size = k.vm.objects.get(object).map_or(0, |o| o.size());
+            let objects = &k.vm.objects;
+            let size = || objects.get(object).map_or(0, |o| o.size());
             match super::pager::request(
                 &mut k.paging,
                 &mut k.frames,
@@ -80,7 +177,7 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
                 offset,
                 desired_access,
             ) {
-                Asked::Yes => {}
+                Asked::Yes(s) => sent = s,
                 Asked::No => {
                     if pager == guest_kernel::vm::object::PagerPort::Default {
                         crate::kprint!("default pager: no transfer slot for a page-in\n");
@@ -88,14 +185,14 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
                     super::with_objects(k, |objects, _, _| {
                         let _ = objects.data_error(object, offset, PAGE_SIZE);
                     });
-                    return false;
+                    return Ask::Fail;
                 }
                 // Nothing in swap for it: zero fill, retried at once.
                 Asked::Unavailable => {
                     super::with_objects(k, |objects, _, _| {
                         let _ = objects.data_unavailable(object, offset, PAGE_SIZE);
                     });
-                    return true;
+                    return Ask::Again;
                 }
             }
             object
@@ -107,27 +204,28 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
             access,
         } => {
             if !super::pager::unlock(&mut k.paging, pager, offset, access) {
-                return false;
+                return Ask::Fail;
             }
             object
         }
         FaultOutcome::Wait { object, .. } => object,
-        _ => return false,
+        _ => return Ask::Fail,
     };
-    k.block_current(State::PageWait { object, syscall });
-    true
+    Ask::Sleep(object, sent)
 }
 
 /// Runs the fault handler for `va` in `task`: the frame now mapped there,
-/// or the outcome that stopped it.
+/// or the outcome that stopped it. A soft read fault maps up to `around`
+/// resident pages after it too.
 pub fn resolve(
     k: &mut Kernel,
     task: TaskId,
     va: VirtAddr,
     access: VmProt,
+    around: u64,
 ) -> Result<PhysAddr, FaultOutcome> {
     let mut p = k.vm_parts(task).ok_or(FaultOutcome::InvalidAddress)?;
-    resolve_in(&mut p, va, access)
+    resolve_in(&mut p, va, access, around)
 }
 
 /// [`resolve`] over lent parts (while the kernel's IPC state is borrowed
@@ -136,6 +234,7 @@ pub fn resolve_in(
     p: &mut Parts<'_>,
     va: VirtAddr,
     access: VmProt,
+    around: u64,
 ) -> Result<PhysAddr, FaultOutcome> {
     let outcome = with_parts(p, |map, objects, frames, m| {
         let o = vm_fault(map, objects, frames, m, va, access, false);
@@ -143,12 +242,13 @@ pub fn resolve_in(
         // of a read-ahead cluster just provided) maps the resident pages
         // after it too: one fault per cluster, not per page.
         if access == VmProt::READ
+            && around > 0
             && let FaultOutcome::Mapped {
                 how: Resolved::Soft,
                 ..
             } = o
         {
-            fault_around(map, objects, m, va, FAULT_AROUND);
+            fault_around(map, objects, m, va, around);
         }
         o
     });
@@ -163,6 +263,8 @@ pub fn resolve_in(
                     c.zeroed_by_kernel += u64::from(zeroed_by_kernel);
                 }
                 Resolved::CopyOnWrite { .. } => c.cow_faults += 1,
+                // Counted as a page in (HostPaging::pages_in).
+                Resolved::PagedIn => {}
             }
             Ok(frame)
         }
@@ -202,7 +304,7 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                 .is_some_and(|(_, prot)| prot.contains(access))
         });
         if !present {
-            match resolve_in(p, VirtAddr(page), access) {
+            match resolve_in(p, VirtAddr(page), access, FAULT_AROUND) {
                 Ok(_) => {}
                 Err(FaultOutcome::ResourceShortage) => return Err(ERR_NO_MEMORY),
                 // A page only a pager can supply: the page-in starts (so a
@@ -216,7 +318,8 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                     desired_access,
                     ..
                 }) => {
-                    let size = p.vm.objects.get(object).map_or(0, |o| o.size());
+                    let objects = &p.vm.objects;
+                    let size = || objects.get(object).map_or(0, |o| o.size());
                     let asked = super::pager::request(
                         p.paging,
                         p.frames,
@@ -227,7 +330,7 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                         desired_access,
                     );
                     match asked {
-                        Asked::Yes => {}
+                        Asked::Yes(_) => {}
                         Asked::No => {
                             let _ = p.vm.objects.data_error(object, offset, PAGE_SIZE);
                         }
@@ -271,7 +374,7 @@ pub fn ready_for_call(k: &mut Kernel, va: u64, len: u64, write: bool) -> bool {
                 .is_some_and(|(_, prot)| prot.contains(access))
         });
         if present == Some(false)
-            && let Err(o) = resolve(k, task, VirtAddr(page), access)
+            && let Err(o) = resolve(k, task, VirtAddr(page), access, FAULT_AROUND)
         {
             return !wait_for_pager(k, o, true);
         }

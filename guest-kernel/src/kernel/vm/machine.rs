@@ -9,12 +9,13 @@ use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::TableMemory;
 use guest_kernel::arch::pmap::{PvTable, Tlb, X86PhysMaps, X86Pmap};
 use guest_kernel::vm::copy_store::CopyStore;
-use guest_kernel::vm::fault::FaultMachine;
+use guest_kernel::vm::fault::{FaultMachine, PageIn};
 use guest_kernel::vm::frame::{Frame, FrameAllocator};
 use guest_kernel::vm::object::Objects;
+use guest_kernel::vm::object::PagerPort;
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::pmap::{PhysMaps, Pmap};
-use guest_kernel::vm::types::{VmError, VmProt};
+use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
 
 /// Heap bytes one resident page or one mapping costs the kernel at most
 /// (the page record, up to twice over while its arena doubles, a free-list
@@ -128,6 +129,9 @@ pub struct Machine<'a> {
     pub pv: &'a mut PvTable,
     pub tlb: LoadedTlb,
     pub root: PhysAddr,
+    /// The host-object transfers, where a fault may ask a pager itself
+    /// (`page_in`); absent for operations that run from a completion.
+    pub pager: Option<&'a mut super::pager::HostPaging>,
 }
 
 impl<'a> Machine<'a> {
@@ -168,8 +172,25 @@ impl FaultMachine for Machine<'_> {
     fn mapped(&mut self, va: VirtAddr) -> bool {
         self.pmap().lookup(va).is_some()
     }
+    fn enter_ahead(&mut self, va: VirtAddr, frames: &[PhysAddr], prot: VmProt) -> usize {
+        self.pmap().enter_ahead(va, frames, prot)
+    }
     fn zero_frame(&mut self, frame: PhysAddr) {
         crate::arch::copy::zero_frame(frame);
+    }
+    fn page_in(
+        &mut self,
+        object: ObjectId,
+        pager: PagerPort,
+        offset: ObjectOffset,
+        size: u64,
+        desired: VmProt,
+    ) -> PageIn {
+        let (PagerPort::Pager(p), Some(paging)) = (pager, self.pager.as_deref_mut()) else {
+            return PageIn::Later;
+        };
+        let mut frames = self.tables.0.borrow_mut();
+        super::pager::page_in(paging, &mut frames, object, p, offset, size, desired)
     }
     fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr) {
         // SAFETY: two distinct frames the VM owns, through the direct map.

@@ -45,15 +45,20 @@ pub fn with_parts<R>(
     p: &mut Parts<'_>,
     op: impl FnOnce(&mut VmMap, &mut Objects, &mut SharedFrames<'_>, &mut Machine<'_>) -> R,
 ) -> R {
-    let map = &mut *p.map;
-    run(
-        p.vm,
-        p.frames,
-        &mut p.paging.actions,
-        p.root,
-        p.loaded,
-        |objs, _, frames, m| op(map, objs, frames, m),
-    )
+    let cell = RefCell::new(&mut *p.frames);
+    let mut frames = SharedFrames(&cell);
+    // With the pager glue at hand, so a fault can ask a host pager and
+    // take its answer without leaving the VM (Machine::page_in).
+    let mut m = Machine {
+        tables: SharedFrames(&cell),
+        pv: &mut p.vm.pv,
+        tlb: LoadedTlb { loaded: p.loaded },
+        root: p.root,
+        pager: Some(&mut *p.paging),
+    };
+    let r = op(p.map, &mut p.vm.objects, &mut frames, &mut m);
+    reap(&mut p.vm.objects, &mut frames, &mut m, None);
+    r
 }
 
 /// Runs `op` on the object table alone (pager replies): frames and every
@@ -76,7 +81,7 @@ pub fn with_objects<R>(
 /// The one place a VM operation runs: the object table (and the snapshots
 /// in transit) with the machine view of the space `root`, then the reaping
 /// of objects that lost their last reference.
-fn run<R>(
+pub(crate) fn run<R>(
     vm: &mut machine::Vm,
     frames: &mut FrameAllocator,
     actions: &mut Vec<ObjectAction>,
@@ -91,9 +96,10 @@ fn run<R>(
         pv: &mut vm.pv,
         tlb: LoadedTlb { loaded },
         root,
+        pager: None,
     };
     let r = op(&mut vm.objects, &mut vm.copies, &mut frames, &mut m);
-    reap(&mut vm.objects, &mut frames, &mut m, actions);
+    reap(&mut vm.objects, &mut frames, &mut m, Some(actions));
     r
 }
 
@@ -145,22 +151,33 @@ pub fn destroy_map(
     with_parts(&mut parts, |map, objs, _, m| map.clear(objs, &mut m.pmap()));
 }
 /// Frees objects that lost their last reference; what must be sent on
-/// their behalf (write-backs) joins `actions`, which the pager glue takes on
-/// the way out of the kernel (kernel/vm/pager.rs). Actions that find no room
-/// in `actions` leave the object queued for the next reap.
+/// their behalf (write-backs) joins `actions` (else the machine's pager
+/// glue's), which the pager glue takes on the way out of the kernel
+/// (kernel/vm/pager.rs). Actions that find no room leave the object queued
+/// for the next reap.
 pub fn reap(
     objects: &mut Objects,
     frames: &mut SharedFrames<'_>,
     m: &mut Machine<'_>,
-    actions: &mut Vec<ObjectAction>,
+    actions: Option<&mut Vec<ObjectAction>>,
 ) {
     // If the list cannot grow (out of heap), the writes are lost and the
     // pages stay busy. Bounded by the object's pages, so this needs a heap
     // already exhausted by other means.
-    if let Ok(mut out) = objects.reap(frames, m)
-        && !out.is_empty()
-        && actions.try_reserve(out.len()).is_ok()
-    {
+    let Ok(mut out) = objects.reap(frames, m) else {
+        return;
+    };
+    if out.is_empty() {
+        return;
+    }
+    let actions = match actions {
+        Some(a) => a,
+        None => match m.pager.as_deref_mut() {
+            Some(p) => &mut p.actions,
+            None => return,
+        },
+    };
+    if actions.try_reserve(out.len()).is_ok() {
         actions.append(&mut out);
     }
 }

@@ -44,15 +44,26 @@ pub fn disarm_for_exit(d: &mut virtio_pager::Driver) {
     disarm(d);
 }
 
+/// A caller that disarmed and has since taken every answer it waited
+/// for: interrupts are armed again now if nothing is in flight, and the
+/// way out need not look at the device.
+pub fn rearm_if_idle(d: &mut virtio_pager::Driver) {
+    if d.arm_if_idle() {
+        DISARMED.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Called on every way out of the kernel (trap::dispatch).
 pub fn leave_kernel(k: &mut Kernel) {
-    if k.paging.has_work() {
-        crate::vm::pager::start(k);
-    }
+    let sent = if k.paging.has_work() {
+        crate::vm::pager::start(k)
+    } else {
+        None
+    };
     if !DISARMED.swap(false, Ordering::Relaxed) {
         return;
     }
-    let mut guard = virtio_pager::lock();
+    let mut guard = sent.unwrap_or_else(virtio_pager::lock);
     if let Some(d) = guard.as_mut() {
         // Completions and events both need the kernel, one at a time.
         let k = RefCell::new(k);

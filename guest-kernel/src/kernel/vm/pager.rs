@@ -19,11 +19,13 @@ use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
 };
 use guest_kernel::ipc::{KObject, PortId};
+use guest_kernel::vm::fault::PageIn;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::readahead::ReadAhead;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
+use spin::MutexGuard;
 
 /// Pager references of host objects: this bit plus the device's object
 /// number. (Others will be ports of in-guest pagers.)
@@ -32,8 +34,9 @@ const HOST: u64 = 1 << 62;
 /// marks object initialisation, bit 62 the power-off sync).
 pub const PAGE_TOKEN: u64 = 1 << 61;
 /// Transfers in flight or waiting at once; further faults wait on their
-/// object until one ends.
+/// object until one ends. One bit each in `HostPaging::used`.
 const SLOTS: usize = 64;
+const _: () = assert!(SLOTS == 64, "the slot masks are one u64");
 /// Pages one data_request asks for at most: the faulting page and those
 /// after it (read-ahead; data_provided takes pages no fault asked for).
 /// The window is sized by the access pattern (guest_kernel::vm::readahead):
@@ -50,6 +53,18 @@ const READ_AHEAD_MIN_FREE: u64 = super::default_pager::FREE_MIN + CLUSTER as u64
 /// Slots write-backs leave to data_requests, so a fault needing a page
 /// back does not find every slot taken by pageout's writes.
 const READ_RESERVE: usize = 16;
+/// How long a fault spins for its page's answer before it sleeps (hybrid
+/// polling): less than sleeping costs it (an interrupt or a later look, a
+/// wake-up, a second pass through the fault handler: here ~1,000 emulated
+/// instructions, 0.7 ms), more than the device mostly takes to answer from
+/// the host's page cache when the first look found nothing (measured here:
+/// 50-400 µs, the host thread's wake-up on shared cores).
+const POLL_US: u64 = 300;
+/// After this many spins in a row ran out of time the device is taken to
+/// be slow (a remote or busy pager): faults stop spinning, but for one in
+/// SPIN_PROBE, which finds out when it is fast again.
+const SPIN_MISSES: u32 = 4;
+const SPIN_PROBE: u32 = 32;
 
 pub fn host_pager(object: u32) -> PagerRef {
     PagerRef(HOST | u64::from(object))
@@ -76,21 +91,37 @@ struct Transfer {
     count: usize,
     write: bool,
     desired: VmProt,
-    /// Handed to the device (else still waiting for a free device slot).
-    submitted: bool,
 }
+
+const NO_TRANSFER: Transfer = Transfer {
+    object: ObjectId {
+        index: 0,
+        generation: 0,
+    },
+    device_object: 0,
+    offset: ObjectOffset(0),
+    dev_offset: 0,
+    default: false,
+    frames: [PhysAddr(0); CLUSTER],
+    count: 0,
+    write: false,
+    desired: VmProt::NONE,
+};
 
 /// Page transfers between the VM and the device, and the kernel ports that
 /// name host objects.
 pub struct HostPaging {
-    slots: [Option<Transfer>; SLOTS],
+    /// The transfers, filled in place (a record is a few hundred bytes, so
+    /// it is never moved on the fault path); `used` says which slots hold
+    /// one, `unsent` which of those the device has not been given yet
+    /// (checked on every kernel exit, so kept as bits, not a scan).
+    slots: [Transfer; SLOTS],
+    used: u64,
+    unsent: u64,
     /// Object actions from reaping (write-backs of dying objects), handed
     /// to `start` on the way out of the kernel.
     pub actions: Vec<ObjectAction>,
     ports: Vec<(u32, PortId)>,
-    /// Slots not yet handed to the device (checked on every kernel exit,
-    /// so kept as a count).
-    waiting: usize,
     /// Calls for guest pagers, sent as messages on the way out of the
     /// kernel (where the IPC state is at hand).
     calls: Vec<(PagerRef, Call)>,
@@ -110,6 +141,16 @@ pub struct HostPaging {
     pub lost_pages: u64,
     /// data_requests the pager left unanswered past the object's timeout.
     pub timeouts: u64,
+    /// POLL_US in TSC cycles (0 until the timer has shown the rate); the
+    /// spins in a row that ran out of time, and the page-ins since.
+    poll_cycles: u64,
+    spin_misses: u32,
+    spin_skipped: u32,
+    /// Faults whose page the device answered while they waited (page_in),
+    /// the waits that spun for it, and those that ran out of time.
+    pub at_once: u64,
+    pub spins: u64,
+    pub spin_timeouts: u64,
     /// What host pagers said unprompted (pager_events.rs).
     pub events: super::pager_events::EventCounts,
     pub event_clock: super::pager_events::EventClock,
@@ -133,10 +174,11 @@ pub enum Call {
 impl Default for HostPaging {
     fn default() -> Self {
         HostPaging {
-            slots: [None; SLOTS],
+            slots: [NO_TRANSFER; SLOTS],
+            used: 0,
+            unsent: 0,
             actions: Vec::new(),
             ports: Vec::new(),
-            waiting: 0,
             calls: Vec::new(),
             default: Default::default(),
             readahead: ReadAhead::new(CLUSTER_FIRST, CLUSTER as u32),
@@ -147,6 +189,12 @@ impl Default for HostPaging {
             failed_writes: 0,
             lost_pages: 0,
             timeouts: 0,
+            poll_cycles: 0,
+            spin_misses: 0,
+            spin_skipped: 0,
+            at_once: 0,
+            spins: 0,
+            spin_timeouts: 0,
             events: Default::default(),
             event_clock: Default::default(),
             write_failure_reported: false,
@@ -158,7 +206,40 @@ impl Default for HostPaging {
 impl HostPaging {
     /// Transfers waiting for the device, or write-backs to start.
     pub fn has_work(&self) -> bool {
-        self.waiting != 0 || !self.actions.is_empty() || !self.calls.is_empty()
+        self.unsent != 0 || !self.actions.is_empty() || !self.calls.is_empty()
+    }
+
+    /// A free slot, not yet marked used.
+    fn free_slot(&self) -> Option<usize> {
+        let free = !self.used;
+        (free != 0).then(|| free.trailing_zeros() as usize)
+    }
+
+    /// Fills free slot `slot` with a transfer of one page's `frame` (a
+    /// write-back: the object's own frame) and queues it for the device.
+    #[allow(clippy::too_many_arguments)] // one transfer's fields
+    fn queue_write(
+        &mut self,
+        slot: usize,
+        object: ObjectId,
+        device_object: u32,
+        offset: ObjectOffset,
+        dev_offset: u64,
+        default: bool,
+        frame: PhysAddr,
+    ) {
+        let t = &mut self.slots[slot];
+        t.object = object;
+        t.device_object = device_object;
+        t.offset = offset;
+        t.dev_offset = dev_offset;
+        t.default = default;
+        t.frames[0] = frame;
+        t.count = 1;
+        t.write = true;
+        t.desired = VmProt::NONE;
+        self.used |= 1 << slot;
+        self.unsent |= 1 << slot;
     }
 }
 
@@ -188,11 +269,45 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
     }
 }
 
+/// An answer the fault path takes itself: data for the page, nothing
+/// else (every other answer goes through `finish`).
+fn plain_success(c: &Completion) -> bool {
+    c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE
+}
+
+/// Whether a fault whose answer is not there yet spins for it: while the
+/// bound is known, and unless the device has been slow lately (then one
+/// in SPIN_PROBE still does, to see whether it is fast again).
+fn should_spin(paging: &mut HostPaging) -> bool {
+    if paging.poll_cycles == 0 {
+        return false;
+    }
+    if paging.spin_misses < SPIN_MISSES {
+        return true;
+    }
+    paging.spin_skipped = paging.spin_skipped.wrapping_add(1);
+    paging.spin_skipped.is_multiple_of(SPIN_PROBE)
+}
+
+/// Timer tick: the poll bound follows the TSC's rate as the timer sees it.
+pub fn tick(k: &mut Kernel) {
+    k.paging.poll_cycles = k.tsc.cycles(POLL_US, k.timer_hz);
+}
+
+/// A data_request queued for the device: its transfer slot and how many
+/// pages it asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub slot: usize,
+    pub pages: usize,
+}
+
 /// How a fault's request went.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
-    /// Sent (or queued): the answer wakes the object's waiters.
-    Yes,
+    /// Sent (or queued): the answer wakes the object's waiters. The
+    /// transfer, for a request to the device.
+    Yes(Option<Sent>),
     /// The kernel cannot ask (no free slot or frame, not a host object):
     /// the caller fails the request.
     No,
@@ -201,36 +316,36 @@ pub enum Asked {
     Unavailable,
 }
 
-/// A fault asked `pager` for the page at `offset` of `object`, `size`
-/// bytes long (a busy placeholder is in place).
+/// A fault asked `pager` for the page at `offset` of `object`, whose
+/// size in bytes `size` tells (asked only when read-ahead would go past
+/// the page; a busy placeholder is in place).
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
     object: ObjectId,
-    size: u64,
+    size: impl FnOnce() -> u64,
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
 ) -> Asked {
-    let (dev, dev_offset, default, size) = match pager {
+    let (dev, dev_offset, default) = match pager {
         PagerPort::Default => match paging.default.page_in(object, offset) {
-            // One page: swap slots of neighbouring pages are not neighbours.
-            Some((dev, at)) => (dev, at, true, offset.0.saturating_add(PAGE_SIZE)),
+            Some((dev, at)) => (dev, at, true),
             None => return Asked::Unavailable,
         },
         PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
             return if defer(paging, p, Call::DataRequest { offset, desired }) {
-                Asked::Yes
+                Asked::Yes(None)
             } else {
                 Asked::No
             };
         }
         PagerPort::Pager(p) => match host_object(p) {
-            Some(dev) => (dev, offset.0, false, size),
+            Some(dev) => (dev, offset.0, false),
             None => return Asked::No,
         },
     };
-    let Some(slot) = paging.slots.iter().position(Option::is_none) else {
+    let Some(slot) = paging.free_slot() else {
         return Asked::No;
     };
     // Swap pages come one at a time (neighbouring slots are not
@@ -242,21 +357,22 @@ pub fn request(
             .readahead
             .window(object.to_raw(), offset.0, PAGE_SIZE) as usize
     };
-    let pages = (size.saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
-        .min(window)
-        .clamp(1, CLUSTER);
-    let mut t = Transfer {
-        object,
-        device_object: dev,
-        offset,
-        dev_offset,
-        default,
-        frames: [PhysAddr(0); CLUSTER],
-        count: 0,
-        write: false,
-        desired,
-        submitted: false,
+    let pages = if window > 1 {
+        (size().saturating_sub(offset.0).div_ceil(PAGE_SIZE) as usize)
+            .min(window)
+            .clamp(1, CLUSTER)
+    } else {
+        1
     };
+    let t = &mut paging.slots[slot];
+    t.object = object;
+    t.device_object = dev;
+    t.offset = offset;
+    t.dev_offset = dev_offset;
+    t.default = default;
+    t.count = 0;
+    t.write = false;
+    t.desired = desired;
     for f in t.frames.iter_mut().take(pages) {
         // Read-ahead is only worth free frames (the faulting page is not
         // optional).
@@ -276,9 +392,12 @@ pub fn request(
     if t.count == 0 {
         return Asked::No;
     }
-    paging.slots[slot] = Some(t);
-    paging.waiting += 1;
-    Asked::Yes
+    paging.used |= 1 << slot;
+    paging.unsent |= 1 << slot;
+    Asked::Yes(Some(Sent {
+        slot,
+        pages: t.count,
+    }))
 }
 
 /// A fault's call to a guest pager, sent by `start`.
@@ -310,7 +429,7 @@ pub fn unlock(
 fn take_actions(k: &mut Kernel) {
     while let Some(&a) = k.paging.actions.last() {
         if matches!(a, ObjectAction::DataWrite { .. })
-            && k.paging.slots.iter().filter(|s| s.is_some()).count() >= SLOTS - READ_RESERVE
+            && k.paging.used.count_ones() as usize >= SLOTS - READ_RESERVE
         {
             return;
         }
@@ -321,7 +440,7 @@ fn take_actions(k: &mut Kernel) {
             frame,
         } = a
         {
-            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+            let Some(slot) = k.paging.free_slot() else {
                 return;
             };
             k.paging.actions.pop();
@@ -331,19 +450,8 @@ fn take_actions(k: &mut Kernel) {
                 refuse_write(k, object, offset);
                 continue;
             };
-            k.paging.slots[slot] = Some(Transfer {
-                object,
-                device_object,
-                offset,
-                dev_offset,
-                default: true,
-                frames: one(frame),
-                count: 1,
-                write: true,
-                desired: VmProt::NONE,
-                submitted: false,
-            });
-            k.paging.waiting += 1;
+            k.paging
+                .queue_write(slot, object, device_object, offset, dev_offset, true, frame);
             continue;
         }
         if let ObjectAction::DefaultPagerRelease { object } = a {
@@ -359,22 +467,11 @@ fn take_actions(k: &mut Kernel) {
         } = a
             && let Some(device_object) = host_object(p)
         {
-            let Some(slot) = k.paging.slots.iter().position(Option::is_none) else {
+            let Some(slot) = k.paging.free_slot() else {
                 return;
             };
-            k.paging.slots[slot] = Some(Transfer {
-                object,
-                device_object,
-                offset,
-                dev_offset: offset.0,
-                default: false,
-                frames: one(frame),
-                count: 1,
-                write: true,
-                desired: VmProt::NONE,
-                submitted: false,
-            });
-            k.paging.waiting += 1;
+            k.paging
+                .queue_write(slot, object, device_object, offset, offset.0, false, frame);
         } else if let ObjectAction::DataWrite {
             object,
             pager: PagerPort::Pager(p),
@@ -397,34 +494,54 @@ fn take_actions(k: &mut Kernel) {
 }
 
 /// Hands waiting transfers to the device. Called on the way out of the
-/// kernel and after completions, with the driver lock not held.
-pub fn start(k: &mut Kernel) {
+/// kernel and after completions, with the driver lock not held. Returns
+/// the driver, still locked, when it sent something (the way out takes
+/// the completions next, under the same lock).
+pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
     while let Some((p, call)) = k.paging.calls.pop() {
         crate::vm::user_pager::send_call(k, p, call);
     }
     if !k.paging.actions.is_empty() {
         take_actions(k);
     }
-    if k.paging.waiting == 0 {
-        return;
+    if k.paging.unsent == 0 {
+        return None;
     }
     let mut guard = virtio_pager::lock();
     let Some(d) = guard.as_mut() else {
         drop(guard);
         fail_waiting(k);
-        return;
+        return None;
     };
+    let (sent, failed) = submit_unsent(&mut k.paging, &mut k.frames, d);
+    if failed {
+        drop(guard);
+        fail_waiting(k);
+        return None;
+    }
+    sent.then_some(guard)
+}
+
+/// Hands the transfers not yet sent to the device and notifies it (after
+/// disarming completion interrupts: the way out of the kernel takes the
+/// answers). Returns (something sent, something refused); refused
+/// transfers stay unsent for `start` to fail.
+fn submit_unsent(
+    paging: &mut HostPaging,
+    frames: &mut FrameAllocator,
+    d: &mut Driver,
+) -> (bool, bool) {
     let mut sent = false;
     let mut failed = false;
-    let (paging, frames) = (&mut k.paging, &mut k.frames);
     // Never more pages in one request than the device takes.
     let max = ((d.max_request_bytes() / PAGE_SIZE) as usize)
         .min(d.max_frames())
         .max(1);
-    for (i, slot) in paging.slots.iter_mut().enumerate() {
-        let Some(t) = slot.as_mut().filter(|t| !t.submitted) else {
-            continue;
-        };
+    let mut pending = paging.unsent;
+    while pending != 0 {
+        let i = pending.trailing_zeros() as usize;
+        pending &= pending - 1;
+        let t = &mut paging.slots[i];
         if t.count > max {
             for &f in &t.frames[max..t.count] {
                 frames.free(f);
@@ -433,8 +550,7 @@ pub fn start(k: &mut Kernel) {
         }
         match submit(d, t, i) {
             Ok(()) => {
-                t.submitted = true;
-                paging.waiting -= 1;
+                paging.unsent &= !(1 << i);
                 sent = true;
             }
             Err(SubmitError::Busy) => break,
@@ -445,16 +561,85 @@ pub fn start(k: &mut Kernel) {
         crate::vm::object_io::disarm_for_exit(d);
         d.kick();
     }
-    drop(guard);
-    if failed {
-        fail_waiting(k);
-    }
+    (sent, failed)
 }
 
-fn one(frame: PhysAddr) -> [PhysAddr; CLUSTER] {
-    let mut f = [PhysAddr(0); CLUSTER];
-    f[0] = frame;
-    f
+/// A fault asks a host object's pager for its page from inside the fault
+/// handler (`FaultMachine::page_in`): the transfer is made and handed to
+/// the device at once, and for a single page whose answer is already
+/// there (the device often answers within the few instructions between),
+/// the answer is taken on the spot, so the fault maps the page in the
+/// same pass: no placeholder made and filled, no second pass through the
+/// fault handler. Only a plain success is taken so; any other answer, or
+/// one behind another on the ring, is left for the way out of the kernel,
+/// which deals with every kind (`finish`), and the fault waits for it.
+pub fn page_in(
+    paging: &mut HostPaging,
+    frames: &mut FrameAllocator,
+    object: ObjectId,
+    pager: PagerRef,
+    offset: ObjectOffset,
+    size: u64,
+    desired: VmProt,
+) -> PageIn {
+    if crate::vm::user_pager::is_user(pager) || host_object(pager).is_none() {
+        return PageIn::Later;
+    }
+    let asked = request(
+        paging,
+        frames,
+        object,
+        || size,
+        PagerPort::Pager(pager),
+        offset,
+        desired,
+    );
+    let Asked::Yes(Some(sent)) = asked else {
+        // No room to ask: the fault's caller asks (and reports) it.
+        return PageIn::Later;
+    };
+    // A VM operation run from a completion holds the driver: the transfer
+    // then waits for the way out.
+    let Some(mut guard) = virtio_pager::try_lock() else {
+        return PageIn::Asked;
+    };
+    let Some(d) = guard.as_mut() else {
+        return PageIn::Asked;
+    };
+    submit_unsent(paging, frames, d);
+    let bit = 1u64 << sent.slot;
+    if sent.pages != 1 || paging.unsent & bit != 0 {
+        return PageIn::Asked;
+    }
+    let token = PAGE_TOKEN | sent.slot as u64;
+    let mut taken = d.take_completion(token, plain_success);
+    if taken.is_none() && d.completions_waiting() == 0 && should_spin(paging) {
+        // The device is still at it: wait for it here, never past the
+        // bound.
+        paging.spins += 1;
+        let start = crate::kern::clock::now();
+        loop {
+            core::hint::spin_loop();
+            if d.completions_waiting() != 0 {
+                taken = d.take_completion(token, plain_success);
+                break;
+            }
+            if crate::kern::clock::now().wrapping_sub(start) > paging.poll_cycles {
+                paging.spin_misses = paging.spin_misses.saturating_add(1);
+                paging.spin_timeouts += 1;
+                break;
+            }
+        }
+    }
+    if taken.is_none() {
+        return PageIn::Asked;
+    }
+    paging.spin_misses = 0;
+    paging.at_once += 1;
+    crate::vm::object_io::rearm_if_idle(d);
+    paging.used &= !bit;
+    paging.pages_in += 1;
+    PageIn::Provided(paging.slots[sent.slot].frames[0])
 }
 
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
@@ -485,34 +670,55 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
 /// Transfers the device refused outright (no device, object gone, broken
 /// queue) end as errors: the faults waiting get MemoryError.
 fn fail_waiting(k: &mut Kernel) {
-    for i in 0..SLOTS {
-        if k.paging.slots[i].is_some_and(|t| !t.submitted) {
-            finish(k, i, status::IO_ERROR, 0, 0);
-        }
+    while k.paging.unsent != 0 {
+        let i = k.paging.unsent.trailing_zeros() as usize;
+        finish(k, i, status::IO_ERROR, 0, 0);
     }
+}
+
+/// What `finish` needs of a transfer besides its frames.
+struct Ended {
+    object: ObjectId,
+    device_object: u32,
+    offset: ObjectOffset,
+    default: bool,
+    write: bool,
 }
 
 /// A page transfer finished (called from the driver's completion path).
 pub fn complete(k: &mut Kernel, c: &Completion) {
     let slot = (c.token & !PAGE_TOKEN) as usize;
-    if slot < SLOTS && k.paging.slots[slot].is_some_and(|t| t.submitted) {
+    let sent = k.paging.used & !k.paging.unsent;
+    if slot < SLOTS && sent & (1 << slot) != 0 {
         finish(k, slot, c.status, c.kind, c.bytes);
     }
 }
 
 fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
-    let Some(mut t) = k.paging.slots[slot].take() else {
+    let bit = 1u64 << slot;
+    if k.paging.used & bit == 0 {
         return;
-    };
-    if !t.submitted {
-        k.paging.waiting -= 1;
     }
+    // The slot is free from here on. Its record is read below in place
+    // (not copied out): only `request` and `take_actions` fill slots, and
+    // nothing below calls them.
+    k.paging.used &= !bit;
+    k.paging.unsent &= !bit;
+    let t = &k.paging.slots[slot];
+    let t = Ended {
+        object: t.object,
+        device_object: t.device_object,
+        offset: t.offset,
+        default: t.default,
+        write: t.write,
+    };
     let ok = code == status::OK;
     k.paging.failed += u64::from(!ok);
     if t.write {
         k.paging.pages_out += u64::from(ok);
     } else if ok && kind == pager::KIND_PROVIDED {
-        k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(t.count as u64);
+        let count = k.paging.slots[slot].count as u64;
+        k.paging.pages_in += bytes.div_ceil(PAGE_SIZE).min(count);
     }
     // A host object's pager that failed (broke protocol, timed out, is
     // gone) is dead from now on (paper §6.1): absent pages fault, resident
@@ -533,62 +739,71 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     }
     let mut newly_dead = false;
     let mut lost = false;
-    let ended = crate::vm::with_objects(k, |objects, frames, m| {
-        if died && objects.get(t.object).is_ok_and(|o| !o.pager_dead()) {
-            newly_dead = objects.pager_died(t.object).is_ok();
-        }
-        if t.write && !ok {
-            // The data stays in memory, dirty (unless the object is going
-            // away: then it is lost, and counted).
-            let terminating = objects
-                .get(t.object)
-                .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
-            lost = terminating;
-            return objects
-                .data_write_refused(t.object, t.offset, frames, m)
-                .ok()
-                .flatten();
-        }
-        if t.write {
-            if t.default {
-                // A dead pager's page now kept by the default pager.
-                let _ = objects.double_paged(t.object, t.offset);
+    let (vm, frames, paging, loaded) = k.vm_global();
+    let pages = &paging.slots[slot].frames[..paging.slots[slot].count];
+    let ended = crate::vm::run(
+        vm,
+        frames,
+        &mut paging.actions,
+        loaded,
+        loaded,
+        |objects, _, frames, m| {
+            if died && objects.get(t.object).is_ok_and(|o| !o.pager_dead()) {
+                newly_dead = objects.pager_died(t.object).is_ok();
             }
-            return objects
-                .data_write_done(t.object, t.offset, frames, m)
-                .ok()
-                .flatten();
-        }
-        let provided = ok && kind == pager::KIND_PROVIDED;
-        // The pager may provide less than asked (the object's end).
-        let have = if provided {
-            (bytes.div_ceil(PAGE_SIZE) as usize).min(t.count)
-        } else {
-            0
-        };
-        let r = if have > 0 {
-            objects.data_provided(
-                t.object,
-                t.offset,
-                &t.frames[..have],
-                VmProt::NONE,
-                false,
-                frames,
-            )
-        } else if ok {
-            objects.data_unavailable(t.object, t.offset, t.count as u64 * PAGE_SIZE)
-        } else {
-            objects.data_error(t.object, t.offset, t.count as u64 * PAGE_SIZE)
-        };
-        // Frames are the object's only if provided and taken
-        // (data_provided frees those it does not need itself).
-        let kept = if r.is_ok() { have } else { 0 };
-        for &f in &t.frames[kept..t.count] {
-            frames.free_frame(f);
-        }
-        t.count = 0;
-        None
-    });
+            if t.write && !ok {
+                // The data stays in memory, dirty (unless the object is going
+                // away: then it is lost, and counted).
+                let terminating = objects
+                    .get(t.object)
+                    .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
+                lost = terminating;
+                return objects
+                    .data_write_refused(t.object, t.offset, frames, m)
+                    .ok()
+                    .flatten();
+            }
+            if t.write {
+                if t.default {
+                    // A dead pager's page now kept by the default pager.
+                    let _ = objects.double_paged(t.object, t.offset);
+                }
+                return objects
+                    .data_write_done(t.object, t.offset, frames, m)
+                    .ok()
+                    .flatten();
+            }
+            let provided = ok && kind == pager::KIND_PROVIDED;
+            // The pager may provide less than asked (the object's end).
+            let have = if provided {
+                (bytes.div_ceil(PAGE_SIZE) as usize).min(pages.len())
+            } else {
+                0
+            };
+            let len = pages.len() as u64 * PAGE_SIZE;
+            let r = if have > 0 {
+                objects.data_provided(
+                    t.object,
+                    t.offset,
+                    &pages[..have],
+                    VmProt::NONE,
+                    false,
+                    frames,
+                )
+            } else if ok {
+                objects.data_unavailable(t.object, t.offset, len)
+            } else {
+                objects.data_error(t.object, t.offset, len)
+            };
+            // Frames are the object's only if provided and taken
+            // (data_provided frees those it does not need itself).
+            let kept = if r.is_ok() { have } else { 0 };
+            for &f in &pages[kept..] {
+                frames.free_frame(f);
+            }
+            None
+        },
+    );
     if newly_dead {
         k.paging.dead_objects += 1;
         crate::kprint!(
@@ -669,7 +884,7 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
 pub fn drain_at_power_off(k: &mut Kernel) {
     for _ in 0..50_000_000u64 {
         start(k);
-        if k.paging.slots.iter().all(Option::is_none) && k.paging.actions.is_empty() {
+        if k.paging.used == 0 && k.paging.actions.is_empty() {
             return;
         }
         let mut guard = virtio_pager::lock();

@@ -1,0 +1,41 @@
+//! The time-stamp counter's rate, learned from the timer (the kernel has
+//! no other clock to calibrate it with): what a bound in cycles needs.
+
+/// TSC cycles per timer tick, a running mean; 0 until two ticks were seen.
+/// Fed by one timer: with more than one CPU, each keeps its own (or only
+/// one CPU's ticks feed it), as the deltas are between one timer's ticks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TscRate {
+    last: u64,
+    per_tick: u64,
+}
+
+impl TscRate {
+    /// At every timer tick, with the TSC read there.
+    pub fn tick(&mut self, now: u64) {
+        if self.last != 0 && now > self.last {
+            let d = now - self.last;
+            // A tick taken late (a long kernel path, or, on software KVM,
+            // interrupts reaching emulated ring 0 only at batch ends) moves
+            // the mean an eighth of the way.
+            self.per_tick = if self.per_tick == 0 {
+                d
+            } else {
+                (self.per_tick.saturating_mul(7).saturating_add(d)) / 8
+            };
+        }
+        self.last = now;
+    }
+
+    /// Cycles in `us` microseconds with the timer at `hz`; 0 while the rate
+    /// is not known.
+    pub fn cycles(&self, us: u64, hz: u64) -> u64 {
+        self.per_tick.saturating_mul(hz).saturating_mul(us) / 1_000_000
+    }
+}
+
+/// The TSC now.
+pub fn now() -> u64 {
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
