@@ -5,6 +5,8 @@
 mod client;
 mod proto;
 
+#[doc(hidden)]
+pub use client::fuzz::{NbdOutcome, fuzz_client};
 pub use client::{NbdAddr, NbdClient};
 
 use crate::check::check_range;

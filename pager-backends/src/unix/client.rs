@@ -22,6 +22,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
 
+/// Fuzz entry point for the reader (pager-backends/fuzz `unix_client`).
+#[doc(hidden)]
+pub mod fuzz;
+
 /// A decoded reply.
 enum Reply {
     Ok,
