@@ -388,4 +388,87 @@ mod tests {
         assert_eq!(k.end, GuestAddress(2 * MIB + 0x3000));
         assert_eq!(k.pvh_entry, None);
     }
+
+    /// Named seeds of the fuzz target `load_kernel` (vmm/fuzz) and what
+    /// each must do: load (None) or be refused with this message.
+    const SEEDS: &[(&str, Option<&str>)] = &[
+        ("pvh_kernel", None),
+        ("direct_kernel", None),
+        ("physical_entry", None),
+        ("bss_segment", None),
+        ("other_notes_first", None),
+        (
+            "pvh_entry_outside",
+            Some("PVH entry 0x5000 is outside the loaded image"),
+        ),
+        ("pvh_note_short_desc", Some("Invalid PVH note header")),
+        (
+            "note_past_end",
+            Some("note segment 1: bytes 0x140..0x10140 run past"),
+        ),
+        (
+            "segment_past_end",
+            Some("segment 0: bytes 0x100..0x1100 run past"),
+        ),
+        (
+            "filesz_over_memsz",
+            Some("file size 0x40 is larger than its memory size"),
+        ),
+        (
+            "over_boot_structures",
+            Some("physical 0x6000..0x7000 is outside"),
+        ),
+        (
+            "past_guest_memory",
+            Some("is outside [0x100000, 0x1000000)"),
+        ),
+        ("size_overflow", Some("segment 0: size overflows")),
+        (
+            "entry_unmapped",
+            Some("entry point 0xffff800000000000 is not mapped"),
+        ),
+        ("not_elf", Some("not an ELF file")),
+        (
+            "truncated_header",
+            Some("truncated ELF header (40 of 64 bytes)"),
+        ),
+        ("elf32", Some("not a 64-bit ELF file")),
+        ("big_endian", Some("not a little-endian ELF file")),
+        ("wrong_machine", Some("machine type 183 is not x86-64")),
+        (
+            "phdrs_past_end",
+            Some("program header table (65535 entries)"),
+        ),
+        ("phoff_overflow", Some("overflows")),
+        ("no_load_segments", Some("no loadable segments")),
+    ];
+
+    /// Every file of the committed corpus (seeds, fuzzer finds, crash
+    /// inputs) through the fuzz target's function, so `cargo test` replays
+    /// them on stable without cargo-fuzz.
+    #[test]
+    fn fuzz_corpus_loads_or_is_refused_as_named() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/load_kernel");
+        let mut seen = Vec::new();
+        for e in std::fs::read_dir(dir).expect("corpus directory").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = fuzz_load(&std::fs::read(e.path()).expect("read corpus file"));
+            match SEEDS.iter().find(|(n, _)| *n == name) {
+                Some((_, None)) => assert!(r.is_ok(), "{name} must load: {r:?}"),
+                Some((_, Some(why))) => {
+                    let e = r.expect_err(&name).to_string();
+                    assert!(e.contains(why), "{name}: expected {why:?} in {e:?}");
+                }
+                None => assert!(
+                    (name.len() == 40 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+                        || name.starts_with("crash-"),
+                    "{name}: a named seed must be listed in SEEDS"
+                ),
+            }
+            seen.push(name);
+        }
+        for (name, _) in SEEDS {
+            assert!(seen.iter().any(|s| s == name), "seed {name} is missing");
+        }
+    }
 }
