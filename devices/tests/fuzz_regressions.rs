@@ -58,7 +58,9 @@ fn fuzz_corpus_inputs_are_accepted_or_refused_as_named() {
                 assert!(r.is_err(), "{dir}/{name} must be refused: {r:?}");
             } else {
                 assert!(
-                    is_fuzzer_named(&name) || dir == "tests/fuzz-regressions",
+                    is_fuzzer_named(&name)
+                        || name.starts_with("crash-")
+                        || dir == "tests/fuzz-regressions",
                     "{dir}/{name}: a named seed must be listed in VALID or INVALID"
                 );
             }
