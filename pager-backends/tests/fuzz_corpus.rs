@@ -128,6 +128,11 @@ fn nbd_client_corpus() {
         ("short_info", |o| refused(o, "short NBD_REP_INFO")),
         ("huge_export", |o| refused(o, "a memory object has at most")),
         ("unknown_info_ignored", |o| o.export == Some((4096, 2))),
+        // NBD_REP_INFO after NBD_REP_INFO, never an ACK: given up, not
+        // waited on for as long as the server keeps talking.
+        ("endless_info", |o| {
+            refused(o, "more than 64 replies to NBD_OPT_GO")
+        }),
     ];
     replay("nbd_client", nbd, seeds);
 }
