@@ -120,7 +120,9 @@ fn fuzz_entry_point_sees_what_the_device_sees() {
 
 /// Named seeds of the `mmio` target and what each must do; any other file
 /// in the corpus (fuzzer-found, crash inputs) must only run cleanly.
-const MMIO_SEEDS: &[(&str, fn(&MmioOutcome) -> bool)] = &[
+type MmioSeed = (&'static str, fn(&MmioOutcome) -> bool);
+
+const MMIO_SEEDS: &[MmioSeed] = &[
     // Every register and some config space read before any bring-up.
     ("registers", |o| !o.activated && o.requests == 0),
     // A driver's bring-up through the registers activates the device.

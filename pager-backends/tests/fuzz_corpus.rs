@@ -8,10 +8,13 @@ use pager_backends::unix::{UnixOutcome, fuzz_client as unix};
 use std::fs;
 use std::path::Path;
 
+/// A named seed and what its outcome must satisfy.
+type Seed<O> = (&'static str, fn(&O) -> bool);
+
 /// Runs every file of `fuzz/corpus/<target>` through `run`, holding the
 /// named seeds to `seeds`; other files (found by the fuzzer, crash inputs)
 /// must only run cleanly.
-fn replay<O: std::fmt::Debug>(target: &str, run: fn(&[u8]) -> O, seeds: &[(&str, fn(&O) -> bool)]) {
+fn replay<O: std::fmt::Debug>(target: &str, run: fn(&[u8]) -> O, seeds: &[Seed<O>]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
@@ -47,7 +50,7 @@ fn stopped(o: &UnixOutcome, why: &str) -> bool {
 
 #[test]
 fn unix_client_corpus() {
-    let seeds: &[(&str, fn(&UnixOutcome) -> bool)] = &[
+    let seeds: &[Seed<UnixOutcome>] = &[
         ("hello_only", |o| {
             o.hello && o.answered == 0 && o.stopped.contains("closed the connection")
         }),
@@ -91,7 +94,7 @@ fn refused(o: &NbdOutcome, why: &str) -> bool {
 
 #[test]
 fn nbd_client_corpus() {
-    let seeds: &[(&str, fn(&NbdOutcome) -> bool)] = &[
+    let seeds: &[Seed<NbdOutcome>] = &[
         ("handshake_only", |o| {
             o.export == Some((1 << 20, 5)) && o.completed == 0
         }),

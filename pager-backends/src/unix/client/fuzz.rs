@@ -61,7 +61,7 @@ impl KernelControl for Counter {
         Ok(())
     }
     fn offer(&self, _: ObjectOffset, data: &[u8], _: Access) -> crate::Result<()> {
-        assert!(!data.is_empty() && data.len() as u64 % PAGE_SIZE == 0);
+        assert!(!data.is_empty() && (data.len() as u64).is_multiple_of(PAGE_SIZE));
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -168,7 +168,7 @@ fn check(kind: u16, cap: u64, reply: Reply, out: &mut UnixOutcome) {
     match reply {
         Reply::Provided { bytes, .. } => {
             assert_eq!(kind, p::T_DATA_REQUEST);
-            assert!(bytes > 0 && bytes <= cap && bytes % PAGE_SIZE == 0);
+            assert!(bytes > 0 && bytes <= cap && bytes.is_multiple_of(PAGE_SIZE));
         }
         Reply::Error(payload) => {
             out.errors += 1;
