@@ -197,7 +197,8 @@ pub fn load(
 
 /// Fuzz entry point (vmm/fuzz target `load_kernel` and the corpus replay
 /// test): `data` is a kernel file, loaded as `vmm run --kernel` would into
-/// a 16 MiB guest. On success it checks what the rest of boot relies on.
+/// a 16 MiB guest, then a program module is placed after it as boot does.
+/// On success it checks what the rest of boot relies on.
 #[doc(hidden)]
 pub fn fuzz_load(data: &[u8]) -> Result<LoadedKernel> {
     const MEM: u64 = 16 << 20;
@@ -215,6 +216,12 @@ pub fn fuzz_load(data: &[u8]) -> Result<LoadedKernel> {
         assert!(k.end.0 > KERNEL_LOAD.0 && k.end.0 <= MEM);
         if let Some(pvh) = k.pvh_entry {
             assert!(pvh >= KERNEL_LOAD.0 && pvh < k.end.0);
+        }
+        // The modules go after the image, never over it; a kernel that
+        // leaves no room gets an error.
+        let program: (&str, &[u8]) = ("init", &[0xf4; 100]);
+        if let Ok(m) = super::start_info::place_modules(mem, k.end, &[program], MEM) {
+            assert!(m[0].addr >= k.end && m[0].addr.0 + m[0].size <= MEM);
         }
         Ok(k)
     })
@@ -397,6 +404,8 @@ mod tests {
         ("physical_entry", None),
         ("bss_segment", None),
         ("other_notes_first", None),
+        // Ends at the end of the guest: loads; no room for the modules.
+        ("fills_memory", None),
         (
             "pvh_entry_outside",
             Some("PVH entry 0x5000 is outside the loaded image"),
