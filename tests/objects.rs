@@ -714,9 +714,41 @@ impl Pager for Speaker {
     }
 }
 
+/// The numbers of the guest's `vm_statistics` line (`--stats`).
+fn vm_statistics(out: &Output) -> std::collections::HashMap<String, u64> {
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("vm_statistics: "))
+        .unwrap_or_else(|| panic!("no vm_statistics line:\n{}", out.stdout));
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+/// The `key=value` numbers of object `name`'s `events` row in `--stats`.
+fn host_events(out: &Output, name: &str) -> std::collections::HashMap<String, u64> {
+    let head = format!("vmm: object {name} (");
+    let mut lines = out.stderr.lines().skip_while(|l| !l.starts_with(&head));
+    lines.next();
+    let row = lines
+        .take_while(|l| l.starts_with("vmm:   "))
+        .find_map(|l| {
+            l.trim_start_matches("vmm:")
+                .trim_start()
+                .strip_prefix("events")
+        })
+        .unwrap_or_else(|| panic!("no events row for {name}:\n{}", out.stderr));
+    row.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 #[test]
-fn pager_initiated_calls_arrive_as_events_in_the_guest() {
-    if !kvm_available("pager_initiated_calls_arrive_as_events_in_the_guest") {
+fn pager_initiated_calls_are_applied_by_the_guest_vm() {
+    if !kvm_available("pager_initiated_calls_are_applied_by_the_guest_vm") {
         return;
     }
     let pager = Speaker {
@@ -726,25 +758,166 @@ fn pager_initiated_calls_arrive_as_events_in_the_guest() {
     };
     let sock = serve_in_process("speaker-sock", Arc::new(pager));
     let obj = format!("s=unix:{}", sock.show());
-    // 4K requests keep the reader busy long enough for the events to land.
     let out = vmm(
-        &["run", "--object", &obj, "--init", "objsum", "s", "4K"],
+        &["run", "--stats", "--object", &obj, "--init", "sum", "s"],
         &[],
     );
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
-    for line in [
-        "virtio-pager: lock request for object 0 at 0x2000 +0x1000 lock 0x2 clean",
-        "virtio-pager: cache for object 0: may cache",
-        "virtio-pager: unsolicited data for object 0 at 0x3000 +0x1000",
-    ] {
-        assert!(out.line(line).is_some(), "missing {line:?}: {}", out.stdout);
-    }
-    // The zero object still reads as zeros (2 MiB of them).
-    let (size, sha, _) = objsum_result(&out, "s");
+    // The clean request, the cache permission and the pushed page each
+    // became a call on the mapped object (none ignored).
+    let vm = vm_statistics(&out);
+    assert_eq!(vm["pager_events"], 3, "{vm:?}");
+    assert_eq!(vm["events_ignored"], 0, "{vm:?}");
+    assert_eq!(vm["pages_pushed"], 1, "{vm:?}");
+    let host = host_events(&out, "s");
     assert_eq!(
-        (size, sha),
-        (2 * MIB as u64, sha256_bytes(&vec![0u8; 2 * MIB]))
+        (
+            host["lock_request"],
+            host["cache"],
+            host["data_provided"],
+            host["refused"]
+        ),
+        (1, 1, 1, 0),
+        "{host:?}"
     );
+    // The pushed page is the object's data from then on: the pager sent it
+    // before answering the first fault, so whether that fault's window
+    // covered it or not, the task reads it (the rest is zeros).
+    let mut expect = vec![0u8; 2 * MIB];
+    expect[0x3000..0x4000].fill(7);
+    assert_eq!(
+        sum_result(&out, "s"),
+        (2 * MIB as u64, sha256_bytes(&expect))
+    );
+}
+
+/// A file pager whose control handle, from INIT on, floods the kernel with
+/// pushed pages (the file's own data, so what the guest reads stays right)
+/// and flush and clean requests over the whole object, and never stops
+/// while the object lives: refusals only slow it down.
+struct Flood {
+    inner: FilePager,
+    data: Arc<Vec<u8>>,
+}
+
+impl Pager for Flood {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        let info = self.inner.init(k, c.clone())?;
+        let data = self.data.clone();
+        std::thread::spawn(move || {
+            let pages = (data.len() as u64).div_ceil(PAGE_SIZE).max(1);
+            let mut page = vec![0u8; PAGE_SIZE as usize];
+            for i in 0u64.. {
+                let off = (i * 7919 % pages) * PAGE_SIZE;
+                let start = off as usize;
+                let end = (start + PAGE_SIZE as usize).min(data.len());
+                page.fill(0);
+                page[..end - start].copy_from_slice(&data[start..end]);
+                let size = pages * PAGE_SIZE;
+                let r = match i % 3 {
+                    0 => c.offer(ObjectOffset(off), &page, Access::NONE),
+                    1 => c.lock_request(ObjectOffset(0), size, Access::NONE, false, true),
+                    _ => c.lock_request(ObjectOffset(0), size, Access::NONE, true, false),
+                };
+                match r {
+                    Ok(()) => {}
+                    // The object is gone (terminated at shutdown).
+                    Err(e) if e.to_string().contains("no longer") => return,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+                }
+            }
+        });
+        Ok(info)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "flooding test pager".into()
+    }
+}
+
+#[test]
+fn a_pager_flooding_events_and_pages_is_capped_and_the_guest_goes_on() {
+    if !kvm_available("a_pager_flooding_events_and_pages_is_capped_and_the_guest_goes_on") {
+        return;
+    }
+    let len = 2 * MIB + 300;
+    let flood_file = Temp::with("flood", &content(len, 0xf1));
+    let data = Arc::new(std::fs::read(flood_file.path()).expect("read back"));
+    let inner =
+        FilePager::open(flood_file.path(), false, &OpenOptions::default()).expect("file pager");
+    let sock = serve_in_process("flood-sock", Arc::new(Flood { inner, data }));
+    let quiet = Temp::with("quiet", &content(MIB + 17, 0x9e));
+    let out = vmm(
+        &[
+            "run",
+            "--stats",
+            "--object",
+            &format!("flood=unix:{}", sock.show()),
+            "--object",
+            &format!("quiet=file:{}?ro", quiet.show()),
+            "--init",
+            "spawn",
+            "sum:flood",
+            "sum:quiet",
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    // Both objects read right: the flood neither corrupts its own object
+    // (its pushed pages are its data) nor starves the other.
+    assert_eq!(
+        sum_result(&out, "flood"),
+        (len as u64, sha256_file(flood_file.path()))
+    );
+    assert_eq!(
+        sum_result(&out, "quiet"),
+        ((MIB + 17) as u64, sha256_file(quiet.path()))
+    );
+    // Capped on both sides: the guest took events in budgets (and left the
+    // rest waiting), the device refused the pager once its share was full.
+    let vm = vm_statistics(&out);
+    assert!(vm["pager_events"] > 0, "{vm:?}");
+    assert!(vm["events_deferred"] > 0, "{vm:?}");
+    let host = host_events(&out, "flood");
+    assert!(host["refused"] > 0, "{host:?}");
+    assert_eq!(host_events(&out, "quiet")["refused"], 0);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 // ---------------------------------------------------------------------------
@@ -934,6 +1107,47 @@ fn sum_and_fill_through_nbd_against_qemu_nbd() {
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
     let mut want = vec![0u8; len];
     guest_kernel::objfill_pattern::fill(6, 0, &mut want);
+    assert!(std::fs::read(f.path()).expect("read back") == want);
+}
+
+/// The same over TLS: `nbds://` with a CA made for the test, qemu-nbd
+/// serving with its certificate.
+#[test]
+fn sum_and_fill_through_nbds_against_qemu_nbd_over_tls() {
+    if !kvm_available("sum_and_fill_through_nbds_against_qemu_nbd_over_tls") {
+        return;
+    }
+    let Some(q) = need_qemu_nbd("sum_and_fill_through_nbds_against_qemu_nbd_over_tls") else {
+        return;
+    };
+    use support::tls::{CertDir, QemuNbd, QemuTls, Role, TestCa, client_dir, server_dir};
+    let len = 3 * MIB + 4096;
+    let f = Temp::with("nbds-map", &content(len, 0xdd));
+    let expect = sha256_file(f.path());
+    let dir = CertDir::new("objects-nbds");
+    let ca = TestCa::new("Duality test CA");
+    let server = server_dir(
+        &dir.0.join("server"),
+        &ca,
+        &ca.issue(&["127.0.0.1"], Role::Server),
+    );
+    let client = client_dir(&dir.0.join("client"), &ca, None);
+    let tls = QemuTls {
+        creds: &server,
+        verify_clients: false,
+    };
+    let srv = QemuNbd::start(&q, f.path(), "disk", Some(&tls));
+    let obj = format!(
+        "r=nbds://127.0.0.1:{}/disk?tls-certificates={}",
+        srv.port,
+        client.display()
+    );
+    let out = run_sum(&[], std::slice::from_ref(&obj), "r");
+    assert_eq!(sum_result(&out, "r"), (len as u64, expect));
+    let out = vmm(&["run", "--object", &obj, "--init", "fill", "r", "7"], &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(7, 0, &mut want);
     assert!(std::fs::read(f.path()).expect("read back") == want);
 }
 

@@ -117,7 +117,7 @@ fn too_many_objects() {
 
 #[test]
 fn bad_pager_timeout() {
-    for bad in ["0", "soon", "-3"] {
+    for bad in ["0", "soon", "-3", "1e-12"] {
         let bad = format!("--pager-timeout={bad}");
         let out = vmm(&["run", &bad], &[]);
         assert_eq!(out.status, Some(1), "{}", out.stderr);

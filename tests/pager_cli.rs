@@ -25,6 +25,27 @@ fn read_returns_the_files_bytes_and_stat_its_size() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// `vmm pager stat|read ... | head`: a reader that went away is not an
+/// error, and nothing panics.
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    for args in [
+        &["pager", "stat", "zero?size=1M"][..],
+        &["pager", "read", "zero?size=1M"][..],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmm"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run vmm");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn bad_uris_and_missing_files_are_clear_errors() {
     let out = vmm(&["pager", "read", "file:/nonexistent/object"], &[]);
@@ -157,11 +178,12 @@ fn file_objects_must_be_regular_files_or_block_devices() {
 #[test]
 fn tls_huge_objects_and_unknown_options_are_clear_errors() {
     for (uri, why) in [
-        ("nbds://example.com/disk", "TLS is not supported yet"),
         (
             "nbds+unix:///disk?socket=/run/n.sock",
-            "TLS is not supported yet",
+            "tls-hostname: missing",
         ),
+        ("nbd://h/e?tls-certificates=/c", "applies only to TLS"),
+        ("nbds://h/e?tls-verify-peer=0", "always verified"),
         ("nbd://h/e?foo=1", "unknown option \"foo\""),
         ("nbd+unix:///e", "missing socket"),
         ("nbd://[::1/e", "closing ']'"),
@@ -177,6 +199,72 @@ fn tls_huge_objects_and_unknown_options_are_clear_errors() {
     let out = vmm(&["pager", "stat", "zero?size=8T"], &[]);
     assert_eq!(out.status, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains("8796093022208 bytes"), "{}", out.stdout);
+}
+
+/// `vmm pager stat|read nbds://...` against qemu-nbd over TLS, and a
+/// certificate from a CA the URI does not trust refused by name.
+#[test]
+fn nbds_through_stat_and_read() {
+    let Some(q) = support::need_qemu_nbd("nbds_through_stat_and_read") else {
+        return;
+    };
+    use support::tls::{QemuNbd, QemuTls, Role, TestCa, client_dir, server_dir};
+    let dir = Scratch::new("nbds-cli");
+    let data: Vec<u8> = (0..2 * 4096u32).map(|i| b'A' + (i % 26) as u8).collect();
+    let file = dir.0.join("disk.img");
+    std::fs::write(&file, &data).unwrap();
+    let ca = TestCa::new("Duality test CA");
+    let server = server_dir(
+        &dir.0.join("server"),
+        &ca,
+        &ca.issue(&["127.0.0.1"], Role::Server),
+    );
+    let client = client_dir(&dir.0.join("client"), &ca, None);
+    let tls = QemuTls {
+        creds: &server,
+        verify_clients: false,
+    };
+    let srv = QemuNbd::start(&q, &file, "disk", Some(&tls));
+    let uri = format!(
+        "nbds://127.0.0.1:{}/disk?tls-certificates={}",
+        srv.port,
+        client.display()
+    );
+    let out = vmm(&["pager", "stat", &uri], &[]);
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("8192 bytes (2 pages)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&format!("nbd {uri}")), "{}", out.stdout);
+    let out = vmm(
+        &["pager", "read", &uri, "--offset", "4000", "--len", "300"],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.as_bytes(), &data[4000..4300]);
+
+    let other = client_dir(&dir.0.join("other"), &TestCa::new("Other CA"), None);
+    let out = vmm(
+        &[
+            "pager",
+            "stat",
+            &format!(
+                "nbds://127.0.0.1:{}/disk?tls-certificates={}",
+                srv.port,
+                other.display()
+            ),
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(1), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("TLS: nbd server 127.0.0.1:")
+            && out.stderr.contains("is not signed by the CA in"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// An NBD server whose handshake reports an export of `size` bytes, for

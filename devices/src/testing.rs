@@ -2,6 +2,7 @@
 //! in pager-backends and are written concurrently. It is a complete pager
 //! (holes, read-ahead, locks, per-kernel state), just not durable.
 
+use pager_backends::poison;
 use pager_backends::{
     Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, PAGE_SIZE, Pager,
     PagerError, Result, UnlockReply,
@@ -102,19 +103,19 @@ impl MemPager {
     }
 
     fn kernels(&self) -> RwLockReadGuard<'_, HashMap<KernelId, Arc<dyn KernelControl>>> {
-        self.kernels.read().unwrap_or_else(|p| p.into_inner())
+        poison::read(&self.kernels)
     }
 
     fn kernels_mut(&self) -> RwLockWriteGuard<'_, HashMap<KernelId, Arc<dyn KernelControl>>> {
-        self.kernels.write().unwrap_or_else(|p| p.into_inner())
+        poison::write(&self.kernels)
     }
 
     fn read_store(&self) -> RwLockReadGuard<'_, Store> {
-        self.store.read().unwrap_or_else(|p| p.into_inner())
+        poison::read(&self.store)
     }
 
     fn write_store(&self) -> RwLockWriteGuard<'_, Store> {
-        self.store.write().unwrap_or_else(|p| p.into_inner())
+        poison::write(&self.store)
     }
 
     /// The control handle a kernel gave at init (to play manager → kernel).

@@ -55,5 +55,8 @@ impl VirtAddr {
 
 /// Where the kernel sees all of physical memory (PML4 slot 256).
 pub const DIRECT_MAP_BASE: u64 = 0xffff_8000_0000_0000;
+/// Where threads' kernel stacks live, each below an unmapped guard page
+/// (PML4 slot 510, shared by every address space).
+pub const KERNEL_STACKS_BASE: u64 = 0xffff_ff00_0000_0000;
 /// Where the kernel image is linked (top 2 GiB, PML4 slot 511).
 pub const KERNEL_BASE: u64 = 0xffff_ffff_8000_0000;

@@ -12,7 +12,7 @@ use guest_kernel::dev::virtio::pager::{
 };
 use guest_kernel::dev::virtio::virtqueue::{DESC_NEXT, DESC_WRITE};
 use guest_kernel::dev::virtio::{Dma, Regs};
-use pager_backends::{KernelId, OpenOptions};
+use pager_backends::{Access, KernelId, ObjectOffset, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,15 +82,20 @@ fn pattern(len: usize) -> Vec<u8> {
 
 impl Rig {
     fn new(objects: Vec<(&str, &str)>) -> Rig {
+        Rig::with_objects(
+            objects
+                .into_iter()
+                .map(|(name, uri)| PagerObject {
+                    name: name.into(),
+                    pager: pager_backends::open(uri, &OpenOptions::default()).unwrap(),
+                    read_only: uri.ends_with("?ro"),
+                })
+                .collect(),
+        )
+    }
+
+    fn with_objects(objs: Vec<PagerObject>) -> Rig {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
-        let objs = objects
-            .into_iter()
-            .map(|(name, uri)| PagerObject {
-                name: name.into(),
-                pager: pager_backends::open(uri, &OpenOptions::default()).unwrap(),
-                read_only: uri.ends_with("?ro"),
-            })
-            .collect();
         let dev = Arc::new(Mutex::new(
             PagerDevice::new(KernelId(7), objs, DEFAULT_WORKERS).unwrap(),
         ));
@@ -150,7 +155,10 @@ impl Rig {
         let events = &mut self.events;
         self.driver.poll(
             &mut |c: &Completion, _f: &Frames| done.push(*c),
-            &mut |e: &Event| events.push(*e),
+            &mut |e: &Event| {
+                events.push(*e);
+                None
+            },
         );
     }
 
@@ -622,7 +630,7 @@ fn a_disarmed_queue_completes_without_an_interrupt_and_leave_kernel_takes_it() {
     let done = &mut rig.done;
     let took = rig.driver.leave_kernel(
         &mut |c: &Completion, _: &Frames| done.push(*c),
-        &mut |_: &Event| {},
+        &mut |_: &Event| None,
     );
     assert!(took, "leave_kernel found nothing");
     assert_eq!(
@@ -649,7 +657,149 @@ fn a_disarmed_queue_completes_without_an_interrupt_and_leave_kernel_takes_it() {
     let done = &mut rig.done;
     assert!(!rig.driver.leave_kernel(
         &mut |c: &Completion, _: &Frames| done.push(*c),
-        &mut |_: &Event| {}
+        &mut |_: &Event| None
     ));
     let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn events_are_taken_within_a_budget_and_pushed_pages_swapped_for_fresh_frames() {
+    let pager = Arc::new(devices::testing::MemPager::new(64 * PAGE_SIZE));
+    let mut rig = Rig::with_objects(vec![PagerObject {
+        name: "pushy".into(),
+        pager: pager.clone(),
+        read_only: false,
+    }]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    let control = pager
+        .control(KernelId(7))
+        .expect("a control handle after INIT");
+    // Twice the budget of events, the last one with a page of data.
+    let n = 2 * pager::EVENT_BUDGET as usize;
+    for i in 0..n - 1 {
+        control
+            .lock_request(
+                ObjectOffset(i as u64 * PAGE_SIZE),
+                PAGE_SIZE,
+                Access::NONE,
+                false,
+                false,
+            )
+            .unwrap();
+    }
+    control
+        .offer(ObjectOffset(0), &[0xab; PAGE_SIZE as usize], Access::NONE)
+        .unwrap();
+
+    // The driver takes the budget's worth, however long it polls.
+    let mut seen = Vec::new();
+    let mut pushed = None;
+    let fresh = rig.pages(1)[0].addr;
+    let start = Instant::now();
+    while seen.len() < pager::EVENT_BUDGET as usize && start.elapsed() < Duration::from_secs(10) {
+        let done = &mut rig.done;
+        rig.driver.poll(
+            &mut |c: &Completion, _: &Frames| done.push(*c),
+            &mut |e: &Event| {
+                seen.push(*e);
+                None
+            },
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let done = &mut rig.done;
+    rig.driver.poll(
+        &mut |c: &Completion, _: &Frames| done.push(*c),
+        &mut |e: &Event| {
+            seen.push(*e);
+            None
+        },
+    );
+    assert_eq!(seen.len(), pager::EVENT_BUDGET as usize, "over budget");
+    assert_eq!(rig.driver.stats.events_deferred, 1);
+    // A period with no budget (the kernel still paying for the last ones)
+    // takes nothing, polled or not.
+    let done = &mut rig.done;
+    let mut done = |c: &Completion, _: &Frames| done.push(*c);
+    let mut count = |e: &Event| {
+        seen.push(*e);
+        None
+    };
+    rig.driver.refill_events(0, &mut done, &mut count);
+    rig.driver.poll(&mut done, &mut count);
+    assert_eq!(
+        seen.len(),
+        pager::EVENT_BUDGET as usize,
+        "took events without budget"
+    );
+
+    // Each new period takes another budget's worth, in order; the pushed
+    // page is kept by the kernel, which gives the driver a fresh frame.
+    let start = Instant::now();
+    while seen.len() < n && start.elapsed() < Duration::from_secs(10) {
+        let done = &mut rig.done;
+        let mut done = |c: &Completion, _: &Frames| done.push(*c);
+        let mut on_event = |e: &Event| {
+            seen.push(*e);
+            if let Some(page) = e.data {
+                pushed = Some(page);
+                return Some(fresh);
+            }
+            None
+        };
+        // A tick, then what an interrupt would do.
+        rig.driver
+            .refill_events(pager::EVENT_BUDGET, &mut done, &mut on_event);
+        rig.driver.poll(&mut done, &mut on_event);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(seen.len(), n);
+    let offsets: Vec<u64> = seen[..n - 1].iter().map(|e| e.offset).collect();
+    assert_eq!(
+        offsets,
+        (0..n as u64 - 1).map(|i| i * PAGE_SIZE).collect::<Vec<_>>()
+    );
+    let page = pushed.expect("the pushed page arrived");
+    assert_eq!(
+        rig.read(&[Segment {
+            addr: page,
+            len: 16
+        }]),
+        vec![0xab; 16]
+    );
+    assert_eq!(rig.driver.stats.event_pages_taken, 1);
+
+    // The next push lands in the fresh frame, not in the page given away.
+    control
+        .offer(
+            ObjectOffset(PAGE_SIZE),
+            &[0xcd; PAGE_SIZE as usize],
+            Access::NONE,
+        )
+        .unwrap();
+    let mut second = None;
+    let start = Instant::now();
+    while second.is_none() && start.elapsed() < Duration::from_secs(10) {
+        let done = &mut rig.done;
+        let mut done = |c: &Completion, _: &Frames| done.push(*c);
+        let mut on_event = |e: &Event| {
+            second = e.data;
+            None
+        };
+        rig.driver
+            .refill_events(pager::EVENT_BUDGET, &mut done, &mut on_event);
+        rig.driver.poll(&mut done, &mut on_event);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let at = second.expect("second push");
+    assert_ne!(at, page);
+    assert_eq!(rig.read(&[Segment { addr: at, len: 16 }]), vec![0xcd; 16]);
+    assert_eq!(
+        rig.read(&[Segment {
+            addr: page,
+            len: 16
+        }]),
+        vec![0xab; 16]
+    );
 }

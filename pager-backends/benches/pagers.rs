@@ -9,6 +9,7 @@
 //!
 //! Run: scripts/bench-pagers.sh  (or cargo bench -p pager-backends)
 
+use pager_backends::stats::LatencyHistogram;
 use pager_backends::unix::proto as p;
 use pager_backends::{Access, KernelControl, KernelId, ObjectOffset, OpenOptions, Pager};
 use std::fs::File;
@@ -154,11 +155,6 @@ impl RawUnix {
     }
 }
 
-fn pct(v: &mut [Duration], q: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -179,7 +175,8 @@ fn offsets(n: usize, len: u64) -> Vec<u64> {
 fn bench(name: &str, pager: &dyn Pager, raw: &mut dyn Raw) {
     let mut buf = vec![0u8; 64 * 1024];
     for (len, iters) in [(4096u64, 4000usize), (65536, 1500)] {
-        let (mut tp, mut tr) = (Vec::with_capacity(iters), Vec::with_capacity(iters));
+        // The quantiles the VMM's --stats reports, computed the same way.
+        let (tp, tr) = (LatencyHistogram::default(), LatencyHistogram::default());
         let offs = offsets(iters + 100, len);
         for (i, &off) in offs.iter().enumerate() {
             // Alternate which goes first: the second would find the data
@@ -206,12 +203,13 @@ fn bench(name: &str, pager: &dyn Pager, raw: &mut dyn Raw) {
             };
             if i >= 100 {
                 // first 100: warm-up
-                tr.push(dr);
-                tp.push(dp);
+                tr.record(dr);
+                tp.record(dp);
             }
         }
-        let (rp50, pp50) = (pct(&mut tr, 0.5), pct(&mut tp, 0.5));
-        let (rp99, pp99) = (pct(&mut tr, 0.99), pct(&mut tp, 0.99));
+        let (raw_q, pager_q) = (tr.snapshot(), tp.snapshot());
+        let (rp50, pp50) = (raw_q.p50, pager_q.p50);
+        let (rp99, pp99) = (raw_q.p99, pager_q.p99);
         println!(
             "{name:<6} {:>4}K  p50 raw {:>8.1}us pager {:>8.1}us x{:<5.2}  p99 raw {:>8.1}us pager {:>8.1}us x{:<5.2}",
             len / 1024,

@@ -28,6 +28,11 @@ pub enum PagerError {
     /// The peer (NBD server, external pager) broke its protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// TLS with the peer could not be set up or was refused: its
+    /// certificate is not trusted or not for that name, it would not start
+    /// TLS, it rejected ours, or our own certificate files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The peer did not answer in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

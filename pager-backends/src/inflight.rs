@@ -9,7 +9,8 @@
 //! the caller cannot return while its slot is claimed.
 
 use crate::error::{PagerError, Result};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use crate::poison::{self, lock};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::VolatileSlice;
 
@@ -55,9 +56,24 @@ pub(crate) struct Expect {
 
 enum State<R> {
     Free,
-    Waiting { generation: u32, expect: Expect },
-    Filling { generation: u32 },
-    Done { generation: u32, res: Result<R> },
+    Waiting {
+        generation: u32,
+        expect: Expect,
+    },
+    Filling {
+        generation: u32,
+    },
+    Done {
+        generation: u32,
+        res: Result<R>,
+    },
+    /// Its caller gave up waiting (timeout) but the peer may still answer:
+    /// the slot stays taken until it does, and the answer is read and
+    /// thrown away (`expect` has no buffers any more).
+    Abandoned {
+        generation: u32,
+        expect: Expect,
+    },
 }
 
 struct Slot<R> {
@@ -69,6 +85,8 @@ struct FreeList {
     idle: Vec<u32>,
     next_gen: u32,
     dead: Option<String>,
+    /// Slots held by abandoned requests.
+    abandoned: usize,
 }
 
 pub(crate) struct Inflight<R> {
@@ -94,12 +112,8 @@ pub(crate) struct Claim {
     idx: u32,
     generation: u32,
     pub expect: Expect,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder cannot leave these states half-updated in a way
-    // that matters more than refusing service would.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    /// No one waits for it: read the reply, then drop it.
+    pub abandoned: bool,
 }
 
 impl<R> Inflight<R> {
@@ -116,6 +130,7 @@ impl<R> Inflight<R> {
                 idle: (0..max as u32).rev().collect(),
                 next_gen: 1,
                 dead: None,
+                abandoned: 0,
             }),
             free_cv: Condvar::new(),
         }
@@ -148,11 +163,7 @@ impl<R> Inflight<R> {
             if now >= deadline {
                 return Err(PagerError::Timeout(timeout));
             }
-            f = self
-                .free_cv
-                .wait_timeout(f, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            f = poison::wait_timeout(&self.free_cv, f, deadline - now).0;
         };
         // Generation 0 is never used, so id 0 is never valid.
         let generation = f.next_gen;
@@ -187,10 +198,20 @@ impl<R> Inflight<R> {
     }
 
     /// Blocks until the reply arrives, the connection dies, or `timeout`
-    /// passes. On timeout `abort` is called (it should shut the transport
-    /// down) and, if the reader is mid-way through filling our buffers, we
-    /// wait for it to let go before returning.
-    pub(crate) fn wait(&self, t: Ticket, timeout: Duration, abort: impl FnOnce()) -> Result<R> {
+    /// passes. A request still unanswered at the deadline is abandoned, as
+    /// long as fewer than `max_abandoned` are: the connection stays up (a
+    /// peer that was slow once is not dead) and the late answer, when it
+    /// comes, is recognised by its id and dropped. Past that many, `abort`
+    /// is called (it should shut the transport down) and, if the reader is
+    /// mid-way through filling our buffers, we wait for it to let go before
+    /// returning.
+    pub(crate) fn wait_or_abandon(
+        &self,
+        t: Ticket,
+        timeout: Duration,
+        max_abandoned: usize,
+        abort: impl FnOnce(),
+    ) -> Result<R> {
         let deadline = Instant::now() + timeout;
         let slot = &self.slots[t.idx as usize];
         let mut st = lock(&slot.st);
@@ -205,8 +226,18 @@ impl<R> Inflight<R> {
                     self.release(t.idx);
                     return res;
                 }
-                State::Waiting { generation, .. } if *generation == t.generation => {
+                State::Waiting { generation, expect } if *generation == t.generation => {
                     let now = Instant::now();
+                    if now >= deadline && self.try_abandon(max_abandoned) {
+                        *st = State::Abandoned {
+                            generation: *generation,
+                            expect: Expect {
+                                bufs: None,
+                                ..*expect
+                            },
+                        };
+                        return Err(PagerError::Timeout(timeout));
+                    }
                     if now >= deadline {
                         *st = State::Free;
                         drop(st);
@@ -216,11 +247,7 @@ impl<R> Inflight<R> {
                         self.release(t.idx);
                         return Err(PagerError::Timeout(timeout));
                     }
-                    st = slot
-                        .cv
-                        .wait_timeout(st, deadline - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                    st = poison::wait_timeout(&slot.cv, st, deadline - now).0;
                 }
                 State::Filling { generation } if *generation == t.generation => {
                     if Instant::now() >= deadline {
@@ -229,14 +256,10 @@ impl<R> Inflight<R> {
                         if let Some(a) = abort.take() {
                             a();
                         }
-                        st = slot.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                        st = poison::wait(&slot.cv, st);
                     } else {
                         let left = deadline - Instant::now();
-                        st = slot
-                            .cv
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
+                        st = poison::wait_timeout(&slot.cv, st, left).0;
                     }
                 }
                 _ => {
@@ -244,6 +267,17 @@ impl<R> Inflight<R> {
                     return Err(PagerError::Protocol("request slot lost".into()));
                 }
             }
+        }
+    }
+
+    /// Counts one more abandoned request if fewer than `max` are.
+    fn try_abandon(&self, max: usize) -> bool {
+        let mut f = lock(&self.free);
+        if f.abandoned < max {
+            f.abandoned += 1;
+            true
+        } else {
+            false
         }
     }
 
@@ -258,11 +292,14 @@ impl<R> Inflight<R> {
         let slot = self.slots.get(idx).ok_or_else(bad)?;
         let mut st = lock(&slot.st);
         match &*st {
-            State::Waiting { generation, expect } if *generation == want_gen => {
+            State::Waiting { generation, expect } | State::Abandoned { generation, expect }
+                if *generation == want_gen =>
+            {
                 let c = Claim {
                     idx: idx as u32,
                     generation: *generation,
                     expect: *expect,
+                    abandoned: matches!(*st, State::Abandoned { .. }),
                 };
                 *st = State::Filling {
                     generation: *generation,
@@ -275,6 +312,13 @@ impl<R> Inflight<R> {
 
     pub(crate) fn complete(&self, c: Claim, res: Result<R>) {
         let slot = &self.slots[c.idx as usize];
+        if c.abandoned {
+            // The late answer is read; no one wants it.
+            *lock(&slot.st) = State::Free;
+            lock(&self.free).abandoned -= 1;
+            self.release(c.idx);
+            return;
+        }
         *lock(&slot.st) = State::Done {
             generation: c.generation,
             res,
@@ -301,5 +345,35 @@ impl<R> Inflight<R> {
                 slot.cv.notify_all();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn timeouts_abandon_up_to_the_limit_then_abort() {
+        let f: Inflight<u32> = Inflight::new(4);
+        let aborted = Cell::new(0);
+        let short = Duration::from_millis(10);
+        let a = f.start(1, 0, 0, None, short).expect("slot");
+        let err = f.wait_or_abandon(a, short, 1, || aborted.set(aborted.get() + 1));
+        assert!(matches!(err, Err(PagerError::Timeout(_))));
+        assert_eq!(aborted.get(), 0, "the first timeout is only abandoned");
+        // Past the limit the peer is given up on.
+        let b = f.start(1, 0, 0, None, short).expect("slot");
+        let err = f.wait_or_abandon(b, short, 1, || aborted.set(aborted.get() + 1));
+        assert!(matches!(err, Err(PagerError::Timeout(_))));
+        assert_eq!(aborted.get(), 1);
+        // The late answer to the first is claimed as abandoned, and its
+        // slot comes back when it is done; a second answer is refused.
+        let c = f.claim(a.id()).expect("late answer recognised");
+        assert!(c.abandoned && c.expect.bufs.is_none());
+        f.complete(c, Ok(7));
+        assert!(f.claim(a.id()).is_err());
+        assert_eq!(lock(&f.free).abandoned, 0);
+        assert_eq!(lock(&f.free).idle.len(), 4);
     }
 }

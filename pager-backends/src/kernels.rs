@@ -3,9 +3,10 @@
 
 use crate::error::{PagerError, Result};
 use crate::pager::{KernelControl, UnlockReply};
+use crate::poison;
 use crate::types::{Access, KernelId};
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 #[derive(Default)]
 pub(crate) struct Kernels {
@@ -15,7 +16,7 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     pub(crate) fn add(&self, id: KernelId, ctl: Arc<dyn KernelControl>) -> Result<()> {
-        let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut m = poison::write(&self.map);
         if m.contains_key(&id) {
             return Err(PagerError::Protocol(format!(
                 "kernel {} initialised twice",
@@ -27,7 +28,7 @@ impl Kernels {
     }
 
     pub(crate) fn check(&self, id: KernelId) -> Result<()> {
-        let m = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        let m = poison::read(&self.map);
         if m.contains_key(&id) {
             Ok(())
         } else {
@@ -43,16 +44,12 @@ impl Kernels {
     }
 
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<dyn KernelControl>> {
-        self.map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
+        poison::read(&self.map).get(&id).cloned()
     }
 
     /// Removes `id`; returns whether it was the last kernel.
     pub(crate) fn remove(&self, id: KernelId) -> Result<bool> {
-        let mut m = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        let mut m = poison::write(&self.map);
         if m.remove(&id).is_none() {
             return Err(PagerError::UnknownKernel(id.0));
         }

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `file:PATH[?ro]` | [`file::FilePager`]: a host file, zero-copy preadv/pwritev |
 //! | `zero[?size=N]`, `anon[?size=N]` | [`anon::AnonPager`]: zero-fill memory, sparse swap file |
-//! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | [`nbd::NbdPager`]: remote storage over NBD (TCP or a Unix socket) |
+//! | `nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH` | [`nbd::NbdPager`]: remote storage over NBD (TCP or a Unix socket); `nbds://`, `nbds+unix://` over TLS |
 //! | `unix:PATH` | [`unix::UnixPager`]: an external pager process ([`unix::serve`] is the SDK) |
 //!
 //! [`open`] picks the backend from a URI and wraps it in
@@ -35,10 +35,14 @@ pub(crate) mod kernels;
 pub mod nbd;
 pub mod options;
 pub mod pager;
+pub mod poison;
+pub mod pool;
 pub mod procedural;
 pub(crate) mod readahead;
 pub(crate) mod sg;
+pub mod size;
 pub mod stats;
+pub mod thread_hook;
 pub mod timeout;
 pub mod types;
 pub mod unix;
@@ -49,9 +53,10 @@ pub use error::{PagerError, Result};
 pub use options::OpenOptions;
 pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
 pub use stats::{Instrumented, LatencySummary, StatsSnapshot};
+pub use thread_hook::{ThreadHook, spawn_hooked};
 pub use timeout::{OnTimeout, TimeoutPolicy};
 pub use types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
-pub use uri::{PagerUri, UriError};
+pub use uri::{NbdTls, PagerUri, UriError};
 
 use std::sync::Arc;
 
@@ -64,17 +69,28 @@ pub fn open_backend(uri: &PagerUri, opts: &OpenOptions) -> Result<Arc<dyn Pager>
         PagerUri::Anon { size } => {
             Arc::new(anon::AnonPager::new(size.unwrap_or(opts.anon_size), opts)?)
         }
-        PagerUri::Nbd { host, port, export } => Arc::new(nbd::NbdPager::connect(
+        PagerUri::Nbd {
+            host,
+            port,
+            export,
+            tls,
+        } => Arc::new(nbd::NbdPager::connect(
             &nbd::NbdAddr::Tcp {
                 host: host.clone(),
                 port: *port,
             },
             export,
+            tls.as_ref(),
             opts,
         )?),
-        PagerUri::NbdUnix { socket, export } => Arc::new(nbd::NbdPager::connect(
+        PagerUri::NbdUnix {
+            socket,
+            export,
+            tls,
+        } => Arc::new(nbd::NbdPager::connect(
             &nbd::NbdAddr::Unix(socket.clone()),
             export,
+            tls.as_ref(),
             opts,
         )?),
         PagerUri::Unix { path } => Arc::new(unix::UnixPager::connect(path, opts)?),

@@ -1,5 +1,6 @@
 //! Knobs shared by all backends, with defaults sane for a VMM.
 
+use crate::thread_hook::ThreadHook;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ pub struct OpenOptions {
     pub swap_dir: PathBuf,
     /// Requests in flight per remote connection.
     pub max_in_flight: usize,
+    /// Runs first on each remote connection's reader thread, before it
+    /// reads a byte from the peer (the VMM confines the thread there). A
+    /// backend connects once, when it is opened, and never again.
+    pub reader_hook: Option<ThreadHook>,
 }
 
 impl Default for OpenOptions {
@@ -30,6 +35,7 @@ impl Default for OpenOptions {
             anon_size: 1 << 30,
             swap_dir: std::env::temp_dir(),
             max_in_flight: 64,
+            reader_hook: None,
         }
     }
 }

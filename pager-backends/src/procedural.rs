@@ -8,10 +8,11 @@ use crate::check::check_range;
 use crate::error::{PagerError, Result};
 use crate::kernels::Kernels;
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::poison;
 use crate::sg::Cursor;
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use vm_memory::VolatileSlice;
 
 /// SplitMix64: cheap, well-mixed, and trivially reimplemented in any
@@ -82,7 +83,7 @@ impl Pager for ProceduralPager {
         check_range(offset, len, self.size, bufs)?;
         let mut out = Cursor::new(bufs, 0, len);
         let mut page = [0u8; PAGE_SIZE as usize];
-        let overlay = self.overlay.read().unwrap_or_else(PoisonError::into_inner);
+        let overlay = poison::read(&self.overlay);
         for p in (offset.raw()..offset.raw() + len).step_by(PAGE_SIZE as usize) {
             match overlay.get(&p) {
                 Some(w) => page.copy_from_slice(&w[..]),
@@ -106,7 +107,7 @@ impl Pager for ProceduralPager {
         self.kernels.check(kernel)?;
         check_range(offset, len, self.size, bufs)?;
         let mut src = Cursor::new(bufs, 0, len);
-        let mut overlay = self.overlay.write().unwrap_or_else(PoisonError::into_inner);
+        let mut overlay = poison::write(&self.overlay);
         for p in (offset.raw()..offset.raw() + len).step_by(PAGE_SIZE as usize) {
             let mut page = Box::new([0u8; PAGE_SIZE as usize]);
             src.copy_out(&mut page[..]);

@@ -13,6 +13,7 @@
 
 use crate::error::{PagerError, Result};
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::poison;
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -61,7 +62,7 @@ impl LatencyHistogram {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
         // A panic elsewhere while recording leaves the counts usable.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.0)
     }
 }
 

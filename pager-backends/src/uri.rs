@@ -1,6 +1,6 @@
 //! Backend URIs: `file:PATH[?ro]`, `zero[?size=N]` / `anon[?size=N]`,
-//! `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///[EXPORT]?socket=PATH`,
-//! `unix:PATH`.
+//! `nbd://HOST[:PORT][/EXPORT]`, `nbd+unix:///[EXPORT]?socket=PATH`, their
+//! TLS forms `nbds://` and `nbds+unix://`, and `unix:PATH`.
 //!
 //! # Queries
 //!
@@ -31,8 +31,7 @@ pub const NBD_DEFAULT_PORT: u16 = 10809;
 /// Longest export name the NBD protocol allows.
 pub const NBD_MAX_EXPORT_NAME: usize = 4096;
 
-const FORMS: &str =
-    "file:PATH, zero, anon, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH or unix:PATH";
+const FORMS: &str = "file:PATH, zero, anon, nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH (nbds:// and nbds+unix:// for TLS) or unix:PATH";
 
 /// What a path that contains `?` must do; shown with unknown options of
 /// the path schemes, where a stray `?` is the likely mistake.
@@ -51,7 +50,7 @@ pub enum UriError {
     UnknownOption {
         scheme: &'static str,
         option: String,
-        known: &'static str,
+        known: String,
         hint: &'static str,
     },
     #[error("{scheme}: option {option:?} {why}")]
@@ -61,17 +60,21 @@ pub enum UriError {
         why: &'static str,
     },
     #[error(
-        "bad size {0:?} (expected a byte count like 4096, 64K, 16M or 2G, a whole number of pages)"
+        "bad size {0:?} (expected a byte count like 4096, 64K, 16M, 2G or 1T, a whole number of pages)"
     )]
     BadSize(String),
     #[error("nbd: missing host in {0:?} (expected nbd://HOST[:PORT]/EXPORT)")]
     MissingHost(String),
     #[error("nbd: bad port {0:?} (expected 1-65535)")]
     BadPort(String),
-    #[error(
-        "{0}: NBD over TLS is not supported yet; use nbd:// or nbd+unix:// over a trusted network or an SSH tunnel"
-    )]
-    TlsUnsupported(String),
+    /// A TLS option this client knows but does not offer (PSK, turning
+    /// verification off), or one given where TLS is not used.
+    #[error("{scheme}: {option}: {why}")]
+    Tls {
+        scheme: &'static str,
+        option: String,
+        why: String,
+    },
     #[error("nbd: {why} in {uri:?}")]
     BadNbd { uri: String, why: String },
 }
@@ -87,38 +90,48 @@ pub enum PagerUri {
     Anon {
         size: Option<u64>,
     },
-    /// NBD over TCP (`nbd://`).
+    /// NBD over TCP (`nbd://`; `nbds://` with `tls`).
     Nbd {
         host: String,
         port: u16,
         export: String,
+        tls: Option<NbdTls>,
     },
-    /// NBD over a Unix domain socket (`nbd+unix://`). A socket name that
-    /// starts with a NUL byte is in Linux's abstract namespace.
+    /// NBD over a Unix domain socket (`nbd+unix://`; `nbds+unix://` with
+    /// `tls`). A socket name that starts with a NUL byte is in Linux's
+    /// abstract namespace.
     NbdUnix {
         socket: PathBuf,
         export: String,
+        tls: Option<NbdTls>,
     },
     Unix {
         path: PathBuf,
     },
 }
 
+/// NBD over TLS (X.509): the connection starts TLS during negotiation or
+/// fails; it never falls back to plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NbdTls {
+    /// `tls-certificates=DIR`, laid out as libnbd and QEMU lay it out:
+    /// `ca-cert.pem` (the CA the server's certificate must chain to),
+    /// optionally `ca-crl.pem` (certificates it revoked) and
+    /// `client-cert.pem` with `client-key.pem` (our identity, for servers
+    /// that check clients). None: the system's CA certificates.
+    pub certificates: Option<PathBuf>,
+    /// `tls-hostname=NAME`: the name (or IP address) the server's
+    /// certificate must be valid for, instead of the URI's host. Needed
+    /// over a Unix socket, whose URI names no host.
+    pub hostname: Option<String>,
+}
+
+/// `size=`: a size as crate::size reads it, more than zero and whole pages.
 fn parse_size(s: &str) -> Result<u64, UriError> {
-    let bad = || UriError::BadSize(s.to_string());
-    let (digits, mult) = match s.as_bytes().last() {
-        Some(b'k' | b'K') => (&s[..s.len() - 1], 1u64 << 10),
-        Some(b'm' | b'M') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'g' | b'G') => (&s[..s.len() - 1], 1 << 30),
-        Some(b't' | b'T') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let n = n.checked_mul(mult).ok_or_else(bad)?;
-    if n == 0 || n % crate::PAGE_SIZE != 0 {
-        return Err(bad());
-    }
-    Ok(n)
+    crate::size::parse_size(s)
+        .ok()
+        .filter(|&n| n != 0 && n.is_multiple_of(crate::PAGE_SIZE))
+        .ok_or_else(|| UriError::BadSize(s.to_string()))
 }
 
 /// The URI's scheme in lower case, if it has one (RFC 3986: a letter, then
@@ -175,12 +188,10 @@ fn parse_query<'a>(
             return Err(UriError::UnknownOption {
                 scheme,
                 option: key.to_string(),
-                known: match known {
-                    [] => "none",
-                    ["ro", "rw"] => "ro, rw",
-                    ["size"] => "size",
-                    ["socket"] => "socket",
-                    _ => "see the documentation",
+                known: if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
                 },
                 hint,
             });
@@ -281,25 +292,140 @@ impl PagerUri {
     }
 }
 
-/// `nbd://` and `nbd+unix://`, by the NBD URI standard (RFC 3986 syntax).
+/// The NBD schemes' query keys. `tls-type`, `tls-hostname` and
+/// `tls-verify-peer` are the NBD URI standard's, `tls-certificates` and
+/// `tls-psk-file` libnbd's; `tls=require` asks an `nbd://` URI for TLS as
+/// `nbds://` does.
+const NBD_TCP_KEYS: &[&str] = &[
+    "tls",
+    "tls-certificates",
+    "tls-hostname",
+    "tls-type",
+    "tls-verify-peer",
+    "tls-psk-file",
+];
+const NBD_UNIX_KEYS: &[&str] = &[
+    "socket",
+    "tls",
+    "tls-certificates",
+    "tls-hostname",
+    "tls-type",
+    "tls-verify-peer",
+    "tls-psk-file",
+];
+
+/// What an NBD URI's query says: the socket (Unix forms) and TLS.
+struct NbdQuery {
+    socket: Option<PathBuf>,
+    tls: Option<NbdTls>,
+}
+
+fn parse_nbd_query(
+    scheme: &'static str,
+    unix: bool,
+    tls_scheme: bool,
+    query: Option<&str>,
+) -> Result<NbdQuery, UriError> {
+    let refuse = |key: &str, why: &str| UriError::Tls {
+        scheme,
+        option: key.to_string(),
+        why: why.to_string(),
+    };
+    let keys = if unix { NBD_UNIX_KEYS } else { NBD_TCP_KEYS };
+    let mut socket = None;
+    let mut want_tls = tls_scheme;
+    let mut tls = NbdTls::default();
+    // TLS settings given, refused below if the connection is plaintext:
+    // silently ignoring them would look like TLS where there is none.
+    let mut tls_settings = Vec::new();
+    for o in parse_query(scheme, query, keys, "")? {
+        let v = value(scheme, &o)?;
+        match o.key {
+            "socket" => socket = Some(PathBuf::from(OsString::from_vec(v.to_vec()))),
+            "tls" if v == b"require" => want_tls = true,
+            "tls" => {
+                return Err(refuse(
+                    "tls",
+                    "expected tls=require (what nbds:// says); without it nbd:// is plaintext",
+                ));
+            }
+            "tls-certificates" => {
+                tls.certificates = Some(PathBuf::from(OsString::from_vec(v.to_vec())));
+                tls_settings.push(o.key);
+            }
+            "tls-hostname" => {
+                let name = std::str::from_utf8(v)
+                    .ok()
+                    .filter(|n| rustls::pki_types::ServerName::try_from(*n).is_ok())
+                    .ok_or_else(|| {
+                        refuse(
+                            "tls-hostname",
+                            &format!(
+                                "{:?} is not a DNS name or an IP address",
+                                String::from_utf8_lossy(v)
+                            ),
+                        )
+                    })?;
+                tls.hostname = Some(name.to_string());
+                tls_settings.push(o.key);
+            }
+            "tls-type" if v == b"x509" => tls_settings.push(o.key),
+            "tls-type" => {
+                return Err(refuse(
+                    "tls-type",
+                    "only x509 (certificates) is supported, not psk or anon",
+                ));
+            }
+            "tls-verify-peer" if v == b"1" || v == b"true" => tls_settings.push(o.key),
+            "tls-verify-peer" if v == b"0" || v == b"false" => {
+                return Err(refuse(
+                    "tls-verify-peer",
+                    "the server's certificate is always verified; give the CA that signed it as tls-certificates=DIR (DIR/ca-cert.pem)",
+                ));
+            }
+            "tls-verify-peer" => return Err(refuse("tls-verify-peer", "expected 0 or 1")),
+            key => {
+                // tls-psk-file: known, so that the refusal says why.
+                return Err(refuse(
+                    key,
+                    "TLS-PSK is not supported; use X.509 certificates (tls-certificates=DIR)",
+                ));
+            }
+        }
+    }
+    if !want_tls && let Some(key) = tls_settings.first() {
+        return Err(refuse(
+            key,
+            "applies only to TLS: use nbds:// (or add tls=require)",
+        ));
+    }
+    Ok(NbdQuery {
+        socket,
+        tls: want_tls.then_some(tls),
+    })
+}
+
+/// `nbd[s]://` and `nbd[s]+unix://`, by the NBD URI standard (RFC 3986
+/// syntax).
 fn parse_nbd(s: &str, scheme: &str) -> Result<PagerUri, UriError> {
     let bad = |why: &str| UriError::BadNbd {
         uri: s.to_string(),
         why: why.to_string(),
     };
-    match scheme {
-        "nbd" | "nbd+unix" => {}
-        "nbds" | "nbds+unix" => return Err(UriError::TlsUnsupported(format!("{scheme}://"))),
+    let (name, unix, tls_scheme): (&'static str, bool, bool) = match scheme {
+        "nbd" => ("nbd", false, false),
+        "nbds" => ("nbds", false, true),
+        "nbd+unix" => ("nbd+unix", true, false),
+        "nbds+unix" => ("nbds+unix", true, true),
         _ => return Err(UriError::UnknownScheme(s.to_string())),
-    }
-    let unix = scheme == "nbd+unix";
+    };
     // The scheme is ASCII and case-insensitive: skip it by length.
     let after_scheme = &s[scheme.len() + 1..];
     let Some(rest) = after_scheme.strip_prefix("//") else {
-        return Err(bad(if unix {
-            "expected nbd+unix:///EXPORT?socket=PATH"
+        return Err(bad(&if unix {
+            format!("expected {name}:///EXPORT?socket=PATH")
         } else {
-            "expected nbd://HOST[:PORT]/EXPORT"
+            format!("expected {name}://HOST[:PORT]/EXPORT")
         }));
     };
     if rest.contains('#') {
@@ -327,26 +453,37 @@ fn parse_nbd(s: &str, scheme: &str) -> Result<PagerUri, UriError> {
     }
     if authority.contains('@') {
         return Err(bad(
-            "a user name (user@) is only used for TLS authentication, which is not supported yet",
+            "a user name (user@) is only used for TLS-PSK authentication, which is not supported",
         ));
     }
     if unix {
         if !authority.is_empty() {
-            return Err(bad(
-                "nbd+unix takes no host: the server is named by socket=, as in nbd+unix:///EXPORT?socket=/run/nbd.sock",
-            ));
-        }
-        let mut socket = None;
-        for o in parse_query("nbd+unix", query, &["socket"], "")? {
-            socket = Some(PathBuf::from(OsString::from_vec(
-                value("nbd+unix", &o)?.to_vec(),
+            return Err(bad(&format!(
+                "{name} takes no host: the server is named by socket=, as in {name}:///EXPORT?socket=/run/nbd.sock"
             )));
         }
-        let socket = socket
-            .ok_or_else(|| bad("missing socket=PATH (expected nbd+unix:///EXPORT?socket=PATH)"))?;
-        return Ok(PagerUri::NbdUnix { socket, export });
+        let q = parse_nbd_query(name, true, tls_scheme, query)?;
+        let socket = q.socket.ok_or_else(|| {
+            bad(&format!(
+                "missing socket=PATH (expected {name}:///EXPORT?socket=PATH)"
+            ))
+        })?;
+        if q.tls.as_ref().is_some_and(|t| t.hostname.is_none()) {
+            return Err(UriError::Tls {
+                scheme: name,
+                option: "tls-hostname".into(),
+                why: format!(
+                    "missing: a Unix socket names no host to check the server's certificate against; give the name it was issued for, as in {name}:///EXPORT?socket=PATH&tls-hostname=storage.example"
+                ),
+            });
+        }
+        return Ok(PagerUri::NbdUnix {
+            socket,
+            export,
+            tls: q.tls,
+        });
     }
-    parse_query("nbd", query, &[], "")?;
+    let q = parse_nbd_query(name, false, tls_scheme, query)?;
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (h, after) = v6
             .split_once(']')
@@ -368,9 +505,9 @@ fn parse_nbd(s: &str, scheme: &str) -> Result<PagerUri, UriError> {
             None => (authority, None),
         };
         if port.is_some_and(|p| p.contains(':')) {
-            return Err(bad(
-                "an IPv6 address goes in brackets, as in nbd://[::1]:10809/export",
-            ));
+            return Err(bad(&format!(
+                "an IPv6 address goes in brackets, as in {name}://[::1]:10809/export"
+            )));
         }
         if let Some(c) = h
             .chars()
@@ -395,6 +532,7 @@ fn parse_nbd(s: &str, scheme: &str) -> Result<PagerUri, UriError> {
         host: host.to_string(),
         port,
         export,
+        tls: q.tls,
     })
 }
 
@@ -439,6 +577,22 @@ fn write_path(f: &mut fmt::Formatter<'_>, scheme: &str, path: &Path, query: &str
     write!(f, "{scheme}:{slashes}{p}{q}")
 }
 
+/// An NBD URI's TLS settings as query keys, the first after `sep`.
+fn write_tls_query(f: &mut fmt::Formatter<'_>, tls: Option<&NbdTls>, sep: char) -> fmt::Result {
+    let Some(tls) = tls else { return Ok(()) };
+    let mut sep = sep;
+    if let Some(dir) = &tls.certificates {
+        let dir = percent_encode(dir.as_os_str().as_bytes(), QUERY_VALUE_ENCODE);
+        write!(f, "{sep}tls-certificates={dir}")?;
+        sep = '&';
+    }
+    if let Some(name) = &tls.hostname {
+        let name = percent_encode(name.as_bytes(), QUERY_VALUE_ENCODE);
+        write!(f, "{sep}tls-hostname={name}")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for PagerUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -447,20 +601,39 @@ impl fmt::Display for PagerUri {
             }
             PagerUri::Anon { size: None } => write!(f, "zero"),
             PagerUri::Anon { size: Some(n) } => write!(f, "zero?size={n}"),
-            PagerUri::Nbd { host, port, export } => {
+            PagerUri::Nbd {
+                host,
+                port,
+                export,
+                tls,
+            } => {
                 let export = percent_encode(export.as_bytes(), EXPORT_ENCODE);
+                let scheme = if tls.is_some() { "nbds" } else { "nbd" };
                 if host.contains(':') {
-                    write!(f, "nbd://[{host}]:{port}/{export}")
+                    write!(f, "{scheme}://[{host}]:{port}/{export}")?;
                 } else {
-                    write!(f, "nbd://{host}:{port}/{export}")
+                    write!(f, "{scheme}://{host}:{port}/{export}")?;
                 }
+                write_tls_query(f, tls.as_ref(), '?')
             }
-            PagerUri::NbdUnix { socket, export } => write!(
-                f,
-                "nbd+unix:///{}?socket={}",
-                percent_encode(export.as_bytes(), EXPORT_ENCODE),
-                percent_encode(socket.as_os_str().as_bytes(), QUERY_VALUE_ENCODE)
-            ),
+            PagerUri::NbdUnix {
+                socket,
+                export,
+                tls,
+            } => {
+                write!(
+                    f,
+                    "{}:///{}?socket={}",
+                    if tls.is_some() {
+                        "nbds+unix"
+                    } else {
+                        "nbd+unix"
+                    },
+                    percent_encode(export.as_bytes(), EXPORT_ENCODE),
+                    percent_encode(socket.as_os_str().as_bytes(), QUERY_VALUE_ENCODE)
+                )?;
+                write_tls_query(f, tls.as_ref(), '&')
+            }
             PagerUri::Unix { path } => write_path(f, "unix", path, ""),
         }
     }
@@ -475,6 +648,7 @@ mod tests {
             host: host.into(),
             port,
             export: export.into(),
+            tls: None,
         }
     }
 
@@ -561,14 +735,16 @@ mod tests {
             PagerUri::parse("nbd+unix:///disk?socket=/run/nbd.sock").unwrap(),
             PagerUri::NbdUnix {
                 socket: "/run/nbd.sock".into(),
-                export: "disk".into()
+                export: "disk".into(),
+                tls: None,
             }
         );
         assert_eq!(
             PagerUri::parse("nbd+unix:///?socket=/tmp/a%20b%26c?d").unwrap(),
             PagerUri::NbdUnix {
                 socket: "/tmp/a b&c?d".into(),
-                export: "".into()
+                export: "".into(),
+                tls: None,
             }
         );
         // Linux's abstract namespace, as the standard spells it.
@@ -576,7 +752,8 @@ mod tests {
             PagerUri::parse("nbd+unix:///?socket=%00/abstract").unwrap(),
             PagerUri::NbdUnix {
                 socket: "\0/abstract".into(),
-                export: "".into()
+                export: "".into(),
+                tls: None,
             }
         );
     }
@@ -630,6 +807,11 @@ mod tests {
             "nbd+unix:///disk?socket=/run/nbd.sock",
             "nbd+unix:///?socket=/tmp/a%20b%26c",
             "nbd+unix:///?socket=%00/abstract",
+            "nbds://h:10809/e",
+            "nbds://[::1]:10809/e?tls-certificates=/etc/pki/nbd",
+            "nbds://10.0.0.1:10809/e?tls-certificates=/c&tls-hostname=storage.example",
+            "nbds+unix:///e?socket=/s&tls-hostname=localhost",
+            "nbds+unix:///e?socket=/s&tls-certificates=/a%20b%26c&tls-hostname=::1",
             "unix:/s",
             "unix:/s?x?",
         ] {
@@ -641,6 +823,16 @@ mod tests {
         let u = PagerUri::NbdUnix {
             socket: "/t/x=1&y?#%+ é".into(),
             export: "a/b ?#%é".into(),
+            tls: None,
+        };
+        assert_eq!(PagerUri::parse(&u.to_string()).unwrap(), u);
+        let u = PagerUri::NbdUnix {
+            socket: "/t/x=1&y".into(),
+            export: "e".into(),
+            tls: Some(NbdTls {
+                certificates: Some("/c/a b&c=d?#%é".into()),
+                hostname: Some("storage.example".into()),
+            }),
         };
         assert_eq!(PagerUri::parse(&u.to_string()).unwrap(), u);
     }
@@ -656,19 +848,102 @@ mod tests {
         assert_eq!(split_query("zero?size=4K"), ("zero", Some("size=4K")));
     }
 
+    fn tls(certificates: Option<&str>, hostname: Option<&str>) -> Option<NbdTls> {
+        Some(NbdTls {
+            certificates: certificates.map(PathBuf::from),
+            hostname: hostname.map(String::from),
+        })
+    }
+
     #[test]
-    fn tls_is_a_clear_error() {
-        for s in ["nbds://h/e", "nbds+unix:///e?socket=/s", "NBDS://h/e"] {
-            let msg = why(s);
-            assert!(msg.contains("TLS is not supported yet"), "{s}: {msg}");
+    fn tls_forms_and_their_keys() {
+        let tcp = |uri: &str| match PagerUri::parse(uri) {
+            Ok(PagerUri::Nbd { tls, .. }) => tls,
+            other => panic!("{uri}: {other:?}"),
+        };
+        assert_eq!(tcp("nbd://h/e"), None);
+        assert_eq!(tcp("nbds://h/e"), tls(None, None));
+        assert_eq!(tcp("NBDS://h/e"), tls(None, None));
+        // tls=require asks nbd:// for what nbds:// says; both is no error.
+        assert_eq!(tcp("nbd://h/e?tls=require"), tls(None, None));
+        assert_eq!(tcp("nbds://h/e?tls=require"), tls(None, None));
+        assert_eq!(
+            tcp("nbd://h/e?tls=require&tls-certificates=/etc/pki/a%20b"),
+            tls(Some("/etc/pki/a b"), None)
+        );
+        assert_eq!(
+            tcp("nbds://10.0.0.2/e?tls-hostname=storage.example&tls-type=x509&tls-verify-peer=1"),
+            tls(None, Some("storage.example"))
+        );
+        assert_eq!(
+            tcp("nbds://[::1]/e?tls-hostname=::1"),
+            tls(None, Some("::1"))
+        );
+        // Written back as nbds://, whichever way TLS was asked for.
+        assert_eq!(
+            PagerUri::parse("nbd://h/e?tls=require")
+                .unwrap()
+                .to_string(),
+            "nbds://h:10809/e"
+        );
+        assert_eq!(
+            PagerUri::parse("nbds+unix:///e?socket=/s&tls-hostname=localhost&tls-certificates=/c")
+                .unwrap(),
+            PagerUri::NbdUnix {
+                socket: "/s".into(),
+                export: "e".into(),
+                tls: tls(Some("/c"), Some("localhost")),
+            }
+        );
+        assert_eq!(
+            PagerUri::parse("nbd+unix:///e?socket=/s&tls=require&tls-hostname=h")
+                .unwrap()
+                .to_string(),
+            "nbds+unix:///e?socket=/s&tls-hostname=h"
+        );
+    }
+
+    #[test]
+    fn tls_keys_that_cannot_be_honoured_are_refused() {
+        // TLS settings without TLS would look like protection that is not there.
+        for uri in [
+            "nbd://h/e?tls-certificates=/c",
+            "nbd://h/e?tls-hostname=h",
+            "nbd+unix:///e?socket=/s&tls-certificates=/c",
+        ] {
+            let msg = why(uri);
+            assert!(
+                msg.contains("applies only to TLS: use nbds://"),
+                "{uri}: {msg}"
+            );
         }
-        assert!(why("nbd://alice@h/e").contains("TLS"));
+        let msg = why("nbd://h/e?tls=on");
+        assert!(msg.contains("expected tls=require"), "{msg}");
+        assert!(why("nbds://h/e?tls-verify-peer=0").contains("always verified"));
+        assert!(why("nbds://h/e?tls-verify-peer=2").contains("expected 0 or 1"));
+        assert!(why("nbds://h/e?tls-type=psk").contains("only x509"));
+        assert!(why("nbds://h/e?tls-psk-file=/k").contains("TLS-PSK is not supported"));
+        assert!(why("nbds://alice@h/e").contains("TLS-PSK"));
+        let msg = why("nbds://h/e?tls-hostname=a%20b");
+        assert!(msg.contains("not a DNS name or an IP address"), "{msg}");
+        assert!(why("nbds://h/e?tls-certificates=").contains("needs a value"));
+        // A Unix socket has no host name to check the certificate against.
+        let msg = why("nbds+unix:///e?socket=/s");
+        assert!(msg.contains("tls-hostname: missing"), "{msg}");
+        assert!(why("nbds+unix:///e").contains("expected nbds+unix:///EXPORT?socket=PATH"));
+        assert!(why("nbds+unix://h/e?socket=/s").contains("nbds+unix takes no host"));
+        assert!(why("nbds:h/e").contains("expected nbds://HOST"));
+        assert!(matches!(
+            PagerUri::parse("nbds://:1/e"),
+            Err(UriError::MissingHost(_))
+        ));
     }
 
     #[test]
     fn unknown_options_are_named() {
-        let msg = why("nbd://h/e?tls-type=x509");
-        assert!(msg.contains("unknown option \"tls-type\""), "{msg}");
+        let msg = why("nbds://h/e?tls-priority=NORMAL");
+        assert!(msg.contains("unknown option \"tls-priority\""), "{msg}");
+        assert!(msg.contains("known: tls, tls-certificates"), "{msg}");
         let msg = why("nbd+unix:///e?socket=/s&timeout=5s");
         assert!(msg.contains("unknown option \"timeout\""), "{msg}");
         assert!(msg.contains("known: socket"), "{msg}");

@@ -321,6 +321,9 @@ enum Fault {
     BadMagic,
     /// Answers a cookie that was never sent.
     WrongCookie,
+    /// Answers the first read late (with 9s), then the next one at once
+    /// (with 5s).
+    Late,
 }
 
 /// A minimal hand-written NBD server: enough handshake to get a client to
@@ -385,6 +388,19 @@ fn fake_server(
                 s.write_all(&reply).unwrap();
                 let _ = rx.recv();
             }
+            Fault::Late => {
+                std::thread::sleep(Duration::from_millis(700));
+                let mut late = reply.clone();
+                late.extend_from_slice(&cookie);
+                late.extend_from_slice(&[9u8; 4096]);
+                s.write_all(&late).unwrap();
+                if s.read_exact(&mut req).is_ok() {
+                    reply.extend_from_slice(&req[8..16]);
+                    reply.extend_from_slice(&[5u8; 4096]);
+                    s.write_all(&reply).unwrap();
+                }
+                let _ = rx.recv();
+            }
         }
     });
     (port, h, tx)
@@ -398,11 +414,15 @@ fn fault_case(fault: Fault, opts: &OpenOptions) -> PagerError {
     let err = p
         .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
         .unwrap_err();
-    // Whatever state the connection is in, later requests fail fast too.
+    // Whatever state the connection is in, later requests fail too: fast,
+    // or (a silent server, not yet given up on) after their own timeout.
     let again = p
         .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
         .unwrap_err();
-    assert!(matches!(again, PagerError::Dead(_)), "{again:?}");
+    match fault {
+        Fault::Silent => assert!(matches!(again, PagerError::Timeout(_)), "{again:?}"),
+        _ => assert!(matches!(again, PagerError::Dead(_)), "{again:?}"),
+    }
     let _ = tx.send(());
     h.join().unwrap();
     err
@@ -425,6 +445,40 @@ fn silent_server_times_out() {
     };
     let err = fault_case(Fault::Silent, &opts);
     assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
+}
+
+#[test]
+fn a_server_late_once_times_out_that_read_and_keeps_serving() {
+    let opts = OpenOptions {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (port, h, tx) = fake_server(Fault::Late);
+    let p = pager_backends::open(&format!("nbd://127.0.0.1:{port}/x"), &opts).unwrap();
+    init(&*p);
+    let mut first = vec![0x11u8; 4096];
+    let err = p
+        .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut first)])
+        .unwrap_err();
+    assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
+    // The late reply arrives and is dropped; the connection goes on.
+    std::thread::sleep(Duration::from_millis(800));
+    let mut buf = vec![0u8; 4096];
+    p.data_request(
+        K,
+        ObjectOffset(4096),
+        4096,
+        Access::READ,
+        &[slice(&mut buf)],
+    )
+    .expect("served after a late reply");
+    assert!(buf.iter().all(|&b| b == 5));
+    assert!(
+        first.iter().all(|&b| b == 0x11),
+        "the late data reached a buffer given up on"
+    );
+    let _ = tx.send(());
+    h.join().unwrap();
 }
 
 #[test]

@@ -213,6 +213,121 @@ impl Pager for Chatty {
     }
 }
 
+/// Answers every request with pages of `offset / 4096` bytes, but sleeps
+/// `late` first on its first data request: a pager that is slow once.
+struct Late {
+    late: Duration,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl Pager for Late {
+    fn init(&self, _k: KernelId, _c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        Ok(ObjectInfo {
+            size: 1 << 20,
+            read_only: false,
+            may_cache: false,
+        })
+    }
+    fn data_request(
+        &self,
+        _k: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _d: Access,
+        bufs: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(self.late);
+        }
+        let fill = vec![(offset.raw() / 4096) as u8; len as usize];
+        bufs[0].subslice(0, len as usize).unwrap().copy_from(&fill);
+        Ok(DataReply::Provided {
+            bytes: len,
+            lock: Access::NONE,
+        })
+    }
+    fn data_write(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn data_unlock(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _d: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        Ok(UnlockReply { lock: Access::NONE })
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        Ok(1 << 20)
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn terminate(&self, _k: KernelId) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "late".into()
+    }
+}
+
+#[test]
+fn a_pager_late_once_times_out_that_request_and_keeps_serving() {
+    let (_d, uri) = serve_in_process(Arc::new(Late {
+        late: Duration::from_millis(900),
+        first: true.into(),
+    }));
+    let opts = OpenOptions {
+        request_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let p = pager_backends::open(&uri, &opts).unwrap();
+    p.init(K, Arc::new(Recorder::default())).unwrap();
+    let mut first = vec![0xeeu8; 4096];
+    let err = p
+        .data_request(
+            K,
+            ObjectOffset(3 * 4096),
+            4096,
+            Access::READ,
+            &[slice(&mut first)],
+        )
+        .unwrap_err();
+    assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
+    // The connection is still good: the next requests are answered, also
+    // after the late answer to the first arrived (and was dropped).
+    for round in 0..2 {
+        let mut buf = vec![0u8; 8192];
+        let r = p
+            .data_request(
+                K,
+                ObjectOffset(5 * 4096),
+                8192,
+                Access::READ,
+                &[slice(&mut buf)],
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        assert_eq!(
+            r,
+            DataReply::Provided {
+                bytes: 8192,
+                lock: Access::NONE
+            }
+        );
+        assert!(buf.iter().all(|&b| b == 5), "round {round}");
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    // The late answer went nowhere near the buffer given up on.
+    assert!(first.iter().all(|&b| b == 0xee));
+}
+
 fn serve_in_process(pager: Arc<dyn Pager>) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
@@ -623,4 +738,30 @@ fn object_size_near_2_64_is_refused() {
     let p = pager_backends::open(&uri, &OpenOptions::default()).unwrap();
     let err = p.init(K, Arc::new(Recorder::default())).unwrap_err();
     assert!(err.to_string().contains("reports an object of"), "{err}");
+}
+
+/// The procedural pager reads `--size` as every size in the project is read
+/// (pager_backends::size), and says what is wrong with one it refuses.
+#[test]
+fn procedural_pager_refuses_bad_arguments() {
+    for (args, says) in [
+        (
+            &["--size", "1.5G"][..],
+            "--size \"1.5G\": fractions are not taken",
+        ),
+        (&["--size", "64X"][..], "unknown unit \"X\""),
+        (&["--size", "99999999T"][..], "more than 16 EiB"),
+        (&["--size", "0"][..], "object size must be non-zero"),
+        (&["--seed", "1K"][..], "--seed \"1K\": expected a number"),
+        (&["--bogus", "1"][..], "usage: procedural-pager"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_procedural-pager"))
+            .args(["--socket", "/nonexistent/never-bound.sock"])
+            .args(args)
+            .output()
+            .expect("run procedural-pager");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: expected {says:?} in {err}");
+    }
 }

@@ -8,10 +8,34 @@ use crate::vcpu::monotonic_ns;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VcpuExit;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Marker of the machine-readable line `vmm run --stats` prints.
 pub const STATS_TAG: &str = "vmm-stats:";
+
+/// `vmm bench --no-seccomp`: every guest this process boots for a benchmark
+/// runs without seccomp too. Set once, from the command line, before any.
+static NO_SECCOMP: AtomicBool = AtomicBool::new(false);
+
+pub fn set_no_seccomp(off: bool) {
+    NO_SECCOMP.store(off, Ordering::Relaxed);
+}
+
+/// `vmm ARGS` as a child process; a `run` gets `--no-seccomp` (before its
+/// other options, as `--init` takes the rest) when the bench was given it.
+pub(crate) fn vmm_command(args: &[&str]) -> Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    match args.split_first() {
+        Some((&"run", rest)) if NO_SECCOMP.load(Ordering::Relaxed) => {
+            cmd.args(["run", "--no-seccomp"]).args(rest);
+        }
+        _ => {
+            cmd.args(args);
+        }
+    }
+    Ok(cmd)
+}
 
 /// The peer: real-mode `out` at once; the VMM exits on the first exit.
 pub fn probe() -> Result<()> {
@@ -71,9 +95,9 @@ fn field(out: &str, key: &str) -> Option<u64> {
 
 /// Runs `vmm ARGS` and returns (ns from spawn to the `key` timestamp, output).
 fn timed(args: &[&str], key: &str) -> Result<(u64, String)> {
-    let exe = std::env::current_exe()?;
+    let mut cmd = vmm_command(args)?;
     let start = monotonic_ns();
-    let out = Command::new(exe).args(args).stdin(Stdio::null()).output()?;
+    let out = cmd.stdin(Stdio::null()).output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -118,4 +142,28 @@ pub fn boot(runs: usize) -> Result<()> {
     println!("  VM exits during boot: {}", median(&mut exits));
     println!("  (goals: <= 100000 kernel instructions, <= 50 exits)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_bench_without_seccomp_boots_its_guests_without_it() {
+        // The only test that touches the flag: no other test races it.
+        set_no_seccomp(true);
+        let run = args(&vmm_command(&["run", "--stats", "--init", "init"]).unwrap());
+        let probe = args(&vmm_command(&["bench", "probe"]).unwrap());
+        set_no_seccomp(false);
+        let plain = args(&vmm_command(&["run", "--stats"]).unwrap());
+        assert_eq!(run, ["run", "--no-seccomp", "--stats", "--init", "init"]);
+        assert_eq!(probe, ["bench", "probe"]);
+        assert_eq!(plain, ["run", "--stats"]);
+    }
 }

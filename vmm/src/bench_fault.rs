@@ -23,6 +23,7 @@ use crate::uffd::LazyRegion;
 use guest_kernel::bench_order::random_order;
 use guest_kernel::objfill_pattern;
 use hdrhistogram::Histogram;
+use pager_backends::size::ByteSize;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -248,9 +249,29 @@ fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "not met" }
 }
 
+/// Guest memory for both objects resident at once beside the kernel, so
+/// the sequential case measures page-in, not pageout; refused before any
+/// file is written when the guest could not have that much.
+fn guest_mem(pages: usize, mib: usize) -> Result<u64> {
+    let mem = (256 + mib + (pages * PAGE).div_ceil(MIB)) as u64 * MIB as u64;
+    if mem > crate::config::MAX_MEM {
+        return Err(VmmError::BadSize {
+            option: "--pages/--mib",
+            given: format!("{pages} pages and {mib} MiB"),
+            why: format!(
+                "the guest would need {} of memory, more than the supported {}",
+                ByteSize(mem),
+                ByteSize(crate::config::MAX_MEM)
+            ),
+        });
+    }
+    Ok(mem)
+}
+
 pub fn fault(o: &FaultOptions) -> Result<()> {
     let pages = o.pages.max(1) as usize;
     let mib = o.mib.max(1) as usize;
+    let mem = guest_mem(pages, mib)?;
     let dir = std::env::temp_dir().join(format!("vmm-bench-fault-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let dir = TempDir(dir);
@@ -258,9 +279,7 @@ pub fn fault(o: &FaultOptions) -> Result<()> {
     let (r_want, _) = write_file(&r_path, pages * PAGE, o.seed)?;
     let (_, s_want) = write_file(&s_path, mib * MIB, o.seed.wrapping_add(1))?;
 
-    // Room for both objects resident at once beside the kernel, so the
-    // sequential case measures page-in, not pageout.
-    let mem = format!("{}M", 256 + mib + (pages * PAGE).div_ceil(MIB));
+    let mem = mem.to_string();
     let (r_obj, s_obj) = (
         format!("r=file:{}?ro", r_path.display()),
         format!("s=file:{}?ro", s_path.display()),
@@ -510,4 +529,21 @@ pub fn fault(o: &FaultOptions) -> Result<()> {
         met(t >= GOAL_VS_MMAP)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod guest_mem_tests {
+    use super::*;
+
+    #[test]
+    fn room_for_both_objects_or_a_clear_refusal() {
+        // 256 MiB for the kernel, 16 MiB sequential, 500 pages (2 MiB).
+        assert_eq!(guest_mem(500, 16).unwrap(), 274 * MIB as u64);
+        let e = guest_mem(1, 100_000).unwrap_err().to_string();
+        assert!(
+            e.contains("the guest would need 100257 MiB of memory, more than the supported 64 GiB"),
+            "{e}"
+        );
+        assert!(guest_mem(u32::MAX as usize, u32::MAX as usize).is_err());
+    }
 }

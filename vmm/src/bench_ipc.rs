@@ -9,7 +9,7 @@ use crate::bench::STATS_TAG;
 use crate::error::{Result, VmmError};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 /// One host peer: round trips of `bytes` between this process and a
@@ -122,9 +122,7 @@ pub(crate) fn guest_marks(
     run_args: &[&str],
     init: &[&str],
 ) -> Result<(String, Vec<[u64; 5]>)> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .args(["run", "--stats"])
+    let out = crate::bench::vmm_command(&["run", "--stats"])?
         .args(run_args)
         .arg("--init")
         .args(init)

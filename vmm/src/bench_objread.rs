@@ -10,7 +10,7 @@ use crate::error::{Result, VmmError};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 const PAGE: u64 = 4096;
@@ -52,15 +52,13 @@ struct GuestRun {
 }
 
 fn guest(path: &Path, chunk: u64) -> Result<GuestRun> {
-    let exe = std::env::current_exe()?;
     let object = format!("data=file:{}?ro", path.display());
     let chunk_arg = format!("{}K", chunk / 1024);
-    let out = Command::new(exe)
-        .args([
-            "run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg,
-        ])
-        .stdin(Stdio::null())
-        .output()?;
+    let out = crate::bench::vmm_command(&[
+        "run", "--stats", "--object", &object, "--init", "objsum", "data", &chunk_arg,
+    ])?
+    .stdin(Stdio::null())
+    .output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -131,21 +129,21 @@ fn make_file(size: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `4096`, `64K`, `64M`, `1G`: a whole number of pages, at least one.
+/// `--size`: a size as `pager_backends::size` reads it (`4096`, `64K`,
+/// `64M`, `1G`), a whole number of pages, at least one.
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
-        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
+    let bad = |why: String| VmmError::BadSize {
+        option: "--size",
+        given: s.to_string(),
+        why,
     };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n >= PAGE && n % PAGE == 0)
-        .ok_or_else(|| VmmError::Cmdline(format!("bad size {s:?}: expected whole pages like 64M")))
+    let n = pager_backends::size::parse_size(s).map_err(|e| bad(e.to_string()))?;
+    if n < PAGE || n % PAGE != 0 {
+        return Err(bad(
+            "expected whole pages (4 KiB each), at least one, like 64M".into(),
+        ));
+    }
+    Ok(n)
 }
 
 pub fn objread(size: u64) -> Result<()> {
@@ -199,4 +197,20 @@ fn report(path: &Path, size: u64) -> Result<()> {
     );
     println!(" goals: <= 800 kernel instructions, <= 1 exit and <= 1 interrupt per request)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_whole_pages() {
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4096").unwrap(), PAGE);
+        assert_eq!(parse_size("8KiB").unwrap(), 2 * PAGE);
+        for bad in ["0", "100", "4097", "1.5G", "lots", "99999999T"] {
+            let e = parse_size(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--size {bad:?}: ")), "{e}");
+        }
+    }
 }

@@ -8,12 +8,14 @@ mod bench_objread;
 mod bench_vm;
 mod bus;
 mod config;
+mod exit;
 mod images;
 mod objects;
 mod pager_cmd;
 mod pager_device;
 mod report;
 mod run;
+mod seccomp;
 mod stats;
 mod uffd;
 mod vcpu;
@@ -39,6 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot the guest kernel and run its init program; exits with init's status.
+    #[command(after_help = exit::HELP)]
     Run {
         /// Guest memory (e.g. 256M, 1G).
         #[arg(long, default_value = "256M")]
@@ -55,8 +58,8 @@ enum Cmd {
         stats: bool,
         /// Export a memory object to the guest (repeatable; table order is
         /// command-line order). URI: file:PATH[?ro], zero|anon[?size=N],
-        /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH,
-        /// unix:PATH. Give it before --init.
+        /// nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH (nbds://,
+        /// nbds+unix:// over TLS), unix:PATH. Give it before --init.
         #[arg(long = "object", value_name = "NAME=URI")]
         objects: Vec<String>,
         /// Swap for the guest's default pager: an `anon` object named `swap`
@@ -71,17 +74,37 @@ enum Cmd {
         /// How to enter the kernel.
         #[arg(long, value_enum, default_value_t = run::BootProtocol::Auto)]
         boot: run::BootProtocol,
+        /// Run without seccomp. By default every VMM thread (event loop, vCPU,
+        /// pager workers and readers, final sync) runs under its own seccomp
+        /// filter of the system calls it needs once set up; any other call
+        /// stops the VMM with "vmm: seccomp: thread NAME made forbidden system
+        /// call NR (NAME)" on stderr and exit status 159.
+        #[arg(long)]
+        no_seccomp: bool,
+        /// Test hook: a thread of this kind makes a forbidden call (socket)
+        /// right after its filter is installed. Harmless without filters.
+        #[arg(long, value_enum, value_name = "THREAD", hide = true)]
+        seccomp_selftest: Option<seccomp::ThreadKind>,
         /// The first program and its arguments; takes the rest of the command line,
         /// so give it last (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
         init: Vec<String>,
     },
     /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCmd),
-    /// Check a pager backend (file:, zero, nbd://, nbd+unix://, unix:) before any guest uses it.
+    Bench(BenchArgs),
+    /// Check a pager backend (file:, zero, nbd[s]://, nbd[s]+unix://, unix:) before any guest uses it.
     #[command(subcommand)]
     Pager(pager_cmd::PagerCommand),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Boot the benchmarks' guests without seccomp (as `vmm run
+    /// --no-seccomp`), e.g. to see what the filters cost.
+    #[arg(long, global = true)]
+    no_seccomp: bool,
+    #[command(subcommand)]
+    cmd: BenchCmd,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +164,8 @@ fn main() -> ExitCode {
             swap,
             pager_timeout,
             boot,
+            no_seccomp,
+            seccomp_selftest,
             init,
         } => run_cmd(RunArgs {
             mem,
@@ -151,19 +176,26 @@ fn main() -> ExitCode {
             swap,
             pager_timeout,
             boot,
+            seccomp: !no_seccomp,
+            seccomp_selftest,
             init,
         }),
-        Cmd::Bench(BenchCmd::Boot { runs }) => bench::boot(runs).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Objread { size }) => bench_objread::parse_size(&size)
-            .and_then(bench_objread::objread)
-            .map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Ipc { rounds }) => bench_ipc::ipc(rounds).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Vm { pages }) => bench_vm::vm(pages).map(|_| ExitCode::SUCCESS),
-        Cmd::Bench(BenchCmd::Fault { pages, mib, seed }) => {
-            bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
-                .map(|_| ExitCode::SUCCESS)
+        Cmd::Bench(b) => {
+            bench::set_no_seccomp(b.no_seccomp);
+            match b.cmd {
+                BenchCmd::Boot { runs } => bench::boot(runs),
+                BenchCmd::Objread { size } => {
+                    bench_objread::parse_size(&size).and_then(bench_objread::objread)
+                }
+                BenchCmd::Ipc { rounds } => bench_ipc::ipc(rounds),
+                BenchCmd::Vm { pages } => bench_vm::vm(pages),
+                BenchCmd::Fault { pages, mib, seed } => {
+                    bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
+                }
+                BenchCmd::Probe => bench::probe(),
+            }
+            .map(|_| ExitCode::SUCCESS)
         }
-        Cmd::Bench(BenchCmd::Probe) => bench::probe().map(|_| ExitCode::SUCCESS),
         Cmd::Pager(cmd) => match pager_cmd::run(cmd) {
             Ok(()) => return ExitCode::SUCCESS,
             Err(e) => {
@@ -176,7 +208,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vmm: error: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::VMM_FAILED)
         }
     }
 }
@@ -191,6 +223,8 @@ struct RunArgs {
     swap: String,
     pager_timeout: String,
     boot: run::BootProtocol,
+    seccomp: bool,
+    seccomp_selftest: Option<seccomp::ThreadKind>,
     init: Vec<String>,
 }
 
@@ -204,16 +238,14 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let report = run::run(&run::RunOptions {
         mem,
         kernel: a.kernel,
-        // The guest's own VM counts come from the kernel at init's exit.
-        cmdline: if stats {
-            format!("{} vm_stats=1", a.cmdline).trim_start().to_string()
-        } else {
-            a.cmdline
-        },
+        cmdline: a.cmdline,
+        vm_stats: stats,
         init: a.init,
         boot: a.boot,
         objects,
         pager_timeout,
+        seccomp: a.seccomp,
+        seccomp_selftest: a.seccomp_selftest,
     })?;
     if stats {
         for line in report::stats_lines(&report) {
@@ -224,12 +256,22 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         // Data the guest wrote may be lost: that must not look like success.
         Outcome::Exited(0) if report.sync_failures > 0 => {
             eprintln!(
-                "vmm: the guest exited 0, but {} object(s) failed to sync: exiting 1",
-                report.sync_failures
+                "vmm: the guest exited 0, but {} object(s) failed to sync: exiting {}",
+                report.sync_failures,
+                exit::VMM_FAILED
             );
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(exit::VMM_FAILED))
         }
-        Outcome::Exited(status) => Ok(ExitCode::from((status & 0xff) as u8)),
+        Outcome::Exited(status) => {
+            let code = exit::from_guest_status(status);
+            if u32::from(code) != status {
+                eprintln!(
+                    "vmm: init exited with status {}, which does not fit in an exit code (1-255): exiting {code}",
+                    exit::shown(status)
+                );
+            }
+            Ok(ExitCode::from(code))
+        }
         Outcome::Failed(why) => Err(error::VmmError::Guest(why)),
     }
 }

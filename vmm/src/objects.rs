@@ -7,7 +7,8 @@ use devices::pager::PagerObject;
 use devices::pager::wire::{CONFIG_HDR_SIZE, OBJECT_ENTRY_SIZE, OBJECT_NAME_LEN};
 use devices::virtio::mmio::{CONFIG_SPACE, MMIO_WINDOW_SIZE};
 use pager_backends::{
-    Instrumented, KernelId, OnTimeout, OpenOptions, Pager, PagerUri, TimeoutPolicy,
+    Instrumented, KernelId, OnTimeout, OpenOptions, Pager, PagerUri, ThreadHook, TimeoutPolicy,
+    spawn_hooked,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -39,28 +40,6 @@ pub struct ObjectSpec {
 /// The query keys the VMM takes for itself, whatever the backend.
 const OBJECT_KEYS: [&str; 2] = ["timeout", "on_timeout"];
 
-/// Parses a per-object timeout: `5s`, `500ms`, `2m`, or seconds (`1.5`).
-fn parse_timeout(v: &str) -> std::result::Result<Duration, String> {
-    let (num, unit) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (v, 1.0)
-    };
-    let secs = num
-        .parse::<f64>()
-        .ok()
-        .map(|n| n * unit)
-        .filter(|s| s.is_finite() && *s > 0.0 && *s <= crate::config::MAX_PAGER_TIMEOUT_SECS)
-        .ok_or_else(|| {
-            format!("timeout={v}: expected e.g. 5s, 500ms, 2m, more than 0 and at most a day")
-        })?;
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// Takes the VMM's own keys out of `uri`'s query: the URI the backend
 /// parses, this object's timeout and its policy.
 fn take_object_keys(
@@ -75,7 +54,11 @@ fn take_object_keys(
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "timeout" if timeout.is_none() => timeout = Some(parse_timeout(v)?),
+            "timeout" if timeout.is_none() => {
+                timeout = Some(
+                    crate::config::parse_timeout(v).map_err(|why| format!("timeout={v}: {why}"))?,
+                )
+            }
             "on_timeout" if on_timeout.is_none() => {
                 on_timeout = Some(OnTimeout::parse(v).ok_or_else(|| {
                     format!("on_timeout={v}: expected on_timeout=error or on_timeout=zero")
@@ -238,7 +221,10 @@ pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObje
             let own;
             let opts = match s.timeout {
                 Some(t) => {
-                    own = open_options(t);
+                    own = OpenOptions {
+                        reader_hook: opts.reader_hook.clone(),
+                        ..open_options(t)
+                    };
                     &own
                 }
                 None => opts,
@@ -263,19 +249,22 @@ pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObje
 /// failed. Waits at most `timeout` (plus a second, so a remote backend's own
 /// timeout error usually arrives first): a sync still running then is
 /// reported and left behind on its thread, since shutdown must not hang on
-/// a silent pager (or a stuck fsync).
-pub fn sync_all(objects: &[OpenObject], timeout: Duration) -> Vec<(String, String)> {
+/// a silent pager (or a stuck fsync). Each thread runs `hook` first (its
+/// seccomp filter).
+pub fn sync_all(
+    objects: &[OpenObject],
+    timeout: Duration,
+    hook: Option<&ThreadHook>,
+) -> Vec<(String, String)> {
     let (tx, rx) = mpsc::channel();
     let mut pending: Vec<Option<String>> = Vec::with_capacity(objects.len());
     let mut failed = Vec::new();
     for (i, o) in objects.iter().enumerate() {
         let tx = tx.clone();
         let pager = o.pager.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("sync-{i}"))
-            .spawn(move || {
-                let _ = tx.send((i, pager.sync().map_err(|e| e.to_string())));
-            });
+        let spawned = spawn_hooked(format!("sync-{i}"), hook, move || {
+            let _ = tx.send((i, pager.sync().map_err(|e| e.to_string())));
+        });
         match spawned {
             Ok(_) => pending.push(Some(o.name.clone())),
             Err(e) => {
@@ -467,7 +456,7 @@ mod tests {
         let specs = parse_specs(&["z=zero?size=64K".to_string()]).unwrap();
         let objs = open_all(&specs, &open_options(Duration::from_secs(1))).unwrap();
         assert_eq!(objs[0].pager.extent().unwrap(), 65536);
-        assert!(sync_all(&objs, Duration::from_secs(1)).is_empty());
+        assert!(sync_all(&objs, Duration::from_secs(1), None).is_empty());
         let specs = parse_specs(&["m=file:/nonexistent/duality".to_string()]).unwrap();
         let e = open_all(&specs, &OpenOptions::default()).err().unwrap();
         assert!(e.to_string().contains("/nonexistent/duality"), "{e}");

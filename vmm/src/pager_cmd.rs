@@ -13,7 +13,8 @@ pub enum PagerCommand {
     /// Write a byte range of the memory object to stdout.
     Read {
         /// Backend URI: file:PATH[?ro], zero[?size=N], nbd://HOST[:PORT]/EXPORT,
-        /// nbd+unix:///EXPORT?socket=PATH, unix:PATH
+        /// nbd+unix:///EXPORT?socket=PATH (nbds://, nbds+unix:// over TLS),
+        /// unix:PATH
         uri: String,
         /// First byte to write (need not be page aligned).
         #[arg(long, default_value_t = 0)]
@@ -116,17 +117,21 @@ pub fn run(cmd: PagerCommand) -> Result<(), PagerCmdError> {
         PagerCommand::Stat { uri } => {
             let pager = open_for_inspection(&uri, &opts)?;
             let info = init(&pager)?;
-            println!("uri:       {uri}");
-            println!("backend:   {}", pager.describe());
-            println!(
-                "size:      {} bytes ({} pages)",
+            let text = format!(
+                "uri:       {uri}\nbackend:   {}\nsize:      {} bytes ({} pages)\nread-only: {}\nmay cache: {}\n",
+                pager.describe(),
                 info.size,
-                info.size.div_ceil(PAGE_SIZE)
+                info.size.div_ceil(PAGE_SIZE),
+                info.read_only,
+                info.may_cache
             );
-            println!("read-only: {}", info.read_only);
-            println!("may cache: {}", info.may_cache);
+            let written = io::stdout().lock().write_all(text.as_bytes());
             pager.terminate(ME)?;
-            Ok(())
+            match written {
+                // `vmm pager stat ... | head -1` is not an error.
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(PagerCmdError::Stdout(e)),
+                _ => Ok(()),
+            }
         }
         PagerCommand::Read { uri, offset, len } => {
             let pager = open_for_inspection(&uri, &opts)?;

@@ -11,6 +11,7 @@ use devices::pager::{DEFAULT_WORKERS, PagerDevice};
 use devices::virtio::MmioTransport;
 use devices::virtio::mmio::{MMIO_WINDOW_SIZE, QUEUE_NOTIFY};
 use kvm_ioctls::IoEventAddress;
+use pager_backends::ThreadHook;
 use std::sync::{Arc, Mutex};
 
 /// The kernel command-line word that tells the guest where the device is,
@@ -31,17 +32,20 @@ pub fn our_cmdline_word() -> String {
 
 /// Creates the device over `objects` (in order: object id = index), puts its
 /// transport on `bus` and registers its eventfds with KVM. The caller adds
-/// the returned device to the event loop.
+/// the returned device to the event loop. Each worker runs `worker_hook`
+/// first (its seccomp filter).
 pub fn attach(
     vm: &Vm,
     objects: &[OpenObject],
     bus: &mut MmioBus,
+    worker_hook: &ThreadHook,
 ) -> Result<Arc<Mutex<PagerDevice>>> {
     let table = objects.iter().map(OpenObject::device_object).collect();
-    let dev = Arc::new(Mutex::new(PagerDevice::new(
+    let dev = Arc::new(Mutex::new(PagerDevice::with_worker_hook(
         kernel_id(),
         table,
         DEFAULT_WORKERS,
+        Some(worker_hook),
     )?));
     let transport = MmioTransport::new(vm.mem.clone(), dev.clone())?;
     for (i, evt) in transport.queue_evts().iter().enumerate() {

@@ -120,8 +120,8 @@ pub fn object_lines(o: &ObjectReport) -> Vec<String> {
         row(
             "events",
             format!(
-                "lock_request={} cache={} data_provided={} destroy={}",
-                e.lock_requests, e.cache, e.data_provided, e.destroy
+                "lock_request={} cache={} data_provided={} destroy={} refused={}",
+                e.lock_requests, e.cache, e.data_provided, e.destroy, e.refused
             ),
         ),
         row(
@@ -221,6 +221,7 @@ mod tests {
                 cache: 1,
                 data_provided: 2,
                 destroy: 1,
+                refused: 0,
             },
         }
     }
@@ -233,7 +234,7 @@ mod tests {
             [
                 "vmm: object h (file:/etc/hostname?ro)",
                 "vmm:   requests     init=1 data_request=3 data_write=0 data_unlock=0 terminate=0 sync=2",
-                "vmm:   events       lock_request=4 cache=1 data_provided=2 destroy=1",
+                "vmm:   events       lock_request=4 cache=1 data_provided=2 destroy=1 refused=0",
                 "vmm:   paging       pages_in=5 pages_out=0 bytes_in=20480 bytes_out=0 unavailable=1",
                 "vmm:   failures     errors=2 timeouts=1 dead=yes",
                 "vmm:   data_request n=3 p50=21.5us p99=1.25ms max=2.00s",

@@ -11,15 +11,17 @@ use crate::images;
 use crate::objects::{self, ObjectSpec};
 use crate::pager_device;
 use crate::report::ObjectReport;
+use crate::seccomp::{Confinement, ThreadKind};
 use crate::stats::{Snapshot, VcpuStats};
 use crate::vcpu::{self, Milestone, Outcome, Platform};
 use crate::vm::Vm;
 use devices::legacy::{Com1, DoorbellConsole};
 use devices::pager::PagerStats;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use pager_backends::{OpenOptions, poison};
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -32,6 +34,8 @@ pub struct RunOptions {
     pub mem: u64,
     pub kernel: Option<PathBuf>,
     pub cmdline: String,
+    /// Ask the kernel for its VM counts at init's exit (`vm_stats=1`).
+    pub vm_stats: bool,
     /// Program name, then its arguments.
     pub init: Vec<String>,
     pub boot: BootProtocol,
@@ -39,6 +43,10 @@ pub struct RunOptions {
     pub objects: Vec<ObjectSpec>,
     /// Bounds every remote pager request, and the sync at shutdown.
     pub pager_timeout: Duration,
+    /// Each thread under its seccomp filter (off: `--no-seccomp`).
+    pub seccomp: bool,
+    /// The test hook `--seccomp-selftest`: which thread makes a forbidden call.
+    pub seccomp_selftest: Option<ThreadKind>,
 }
 
 /// How the vCPU enters the kernel.
@@ -64,8 +72,12 @@ pub struct RunReport {
     pub sync_failures: usize,
 }
 
+/// Longest kernel command line: its page-sized slot keeps a NUL at the end.
+pub const CMDLINE_MAX_LEN: usize = layout::CMDLINE_MAX - 1;
+
 /// Builds the kernel command line:
-/// `init=NAME [user options] [platform words] -- ARGS`.
+/// `init=NAME [user options] [platform words] -- ARGS`, and checks that it
+/// fits, blaming each part for its own bytes.
 pub fn kernel_cmdline(user: &str, platform: &[String], init: &[String]) -> Result<String> {
     let name = init.first().map(String::as_str).unwrap_or("init");
     if !images::PROGRAMS.iter().any(|(n, _)| *n == name) {
@@ -79,18 +91,34 @@ pub fn kernel_cmdline(user: &str, platform: &[String], init: &[String]) -> Resul
             "'--' is reserved: give init's arguments after --init PROGRAM".into(),
         ));
     }
+    if user.contains('\0') || init.iter().any(|a| a.contains('\0')) {
+        return Err(VmmError::Cmdline(
+            "contains a NUL byte, which would end it early".into(),
+        ));
+    }
+    let user = user.trim();
     let mut s = format!("init={name}");
-    if !user.trim().is_empty() {
+    if !user.is_empty() {
         s.push(' ');
-        s.push_str(user.trim());
+        s.push_str(user);
     }
     for w in platform {
         s.push(' ');
         s.push_str(w);
     }
+    let before_args = s.len();
     if init.len() > 1 {
         s.push_str(" -- ");
         s.push_str(&init[1..].join(" "));
+    }
+    if s.len() > CMDLINE_MAX_LEN {
+        let args = s.len() - before_args;
+        return Err(VmmError::CmdlineTooLong {
+            given: user.len(),
+            args,
+            added: before_args - user.len(),
+            limit: CMDLINE_MAX_LEN,
+        });
     }
     Ok(s)
 }
@@ -114,16 +142,25 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 pub fn run(opts: &RunOptions) -> Result<RunReport> {
-    // No device, no word: without --object the guest boots exactly as before.
-    let platform_words: Vec<String> = if opts.objects.is_empty() {
-        Vec::new()
-    } else {
-        vec![pager_device::our_cmdline_word()]
-    };
+    // The VMM's own words; no device, no word: without --object the guest
+    // boots exactly as before.
+    let mut platform_words = Vec::new();
+    if opts.vm_stats {
+        platform_words.push("vm_stats=1".to_string());
+    }
+    if !opts.objects.is_empty() {
+        platform_words.push(pager_device::our_cmdline_word());
+    }
     let cmdline = kernel_cmdline(&opts.cmdline, &platform_words, &opts.init)?;
+    // Every filter is built (and the SIGSYS handler set) before any thread
+    // starts; each thread installs its own (seccomp/mod.rs lists where).
+    let confinement = Confinement::new(opts.seccomp, opts.seccomp_selftest)?;
     // Opened first: a missing file or a down server is reported before any
     // KVM work, and the guest never starts without its objects.
-    let pager_opts = objects::open_options(opts.pager_timeout);
+    let pager_opts = OpenOptions {
+        reader_hook: Some(confinement.hook(ThreadKind::PagerReader)),
+        ..objects::open_options(opts.pager_timeout)
+    };
     let objects = objects::open_all(&opts.objects, &pager_opts)?;
     let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
         Some(p) => (
@@ -173,7 +210,13 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let pager_dev = if objects.is_empty() {
         None
     } else {
-        Some(pager_device::attach(&vm, &objects, &mut mmio)?)
+        let worker_hook = confinement.hook(ThreadKind::PagerWorker);
+        Some(pager_device::attach(
+            &vm,
+            &objects,
+            &mut mmio,
+            &worker_hook,
+        )?)
     };
     let mut platform = Platform {
         console: DoorbellConsole::new(Box::new(std::io::stdout())),
@@ -195,18 +238,41 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     }
 
     let mem = &vm.mem;
+    let vcpu_confinement = confinement.clone();
+    // The vCPU runs the guest only once the event loop is confined too.
+    let (go_tx, go_rx) = mpsc::sync_channel::<bool>(1);
     let ran = std::thread::scope(|s| {
         let vcpu_thread = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn_scoped(s, move || {
+                let confined = vcpu_confinement.confine(ThreadKind::Vcpu);
+                let go = go_rx.recv().unwrap_or(false);
+                if let Err(e) = confined {
+                    let _ = exit_evt.write(1);
+                    return Err(VmmError::Io(e));
+                }
+                if !go {
+                    let _ = exit_evt.write(1);
+                    return Err(VmmError::Boot(
+                        "the event loop could not be confined; the guest did not start".into(),
+                    ));
+                }
                 let outcome = vcpu::run(&mut vcpu_fd, mem, &mut platform, stats.as_ref());
                 let totals = stats
                     .as_ref()
                     .and_then(|s| s.snapshot().ok())
                     .unwrap_or_default();
                 let _ = exit_evt.write(1);
-                (outcome, totals, platform.milestones)
+                Ok((outcome, totals, platform.milestones))
             })?;
+        // Started before this thread's own filter, so the vCPU's is not
+        // stacked on it.
+        let confined = confinement.confine(ThreadKind::Main);
+        let _ = go_tx.send(confined.is_ok());
+        if let Err(e) = confined {
+            let _ = vcpu_thread.join();
+            return Err(VmmError::Io(e));
+        }
         loop {
             if let Err(e) = events.run() {
                 tracing::error!("event loop: {e:?}");
@@ -218,19 +284,20 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         }
         let (outcome, totals, milestones) = vcpu_thread
             .join()
-            .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))?;
+            .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))??;
         Ok::<_, VmmError>((outcome, (totals, milestones)))
     });
     // Whatever the guest did, what it wrote must reach the backing stores;
     // bounded by the pager timeout so a dead or silent pager cannot hang us.
-    let sync_failures = objects::sync_all(&objects, opts.pager_timeout);
+    let sync_hook = confinement.hook(ThreadKind::Sync);
+    let sync_failures = objects::sync_all(&objects, opts.pager_timeout, Some(&sync_hook));
     for (name, why) in &sync_failures {
         eprintln!("vmm: object {name}: sync failed: {why}");
     }
     let (outcome, (totals, milestones)) = ran?;
     let (pager_stats, events) = match &pager_dev {
         Some(d) => {
-            let d = d.lock().unwrap_or_else(|p| p.into_inner());
+            let d = poison::lock(d);
             (Some(d.stats()), d.object_events())
         }
         None => (None, Vec::new()),
@@ -287,5 +354,45 @@ mod tests {
             kernel_cmdline("a -- b", &[], &[]),
             Err(VmmError::Cmdline(_))
         ));
+        assert!(matches!(
+            kernel_cmdline("a\0b", &[], &[]),
+            Err(VmmError::Cmdline(_))
+        ));
+    }
+
+    /// At the limit the message says how much of it is the user's to give,
+    /// not the bytes the VMM adds.
+    #[test]
+    fn cmdline_limit_counts_only_the_users_bytes() {
+        let dev = [pager_device::our_cmdline_word()];
+        // "init=init" + " " + user + " " + device word.
+        let added = "init=init".len() + 1 + 1 + dev[0].len();
+        let room = CMDLINE_MAX_LEN - added;
+        let fits = "x".repeat(room);
+        let line = kernel_cmdline(&fits, &dev, &[]).unwrap();
+        assert_eq!(line.len(), CMDLINE_MAX_LEN);
+        let err = kernel_cmdline(&format!("{fits}y"), &dev, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "--cmdline is {} bytes, but at most {room} fit",
+                room + 1
+            )),
+            "{err}"
+        );
+        assert!(err.contains(&format!("the VMM adds {added}")), "{err}");
+        // init's arguments shrink the room and are named as such.
+        let init = vec!["init".to_string(), "42".into()];
+        let err = kernel_cmdline(&fits, &dev, &init).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("at most {} fit", room - " -- 42".len())),
+            "{err}"
+        );
+        assert!(err.contains("init's arguments take 6"), "{err}");
+        // Arguments alone too long: they are what is blamed.
+        let init = vec!["init".to_string(), "a".repeat(CMDLINE_MAX_LEN)];
+        let err = kernel_cmdline("", &[], &init).unwrap_err().to_string();
+        assert!(err.starts_with("init's arguments take"), "{err}");
     }
 }

@@ -15,24 +15,40 @@ pub struct Vm {
 /// Where Intel VMX keeps its real-mode TSS; unused on AMD and PVM.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// KVM_GET_API_VERSION's answer: fixed at 12 since the API became stable.
+const KVM_API_VERSION: i32 = 12;
+
 /// Opens /dev/kvm, or the device named by `VMM_KVM_DEVICE` (for nested
-/// or unusual setups).
+/// or unusual setups), and checks that it is KVM.
 pub fn open_kvm() -> Result<Kvm> {
     let path = std::env::var("VMM_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into());
     let cpath = std::ffi::CString::new(path.clone()).map_err(|_| VmmError::KvmOpen {
         path: path.clone(),
         source: kvm_ioctls::Error::new(libc::EINVAL),
     })?;
-    Kvm::new_with_path(&cpath).map_err(|source| VmmError::KvmOpen { path, source })
+    let kvm = Kvm::new_with_path(&cpath).map_err(|source| VmmError::KvmOpen {
+        path: path.clone(),
+        source,
+    })?;
+    // Any file opens; only KVM answers this ioctl. kvm-ioctls returns the
+    // raw result, so a failure's errno (ENOTTY for /dev/null or a plain
+    // file) is read straight after it.
+    let version = kvm.get_api_version();
+    if version < 0 {
+        return Err(VmmError::NotKvm {
+            path,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if version != KVM_API_VERSION {
+        return Err(VmmError::KvmVersion(version));
+    }
+    Ok(kvm)
 }
 
 impl Vm {
     pub fn new(mem_size: u64) -> Result<Vm> {
         let kvm_handle = open_kvm()?;
-        let version = kvm_handle.get_api_version();
-        if version != 12 {
-            return Err(VmmError::KvmVersion(version));
-        }
         let fd = kvm_handle.create_vm().map_err(kvm("create VM"))?;
         let ranges: Vec<_> = ram_ranges(mem_size)
             .into_iter()

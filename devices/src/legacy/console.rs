@@ -6,11 +6,23 @@
 
 use std::io::Write;
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, Le32, Le64};
 
 /// Longest write accepted in one doorbell.
 pub const MAX_WRITE: u32 = 1 << 20;
-const RECORD_SIZE: usize = 16;
+
+/// The record the doorbell names (guest_kernel::abi::ConsoleWrite).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Record {
+    addr: Le64,
+    len: Le32,
+    _pad: Le32,
+}
+// SAFETY: repr(C) of integers (any bit pattern is valid) whose sizes add
+// up to 16, so there is no implicit padding.
+unsafe impl ByteValued for Record {}
+const _: () = assert!(size_of::<Record>() == 16);
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -44,11 +56,10 @@ impl DoorbellConsole {
         mem: &M,
         record: GuestAddress,
     ) -> Result<(), ConsoleError> {
-        let mut rec = [0u8; RECORD_SIZE];
-        mem.read_slice(&mut rec, record)
+        let rec: Record = mem
+            .read_obj(record)
             .map_err(|_| ConsoleError::BadRecord(record.0))?;
-        let addr = u64::from_le_bytes(rec[0..8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(rec[8..12].try_into().unwrap_or_default());
+        let (addr, len) = (u64::from(rec.addr), u32::from(rec.len));
         if len > MAX_WRITE {
             return Err(ConsoleError::TooLong(len));
         }

@@ -4,6 +4,7 @@
 //! on the event queue. Nothing here touches guest memory or blocks.
 
 use super::wire::{Event, ObjectId, event};
+use pager_backends::poison;
 use pager_backends::{Access, KernelControl, ObjectOffset, PAGE_SIZE, PagerError, Result};
 use std::collections::VecDeque;
 use std::io;
@@ -14,6 +15,10 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 pub const MAX_PENDING_EVENTS: usize = 1024;
 /// ...and at most this many bytes of offered page data.
 pub const MAX_PENDING_OFFER_BYTES: usize = 16 << 20;
+/// One object's share of either: a pager that floods cannot take the
+/// backlog from the other objects' pagers.
+pub const MAX_PENDING_EVENTS_PER_OBJECT: usize = MAX_PENDING_EVENTS / 4;
+pub const MAX_PENDING_OFFER_BYTES_PER_OBJECT: usize = MAX_PENDING_OFFER_BYTES / 4;
 
 /// One event not yet delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,9 +38,21 @@ struct Backlog {
     /// holding an older handle is refused instead of reaching a driver that
     /// no longer (or not yet) knows the object.
     epochs: Vec<u64>,
+    /// Per object: events and offered bytes waiting, and calls refused
+    /// because the backlog (or the object's share) was full.
+    queued: Vec<(usize, usize)>,
+    refused: Vec<u64>,
 }
 
 impl Backlog {
+    fn take(&mut self, ev: &PendingEvent) {
+        self.offer_bytes -= ev.data.len();
+        if let Some(q) = self.queued.get_mut(ev.event.object_id as usize) {
+            q.0 -= 1;
+            q.1 -= ev.data.len();
+        }
+    }
+
     /// Moves `object`'s epoch on (older handles stop working) and drops the
     /// events they queued that are not delivered yet. Returns the new epoch.
     fn revoke(&mut self, object: ObjectId) -> Option<u64> {
@@ -46,6 +63,9 @@ impl Backlog {
         self.events.retain(|(ev, _)| ev.event.object_id != object.0);
         if self.events.len() != before {
             self.offer_bytes = self.events.iter().map(|(ev, _)| ev.data.len()).sum();
+        }
+        if let Some(q) = self.queued.get_mut(object.0 as usize) {
+            *q = (0, 0);
         }
         Some(epoch)
     }
@@ -63,6 +83,8 @@ impl EventBacklog {
         Ok(EventBacklog {
             inner: Mutex::new(Backlog {
                 epochs: vec![0; objects],
+                queued: vec![(0, 0); objects],
+                refused: vec![0; objects],
                 ..Backlog::default()
             }),
             kick: EventFd::new(EFD_NONBLOCK)?,
@@ -91,7 +113,7 @@ impl EventBacklog {
     }
 
     fn lock(&self) -> MutexGuard<'_, Backlog> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.inner)
     }
 
     fn push(&self, epoch: u64, ev: PendingEvent) -> Result<()> {
@@ -104,16 +126,28 @@ impl EventBacklog {
                     "virtio-pager: the kernel no longer has this object initialised".into(),
                 ));
             }
+            let i = ev.event.object_id as usize;
+            let (mine, my_bytes) = b.queued.get(i).copied().unwrap_or_default();
             if b.events.len() >= MAX_PENDING_EVENTS
                 || b.offer_bytes.saturating_add(ev.data.len()) > MAX_PENDING_OFFER_BYTES
+                || mine >= MAX_PENDING_EVENTS_PER_OBJECT
+                || my_bytes.saturating_add(ev.data.len()) > MAX_PENDING_OFFER_BYTES_PER_OBJECT
             {
+                if let Some(r) = b.refused.get_mut(i) {
+                    *r += 1;
+                }
                 // Refuse rather than drop silently: the pager learns the
-                // guest is not draining its event queue.
+                // guest is not taking its events as fast as it sends them.
                 return Err(PagerError::Protocol(
-                    "virtio-pager event backlog full: guest is not posting event buffers".into(),
+                    "virtio-pager event backlog full: the guest is not taking events this fast"
+                        .into(),
                 ));
             }
             b.offer_bytes += ev.data.len();
+            if let Some(q) = b.queued.get_mut(i) {
+                q.0 += 1;
+                q.1 += ev.data.len();
+            }
             b.events.push_back((ev, epoch));
         }
         self.kick.write(1)?;
@@ -128,7 +162,7 @@ impl EventBacklog {
         let mut b = self.lock();
         loop {
             let (ev, epoch) = b.events.pop_front()?;
-            b.offer_bytes -= ev.data.len();
+            b.take(&ev);
             if b.epochs.get(ev.event.object_id as usize) == Some(&epoch) {
                 return Some(ev);
             }
@@ -137,6 +171,11 @@ impl EventBacklog {
 
     pub fn len(&self) -> usize {
         self.lock().events.len()
+    }
+
+    /// Calls refused because the backlog was full, per object.
+    pub fn refused(&self) -> Vec<u64> {
+        self.lock().refused.clone()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,6 +188,7 @@ impl EventBacklog {
         let mut b = self.lock();
         b.events.clear();
         b.offer_bytes = 0;
+        b.queued.iter_mut().for_each(|q| *q = (0, 0));
         for e in &mut b.epochs {
             *e += 1;
         }

@@ -13,7 +13,7 @@ use super::wire::{
 };
 use super::worker::{Completions, WorkerPool};
 use crate::virtio::{Interrupt, Segment, features};
-use pager_backends::{KernelId, Pager};
+use pager_backends::{KernelId, Pager, ThreadHook};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
@@ -119,6 +119,17 @@ impl PagerDevice {
         objects: Vec<PagerObject>,
         workers: usize,
     ) -> Result<Self, PagerDeviceError> {
+        Self::with_worker_hook(kernel, objects, workers, None)
+    }
+
+    /// As `new`, with `hook` run first on each worker thread (the VMM
+    /// confines its workers there, before they take any request).
+    pub fn with_worker_hook(
+        kernel: KernelId,
+        objects: Vec<PagerObject>,
+        workers: usize,
+        hook: Option<&ThreadHook>,
+    ) -> Result<Self, PagerDeviceError> {
         if objects.len() > u32::MAX as usize / 2 {
             return Err(PagerDeviceError::TooManyObjects(objects.len()));
         }
@@ -158,7 +169,7 @@ impl PagerDevice {
             retired_mem: None,
             generation: 0,
             needs_reset: false,
-            pool: WorkerPool::new(workers, completions.clone())?,
+            pool: WorkerPool::new(workers, completions.clone(), hook)?,
             completions,
             outstanding: 0,
             req_throttled: false,
@@ -183,7 +194,12 @@ impl PagerDevice {
 
     /// Events delivered to the guest, per object in table order.
     pub fn object_events(&self) -> Vec<ObjectEvents> {
-        self.object_events.clone()
+        let refused = self.backlog.refused();
+        let mut out = self.object_events.clone();
+        for (o, r) in out.iter_mut().zip(refused) {
+            o.refused = r;
+        }
+        out
     }
 
     /// Share large batches of DATA_REQUESTs between the event loop and a

@@ -3,7 +3,7 @@
 
 use super::device::{EventBuf, PagerDevice};
 use super::wire::{EVENT_QUEUE, EVENT_SIZE, MAX_CHAIN_LEN, QUEUE_SIZE, VIRTIO_PAGER_F_EVENTS};
-use crate::virtio::{Segment, collect_chain};
+use crate::virtio::{Segment, collect_chain, features};
 use pager_backends::PAGE_SIZE;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -32,43 +32,65 @@ impl PagerDevice {
         if self.needs_reset {
             return;
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        let mem = active.mem.clone();
-        // A driver republishing heads must not grow the host's list.
-        let room = usize::from(active.evq.size()).saturating_sub(active.event_bufs.len());
-        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = match active.evq.iter(&*mem) {
-            Ok(it) => it.take(room).collect(),
-            Err(_) => {
-                self.enter_needs_reset("event queue available index out of range");
+        let event_idx = self.has(features::VIRTIO_RING_F_EVENT_IDX);
+        loop {
+            let Some(active) = self.active.as_mut() else {
                 return;
-            }
-        };
-        if chains.len() == room {
-            self.ev_throttled = true;
-        }
-        let mut used_added = false;
-        for chain in chains {
-            let head = chain.head_index();
-            match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN)
-                .ok()
-                .and_then(|s| event_buf(head, &s))
-            {
-                Some(buf) => {
-                    if let Some(a) = self.active.as_mut() {
-                        a.event_bufs.push_back(buf);
+            };
+            let mem = active.mem.clone();
+            // A driver republishing heads must not grow the host's list.
+            let room = usize::from(active.evq.size()).saturating_sub(active.event_bufs.len());
+            let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = match active.evq.iter(&*mem) {
+                Ok(it) => it.take(room).collect(),
+                Err(_) => {
+                    self.enter_needs_reset("event queue available index out of range");
+                    return;
+                }
+            };
+            let full = chains.len() == room;
+            let mut used_added = false;
+            for chain in chains {
+                let head = chain.head_index();
+                match collect_chain(chain, QUEUE_SIZE, MAX_CHAIN_LEN)
+                    .ok()
+                    .and_then(|s| event_buf(head, &s))
+                {
+                    Some(buf) => {
+                        if let Some(a) = self.active.as_mut() {
+                            a.event_bufs.push_back(buf);
+                        }
+                    }
+                    None => {
+                        // Unusable buffer: give it straight back, unwritten.
+                        self.stats.event_bufs_rejected += 1;
+                        used_added |= self.add_used(EVENT_QUEUE, head, 0);
                     }
                 }
-                None => {
-                    // Unusable buffer: give it straight back, unwritten.
-                    self.stats.event_bufs_rejected += 1;
-                    used_added |= self.add_used(EVENT_QUEUE, head, 0);
+            }
+            if used_added {
+                self.signal_used(EVENT_QUEUE);
+            }
+            if full {
+                // Taken again once buffers are used (deliver_events).
+                self.ev_throttled = true;
+                return;
+            }
+            if !event_idx {
+                return;
+            }
+            // With EVENT_IDX the driver notifies only past avail_event:
+            // ask for the next buffer it posts, or it never tells us.
+            let Some(active) = self.active.as_mut() else {
+                return;
+            };
+            match active.evq.enable_notification(&*mem) {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(_) => {
+                    self.enter_needs_reset("event queue unreadable");
+                    return;
                 }
             }
-        }
-        if used_added {
-            self.signal_used(EVENT_QUEUE);
         }
     }
 

@@ -34,6 +34,9 @@ pub struct ObjectEvents {
     /// Unrequested data_provided (offers).
     pub data_provided: u64,
     pub destroy: u64,
+    /// The pager's calls refused because the backlog, or the object's
+    /// share of it, was full (the guest took events more slowly).
+    pub refused: u64,
 }
 
 impl ObjectEvents {

@@ -2,7 +2,7 @@
 //! a test guest memory, the device served by a real event manager and its
 //! worker pool. Synchronisation is by eventfds and ring indices, never time.
 
-use super::control::MAX_PENDING_EVENTS;
+use super::control::{MAX_PENDING_EVENTS, MAX_PENDING_EVENTS_PER_OBJECT};
 use super::wire::*;
 use super::{PagerDevice, PagerObject};
 use crate::testing::MemPager;
@@ -898,6 +898,7 @@ fn events_are_delivered_into_posted_buffers() {
             cache: 1,
             data_provided: 1,
             destroy: 1,
+            refused: 0,
         }]
     );
 }
@@ -950,6 +951,50 @@ fn event_queue_exhaustion_backs_up_then_refuses() {
         }
     }
     assert!(refused);
+}
+
+#[test]
+fn a_flooding_pager_gets_only_its_share_of_the_backlog() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (pa, pb) = (
+        Arc::new(MemPager::new(64 * PG)),
+        Arc::new(MemPager::new(64 * PG)),
+    );
+    let objects = vec![object("a", pa.clone()), object("b", pb.clone())];
+    let mut h = Harness::new(&mem, &rq, &eq, objects, all_features());
+    h.init(&mut rq, 0);
+    h.init(&mut rq, 1);
+    let (ca, cb) = (
+        pa.control(KERNEL).expect("a"),
+        pb.control(KERNEL).expect("b"),
+    );
+    // No event buffers posted: object a's pager floods until refused.
+    let mut queued = 0;
+    for _ in 0..MAX_PENDING_EVENTS {
+        if ca
+            .lock_request(ObjectOffset(0), PG, Access::WRITE, false, false)
+            .is_err()
+        {
+            break;
+        }
+        queued += 1;
+    }
+    assert_eq!(queued, MAX_PENDING_EVENTS_PER_OBJECT);
+    // Offers are refused too once a's share is used up.
+    assert!(
+        ca.offer(ObjectOffset(0), &[0u8; PG as usize], Access::NONE)
+            .is_err()
+    );
+    // b's pager still gets its calls through.
+    for _ in 0..8 {
+        cb.lock_request(ObjectOffset(0), PG, Access::NONE, true, false)
+            .expect("b is not starved by a");
+    }
+    let counted = h.dev.lock().expect("lock").object_events();
+    assert_eq!(counted[0].refused, 2);
+    assert_eq!(counted[1].refused, 0);
+    assert_eq!(h_pending(&h), MAX_PENDING_EVENTS_PER_OBJECT + 8);
 }
 
 fn h_pending(h: &Harness) -> usize {

@@ -7,7 +7,7 @@
 use crate::virtio::Segment;
 use pager_backends::{Access, ObjectOffset, PAGE_SIZE};
 use thiserror::Error;
-use vm_memory::GuestAddress;
+use vm_memory::{ByteValued, GuestAddress, Le16, Le32, Le64};
 
 /// Virtio device ID. OASIS assigns IDs from 1 upwards (< 64 as of 1.3); we
 /// use a number far above them, in the upper half of the 16-bit space.
@@ -120,32 +120,69 @@ pub struct RequestHeader {
     pub reserved: u32,
 }
 
+/// How a request header lies in guest memory: little-endian fields at
+/// fixed offsets, declared once (RequestHeader is the decoded value).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RequestHeaderLayout {
+    req_type: Le16,
+    flags: Le16,
+    object_id: Le32,
+    offset: Le64,
+    length: Le64,
+    access: u8,
+    padding: [u8; 3],
+    reserved: Le32,
+}
+// SAFETY: repr(C) of integers (any bit pattern is valid) with no implicit
+// padding: the fields add up to the size, asserted below.
+unsafe impl ByteValued for RequestHeaderLayout {}
+const _: () = assert!(size_of::<RequestHeaderLayout>() == REQ_HDR_SIZE);
+
 impl RequestHeader {
     pub fn from_bytes(b: &[u8; REQ_HDR_SIZE]) -> Self {
+        let w: RequestHeaderLayout = from_wire(b);
         RequestHeader {
-            req_type: u16::from_le_bytes([b[0], b[1]]),
-            flags: u16::from_le_bytes([b[2], b[3]]),
-            object_id: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            offset: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-            length: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
-            access: b[24],
-            padding: [b[25], b[26], b[27]],
-            reserved: u32::from_le_bytes([b[28], b[29], b[30], b[31]]),
+            req_type: w.req_type.into(),
+            flags: w.flags.into(),
+            object_id: w.object_id.into(),
+            offset: w.offset.into(),
+            length: w.length.into(),
+            access: w.access,
+            padding: w.padding,
+            reserved: w.reserved.into(),
         }
     }
 
     pub fn to_bytes(&self) -> [u8; REQ_HDR_SIZE] {
-        let mut b = [0u8; REQ_HDR_SIZE];
-        b[0..2].copy_from_slice(&self.req_type.to_le_bytes());
-        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
-        b[4..8].copy_from_slice(&self.object_id.to_le_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.length.to_le_bytes());
-        b[24] = self.access;
-        b[25..28].copy_from_slice(&self.padding);
-        b[28..32].copy_from_slice(&self.reserved.to_le_bytes());
-        b
+        to_wire(&RequestHeaderLayout {
+            req_type: self.req_type.into(),
+            flags: self.flags.into(),
+            object_id: self.object_id.into(),
+            offset: self.offset.into(),
+            length: self.length.into(),
+            access: self.access,
+            padding: self.padding,
+            reserved: self.reserved.into(),
+        })
     }
+}
+
+/// Copies a wire layout out of its bytes (guest buffers need not be
+/// aligned for it, so no cast in place).
+fn from_wire<T: ByteValued + Default, const N: usize>(b: &[u8; N]) -> T {
+    // A layout of another size does not compile, so the copy cannot panic.
+    const { assert!(size_of::<T>() == N) };
+    let mut v = T::default();
+    v.as_mut_slice().copy_from_slice(b);
+    v
+}
+
+fn to_wire<T: ByteValued, const N: usize>(v: &T) -> [u8; N] {
+    const { assert!(size_of::<T>() == N) };
+    let mut b = [0u8; N];
+    b.copy_from_slice(v.as_slice());
+    b
 }
 
 /// Response, 24 bytes, the last (device-writable) descriptor of a request.
@@ -171,25 +208,42 @@ impl Response {
     }
 
     pub fn to_bytes(&self) -> [u8; RESP_SIZE] {
-        let mut b = [0u8; RESP_SIZE];
-        b[0..4].copy_from_slice(&self.status.to_le_bytes());
-        b[4..8].copy_from_slice(&self.kind.to_le_bytes());
-        b[8..16].copy_from_slice(&self.bytes.to_le_bytes());
-        b[16] = self.lock;
-        b[17] = self.flags;
-        b
+        to_wire(&ResponseLayout {
+            status: self.status.into(),
+            kind: self.kind.into(),
+            bytes: self.bytes.into(),
+            lock: self.lock,
+            flags: self.flags,
+            reserved: [0; 6],
+        })
     }
 
     pub fn from_bytes(b: &[u8; RESP_SIZE]) -> Self {
+        let w: ResponseLayout = from_wire(b);
         Response {
-            status: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            kind: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            bytes: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-            lock: b[16],
-            flags: b[17],
+            status: w.status.into(),
+            kind: w.kind.into(),
+            bytes: w.bytes.into(),
+            lock: w.lock,
+            flags: w.flags,
         }
     }
 }
+
+/// How a response lies in guest memory.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ResponseLayout {
+    status: Le32,
+    kind: Le32,
+    bytes: Le64,
+    lock: u8,
+    flags: u8,
+    reserved: [u8; 6],
+}
+// SAFETY: as for RequestHeaderLayout.
+unsafe impl ByteValued for ResponseLayout {}
+const _: () = assert!(size_of::<ResponseLayout>() == RESP_SIZE);
 
 /// Event, 32 bytes, at the start of an event-queue buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,26 +256,44 @@ pub struct Event {
     pub lock: u8,
 }
 
+/// How an event lies in an event-queue buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct EventLayout {
+    ev_type: Le16,
+    flags: Le16,
+    object_id: Le32,
+    offset: Le64,
+    length: Le64,
+    lock: u8,
+    reserved: [u8; 7],
+}
+// SAFETY: as for RequestHeaderLayout.
+unsafe impl ByteValued for EventLayout {}
+const _: () = assert!(size_of::<EventLayout>() == EVENT_SIZE);
+
 impl Event {
     pub fn to_bytes(&self) -> [u8; EVENT_SIZE] {
-        let mut b = [0u8; EVENT_SIZE];
-        b[0..2].copy_from_slice(&self.ev_type.to_le_bytes());
-        b[2..4].copy_from_slice(&self.flags.to_le_bytes());
-        b[4..8].copy_from_slice(&self.object_id.to_le_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
-        b[16..24].copy_from_slice(&self.length.to_le_bytes());
-        b[24] = self.lock;
-        b
+        to_wire(&EventLayout {
+            ev_type: self.ev_type.into(),
+            flags: self.flags.into(),
+            object_id: self.object_id.into(),
+            offset: self.offset.into(),
+            length: self.length.into(),
+            lock: self.lock,
+            reserved: [0; 7],
+        })
     }
 
     pub fn from_bytes(b: &[u8; EVENT_SIZE]) -> Self {
+        let w: EventLayout = from_wire(b);
         Event {
-            ev_type: u16::from_le_bytes([b[0], b[1]]),
-            flags: u16::from_le_bytes([b[2], b[3]]),
-            object_id: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            offset: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
-            length: u64::from_le_bytes([b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23]]),
-            lock: b[24],
+            ev_type: w.ev_type.into(),
+            flags: w.flags.into(),
+            object_id: w.object_id.into(),
+            offset: w.offset.into(),
+            length: w.length.into(),
+            lock: w.lock,
         }
     }
 }
@@ -526,24 +598,54 @@ pub struct ObjectEntry {
     pub name: String,
 }
 
+/// Config space header, then one ObjectEntryLayout per object.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct ConfigHeaderLayout {
+    num_objects: Le32,
+    max_segments: Le32,
+    max_request_bytes: Le32,
+    page_size: Le32,
+}
+// SAFETY: as for RequestHeaderLayout.
+unsafe impl ByteValued for ConfigHeaderLayout {}
+const _: () = assert!(size_of::<ConfigHeaderLayout>() == CONFIG_HDR_SIZE);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ObjectEntryLayout {
+    size: Le64,
+    id: Le32,
+    flags: Le32,
+    /// UTF-8, NUL-terminated (so at most OBJECT_NAME_LEN - 1 bytes).
+    name: [u8; OBJECT_NAME_LEN],
+}
+// SAFETY: as for RequestHeaderLayout.
+unsafe impl ByteValued for ObjectEntryLayout {}
+const _: () = assert!(size_of::<ObjectEntryLayout>() == OBJECT_ENTRY_SIZE);
+
 /// Config space layout: 16-byte header, then one 64-byte entry per object.
 pub fn encode_config(entries: &[ObjectEntry]) -> Vec<u8> {
     let mut b = Vec::with_capacity(CONFIG_HDR_SIZE + entries.len() * OBJECT_ENTRY_SIZE);
-    let n = u32::try_from(entries.len()).unwrap_or(u32::MAX);
-    b.extend_from_slice(&n.to_le_bytes());
-    b.extend_from_slice(&(MAX_FRAME_SEGMENTS as u32).to_le_bytes());
-    b.extend_from_slice(&(MAX_REQUEST_BYTES as u32).to_le_bytes());
-    b.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    let header = ConfigHeaderLayout {
+        num_objects: u32::try_from(entries.len()).unwrap_or(u32::MAX).into(),
+        max_segments: (MAX_FRAME_SEGMENTS as u32).into(),
+        max_request_bytes: (MAX_REQUEST_BYTES as u32).into(),
+        page_size: (PAGE_SIZE as u32).into(),
+    };
+    b.extend_from_slice(header.as_slice());
     for e in entries {
-        b.extend_from_slice(&e.size.to_le_bytes());
-        b.extend_from_slice(&e.id.0.to_le_bytes());
-        b.extend_from_slice(&e.flags.to_le_bytes());
-        let mut name = [0u8; OBJECT_NAME_LEN];
+        let mut entry = ObjectEntryLayout {
+            size: e.size.into(),
+            id: e.id.0.into(),
+            flags: e.flags.into(),
+            name: [0; OBJECT_NAME_LEN],
+        };
         // Truncated to 47 bytes so the name is always NUL-terminated.
         let raw = e.name.as_bytes();
         let n = raw.len().min(OBJECT_NAME_LEN - 1);
-        name[..n].copy_from_slice(&raw[..n]);
-        b.extend_from_slice(&name);
+        entry.name[..n].copy_from_slice(&raw[..n]);
+        b.extend_from_slice(entry.as_slice());
     }
     b
 }
@@ -680,4 +782,93 @@ pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, FuzzReject> {
         }
     }
     r
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Every field at its documented offset, little-endian, padding zero:
+    /// what docs/virtio-pager.md says and the guest driver writes.
+    #[test]
+    fn messages_are_byte_exact() {
+        let h = RequestHeader {
+            req_type: 0x0102,
+            flags: 0x0304,
+            object_id: 0x0506_0708,
+            offset: 0x1112_1314_1516_1718,
+            length: 0x2122_2324_2526_2728,
+            access: 0x31,
+            padding: [0x32, 0x33, 0x34],
+            reserved: 0x4142_4344,
+        };
+        let want: [u8; REQ_HDR_SIZE] = [
+            0x02, 0x01, 0x04, 0x03, 0x08, 0x07, 0x06, 0x05, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13,
+            0x12, 0x11, 0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21, 0x31, 0x32, 0x33, 0x34,
+            0x44, 0x43, 0x42, 0x41,
+        ];
+        assert_eq!(h.to_bytes(), want);
+        assert_eq!(RequestHeader::from_bytes(&want), h);
+
+        let r = Response {
+            status: 0x0102_0304,
+            kind: 0x0506_0708,
+            bytes: 0x1112_1314_1516_1718,
+            lock: 0x21,
+            flags: 0x22,
+        };
+        let want: [u8; RESP_SIZE] = [
+            0x04, 0x03, 0x02, 0x01, 0x08, 0x07, 0x06, 0x05, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13,
+            0x12, 0x11, 0x21, 0x22, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(r.to_bytes(), want);
+        assert_eq!(Response::from_bytes(&want), r);
+
+        let e = Event {
+            ev_type: 0x0102,
+            flags: 0x0304,
+            object_id: 0x0506_0708,
+            offset: 0x1112_1314_1516_1718,
+            length: 0x2122_2324_2526_2728,
+            lock: 0x31,
+        };
+        let want: [u8; EVENT_SIZE] = [
+            0x02, 0x01, 0x04, 0x03, 0x08, 0x07, 0x06, 0x05, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13,
+            0x12, 0x11, 0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21, 0x31, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(e.to_bytes(), want);
+        assert_eq!(Event::from_bytes(&want), e);
+    }
+
+    #[test]
+    fn config_is_byte_exact() {
+        let c = encode_config(&[ObjectEntry {
+            size: 0x1_0000_2000,
+            id: ObjectId(1),
+            flags: OBJ_F_READ_ONLY,
+            name: "ab".into(),
+        }]);
+        let mut want = vec![
+            1, 0, 0, 0, // objects
+            0, 1, 0, 0, // 256 segments
+            0, 0, 0x10, 0, // 1 MiB per request
+            0, 0x10, 0, 0, // 4 KiB pages
+            0, 0x20, 0, 0, 1, 0, 0, 0, // size
+            1, 0, 0, 0, // id
+            1, 0, 0, 0, // flags
+            b'a', b'b',
+        ];
+        want.resize(CONFIG_HDR_SIZE + OBJECT_ENTRY_SIZE, 0);
+        assert_eq!(c, want);
+        // A name too long for the field keeps its terminating NUL.
+        let c = encode_config(&[ObjectEntry {
+            size: 0,
+            id: ObjectId(0),
+            flags: 0,
+            name: "n".repeat(OBJECT_NAME_LEN + 5),
+        }]);
+        assert_eq!(c.len(), CONFIG_HDR_SIZE + OBJECT_ENTRY_SIZE);
+        assert_eq!(c[c.len() - 1], 0);
+        assert_eq!(c[c.len() - 2], b'n');
+    }
 }

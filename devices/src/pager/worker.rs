@@ -8,15 +8,15 @@ use super::wire::{
     INIT_F_MAY_CACHE, INIT_F_READ_ONLY, ObjectId, RESP_SIZE, Request, Response, kind, status,
 };
 use crate::virtio::Segment;
+use pager_backends::poison;
+use pager_backends::pool::{PoolOptions, WorkPool};
 use pager_backends::{
-    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError,
+    DataReply, KernelControl, KernelId, ObjectInfo, PAGE_SIZE, Pager, PagerError, ThreadHook,
 };
-use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -78,7 +78,7 @@ impl Completions {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Completion>> {
-        self.done.lock().unwrap_or_else(|p| p.into_inner())
+        poison::lock(&self.done)
     }
 
     pub fn take(&self) -> Vec<Completion> {
@@ -117,70 +117,39 @@ impl Completions {
 /// without a wake-up's latency.
 pub const WORKER_SPIN: Duration = Duration::from_micros(50);
 
-/// Jobs handed to the workers, in batches (one wake-up per batch).
-struct Queue {
-    batches: VecDeque<Vec<Job>>,
-    open: bool,
-}
-
-struct Shared {
-    queue: Mutex<Queue>,
-    cv: Condvar,
-    /// A worker is spinning for work: a submit need not wake anyone.
-    spinning: AtomicBool,
-    /// Batches queued: what a spinning worker watches (not the lock).
-    queued: AtomicUsize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn try_pop(&self) -> Option<Vec<Job>> {
-        let b = self.lock().batches.pop_front()?;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        Some(b)
-    }
-}
-
+/// The device's workers: pager_backends' pool over batches of jobs, with
+/// the device's count of jobs in flight kept around it.
 pub struct WorkerPool {
-    shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    pool: WorkPool<Vec<Job>>,
     completions: Arc<Completions>,
 }
 
 impl WorkerPool {
-    pub fn new(threads: usize, completions: Arc<Completions>) -> io::Result<Self> {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue {
-                batches: VecDeque::new(),
-                open: true,
-            }),
-            cv: Condvar::new(),
-            spinning: AtomicBool::new(false),
-            queued: AtomicUsize::new(0),
-        });
-        let mut handles = Vec::with_capacity(threads);
-        for i in 0..threads.max(1) {
-            let sh = shared.clone();
-            let done = completions.clone();
-            handles.push(
-                thread::Builder::new()
-                    .name(format!("pager-worker-{i}"))
-                    .spawn(move || worker_loop(&sh, &done))?,
-            );
-        }
-        Ok(WorkerPool {
-            shared,
-            threads: handles,
-            completions,
-        })
+    /// `hook` runs first on each worker (the VMM confines it there), before
+    /// it takes any job; a worker whose hook fails fails the pool.
+    pub fn new(
+        threads: usize,
+        completions: Arc<Completions>,
+        hook: Option<&ThreadHook>,
+    ) -> io::Result<Self> {
+        let done = completions.clone();
+        let pool = WorkPool::new(
+            PoolOptions {
+                name: "pager-worker".into(),
+                threads,
+                // The device bounds what it admits (requests in flight <=
+                // queue size, plus at most one internal TERMINATE per
+                // object), so submitting never has to wait.
+                capacity: None,
+                spin: WORKER_SPIN,
+                hook: hook.cloned(),
+            },
+            move |batch: Vec<Job>| run_batch(batch, &done),
+        )?;
+        Ok(WorkerPool { pool, completions })
     }
 
-    /// Queue a job. Never blocks. The queue has no capacity of its own:
-    /// the device bounds what it admits (requests in flight ≤ queue size,
-    /// plus at most one internal TERMINATE per object).
+    /// Queue a job. Never blocks.
     pub fn submit(&self, job: Job) -> bool {
         self.submit_batch(vec![job]).is_ok()
     }
@@ -193,90 +162,31 @@ impl WorkerPool {
             return Ok(());
         }
         let n = jobs.len();
-        {
-            let mut q = self.shared.lock();
-            if !q.open {
-                return Err(jobs);
-            }
-            self.completions.in_flight.fetch_add(n, Ordering::SeqCst);
-            q.batches.push_back(jobs);
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        }
-        // A spinning worker re-checks the queue under the lock after it
-        // stops spinning, so skipping the wake-up here loses nothing.
-        if !self.shared.spinning.load(Ordering::SeqCst) {
-            self.shared.cv.notify_one();
-        }
-        Ok(())
+        // Counted before a worker can finish them (the count only drops
+        // after a completion is visible), uncounted if refused.
+        self.completions.in_flight.fetch_add(n, Ordering::SeqCst);
+        self.pool.submit(jobs).inspect_err(|_| {
+            self.completions.in_flight.fetch_sub(n, Ordering::SeqCst);
+        })
     }
 
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.pool.threads()
     }
 }
 
-impl Drop for WorkerPool {
-    fn drop(&mut self) {
-        // Closing the queue ends the workers once the queued work is done.
-        // We do not join: a hung backend must not hang VMM shutdown.
-        self.shared.lock().open = false;
-        self.shared.cv.notify_all();
-    }
-}
+// Dropping the pool closes its queue: the workers end once the queued work
+// is done, and nobody waits for them (a hung backend must not hang VMM
+// shutdown).
 
-fn worker_loop(sh: &Shared, done: &Completions) {
-    loop {
-        let Some(batch) = next_batch(sh) else {
-            return;
-        };
-        if batch.len() == 1 {
-            for job in batch {
-                done.push(run(job));
-            }
-        } else {
-            let out: Vec<Completion> = batch.into_iter().map(run).collect();
-            done.push_all(out);
+fn run_batch(batch: Vec<Job>, done: &Completions) {
+    if batch.len() == 1 {
+        for job in batch {
+            done.push(run(job));
         }
-    }
-}
-
-/// The next batch: spin briefly (if no other worker does) before sleeping.
-/// `None` when the pool is closed and empty.
-fn next_batch(sh: &Shared) -> Option<Vec<Job>> {
-    if let Some(b) = sh.try_pop() {
-        return Some(b);
-    }
-    if !sh.spinning.swap(true, Ordering::SeqCst) {
-        let start = Instant::now();
-        while start.elapsed() < WORKER_SPIN {
-            if sh.queued.load(Ordering::SeqCst) > 0
-                && let Some(b) = sh.try_pop()
-            {
-                sh.spinning.store(false, Ordering::SeqCst);
-                // A submit that saw us spinning woke no one; if its batch is
-                // still queued, a sleeping worker must take it (we are
-                // about to be busy, perhaps blocked in a pager for long).
-                if sh.queued.load(Ordering::SeqCst) > 0 {
-                    sh.cv.notify_one();
-                }
-                return Some(b);
-            }
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-        }
-        sh.spinning.store(false, Ordering::SeqCst);
-    }
-    let mut q = sh.lock();
-    loop {
-        if let Some(b) = q.batches.pop_front() {
-            sh.queued.fetch_sub(1, Ordering::SeqCst);
-            return Some(b);
-        }
-        if !q.open {
-            return None;
-        }
-        q = sh.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+    } else {
+        let out: Vec<Completion> = batch.into_iter().map(run).collect();
+        done.push_all(out);
     }
 }
 

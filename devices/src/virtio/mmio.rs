@@ -7,8 +7,9 @@
 
 use super::device::{ActiveQueue, VirtioDevice};
 use super::{Interrupt, features, status};
+use pager_backends::poison::lock;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -432,10 +433,4 @@ impl MmioTransport {
 
 fn new_queue(max: u16) -> io::Result<Queue> {
     Queue::new(max).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
-}
-
-/// A poisoned lock means a device panicked; the VMM keeps going with the
-/// state as it was rather than panicking on every later MMIO exit.
-fn lock(d: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    d.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -114,10 +114,35 @@ pub fn map_large_range(
     len: u64,
     flags: u64,
 ) -> Result<(), MapError> {
-    if !va.is_aligned(LARGE_PAGE_SIZE)
-        || !pa.is_aligned(LARGE_PAGE_SIZE)
-        || !len.is_multiple_of(LARGE_PAGE_SIZE)
-    {
+    map_range(mem, root, va, pa, len, flags, PageSize::Large)
+}
+
+/// Maps `[va, va + len)` to `[pa, ...)` with 4 KiB pages, the same way.
+pub fn map_small_range(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    len: u64,
+    flags: u64,
+) -> Result<(), MapError> {
+    map_range(mem, root, va, pa, len, flags, PageSize::Small)
+}
+
+fn map_range(
+    mem: &mut dyn TableMemory,
+    root: PhysAddr,
+    va: VirtAddr,
+    pa: PhysAddr,
+    len: u64,
+    flags: u64,
+    size: PageSize,
+) -> Result<(), MapError> {
+    let (page, level, leaf) = match size {
+        PageSize::Small => (PAGE_SIZE, 0, flags | PRESENT),
+        PageSize::Large => (LARGE_PAGE_SIZE, 1, flags | PRESENT | HUGE),
+    };
+    if !va.is_aligned(page) || !pa.is_aligned(page) || !len.is_multiple_of(page) {
         return Err(MapError::Misaligned);
     }
     let last = va
@@ -130,16 +155,16 @@ pub fn map_large_range(
     let mut off = 0;
     while off < len {
         let v = VirtAddr(va.0 + off);
-        let pd = walk_create(mem, root, v, 1, inter)?;
-        let table = mem.table(pd);
-        let mut i = index(v, 1);
+        let t = walk_create(mem, root, v, level, inter)?;
+        let table = mem.table(t);
+        let mut i = index(v, level);
         while i < 512 && off < len {
             if table[i] & PRESENT != 0 {
                 return Err(MapError::AlreadyMapped);
             }
-            table[i] = (pa.0 + off) | flags | PRESENT | HUGE;
+            table[i] = (pa.0 + off) | leaf;
             i += 1;
-            off += LARGE_PAGE_SIZE;
+            off += page;
         }
     }
     Ok(())
@@ -279,6 +304,79 @@ pub fn release_user_tables(
             free(child);
             mem.table(root)[i] = 0;
         }
+    }
+}
+
+/// What [`audit_wx`] found in the kernel half of an address space.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WxAudit {
+    /// Bytes mapped, and of those executable and writable.
+    pub mapped: u64,
+    pub executable: u64,
+    pub writable: u64,
+    /// Bytes both writable and executable, and the first such address.
+    pub both: u64,
+    pub first_both: Option<VirtAddr>,
+}
+
+/// Walks every present mapping of the kernel half (upper 256 PML4 slots)
+/// of `root` with the rights the CPU would grant ring 0 (writable only if
+/// every level says so, as CR0.WP makes it; executable unless some level
+/// says no-execute). W^X holds when `both` is 0.
+pub fn audit_wx(mem: &mut dyn TableMemory, root: PhysAddr) -> WxAudit {
+    fn visit(
+        mem: &mut dyn TableMemory,
+        table: PhysAddr,
+        level: u32,
+        base: u64,
+        rights: u64,
+        out: &mut WxAudit,
+    ) {
+        for i in 0..512u64 {
+            let e = mem.table(table)[i as usize];
+            if e & PRESENT == 0 {
+                continue;
+            }
+            let va = base | (i << (12 + 9 * level));
+            // Writable needs W at every level; NX at any level forbids exec.
+            let r = (rights & e & WRITABLE) | ((rights | e) & NO_EXECUTE);
+            if level == 0 || (e & HUGE != 0 && level <= 2) {
+                let size = 1u64 << (12 + 9 * level);
+                out.mapped += size;
+                let exec = r & NO_EXECUTE == 0;
+                let write = r & WRITABLE != 0;
+                if exec {
+                    out.executable += size;
+                }
+                if write {
+                    out.writable += size;
+                }
+                if exec && write {
+                    out.both += size;
+                    out.first_both.get_or_insert(VirtAddr(sign_extend(va)));
+                }
+            } else {
+                visit(mem, PhysAddr(e & ADDR_MASK), level - 1, va, r, out);
+            }
+        }
+    }
+    let mut out = WxAudit::default();
+    for i in 256..512u64 {
+        let e = mem.table(root)[i as usize];
+        if e & PRESENT == 0 {
+            continue;
+        }
+        let r = (WRITABLE & e) | (NO_EXECUTE & e);
+        visit(mem, PhysAddr(e & ADDR_MASK), 2, i << 39, r, &mut out);
+    }
+    out
+}
+
+fn sign_extend(va: u64) -> u64 {
+    if va & (1 << 47) != 0 {
+        va | 0xffff_0000_0000_0000
+    } else {
+        va
     }
 }
 
@@ -539,5 +637,110 @@ mod tests {
         assert_eq!(before - 6, 1 + 2); // root + kernel PDPT + PD remain
         assert!(translate(&mut m, root, VirtAddr(0x1000)).is_none());
         assert!(translate(&mut m, root, VirtAddr(0xffff_8000_0000_1000)).is_some());
+    }
+
+    #[test]
+    fn small_range_maps_each_page() {
+        let (mut m, root) = emu();
+        let va = VirtAddr(0xffff_ffff_801f_e000); // crosses a page-table boundary
+        map_small_range(
+            &mut m,
+            root,
+            va,
+            PhysAddr(0x40_0000),
+            5 * PAGE_SIZE,
+            NO_EXECUTE,
+        )
+        .unwrap();
+        // A guard page is a page unmapped again.
+        let guard = VirtAddr(va.0 + 2 * PAGE_SIZE);
+        assert_eq!(unmap(&mut m, root, guard), Some(PhysAddr(0x40_2000)));
+        for i in 0..5 {
+            let v = VirtAddr(va.0 + i * PAGE_SIZE + 8);
+            let t = translate(&mut m, root, v);
+            if VirtAddr(va.0 + i * PAGE_SIZE) == guard {
+                assert_eq!(t, None);
+            } else {
+                let (pa, f) = t.unwrap();
+                assert_eq!(pa, PhysAddr(0x40_0000 + i * PAGE_SIZE + 8));
+                assert_eq!(f & (WRITABLE | NO_EXECUTE), NO_EXECUTE);
+            }
+        }
+        // Overlap is refused, misalignment too.
+        assert_eq!(
+            map_small_range(&mut m, root, va, PhysAddr(0), PAGE_SIZE, 0),
+            Err(MapError::AlreadyMapped)
+        );
+        assert_eq!(
+            map_small_range(&mut m, root, VirtAddr(va.0 + 1), PhysAddr(0), PAGE_SIZE, 0),
+            Err(MapError::Misaligned)
+        );
+    }
+
+    #[test]
+    fn wx_audit_counts_rights_through_every_level() {
+        let (mut m, root) = emu();
+        // Text: read-only and executable; data: writable, no-execute.
+        let text = VirtAddr(0xffff_ffff_8010_0000);
+        map_small_range(&mut m, root, text, PhysAddr(0x10_0000), 2 * PAGE_SIZE, 0).unwrap();
+        let data = VirtAddr(text.0 + 2 * PAGE_SIZE);
+        map_small_range(
+            &mut m,
+            root,
+            data,
+            PhysAddr(0x10_2000),
+            PAGE_SIZE,
+            WRITABLE | NO_EXECUTE,
+        )
+        .unwrap();
+        map_large_range(
+            &mut m,
+            root,
+            VirtAddr(0xffff_8000_0000_0000),
+            PhysAddr(0),
+            LARGE_PAGE_SIZE,
+            WRITABLE | NO_EXECUTE,
+        )
+        .unwrap();
+        // User mappings are not the kernel's business.
+        map(
+            &mut m,
+            root,
+            VirtAddr(0x40_0000),
+            PhysAddr(0x50_0000),
+            WRITABLE | USER,
+            PageSize::Small,
+        )
+        .unwrap();
+        let a = audit_wx(&mut m, root);
+        assert_eq!(a.mapped, 3 * PAGE_SIZE + LARGE_PAGE_SIZE);
+        assert_eq!(a.executable, 2 * PAGE_SIZE);
+        assert_eq!(a.writable, PAGE_SIZE + LARGE_PAGE_SIZE);
+        assert_eq!((a.both, a.first_both), (0, None));
+
+        // A writable, executable leaf is found, with its address.
+        let bad = VirtAddr(text.0 + 5 * PAGE_SIZE);
+        map(
+            &mut m,
+            root,
+            bad,
+            PhysAddr(0x10_5000),
+            WRITABLE,
+            PageSize::Small,
+        )
+        .unwrap();
+        let a = audit_wx(&mut m, root);
+        assert_eq!((a.both, a.first_both), (PAGE_SIZE, Some(bad)));
+
+        // No-execute on an upper level covers the leaves below it.
+        let pml4 = m.table(root)[511];
+        m.table(root)[511] = pml4 | NO_EXECUTE;
+        let a = audit_wx(&mut m, root);
+        assert_eq!((a.both, a.executable), (0, 0));
+        // And read-only on an upper level makes the leaves read-only.
+        m.table(root)[511] = pml4 & !WRITABLE;
+        let a = audit_wx(&mut m, root);
+        assert_eq!(a.both, 0);
+        assert_eq!(a.writable, LARGE_PAGE_SIZE);
     }
 }

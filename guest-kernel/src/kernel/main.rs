@@ -35,7 +35,6 @@ fn boot_failed(what: &str) -> ! {
 
 /// Called by `_start` on the boot stack with the start_info address.
 pub extern "C" fn kmain(start_info: u64) -> ! {
-    entry::arm_boot_stack();
     let boot = match bootinfo::parse(&mm::DirectRead, PhysAddr(start_info)) {
         Ok(b) => b,
         Err(_) => boot_failed("unreadable PVH start_info"),
@@ -72,17 +71,48 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
         " Hz\n"
     );
 
-    // Deliberate failures, so tests can check how they are reported.
-    match cmdline::value(cmd, b"crash") {
-        Some(b"panic") => panic!("crash=panic on the command line"),
-        Some(b"fault") => {
-            // SAFETY: deliberately not safe: nothing is mapped at this address.
-            unsafe { core::ptr::read_volatile(0x0000_7000_dead_0000 as *const u64) };
+    let mut mem = mem;
+    let prot = arch::protect::enable_user_isolation();
+    kprint!(
+        "kernel protection: text r-x, rodata r--, data rw- no-exec; guard pages under every kernel stack; SMEP ",
+        if prot.smep {
+            "on"
+        } else {
+            "off (the CPU lacks it)"
+        },
+        ", SMAP ",
+        if prot.smap {
+            "on"
+        } else {
+            "off (the CPU lacks it)"
+        },
+        "\n"
+    );
+    if cmdline::value(cmd, b"wx_audit") == Some(b"1") {
+        let a = mm::audit_wx(&mut mem.frames, mem.kernel_root);
+        if let Some(at) = a.first_both {
+            kprint!(
+                "kernel W^X audit: FAILED: writable and executable at ",
+                Hex(at.0),
+                "\n"
+            );
+            power_off(EXIT_KERNEL_PANIC);
         }
-        _ => {}
+        kprint!(
+            "kernel W^X audit: ",
+            Dec(a.mapped >> 10),
+            " KiB mapped, ",
+            Dec(a.executable >> 10),
+            " KiB executable, ",
+            Dec(a.writable >> 10),
+            " KiB writable, none both\n"
+        );
+    }
+    // Deliberate failures, so tests can check how they are reported.
+    if let Some(what) = cmdline::value(cmd, b"crash") {
+        arch::crashtest::run(what, &mut mem.frames, mem.kernel_root, prot);
     }
 
-    let mut mem = mem;
     dev::virtio_pager::init(cmd, &mut mem.frames, mem.kernel_root);
 
     let init_name = cmdline::value(cmd, b"init").unwrap_or(b"init");
@@ -104,9 +134,6 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     lapic::init(hz);
     let frame = k.schedule();
     *KERNEL.lock() = Some(k);
-    if !entry::boot_stack_intact() {
-        panic!("the boot stack overflowed (raise BOOT_STACK_SIZE or shrink kmain's frame)");
-    }
     outl(PORT_MILESTONE, MILESTONE_INIT_START);
     // SAFETY: `frame` is init's initial frame on its kernel stack, and the
     // switch above loaded its address space, stack pointer and FPU state.

@@ -316,4 +316,101 @@ impl Objects {
         }
         Ok(Vec::new())
     }
+
+    /// One call of a pager on `object` (Table 3-6), whichever way it came
+    /// (a message from a guest task, an event from the host device): the
+    /// write-backs it starts are returned for the pager to carry out.
+    /// `DataProvided` frames are the VM's from here on, used or freed.
+    pub fn manager_call(
+        &mut self,
+        object: ObjectId,
+        call: ManagerCall<'_>,
+        frames: &mut dyn FrameSource,
+        phys: &mut dyn PhysMaps,
+    ) -> Result<Vec<ObjectAction>, VmError> {
+        match call {
+            ManagerCall::DataProvided { offset, data, lock } => {
+                if self
+                    .data_provided(object, offset, data, lock, false, frames)
+                    .is_err()
+                {
+                    for &f in data {
+                        frames.free_frame(f);
+                    }
+                }
+                Ok(Vec::new())
+            }
+            ManagerCall::DataUnavailable { offset, size } => self
+                .data_unavailable(object, offset, size)
+                .map(|_| Vec::new()),
+            ManagerCall::DataError { offset, size } => {
+                self.data_error(object, offset, size).map(|_| Vec::new())
+            }
+            ManagerCall::LockRequest {
+                offset,
+                size,
+                lock,
+                clean,
+                flush,
+            } => {
+                // Write back (and drop) first, so what the pager asked to
+                // see is on its way before the lock can stall anyone.
+                let out = if flush {
+                    self.flush_request(object, offset, size, frames, phys)?
+                } else if clean {
+                    self.clean_request(object, offset, size, phys)?
+                } else {
+                    Vec::new()
+                };
+                if let Some(lock) = lock {
+                    self.data_lock(object, offset, size, lock, phys)?;
+                }
+                Ok(out)
+            }
+            ManagerCall::Cache { may_cache } => self.cache(object, may_cache, frames, phys),
+            ManagerCall::Destroy => {
+                // The pager ended the object: its faults fail from now on,
+                // dirty pages go to the default pager (the object is dead),
+                // and nothing stays cached.
+                self.pager_died(object)?;
+                let size = self.get(object)?.size();
+                let end = size.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+                self.flush_request(object, ObjectOffset(0), end, frames, phys)
+            }
+        }
+    }
+}
+
+/// A pager's call on an object (paper Table 3-6, and the later Mach
+/// `memory_object_data_error` and `destroy`).
+#[derive(Clone, Copy, Debug)]
+pub enum ManagerCall<'a> {
+    /// pager_data_provided, here unprompted (read-ahead, or pushed).
+    DataProvided {
+        offset: ObjectOffset,
+        data: &'a [PhysAddr],
+        lock: VmProt,
+    },
+    DataUnavailable {
+        offset: ObjectOffset,
+        size: u64,
+    },
+    DataError {
+        offset: ObjectOffset,
+        size: u64,
+    },
+    /// pager_data_lock (unless `lock` is None), with
+    /// pager_flush_request's and pager_clean_request's work when `flush` or
+    /// `clean` is set (the later memory_object_lock_request in one call).
+    LockRequest {
+        offset: ObjectOffset,
+        size: u64,
+        lock: Option<VmProt>,
+        clean: bool,
+        flush: bool,
+    },
+    Cache {
+        may_cache: bool,
+    },
+    Destroy,
 }

@@ -2,6 +2,7 @@
 //! `pager_backends::procedural`) over the unix-socket pager protocol.
 //!
 //! Usage: procedural-pager --socket PATH [--size BYTES] [--seed N]
+//! (`--size` as `pager_backends::size` reads it: 4096, 64M, 1T).
 //! Prints "ready PATH" on stdout once it accepts connections.
 
 use pager_backends::procedural::ProceduralPager;
@@ -10,19 +11,14 @@ use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-fn parse_num(s: &str) -> Option<u64> {
-    let (d, m) = match s.as_bytes().last()? {
-        b'K' | b'k' => (&s[..s.len() - 1], 1u64 << 10),
-        b'M' | b'm' => (&s[..s.len() - 1], 1 << 20),
-        b'G' | b'g' => (&s[..s.len() - 1], 1 << 30),
-        b'T' | b't' => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let n = match d.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16).ok()?,
-        None => d.parse::<u64>().ok()?,
-    };
-    n.checked_mul(m)
+const USAGE: &str = "usage: procedural-pager --socket PATH [--size BYTES] [--seed N]";
+
+/// A seed is a plain number (decimal, or hex after `0x`), not a size.
+fn parse_seed(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -32,22 +28,39 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next();
-        let ok = match (a.as_str(), v) {
+        let bad = match (a.as_str(), v) {
             ("--socket", Some(v)) => {
                 socket = Some(v);
-                true
+                None
             }
-            ("--size", Some(v)) => parse_num(&v).map(|n| size = n).is_some(),
-            ("--seed", Some(v)) => parse_num(&v).map(|n| seed = n).is_some(),
-            _ => false,
+            ("--size", Some(v)) => match pager_backends::size::parse_size(&v) {
+                Ok(n) => {
+                    size = n;
+                    None
+                }
+                Err(e) => Some(format!("--size {v:?}: {e}")),
+            },
+            ("--seed", Some(v)) => match parse_seed(&v) {
+                Some(n) => {
+                    seed = n;
+                    None
+                }
+                None => Some(format!(
+                    "--seed {v:?}: expected a number (decimal, or hex after 0x)"
+                )),
+            },
+            _ => Some(USAGE.to_string()),
         };
-        if !ok {
-            eprintln!("usage: procedural-pager --socket PATH [--size BYTES] [--seed N]");
+        if let Some(why) = bad {
+            if why != USAGE {
+                eprintln!("procedural-pager: {why}");
+            }
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     }
     let Some(socket) = socket else {
-        eprintln!("usage: procedural-pager --socket PATH [--size BYTES] [--seed N]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let pager = match ProceduralPager::checked(seed, size) {

@@ -1,23 +1,22 @@
-//! An NBD client connection: one TCP or Unix socket, many requests in
-//! flight.
+//! An NBD client connection: one TCP or Unix socket, plain or TLS, many
+//! requests in flight.
 //!
 //! Senders write request headers (and write payloads, gathered straight from
-//! the caller's buffers) under a send lock; one reader thread per connection
-//! reads replies, matches them by cookie and reads read payloads straight
-//! into the waiting caller's buffers.
+//! the caller's buffers, or through TLS) under a send lock; one reader
+//! thread per connection reads replies, matches them by cookie and reads
+//! read payloads into the waiting caller's buffers.
 
 use super::proto::{self, Export};
+use super::tls::TlsClient;
+use super::tls_stream::TlsStream;
+use super::transport::{self, Transport};
 use crate::check::check_object_size;
 use crate::error::{PagerError, Result};
 use crate::inflight::Inflight;
 use crate::options::OpenOptions;
-use crate::sg::{self, Cursor};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
+use crate::sg::Cursor;
+use crate::uri::NbdTls;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -53,150 +52,77 @@ impl std::fmt::Display for NbdAddr {
     }
 }
 
-/// The connection, whichever transport carries it: the protocol is the
-/// same bytes over either.
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-            Stream::Unix(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-        }
-    }
-    fn try_clone(&self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
-    }
-    fn shutdown(&self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-        }
-    }
-}
-
-impl AsRawFd for Stream {
-    fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
-        }
-    }
-}
-
-fn connect_tcp(host: &str, port: u16, opts: &OpenOptions, target: &str) -> Result<TcpStream> {
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
-    let mut last = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
-            Ok(s) => {
-                s.set_nodelay(true)
-                    .map_err(|e| PagerError::io_context(format!("nbd server {target}"), e))?;
-                return Ok(s);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(PagerError::io_context(
-        format!("nbd server {target}"),
-        last.unwrap_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "host has no addresses")
-        }),
-    ))
-}
-
-/// Connects to a Unix socket. A local connect does not wait on a network:
-/// it succeeds, or fails at once (no listener, backlog full).
-fn connect_unix(path: &std::path::Path, target: &str) -> Result<UnixStream> {
-    let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
-    match path.as_os_str().as_bytes().strip_prefix(b"\0") {
-        Some(name) => {
-            let addr = SocketAddr::from_abstract_name(name).map_err(ctx)?;
-            UnixStream::connect_addr(&addr).map_err(ctx)
-        }
-        None => UnixStream::connect(path).map_err(ctx),
-    }
-}
-
 pub struct NbdClient {
-    stream: Stream,
+    transport: Transport,
     send_lock: Mutex<()>,
     inflight: Arc<Inflight<()>>,
     export: Export,
     timeout: Duration,
+    /// Requests that may be left waiting for a late reply (inflight.rs).
+    max_abandoned: usize,
     reader: Option<JoinHandle<()>>,
 }
 
 impl NbdClient {
-    pub fn connect(addr: &NbdAddr, export: &str, opts: &OpenOptions) -> Result<NbdClient> {
+    /// Connects to `addr` and negotiates `export`; with `tls`, the rest of
+    /// the negotiation and all requests go over TLS, or nothing does.
+    pub fn connect(
+        addr: &NbdAddr,
+        export: &str,
+        tls: Option<&NbdTls>,
+        opts: &OpenOptions,
+    ) -> Result<NbdClient> {
         let target = addr.to_string();
-        let mut stream = match addr {
-            NbdAddr::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port, opts, &target)?),
-            NbdAddr::Unix(path) => Stream::Unix(connect_unix(path, &target)?),
-        };
         let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
+        // Certificate files are read before connecting: a local mistake is
+        // reported as such, not as something the server did.
+        let tls = tls.map(|t| TlsClient::new(t, addr)).transpose()?;
+        let mut stream = transport::connect(addr, opts, &target)?;
         stream
             .set_timeouts(Some(opts.connect_timeout), Some(opts.connect_timeout))
             .map_err(ctx)?;
-        let export = proto::handshake(&mut stream, export)?;
+        let (transport, export) = match tls {
+            None => {
+                let export = proto::handshake(&mut stream, export)?;
+                // From here the reader waits as long as it must; per-request
+                // deadlines are enforced by the waiters (they shut the
+                // socket down).
+                stream
+                    .set_timeouts(None, Some(opts.request_timeout))
+                    .map_err(ctx)?;
+                (Transport::Plain(Arc::new(stream)), export)
+            }
+            Some(mut tls) => {
+                let greeting = proto::greet(&mut stream)?;
+                proto::starttls(&mut stream).map_err(|e| tls.explain(e))?;
+                tls.handshake(&mut stream)?;
+                let export = proto::negotiate(
+                    &mut rustls::Stream::new(tls.session(), &mut stream),
+                    export,
+                    greeting,
+                )
+                .map_err(|e| tls.explain(e))?;
+                let tls = TlsStream::new(tls.into_session(), stream, opts.request_timeout)
+                    .map_err(ctx)?;
+                (Transport::Tls(Arc::new(tls)), export)
+            }
+        };
         check_object_size(export.size, format_args!("nbd server {target}"))?;
-        // From here the reader waits as long as it must; per-request
-        // deadlines are enforced by the waiters (they shut the socket down).
-        stream
-            .set_timeouts(None, Some(opts.request_timeout))
-            .map_err(ctx)?;
         let inflight = Arc::new(Inflight::new(opts.max_in_flight));
-        let rstream = stream.try_clone().map_err(ctx)?;
-        let rinflight = inflight.clone();
-        let reader = std::thread::Builder::new()
-            // Not the target: a socket name may hold bytes a thread name cannot.
-            .name("nbd-reader".into())
-            .spawn(move || reader_loop(rstream, rinflight))
+        let (rtransport, rinflight) = (transport.clone(), inflight.clone());
+        // Not the target: a socket name may hold bytes a thread name cannot.
+        let reader =
+            crate::spawn_hooked("nbd-reader".into(), opts.reader_hook.as_ref(), move || {
+                reader_loop(rtransport, rinflight)
+            })
             .map_err(ctx)?;
         Ok(NbdClient {
-            stream,
+            transport,
             send_lock: Mutex::new(()),
             inflight,
             export,
             timeout: opts.request_timeout,
+            max_abandoned: (opts.max_in_flight / 4).max(1),
             reader: Some(reader),
         })
     }
@@ -216,7 +142,7 @@ impl NbdClient {
     }
 
     fn kill(&self) {
-        let _ = self.stream.shutdown();
+        self.transport.shutdown();
     }
 
     /// Sends one request and waits for its reply. `data` is the write
@@ -243,10 +169,8 @@ impl NbdClient {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             match write_from {
-                Some((b, s)) => {
-                    sg::write_all_with(self.stream.as_raw_fd(), &head, &mut Cursor::new(b, s, len))
-                }
-                None => sg::write_all_fd(self.stream.as_raw_fd(), &head),
+                Some((b, s)) => self.transport.send(&head, &mut Cursor::new(b, s, len)),
+                None => self.transport.send(&head, &mut Cursor::new(&[], 0, 0)),
             }
         };
         if let Err(e) = sent {
@@ -261,7 +185,12 @@ impl NbdClient {
             self.kill();
             return Err(PagerError::Dead(why));
         }
-        self.inflight.wait(t, self.timeout, || self.kill())
+        // A request left unanswered past the timeout is abandoned, not the
+        // connection: the server's late reply is recognised by its cookie
+        // and dropped. Only a server that leaves a quarter of the slots
+        // unanswered is given up on.
+        self.inflight
+            .wait_or_abandon(t, self.timeout, self.max_abandoned, || self.kill())
     }
 
     pub fn read(&self, offset: u64, len: u64, bufs: &[VolatileSlice<'_>], skip: u64) -> Result<()> {
@@ -295,7 +224,8 @@ impl Drop for NbdClient {
                 .send_lock
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let _ = sg::write_all_fd(self.stream.as_raw_fd(), &head);
+            let _ = self.transport.send(&head, &mut Cursor::new(&[], 0, 0));
+            self.transport.close();
         }
         self.kill();
         if let Some(r) = self.reader.take() {
@@ -304,11 +234,10 @@ impl Drop for NbdClient {
     }
 }
 
-fn reader_loop(stream: Stream, inflight: Arc<Inflight<()>>) {
-    let fd = stream.as_raw_fd();
+fn reader_loop(transport: Transport, inflight: Arc<Inflight<()>>) {
     let why = loop {
         let mut h = [0u8; 16];
-        if let Err(e) = sg::read_exact_fd(fd, &mut h) {
+        if let Err(e) = transport.recv(&mut h) {
             break format!("nbd connection lost: {e}");
         }
         let (err, cookie) = match proto::parse_reply(&h) {
@@ -325,13 +254,29 @@ fn reader_loop(stream: Stream, inflight: Arc<Inflight<()>>) {
             inflight.complete(claim, Err(PagerError::io_context("nbd server", e)));
             continue;
         }
-        if claim.expect.kind == proto::CMD_READ
+        if claim.expect.kind == proto::CMD_READ && claim.abandoned {
+            // A late answer to a read that timed out: its buffers went back
+            // to their owner. Read the data and drop it.
+            let mut sink = [0u8; 4096];
+            let mut left = claim.expect.len;
+            let mut lost = None;
+            while left > 0 && lost.is_none() {
+                let n = left.min(sink.len() as u64) as usize;
+                lost = transport.recv(&mut sink[..n]).err();
+                left -= n as u64;
+            }
+            if let Some(e) = lost {
+                let why = format!("nbd connection lost mid-reply: {e}");
+                inflight.complete(claim, Err(PagerError::Dead(why.clone())));
+                break why;
+            }
+        } else if claim.expect.kind == proto::CMD_READ
             && let Some(raw) = claim.expect.bufs
         {
             // SAFETY: the claim keeps the requester blocked in `wait`.
             let bufs = unsafe { raw.get() };
             let mut c = Cursor::new(bufs, claim.expect.skip, claim.expect.len);
-            if let Err(e) = sg::read_exact_into(fd, &mut c) {
+            if let Err(e) = transport.recv_into(&mut c) {
                 let why = format!("nbd connection lost mid-reply: {e}");
                 inflight.complete(claim, Err(PagerError::Dead(why.clone())));
                 break why;
@@ -339,6 +284,6 @@ fn reader_loop(stream: Stream, inflight: Arc<Inflight<()>>) {
         }
         inflight.complete(claim, Ok(()));
     };
-    let _ = stream.shutdown();
+    transport.shutdown();
     inflight.fail_all(&why);
 }

@@ -1,9 +1,14 @@
 //! `nbd://HOST[:PORT]/EXPORT` and `nbd+unix:///EXPORT?socket=PATH`: remote
-//! storage over the Network Block Device protocol, as a memory object. The client is in client.rs, the
-//! wire format and handshake in proto.rs.
+//! storage over the Network Block Device protocol, as a memory object;
+//! `nbds://` and `nbds+unix://` over TLS. The client is in client.rs, the
+//! wire format and handshake in proto.rs, the sockets in transport.rs, TLS
+//! in tls.rs (settings, handshake) and tls_stream.rs (the shared session).
 
 mod client;
 mod proto;
+mod tls;
+mod tls_stream;
+mod transport;
 
 #[doc(hidden)]
 pub use client::fuzz::{NbdOutcome, fuzz_client};
@@ -16,7 +21,7 @@ use crate::options::OpenOptions;
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
 use crate::sg::Cursor;
 use crate::types::{Access, KernelId, ObjectOffset};
-use crate::uri::PagerUri;
+use crate::uri::{NbdTls, PagerUri};
 use std::sync::Arc;
 use vm_memory::VolatileSlice;
 
@@ -27,18 +32,26 @@ pub struct NbdPager {
 }
 
 impl NbdPager {
-    pub fn connect(addr: &NbdAddr, export: &str, opts: &OpenOptions) -> Result<NbdPager> {
-        let client = NbdClient::connect(addr, export, opts)?;
+    /// Connects to `addr` for `export`, over TLS if `tls` says so.
+    pub fn connect(
+        addr: &NbdAddr,
+        export: &str,
+        tls: Option<&NbdTls>,
+        opts: &OpenOptions,
+    ) -> Result<NbdPager> {
+        let client = NbdClient::connect(addr, export, tls, opts)?;
         // Described by the URI that names it, so a user can paste it back.
         let uri = match addr {
             NbdAddr::Tcp { host, port } => PagerUri::Nbd {
                 host: host.clone(),
                 port: *port,
                 export: export.to_string(),
+                tls: tls.cloned(),
             },
             NbdAddr::Unix(socket) => PagerUri::NbdUnix {
                 socket: socket.clone(),
                 export: export.to_string(),
+                tls: tls.cloned(),
             },
         };
         Ok(NbdPager {

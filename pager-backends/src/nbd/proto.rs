@@ -1,5 +1,7 @@
 //! NBD wire format (newstyle fixed handshake, simple replies) and the
-//! client side of the handshake. Big-endian throughout, as the protocol says.
+//! client side of the handshake: the greeting, NBD_OPT_STARTTLS, and the
+//! option haggling that picks the export. Big-endian throughout, as the
+//! protocol says.
 
 use crate::error::{PagerError, Result};
 use std::io::{Read, Write};
@@ -15,6 +17,7 @@ pub(crate) const FLAG_NO_ZEROES: u16 = 2;
 
 pub(crate) const OPT_EXPORT_NAME: u32 = 1;
 pub(crate) const OPT_ABORT: u32 = 2;
+pub(crate) const OPT_STARTTLS: u32 = 5;
 pub(crate) const OPT_GO: u32 = 7;
 
 pub(crate) const REP_ACK: u32 = 1;
@@ -22,6 +25,8 @@ pub(crate) const REP_INFO: u32 = 3;
 pub(crate) const REP_ERR_BIT: u32 = 1 << 31;
 pub(crate) const REP_ERR_UNSUP: u32 = REP_ERR_BIT | 1;
 pub(crate) const REP_ERR_POLICY: u32 = REP_ERR_BIT | 2;
+pub(crate) const REP_ERR_INVALID: u32 = REP_ERR_BIT | 3;
+pub(crate) const REP_ERR_TLS_REQD: u32 = REP_ERR_BIT | 5;
 pub(crate) const REP_ERR_UNKNOWN: u32 = REP_ERR_BIT | 6;
 
 pub(crate) const INFO_EXPORT: u16 = 0;
@@ -89,7 +94,12 @@ fn io_ctx(e: std::io::Error) -> PagerError {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             PagerError::Dead("nbd server did not answer the handshake in time".into())
         }
-        _ => PagerError::io_context("nbd handshake", e),
+        _ => match super::tls::error_in(&e) {
+            // A TLS failure mid-handshake (an alert from the server, a bad
+            // record) says more than the I/O error that carries it.
+            Some(tls) => PagerError::Tls(format!("during the NBD handshake: {tls}")),
+            None => PagerError::io_context("nbd handshake", e),
+        },
     }
 }
 
@@ -116,12 +126,57 @@ fn send_option<S: Write>(s: &mut S, opt: u32, data: &[u8]) -> Result<()> {
     m.extend_from_slice(&opt.to_be_bytes());
     m.extend_from_slice(&len.to_be_bytes());
     m.extend_from_slice(data);
-    s.write_all(&m).map_err(io_ctx)
+    s.write_all(&m).map_err(io_ctx)?;
+    // A TLS stream holds what it encrypted until flushed.
+    s.flush().map_err(io_ctx)
 }
 
-/// Runs the fixed-newstyle handshake for `export`: NBD_OPT_GO, falling back
-/// to NBD_OPT_EXPORT_NAME for servers that do not know GO.
-pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Export> {
+/// Reads one option reply to `opt`: (reply type, data).
+fn read_option_reply<S: Read>(s: &mut S, opt: u32) -> Result<(u32, Vec<u8>)> {
+    if read_u64(s)? != OPT_REPLY_MAGIC {
+        return Err(proto("bad option reply magic"));
+    }
+    let got = read_u32(s)?;
+    let rtype = read_u32(s)?;
+    let len = read_u32(s)?;
+    if got != opt {
+        return Err(proto(format!("reply to option {got}, expected {opt}")));
+    }
+    if len > MAX_OPT_REPLY {
+        return Err(proto(format!("option reply of {len} bytes is too large")));
+    }
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).map_err(io_ctx)?;
+    Ok((rtype, data))
+}
+
+/// An error reply's type in words, with the server's message if it sent one.
+fn refusal(rtype: u32, data: &[u8]) -> String {
+    let what = match rtype {
+        REP_ERR_UNSUP => "not supported".to_string(),
+        REP_ERR_POLICY => "refused by server policy".to_string(),
+        REP_ERR_INVALID => "invalid here".to_string(),
+        REP_ERR_UNKNOWN => "export not found".to_string(),
+        REP_ERR_TLS_REQD => "the server requires TLS: use nbds:// (or tls=require)".to_string(),
+        e => format!("error {e:#x}"),
+    };
+    let msg = String::from_utf8_lossy(data);
+    if msg.is_empty() {
+        what
+    } else {
+        format!("{what}: {msg}")
+    }
+}
+
+/// What the server's greeting settled for the rest of the handshake.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Greeting {
+    /// Both sides agreed to drop the 124 zero bytes after EXPORT_NAME.
+    no_zeroes: bool,
+}
+
+/// Reads the server's fixed-newstyle greeting and answers with our flags.
+pub(crate) fn greet<S: Read + Write>(s: &mut S) -> Result<Greeting> {
     if read_u64(s)? != NBDMAGIC {
         return Err(proto("not an NBD server (bad magic)"));
     }
@@ -140,7 +195,44 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
             0
         };
     s.write_all(&cflags.to_be_bytes()).map_err(io_ctx)?;
+    Ok(Greeting { no_zeroes })
+}
 
+/// The whole plaintext handshake for `export`: the greeting, then the
+/// options.
+pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Export> {
+    let greeting = greet(s)?;
+    negotiate(s, export, greeting)
+}
+
+/// Asks the server to start TLS (NBD_OPT_STARTTLS). On Ok the next bytes on
+/// the socket are the TLS handshake; any refusal is an error, never a
+/// reason to go on in plaintext.
+pub(crate) fn starttls<S: Read + Write>(s: &mut S) -> Result<()> {
+    send_option(s, OPT_STARTTLS, &[])?;
+    let (rtype, data) = read_option_reply(s, OPT_STARTTLS)?;
+    match rtype {
+        REP_ACK => Ok(()),
+        e if e & REP_ERR_BIT != 0 => {
+            let _ = send_option(s, OPT_ABORT, &[]);
+            Err(PagerError::Tls(format!(
+                "the nbd server refused to start TLS (NBD_OPT_STARTTLS: {}); TLS was required, so there is no plaintext fallback",
+                refusal(e, &data)
+            )))
+        }
+        other => Err(proto(format!(
+            "unexpected reply type {other:#x} to NBD_OPT_STARTTLS"
+        ))),
+    }
+}
+
+/// Haggles for `export` (NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME
+/// for servers that do not know GO), which ends the handshake.
+pub(crate) fn negotiate<S: Read + Write>(
+    s: &mut S,
+    export: &str,
+    greeting: Greeting,
+) -> Result<Export> {
     let name = export.as_bytes();
     if name.len() > 4096 {
         return Err(proto("export name longer than 4096 bytes"));
@@ -157,20 +249,7 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
     let mut max_block = None;
     let mut acked = false;
     for _ in 0..MAX_OPT_REPLIES {
-        if read_u64(s)? != OPT_REPLY_MAGIC {
-            return Err(proto("bad option reply magic"));
-        }
-        let opt = read_u32(s)?;
-        let rtype = read_u32(s)?;
-        let len = read_u32(s)?;
-        if opt != OPT_GO {
-            return Err(proto(format!("reply to option {opt}, expected {OPT_GO}")));
-        }
-        if len > MAX_OPT_REPLY {
-            return Err(proto(format!("option reply of {len} bytes is too large")));
-        }
-        let mut data = vec![0u8; len as usize];
-        s.read_exact(&mut data).map_err(io_ctx)?;
+        let (rtype, data) = read_option_reply(s, OPT_GO)?;
         match rtype {
             REP_ACK => {
                 acked = true;
@@ -203,7 +282,7 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
                 send_option(s, OPT_EXPORT_NAME, name)?;
                 let size = read_u64(s)?;
                 let flags = read_u16(s)?;
-                if !no_zeroes {
+                if !greeting.no_zeroes {
                     let mut z = [0u8; 124];
                     s.read_exact(&mut z).map_err(io_ctx)?;
                 }
@@ -214,17 +293,11 @@ pub(crate) fn handshake<S: Read + Write>(s: &mut S, export: &str) -> Result<Expo
                 });
             }
             e if e & REP_ERR_BIT != 0 => {
-                let msg = String::from_utf8_lossy(&data);
-                let what = match e {
-                    REP_ERR_UNKNOWN => "export not found".to_string(),
-                    REP_ERR_POLICY => "refused by server policy".to_string(),
-                    _ => format!("error {:#x}", e),
-                };
                 // Tell the server we are leaving instead of just hanging up.
                 let _ = send_option(s, OPT_ABORT, &[]);
                 return Err(PagerError::Protocol(format!(
-                    "nbd server refused export {export:?}: {what}{}{msg}",
-                    if msg.is_empty() { "" } else { ": " }
+                    "nbd server refused export {export:?}: {}",
+                    refusal(e, &data)
                 )));
             }
             other => return Err(proto(format!("unexpected option reply type {other:#x}"))),

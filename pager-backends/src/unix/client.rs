@@ -9,6 +9,7 @@ use crate::error::{PagerError, Result};
 use crate::inflight::{Claim, Inflight};
 use crate::options::OpenOptions;
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::poison;
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
@@ -61,6 +62,8 @@ pub struct UnixPager {
     shared: Arc<Shared>,
     size: AtomicU64,
     timeout: Duration,
+    /// Requests that may be left waiting for a late answer (inflight.rs).
+    max_abandoned: usize,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -165,10 +168,12 @@ impl UnixPager {
         });
         let rstream = stream.try_clone().map_err(ctx)?;
         let rshared = shared.clone();
-        let reader = std::thread::Builder::new()
-            .name("unix-pager-reader".into())
-            .spawn(move || reader_loop(rstream, rshared))
-            .map_err(ctx)?;
+        let reader = crate::spawn_hooked(
+            "unix-pager-reader".into(),
+            opts.reader_hook.as_ref(),
+            move || reader_loop(rstream, rshared),
+        )
+        .map_err(ctx)?;
         let pager = UnixPager {
             stream,
             path: path.to_path_buf(),
@@ -176,6 +181,7 @@ impl UnixPager {
             shared,
             size: AtomicU64::new(0),
             timeout: opts.request_timeout,
+            max_abandoned: (opts.max_in_flight / 4).max(1),
             reader: Some(reader),
         };
         let size = pager.extent()?;
@@ -226,10 +232,7 @@ impl UnixPager {
         msg[p::HEADER_LEN..p::HEADER_LEN + fixed.len()].copy_from_slice(fixed);
         let head = &msg[..p::HEADER_LEN + fixed.len()];
         let sent = {
-            let _g = self
-                .send_lock
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let _g = poison::lock(&self.send_lock);
             match data {
                 Some((b, n)) => {
                     sg::write_all_with(self.stream.as_raw_fd(), head, &mut Cursor::new(b, 0, n))
@@ -245,7 +248,13 @@ impl UnixPager {
                 self.path.display()
             )));
         }
-        self.shared.inflight.wait(t, self.timeout, || self.kill())
+        // A request left unanswered past the timeout is abandoned, not the
+        // connection: the pager's late answer is recognised by its id and
+        // dropped. Only a pager that leaves a quarter of the slots
+        // unanswered is given up on.
+        self.shared
+            .inflight
+            .wait_or_abandon(t, self.timeout, self.max_abandoned, || self.kill())
     }
 
     fn unexpected(&self, what: &str) -> PagerError {
@@ -273,11 +282,7 @@ impl Pager for UnixPager {
         // Registered first so messages the pager sends from inside its init
         // already find their kernel.
         {
-            let mut c = self
-                .shared
-                .controls
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut c = poison::write(&self.shared.controls);
             if c.contains_key(&kernel.0) {
                 return Err(PagerError::Protocol(format!(
                     "kernel {} initialised twice",
@@ -297,11 +302,7 @@ impl Pager for UnixPager {
             Err(e) => Err(e),
         };
         if r.is_err() {
-            self.shared
-                .controls
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&kernel.0);
+            poison::write(&self.shared.controls).remove(&kernel.0);
         }
         r
     }
@@ -406,11 +407,7 @@ impl Pager for UnixPager {
     }
 
     fn terminate(&self, kernel: KernelId) -> Result<()> {
-        let known = self
-            .shared
-            .controls
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        let known = poison::write(&self.shared.controls)
             .remove(&kernel.0)
             .is_some();
         if !known {
@@ -470,6 +467,18 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
                 hd.len, claim.expect.len
             )));
         }
+        if claim.abandoned {
+            // A late answer to a request that timed out: its buffers went
+            // back to their owner long ago. Read the data and drop it.
+            let mut left = bytes as usize;
+            scratch.resize(PAGE_SIZE as usize, 0);
+            while left > 0 {
+                let n = left.min(scratch.len());
+                sg::read_exact_fd(fd, &mut scratch[..n]).map_err(io)?;
+                left -= n;
+            }
+            return Ok(Reply::Provided { bytes, lock });
+        }
         let raw = claim
             .expect
             .bufs
@@ -525,12 +534,7 @@ fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
     let r = Rd(body);
     let kernel = r.u64(0);
     // A message racing with terminate finds no kernel: harmless, dropped.
-    let Some(ctl) = controls
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&kernel)
-        .cloned()
-    else {
+    let Some(ctl) = poison::read(controls).get(&kernel).cloned() else {
         return Ok(());
     };
     // The kernel side's own errors (e.g. it is shutting down) are its

@@ -3,6 +3,7 @@
 
 use crate::error::{PagerError, Result};
 use crate::types::{Access, ObjectOffset};
+use vm_memory::{ByteValued, Le16, Le32, Le64};
 
 pub const MAGIC: [u8; 8] = *b"DUALPAGR";
 pub const VERSION: u16 = 1;
@@ -62,25 +63,43 @@ pub struct Header {
     pub id: u64,
 }
 
+/// How a header lies on the wire: little-endian fields at fixed offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct HeaderLayout {
+    len: Le32,
+    kind: Le16,
+    flags: Le16,
+    id: Le64,
+}
+// SAFETY: repr(C) of integers (any bit pattern is valid) whose sizes add
+// up to the struct's, so there is no implicit padding (asserted below).
+unsafe impl ByteValued for HeaderLayout {}
+const _: () = assert!(size_of::<HeaderLayout>() == HEADER_LEN);
+
 impl Header {
     pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let w = HeaderLayout {
+            len: self.len.into(),
+            kind: self.kind.into(),
+            flags: self.flags.into(),
+            id: self.id.into(),
+        };
         let mut h = [0u8; HEADER_LEN];
-        h[0..4].copy_from_slice(&self.len.to_le_bytes());
-        h[4..6].copy_from_slice(&self.kind.to_le_bytes());
-        h[6..8].copy_from_slice(&self.flags.to_le_bytes());
-        h[8..16].copy_from_slice(&self.id.to_le_bytes());
+        h.copy_from_slice(w.as_slice());
         h
     }
 
     /// Decodes and checks what can be checked without context: flags must
     /// be zero (reserved) and the payload must fit the receiver's limit.
     pub fn decode(h: &[u8; HEADER_LEN], max_payload: u32) -> Result<Header> {
-        let r = Rd(h);
+        let mut w = HeaderLayout::default();
+        w.as_mut_slice().copy_from_slice(h);
         let hd = Header {
-            len: r.u32(0),
-            kind: r.u16(4),
-            flags: r.u16(6),
-            id: r.u64(8),
+            len: w.len.into(),
+            kind: w.kind.into(),
+            flags: w.flags.into(),
+            id: w.id.into(),
         };
         if hd.flags != 0 {
             return Err(PagerError::Protocol(format!(
@@ -263,4 +282,30 @@ pub fn decode_error(
         }
         _ => PagerError::Protocol(format!("external pager error {code}: {msg}")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/pager-protocol.md's header: len, type, flags, id, little-endian.
+    #[test]
+    fn header_is_byte_exact() {
+        let h = Header {
+            len: 0x0102_0304,
+            kind: T_DATA_REQUEST,
+            flags: 0,
+            id: 0x1112_1314_1516_1718,
+        };
+        let want = [
+            0x04, 0x03, 0x02, 0x01, 0x11, 0x00, 0x00, 0x00, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13,
+            0x12, 0x11,
+        ];
+        assert_eq!(h.encode(), want);
+        assert_eq!(Header::decode(&want, u32::MAX).unwrap(), h);
+        let mut flagged = want;
+        flagged[6] = 1;
+        assert!(Header::decode(&flagged, u32::MAX).is_err());
+        assert!(Header::decode(&want, 0x0102_0303).is_err());
+    }
 }

@@ -16,6 +16,8 @@
 use super::proto::{self as p, Header, Rd, Wr};
 use crate::error::{PagerError, Result};
 use crate::pager::{DataReply, KernelControl, Pager};
+use crate::poison;
+use crate::pool::{PoolOptions, WorkPool};
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
@@ -24,8 +26,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::VolatileSlice;
 
@@ -108,7 +109,7 @@ impl Writer {
         let mut msg = Vec::with_capacity(p::HEADER_LEN + fixed.len());
         msg.extend_from_slice(&head);
         msg.extend_from_slice(fixed);
-        let _g = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _g = poison::lock(&self.lock);
         let r = match data {
             Some((b, n)) => {
                 sg::write_all_with(self.stream.as_raw_fd(), &msg, &mut Cursor::new(b, 0, n))
@@ -202,22 +203,13 @@ struct Conn {
 
 impl Conn {
     fn buf(&self) -> Vec<u8> {
-        self.pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or_default()
+        poison::lock(&self.pool).pop().unwrap_or_default()
     }
     fn give_back(&self, b: Vec<u8>) {
-        self.pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(b);
+        poison::lock(&self.pool).push(b);
     }
     fn kernel(&self, wire: u64) -> Result<KernelId> {
-        self.kernels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        poison::lock(&self.kernels)
             .get(&wire)
             .copied()
             .ok_or(PagerError::UnknownKernel(wire))
@@ -255,12 +247,7 @@ impl Conn {
         let res: Result<()> = (|| match job.hd.kind {
             p::T_INIT => {
                 let wire = r.u64(0);
-                if self
-                    .kernels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains_key(&wire)
-                {
+                if poison::lock(&self.kernels).contains_key(&wire) {
                     return Err(PagerError::Protocol(format!(
                         "kernel {wire} initialised twice"
                     )));
@@ -271,10 +258,7 @@ impl Conn {
                     wire_kernel: wire,
                 });
                 let info = self.pager.init(k, ctl)?;
-                self.kernels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(wire, k);
+                poison::lock(&self.kernels).insert(wire, k);
                 let flags = u8::from(info.read_only) | (u8::from(info.may_cache) << 1);
                 self.w.send(
                     p::T_INFO,
@@ -352,10 +336,7 @@ impl Conn {
             p::T_TERMINATE => {
                 let wire = r.u64(0);
                 let k = self.kernel(wire)?;
-                self.kernels
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&wire);
+                poison::lock(&self.kernels).remove(&wire);
                 self.pager.terminate(k)?;
                 self.w.send(p::T_OK, id, &[], None)
             }
@@ -451,26 +432,27 @@ pub fn serve_connection(
         kernels: Mutex::new(HashMap::new()),
         pool: Mutex::new(Vec::new()),
     });
-    let (tx, rx) = mpsc::sync_channel::<Job>(opts.workers.max(1) * 4);
-    let rx = Arc::new(Mutex::new(rx));
-    let mut workers = Vec::new();
-    for _ in 0..opts.workers.max(1) {
-        let (conn, rx) = (conn.clone(), rx.clone());
-        let stream = stream.try_clone().map_err(ctx)?;
-        workers.push(std::thread::spawn(move || {
-            loop {
-                let mut job = match rx.lock().unwrap_or_else(PoisonError::into_inner).recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                };
-                if conn.handle(&mut job).is_err() {
-                    // Cannot even reply: end the connection.
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
-                conn.give_back(job.body);
+    let reply_stream = stream.try_clone().map_err(ctx)?;
+    let worker_conn = conn.clone();
+    let workers = WorkPool::new(
+        PoolOptions {
+            name: "pager-serve".into(),
+            threads: opts.workers,
+            // The reader waits when the workers are this far behind, so
+            // one kernel side cannot queue without bound.
+            capacity: Some(opts.workers.max(1) * 4),
+            spin: Duration::ZERO,
+            hook: None,
+        },
+        move |mut job: Job| {
+            if worker_conn.handle(&mut job).is_err() {
+                // Cannot even reply: end the connection.
+                let _ = reply_stream.shutdown(Shutdown::Both);
             }
-        }));
-    }
+            worker_conn.give_back(job.body);
+        },
+    )
+    .map_err(ctx)?;
 
     let result = loop {
         let mut h = [0u8; p::HEADER_LEN];
@@ -506,20 +488,17 @@ pub fn serve_connection(
         if let Err(e) = sg::read_exact_fd(fd, &mut body) {
             break Err(ctx(e));
         }
-        if tx.send(Job { hd, body }).is_err() {
+        if workers.submit(Job { hd, body }).is_err() {
             break Ok(());
         }
     };
-    drop(tx);
+    // Queued requests are still served (their replies fail once the
+    // stream is shut down) before the kernels are terminated below.
+    workers.close();
     let _ = stream.shutdown(Shutdown::Both);
-    for w in workers {
-        let _ = w.join();
-    }
+    workers.join();
     // The kernel side is gone: whatever it had mapped is released.
-    let left: Vec<KernelId> = conn
-        .kernels
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let left: Vec<KernelId> = poison::lock(&conn.kernels)
         .drain()
         .map(|(_, k)| k)
         .collect();

@@ -2,6 +2,8 @@
 //! (qemu-nbd, the procedural-pager binary) run as child processes.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use pager_backends::{Access, KernelControl, ObjectOffset, Result};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -38,6 +38,11 @@ const TABLE_ENTRIES: usize = (PAGE_SIZE as usize) / virtqueue::DESC_SIZE;
 pub const MAX_FRAMES: usize = TABLE_ENTRIES - 2;
 /// Event buffers kept posted: a 32-byte slot and one page for offers each.
 pub const EVENT_BUFS: usize = 8;
+/// Events taken per budget period; the kernel refills the budget on each
+/// timer tick (`refill_events`). A pager that issues events faster than
+/// that finds them waiting in the device's bounded backlog, then refused:
+/// the guest's work per tick stays bounded whatever a pager does.
+pub const EVENT_BUDGET: u32 = 16;
 const SLOT_AREA: u64 = 64;
 
 const REQ_HDR_SIZE: u32 = 32;
@@ -245,6 +250,10 @@ pub struct DriverStats {
     pub interrupts: u64,
     pub status_reads: u64,
     pub events: u64,
+    /// Budget periods that ran out with events still waiting.
+    pub events_deferred: u64,
+    /// Event pages the kernel took in exchange for a fresh frame.
+    pub event_pages_taken: u64,
     pub spurious: u64,
     pub resets: u64,
 }
@@ -305,6 +314,10 @@ pub struct PagerDriver<R: Regs, D: Dma> {
     max_frames: usize,
     max_bytes: u64,
     health: Health,
+    /// Events that may still be taken this period, and whether some were
+    /// left on the used ring when it ran out.
+    event_budget: u32,
+    events_held: bool,
     /// Completions seen at the last watchdog tick (progress check).
     watch_completed: u64,
     pub stats: DriverStats,
@@ -382,6 +395,8 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             max_frames: MAX_FRAMES,
             max_bytes: 0,
             health: Health::Running,
+            event_budget: EVENT_BUDGET,
+            events_held: false,
             watch_completed: 0,
             stats: DriverStats::default(),
         };
@@ -724,7 +739,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     pub fn interrupt<F, E>(&mut self, done: &mut F, on_event: &mut E)
     where
         F: FnMut(&Completion, &Frames) + ?Sized,
-        E: FnMut(&Event) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
     {
         self.stats.interrupts += 1;
         let before = (self.stats.completed, self.stats.events, self.stats.spurious);
@@ -753,7 +768,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     pub fn leave_kernel<F, E>(&mut self, done: &mut F, on_event: &mut E) -> bool
     where
         F: FnMut(&Completion, &Frames) + ?Sized,
-        E: FnMut(&Event) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
     {
         if self.reqq.is_armed() || self.health != Health::Running {
             return false;
@@ -770,7 +785,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     pub fn poll<F, E>(&mut self, done: &mut F, on_event: &mut E)
     where
         F: FnMut(&Completion, &Frames) + ?Sized,
-        E: FnMut(&Event) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
     {
         if self.health != Health::Running {
             return;
@@ -785,8 +800,22 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         }
         let mut reposted = false;
         loop {
-            while let Some((id, len)) = self.evq.pop_used() {
+            while self.event_budget > 0 {
+                let Some((id, len)) = self.evq.pop_used() else {
+                    break;
+                };
+                self.event_budget -= 1;
                 reposted |= self.take_event(id, len, on_event);
+            }
+            if self.event_budget == 0 {
+                // Out of budget: the rest stay on the used ring, with no
+                // interrupt for them, until `refill_events`.
+                if !self.events_held {
+                    self.events_held = true;
+                    self.stats.events_deferred += 1;
+                }
+                self.evq.disarm();
+                break;
             }
             if !self.evq.arm() {
                 break;
@@ -861,10 +890,25 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
         self.stats.completed += 1;
     }
 
-    /// Returns true if the buffer was posted again.
+    /// A new budget period (each timer tick): up to `budget` events (at
+    /// most EVENT_BUDGET; 0 while the kernel is still paying for earlier
+    /// ones). Events left waiting when the last period ran out are taken.
+    pub fn refill_events<F, E>(&mut self, budget: u32, done: &mut F, on_event: &mut E)
+    where
+        F: FnMut(&Completion, &Frames) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
+    {
+        self.event_budget = budget.min(EVENT_BUDGET);
+        if self.event_budget > 0 && core::mem::take(&mut self.events_held) {
+            self.poll(done, on_event);
+        }
+    }
+
+    /// Returns true if the buffer was posted again. `on_event` may keep a
+    /// DATA_PROVIDED's page by returning a fresh frame to post instead.
     fn take_event<E>(&mut self, id: u32, len: u32, on_event: &mut E) -> bool
     where
-        E: FnMut(&Event) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
     {
         let j = id as usize / 2;
         if !id.is_multiple_of(2) || j >= EVENT_BUFS {
@@ -896,7 +940,22 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                 o.state = ObjState::Uninit;
             }
             self.stats.events += 1;
-            on_event(&ev);
+            if let (Some(_), Some(fresh)) = (ev.data, on_event(&ev)) {
+                self.mem.ev_frames[j] = fresh;
+                let ev_table = self.evq.desc_table();
+                // SAFETY: 2j+1 < EVQ_SIZE; the buffer is ours until posted.
+                unsafe {
+                    virtqueue::write_desc(
+                        ev_table,
+                        2 * j + 1,
+                        fresh.0,
+                        PAGE_SIZE as u32,
+                        DESC_WRITE,
+                        0,
+                    )
+                };
+                self.stats.event_pages_taken += 1;
+            }
         }
         self.evq.push(id as u16);
         true
@@ -924,9 +983,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// Timer tick: with requests in flight and no completion since the last
     /// tick, look at the device (an interrupt may have been coalesced away,
     /// or the device may have stopped). Costs nothing when idle or moving.
-    pub fn watchdog<F>(&mut self, done: &mut F)
+    pub fn watchdog<F, E>(&mut self, done: &mut F, on_event: &mut E)
     where
         F: FnMut(&Completion, &Frames) + ?Sized,
+        E: FnMut(&Event) -> Option<PhysAddr> + ?Sized,
     {
         if self.health == Health::Resetting {
             let _ = self.finish_reset(1, done);
@@ -938,8 +998,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             return;
         }
         if !self.check_needs_reset(done) {
-            let mut ignore = |_: &Event| {};
-            self.poll(done, &mut ignore);
+            self.poll(done, on_event);
         }
     }
 

@@ -4,48 +4,9 @@
 //! `trap::dispatch`, which returns the frame to resume (maybe another
 //! task's): that return value is the whole context switch.
 
+use crate::arch::kstack::{BOOT_STACK, BOOT_STACK_SIZE, GUARD_SIZE};
 use crate::arch::trap::{SYSCALL_VECTOR, dispatch};
 use core::arch::global_asm;
-
-/// Size of the boot stack (used until the first task runs, then by idle).
-/// kmain builds the kernel's state in its frame (over 50 KiB, most of it
-/// the page-transfer slots), so 32 KiB overflowed into the IST stacks and
-/// the console below them; `check_boot_stack` now catches that.
-pub const BOOT_STACK_SIZE: usize = 128 * 1024;
-
-/// Canary words in the lowest 16 KiB of the boot stack, written first
-/// thing and checked before the first task runs: an overflow found then
-/// is a kernel bug, reported instead of corrupting what lies below.
-const CANARY: u64 = 0x5354_4143_4b21_4f4b;
-const CANARY_STRIDE: usize = 1024;
-const CANARIES: usize = 16;
-
-pub fn arm_boot_stack() {
-    let base = (&raw mut BOOT_STACK).cast::<u8>();
-    for i in 0..CANARIES {
-        // SAFETY: inside BOOT_STACK, far below anything in use this early.
-        unsafe {
-            base.add(i * CANARY_STRIDE)
-                .cast::<u64>()
-                .write_volatile(CANARY)
-        };
-    }
-}
-
-/// True if every canary is intact.
-pub fn boot_stack_intact() -> bool {
-    let base = (&raw const BOOT_STACK).cast::<u8>();
-    // SAFETY: reads inside BOOT_STACK.
-    (0..CANARIES)
-        .all(|i| unsafe { base.add(i * CANARY_STRIDE).cast::<u64>().read_volatile() == CANARY })
-}
-
-#[repr(C, align(16))]
-pub struct Stack<const N: usize>(pub [u8; N]);
-
-/// Not in .bss: stacks need no zeroing, and zeroing costs ring-0 work.
-#[unsafe(link_section = ".stack")]
-pub static mut BOOT_STACK: Stack<BOOT_STACK_SIZE> = Stack([0; BOOT_STACK_SIZE]);
 
 /// The kernel stack top of the running task; the syscall entry switches to
 /// it. (Per-CPU once there is more than one CPU.)
@@ -73,13 +34,14 @@ global_asm!(
     .section .text.entry, "ax"
     .global _start
 _start:
-    lea rsp, [rip + {stack} + {stack_size}]
+    lea rsp, [rip + {stack} + {guard} + {stack_size}]
     mov rdi, rsi
     xor ebp, ebp
     call {kmain}
     ud2
     "#,
     stack = sym BOOT_STACK,
+    guard = const GUARD_SIZE,
     stack_size = const BOOT_STACK_SIZE,
     kmain = sym crate::kmain,
 );

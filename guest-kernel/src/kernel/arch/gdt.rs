@@ -1,7 +1,7 @@
 //! GDT and TSS. Selector values are fixed by the syscall MSR layout:
 //! STAR expects user data at +8 and user code at +16 from its base.
 
-use crate::arch::entry::Stack;
+use crate::arch::kstack;
 use core::arch::asm;
 use core::mem::size_of;
 
@@ -15,7 +15,6 @@ const TSS_SEL: u16 = 0x28;
 pub const IST_DOUBLE_FAULT: u8 = 1;
 pub const IST_NMI: u8 = 2;
 pub const IST_MACHINE_CHECK: u8 = 3;
-const IST_STACK: usize = 8 * 1024;
 
 #[repr(C, packed(4))]
 pub struct Tss {
@@ -50,9 +49,6 @@ static mut GDT: [u64; 7] = [
     0,
 ];
 
-#[unsafe(link_section = ".stack")]
-static mut IST_STACKS: [Stack<IST_STACK>; 3] = [const { Stack([0; IST_STACK]) }; 3];
-
 #[repr(C, packed)]
 struct Pointer {
     limit: u16,
@@ -62,10 +58,8 @@ struct Pointer {
 pub fn init() {
     // SAFETY: runs once at boot, before anything else uses the GDT/TSS.
     unsafe {
-        let ist = &raw mut IST_STACKS;
         for i in 0..3 {
-            let top = (&raw mut (*ist)[i]) as u64 + IST_STACK as u64;
-            TSS.ist[i] = top;
+            TSS.ist[i] = kstack::ist_top(i);
         }
         let base = &raw const TSS as u64;
         let limit = size_of::<Tss>() as u64 - 1;

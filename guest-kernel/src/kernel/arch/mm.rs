@@ -19,7 +19,27 @@ const HEAP_MIN_PAGES: u64 = 1024;
 const HEAP_MAX_PAGES: u64 = 16 * 1024;
 
 unsafe extern "C" {
+    static __text_start: u8;
+    static __rodata_start: u8;
+    static __data_start: u8;
     static __kernel_end: u8;
+}
+
+/// The image's sections (kernel.ld), as link addresses, page-aligned.
+struct Image {
+    text: u64,
+    rodata: u64,
+    data: u64,
+    end: u64,
+}
+
+fn image() -> Image {
+    Image {
+        text: &raw const __text_start as u64,
+        rodata: &raw const __rodata_start as u64,
+        data: &raw const __data_start as u64,
+        end: &raw const __kernel_end as u64,
+    }
 }
 
 pub fn phys_to_virt(pa: PhysAddr) -> *mut u8 {
@@ -108,6 +128,68 @@ pub enum MemError {
     NoTables,
 }
 
+/// The kernel half, W^X: text read-only and executable, rodata read-only,
+/// data and stacks writable, all else no-execute; guard pages below every
+/// static stack left out. The direct map's alias of text and rodata is
+/// read-only too (else the text could be rewritten through it), so the
+/// 2 MiB spans holding the image are mapped with 4 KiB pages there.
+fn map_kernel(
+    tables: &mut DirectTables,
+    root: PhysAddr,
+    ram_end: u64,
+) -> Result<(), paging::MapError> {
+    let im = image();
+    let phys = |va: u64| kernel_virt_to_phys(va);
+    let rx = 0;
+    let ro = NO_EXECUTE;
+    let rw = WRITABLE | NO_EXECUTE;
+    for (from, to, rights) in [
+        (im.text, im.rodata, rx),
+        (im.rodata, im.data, ro),
+        (im.data, im.end, rw),
+    ] {
+        paging::map_small_range(tables, root, VirtAddr(from), phys(from), to - from, rights)?;
+    }
+    for (guard, _) in super::kstack::static_guards() {
+        paging::unmap(tables, root, VirtAddr(guard));
+    }
+
+    let small_end = phys(im.end).0.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
+    let (ro_from, ro_to) = (phys(im.text).0, phys(im.data).0);
+    for (from, to, rights) in [
+        (0, ro_from, rw),
+        (ro_from, ro_to, ro),
+        (ro_to, small_end, rw),
+    ] {
+        paging::map_small_range(
+            tables,
+            root,
+            VirtAddr(DIRECT_MAP_BASE + from),
+            PhysAddr(from),
+            to - from,
+            rights,
+        )?;
+    }
+    let direct = ram_end.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
+    if direct > small_end {
+        paging::map_large_range(
+            tables,
+            root,
+            VirtAddr(DIRECT_MAP_BASE + small_end),
+            PhysAddr(small_end),
+            direct - small_end,
+            rw,
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks W^X over the kernel half of `root` (the kernel's own tables, and
+/// the half every address space shares).
+pub fn audit_wx(frames: &mut FrameAllocator, root: PhysAddr) -> paging::WxAudit {
+    paging::audit_wx(&mut DirectTables(frames), root)
+}
+
 pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
     let floor = kernel_end().max(boot.modules_end());
     let mut frames = FrameAllocator::new(boot.ram().map(|r| (r.start, r.size)), floor);
@@ -126,28 +208,14 @@ pub fn init(boot: &BootInfo) -> Result<Memory, MemError> {
     let mut tables = DirectTables(&mut frames);
     let root = tables.alloc_table().ok_or(MemError::NoTables)?;
     let ram_end = boot.ram().map(|r| r.start.0 + r.size).max().unwrap_or(0);
-    let direct = ram_end.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
-    paging::map_large_range(
-        &mut tables,
-        root,
-        VirtAddr(DIRECT_MAP_BASE),
-        PhysAddr(0),
-        direct,
-        WRITABLE | NO_EXECUTE,
-    )
-    .map_err(|_| MemError::NoTables)?;
-    let image = kernel_end().0.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
-    paging::map_large_range(
-        &mut tables,
-        root,
-        VirtAddr(KERNEL_BASE),
-        PhysAddr(0),
-        image,
-        WRITABLE,
-    )
-    .map_err(|_| MemError::NoTables)?;
-    // SAFETY: the new tables map the kernel image and the direct map exactly
-    // as the boot tables did; only the low identity map goes away.
+    map_kernel(&mut tables, root, ram_end).map_err(|_| MemError::NoTables)?;
+    if !super::kstack::init(&mut frames, root) {
+        return Err(MemError::NoTables);
+    }
+    super::protect::enable_paging_rights();
+    // SAFETY: the new tables map the kernel image and the direct map at the
+    // addresses the boot tables did (with tighter rights; the running code
+    // and its stack keep theirs); only the low identity map goes away.
     unsafe { crate::arch::cpu::set_cr3(root.0) };
     Ok(Memory {
         frames,

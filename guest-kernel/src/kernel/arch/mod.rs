@@ -5,12 +5,15 @@
 
 pub mod copy;
 pub mod cpu;
+pub mod crashtest;
 pub mod entry;
 pub mod gdt;
 pub mod idt;
 pub mod ioapic;
 pub mod kalloc;
+pub mod kstack;
 pub mod lapic;
 pub mod mem;
 pub mod mm;
+pub mod protect;
 pub mod trap;

@@ -102,7 +102,9 @@ pub fn exception_name(v: u64) -> &'static str {
 pub extern "C" fn dispatch(frame: *mut TrapFrame) -> *mut TrapFrame {
     // SAFETY: the entry code passes the frame it just built on this stack.
     let f = unsafe { &mut *frame };
-    let cr2 = if f.vector == PAGE_FAULT {
+    // A double fault keeps CR2 from the page fault that caused it (a
+    // stack overflow), which the report uses.
+    let cr2 = if f.vector == PAGE_FAULT || f.vector == DOUBLE_FAULT {
         cpu::cr2()
     } else {
         0
@@ -170,6 +172,10 @@ fn kernel_fault(f: &TrapFrame, cr2: u64) -> ! {
         Hex(cr2).emit(&mut c);
         ", rsp ".emit(&mut c);
         Hex(f.rsp).emit(&mut c);
+        if let Some(why) = crate::arch::protect::explain(f.vector, f.error, cr2) {
+            ": ".emit(&mut c);
+            why.emit(&mut c);
+        }
         "\n".emit(&mut c);
         c.flush();
     }

@@ -14,7 +14,7 @@ use core::ptr::{read_volatile, write_volatile};
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::cmdline;
 use guest_kernel::dev::virtio::pager::{
-    Completion, Event, Frames, ObjState, Op, PagerDriver, StartError, event, status,
+    Completion, Event, Frames, ObjState, Op, PagerDriver, StartError, status,
 };
 use guest_kernel::dev::virtio::{Dma, MmioDevice, Regs, parse_mmio_device};
 use guest_kernel::vm::frame::FrameAllocator;
@@ -53,53 +53,11 @@ pub fn lock() -> MutexGuard<'static, Option<Driver>> {
     DRIVER.lock()
 }
 
-/// Events are the VM system's to act on (data_lock, flush, clean, cache,
-/// destroy, unsolicited pages); until it exists they are counted and shown.
-pub fn on_event(e: &Event) {
-    let obj = Dec(e.object as u64);
-    match e.kind {
-        event::LOCK_REQUEST => kprint!(
-            "virtio-pager: lock request for object ",
-            obj,
-            " at ",
-            Hex(e.offset),
-            " +",
-            Hex(e.length),
-            " lock ",
-            Hex(e.lock as u64),
-            if e.flags & event::F_CLEAN != 0 {
-                " clean"
-            } else {
-                ""
-            },
-            if e.flags & event::F_FLUSH != 0 {
-                " flush"
-            } else {
-                ""
-            },
-            "\n"
-        ),
-        event::CACHE => kprint!(
-            "virtio-pager: cache for object ",
-            obj,
-            if e.flags & event::F_MAY_CACHE != 0 {
-                ": may cache\n"
-            } else {
-                ": no caching\n"
-            }
-        ),
-        event::DATA_PROVIDED => kprint!(
-            "virtio-pager: unsolicited data for object ",
-            obj,
-            " at ",
-            Hex(e.offset),
-            " +",
-            Hex(e.length),
-            "\n"
-        ),
-        event::DESTROY => kprint!("virtio-pager: destroy for object ", obj, "\n"),
-        _ => kprint!("virtio-pager: unknown event for object ", obj, "\n"),
-    }
+/// Events that arrive where the VM cannot act on them (the boot self
+/// test, the polled power-off sync) are dropped; everywhere else they go
+/// to kernel/vm/pager_events.rs.
+pub fn drop_event(_: &Event) -> Option<PhysAddr> {
+    None
 }
 
 /// Finds the device on the command line, maps it, starts the driver and
@@ -192,7 +150,7 @@ pub fn wait_polled(
         if !pending() {
             return true;
         }
-        d.poll(done, &mut |e: &Event| on_event(e));
+        d.poll(done, &mut drop_event);
         if d.is_resetting() {
             let _ = d.finish_reset(1, done);
         }

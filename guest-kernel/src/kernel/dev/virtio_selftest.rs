@@ -5,11 +5,11 @@
 //! DEVICE_NEEDS_RESET, after which the driver resets it and a normal
 //! INIT + DATA_REQUEST succeeds.
 
-use crate::dev::virtio_pager::{Driver, on_event, wait_polled};
+use crate::dev::virtio_pager::{Driver, drop_event, wait_polled};
 use core::cell::Cell;
 use guest_kernel::addr::PhysAddr;
 use guest_kernel::dev::virtio::pager::{
-    self, Completion, Event, Frames, Op, RESET_POLLS, Segment, req, status,
+    self, Completion, Frames, Op, RESET_POLLS, Segment, req, status,
 };
 use guest_kernel::dev::virtio::virtqueue::{DESC_NEXT, DESC_WRITE};
 
@@ -141,7 +141,7 @@ pub fn hostile(d: &mut Driver, frame: PhysAddr) -> Result<Report, &'static str> 
     wait_polled(d, &mut done, || count.get() == 0);
     // Give the duplicate time to come back, then make sure it was dropped.
     for _ in 0..20_000 {
-        d.poll(&mut done, &mut |e: &Event| on_event(e));
+        d.poll(&mut done, &mut drop_event);
         if d.stats.spurious > spurious {
             break;
         }

@@ -7,13 +7,14 @@
 //! runnable.
 
 use crate::arch::cpu::{self, fxrstor, fxsave, outl};
-use crate::arch::entry::{KERNEL_RSP, Stack, idle_loop};
+use crate::arch::entry::{KERNEL_RSP, idle_loop};
 use crate::arch::gdt::{self, KERNEL_CS, KERNEL_DS};
+use crate::arch::kstack::KernelStack;
 use crate::arch::trap::{TrapFrame, exception_name};
 use crate::kern::console::{Dec, Hex, IDec};
 use crate::kern::heap::try_box;
 use crate::kern::task::{LoadError, MAX_THREADS, Remains, Task};
-use crate::kern::thread::{KernelStack, State, Thread, UserStart};
+use crate::kern::thread::{State, Thread, UserStart};
 use crate::kprint;
 use crate::vm::Parts;
 use crate::vm::machine::Vm;
@@ -35,10 +36,6 @@ pub static KERNEL: Mutex<Option<Kernel>> = Mutex::new(None);
 
 /// Tasks alive at once (docs/mach-ipc.md §6).
 pub const MAX_TASKS: usize = 64;
-
-const IDLE_STACK: usize = 16 * 1024;
-#[unsafe(link_section = ".stack")]
-static mut IDLE_STACK_MEM: Stack<IDLE_STACK> = Stack([0; IDLE_STACK]);
 
 pub struct Kernel {
     pub boot: BootInfo,
@@ -122,7 +119,7 @@ impl Kernel {
         // is built by hand, later ones by the CPU when an interrupt comes.
         // SAFETY: the idle stack is used by nothing else.
         let idle_frame = unsafe {
-            let top = (&raw mut IDLE_STACK_MEM) as u64 + IDLE_STACK as u64;
+            let top = crate::arch::kstack::idle_top();
             let f = (top as *mut TrapFrame).wrapping_sub(1);
             f.write(TrapFrame {
                 rip: idle_loop as *const () as u64,
@@ -630,7 +627,7 @@ impl Kernel {
             th.state = State::Exited;
             let stack = th.take_stack();
             drop(th);
-            self.graveyard.push((Some(stack), None));
+            self.graveyard.push((stack, None));
         }
     }
 

@@ -3,18 +3,12 @@
 //! stack) and the FPU area. It runs in its task's address space.
 
 use crate::arch::gdt::{USER_CS, USER_DS};
+use crate::arch::kstack::KernelStack;
 use crate::arch::trap::TrapFrame;
-use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::boxed::Box;
 use guest_kernel::ipc::PortId;
 use guest_kernel::kern::sched::{TaskId, ThreadId};
 use guest_kernel::vm::types::ObjectId;
-
-pub const KSTACK_SIZE: usize = 16 * 1024;
-const KSTACK_LAYOUT: Layout = match Layout::from_size_align(KSTACK_SIZE, 16) {
-    Ok(l) => l,
-    Err(_) => panic!("bad kernel stack layout"),
-};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -89,7 +83,8 @@ pub struct Thread {
     pub state: State,
     /// Saved context while not running; the entry code fills it.
     pub frame: *mut TrapFrame,
-    kstack: *mut u8,
+    /// None once taken by `take_stack` (the thread is ending).
+    kstack: Option<KernelStack>,
     pub fx: Box<FxArea>,
     /// thread_suspend count: runnable only at 0.
     pub suspend: u32,
@@ -106,12 +101,8 @@ impl Thread {
     /// the kernel heap cannot hold its stack.
     pub fn new(id: ThreadId, task: TaskId, start: UserStart) -> Option<Thread> {
         let fx = FxArea::initial()?;
-        // SAFETY: allocation of a kernel stack; no zeroing needed.
-        let kstack = unsafe { alloc(KSTACK_LAYOUT) };
-        if kstack.is_null() {
-            return None;
-        }
-        let top = kstack as u64 + KSTACK_SIZE as u64;
+        let kstack = KernelStack::new()?;
+        let top = kstack.top();
         let frame = (top as *mut TrapFrame).wrapping_sub(1);
         // SAFETY: the top of the fresh kernel stack.
         unsafe {
@@ -131,7 +122,7 @@ impl Thread {
             task,
             state: State::Ready,
             frame,
-            kstack,
+            kstack: Some(kstack),
             fx,
             suspend: 0,
             port: None,
@@ -142,33 +133,12 @@ impl Thread {
     }
 
     pub fn kstack_top(&self) -> u64 {
-        self.kstack as u64 + KSTACK_SIZE as u64
+        self.kstack.as_ref().map_or(0, KernelStack::top)
     }
 
     /// Takes the kernel stack, which must outlive the trap path that ended
     /// the thread (it may be running on it).
-    pub fn take_stack(&mut self) -> KernelStack {
-        let s = KernelStack(self.kstack);
-        self.kstack = core::ptr::null_mut();
-        s
-    }
-}
-
-impl Drop for Thread {
-    fn drop(&mut self) {
-        drop(KernelStack(self.kstack));
-    }
-}
-
-/// A kernel stack to be freed once no trap path can be running on it.
-pub struct KernelStack(*mut u8);
-
-impl Drop for KernelStack {
-    fn drop(&mut self) {
-        if !self.0.is_null() {
-            // SAFETY: allocated in `Thread::new` with this layout; the owner
-            // guarantees nothing runs on it any more.
-            unsafe { dealloc(self.0, KSTACK_LAYOUT) };
-        }
+    pub fn take_stack(&mut self) -> Option<KernelStack> {
+        self.kstack.take()
     }
 }

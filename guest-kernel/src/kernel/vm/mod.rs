@@ -2,7 +2,8 @@
 //! the real machine. `machine` is the glue (frames, page tables, TLB),
 //! `fault` the page-fault path, `calls` the Table 3-3 traps, `pager` and
 //! `user_pager` the two kinds of pager (the host, through the virtio-pager
-//! device; guest tasks, through messages), and `object_io` reads and writes
+//! device, whose unprompted calls arrive as events: `pager_events`; guest
+//! tasks, through messages), and `object_io` reads and writes
 //! memory objects served through the device into a task's own pages.
 
 pub mod calls;
@@ -11,6 +12,7 @@ pub mod fault;
 pub mod machine;
 pub mod object_io;
 pub mod pager;
+pub mod pager_events;
 pub mod statistics;
 pub mod user_pager;
 

@@ -13,6 +13,8 @@ use crate::arch::trap::TrapFrame;
 use crate::dev::virtio_pager;
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
+use crate::vm::pager_events;
+use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::abi::*;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
@@ -52,9 +54,11 @@ pub fn leave_kernel(k: &mut Kernel) {
     }
     let mut guard = virtio_pager::lock();
     if let Some(d) = guard.as_mut() {
+        // Completions and events both need the kernel, one at a time.
+        let k = RefCell::new(k);
         d.leave_kernel(
-            &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
-            &mut |e| virtio_pager::on_event(e),
+            &mut |c: &Completion, fr: &Frames| complete(&mut k.borrow_mut(), c, fr),
+            &mut |e| pager_events::on_event(&mut k.borrow_mut(), e),
         );
     }
 }
@@ -284,19 +288,27 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
 pub fn interrupt(k: &mut Kernel) {
     let mut guard = virtio_pager::lock();
     if let Some(d) = guard.as_mut() {
+        let k = RefCell::new(k);
         d.interrupt(
-            &mut |c: &Completion, fr: &Frames| complete(k, c, fr),
-            &mut |e| virtio_pager::on_event(e),
+            &mut |c: &Completion, fr: &Frames| complete(&mut k.borrow_mut(), c, fr),
+            &mut |e| pager_events::on_event(&mut k.borrow_mut(), e),
         );
     }
 }
 
-/// Timer tick: let the driver check on a device that went quiet.
+/// Timer tick: a new event budget (events held back by the last one are
+/// taken now), and let the driver check on a device that went quiet.
 pub fn tick(k: &mut Kernel) {
+    let budget = pager_events::budget_for_tick(k);
     let mut guard = virtio_pager::lock();
-    if let Some(d) = guard.as_mut()
-        && d.in_flight() > 0
-    {
-        d.watchdog(&mut |c: &Completion, fr: &Frames| complete(k, c, fr));
+    let Some(d) = guard.as_mut() else {
+        return;
+    };
+    let k = RefCell::new(k);
+    let mut done = |c: &Completion, fr: &Frames| complete(&mut k.borrow_mut(), c, fr);
+    let mut on_event = |e: &_| pager_events::on_event(&mut k.borrow_mut(), e);
+    d.refill_events(budget, &mut done, &mut on_event);
+    if d.in_flight() > 0 {
+        d.watchdog(&mut done, &mut on_event);
     }
 }

@@ -110,6 +110,9 @@ pub struct HostPaging {
     pub lost_pages: u64,
     /// data_requests the pager left unanswered past the object's timeout.
     pub timeouts: u64,
+    /// What host pagers said unprompted (pager_events.rs).
+    pub events: super::pager_events::EventCounts,
+    pub event_clock: super::pager_events::EventClock,
     write_failure_reported: bool,
     timeout_reported: bool,
 }
@@ -144,6 +147,8 @@ impl Default for HostPaging {
             failed_writes: 0,
             lost_pages: 0,
             timeouts: 0,
+            events: Default::default(),
+            event_clock: Default::default(),
             write_failure_reported: false,
             timeout_reported: false,
         }
@@ -620,8 +625,24 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     }
 }
 
-/// A write to swap that cannot be made: the page keeps its data.
-fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+/// Queues the write-backs a pager's call started. Without room to
+/// remember them, the pages go back to how they were (dirty, not in
+/// transit), rather than waiting for a write no one will make.
+pub fn queue_actions(k: &mut Kernel, actions: Vec<ObjectAction>) {
+    if actions.is_empty() || k.paging.actions.try_reserve(actions.len()).is_ok() {
+        k.paging.actions.extend(actions);
+        return;
+    }
+    for a in actions {
+        if let ObjectAction::DataWrite { object, offset, .. } = a {
+            unwind_write(k, object, offset);
+        }
+    }
+}
+
+/// A write-back that will not be made: the page is dirty again, not in
+/// transit (and an object waiting for its last write may end now).
+fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
         objects
             .data_write_refused(object, offset, frames, m)
@@ -631,6 +652,11 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
         k.paging.default.release(object);
     }
+}
+
+/// A write to swap that cannot be made: the page keeps its data.
+fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+    unwind_write(k, object, offset);
     k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
     k.wake_page_waiters(object);
     super::default_pager::frames_freed(k);
@@ -652,7 +678,7 @@ pub fn drain_at_power_off(k: &mut Kernel) {
         };
         d.poll(
             &mut |c: &Completion, fr: &pager::Frames| crate::vm::object_io::complete(k, c, fr),
-            &mut |e| virtio_pager::on_event(e),
+            &mut virtio_pager::drop_event,
         );
         drop(guard);
         core::hint::spin_loop();

@@ -10,6 +10,9 @@ use crate::kprint;
 pub fn report(k: &Kernel) {
     let c = k.vm.counters;
     let p = &k.paging;
+    let deferred = crate::dev::virtio_pager::lock()
+        .as_ref()
+        .map_or(0, |d| d.stats.events_deferred);
     kprint!(
         "vm_statistics: faults=",
         Dec(c.faults),
@@ -41,6 +44,18 @@ pub fn report(k: &Kernel) {
         Dec(k.frames.free_frames()),
         " objects=",
         Dec(k.vm.objects.count() as u64),
+        " pager_events=",
+        Dec(p.events.applied),
+        " events_ignored=",
+        Dec(p.events.ignored),
+        " pages_pushed=",
+        Dec(p.events.pages_pushed),
+        " pushes_dropped=",
+        Dec(p.events.pushes_dropped),
+        " events_deferred=",
+        Dec(deferred),
+        " events_throttled=",
+        Dec(p.events.throttled_ticks),
         " nmis=",
         Dec(crate::arch::trap::NMIS.load(core::sync::atomic::Ordering::Relaxed)),
         "\n"

@@ -10,6 +10,7 @@ use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
 use guest_kernel::ipc::{Effects, KObject, Kmsg, PortId};
+use guest_kernel::vm::memory_object::ManagerCall;
 use guest_kernel::vm::object::PagerRef;
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::types::{ObjectId, ObjectOffset, VmProt};
@@ -234,59 +235,49 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
         }
         return SEND_INVALID_DEST;
     }
-    let actions = crate::vm::with_objects(k, |objects, frames, m| {
-        let mut out = Vec::new();
-        match id {
-            mo::MEMORY_OBJECT_DATA_PROVIDED => match lock {
-                Some(l) if n > 0 => {
-                    if objects
-                        .data_provided(object, off, &frames_in[..n], l, false, frames)
-                        .is_err()
-                    {
-                        for &fr in &frames_in[..n] {
-                            frames.free_frame(fr);
-                        }
-                    }
-                }
-                _ => {
-                    for &fr in &frames_in[..n] {
-                        frames.free_frame(fr);
-                    }
-                }
-            },
-            mo::MEMORY_OBJECT_DATA_UNAVAILABLE => {
-                let _ = objects.data_unavailable(object, off, size);
-            }
-            mo::MEMORY_OBJECT_DATA_ERROR => {
-                let _ = objects.data_error(object, off, size);
-            }
-            mo::MEMORY_OBJECT_DATA_LOCK => {
-                if let Some(l) = lock {
-                    let _ = objects.data_lock(object, off, size, l, m);
-                }
-            }
-            mo::MEMORY_OBJECT_FLUSH_REQUEST => {
-                if let Ok(a) = objects.flush_request(object, off, size, frames, m) {
-                    out = a;
-                }
-            }
-            mo::MEMORY_OBJECT_CLEAN_REQUEST => {
-                if let Ok(a) = objects.clean_request(object, off, size, m) {
-                    out = a;
-                }
-            }
-            mo::MEMORY_OBJECT_CACHE => {
-                if let Ok(a) = objects.cache(object, c != 0, frames, m) {
-                    out = a;
-                }
-            }
-            _ => {}
+    let data = &frames_in[..n];
+    let call = match (id, lock) {
+        (mo::MEMORY_OBJECT_DATA_PROVIDED, Some(lock)) if n > 0 => ManagerCall::DataProvided {
+            offset: off,
+            data,
+            lock,
+        },
+        (mo::MEMORY_OBJECT_DATA_UNAVAILABLE, _) => {
+            ManagerCall::DataUnavailable { offset: off, size }
         }
-        out
+        (mo::MEMORY_OBJECT_DATA_ERROR, _) => ManagerCall::DataError { offset: off, size },
+        (mo::MEMORY_OBJECT_DATA_LOCK, Some(lock)) => ManagerCall::LockRequest {
+            offset: off,
+            size,
+            lock: Some(lock),
+            clean: false,
+            flush: false,
+        },
+        (mo::MEMORY_OBJECT_FLUSH_REQUEST | mo::MEMORY_OBJECT_CLEAN_REQUEST, _) => {
+            ManagerCall::LockRequest {
+                offset: off,
+                size,
+                lock: None,
+                clean: true,
+                flush: id == mo::MEMORY_OBJECT_FLUSH_REQUEST,
+            }
+        }
+        (mo::MEMORY_OBJECT_CACHE, _) => ManagerCall::Cache { may_cache: c != 0 },
+        _ => {
+            // Malformed (a bad lock value) or unknown: dropped, with the
+            // frames it brought.
+            for &fr in data {
+                k.frames.free(fr);
+            }
+            return MSG_SUCCESS;
+        }
+    };
+    let actions = crate::vm::with_objects(k, |objects, frames, m| {
+        objects
+            .manager_call(object, call, frames, m)
+            .unwrap_or_default()
     });
-    if !actions.is_empty() && k.paging.actions.try_reserve(actions.len()).is_ok() {
-        k.paging.actions.extend(actions);
-    }
+    crate::vm::pager::queue_actions(k, actions);
     k.wake_page_waiters(object);
     MSG_SUCCESS
 }

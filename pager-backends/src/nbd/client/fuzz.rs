@@ -5,15 +5,18 @@
 //! in one thread.
 //!
 //! Input: the bytes the server sends, in order, then end of stream. After
-//! the handshake, four requests are waiting, in this order (request `k`
-//! has cookie `(k + 1) << 32 | k`): a 4-page read into two buffers, a
-//! 1-page read landing 1 page into them, a write, a flush.
+//! the handshake, five requests are out, in this order (request `k` has
+//! cookie `(k + 1) << 32 | k`): a 4-page read into two buffers, a 1-page
+//! read landing 1 page into them, a write, a flush, and a 2-page read whose
+//! caller already gave up waiting (abandoned: its late answer is read and
+//! dropped).
 
-use super::{Stream, reader_loop};
+use super::reader_loop;
 use crate::check::check_object_size;
 use crate::error::PagerError;
 use crate::inflight::{Inflight, Ticket};
 use crate::nbd::proto;
+use crate::nbd::transport::{Stream, Transport};
 use crate::types::PAGE_SIZE;
 use std::io::Write;
 use std::net::Shutdown;
@@ -37,13 +40,14 @@ pub struct NbdOutcome {
     pub stopped: String,
 }
 
-/// The waiting requests: (command, length, where in the buffers the data
-/// goes).
-const REQUESTS: [(u16, u64, u64); 4] = [
-    (proto::CMD_READ, 4 * PAGE_SIZE, 0),
-    (proto::CMD_READ, PAGE_SIZE, PAGE_SIZE),
-    (proto::CMD_WRITE, PAGE_SIZE, 0),
-    (proto::CMD_FLUSH, 0, 0),
+/// The requests out: (command, length, where in the buffers the data
+/// goes, abandoned by its caller).
+const REQUESTS: [(u16, u64, u64, bool); 5] = [
+    (proto::CMD_READ, 4 * PAGE_SIZE, 0, false),
+    (proto::CMD_READ, PAGE_SIZE, PAGE_SIZE, false),
+    (proto::CMD_WRITE, PAGE_SIZE, 0, false),
+    (proto::CMD_FLUSH, 0, 0, false),
+    (proto::CMD_READ, 2 * PAGE_SIZE, 0, true),
 ];
 
 pub fn fuzz_client(data: &[u8]) -> NbdOutcome {
@@ -84,24 +88,31 @@ fn run(ours: &UnixStream, out: &mut NbdOutcome) {
     let (a, b) = pages.split_at_mut(PAGE_SIZE as usize);
     let bufs = [VolatileSlice::from(a), VolatileSlice::from(b)];
     let wait = Duration::from_secs(1);
-    let tickets: Vec<Ticket> = REQUESTS
-        .iter()
-        .filter_map(|&(cmd, len, skip)| {
-            let into = (cmd == proto::CMD_READ).then_some(&bufs[..]);
-            inflight.start(cmd, len, skip, into, wait).ok()
-        })
-        .collect();
-    assert_eq!(tickets.len(), REQUESTS.len(), "fresh slots are free");
+    let mut tickets: Vec<Ticket> = Vec::new();
+    for &(cmd, len, skip, abandon) in &REQUESTS {
+        let into = (cmd == proto::CMD_READ).then_some(&bufs[..]);
+        let Ok(t) = inflight.start(cmd, len, skip, into, wait) else {
+            panic!("a fresh slot is free");
+        };
+        if abandon {
+            // Its caller timed out; the slot waits for the late answer.
+            let r = inflight.wait_or_abandon(t, Duration::ZERO, 1, || {});
+            assert!(matches!(r, Err(PagerError::Timeout(_))));
+        } else {
+            tickets.push(t);
+        }
+    }
     // Returns when the input ends or breaks the protocol; every request
     // not answered by then has failed.
-    reader_loop(stream, inflight.clone());
+    reader_loop(Transport::Plain(Arc::new(stream)), inflight.clone());
     out.stopped = inflight.dead().unwrap_or_default();
     assert!(
         !out.stopped.is_empty(),
         "the reader stops only on a dead connection"
     );
     for t in tickets {
-        match inflight.wait(t, Duration::ZERO, || {}) {
+        // Done already: answered, or failed when the reader stopped.
+        match inflight.wait_or_abandon(t, Duration::ZERO, 0, || {}) {
             Ok(()) => out.completed += 1,
             Err(PagerError::Timeout(_)) => panic!("a request was left waiting"),
             Err(PagerError::Dead(_)) => {}

@@ -3,12 +3,14 @@
 //! replay test): the hello reply, then replies and unprompted messages read
 //! by the client's own reader loop, on a real socket, in one thread.
 //!
-//! Input: the bytes the pager sends, in order, then end of stream. Eight
-//! requests are waiting when the reader starts, one of each kind the client
-//! sends, in this order (request `k` has id `(k + 1) << 32 | k`): extent,
-//! init (kernel 1), data request (4 pages offered into 2 buffers), unlock,
-//! data write, sync, describe, terminate. Unprompted messages reach a
-//! control handle registered for kernel 1.
+//! Input: the bytes the pager sends, in order, then end of stream. Nine
+//! requests are out when the reader starts, in this order (request `k` has
+//! id `(k + 1) << 32 | k`): one of each kind the client sends (extent, init
+//! of kernel 1, a data request offering 4 pages in 2 buffers, unlock, data
+//! write, sync, describe, terminate), then a 2-page data request whose
+//! caller already gave up waiting (abandoned: its late answer is read and
+//! dropped). Unprompted messages reach a control handle registered for
+//! kernel 1.
 
 use super::{Reply, Shared, hello, reader_loop};
 use crate::error::PagerError;
@@ -76,16 +78,18 @@ impl KernelControl for Counter {
     }
 }
 
-/// The waiting requests: (kind, bytes of buffer offered).
-const REQUESTS: [(u16, u64); 8] = [
-    (p::T_EXTENT, 0),
-    (p::T_INIT, 0),
-    (p::T_DATA_REQUEST, 4 * PAGE_SIZE),
-    (p::T_DATA_UNLOCK, 0),
-    (p::T_DATA_WRITE, 0),
-    (p::T_SYNC, 0),
-    (p::T_DESCRIBE, 0),
-    (p::T_TERMINATE, 0),
+/// The requests out: (kind, bytes of buffer offered, abandoned by its
+/// caller).
+const REQUESTS: [(u16, u64, bool); 9] = [
+    (p::T_EXTENT, 0, false),
+    (p::T_INIT, 0, false),
+    (p::T_DATA_REQUEST, 4 * PAGE_SIZE, false),
+    (p::T_DATA_UNLOCK, 0, false),
+    (p::T_DATA_WRITE, 0, false),
+    (p::T_SYNC, 0, false),
+    (p::T_DESCRIBE, 0, false),
+    (p::T_TERMINATE, 0, false),
+    (p::T_DATA_REQUEST, 2 * PAGE_SIZE, true),
 ];
 
 pub fn fuzz_client(data: &[u8]) -> UnixOutcome {
@@ -129,15 +133,20 @@ fn run(ours: &UnixStream, out: &mut UnixOutcome) {
     let (a, b) = pages.split_at_mut(PAGE_SIZE as usize);
     let bufs = [VolatileSlice::from(a), VolatileSlice::from(b)];
     let wait = Duration::from_secs(1);
-    let tickets: Vec<(u16, u64, Ticket)> = REQUESTS
-        .iter()
-        .filter_map(|&(kind, cap)| {
-            let into = (cap > 0).then_some(&bufs[..]);
-            let t = shared.inflight.start(kind, cap, 0, into, wait).ok()?;
-            Some((kind, cap, t))
-        })
-        .collect();
-    assert_eq!(tickets.len(), REQUESTS.len(), "fresh slots are free");
+    let mut tickets: Vec<(u16, u64, Ticket)> = Vec::new();
+    for &(kind, cap, abandon) in &REQUESTS {
+        let into = (cap > 0).then_some(&bufs[..]);
+        let Ok(t) = shared.inflight.start(kind, cap, 0, into, wait) else {
+            panic!("a fresh slot is free");
+        };
+        if abandon {
+            // Its caller timed out; the slot waits for the late answer.
+            let r = shared.inflight.wait_or_abandon(t, Duration::ZERO, 1, || {});
+            assert!(matches!(r, Err(PagerError::Timeout(_))));
+        } else {
+            tickets.push((kind, cap, t));
+        }
+    }
     let Ok(reader) = ours.try_clone() else {
         return;
     };
@@ -151,7 +160,7 @@ fn run(ours: &UnixStream, out: &mut UnixOutcome) {
     );
     for (kind, cap, t) in tickets {
         // Done already: either answered or failed by the reader's exit.
-        match shared.inflight.wait(t, Duration::ZERO, || {}) {
+        match shared.inflight.wait_or_abandon(t, Duration::ZERO, 0, || {}) {
             Ok(reply) => {
                 out.answered += 1;
                 check(kind, cap, reply, out);
