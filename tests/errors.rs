@@ -67,6 +67,80 @@ fn kvm_device_that_is_not_kvm() {
 }
 
 #[test]
+fn kernel_that_is_a_device_is_refused_unread() {
+    // /dev/zero would otherwise be read until memory runs out.
+    assert_error(
+        &["run", "--kernel", "/dev/zero"],
+        &[],
+        "kernel /dev/zero is a character device, not a regular file",
+    );
+    assert_error(
+        &["run", "--kernel", "/tmp"],
+        &[],
+        "kernel /tmp is a directory, not a regular file",
+    );
+}
+
+#[test]
+fn kernel_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+    let path = std::env::temp_dir().join(format!("duality-kernel-fifo-{}", std::process::id()));
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let p = path.to_str().unwrap();
+    // No writer ever opens it: a blocking open would hang until the
+    // harness's guard kills vmm.
+    assert_error(
+        &["run", "--kernel", p],
+        &[],
+        &format!("kernel {p} is a FIFO, not a regular file"),
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn kernel_over_the_size_cap_is_refused_unread() {
+    let path = std::env::temp_dir().join(format!("duality-kernel-big-{}", std::process::id()));
+    // Sparse: it takes no disk space, and vmm must not read it.
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len((64 << 20) + 1).unwrap();
+    let p = path.to_str().unwrap();
+    assert_error(
+        &["run", "--kernel", p],
+        &[],
+        "is 67108865 bytes, over the 64 MiB (67108864-byte) kernel file limit",
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn kernel_with_a_segment_past_the_end_of_the_file() {
+    // ELF header + one PT_LOAD whose 0x1000 file bytes at 0x100 are not
+    // in the 0x200-byte file.
+    let mut d = vec![0u8; 0x200];
+    d[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    d[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    d[24..32].copy_from_slice(&0xffff_ffff_8010_0000u64.to_le_bytes()); // entry
+    d[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    d[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    d[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    d[64..68].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    d[72..80].copy_from_slice(&0x100u64.to_le_bytes()); // offset
+    d[88..96].copy_from_slice(&0x10_0000u64.to_le_bytes()); // paddr
+    d[96..104].copy_from_slice(&0x1000u64.to_le_bytes()); // filesz
+    d[104..112].copy_from_slice(&0x1000u64.to_le_bytes()); // memsz
+    let path = std::env::temp_dir().join(format!("duality-kernel-short-{}", std::process::id()));
+    std::fs::write(&path, &d).unwrap();
+    let p = path.to_str().unwrap();
+    assert_error(
+        &["run", "--kernel", p],
+        &[],
+        "segment 0: bytes 0x100..0x1100 run past the end of the file (0x200 bytes)",
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
 fn memory_too_small_or_not_page_multiple() {
     assert_error(&["run", "--mem", "4M"], &[], "too small");
     // Shown as given, not rounded down to "0 MiB".

@@ -1,9 +1,10 @@
 //! Every checked-in fuzz corpus / crash input goes through the fuzz entry
-//! point (descriptor walk + parser) as an ordinary test, so CI catches
-//! regressions without nightly or cargo-fuzz. Named seeds say what they
-//! must do: the well-formed ones must be accepted, the malformed ones
-//! refused (not merely survived).
+//! points as an ordinary test, so CI catches regressions without cargo-fuzz:
+//! `parse_request` (descriptor walk + parser) and `mmio` (the device behind
+//! its transport). Named seeds say what they must do: the well-formed ones
+//! must be accepted, the malformed ones refused (not merely survived).
 
+use devices::fuzzing::{MmioOutcome, fuzz_mmio};
 use std::fs;
 use std::path::Path;
 
@@ -57,7 +58,9 @@ fn fuzz_corpus_inputs_are_accepted_or_refused_as_named() {
                 assert!(r.is_err(), "{dir}/{name} must be refused: {r:?}");
             } else {
                 assert!(
-                    is_fuzzer_named(&name) || dir == "tests/fuzz-regressions",
+                    is_fuzzer_named(&name)
+                        || name.starts_with("crash-")
+                        || dir == "tests/fuzz-regressions",
                     "{dir}/{name}: a named seed must be listed in VALID or INVALID"
                 );
             }
@@ -113,4 +116,61 @@ fn fuzz_entry_point_sees_what_the_device_sees() {
         run("overflow_offset").unwrap_err(),
         FuzzReject::Parse(ParseError::BadRange(_))
     ));
+}
+
+/// Named seeds of the `mmio` target and what each must do; any other file
+/// in the corpus (fuzzer-found, crash inputs) must only run cleanly.
+type MmioSeed = (&'static str, fn(&MmioOutcome) -> bool);
+
+const MMIO_SEEDS: &[MmioSeed] = &[
+    // Every register and some config space read before any bring-up.
+    ("registers", |o| !o.activated && o.requests == 0),
+    // A driver's bring-up through the registers activates the device.
+    ("bring_up", |o| o.activated && !o.needed_reset),
+    // INIT, DATA_REQUEST, DATA_WRITE, DATA_UNLOCK, SYNC, TERMINATE on the
+    // inline object: all taken, none refused.
+    ("init_read_write", |o| o.requests == 6 && o.rejected == 0),
+    // INIT and two DATA_REQUESTs on the object served by the worker.
+    ("blocking_object", |o| o.requests == 3 && o.rejected == 0),
+    // Lock, offer, cache and destroy events into posted event buffers.
+    ("events", |o| o.events == 4),
+    // A chain whose descriptor links back to itself is refused.
+    ("looped_chain", |o| o.requests == 1 && o.rejected == 1),
+    // An indirect table whose last descriptor points past the table.
+    ("indirect_dangling", |o| o.requests == 1 && o.rejected == 1),
+    // An avail index further ahead than the ring holds: NEEDS_RESET.
+    ("avail_index_out_of_range", |o| {
+        o.needed_reset && o.requests == 0
+    }),
+    ("republished_head", |o| o.needed_reset && o.requests == 0),
+    // Status and queue writes in the wrong order never activate it.
+    ("wrong_state", |o| !o.activated),
+    // A reset with kicks pending: nothing is taken from the gone rings.
+    ("reset_after_requests", |o| o.activated && o.requests == 0),
+];
+
+#[test]
+fn mmio_corpus_runs_cleanly_and_named_seeds_do_what_they_say() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/mmio");
+    let mut seen = Vec::new();
+    for e in fs::read_dir(&root).expect("mmio corpus").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let data = fs::read(e.path()).expect("read corpus file");
+        // Panics, hangs (the drain limit) and unbounded queues fail here.
+        let out = fuzz_mmio(&data);
+        match MMIO_SEEDS.iter().find(|(n, _)| *n == name) {
+            Some((_, ok)) => assert!(ok(&out), "mmio seed {name}: {out:?}"),
+            None => assert!(
+                is_fuzzer_named(&name) || name.starts_with("crash-"),
+                "mmio/{name}: a named seed must be listed in MMIO_SEEDS"
+            ),
+        }
+        seen.push(name);
+    }
+    for (name, _) in MMIO_SEEDS {
+        assert!(
+            seen.iter().any(|s| s == name),
+            "mmio seed {name} is missing"
+        );
+    }
 }

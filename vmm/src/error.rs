@@ -46,6 +46,13 @@ pub enum VmmError {
     },
     #[error("invalid kernel ELF {path}: {why}")]
     KernelInvalid { path: String, why: String },
+    #[error("kernel {path} is {kind}, not a regular file")]
+    KernelNotRegular { path: String, kind: &'static str },
+    #[error(
+        "kernel {path} is {size} bytes, over the {mib} MiB ({max}-byte) kernel file limit",
+        mib = .max >> 20
+    )]
+    KernelTooLarge { path: String, size: u64, max: u64 },
     #[error("unknown init program {name:?}; built-in programs are: {known}")]
     UnknownInit { name: String, known: String },
     #[error("kernel command line: {0}")]

@@ -6,10 +6,8 @@ mod bench_fault;
 mod bench_ipc;
 mod bench_objread;
 mod bench_vm;
-mod boot;
 mod bus;
 mod config;
-mod error;
 mod exit;
 mod images;
 mod objects;
@@ -27,6 +25,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vcpu::Outcome;
+use vmm::{boot, error};
 
 #[derive(Parser)]
 #[command(

@@ -163,13 +163,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     };
     let objects = objects::open_all(&opts.objects, &pager_opts)?;
     let (kernel, path): (Cow<[u8]>, String) = match &opts.kernel {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(|source| VmmError::KernelRead {
-                path: p.display().to_string(),
-                source,
-            })?;
-            (Cow::Owned(bytes), p.display().to_string())
-        }
+        Some(p) => (
+            Cow::Owned(boot::kernel_file::read(p)?),
+            p.display().to_string(),
+        ),
         None => (Cow::Borrowed(images::KERNEL), "<built-in kernel>".into()),
     };
 

@@ -23,6 +23,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
 
+/// Fuzz entry point for the handshake and the reader (pager-backends/fuzz
+/// `nbd_client`).
+#[doc(hidden)]
+pub mod fuzz;
+
 /// Where an NBD server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NbdAddr {

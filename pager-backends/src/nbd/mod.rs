@@ -10,6 +10,8 @@ mod tls;
 mod tls_stream;
 mod transport;
 
+#[doc(hidden)]
+pub use client::fuzz::{NbdOutcome, fuzz_client};
 pub use client::{NbdAddr, NbdClient};
 
 use crate::check::check_range;

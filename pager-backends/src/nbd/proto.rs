@@ -42,6 +42,10 @@ pub(crate) const CMD_FLUSH: u16 = 3;
 
 /// Largest option reply we accept during the handshake (they are tiny).
 const MAX_OPT_REPLY: u32 = 64 * 1024;
+/// Most replies we take to NBD_OPT_GO: a server sends a few NBD_REP_INFO
+/// and an ACK; one that keeps sending them would hold the handshake open
+/// forever, each read well within the timeout.
+const MAX_OPT_REPLIES: usize = 64;
 
 /// What the handshake learned about the export.
 #[derive(Debug, Clone)]
@@ -243,10 +247,14 @@ pub(crate) fn negotiate<S: Read + Write>(
 
     let mut size_flags: Option<(u64, u16)> = None;
     let mut max_block = None;
-    loop {
+    let mut acked = false;
+    for _ in 0..MAX_OPT_REPLIES {
         let (rtype, data) = read_option_reply(s, OPT_GO)?;
         match rtype {
-            REP_ACK => break,
+            REP_ACK => {
+                acked = true;
+                break;
+            }
             REP_INFO => {
                 if data.len() < 2 {
                     return Err(proto("short NBD_REP_INFO"));
@@ -294,6 +302,11 @@ pub(crate) fn negotiate<S: Read + Write>(
             }
             other => return Err(proto(format!("unexpected option reply type {other:#x}"))),
         }
+    }
+    if !acked {
+        return Err(proto(format!(
+            "more than {MAX_OPT_REPLIES} replies to NBD_OPT_GO without an ACK"
+        )));
     }
     let (size, flags) =
         size_flags.ok_or_else(|| proto("server acknowledged GO without NBD_INFO_EXPORT"))?;

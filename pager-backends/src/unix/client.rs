@@ -14,7 +14,7 @@ use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +22,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
+
+/// Fuzz entry point for the reader (pager-backends/fuzz `unix_client`).
+#[doc(hidden)]
+pub mod fuzz;
 
 /// A decoded reply.
 enum Reply {
@@ -77,6 +81,70 @@ fn dead_ctx(path: &Path, e: std::io::Error) -> PagerError {
     }
 }
 
+/// The hello exchange on a fresh connection: sends our version range and
+/// limit, checks the pager's reply. Returns the largest payload the pager
+/// accepts from us.
+fn hello(fd: RawFd, path: &Path) -> Result<u32> {
+    let ctx = |e| dead_ctx(path, e);
+    // Hello: our version range and what we accept.
+    let hello = Wr::default()
+        .bytes(&p::MAGIC)
+        .u16(p::VERSION)
+        .u16(p::VERSION)
+        .u32(p::DEFAULT_MAX_PAYLOAD)
+        .0;
+    let head = Header {
+        len: hello.len() as u32,
+        kind: p::T_HELLO,
+        flags: 0,
+        id: 0,
+    }
+    .encode();
+    sg::write_all_fd(fd, &[&head[..], &hello[..]].concat()).map_err(ctx)?;
+    let mut h = [0u8; p::HEADER_LEN];
+    sg::read_exact_fd(fd, &mut h).map_err(ctx)?;
+    let hd = Header::decode(&h, 1024)?;
+    if hd.kind == p::T_ERROR {
+        let mut body = vec![0u8; hd.len as usize];
+        sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
+        let msg = if body.len() >= 8 {
+            Rd(&body).text(8).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        return Err(PagerError::Protocol(format!(
+            "external pager refused the connection: {msg}"
+        )));
+    }
+    if hd.kind != p::T_HELLO_REPLY || hd.id != 0 {
+        return Err(PagerError::Protocol(format!(
+            "expected a hello reply, got message type {:#x}",
+            hd.kind
+        )));
+    }
+    p::check_len(hd.kind, hd.len)?;
+    let mut body = [0u8; 16];
+    sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
+    let r = Rd(&body);
+    if body[..8] != p::MAGIC {
+        return Err(PagerError::Protocol("hello reply has a bad magic".into()));
+    }
+    if r.u16(8) != p::VERSION {
+        return Err(PagerError::Protocol(format!(
+            "pager chose protocol version {}, we offered {}",
+            r.u16(8),
+            p::VERSION
+        )));
+    }
+    let peer_max = r.u32(12);
+    if peer_max < p::MIN_MAX_PAYLOAD {
+        return Err(PagerError::Protocol(format!(
+            "pager's payload limit {peer_max} is below the minimum"
+        )));
+    }
+    Ok(peer_max)
+}
+
 impl UnixPager {
     pub fn connect(path: &Path, opts: &OpenOptions) -> Result<UnixPager> {
         let ctx = |e| dead_ctx(path, e);
@@ -88,63 +156,7 @@ impl UnixPager {
         stream
             .set_write_timeout(Some(opts.connect_timeout))
             .map_err(ctx)?;
-        let fd = stream.as_raw_fd();
-        // Hello: our version range and what we accept.
-        let hello = Wr::default()
-            .bytes(&p::MAGIC)
-            .u16(p::VERSION)
-            .u16(p::VERSION)
-            .u32(p::DEFAULT_MAX_PAYLOAD)
-            .0;
-        let head = Header {
-            len: hello.len() as u32,
-            kind: p::T_HELLO,
-            flags: 0,
-            id: 0,
-        }
-        .encode();
-        sg::write_all_fd(fd, &[&head[..], &hello[..]].concat()).map_err(ctx)?;
-        let mut h = [0u8; p::HEADER_LEN];
-        sg::read_exact_fd(fd, &mut h).map_err(ctx)?;
-        let hd = Header::decode(&h, 1024)?;
-        if hd.kind == p::T_ERROR {
-            let mut body = vec![0u8; hd.len as usize];
-            sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
-            let msg = if body.len() >= 8 {
-                Rd(&body).text(8).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            return Err(PagerError::Protocol(format!(
-                "external pager refused the connection: {msg}"
-            )));
-        }
-        if hd.kind != p::T_HELLO_REPLY || hd.id != 0 {
-            return Err(PagerError::Protocol(format!(
-                "expected a hello reply, got message type {:#x}",
-                hd.kind
-            )));
-        }
-        p::check_len(hd.kind, hd.len)?;
-        let mut body = [0u8; 16];
-        sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
-        let r = Rd(&body);
-        if body[..8] != p::MAGIC {
-            return Err(PagerError::Protocol("hello reply has a bad magic".into()));
-        }
-        if r.u16(8) != p::VERSION {
-            return Err(PagerError::Protocol(format!(
-                "pager chose protocol version {}, we offered {}",
-                r.u16(8),
-                p::VERSION
-            )));
-        }
-        let peer_max = r.u32(12);
-        if peer_max < p::MIN_MAX_PAYLOAD {
-            return Err(PagerError::Protocol(format!(
-                "pager's payload limit {peer_max} is below the minimum"
-            )));
-        }
+        let peer_max = hello(stream.as_raw_fd(), path)?;
         stream.set_read_timeout(None).map_err(ctx)?;
         stream
             .set_write_timeout(Some(opts.request_timeout))

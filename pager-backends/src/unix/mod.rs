@@ -9,4 +9,6 @@ pub mod proto;
 mod server;
 
 pub use client::UnixPager;
+#[doc(hidden)]
+pub use client::fuzz::{UnixOutcome, fuzz_client};
 pub use server::{ServeOptions, serve, serve_connection, serve_with};

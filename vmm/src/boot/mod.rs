@@ -3,6 +3,7 @@
 //! modules, boot page tables, and the vCPU's 64-bit state.
 
 pub mod cpu;
+pub mod kernel_file;
 pub mod layout;
 pub mod loader;
 pub mod pagetables;
