@@ -27,6 +27,11 @@ impl TscRate {
         self.last = now;
     }
 
+    /// TSC cycles per timer tick; 0 while not known.
+    pub fn per_tick(&self) -> u64 {
+        self.per_tick
+    }
+
     /// Cycles in `us` microseconds with the timer at `hz`; 0 while the rate
     /// is not known.
     pub fn cycles(&self, us: u64, hz: u64) -> u64 {

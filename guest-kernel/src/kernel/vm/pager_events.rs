@@ -14,6 +14,7 @@
 //! free beyond pageout's target, so they never evict what tasks use. All of
 //! it is counted (vm_statistics).
 
+use crate::kern::clock;
 use crate::kern::console::Dec;
 use crate::kern::scheduler::Kernel;
 use crate::vm::default_pager::FREE_TARGET;
@@ -42,31 +43,19 @@ pub struct EventCounts {
 /// The share of the time between ticks events may take: 1/4.
 const SHARE_SHIFT: u32 = 2;
 
-/// Time spent on events against time allowed, in TSC cycles (no clock
-/// rate needed: the allowance is a share of the cycles between ticks).
+/// Time spent on events against time allowed, in TSC cycles (the
+/// allowance is a share of the cycles per tick, kern/clock.rs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventClock {
-    last_tick: u64,
     /// Allowance left; negative while paying for events that overran it.
     balance: i64,
-}
-
-fn tsc() -> u64 {
-    // SAFETY: rdtsc only reads the time-stamp counter.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// Timer tick: credits this tick's share and says how many events the
 /// driver may take until the next one.
 pub fn budget_for_tick(k: &mut Kernel) -> u32 {
-    let now = tsc();
+    let share = (k.tsc.per_tick() >> SHARE_SHIFT).min(i64::MAX as u64) as i64;
     let c = &mut k.paging.event_clock;
-    let share = if c.last_tick == 0 {
-        0
-    } else {
-        (now.saturating_sub(c.last_tick) >> SHARE_SHIFT).min(i64::MAX as u64) as i64
-    };
-    c.last_tick = now;
     // Unused allowance does not pile up: at most one tick's share.
     c.balance = c.balance.saturating_add(share).min(share);
     if c.balance >= 0 {
@@ -81,9 +70,9 @@ pub fn budget_for_tick(k: &mut Kernel) -> u32 {
 /// place of a pushed page the kernel kept (only for an event with data).
 /// Its time is charged to the event clock.
 pub fn on_event(k: &mut Kernel, e: &Event) -> Option<PhysAddr> {
-    let start = tsc();
+    let start = clock::now();
     let fresh = apply(k, e);
-    let spent = tsc().saturating_sub(start).min(i64::MAX as u64) as i64;
+    let spent = clock::now().saturating_sub(start).min(i64::MAX as u64) as i64;
     let c = &mut k.paging.event_clock;
     c.balance = c.balance.saturating_sub(spent);
     fresh
