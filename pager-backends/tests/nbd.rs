@@ -321,8 +321,8 @@ enum Fault {
     BadMagic,
     /// Answers a cookie that was never sent.
     WrongCookie,
-    /// Answers the first read late (with 9s), then the next one at once
-    /// (with 5s).
+    /// Answers the first read late (with 9s: once the test says so), then
+    /// the next one at once (with 5s).
     Late,
 }
 
@@ -389,7 +389,8 @@ fn fake_server(
                 let _ = rx.recv();
             }
             Fault::Late => {
-                std::thread::sleep(Duration::from_millis(700));
+                // Late: only once the test has seen the read time out.
+                let _ = rx.recv();
                 let mut late = reply.clone();
                 late.extend_from_slice(&cookie);
                 late.extend_from_slice(&[9u8; 4096]);
@@ -461,8 +462,9 @@ fn a_server_late_once_times_out_that_read_and_keeps_serving() {
         .data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut first)])
         .unwrap_err();
     assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
-    // The late reply arrives and is dropped; the connection goes on.
-    std::thread::sleep(Duration::from_millis(800));
+    tx.send(()).unwrap();
+    // The server sends the late reply before it reads the next request, so
+    // the client's reader meets (and drops) it first; the connection goes on.
     let mut buf = vec![0u8; 4096];
     p.data_request(
         K,

@@ -216,8 +216,11 @@ impl Pager for Chatty {
 /// Answers every request with pages of `offset / 4096` bytes, but sleeps
 /// `late` first on its first data request: a pager that is slow once.
 struct Late {
-    late: Duration,
     first: std::sync::atomic::AtomicBool,
+    /// The first request waits for `release`, then says on `answered` that
+    /// its (late) answer is on its way.
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+    answered: Mutex<std::sync::mpsc::Sender<()>>,
 }
 
 impl Pager for Late {
@@ -236,11 +239,15 @@ impl Pager for Late {
         _d: Access,
         bufs: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            std::thread::sleep(self.late);
+        let late = self.first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        if late {
+            let _ = self.release.lock().unwrap().recv();
         }
         let fill = vec![(offset.raw() / 4096) as u8; len as usize];
         bufs[0].subslice(0, len as usize).unwrap().copy_from(&fill);
+        if late {
+            let _ = self.answered.lock().unwrap().send(());
+        }
         Ok(DataReply::Provided {
             bytes: len,
             lock: Access::NONE,
@@ -280,9 +287,12 @@ impl Pager for Late {
 
 #[test]
 fn a_pager_late_once_times_out_that_request_and_keeps_serving() {
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (answered_tx, answered) = std::sync::mpsc::channel();
     let (_d, uri) = serve_in_process(Arc::new(Late {
-        late: Duration::from_millis(900),
         first: true.into(),
+        release: Mutex::new(release_rx),
+        answered: Mutex::new(answered_tx),
     }));
     let opts = OpenOptions {
         request_timeout: Duration::from_millis(300),
@@ -301,9 +311,8 @@ fn a_pager_late_once_times_out_that_request_and_keeps_serving() {
         )
         .unwrap_err();
     assert!(matches!(err, PagerError::Timeout(_)), "{err:?}");
-    // The connection is still good: the next requests are answered, also
-    // after the late answer to the first arrived (and was dropped).
-    for round in 0..2 {
+    // The connection is still good while the first is unanswered...
+    let read = |round: &str| {
         let mut buf = vec![0u8; 8192];
         let r = p
             .data_request(
@@ -313,16 +322,23 @@ fn a_pager_late_once_times_out_that_request_and_keeps_serving() {
                 Access::READ,
                 &[slice(&mut buf)],
             )
-            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            .unwrap_or_else(|e| panic!("{round}: {e:?}"));
         assert_eq!(
             r,
             DataReply::Provided {
                 bytes: 8192,
                 lock: Access::NONE
-            }
+            },
+            "{round}"
         );
-        assert!(buf.iter().all(|&b| b == 5), "round {round}");
-        std::thread::sleep(Duration::from_millis(900));
+        assert!(buf.iter().all(|&b| b == 5), "{round}");
+    };
+    read("before the late answer");
+    // ...and after its late answer was sent (and dropped by the client).
+    release.send(()).unwrap();
+    answered.recv().unwrap();
+    for round in ["after the late answer", "again"] {
+        read(round);
     }
     // The late answer went nowhere near the buffer given up on.
     assert!(first.iter().all(|&b| b == 0xee));
