@@ -377,14 +377,26 @@ fn paged_in<F: FrameSource, M: FaultMachine>(
     (obj, off, shadowed): (ObjectId, ObjectOffset, bool),
     frame: PhysAddr,
 ) -> FaultOutcome {
-    let pid = match objects.pages.insert(obj, off, Some(frame)) {
+    // The walk found no page at (obj, off) and nothing ran since.
+    let pid = match objects.pages.insert_absent(obj, off, Some(frame)) {
         Ok(p) => p,
         Err(e) => {
             frames.free_frame(frame);
             return FaultOutcome::from_error(e);
         }
     };
-    // On the active queue whatever the fault makes of it below.
+    let at_top = obj == target.object;
+    if at_top || !access.contains(VmProt::WRITE) {
+        // A fresh page is clean, unlocked and not busy, so `found` would
+        // only map it: read-only below the top or under copy.
+        let mut prot = target.prot;
+        if !at_top || target.needs_copy {
+            prot = prot.without(VmProt::WRITE);
+        }
+        return map_page(objects, mmu, pid, va, frame, prot, Resolved::PagedIn);
+    }
+    // A write to a page of a backing object: copied up by `found`. On the
+    // active queue whatever it makes of it.
     objects.pages.activate(pid);
     match found(
         objects, frames, mmu, target, va, access, privileged, obj, pid, shadowed,

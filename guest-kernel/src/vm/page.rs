@@ -526,10 +526,25 @@ impl ResidentPages {
         if !offset.is_page_aligned() {
             return Err(VmError::InvalidArgument);
         }
-        let mut b = self.bucket(object, offset.0);
-        if self.find_in(b, object, offset).is_some() {
+        if self.find_in(self.bucket(object, offset.0), object, offset).is_some() {
             return Err(VmError::InvalidArgument);
         }
+        self.insert_absent(object, offset, frame)
+    }
+
+    /// [`Self::insert`] for a caller that has just looked (object, offset)
+    /// up and found nothing, with nothing run in between that could add
+    /// it (the fault path, under the kernel lock): the table is not probed
+    /// a second time. The offset must be page aligned.
+    #[inline]
+    pub fn insert_absent(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        frame: Option<PhysAddr>,
+    ) -> Result<PageId, VmError> {
+        debug_assert!(offset.is_page_aligned() && self.lookup(object, offset).is_none());
+        let mut b = self.bucket(object, offset.0);
         if self.count >= self.limit {
             return Err(VmError::ResourceShortage);
         }

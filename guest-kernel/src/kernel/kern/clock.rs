@@ -37,6 +37,16 @@ impl TscRate {
     pub fn cycles(&self, us: u64, hz: u64) -> u64 {
         self.per_tick.saturating_mul(hz).saturating_mul(us) / 1_000_000
     }
+
+    /// Microseconds in `cycles` with the timer at `hz`; 0 while the rate is
+    /// not known.
+    pub fn micros(&self, cycles: u64, hz: u64) -> u64 {
+        let per_sec = self.per_tick.saturating_mul(hz);
+        if per_sec == 0 {
+            return 0;
+        }
+        (u128::from(cycles) * 1_000_000 / u128::from(per_sec)) as u64
+    }
 }
 
 /// The TSC now.

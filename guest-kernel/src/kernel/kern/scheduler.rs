@@ -50,6 +50,11 @@ pub struct Kernel {
     /// Objects whose pagers are guest tasks (kernel/vm/user_pager.rs).
     pub user_pagers: crate::vm::user_pager::UserPagers,
     tasks: BTreeMap<TaskId, Box<Task>>,
+    /// The task `ipc_and_vm` last found, so the fault path (every user
+    /// page fault asks for its task's map) costs no tree search: the
+    /// record is boxed, so it never moves; cleared wherever a task record
+    /// is dropped (`forget_task`, `retain_tasks`).
+    task_hint: Option<(TaskId, *mut Task)>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
     runq: RunQueue,
@@ -162,6 +167,7 @@ impl Kernel {
             kernel_root,
             ipc: Ipc::new(limits),
             tasks: BTreeMap::new(),
+            task_hint: None,
             threads: BTreeMap::new(),
             runq: RunQueue::new(),
             current: None,
@@ -317,7 +323,7 @@ impl Kernel {
         if ports.is_err() || memory.is_err() || self.create_thread(id, start).is_err() {
             let mut fx = Effects::default();
             self.drop_task_ports(id, &mut fx);
-            if let Some(mut t) = self.tasks.remove(&id) {
+            if let Some(mut t) = self.forget_task(id) {
                 self.destroy_address_space(&mut t);
             }
             crate::ipc::apply(self, fx);
@@ -397,6 +403,12 @@ impl Kernel {
         self.threads.insert(id, th);
         self.runq.push(id);
         Ok(id)
+    }
+
+    /// Drops task `id`'s record (and the lookup hint that may name it).
+    fn forget_task(&mut self, id: TaskId) -> Option<Box<Task>> {
+        self.task_hint = None;
+        self.tasks.remove(&id)
     }
 
     /// The running thread.
@@ -577,9 +589,10 @@ impl Kernel {
             .is_some_and(|t| t.exited.is_some() && t.threads.is_empty());
         if !parent_alive && collected {
             // Nobody can wait for it any more.
-            self.tasks.remove(&id);
+            self.forget_task(id);
         }
         // Its own exited children can no longer be waited for.
+        self.task_hint = None;
         self.tasks
             .retain(|_, c| !(c.parent == Some(id) && c.exited.is_some() && c.threads.is_empty()));
     }
@@ -755,7 +768,7 @@ impl Kernel {
             return Err(ERR_NO_SUCH_TASK);
         }
         if let (Some(s), true) = (t.exited, t.threads.is_empty()) {
-            self.tasks.remove(&target);
+            self.forget_task(target);
             return Ok(Some(s));
         }
         self.block_current(State::Waiting(target));
@@ -869,7 +882,17 @@ impl Kernel {
     /// while the IPC layer works on the message.
     pub fn ipc_and_vm(&mut self, id: TaskId) -> Option<(&mut Ipc, Parts<'_>)> {
         let loaded = self.loaded_root();
-        let t = self.tasks.get_mut(&id)?;
+        let t = match self.task_hint {
+            // SAFETY: the hint points into a boxed record `tasks` still
+            // holds (it is cleared wherever a record is dropped), and
+            // `tasks` is not otherwise borrowed while `t` lives.
+            Some((hint, p)) if hint == id => unsafe { &mut *p },
+            _ => {
+                let t = &mut **self.tasks.get_mut(&id)?;
+                self.task_hint = Some((id, t as *mut Task));
+                t
+            }
+        };
         if t.root.0 == 0 {
             return None;
         }

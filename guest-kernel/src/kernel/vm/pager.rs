@@ -151,6 +151,8 @@ pub struct HostPaging {
     pub at_once: u64,
     pub spins: u64,
     pub spin_timeouts: u64,
+    /// TSC cycles spent spinning (vm_statistics shows them as µs).
+    pub spin_cycles: u64,
     /// What host pagers said unprompted (pager_events.rs).
     pub events: super::pager_events::EventCounts,
     pub event_clock: super::pager_events::EventClock,
@@ -195,6 +197,7 @@ impl Default for HostPaging {
             at_once: 0,
             spins: 0,
             spin_timeouts: 0,
+            spin_cycles: 0,
             events: Default::default(),
             event_clock: Default::default(),
             write_failure_reported: false,
@@ -618,18 +621,20 @@ pub fn page_in(
         // bound.
         paging.spins += 1;
         let start = crate::kern::clock::now();
-        loop {
+        let spun = loop {
             core::hint::spin_loop();
+            let spun = crate::kern::clock::now().wrapping_sub(start);
             if d.completions_waiting() != 0 {
                 taken = d.take_completion(token, plain_success);
-                break;
+                break spun;
             }
-            if crate::kern::clock::now().wrapping_sub(start) > paging.poll_cycles {
+            if spun > paging.poll_cycles {
                 paging.spin_misses = paging.spin_misses.saturating_add(1);
                 paging.spin_timeouts += 1;
-                break;
+                break spun;
             }
-        }
+        };
+        paging.spin_cycles = paging.spin_cycles.wrapping_add(spun);
     }
     if taken.is_none() {
         return PageIn::Asked;

@@ -30,6 +30,8 @@ pub fn report(k: &Kernel) {
         Dec(p.spins),
         " spin_timeouts=",
         Dec(p.spin_timeouts),
+        " spin_us=",
+        Dec(k.tsc.micros(p.spin_cycles, k.timer_hz)),
         " pages_out=",
         Dec(p.pages_out),
         " transfer_errors=",
