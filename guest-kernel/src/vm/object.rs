@@ -412,6 +412,13 @@ impl Objects {
     ///
     /// The kernel calls this after every VM operation, most of which
     /// release nothing: that case is one inline check.
+    /// Whether an object waits to be reaped (checked before `reap` on
+    /// every VM operation, where there mostly is none).
+    #[inline]
+    pub fn has_dying(&self) -> bool {
+        !self.dying.is_empty()
+    }
+
     #[inline]
     pub fn reap(
         &mut self,

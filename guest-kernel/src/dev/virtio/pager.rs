@@ -870,6 +870,9 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
     /// submitted a request and can use its answer at once (the VM's fault
     /// path) takes it so. Anything else stays on the used ring for `poll`,
     /// in order.
+    // Inline: the fault path uses only whether it got its answer, so
+    // the completion need not be written out.
+    #[inline]
     pub fn take_completion(
         &mut self,
         token: u64,

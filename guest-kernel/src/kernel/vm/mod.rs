@@ -57,7 +57,11 @@ pub fn with_parts<R>(
         pager: Some(&mut *p.paging),
     };
     let r = op(p.map, &mut p.vm.objects, &mut frames, &mut m);
-    reap(&mut p.vm.objects, &mut frames, &mut m, None);
+    // Checked here: every VM operation ends so, mostly with nothing dying,
+    // and the call cost more than the check.
+    if p.vm.objects.has_dying() {
+        reap(&mut p.vm.objects, &mut frames, &mut m, None);
+    }
     r
 }
 

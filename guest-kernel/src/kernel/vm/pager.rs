@@ -615,27 +615,33 @@ pub fn page_in(
         return PageIn::Asked;
     }
     let token = PAGE_TOKEN | sent.slot as u64;
-    let mut taken = d.take_completion(token, plain_success);
-    if taken.is_none() && d.completions_waiting() == 0 && should_spin(paging) {
-        // The device is still at it: wait for it here, never past the
-        // bound.
+    // One look, and while the device is still at it (nothing on the used
+    // ring) and spinning is worth it, one more once something arrives:
+    // wait here, never past the bound. One call site, so the take is
+    // inlined and the completion never written out.
+    let mut spun = false;
+    let taken = loop {
+        let taken = d.take_completion(token, plain_success);
+        if taken.is_some() || spun || d.completions_waiting() != 0 || !should_spin(paging) {
+            break taken;
+        }
+        spun = true;
         paging.spins += 1;
         let start = crate::kern::clock::now();
-        let spun = loop {
+        let waited = loop {
             core::hint::spin_loop();
-            let spun = crate::kern::clock::now().wrapping_sub(start);
-            if d.completions_waiting() != 0 {
-                taken = d.take_completion(token, plain_success);
-                break spun;
-            }
-            if spun > paging.poll_cycles {
-                paging.spin_misses = paging.spin_misses.saturating_add(1);
-                paging.spin_timeouts += 1;
-                break spun;
+            let waited = crate::kern::clock::now().wrapping_sub(start);
+            if d.completions_waiting() != 0 || waited > paging.poll_cycles {
+                break waited;
             }
         };
-        paging.spin_cycles = paging.spin_cycles.wrapping_add(spun);
-    }
+        paging.spin_cycles = paging.spin_cycles.wrapping_add(waited);
+        if d.completions_waiting() == 0 {
+            paging.spin_misses = paging.spin_misses.saturating_add(1);
+            paging.spin_timeouts += 1;
+            break None;
+        }
+    };
     if taken.is_none() {
         return PageIn::Asked;
     }
