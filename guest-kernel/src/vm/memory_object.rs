@@ -113,7 +113,22 @@ impl Objects {
                     // A placeholder (requested, or marked unavailable).
                     Some(pid) if self.pages.get(pid).is_some_and(|p| p.absent) => Some(pid),
                     Some(_) => None,
-                    None => self.pages.insert(object, off, None).ok(),
+                    // New (mostly read-ahead): made with its frame, clean
+                    // and not busy; only what differs is set.
+                    None => match self.pages.insert_absent(object, off, Some(frame)) {
+                        Ok(pid) => {
+                            if precious || !lock.is_empty() {
+                                if let Some(p) = self.pages.get_mut(pid) {
+                                    p.precious = precious;
+                                    p.lock = lock;
+                                }
+                            }
+                            self.pages.activate(pid);
+                            r.pages += 1;
+                            continue;
+                        }
+                        Err(_) => None,
+                    },
                 }
             };
             let Some(pid) = pid else {

@@ -535,8 +535,10 @@ impl ResidentPages {
     /// [`Self::insert`] for a caller that has just looked (object, offset)
     /// up and found nothing, with nothing run in between that could add
     /// it (the fault path, under the kernel lock): the table is not probed
-    /// a second time. The offset must be page aligned.
-    #[inline]
+    /// a second time. The offset must be page aligned. Always inline: its
+    /// two callers (a fault's page, every page of a data_provided) keep
+    /// their values in registers instead of a call's saves and spills.
+    #[inline(always)]
     pub fn insert_absent(
         &mut self,
         object: ObjectId,
@@ -553,7 +555,16 @@ impl ResidentPages {
             // The bucket array may be new: the bucket with it.
             b = self.bucket(object, offset.0);
         }
-        let page = Page::new(object, offset, frame);
+        // Linked as it is made (at the head of its bucket and its object's
+        // list), not written and then read back to link.
+        let l = object.index as usize;
+        let (Some(&bucket_head), Some(list)) = (self.buckets.get(b), self.lists.get(l)) else {
+            return Err(VmError::ResourceShortage);
+        };
+        let list_head = list.head;
+        let mut page = Page::new(object, offset, frame);
+        page.hash_next = bucket_head;
+        page.obj_next = list_head;
         let idx = match self.free_slots.pop() {
             Some(i) => {
                 self.slots[i as usize] = Some(page);
@@ -577,7 +588,12 @@ impl ResidentPages {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.link_at(idx, b);
+        if let Some(h) = self.page_mut(list_head) {
+            h.obj_prev = idx;
+        }
+        self.buckets[b] = idx;
+        self.lists[l].head = idx;
+        self.lists[l].count += 1;
         self.count += 1;
         Ok(PageId(idx))
     }
