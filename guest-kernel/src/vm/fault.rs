@@ -16,7 +16,7 @@ use crate::vm::frame::Frame;
 use crate::vm::map::VmMap;
 use crate::vm::memory_object::allowed_by_lock;
 use crate::vm::object::{ObjectKind, Objects, PagerPort};
-use crate::vm::page::{FrameSource, PageId};
+use crate::vm::page::{FrameSource, PageId, Queue};
 use crate::vm::pmap::PhysMaps;
 use crate::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
 
@@ -378,7 +378,10 @@ fn paged_in<F: FrameSource, M: FaultMachine>(
     frame: PhysAddr,
 ) -> FaultOutcome {
     // The walk found no page at (obj, off) and nothing ran since.
-    let pid = match objects.pages.insert_absent(obj, off, Some(frame)) {
+    let pid = match objects
+        .pages
+        .insert_absent(obj, off, Some(frame), Queue::Active)
+    {
         Ok(p) => p,
         Err(e) => {
             frames.free_frame(frame);

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use crate::addr::{PAGE_SIZE, PhysAddr};
 use crate::vm::object::{ObjectAction, ObjectState, Objects, PagerPort};
-use crate::vm::page::{FrameSource, PageId};
+use crate::vm::page::{FrameSource, PageId, Queue};
 use crate::vm::pmap::PhysMaps;
 use crate::vm::types::{ObjectId, ObjectOffset, VmError, VmProt};
 
@@ -115,7 +115,10 @@ impl Objects {
                     Some(_) => None,
                     // New (mostly read-ahead): made with its frame, clean
                     // and not busy; only what differs is set.
-                    None => match self.pages.insert_absent(object, off, Some(frame)) {
+                    None => match self
+                        .pages
+                        .insert_absent(object, off, Some(frame), Queue::Active)
+                    {
                         Ok(pid) => {
                             if precious || !lock.is_empty() {
                                 if let Some(p) = self.pages.get_mut(pid) {
@@ -123,7 +126,6 @@ impl Objects {
                                     p.lock = lock;
                                 }
                             }
-                            self.pages.activate(pid);
                             r.pages += 1;
                             continue;
                         }

@@ -526,10 +526,13 @@ impl ResidentPages {
         if !offset.is_page_aligned() {
             return Err(VmError::InvalidArgument);
         }
-        if self.find_in(self.bucket(object, offset.0), object, offset).is_some() {
+        if self
+            .find_in(self.bucket(object, offset.0), object, offset)
+            .is_some()
+        {
             return Err(VmError::InvalidArgument);
         }
-        self.insert_absent(object, offset, frame)
+        self.insert_absent(object, offset, frame, Queue::None)
     }
 
     /// [`Self::insert`] for a caller that has just looked (object, offset)
@@ -538,12 +541,17 @@ impl ResidentPages {
     /// a second time. The offset must be page aligned. Always inline: its
     /// two callers (a fault's page, every page of a data_provided) keep
     /// their values in registers instead of a call's saves and spills.
+    ///
+    /// `queue`: Active puts the page at the active queue's tail as it is
+    /// made (a page a fault maps or a pager just provided), so the
+    /// `activate` that follows finds it there.
     #[inline(always)]
     pub fn insert_absent(
         &mut self,
         object: ObjectId,
         offset: ObjectOffset,
         frame: Option<PhysAddr>,
+        queue: Queue,
     ) -> Result<PageId, VmError> {
         debug_assert!(offset.is_page_aligned() && self.lookup(object, offset).is_none());
         let mut b = self.bucket(object, offset.0);
@@ -562,14 +570,9 @@ impl ResidentPages {
             return Err(VmError::ResourceShortage);
         };
         let list_head = list.head;
-        let mut page = Page::new(object, offset, frame);
-        page.hash_next = bucket_head;
-        page.obj_next = list_head;
-        let idx = match self.free_slots.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(page);
-                i
-            }
+        // The slot it will take, so the page is written once, linked.
+        let idx = match self.free_slots.last() {
+            Some(&i) => i,
             None => {
                 // Capacity is checked here, not left to try_reserve, which
                 // is a call on every insert that grows the arena.
@@ -584,10 +587,30 @@ impl ResidentPages {
                         .try_reserve(self.slots.len() + 1 - self.free_slots.len())
                         .map_err(|_| VmError::ResourceShortage)?;
                 }
-                self.slots.push(Some(page));
-                (self.slots.len() - 1) as u32
+                self.slots.len() as u32
             }
         };
+        let mut page = Page::new(object, offset, frame);
+        page.hash_next = bucket_head;
+        page.obj_next = list_head;
+        let mut old_tail = NIL;
+        if let Some(q) = self.list(queue) {
+            old_tail = q.tail;
+            q.tail = idx;
+            if q.head == NIL {
+                q.head = idx;
+            }
+            q.count += 1;
+            page.queue = queue;
+            page.prev = old_tail;
+        }
+        match self.free_slots.pop() {
+            Some(i) => self.slots[i as usize] = Some(page),
+            None => self.slots.push(Some(page)),
+        }
+        if let Some(t) = self.page_mut(old_tail) {
+            t.next = idx;
+        }
         if let Some(h) = self.page_mut(list_head) {
             h.obj_prev = idx;
         }
