@@ -53,7 +53,8 @@ pub struct Kernel {
     /// The task `ipc_and_vm` last found, so the fault path (every user
     /// page fault asks for its task's map) costs no tree search: the
     /// record is boxed, so it never moves; cleared wherever a task record
-    /// is dropped (`forget_task`, `retain_tasks`).
+    /// may be dropped (`forget_task`, the insert in `spawn`, the `retain`
+    /// that collects orphans).
     task_hint: Option<(TaskId, *mut Task)>,
     /// Boxed so a thread never moves: `cur` points into it.
     threads: BTreeMap<ThreadId, Box<Thread>>,
@@ -314,6 +315,8 @@ impl Kernel {
             }
         };
         self.next_task += 1;
+        // An insert over a record (an id reused) would drop it.
+        self.task_hint = None;
         self.tasks.insert(id, task);
         let ports = self.make_task_ports(id, parent);
         let memory = match parent {
