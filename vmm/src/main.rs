@@ -10,6 +10,7 @@ mod bus;
 mod config;
 mod exit;
 mod images;
+mod kprof;
 mod objects;
 mod pager_cmd;
 mod pager_device;
