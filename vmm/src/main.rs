@@ -86,6 +86,17 @@ enum Cmd {
         /// right after its filter is installed. Harmless without filters.
         #[arg(long, value_enum, value_name = "THREAD", hide = true)]
         seccomp_selftest: Option<seccomp::ThreadKind>,
+        /// Count the guest kernel's instructions per function from benchmark
+        /// mark MARK to the next mark, single-stepping ring 0 (slow: a trip
+        /// to the VMM per instruction). The report goes to stderr, or to FILE
+        /// with the raw `ADDRESS COUNT` histogram in FILE.raw (docs/vm.md,
+        /// "Profiling the kernel").
+        #[arg(long, value_name = "MARK[:FILE]", value_parser = kprof::parse_spec)]
+        kernel_profile: Option<kprof::ProfileSpec>,
+        /// With --kernel-profile: how many units of work (faults, round
+        /// trips) the span did, for figures per unit.
+        #[arg(long, value_name = "N", requires = "kernel_profile")]
+        kernel_profile_units: Option<u64>,
         /// The first program and its arguments; takes the rest of the command line,
         /// so give it last (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
@@ -167,6 +178,8 @@ fn main() -> ExitCode {
             boot,
             no_seccomp,
             seccomp_selftest,
+            kernel_profile,
+            kernel_profile_units,
             init,
         } => run_cmd(RunArgs {
             mem,
@@ -179,6 +192,8 @@ fn main() -> ExitCode {
             boot,
             seccomp: !no_seccomp,
             seccomp_selftest,
+            kernel_profile,
+            kernel_profile_units,
             init,
         }),
         Cmd::Bench(b) => {
@@ -226,6 +241,8 @@ struct RunArgs {
     boot: run::BootProtocol,
     seccomp: bool,
     seccomp_selftest: Option<seccomp::ThreadKind>,
+    kernel_profile: Option<kprof::ProfileSpec>,
+    kernel_profile_units: Option<u64>,
     init: Vec<String>,
 }
 
@@ -236,6 +253,12 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let swap = config::parse_swap_size(&a.swap)?;
     objects::add_swap(&mut objects, swap)?;
     let stats = a.stats;
+    // Created now: no thread can open a file once the run has begun.
+    let mut profile_out = a
+        .kernel_profile
+        .as_ref()
+        .map(kprof::Output::open)
+        .transpose()?;
     let report = run::run(&run::RunOptions {
         mem,
         kernel: a.kernel,
@@ -247,11 +270,21 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         pager_timeout,
         seccomp: a.seccomp,
         seccomp_selftest: a.seccomp_selftest,
+        profile_mark: a.kernel_profile.as_ref().map(|p| p.mark),
     })?;
     if stats {
         for line in report::stats_lines(&report) {
             eprintln!("{line}");
         }
+    }
+    if let (Some(out), Some((profile, symbols))) = (&mut profile_out, &report.kernel_profile) {
+        let units = a.kernel_profile_units.map(|count| kprof::Units {
+            count,
+            name: "unit".into(),
+        });
+        let lines = kprof::Report::new(profile, symbols).lines(units.as_ref(), None);
+        out.write(&lines, profile)
+            .map_err(|e| error::VmmError::KernelProfile(format!("cannot write the report: {e}")))?;
     }
     match report.outcome {
         // Data the guest wrote may be lost: that must not look like success.
