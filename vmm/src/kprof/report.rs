@@ -123,10 +123,14 @@ impl Report {
         }
         if self.functions.len() > shown {
             let rest: u64 = self.functions[shown..].iter().map(|f| f.count).sum();
+            let per_col = per.map_or(String::new(), |(k, _)| {
+                format!(" {:>10.1}", rest as f64 / k)
+            });
+            let more = self.functions.len() - shown;
+            let plural = if more == 1 { "" } else { "s" };
             out.push(format!(
-                "{rest:>12} {:>6.1}%  ({} more functions)",
+                "{rest:>12} {:>6.1}%{per_col}  ({more} more function{plural})",
                 100.0 * rest as f64 / self.total.max(1) as f64,
-                self.functions.len() - shown
             ));
         }
         out.push(
@@ -207,7 +211,14 @@ mod tests {
         );
         assert!(row.contains("[0x1000]"), "{row}");
         assert!(!text.contains("  fault [0x2000]"), "{text}");
-        assert!(text.contains("(1 more functions)"), "{text}");
+        let rest = lines
+            .iter()
+            .find(|l| l.contains("(1 more function)"))
+            .unwrap();
+        assert!(
+            rest.contains("100") && rest.contains("25.0%") && rest.contains(" 1.0"),
+            "{rest}"
+        );
         // Without units or a limit: every function, no per-unit column.
         let all = r.lines(None, None).join("\n");
         assert!(
