@@ -5,6 +5,7 @@ mod bench;
 mod bench_fault;
 mod bench_ipc;
 mod bench_objread;
+mod bench_profile;
 mod bench_vm;
 mod bus;
 mod config;
@@ -154,6 +155,11 @@ enum BenchCmd {
         /// Seed of the file contents and the random order.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Then run the random case once more with the guest kernel
+        /// single-stepped, and show which kernel functions a fault's
+        /// instructions go to (vmm run --kernel-profile).
+        #[arg(long)]
+        profile: bool,
     },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
@@ -205,9 +211,17 @@ fn main() -> ExitCode {
                 }
                 BenchCmd::Ipc { rounds } => bench_ipc::ipc(rounds),
                 BenchCmd::Vm { pages } => bench_vm::vm(pages),
-                BenchCmd::Fault { pages, mib, seed } => {
-                    bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
-                }
+                BenchCmd::Fault {
+                    pages,
+                    mib,
+                    seed,
+                    profile,
+                } => bench_fault::fault(&bench_fault::FaultOptions {
+                    pages,
+                    mib,
+                    seed,
+                    profile,
+                }),
                 BenchCmd::Probe => bench::probe(),
             }
             .map(|_| ExitCode::SUCCESS)
