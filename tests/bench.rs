@@ -41,3 +41,39 @@ fn bench_fault_prints_every_row() {
         );
     }
 }
+
+/// `--profile` adds the random case once more under the kernel profiler:
+/// the fault path's functions per fault, and a total that agrees with
+/// KVM's count between the same marks (a count, not a time).
+#[test]
+fn bench_fault_profile_shows_where_a_faults_instructions_go() {
+    if !kvm_available("bench_fault_profile_shows_where_a_faults_instructions_go") {
+        return;
+    }
+    let out = vmm(
+        &["bench", "fault", "--pages", "16", "--mib", "1", "--profile"],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let profile = out
+        .line("(f) where a random fault's kernel instructions go")
+        .unwrap_or_else(|| panic!("no profile in:\n{}", out.stdout));
+    let rest: Vec<&str> = out.stdout.lines().skip(profile).collect();
+    let rest = rest.join("\n");
+    for row in [
+        "per fault (16 faults)",
+        " dispatch [0x",
+        "kernel::vm::fault::",
+        "single-stepped",
+        "without the profiler, in (d):",
+    ] {
+        assert!(rest.contains(row), "no '{row}' in:\n{rest}");
+    }
+    let share: f64 = rest
+        .split("the profile has ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no share of KVM's count in:\n{rest}"));
+    assert!((95.0..=105.0).contains(&share), "{rest}");
+}

@@ -243,6 +243,51 @@ fn without_seccomp_the_same_call_goes_through_and_the_guest_finishes() {
     }
 }
 
+/// The vCPU's filter lets `--kernel-profile` single-step the guest
+/// (KVM_SET_GUEST_DEBUG, allowed only then), and nothing else more: the
+/// vCPU's forbidden call is still refused while profiling.
+#[test]
+fn the_kernel_profiler_works_under_the_filters() {
+    if !kvm_available("the_kernel_profiler_works_under_the_filters") {
+        return;
+    }
+    let f = Temp::with("file", &vec![7u8; MIB]);
+    let obj = format!("h=file:{}?ro", f.show());
+    // sum's marks 1-2 bracket its hashing: page faults on the object.
+    let out = vmm(
+        &[
+            "run",
+            "--kernel-profile",
+            "1",
+            "--object",
+            &obj,
+            "--init",
+            "sum",
+            "h",
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sum: h size=1048576"), "{}", out.stdout);
+    assert!(!out.stderr.contains("vmm: seccomp:"), "{}", out.stderr);
+    let summary = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("vmm: kernel profile: from mark 1 to the next mark (once): "))
+        .unwrap_or_else(|| panic!("no profile in:\n{}", out.stderr));
+    assert!(!summary.contains(": 0 kernel instructions"), "{summary}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("% ") && l.contains(" dispatch [")),
+        "{}",
+        out.stderr
+    );
+
+    let out = selftest("vcpu", &obj, &["--kernel-profile", "1"]);
+    assert_refused(&out, "vcpu0 ");
+}
+
 #[test]
 fn help_documents_no_seccomp_and_hides_the_test_hook() {
     let out = vmm(&["run", "--help"], &[]);

@@ -13,6 +13,10 @@
 //! - kernel instructions, exits and interrupts per fault and per page,
 //!   from the vCPU's KVM statistics between the guest's benchmark marks.
 //!
+//! With `--profile`, the random case runs once more with the kernel
+//! single-stepped between its marks (bench_profile.rs): which kernel
+//! functions a fault's instructions go to.
+//!
 //! Both files are page-cache warm (just written), so both sides measure the
 //! fault path, not the disk.
 
@@ -48,6 +52,8 @@ pub struct FaultOptions {
     /// MiB of the sequential case.
     pub mib: u32,
     pub seed: u64,
+    /// Profile the kernel over the random case, in a run of its own.
+    pub profile: bool,
 }
 
 /// The bench's files; removed whatever happens.
@@ -581,6 +587,49 @@ pub fn fault(o: &FaultOptions) -> Result<()> {
         "  throughput >= {GOAL_VS_MMAP:.1}x host mmap: {}, {}{wall}",
         ratio(t),
         met(t >= GOAL_VS_MMAP)
+    );
+    if o.profile {
+        profile_random(&dir.0, &mem, &r_obj, &seed, pages, [f[0], f[2]])?;
+    }
+    Ok(())
+}
+
+/// The random case once more under the kernel profiler (marks 1-2), the
+/// sequential one on a page-sized file since it is not profiled.
+/// `unprofiled`: instructions and interrupts per fault of the run before.
+fn profile_random(
+    dir: &Path,
+    mem: &str,
+    r_obj: &str,
+    seed: &str,
+    pages: usize,
+    unprofiled: [f64; 2],
+) -> Result<()> {
+    let small = dir.join("sequential-small");
+    write_file(&small, PAGE, 0)?;
+    let s_obj = format!("s=file:{}?ro", small.display());
+    let units = crate::kprof::Units {
+        count: pages as u64,
+        name: "fault".into(),
+    };
+    let lines = crate::bench_profile::profile_span(
+        "fault",
+        &["--mem", mem, "--object", r_obj, "--object", &s_obj],
+        &["faultbench", "r", "s", seed],
+        1,
+        &units,
+        &dir.join("profile"),
+    )?;
+    println!();
+    println!(
+        "(f) where a random fault's kernel instructions go: the random case again, with guest ring 0 single-stepped between its marks"
+    );
+    for l in lines {
+        println!("  {l}");
+    }
+    println!(
+        "    without the profiler, in (d): {:.0} instructions and {:.2} interrupts per fault",
+        unprofiled[0], unprofiled[1]
     );
     Ok(())
 }

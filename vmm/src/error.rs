@@ -91,6 +91,8 @@ pub enum VmmError {
     PagerTimeout(String, String),
     #[error("virtio-pager device: {0}")]
     PagerDevice(#[from] devices::pager::PagerDeviceError),
+    #[error("--kernel-profile: {0}")]
+    KernelProfile(String),
     #[error("the guest stopped: {0}")]
     Guest(String),
     #[error("{0}")]

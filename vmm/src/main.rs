@@ -5,11 +5,13 @@ mod bench;
 mod bench_fault;
 mod bench_ipc;
 mod bench_objread;
+mod bench_profile;
 mod bench_vm;
 mod bus;
 mod config;
 mod exit;
 mod images;
+mod kprof;
 mod objects;
 mod pager_cmd;
 mod pager_device;
@@ -85,6 +87,17 @@ enum Cmd {
         /// right after its filter is installed. Harmless without filters.
         #[arg(long, value_enum, value_name = "THREAD", hide = true)]
         seccomp_selftest: Option<seccomp::ThreadKind>,
+        /// Count the guest kernel's instructions per function from benchmark
+        /// mark MARK to the next mark, single-stepping ring 0 (slow: a trip
+        /// to the VMM per instruction). The report goes to stderr, or to FILE
+        /// with the raw `ADDRESS COUNT` histogram in FILE.raw (docs/vm.md,
+        /// "Profiling the kernel").
+        #[arg(long, value_name = "MARK[:FILE]", value_parser = kprof::parse_spec)]
+        kernel_profile: Option<kprof::ProfileSpec>,
+        /// With --kernel-profile: how many units of work (faults, round
+        /// trips) the span did, for figures per unit.
+        #[arg(long, value_name = "N", requires = "kernel_profile")]
+        kernel_profile_units: Option<u64>,
         /// The first program and its arguments; takes the rest of the command line,
         /// so give it last (built-in: init, spawn, fault, priv, spin).
         #[arg(long, num_args = 1.., value_name = "PROGRAM [ARGS]", allow_hyphen_values = true)]
@@ -142,6 +155,11 @@ enum BenchCmd {
         /// Seed of the file contents and the random order.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Then run the random case once more with the guest kernel
+        /// single-stepped, and show which kernel functions a fault's
+        /// instructions go to (vmm run --kernel-profile).
+        #[arg(long)]
+        profile: bool,
     },
     /// The minimal peer: create VM + vCPU, run to one exit.
     #[command(hide = true)]
@@ -166,6 +184,8 @@ fn main() -> ExitCode {
             boot,
             no_seccomp,
             seccomp_selftest,
+            kernel_profile,
+            kernel_profile_units,
             init,
         } => run_cmd(RunArgs {
             mem,
@@ -178,6 +198,8 @@ fn main() -> ExitCode {
             boot,
             seccomp: !no_seccomp,
             seccomp_selftest,
+            kernel_profile,
+            kernel_profile_units,
             init,
         }),
         Cmd::Bench(b) => {
@@ -189,9 +211,17 @@ fn main() -> ExitCode {
                 }
                 BenchCmd::Ipc { rounds } => bench_ipc::ipc(rounds),
                 BenchCmd::Vm { pages } => bench_vm::vm(pages),
-                BenchCmd::Fault { pages, mib, seed } => {
-                    bench_fault::fault(&bench_fault::FaultOptions { pages, mib, seed })
-                }
+                BenchCmd::Fault {
+                    pages,
+                    mib,
+                    seed,
+                    profile,
+                } => bench_fault::fault(&bench_fault::FaultOptions {
+                    pages,
+                    mib,
+                    seed,
+                    profile,
+                }),
                 BenchCmd::Probe => bench::probe(),
             }
             .map(|_| ExitCode::SUCCESS)
@@ -225,6 +255,8 @@ struct RunArgs {
     boot: run::BootProtocol,
     seccomp: bool,
     seccomp_selftest: Option<seccomp::ThreadKind>,
+    kernel_profile: Option<kprof::ProfileSpec>,
+    kernel_profile_units: Option<u64>,
     init: Vec<String>,
 }
 
@@ -235,6 +267,12 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
     let swap = config::parse_swap_size(&a.swap)?;
     objects::add_swap(&mut objects, swap)?;
     let stats = a.stats;
+    // Created now: no thread can open a file once the run has begun.
+    let mut profile_out = a
+        .kernel_profile
+        .as_ref()
+        .map(kprof::Output::open)
+        .transpose()?;
     let report = run::run(&run::RunOptions {
         mem,
         kernel: a.kernel,
@@ -246,11 +284,21 @@ fn run_cmd(a: RunArgs) -> error::Result<ExitCode> {
         pager_timeout,
         seccomp: a.seccomp,
         seccomp_selftest: a.seccomp_selftest,
+        profile_mark: a.kernel_profile.as_ref().map(|p| p.mark),
     })?;
     if stats {
         for line in report::stats_lines(&report) {
             eprintln!("{line}");
         }
+    }
+    if let (Some(out), Some((profile, symbols))) = (&mut profile_out, &report.kernel_profile) {
+        let units = a.kernel_profile_units.map(|count| kprof::Units {
+            count,
+            name: "unit".into(),
+        });
+        let lines = kprof::Report::new(profile, symbols).lines(units.as_ref(), None);
+        out.write(&lines, profile)
+            .map_err(|e| error::VmmError::KernelProfile(format!("cannot write the report: {e}")))?;
     }
     match report.outcome {
         // Data the guest wrote may be lost: that must not look like success.

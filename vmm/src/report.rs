@@ -309,6 +309,7 @@ mod tests {
                 },
             ],
             sync_failures: 0,
+            kernel_profile: None,
         };
         let lines = stats_lines(&report);
         assert_eq!(

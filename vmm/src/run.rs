@@ -8,6 +8,7 @@ use crate::boot::{self, layout, start_info};
 use crate::bus::MmioBus;
 use crate::error::{Result, VmmError, kvm};
 use crate::images;
+use crate::kprof::{Profile, Profiler, Symbols};
 use crate::objects::{self, ObjectSpec};
 use crate::pager_device;
 use crate::report::ObjectReport;
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub seccomp: bool,
     /// The test hook `--seccomp-selftest`: which thread makes a forbidden call.
     pub seccomp_selftest: Option<ThreadKind>,
+    /// `--kernel-profile`: the benchmark mark where single-stepping starts.
+    pub profile_mark: Option<u32>,
 }
 
 /// How the vCPU enters the kernel.
@@ -70,6 +73,9 @@ pub struct RunReport {
     pub objects: Vec<ObjectReport>,
     /// Objects whose final sync failed (already reported on stderr).
     pub sync_failures: usize,
+    /// With `--kernel-profile`: what was counted, and the kernel's symbols
+    /// to name it with.
+    pub kernel_profile: Option<(Profile, Symbols)>,
 }
 
 /// Longest kernel command line: its page-sized slot keeps a NUL at the end.
@@ -154,7 +160,12 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     let cmdline = kernel_cmdline(&opts.cmdline, &platform_words, &opts.init)?;
     // Every filter is built (and the SIGSYS handler set) before any thread
     // starts; each thread installs its own (seccomp/mod.rs lists where).
-    let confinement = Confinement::new(opts.seccomp, opts.seccomp_selftest)?;
+    // Profiling is the one case where the vCPU may set guest debugging.
+    let confinement = Confinement::new(
+        opts.seccomp,
+        opts.seccomp_selftest,
+        opts.profile_mark.is_some(),
+    )?;
     // Opened first: a missing file or a down server is reported before any
     // KVM work, and the guest never starts without its objects.
     let pager_opts = OpenOptions {
@@ -170,7 +181,20 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         None => (Cow::Borrowed(images::KERNEL), "<built-in kernel>".into()),
     };
 
+    // A kernel the profile could not name is refused before it boots.
+    let symbols = match opts.profile_mark {
+        Some(_) => Some(Symbols::from_elf(&kernel).map_err(|e| {
+            VmmError::KernelProfile(format!("cannot name the functions of kernel {path}: {e}"))
+        })?),
+        None => None,
+    };
+
     let vm = Vm::new(opts.mem)?;
+    if opts.profile_mark.is_some() && !vm.kvm.check_extension(kvm_ioctls::Cap::SetGuestDebug) {
+        return Err(VmmError::KernelProfile(
+            "this KVM cannot single-step a guest (no KVM_CAP_SET_GUEST_DEBUG)".into(),
+        ));
+    }
     let loaded = boot::loader::load(&vm.mem, &kernel, &path, opts.mem)?;
     let low_end = opts.mem.min(layout::MMIO_HOLE_START);
     let modules = start_info::place_modules(&vm.mem, loaded.end, images::PROGRAMS, low_end)?;
@@ -223,6 +247,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         com1: Com1::new(com1_irq, Box::new(std::io::stdout())),
         mmio,
         milestones: Vec::new(),
+        profiler: opts.profile_mark.map(Profiler::new),
     };
 
     let exit_evt = EventFd::new(EFD_NONBLOCK)?;
@@ -263,7 +288,8 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
                     .and_then(|s| s.snapshot().ok())
                     .unwrap_or_default();
                 let _ = exit_evt.write(1);
-                Ok((outcome, totals, platform.milestones))
+                let profile = platform.profiler.map(Profiler::finish);
+                Ok((outcome, totals, platform.milestones, profile))
             })?;
         // Started before this thread's own filter, so the vCPU's is not
         // stacked on it.
@@ -282,10 +308,10 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
                 break;
             }
         }
-        let (outcome, totals, milestones) = vcpu_thread
+        let (outcome, totals, milestones, profile) = vcpu_thread
             .join()
             .map_err(|_| VmmError::Guest("the vCPU thread panicked".into()))??;
-        Ok::<_, VmmError>((outcome, (totals, milestones)))
+        Ok::<_, VmmError>((outcome, (totals, milestones, profile)))
     });
     // Whatever the guest did, what it wrote must reach the backing stores;
     // bounded by the pager timeout so a dead or silent pager cannot hang us.
@@ -294,7 +320,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
     for (name, why) in &sync_failures {
         eprintln!("vmm: object {name}: sync failed: {why}");
     }
-    let (outcome, (totals, milestones)) = ran?;
+    let (outcome, (totals, milestones, profile)) = ran?;
     let (pager_stats, events) = match &pager_dev {
         Some(d) => {
             let d = poison::lock(d);
@@ -322,6 +348,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         pager_stats,
         objects,
         sync_failures: sync_failures.len(),
+        kernel_profile: profile.zip(symbols),
     })
 }
 

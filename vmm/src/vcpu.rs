@@ -3,6 +3,7 @@
 //! a message, never a panic.
 
 use crate::bus::MmioBus;
+use crate::kprof::Profiler;
 use crate::stats::{Snapshot, VcpuStats};
 use devices::legacy::{Com1, DoorbellConsole};
 use guest_kernel::abi::{MILESTONE_INIT_START, PORT_CONSOLE, PORT_EXIT, PORT_MILESTONE};
@@ -36,6 +37,8 @@ pub struct Platform {
     /// virtio-mmio devices (empty without `--object`).
     pub mmio: MmioBus,
     pub milestones: Vec<Milestone>,
+    /// `--kernel-profile`: steps the kernel between marks.
+    pub profiler: Option<Profiler>,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -96,6 +99,13 @@ pub fn run(
                     if id != MILESTONE_INIT_START {
                         tracing::debug!("milestone {id}");
                     }
+                    if let Some(p) = platform.profiler.as_mut()
+                        && let Err(e) = p.on_milestone(vcpu, id)
+                    {
+                        return Outcome::Failed(format!(
+                            "kernel profile: KVM_SET_GUEST_DEBUG: {e}"
+                        ));
+                    }
                 }
                 p if Com1::owns(p) => {
                     if let Some(Err(e)) = data.first().map(|&b| platform.com1.write(p, b)) {
@@ -144,6 +154,8 @@ pub fn run(
             Ok(VcpuExit::SystemEvent(kind, _)) => {
                 return Outcome::Failed(format!("system event {kind}"));
             }
+            // Only while the profiler steps; any other is unexpected.
+            Ok(VcpuExit::Debug(d)) if platform.profiler.as_mut().is_some_and(|p| p.step(d.pc)) => {}
             Ok(other) => return Outcome::Failed(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => return Outcome::Failed(format!("KVM_RUN: {e}")),

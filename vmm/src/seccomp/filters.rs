@@ -3,7 +3,7 @@
 //! the VM, mapping guest memory, connecting sockets, creating eventfds and
 //! epoll) happens before any filter is installed; none of these lists has
 //! socket, connect, execve, fork or a KVM ioctl other than the vCPU's
-//! three, and open fails (`no_open`). The lists come from tracing every
+//! three (four when profiling the kernel), and open fails (`no_open`). The lists come from tracing every
 //! test scenario (strace -f) and running the whole suite with the filters
 //! on.
 
@@ -30,6 +30,13 @@ vmm_sys_util::ioctl_ior_nr!(
     kvm_bindings::KVMIO,
     0x83,
     kvm_bindings::kvm_sregs
+);
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_SET_GUEST_DEBUG,
+    kvm_bindings::KVMIO,
+    0x9b,
+    kvm_bindings::kvm_guest_debug
 );
 
 /// The flags glibc's pthread_create passes to clone: a thread in our own
@@ -195,16 +202,16 @@ fn common(pid: u32) -> Built {
 /// The vCPU: KVM_RUN, and the registers when the guest dies (where it
 /// stopped); its statistics fd (pread); the device's eventfds, which it
 /// reads and duplicates (F_DUPFD_CLOEXEC) when the driver activates the
-/// device through an MMIO write.
-fn vcpu() -> Built {
+/// device through an MMIO write. With `profiling` (`--kernel-profile`, and
+/// only then) it also turns single-stepping on and off at the marks.
+fn vcpu(profiling: bool) -> Built {
     let mut r = Rules::new();
     allow(&mut r, &[Sysno::read, Sysno::pread64]);
-    allow_arg_in(
-        &mut r,
-        Sysno::ioctl,
-        1,
-        &[KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()],
-    )?;
+    let mut ioctls = vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()];
+    if profiling {
+        ioctls.push(KVM_SET_GUEST_DEBUG());
+    }
+    allow_arg_in(&mut r, Sysno::ioctl, 1, &ioctls)?;
     allow_arg_in(&mut r, Sysno::fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u64])?;
     Ok(r)
 }
@@ -320,13 +327,13 @@ fn main_thread() -> Built {
     Ok(r)
 }
 
-fn rules(kind: ThreadKind, pid: u32) -> Built {
+fn rules(kind: ThreadKind, pid: u32, profiling: bool) -> Built {
     let mut r = common(pid)?;
     merge(
         &mut r,
         match kind {
             ThreadKind::Main => main_thread()?,
-            ThreadKind::Vcpu => vcpu()?,
+            ThreadKind::Vcpu => vcpu(profiling)?,
             ThreadKind::PagerWorker => pager_worker()?,
             ThreadKind::PagerReader => pager_reader()?,
             ThreadKind::Sync => sync()?,
@@ -335,11 +342,12 @@ fn rules(kind: ThreadKind, pid: u32) -> Built {
     Ok(r)
 }
 
-/// `kind`'s filter for a process whose pid is `pid`: what its rules allow
-/// is allowed, anything else traps (SIGSYS, reported by report.rs).
-pub fn compile(kind: ThreadKind, pid: u32) -> Result<BpfProgram, BackendError> {
+/// `kind`'s filter for a process whose pid is `pid`, profiling the kernel
+/// or not: what its rules allow is allowed, anything else traps (SIGSYS,
+/// reported by report.rs).
+pub fn compile(kind: ThreadKind, pid: u32, profiling: bool) -> Result<BpfProgram, BackendError> {
     SeccompFilter::new(
-        rules(kind, pid)?,
+        rules(kind, pid, profiling)?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
@@ -391,7 +399,7 @@ mod tests {
     #[test]
     fn every_threads_filter_compiles_to_bpf() {
         for kind in ThreadKind::ALL {
-            let prog = compile(kind, PID).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            let prog = compile(kind, PID, false).unwrap_or_else(|e| panic!("{kind:?}: {e}"));
             // Room below the kernel's limit of 4096 instructions.
             assert!(
                 !prog.is_empty() && prog.len() < 1024,
@@ -408,10 +416,41 @@ mod tests {
         assert_eq!(KVM_RUN(), 0xae80);
         assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(KVM_SET_GUEST_DEBUG(), 0x4048_ae9b);
+    }
+
+    /// Single-stepping is the profiler's alone: without `--kernel-profile`
+    /// the vCPU's filter has its three ioctls, with it those and
+    /// KVM_SET_GUEST_DEBUG; no other thread gains anything.
+    #[test]
+    fn the_vcpu_may_set_guest_debugging_only_when_profiling() {
+        let ioctls = |profiling| {
+            let r = rules(ThreadKind::Vcpu, PID, profiling).unwrap();
+            r[&nr(Sysno::ioctl)].len()
+        };
+        assert_eq!(ioctls(false), 3);
+        assert_eq!(ioctls(true), 4);
+        // Apart from that one request number, the vCPU's rules are the same.
+        let (mut with, without) = (
+            rules(ThreadKind::Vcpu, PID, true).unwrap(),
+            rules(ThreadKind::Vcpu, PID, false).unwrap(),
+        );
+        with.get_mut(&nr(Sysno::ioctl)).unwrap().pop();
+        assert_eq!(with, without);
+        for kind in ThreadKind::ALL {
+            if kind != ThreadKind::Vcpu {
+                assert_eq!(
+                    rules(kind, PID, true).unwrap(),
+                    rules(kind, PID, false).unwrap(),
+                    "{kind:?}"
+                );
+            }
+            compile(kind, PID, true).unwrap();
+        }
     }
 
     fn allows(kind: ThreadKind, call: Sysno) -> bool {
-        rules(kind, PID).unwrap().contains_key(&nr(call))
+        rules(kind, PID, false).unwrap().contains_key(&nr(call))
     }
 
     #[test]
@@ -455,7 +494,7 @@ mod tests {
         }
         // The vCPU's ioctls are its three, by request number.
         assert_eq!(
-            rules(ThreadKind::Vcpu, PID).unwrap()[&nr(Sysno::ioctl)].len(),
+            rules(ThreadKind::Vcpu, PID, false).unwrap()[&nr(Sysno::ioctl)].len(),
             3
         );
     }
@@ -467,7 +506,7 @@ mod tests {
     fn under_the_filters_open_fails_with_eacces() {
         let progs = (
             no_open().unwrap(),
-            compile(ThreadKind::PagerReader, std::process::id()).unwrap(),
+            compile(ThreadKind::PagerReader, std::process::id(), false).unwrap(),
         );
         let (open, read) = std::thread::spawn(move || {
             seccompiler::apply_filter(&progs.0).unwrap();
@@ -492,8 +531,8 @@ mod tests {
     fn the_main_filter_covers_the_sync_threads_it_starts() {
         // Sync threads inherit the main thread's filter: a call only theirs
         // allowed would still trap.
-        let main = rules(ThreadKind::Main, PID).unwrap();
-        for call in rules(ThreadKind::Sync, PID).unwrap().keys() {
+        let main = rules(ThreadKind::Main, PID, false).unwrap();
+        for call in rules(ThreadKind::Sync, PID, false).unwrap().keys() {
             assert!(main.contains_key(call), "main lacks sync's {call}");
         }
     }

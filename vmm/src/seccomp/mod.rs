@@ -81,13 +81,20 @@ fn compile_error(kind: &str, e: seccompiler::BackendError) -> io::Error {
 impl Confinement {
     /// Builds every filter and installs the SIGSYS handler when `enabled`.
     /// Builds them in one go, before any thread starts, so that a thread's
-    /// only work is installing its own.
-    pub fn new(enabled: bool, selftest: Option<ThreadKind>) -> io::Result<Arc<Confinement>> {
+    /// only work is installing its own. `profiling` (`--kernel-profile`)
+    /// lets the vCPU single-step the guest.
+    pub fn new(
+        enabled: bool,
+        selftest: Option<ThreadKind>,
+        profiling: bool,
+    ) -> io::Result<Arc<Confinement>> {
         let filters = if enabled {
             let pid = std::process::id();
             let programs = ThreadKind::ALL
                 .iter()
-                .map(|&k| filters::compile(k, pid).map_err(|e| compile_error(k.name(), e)))
+                .map(|&k| {
+                    filters::compile(k, pid, profiling).map_err(|e| compile_error(k.name(), e))
+                })
                 .collect::<io::Result<Vec<_>>>()?;
             let no_clone3 = filters::no_clone3().map_err(|e| compile_error("clone3", e))?;
             let no_open = filters::no_open().map_err(|e| compile_error("open", e))?;
@@ -171,7 +178,7 @@ mod tests {
 
     #[test]
     fn without_seccomp_nothing_is_built_and_confining_does_nothing() {
-        let c = Confinement::new(false, None).unwrap();
+        let c = Confinement::new(false, None, false).unwrap();
         assert!(c.filters.is_none());
         // Would confine this test thread for good if it installed anything.
         c.confine(ThreadKind::Vcpu).unwrap();
