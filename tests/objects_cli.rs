@@ -103,6 +103,60 @@ fn object_nbd_server_down() {
     assert_object_error(&["--object", &arg], "Connection refused");
 }
 
+/// An NBD server that greets at once, then sends its replies to the first
+/// option (NBD_OPT_GO) a byte every 100 ms: each byte well within any read
+/// timeout, the whole (5 s) far beyond a 1 s one. Stops when the client
+/// has gone.
+fn nbd_server_trickling_its_options() -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = l.local_addr().expect("local addr").port();
+    let h = std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        // Our greeting; the client's flags and its option's header.
+        let mut head = [0u8; 20];
+        let greeted = s
+            .write_all(b"NBDMAGICIHAVEOPT\0\x03")
+            .and_then(|()| s.read_exact(&mut head));
+        let len = u32::from_be_bytes([head[16], head[17], head[18], head[19]]);
+        if greeted.is_err() || s.read_exact(&mut vec![0u8; len as usize]).is_err() {
+            return;
+        }
+        // NBD_REP_INFO (a 1 MiB export) and NBD_REP_ACK.
+        let mut info = vec![0u8, 0];
+        info.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        info.extend_from_slice(&1u16.to_be_bytes());
+        let mut replies = Vec::new();
+        for (ty, data) in [(3u32, &info[..]), (1, &[][..])] {
+            replies.extend_from_slice(&0x0003_e889_0455_65a9u64.to_be_bytes());
+            replies.extend_from_slice(&7u32.to_be_bytes());
+            replies.extend_from_slice(&ty.to_be_bytes());
+            replies.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            replies.extend_from_slice(data);
+        }
+        for b in replies {
+            std::thread::sleep(Duration::from_millis(100));
+            if s.write_all(&[b]).is_err() {
+                return;
+            }
+        }
+    });
+    (port, h)
+}
+
+#[test]
+fn object_nbd_server_trickling_its_handshake_is_cut_off_at_its_timeout() {
+    let (port, h) = nbd_server_trickling_its_options();
+    let arg = format!("r=nbd://127.0.0.1:{port}/disk?timeout=1s");
+    assert_object_error(
+        &["--object", &arg],
+        &format!(
+            "NBD handshake with 127.0.0.1:{port} did not finish within 1s (stuck in option negotiation)"
+        ),
+    );
+    h.join().unwrap();
+}
+
 #[test]
 fn too_many_objects() {
     let args: Vec<String> = (0..60)

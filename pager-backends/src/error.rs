@@ -36,6 +36,16 @@ pub enum PagerError {
     /// The peer did not answer in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Connecting to the peer and the handshake with it did not finish
+    /// within their one deadline (`OpenOptions::connect_timeout`).
+    #[error("{protocol} handshake with {peer} did not finish within {within:?} (stuck in {phase})")]
+    HandshakeTimeout {
+        /// "NBD", "external pager".
+        protocol: &'static str,
+        peer: String,
+        within: std::time::Duration,
+        phase: crate::deadline::HandshakePhase,
+    },
     /// The peer is gone (connection closed, process exited).
     #[error("pager is dead: {0}")]
     Dead(String),

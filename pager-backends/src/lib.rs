@@ -28,6 +28,7 @@
 
 pub mod anon;
 pub(crate) mod check;
+pub(crate) mod deadline;
 pub mod error;
 pub mod file;
 pub(crate) mod inflight;
@@ -49,6 +50,7 @@ pub mod unix;
 pub mod uri;
 
 pub use check::{MAX_OBJECT_SIZE, MAX_REQUEST};
+pub use deadline::HandshakePhase;
 pub use error::{PagerError, Result};
 pub use options::OpenOptions;
 pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};

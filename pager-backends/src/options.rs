@@ -6,7 +6,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Connecting to and handshaking with a remote pager or NBD server.
+    /// Opening a remote pager or NBD server: the connect and the whole
+    /// handshake (NBD negotiation, TLS, the external pager's hello) share
+    /// this one deadline; it is not a timeout per read (deadline.rs).
     pub connect_timeout: Duration,
     /// One request to a remote backend, from send to complete reply. A peer
     /// that misses it is declared dead: its connection is dropped and every

@@ -70,7 +70,8 @@ enum Cmd {
         #[arg(long, value_name = "SIZE", default_value = "1G")]
         swap: String,
         /// Seconds a pager may take to answer one request (and the final
-        /// sync) before it is declared dead; connecting gets at most 5 of them.
+        /// sync) before it is declared dead; connecting and the handshake
+        /// together get at most 5 of them.
         #[arg(long, value_name = "SECS", default_value = "30")]
         pager_timeout: String,
         /// How to enter the kernel.

@@ -202,8 +202,9 @@ impl OpenObject {
 }
 
 /// Options for every backend: `timeout` bounds each request to a remote
-/// pager, and connecting too (but never more than the usual 5 s, so that a
-/// long request timeout does not make a down server slow to report).
+/// pager, and connecting with its whole handshake too (but never more than
+/// the usual 5 s, so that a long request timeout does not make a down or
+/// stalling server slow to report).
 pub fn open_options(timeout: Duration) -> OpenOptions {
     let defaults = OpenOptions::default();
     OpenOptions {

@@ -11,6 +11,7 @@ use super::tls::TlsClient;
 use super::tls_stream::TlsStream;
 use super::transport::{self, Transport};
 use crate::check::check_object_size;
+use crate::deadline::{Deadline, HandshakePhase};
 use crate::error::{PagerError, Result};
 use crate::inflight::Inflight;
 use crate::options::OpenOptions;
@@ -77,13 +78,22 @@ impl NbdClient {
         // Certificate files are read before connecting: a local mistake is
         // reported as such, not as something the server did.
         let tls = tls.map(|t| TlsClient::new(t, addr)).transpose()?;
-        let mut stream = transport::connect(addr, opts, &target)?;
-        stream
-            .set_timeouts(Some(opts.connect_timeout), Some(opts.connect_timeout))
-            .map_err(ctx)?;
+        // One deadline for everything from here to the export: each read
+        // and write waits only for what is left of it, so a server that
+        // trickles bytes cannot hold the open for longer.
+        let deadline = Deadline::start("NBD", &target, opts.connect_timeout);
+        let stream = deadline.during(
+            HandshakePhase::Connect,
+            transport::connect(addr, &deadline, &target),
+        )?;
+        let mut sock = deadline.bound(&stream);
+        let greeting = deadline.during(HandshakePhase::Greeting, proto::greet(&mut sock))?;
         let (transport, export) = match tls {
             None => {
-                let export = proto::handshake(&mut stream, export)?;
+                let export = deadline.during(
+                    HandshakePhase::Options,
+                    proto::negotiate(&mut sock, export, greeting),
+                )?;
                 // From here the reader waits as long as it must; per-request
                 // deadlines are enforced by the waiters (they shut the
                 // socket down).
@@ -93,15 +103,20 @@ impl NbdClient {
                 (Transport::Plain(Arc::new(stream)), export)
             }
             Some(mut tls) => {
-                let greeting = proto::greet(&mut stream)?;
-                proto::starttls(&mut stream).map_err(|e| tls.explain(e))?;
-                tls.handshake(&mut stream)?;
-                let export = proto::negotiate(
-                    &mut rustls::Stream::new(tls.session(), &mut stream),
-                    export,
-                    greeting,
-                )
-                .map_err(|e| tls.explain(e))?;
+                deadline.during(
+                    HandshakePhase::StartTls,
+                    proto::starttls(&mut sock).map_err(|e| tls.explain(e)),
+                )?;
+                deadline.during(HandshakePhase::Tls, tls.handshake(&mut sock))?;
+                let export = deadline.during(
+                    HandshakePhase::Options,
+                    proto::negotiate(
+                        &mut rustls::Stream::new(tls.session(), &mut sock),
+                        export,
+                        greeting,
+                    )
+                    .map_err(|e| tls.explain(e)),
+                )?;
                 let tls = TlsStream::new(tls.into_session(), stream, opts.request_timeout)
                     .map_err(ctx)?;
                 (Transport::Tls(Arc::new(tls)), export)

@@ -5,15 +5,13 @@
 
 use super::client::NbdAddr;
 use super::tls_stream::TlsStream;
+use crate::deadline::{self, Deadline};
 use crate::error::{PagerError, Result};
-use crate::options::OpenOptions;
 use crate::sg::{self, Cursor};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +52,15 @@ impl Stream {
     }
 }
 
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
@@ -87,19 +94,29 @@ impl Write for Stream {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, opts: &OpenOptions, target: &str) -> Result<TcpStream> {
+/// Connects over TCP to the first of `host`'s addresses that answers, all
+/// of them together within the deadline. (Resolving `host` is the system
+/// resolver's, bounded by its own timeouts.)
+fn connect_tcp(host: &str, port: u16, deadline: &Deadline, target: &str) -> Result<TcpStream> {
     let addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
     let mut last = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, opts.connect_timeout) {
+        let left = match deadline.left() {
+            Ok(t) => t,
+            Err(e) => {
+                last = Some(e);
+                break;
+            }
+        };
+        match TcpStream::connect_timeout(&a, left) {
             Ok(s) => {
                 s.set_nodelay(true)
                     .map_err(|e| PagerError::io_context(format!("nbd server {target}"), e))?;
                 return Ok(s);
             }
-            Err(e) => last = Some(e),
+            Err(e) => last = Some(deadline.blame(e)),
         }
     }
     Err(PagerError::io_context(
@@ -110,24 +127,15 @@ fn connect_tcp(host: &str, port: u16, opts: &OpenOptions, target: &str) -> Resul
     ))
 }
 
-/// Connects to a Unix socket. A local connect does not wait on a network:
-/// it succeeds, or fails at once (no listener, backlog full).
-fn connect_unix(path: &std::path::Path, target: &str) -> Result<UnixStream> {
-    let ctx = |e| PagerError::io_context(format!("nbd server {target}"), e);
-    match path.as_os_str().as_bytes().strip_prefix(b"\0") {
-        Some(name) => {
-            let addr = SocketAddr::from_abstract_name(name).map_err(ctx)?;
-            UnixStream::connect_addr(&addr).map_err(ctx)
-        }
-        None => UnixStream::connect(path).map_err(ctx),
-    }
-}
-
-/// Connects to the server `addr` names; `target` names it in errors.
-pub(crate) fn connect(addr: &NbdAddr, opts: &OpenOptions, target: &str) -> Result<Stream> {
+/// Connects to the server `addr` names, by the deadline; `target` names it
+/// in errors.
+pub(crate) fn connect(addr: &NbdAddr, deadline: &Deadline, target: &str) -> Result<Stream> {
     Ok(match addr {
-        NbdAddr::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port, opts, target)?),
-        NbdAddr::Unix(path) => Stream::Unix(connect_unix(path, target)?),
+        NbdAddr::Tcp { host, port } => Stream::Tcp(connect_tcp(host, *port, deadline, target)?),
+        NbdAddr::Unix(path) => Stream::Unix(
+            deadline::connect_unix(path, deadline)
+                .map_err(|e| PagerError::io_context(format!("nbd server {target}"), e))?,
+        ),
     })
 }
 

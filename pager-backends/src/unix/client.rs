@@ -5,6 +5,7 @@
 
 use super::proto::{self as p, Header, Rd, Wr};
 use crate::check::{check_object_size, check_range, offered};
+use crate::deadline::{self, Deadline, HandshakePhase};
 use crate::error::{PagerError, Result};
 use crate::inflight::{Claim, Inflight};
 use crate::options::OpenOptions;
@@ -13,8 +14,9 @@ use crate::poison;
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +86,7 @@ fn dead_ctx(path: &Path, e: std::io::Error) -> PagerError {
 /// The hello exchange on a fresh connection: sends our version range and
 /// limit, checks the pager's reply. Returns the largest payload the pager
 /// accepts from us.
-fn hello(fd: RawFd, path: &Path) -> Result<u32> {
+fn hello<S: Read + Write>(s: &mut S, path: &Path) -> Result<u32> {
     let ctx = |e| dead_ctx(path, e);
     // Hello: our version range and what we accept.
     let hello = Wr::default()
@@ -100,13 +102,14 @@ fn hello(fd: RawFd, path: &Path) -> Result<u32> {
         id: 0,
     }
     .encode();
-    sg::write_all_fd(fd, &[&head[..], &hello[..]].concat()).map_err(ctx)?;
+    s.write_all(&[&head[..], &hello[..]].concat())
+        .map_err(ctx)?;
     let mut h = [0u8; p::HEADER_LEN];
-    sg::read_exact_fd(fd, &mut h).map_err(ctx)?;
+    s.read_exact(&mut h).map_err(ctx)?;
     let hd = Header::decode(&h, 1024)?;
     if hd.kind == p::T_ERROR {
         let mut body = vec![0u8; hd.len as usize];
-        sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
+        s.read_exact(&mut body).map_err(ctx)?;
         let msg = if body.len() >= 8 {
             Rd(&body).text(8).unwrap_or_default()
         } else {
@@ -124,7 +127,7 @@ fn hello(fd: RawFd, path: &Path) -> Result<u32> {
     }
     p::check_len(hd.kind, hd.len)?;
     let mut body = [0u8; 16];
-    sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
+    s.read_exact(&mut body).map_err(ctx)?;
     let r = Rd(&body);
     if body[..8] != p::MAGIC {
         return Err(PagerError::Protocol("hello reply has a bad magic".into()));
@@ -148,15 +151,24 @@ fn hello(fd: RawFd, path: &Path) -> Result<u32> {
 impl UnixPager {
     pub fn connect(path: &Path, opts: &OpenOptions) -> Result<UnixPager> {
         let ctx = |e| dead_ctx(path, e);
-        let stream = UnixStream::connect(path)
-            .map_err(|e| PagerError::io_context(format!("external pager {}", path.display()), e))?;
-        stream
-            .set_read_timeout(Some(opts.connect_timeout))
-            .map_err(ctx)?;
-        stream
-            .set_write_timeout(Some(opts.connect_timeout))
-            .map_err(ctx)?;
-        let peer_max = hello(stream.as_raw_fd(), path)?;
+        // One deadline for the connect and the hello: each read and write
+        // waits only for what is left of it, so a pager that trickles
+        // bytes cannot hold the open for longer.
+        let deadline = Deadline::start(
+            "external pager",
+            &path.display().to_string(),
+            opts.connect_timeout,
+        );
+        let stream = deadline.during(
+            HandshakePhase::Connect,
+            deadline::connect_unix(path, &deadline).map_err(|e| {
+                PagerError::io_context(format!("external pager {}", path.display()), e)
+            }),
+        )?;
+        let peer_max = deadline.during(
+            HandshakePhase::Hello,
+            hello(&mut deadline.bound(&stream), path),
+        )?;
         stream.set_read_timeout(None).map_err(ctx)?;
         stream
             .set_write_timeout(Some(opts.request_timeout))

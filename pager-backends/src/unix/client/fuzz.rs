@@ -21,7 +21,6 @@ use crate::unix::proto as p;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,7 +112,8 @@ pub fn fuzz_client(data: &[u8]) -> UnixOutcome {
 }
 
 fn run(ours: &UnixStream, out: &mut UnixOutcome) {
-    let peer_max = match hello(ours.as_raw_fd(), Path::new("<fuzz>")) {
+    let mut sock = ours;
+    let peer_max = match hello(&mut sock, Path::new("<fuzz>")) {
         Ok(m) => m,
         Err(e) => {
             out.refused = e.to_string();
