@@ -120,11 +120,11 @@ impl Objects {
                         .insert_absent(object, off, Some(frame), Queue::Active)
                     {
                         Ok(pid) => {
-                            if precious || !lock.is_empty() {
-                                if let Some(p) = self.pages.get_mut(pid) {
-                                    p.precious = precious;
-                                    p.lock = lock;
-                                }
+                            if (precious || !lock.is_empty())
+                                && let Some(p) = self.pages.get_mut(pid)
+                            {
+                                p.precious = precious;
+                                p.lock = lock;
                             }
                             r.pages += 1;
                             continue;
