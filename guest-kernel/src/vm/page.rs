@@ -475,6 +475,13 @@ impl ResidentPages {
             p.obj_prev = NIL;
             p.obj_next = list_head;
         }
+        self.link_heads(i, b, l, list_head);
+    }
+
+    /// Makes page `i` (its own links already set) the head of bucket `b`
+    /// and of object list `l`, whose head was `list_head`.
+    #[inline]
+    fn link_heads(&mut self, i: u32, b: usize, l: usize, list_head: u32) {
         if let Some(h) = self.page_mut(list_head) {
             h.obj_prev = i;
         }
@@ -611,12 +618,7 @@ impl ResidentPages {
         if let Some(t) = self.page_mut(old_tail) {
             t.next = idx;
         }
-        if let Some(h) = self.page_mut(list_head) {
-            h.obj_prev = idx;
-        }
-        self.buckets[b] = idx;
-        self.lists[l].head = idx;
-        self.lists[l].count += 1;
+        self.link_heads(idx, b, l, list_head);
         self.count += 1;
         Ok(PageId(idx))
     }
