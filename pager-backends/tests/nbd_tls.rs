@@ -533,6 +533,30 @@ enum Serve {
     DieMidReply,
 }
 
+/// A listener on 127.0.0.1 whose connections have small socket buffers
+/// (64 KiB asked, as the kernel counts it 128 KiB), so that what is in
+/// flight does not fit them and both sides must keep reading.
+///
+/// The sizes are set before listen(2), as tcp(7) requires: the window a
+/// connection offers (and its scale) is fixed from the buffer at the
+/// handshake. Shrunk after accept, the buffer can no longer hold the
+/// window already offered; the kernel then drops the client's data
+/// segments whole (for memory, or as beyond the window while unread data
+/// is queued), and with them the acknowledgements they carry. The server
+/// never learns its replies arrived, both ends back off retransmitting
+/// (seconds apart, doubling), and on a loaded machine a request outlived
+/// its 30 s timeout with the client's receive queue empty.
+fn small_buffer_listener() -> TcpListener {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    s.set_send_buffer_size(64 << 10).unwrap();
+    s.set_recv_buffer_size(64 << 10).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&SockAddr::from(addr)).unwrap();
+    s.listen(1).unwrap();
+    s.into()
+}
+
 /// An NBD server for one client over TLS with `cert`, serving `disk`.
 /// Returns the port and the thread, which hands the disk back at the end.
 fn rustls_nbd_server(
@@ -553,27 +577,11 @@ fn rustls_nbd_server(
         PrivateKeyDer::from_pem_slice(cert.key.as_bytes()).unwrap(),
     )
     .unwrap();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = small_buffer_listener();
     let port = l.local_addr().unwrap().port();
     let h = std::thread::spawn(move || {
         let mut disk = disk;
         let (mut s, _) = l.accept().unwrap();
-        // Small socket buffers on this side, so that what is in flight
-        // does not fit them and both sides must keep reading.
-        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            let n: libc::c_int = 64 << 10;
-            // SAFETY: a valid socket and an int option.
-            let r = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&n as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(r, 0);
-        }
         s.write_all(b"NBDMAGICIHAVEOPT\0\x03").unwrap();
         let mut head = [0u8; 4 + 16];
         s.read_exact(&mut head).unwrap();
