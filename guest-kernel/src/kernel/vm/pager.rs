@@ -615,17 +615,26 @@ pub fn page_in(
         return PageIn::Asked;
     }
     let token = PAGE_TOKEN | sent.slot as u64;
-    // One look, and while the device is still at it (nothing on the used
-    // ring) and spinning is worth it, one more once something arrives:
-    // wait here, never past the bound. One call site, so the take is
-    // inlined and the completion never written out.
-    let mut spun = false;
+    // One look; if the answer is not ours yet, a wait for the device
+    // (while spinning is worth it, never past the bound) and one more
+    // look. The second look is taken also when something arrived just
+    // after the first: the device often answers within those few
+    // instructions, and a fault that then slept for it cost a sleep, a
+    // wake-up and a second fault. One call site, so the take is inlined
+    // and the completion never written out.
+    let mut looked = false;
     let taken = loop {
         let taken = d.take_completion(token, plain_success);
-        if taken.is_some() || spun || d.completions_waiting() != 0 || !should_spin(paging) {
+        if taken.is_some() || looked {
             break taken;
         }
-        spun = true;
+        looked = true;
+        if d.completions_waiting() != 0 {
+            continue;
+        }
+        if !should_spin(paging) {
+            break None;
+        }
         paging.spins += 1;
         let start = crate::kern::clock::now();
         let waited = loop {
