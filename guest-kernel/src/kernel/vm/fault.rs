@@ -18,7 +18,7 @@ use guest_kernel::vm::types::{ObjectId, VmProt};
 
 /// Pages fault-around maps after a soft read fault at most (one
 /// read-ahead cluster less the faulting page).
-const FAULT_AROUND: u64 = 31;
+const FAULT_AROUND: u64 = super::pager::CLUSTER as u64 - 1;
 
 /// x86 page-fault error code bits.
 const PF_WRITE: u64 = 1 << 1;
