@@ -130,6 +130,9 @@ pub extern "C" fn kmain(start_info: u64) -> ! {
     }
     k.init = init;
     k.timer_hz = hz.max(1);
+    k.tsc = kern::clock::TscRate::new(arch::cpu::hypervisor_tsc_khz());
+    // With a stated rate the faults' spin bound holds from the first fault.
+    vm::pager::tick(&mut k);
     k.report_vm_stats = cmdline::value(cmd, b"vm_stats") == Some(b"1");
     lapic::init(hz);
     let frame = k.schedule();

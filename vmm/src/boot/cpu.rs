@@ -5,7 +5,9 @@
 
 use super::layout::{GDT, PML4, START_INFO};
 use crate::error::{Result, VmmError, kvm};
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_fpu, kvm_regs, kvm_segment};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, kvm_cpuid_entry2, kvm_fpu, kvm_regs, kvm_segment,
+};
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
@@ -34,6 +36,41 @@ pub enum Entry {
     Long64(u64),
 }
 
+/// The hypervisor CPUID range's timing leaf (as VMware and QEMU's
+/// `vmware-cpuid-freq` define it): EAX the TSC's rate in kHz, EBX the
+/// local APIC timer's (0: not stated).
+pub const TIMING_LEAF: u32 = 0x4000_0010;
+const HYPERVISOR_BASE: u32 = 0x4000_0000;
+
+/// Adds the timing leaf with `khz` to `cpuid`, and raises the hypervisor
+/// range's highest leaf to it. Left as it is if the range is absent (no
+/// KVM signature to extend), `khz` is 0 or the table is full: the guest
+/// then measures the rate itself.
+pub fn state_tsc_khz(cpuid: &mut CpuId, khz: u32) {
+    let has = |cpuid: &CpuId, f: u32| cpuid.as_slice().iter().any(|e| e.function == f);
+    if khz == 0 || !has(cpuid, HYPERVISOR_BASE) {
+        return;
+    }
+    if !has(cpuid, TIMING_LEAF) && cpuid.push(timing_leaf(khz)).is_err() {
+        return;
+    }
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            HYPERVISOR_BASE => e.eax = e.eax.max(TIMING_LEAF),
+            TIMING_LEAF => *e = timing_leaf(khz),
+            _ => {}
+        }
+    }
+}
+
+fn timing_leaf(khz: u32) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function: TIMING_LEAF,
+        eax: khz,
+        ..Default::default()
+    }
+}
+
 fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -54,9 +91,16 @@ fn segment(selector: u16, code: bool, long: bool) -> kvm_segment {
 
 pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: Entry) -> Result<()> {
     let long = matches!(entry, Entry::Long64(_));
-    let cpuid = kvm_handle
+    let mut cpuid = kvm_handle
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm("get supported CPUID"))?;
+    // The guest's TSC rate, so the kernel's time bounds (a fault's spin,
+    // the pager-event budget) need no calibration against its own timer,
+    // whose ticks arrive late where ring 0 is emulated. Without it the
+    // kernel falls back to measuring.
+    if let Ok(khz) = vcpu.get_tsc_khz() {
+        state_tsc_khz(&mut cpuid, khz);
+    }
     vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
 
     let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -111,4 +155,57 @@ pub fn setup(kvm_handle: &Kvm, vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: Entr
     };
     vcpu.set_regs(&regs).map_err(kvm("set regs"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, eax: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            eax,
+            ..Default::default()
+        }
+    }
+
+    fn table(leaves: &[kvm_cpuid_entry2]) -> CpuId {
+        CpuId::from_entries(leaves).unwrap()
+    }
+
+    fn eax(cpuid: &CpuId, function: u32) -> Option<u32> {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function)
+            .map(|e| e.eax)
+    }
+
+    #[test]
+    fn the_timing_leaf_is_added_and_the_range_raised_to_it() {
+        let mut c = table(&[leaf(0, 0xd), leaf(HYPERVISOR_BASE, 0x4000_0001)]);
+        state_tsc_khz(&mut c, 2_100_000);
+        assert_eq!(eax(&c, TIMING_LEAF), Some(2_100_000));
+        assert_eq!(eax(&c, HYPERVISOR_BASE), Some(TIMING_LEAF));
+        assert_eq!(c.as_slice().len(), 3);
+    }
+
+    #[test]
+    fn an_existing_timing_leaf_is_replaced_not_doubled() {
+        let mut c = table(&[leaf(HYPERVISOR_BASE, 0x4000_0010), leaf(TIMING_LEAF, 5)]);
+        state_tsc_khz(&mut c, 1_000_000);
+        assert_eq!(eax(&c, TIMING_LEAF), Some(1_000_000));
+        assert_eq!(c.as_slice().len(), 2);
+    }
+
+    #[test]
+    fn nothing_is_stated_without_a_hypervisor_range_or_a_rate() {
+        let mut c = table(&[leaf(0, 0xd)]);
+        state_tsc_khz(&mut c, 2_100_000);
+        assert_eq!(eax(&c, TIMING_LEAF), None);
+        let mut c = table(&[leaf(HYPERVISOR_BASE, 0x4000_0001)]);
+        state_tsc_khz(&mut c, 0);
+        assert_eq!(eax(&c, TIMING_LEAF), None);
+        assert_eq!(eax(&c, HYPERVISOR_BASE), Some(0x4000_0001));
+    }
 }

@@ -54,7 +54,7 @@ pub struct EventClock {
 /// Timer tick: credits this tick's share and says how many events the
 /// driver may take until the next one.
 pub fn budget_for_tick(k: &mut Kernel) -> u32 {
-    let share = (k.tsc.per_tick() >> SHARE_SHIFT).min(i64::MAX as u64) as i64;
+    let share = (k.tsc.per_tick(k.timer_hz) >> SHARE_SHIFT).min(i64::MAX as u64) as i64;
     let c = &mut k.paging.event_clock;
     // Unused allowance does not pile up: at most one tick's share.
     c.balance = c.balance.saturating_add(share).min(share);
