@@ -82,15 +82,13 @@ pub fn hypervisor_tsc_khz() -> Option<u64> {
     use core::arch::x86_64::__cpuid_count;
     const HYPERVISOR_PRESENT: u32 = 1 << 31;
     const TIMING_LEAF: u32 = 0x4000_0010;
-    // SAFETY: CPUID only reads; leaf 1 exists on every x86-64 CPU, and the
+    // CPUID only reads; leaf 1 exists on every x86-64 CPU, and the
     // hypervisor range is read only where the hypervisor bit says it is.
-    unsafe {
-        if __cpuid_count(1, 0).ecx & HYPERVISOR_PRESENT == 0
-            || __cpuid_count(0x4000_0000, 0).eax < TIMING_LEAF
-        {
-            return None;
-        }
-        let khz = __cpuid_count(TIMING_LEAF, 0).eax;
-        (khz != 0).then_some(u64::from(khz))
+    if __cpuid_count(1, 0).ecx & HYPERVISOR_PRESENT == 0
+        || __cpuid_count(0x4000_0000, 0).eax < TIMING_LEAF
+    {
+        return None;
     }
+    let khz = __cpuid_count(TIMING_LEAF, 0).eax;
+    (khz != 0).then_some(u64::from(khz))
 }
