@@ -78,6 +78,32 @@ impl FrameAllocator {
         None
     }
 
+    /// Fills `out` with frames (contents unknown to the caller: a device
+    /// is about to fill them), recycled ones first, then a run of fresh
+    /// ones taken at once; how many it filled. A read-ahead cluster's
+    /// frames cost one call, not one each.
+    pub fn alloc_into(&mut self, out: &mut [PhysAddr]) -> usize {
+        let mut n = 0;
+        while n < out.len()
+            && let Some(f) = self.recycled.pop()
+        {
+            out[n] = f;
+            n += 1;
+        }
+        let recycled = n;
+        if n < out.len() {
+            for r in self.fresh[..self.nr_fresh].iter_mut() {
+                while n < out.len() && r.0 < r.1 {
+                    out[n] = PhysAddr(r.0);
+                    r.0 += PAGE_SIZE;
+                    n += 1;
+                }
+            }
+        }
+        self.fresh_left -= (n - recycled) as u64;
+        n
+    }
+
     pub fn free(&mut self, frame: PhysAddr) {
         debug_assert!(frame.is_aligned(PAGE_SIZE));
         self.recycled.push(frame);
@@ -95,6 +121,34 @@ impl FrameAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alloc_into_takes_recycled_frames_then_a_fresh_run() {
+        let ram = [(PhysAddr(0x100000), 0x4000), (PhysAddr(0x200000), 0x2000)];
+        let mut fa = FrameAllocator::new(ram.into_iter(), PhysAddr(0));
+        assert_eq!(fa.free_frames(), 6);
+        let mut first = [PhysAddr(0); 2];
+        assert_eq!(fa.alloc_into(&mut first), 2);
+        assert_eq!(first, [PhysAddr(0x100000), PhysAddr(0x101000)]);
+        fa.free(PhysAddr(0x101000));
+        fa.free(PhysAddr(0x100000));
+        // The two recycled (last freed first), then fresh across both ranges.
+        let mut out = [PhysAddr(0); 8];
+        assert_eq!(fa.alloc_into(&mut out), 6);
+        assert_eq!(
+            out[..6],
+            [
+                PhysAddr(0x100000),
+                PhysAddr(0x101000),
+                PhysAddr(0x102000),
+                PhysAddr(0x103000),
+                PhysAddr(0x200000),
+                PhysAddr(0x201000)
+            ]
+        );
+        assert_eq!(fa.free_frames(), 0);
+        assert_eq!(fa.alloc_into(&mut out), 0);
+    }
 
     #[test]
     fn allocates_above_floor_and_recycles_dirty() {

@@ -380,22 +380,21 @@ pub fn request(
     t.count = 0;
     t.write = false;
     t.desired = desired;
-    for f in t.frames.iter_mut().take(pages) {
+    t.count = if pages == 1 {
+        // A random fault's one page: the allocator's one-frame path.
+        frames.alloc().map_or(0, |f| {
+            t.frames[0] = f.addr;
+            1
+        })
+    } else {
         // Read-ahead is only worth free frames (the faulting page is not
-        // optional).
-        // (Checked before allocating: a frame taken and then refused
-        // would be lost.)
-        if t.count > 0 && frames.free_frames() <= READ_AHEAD_MIN_FREE {
-            break;
-        }
-        match frames.alloc_frame() {
-            Some(fr) => {
-                *f = fr.addr;
-                t.count += 1;
-            }
-            None => break,
-        }
-    }
+        // optional): a page past the first only while more than
+        // READ_AHEAD_MIN_FREE frames would be left. The cluster's frames
+        // are taken in one call.
+        let spare = frames.free_frames().saturating_sub(READ_AHEAD_MIN_FREE);
+        let pages = pages.min((spare.min(CLUSTER as u64) as usize).max(1));
+        frames.alloc_into(&mut t.frames[..pages])
+    };
     if t.count == 0 {
         return Asked::No;
     }
