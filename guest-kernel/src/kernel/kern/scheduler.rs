@@ -781,7 +781,16 @@ impl Kernel {
     /// Picks what runs next and returns the frame to resume.
     pub fn schedule(&mut self) -> *mut TrapFrame {
         let cur_running = self.current().is_some_and(|t| t.state == State::Running);
-        if cur_running && !self.need_resched {
+        // A tick asks for a reschedule, but with nothing else to run (and
+        // the running thread neither suspended nor handing off) the pass
+        // would put it on the run queue and take it straight back.
+        if cur_running
+            && (!self.need_resched
+                || (self.runq.is_empty()
+                    && self.handoff.is_none()
+                    && self.current().is_some_and(|t| t.suspend == 0)))
+        {
+            self.need_resched = false;
             let idle = self.idle_frame;
             return self.current().map_or(idle, |t| t.frame);
         }
