@@ -56,8 +56,10 @@ impl TscRate {
 
     /// Cycles in `us` microseconds with the timer at `hz`; 0 while the rate
     /// is not known.
+    /// (64-bit: called on every tick, and a 128-bit division is a library
+    /// call of dozens of emulated instructions; saturates past ~8,000 s.)
     pub fn cycles(&self, us: u64, hz: u64) -> u64 {
-        (u128::from(self.per_second(hz)) * u128::from(us) / 1_000_000) as u64
+        self.per_second(hz).saturating_mul(us) / 1_000_000
     }
 
     /// Microseconds in `cycles` with the timer at `hz`; 0 while the rate is
