@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 /// Where a handshake was when its deadline passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakePhase {
+    /// Resolving the server's host name (the system resolver).
+    Resolve,
     /// Connecting the socket: a TCP connect, or a Unix socket whose
     /// listener's backlog is full because it accepts nothing.
     Connect,
@@ -37,6 +39,7 @@ pub enum HandshakePhase {
 impl std::fmt::Display for HandshakePhase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            HandshakePhase::Resolve => "resolving the host name",
             HandshakePhase::Connect => "connect",
             HandshakePhase::Greeting => "the greeting",
             HandshakePhase::StartTls => "STARTTLS",
@@ -113,8 +116,42 @@ impl Deadline {
     /// `r`, unless the deadline is what ended `phase`: then its error.
     pub(crate) fn during<T>(&self, phase: HandshakePhase, r: crate::Result<T>) -> crate::Result<T> {
         match r {
+            // An inner phase already named itself.
+            Err(e @ PagerError::HandshakeTimeout { .. }) => Err(e),
             Err(_) if self.passed.get() => Err(self.error(phase)),
             r => r,
+        }
+    }
+
+    /// `lookup`'s answer if it comes before the deadline, else the deadline's
+    /// error. The system resolver (getaddrinfo) takes no timeout of its own
+    /// and may wait on slow name servers far longer than the deadline, so it
+    /// runs on a thread of its own; one that answers late is left to finish
+    /// and its answer dropped. Opens happen before the threads confine
+    /// themselves (seccomp), where starting a thread is still allowed.
+    pub(crate) fn resolve<T: Send + 'static>(
+        &self,
+        lookup: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || {
+                // The receiver is gone once the deadline passed: nothing to tell.
+                let _ = tx.send(lookup());
+            })?;
+        match rx.recv_timeout(self.left()?) {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.passed.set(true);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the host name was not resolved in time",
+                ))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(io::Error::other(
+                "the resolver thread ended without an answer",
+            )),
         }
     }
 
@@ -235,6 +272,43 @@ mod tests {
         let r: crate::Result<()> = Err(PagerError::Protocol("bad magic".into()));
         let e = d.during(HandshakePhase::Greeting, r).unwrap_err();
         assert!(matches!(e, PagerError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_resolver_that_hangs_is_cut_off_and_the_phase_named() {
+        // A lookup that answers only when the test lets it (never, here):
+        // what a resolver stuck on a silent name server looks like.
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let d = Deadline::start("NBD", "slow.example", Duration::from_millis(50));
+        let e = d
+            .resolve(move || {
+                let _ = stuck.recv();
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let r: crate::Result<()> = Err(PagerError::io_context("nbd slow.example", e));
+        let e = d.during(HandshakePhase::Resolve, r).unwrap_err();
+        // An outer phase keeps the inner one's name.
+        let e = d
+            .during(HandshakePhase::Connect, Err::<(), _>(e))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "NBD handshake with slow.example did not finish within 50ms (stuck in resolving the host name)"
+        );
+        drop(release);
+    }
+
+    #[test]
+    fn a_resolver_answer_in_time_is_taken() {
+        let d = Deadline::start("NBD", "there", Duration::from_secs(600));
+        assert_eq!(d.resolve(|| Ok(7)).unwrap(), 7);
+        let e = d
+            .resolve(|| Err::<(), _>(io::Error::other("no such host")))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no such host");
+        assert!(!d.passed.get());
     }
 
     #[test]

@@ -5,11 +5,11 @@
 
 use super::client::NbdAddr;
 use super::tls_stream::TlsStream;
-use crate::deadline::{self, Deadline};
+use crate::deadline::{self, Deadline, HandshakePhase};
 use crate::error::{PagerError, Result};
 use crate::sg::{self, Cursor};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -94,13 +94,29 @@ impl Write for Stream {
     }
 }
 
+/// `host`'s addresses: an address literal as it is, a name by the system
+/// resolver within the deadline.
+fn resolve(host: &str, port: u16, deadline: &Deadline) -> std::io::Result<Vec<SocketAddr>> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let name = host.to_string();
+    deadline.resolve(move || {
+        (name.as_str(), port)
+            .to_socket_addrs()
+            .map(Iterator::collect)
+    })
+}
+
 /// Connects over TCP to the first of `host`'s addresses that answers, all
-/// of them together within the deadline. (Resolving `host` is the system
-/// resolver's, bounded by its own timeouts.)
+/// of them, and resolving the name, together within the deadline.
 fn connect_tcp(host: &str, port: u16, deadline: &Deadline, target: &str) -> Result<TcpStream> {
-    let addrs = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| PagerError::io_context(format!("nbd {target}"), e))?;
+    let addrs = deadline.during(
+        HandshakePhase::Resolve,
+        resolve(host, port, deadline)
+            .map_err(|e| PagerError::io_context(format!("nbd {target}"), e)),
+    )?;
     let mut last = None;
     for a in addrs {
         let left = match deadline.left() {
