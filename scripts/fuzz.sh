@@ -33,6 +33,7 @@ all=(
     devices:mmio
     pager-backends:unix_client
     pager-backends:nbd_client
+    pager-backends:nbd_tls_client
     vmm:load_kernel
 )
 

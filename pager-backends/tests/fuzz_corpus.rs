@@ -3,10 +3,18 @@
 //! on stable without cargo-fuzz. A panic, a hang or a request left waiting
 //! fails here; named seeds must also do what their name says.
 
+// The nbd_tls_client target's harness lives with the target (it needs a
+// TLS server and a certificate, which the library does not have).
+#[path = "../fuzz/harness/nbd_tls_client.rs"]
+mod nbd_tls_client;
+
+use nbd_tls_client::{Fixture, Patience, TlsOutcome};
+use pager_backends::PagerError;
 use pager_backends::nbd::{NbdOutcome, fuzz_client as nbd};
 use pager_backends::unix::{UnixOutcome, fuzz_client as unix};
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 /// A named seed and what its outcome must satisfy.
 type Seed<O> = (&'static str, fn(&O) -> bool);
@@ -14,7 +22,7 @@ type Seed<O> = (&'static str, fn(&O) -> bool);
 /// Runs every file of `fuzz/corpus/<target>` through `run`, holding the
 /// named seeds to `seeds`; other files (found by the fuzzer, crash inputs)
 /// must only run cleanly.
-fn replay<O: std::fmt::Debug>(target: &str, run: fn(&[u8]) -> O, seeds: &[Seed<O>]) {
+fn replay<O: std::fmt::Debug>(target: &str, run: impl Fn(&[u8]) -> O, seeds: &[Seed<O>]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
         .join(target);
@@ -149,4 +157,127 @@ fn nbd_client_corpus() {
         ("late_answer_cut_short", |o| o.stopped.contains("mid-reply")),
     ];
     replay("nbd_client", nbd, seeds);
+}
+
+/// A page of `fill` for each byte given.
+fn pages(fills: &[u8]) -> Vec<u8> {
+    fills.iter().flat_map(|&f| [f; 4096]).collect()
+}
+
+/// All five calls answered, with the data the valid seeds send.
+fn served(o: &TlsOutcome) -> bool {
+    o.export == Some((1 << 20, false))
+        && o.calls.iter().all(Result::is_ok)
+        && o.reads
+            == [
+                pages(&[0x11, 0x12]),
+                pages(&[0x33]),
+                pages(&[0x41, 0x42, 0x43, 0x44]),
+            ]
+}
+
+/// The first `ok` calls succeeded, and every later one found the
+/// connection dead.
+fn died_after(o: &TlsOutcome, ok: usize, why: &str) -> bool {
+    o.calls.len() == 5
+        && o.calls[..ok].iter().all(Result::is_ok)
+        && o.calls[ok..]
+            .iter()
+            .all(|r| matches!(r, Err(PagerError::Dead(_))))
+        && o.described.contains(why)
+}
+
+fn tls_refused(o: &TlsOutcome, why: &str) -> bool {
+    o.export.is_none()
+        && o.refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains(why))
+}
+
+/// The first read timed out and was abandoned, its buffers untouched.
+fn abandoned_first(o: &TlsOutcome) -> bool {
+    matches!(o.calls.first(), Some(Err(PagerError::Timeout(_))))
+        && o.reads
+            .first()
+            .is_some_and(|r| r.iter().all(|&b| b == 0xee))
+}
+
+#[test]
+fn nbd_tls_client_corpus() {
+    // Long enough that a valid reply is never late on a loaded machine;
+    // the seeds that time out a request on purpose wait this long.
+    let patience = Patience {
+        handshake: Duration::from_secs(30),
+        request: Duration::from_secs(3),
+    };
+    let fx = Fixture::new();
+    let seeds: &[Seed<TlsOutcome>] = &[
+        ("valid_session", served),
+        ("valid_session_tls12", served),
+        // Headers and data cut into records of 1, 3, 7, ... bytes, with
+        // KeyUpdates between them (TLS 1.3).
+        ("valid_session_odd_records", served),
+        ("valid_session_odd_records_tls12", served),
+        ("key_updates_between_replies", served),
+        // NBD_INFO_BLOCK_SIZE of one page: every call is page requests.
+        ("block_size_splits_requests", served),
+        // A page and a half: a read ends there and is zeroes after; the
+        // read at page 2 and the 4-page read are past the end and send
+        // nothing.
+        ("export_ends_mid_page", |o| {
+            o.export == Some((6144, false))
+                && matches!(
+                    o.calls[..],
+                    [
+                        Ok(()),
+                        Ok(()),
+                        Err(PagerError::PastEnd { .. }),
+                        Ok(()),
+                        Err(PagerError::BadRange { .. })
+                    ]
+                )
+                && o.reads[0] == [vec![0x11; 6144], vec![0; 2048]].concat()
+        }),
+        ("all_errors", |o| {
+            o.calls.len() == 5 && o.calls.iter().all(|r| matches!(r, Err(PagerError::Io(_))))
+        }),
+        ("option_reply_cut_short", |o| {
+            tls_refused(o, "closed the connection during the handshake")
+        }),
+        ("option_reply_cut_short_no_close_notify", |o| {
+            tls_refused(o, "closed the connection during the handshake")
+        }),
+        ("not_an_option_reply", |o| {
+            tls_refused(o, "bad option reply magic")
+        }),
+        ("unknown_cookie", |o| {
+            died_after(o, 0, "unknown or finished request")
+        }),
+        ("read_reply_cut_short", |o| died_after(o, 0, "mid-reply")),
+        ("read_reply_cut_short_no_close_notify", |o| {
+            died_after(o, 0, "mid-reply")
+        }),
+        // The write's reply carries 20 bytes too many, taken for the next
+        // reply's header.
+        ("reply_with_trailing_data", |o| {
+            died_after(o, 2, "bad reply magic")
+        }),
+        // The first read's late answer is read and dropped; the write's
+        // answer after it still arrives.
+        ("late_answer_dropped", |o| {
+            abandoned_first(o) && o.calls[1].is_ok() && o.calls[2..].iter().all(Result::is_err)
+        }),
+        ("late_answer_cut_short", |o| {
+            abandoned_first(o)
+                && o.calls[1..]
+                    .iter()
+                    .all(|r| matches!(r, Err(PagerError::Dead(_))))
+                && o.described.contains("mid-reply")
+        }),
+    ];
+    replay(
+        "nbd_tls_client",
+        |data| nbd_tls_client::run(&fx, data, patience),
+        seeds,
+    );
 }
