@@ -15,9 +15,6 @@ use pager_backends::{
     Pager, UnlockReply,
 };
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -192,54 +189,6 @@ impl Drop for ChildGuard {
 }
 
 // --- qemu-nbd, as pager-backends/tests/common/mod.rs runs it ---------------
-
-/// A real qemu-nbd serving `file` as `export` on 127.0.0.1. The socket is
-/// bound here (port 0: no race for a free port) and handed over by
-/// systemd-style socket activation, so the VMM can connect at once.
-struct NbdServer {
-    port: u16,
-    _child: ChildGuard,
-    _listener: TcpListener,
-}
-
-impl NbdServer {
-    fn start(qemu_nbd: &Path, file: &Path, export: &str) -> NbdServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let port = listener.local_addr().expect("local addr").port();
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} -f raw -x {export} --persistent --shared=16 {}",
-                qemu_nbd.display(),
-                file.display()
-            ))
-            .stdin(Stdio::null());
-        // SAFETY: dup2/fcntl are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start qemu-nbd");
-        NbdServer {
-            port,
-            _child: ChildGuard(child),
-            _listener: listener,
-        }
-    }
-
-    fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-}
 
 // --- the example external pager process ------------------------------------
 
@@ -457,7 +406,7 @@ fn objsum_through_nbd_against_qemu_nbd() {
     let len = 3 * MIB;
     let f = Temp::with("nbd", &content(len, 0xdb));
     let expect = sha256_file(f.path());
-    let srv = NbdServer::start(&q, f.path(), "disk");
+    let srv = support::tls::QemuNbd::start(&q, f.path(), "disk", None);
     let obj = format!("r={}", srv.uri("disk"));
     let (size, sha, requests) = run_objsum(std::slice::from_ref(&obj), "r", None);
     assert_eq!((size, sha.as_str(), requests), (len as u64, &*expect, 3));
@@ -1099,7 +1048,7 @@ fn sum_and_fill_through_nbd_against_qemu_nbd() {
     let len = 3 * MIB + 4096;
     let f = Temp::with("nbd-map", &content(len, 0xdc));
     let expect = sha256_file(f.path());
-    let srv = NbdServer::start(&q, f.path(), "disk");
+    let srv = support::tls::QemuNbd::start(&q, f.path(), "disk", None);
     let obj = format!("r={}", srv.uri("disk"));
     let out = run_sum(&[], std::slice::from_ref(&obj), "r");
     assert_eq!(sum_result(&out, "r"), (len as u64, expect));

@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::tls::{QemuNbd, QemuNbdUnix};
 use common::*;
 use pager_backends::{Access, DataReply, KernelId, ObjectOffset, OpenOptions, Pager, PagerError};
 use std::io::{Read, Write};
@@ -24,7 +25,7 @@ fn reads_writes_and_flushes_against_qemu_nbd() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(1 << 20);
     let path = write_file(dir.path(), "disk.img", &data);
-    let srv = NbdServer::start(&q, &path, "disk", false);
+    let srv = QemuNbd::start(&q, &path, "disk", None);
     let p = pager_backends::open(&srv.uri("disk"), &OpenOptions::default()).unwrap();
     let info = p.init(K, Arc::new(Recorder::default())).unwrap();
     assert_eq!(info.size, 1 << 20);
@@ -70,7 +71,7 @@ fn nbd_over_a_unix_socket_against_qemu_nbd() {
     let data = pattern(256 << 10);
     let path = write_file(dir.path(), "disk.img", &data);
     let sock = dir.path().join("nbd.sock");
-    let _srv = start_qemu_nbd_unix(&q, &path, "disk", &sock);
+    let _srv = QemuNbdUnix::start(&q, &path, "disk", &sock, None);
     let uri = format!("nbd+unix:///disk?socket={}", sock.display());
     let p = pager_backends::open(&uri, &OpenOptions::default()).unwrap();
     let info = p.init(K, Arc::new(Recorder::default())).unwrap();
@@ -188,7 +189,7 @@ fn many_requests_in_flight_from_many_threads() {
     let dir = tempfile::tempdir().unwrap();
     let data = Arc::new(pattern(2 << 20));
     let path = write_file(dir.path(), "disk.img", &data);
-    let srv = NbdServer::start(&q, &path, "e", false);
+    let srv = QemuNbd::start(&q, &path, "e", None);
     let p = pager_backends::open(&srv.uri("e"), &OpenOptions::default()).unwrap();
     init(&*p);
     let threads: Vec<_> = (0..8u64)
@@ -223,7 +224,7 @@ fn read_only_export_refuses_writes() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "ro.img", &pattern(65536));
-    let srv = NbdServer::start(&q, &path, "ro", true);
+    let srv = QemuNbd::read_only(&q, &path, "ro");
     let p = pager_backends::open(&srv.uri("ro"), &OpenOptions::default()).unwrap();
     let info = p.init(K, Arc::new(Recorder::default())).unwrap();
     assert!(info.read_only);
@@ -241,7 +242,7 @@ fn server_refusing_the_export_is_a_clear_error() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = write_file(dir.path(), "d.img", &pattern(65536));
-    let srv = NbdServer::start(&q, &path, "right", false);
+    let srv = QemuNbd::start(&q, &path, "right", None);
     let err = pager_backends::open(&srv.uri("wrong"), &OpenOptions::default())
         .err()
         .unwrap();
@@ -281,14 +282,13 @@ fn killed_server_fails_requests_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let data = pattern(65536);
     let path = write_file(dir.path(), "d.img", &data);
-    let mut srv = NbdServer::start(&q, &path, "e", false);
+    let mut srv = QemuNbd::start(&q, &path, "e", None);
     let p = pager_backends::open(&srv.uri("e"), &OpenOptions::default()).unwrap();
     init(&*p);
     let mut buf = vec![0u8; 4096];
     p.data_request(K, ObjectOffset(0), 4096, Access::READ, &[slice(&mut buf)])
         .unwrap();
-    srv.child.0.kill().unwrap();
-    srv.child.0.wait().unwrap();
+    srv.kill();
     let err = p
         .data_request(
             K,

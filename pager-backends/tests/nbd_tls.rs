@@ -227,7 +227,7 @@ fn nbds_over_a_unix_socket_checks_tls_hostname() {
     let path = write_file(dir.path(), "disk.img", &data);
     let pki = pki(dir.path(), &["storage.example"]);
     let sock = dir.path().join("nbd.sock");
-    let _srv = QemuNbdUnix::start(&q, &path, "disk", &sock, &no_verify(&pki.server));
+    let _srv = QemuNbdUnix::start(&q, &path, "disk", &sock, Some(&no_verify(&pki.server)));
     let uri = |name: &str| {
         format!(
             "nbds+unix:///disk?socket={}&tls-certificates={}&tls-hostname={name}",

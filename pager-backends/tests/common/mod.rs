@@ -6,9 +6,6 @@ pub mod tls;
 
 use pager_backends::{Access, KernelControl, ObjectOffset, Result};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -114,93 +111,6 @@ pub fn need_qemu_nbd(test: &str) -> Option<PathBuf> {
             None
         }
     }
-}
-
-/// A real qemu-nbd serving `file` as `export` on 127.0.0.1.
-///
-/// The listening socket is bound here (port 0: no race for a free port)
-/// and handed to qemu-nbd by systemd-style socket activation, so clients
-/// can connect immediately: the connection waits in the backlog.
-pub struct NbdServer {
-    pub port: u16,
-    pub child: ChildGuard,
-    _listener: TcpListener,
-}
-
-impl NbdServer {
-    pub fn start(qemu_nbd: &Path, file: &Path, export: &str, read_only: bool) -> NbdServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let fd = listener.as_raw_fd();
-        let mut cmd = Command::new("/bin/sh");
-        let ro = if read_only { " --read-only" } else { "" };
-        cmd.arg("-c")
-            .arg(format!(
-                "LISTEN_PID=$$ LISTEN_FDS=1 exec {} -f raw -x {export} --persistent --shared=16{ro} {}",
-                qemu_nbd.display(),
-                file.display()
-            ))
-            .stdin(Stdio::null());
-        // SAFETY: dup2/fcntl are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().unwrap();
-        NbdServer {
-            port,
-            child: ChildGuard(child),
-            _listener: listener,
-        }
-    }
-
-    pub fn uri(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
-    }
-}
-
-/// A real qemu-nbd serving `file` as `export` on the Unix socket `socket`
-/// (`qemu-nbd -k`). Returns once the socket accepts connections.
-pub fn start_qemu_nbd_unix(
-    qemu_nbd: &Path,
-    file: &Path,
-    export: &str,
-    socket: &Path,
-) -> ChildGuard {
-    let child = Command::new(qemu_nbd)
-        .args([
-            "-f",
-            "raw",
-            "-x",
-            export,
-            "--persistent",
-            "--shared=16",
-            "-k",
-        ])
-        .arg(socket)
-        .arg(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let guard = ChildGuard(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(socket).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "qemu-nbd did not listen on {} within 20 s",
-            socket.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    guard
 }
 
 /// The example external pager binary, serving on `socket`. Returns once it

@@ -204,6 +204,21 @@ pub struct QemuNbd {
 
 impl QemuNbd {
     pub fn start(qemu_nbd: &Path, file: &Path, export: &str, tls: Option<&QemuTls<'_>>) -> QemuNbd {
+        Self::start_with(qemu_nbd, file, export, false, tls)
+    }
+
+    /// A plaintext server refusing writes (`--read-only`).
+    pub fn read_only(qemu_nbd: &Path, file: &Path, export: &str) -> QemuNbd {
+        Self::start_with(qemu_nbd, file, export, true, None)
+    }
+
+    fn start_with(
+        qemu_nbd: &Path,
+        file: &Path,
+        export: &str,
+        read_only: bool,
+        tls: Option<&QemuTls<'_>>,
+    ) -> QemuNbd {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let fd = listener.as_raw_fd();
@@ -215,6 +230,7 @@ impl QemuNbd {
             .arg(qemu_nbd)
             .args(["-f", "raw", "-x", export, "--persistent", "--shared=16"])
             .args(tls.map(qemu_tls_args).unwrap_or_default())
+            .args(read_only.then_some("--read-only"))
             .arg(file)
             .stdin(Stdio::null());
         // SAFETY: dup2/fcntl are async-signal-safe.
@@ -238,6 +254,19 @@ impl QemuNbd {
     }
 }
 
+impl QemuNbd {
+    /// The plaintext URI of `export`.
+    pub fn uri(&self, export: &str) -> String {
+        format!("nbd://127.0.0.1:{}/{export}", self.port)
+    }
+
+    /// Ends the server now (a server that dies under its client).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for QemuNbd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -245,8 +274,9 @@ impl Drop for QemuNbd {
     }
 }
 
-/// A real qemu-nbd serving `file` as `export` on the Unix socket `socket`,
-/// over TLS. Returns once the socket accepts connections.
+/// A real qemu-nbd serving `file` as `export` on the Unix socket `socket`
+/// (`qemu-nbd -k`), over TLS when `tls` says so. Returns once the socket
+/// accepts connections.
 pub struct QemuNbdUnix(Child);
 
 impl QemuNbdUnix {
@@ -255,7 +285,7 @@ impl QemuNbdUnix {
         file: &Path,
         export: &str,
         socket: &Path,
-        tls: &QemuTls<'_>,
+        tls: Option<&QemuTls<'_>>,
     ) -> QemuNbdUnix {
         let child = Command::new(qemu_nbd)
             .args([
@@ -268,7 +298,7 @@ impl QemuNbdUnix {
                 "-k",
             ])
             .arg(socket)
-            .args(qemu_tls_args(tls))
+            .args(tls.map(qemu_tls_args).unwrap_or_default())
             .arg(file)
             .stdin(Stdio::null())
             .spawn()
