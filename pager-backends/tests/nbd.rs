@@ -5,7 +5,7 @@ mod common;
 
 use common::tls::{QemuNbd, QemuNbdUnix};
 use common::*;
-use pager_backends::{Access, DataReply, KernelId, ObjectOffset, OpenOptions, Pager, PagerError};
+use pager_backends::{Access, KernelId, ObjectOffset, OpenOptions, Pager, PagerError};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
@@ -33,24 +33,7 @@ fn reads_writes_and_flushes_against_qemu_nbd() {
     assert!(p.describe().contains("nbd://127.0.0.1"));
 
     // Scatter read across two buffers.
-    let (mut a, mut b) = (vec![0u8; 5000], vec![0u8; 3192]);
-    let r = p
-        .data_request(
-            K,
-            ObjectOffset(65536),
-            8192,
-            Access::READ,
-            &[slice(&mut a), slice(&mut b)],
-        )
-        .unwrap();
-    assert_eq!(
-        r,
-        DataReply::Provided {
-            bytes: 8192,
-            lock: Access::NONE
-        }
-    );
-    assert_eq!([a, b].concat(), &data[65536..65536 + 8192]);
+    check_scatter_read(&*p, K, &data);
 
     let mut page = vec![0x42u8; 8192];
     p.data_write(K, ObjectOffset(4096), 8192, &[slice(&mut page)])

@@ -4,7 +4,7 @@
 
 pub mod tls;
 
-use pager_backends::{Access, KernelControl, ObjectOffset, Result};
+use pager_backends::{Access, DataReply, KernelControl, KernelId, ObjectOffset, Pager, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -62,6 +62,29 @@ pub fn slice(v: &mut [u8]) -> VolatileSlice<'_> {
 }
 
 /// Deterministic file content: byte i = (i * 7 + i / 4096) as u8.
+/// Reads 8 KiB at 64 KiB scattered over two buffers (5000 and 3192
+/// bytes: the split falls inside a page) and checks them against `data`.
+pub fn check_scatter_read(p: &dyn Pager, k: KernelId, data: &[u8]) {
+    let (mut a, mut b) = (vec![0u8; 5000], vec![0u8; 3192]);
+    let r = p
+        .data_request(
+            k,
+            ObjectOffset(65536),
+            8192,
+            Access::READ,
+            &[slice(&mut a), slice(&mut b)],
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        DataReply::Provided {
+            bytes: 8192,
+            lock: Access::NONE
+        }
+    );
+    assert_eq!([a, b].concat(), &data[65536..65536 + 8192]);
+}
+
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(7) + i / 4096) as u8)
