@@ -177,6 +177,28 @@ impl Objects {
         self.settle_requested(object, offset, size, true)
     }
 
+    /// A data_unlock for the page at `offset` could not be asked or was
+    /// not answered: the page no longer counts as asked for, so the
+    /// faults waiting for it stop waiting (and a later fault may ask
+    /// again), the lock staying as it is.
+    pub fn unlock_failed(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+    ) -> Result<Reply, VmError> {
+        let mut r = Reply::default();
+        for pid in self.pages_in(object, offset, PAGE_SIZE)? {
+            if let Some(p) = self.pages.get_mut(pid)
+                && !p.unlock_requested.is_empty()
+            {
+                p.unlock_requested = VmProt::NONE;
+                r.pages += 1;
+                r.woken = true;
+            }
+        }
+        Ok(r)
+    }
+
     /// Ends the requests outstanding on [offset, offset+size) without data:
     /// the placeholders stop being busy (zero-fill, or `error`) and their
     /// waiting faults are woken.

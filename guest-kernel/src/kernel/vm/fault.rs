@@ -203,7 +203,12 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
             offset,
             access,
         } => {
-            if !super::pager::unlock(&mut k.paging, pager, offset, access) {
+            if !super::pager::unlock(&mut k.paging, object, pager, offset, access) {
+                // Not asked: the page must not stay marked as asked for, or
+                // every later fault on it would wait for an answer.
+                super::with_objects(k, |objects, _, _| {
+                    let _ = objects.unlock_failed(object, offset);
+                });
                 return Ask::Fail;
             }
             object

@@ -94,6 +94,9 @@ struct Transfer {
     frames: [PhysAddr; CLUSTER],
     count: usize,
     write: bool,
+    /// A data_unlock for the page at `offset` (no frames): `desired` is
+    /// the access asked for.
+    unlock: bool,
     desired: VmProt,
 }
 
@@ -109,6 +112,7 @@ const NO_TRANSFER: Transfer = Transfer {
     frames: [PhysAddr(0); CLUSTER],
     count: 0,
     write: false,
+    unlock: false,
     desired: VmProt::NONE,
 };
 
@@ -244,6 +248,7 @@ impl HostPaging {
         t.frames[0] = frame;
         t.count = 1;
         t.write = true;
+        t.unlock = false;
         t.desired = VmProt::NONE;
         self.used |= 1 << slot;
         self.unsent |= 1 << slot;
@@ -279,7 +284,7 @@ pub fn object_info(id: u32) -> Option<(u64, bool)> {
 /// An answer the fault path takes itself: data for the page, nothing
 /// else (every other answer goes through `finish`).
 fn plain_success(c: &Completion) -> bool {
-    c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE
+    c.status == status::OK && c.kind == pager::KIND_PROVIDED && c.bytes >= PAGE_SIZE && c.lock == 0
 }
 
 /// Whether a fault whose answer is not there yet spins for it: while the
@@ -379,6 +384,7 @@ pub fn request(
     t.default = default;
     t.count = 0;
     t.write = false;
+    t.unlock = false;
     t.desired = desired;
     t.count = if pages == 1 {
         // A random fault's one page: the allocator's one-frame path.
@@ -415,19 +421,47 @@ fn defer(paging: &mut HostPaging, pager: PagerRef, call: Call) -> bool {
     true
 }
 
-/// pager_data_unlock for a fault: only guest pagers lock pages.
+/// pager_data_unlock for a fault on `object`'s page at `offset`: a
+/// message to a guest pager, a DATA_UNLOCK request to a host object's
+/// device (its answer, the lock now in force, is applied by `finish`).
+/// False if it cannot be asked.
 pub fn unlock(
     paging: &mut HostPaging,
+    object: ObjectId,
     pager: PagerPort,
     offset: ObjectOffset,
     access: VmProt,
 ) -> bool {
-    match pager {
-        PagerPort::Pager(p) if crate::vm::user_pager::is_user(p) => {
-            defer(paging, p, Call::DataUnlock { offset, access })
-        }
-        _ => false,
+    let PagerPort::Pager(p) = pager else {
+        return false;
+    };
+    if crate::vm::user_pager::is_user(p) {
+        return defer(paging, p, Call::DataUnlock { offset, access });
     }
+    let (Some(dev), Some(slot)) = (host_object(p), paging.free_slot()) else {
+        return false;
+    };
+    // A device that does not take unlocks (no F_UNLOCK) would refuse it.
+    let takes_unlocks = virtio_pager::try_lock().is_none_or(|g| {
+        g.as_ref()
+            .is_some_and(|d| d.features() & (1 << pager::F_UNLOCK) != 0)
+    });
+    if !takes_unlocks {
+        return false;
+    }
+    let t = &mut paging.slots[slot];
+    t.object = object;
+    t.device_object = dev;
+    t.offset = offset;
+    t.dev_offset = offset.0;
+    t.default = false;
+    t.count = 0;
+    t.write = false;
+    t.unlock = true;
+    t.desired = access;
+    paging.used |= 1 << slot;
+    paging.unsent |= 1 << slot;
+    true
 }
 
 /// Takes the write-backs reaping produced into free slots (frames stay
@@ -667,22 +701,29 @@ pub fn page_in(
 
 fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> {
     let len = t.count as u64 * PAGE_SIZE;
-    let op = if t.write {
+    let mut desired = ACCESS_READ;
+    if t.desired.contains(VmProt::WRITE) {
+        desired |= ACCESS_WRITE;
+    }
+    let op = if t.unlock {
+        Op::DataUnlock {
+            offset: t.dev_offset,
+            len: PAGE_SIZE,
+            desired,
+        }
+    } else if t.write {
         Op::DataWrite {
             offset: t.dev_offset,
             len,
         }
     } else {
-        let mut desired = ACCESS_READ;
-        if t.desired.contains(VmProt::WRITE) {
-            desired |= ACCESS_WRITE;
-        }
         Op::DataRequest {
             offset: t.dev_offset,
             len,
             desired,
         }
     };
+    // (An unlock has no frames: the same, empty, iterator.)
     let frames = t.frames[..t.count].iter().map(|&addr| Segment {
         addr,
         len: PAGE_SIZE as u32,
@@ -695,7 +736,7 @@ fn submit(d: &mut Driver, t: &Transfer, slot: usize) -> Result<(), SubmitError> 
 fn fail_waiting(k: &mut Kernel) {
     while k.paging.unsent != 0 {
         let i = k.paging.unsent.trailing_zeros() as usize;
-        finish(k, i, status::IO_ERROR, 0, 0);
+        finish(k, i, status::IO_ERROR, 0, 0, 0);
     }
 }
 
@@ -713,11 +754,11 @@ pub fn complete(k: &mut Kernel, c: &Completion) {
     let slot = (c.token & !PAGE_TOKEN) as usize;
     let sent = k.paging.used & !k.paging.unsent;
     if slot < SLOTS && sent & (1 << slot) != 0 {
-        finish(k, slot, c.status, c.kind, c.bytes);
+        finish(k, slot, c.status, c.kind, c.bytes, c.lock);
     }
 }
 
-fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
+fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u8) {
     let bit = 1u64 << slot;
     if k.paging.used & bit == 0 {
         return;
@@ -728,6 +769,14 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     k.paging.used &= !bit;
     k.paging.unsent &= !bit;
     let t = &k.paging.slots[slot];
+    if t.unlock {
+        let (object, offset) = (t.object, t.offset);
+        unlocked(k, object, offset, (code == status::OK).then_some(lock));
+        return;
+    }
+    // Unknown lock bits lock everything: the page is then only the
+    // pager's to unlock.
+    let lock = VmProt::from_bits(u64::from(lock)).unwrap_or(VmProt::ALL);
     let t = Ended {
         object: t.object,
         device_object: t.device_object,
@@ -805,14 +854,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
             };
             let len = pages.len() as u64 * PAGE_SIZE;
             let r = if have > 0 {
-                objects.data_provided(
-                    t.object,
-                    t.offset,
-                    &pages[..have],
-                    VmProt::NONE,
-                    false,
-                    frames,
-                )
+                objects.data_provided(t.object, t.offset, &pages[..have], lock, false, frames)
             } else if ok {
                 objects.data_unavailable(t.object, t.offset, len)
             } else {
@@ -861,6 +903,24 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64) {
     if t.write {
         super::default_pager::frames_freed(k);
     }
+}
+
+/// A host object's answer to a fault's data_unlock: `lock`, the lock now
+/// in force on the page (None: the request failed). The answer is applied
+/// as the pager's data_lock (paper §3.4.1: a pager grants access by
+/// lowering the lock; one that does not leaves the fault waiting for a
+/// later data_lock). A request that failed ends in the memory error.
+fn unlocked(k: &mut Kernel, object: ObjectId, offset: ObjectOffset, lock: Option<u8>) {
+    let lock = lock.and_then(|l| VmProt::from_bits(u64::from(l)));
+    crate::vm::with_objects(k, |objects, _, m| match lock {
+        Some(lock) => {
+            let _ = objects.data_lock(object, offset, PAGE_SIZE, lock, m);
+        }
+        None => {
+            let _ = objects.unlock_failed(object, offset);
+        }
+    });
+    k.wake_page_waiters(object);
 }
 
 /// Queues the write-backs a pager's call started. Without room to
