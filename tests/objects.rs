@@ -1289,9 +1289,9 @@ fn silent_pager_policy_error_raises_and_zero_fills() {
     );
     assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    // One page, one request: the unix client gives a connection up after
-    // a timeout (a late answer could not be told from the next one's), so
-    // later requests would find the pager dead.
+    // One page, one request: each request waits out the timeout, and a
+    // pager that leaves a quarter of the client's request slots
+    // unanswered is given up on (then dead, not zero).
     let page = 4096;
     let inner = AnonPager::new(page as u64, &OpenOptions::default()).expect("anon pager");
     let sock = serve_in_process("silent-zero", Arc::new(Silent::new(inner)));
