@@ -1235,34 +1235,27 @@ pub(crate) mod tests {
         assert_eq!(b, [0; 4]);
     }
 
-    /// A one-page external object whose page the pager provided
-    /// write-locked (in the returned frame).
-    fn write_locked() -> (World, crate::vm::pmap::SpaceHandle, ObjectId, PhysAddr) {
-        let mut w = World::new(8);
-        let s = w.m.new_space();
-        let o = external(&mut w, 1);
+    /// A write-locked page of `o` resident in frame 1, and a write fault
+    /// that asked for the unlock.
+    fn write_locked_and_asked(w: &mut World, s: crate::vm::pmap::SpaceHandle, o: ObjectId) {
         w.objs.set_pager_ready(o).unwrap();
         let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
         let f = w.filled_frame(1);
         w.objs
             .data_provided(o, off(0), &[f], VmProt::WRITE, false, &mut w.pool)
             .unwrap();
-        (w, s, o, f)
-    }
-
-    /// [`write_locked`], and a write fault that asked for the unlock.
-    fn write_locked_and_asked() -> (World, crate::vm::pmap::SpaceHandle, ObjectId) {
-        let (mut w, s, o, _) = write_locked();
         assert!(matches!(
             w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
             FaultOutcome::Unlock { .. }
         ));
-        (w, s, o)
     }
 
     #[test]
     fn a_failed_unlock_is_the_waiting_faults_exception_then_asked_again() {
-        let (mut w, s, o) = write_locked_and_asked();
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        write_locked_and_asked(&mut w, s, o);
         let rep = w.objs.unlock_failed(o, off(0)).unwrap();
         assert!(rep.woken);
         // The woken writer gets the exception instead of asking forever.
@@ -1297,7 +1290,10 @@ pub(crate) mod tests {
 
     #[test]
     fn an_unlock_not_sent_leaves_no_mark() {
-        let (mut w, s, o) = write_locked_and_asked();
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        write_locked_and_asked(&mut w, s, o);
         w.objs.unlock_not_asked(o, off(0)).unwrap();
         // The fault that could not ask failed by itself; the next asks.
         assert!(matches!(
@@ -1308,7 +1304,10 @@ pub(crate) mod tests {
 
     #[test]
     fn a_pager_that_dies_while_an_unlock_waits_ends_the_wait() {
-        let (mut w, s, o) = write_locked_and_asked();
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        write_locked_and_asked(&mut w, s, o);
         assert!(matches!(
             w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
             FaultOutcome::Wait { .. }
@@ -1334,7 +1333,15 @@ pub(crate) mod tests {
 
     #[test]
     fn pager_lock_then_unlock() {
-        let (mut w, s, o, f) = write_locked();
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        w.objs.set_pager_ready(o).unwrap();
+        let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        let f = w.filled_frame(1);
+        w.objs
+            .data_provided(o, off(0), &[f], VmProt::WRITE, false, &mut w.pool)
+            .unwrap();
         // Reads are allowed, mapped without write.
         let r = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
         assert_eq!(
