@@ -507,7 +507,6 @@ fn found<F: FrameSource, M: FaultMachine>(
     }
     let (mut page_frame, offset) = (p.frame, p.offset);
     let (lock, unlock_requested, cleaning) = (p.lock, p.unlock_requested, p.cleaning);
-    let unlock_refused = p.unlock_refused;
     let mut how = Resolved::Soft;
     if p.absent {
         // The pager said data_unavailable: zero-fill in place.
@@ -539,14 +538,6 @@ fn found<F: FrameSource, M: FaultMachine>(
     };
     let locked = lock.intersect(need);
     if !locked.is_empty() {
-        if unlock_refused {
-            // The pager did not grant it: this fault gets the exception,
-            // the next one asks again.
-            if let Some(q) = objects.pages.get_mut(pid) {
-                q.unlock_refused = false;
-            }
-            return FaultOutcome::MemoryError;
-        }
         if unlock_requested.contains(locked) {
             return FaultOutcome::Wait {
                 object: obj,
@@ -554,8 +545,6 @@ fn found<F: FrameSource, M: FaultMachine>(
             };
         }
         let pager = match objects.get(obj) {
-            // Only the pager could lift its lock, and it is gone.
-            Ok(o) if o.pager_dead() => return FaultOutcome::MemoryError,
             Ok(o) => o.pager_port(),
             Err(_) => return FaultOutcome::MemoryError,
         };
@@ -1233,102 +1222,6 @@ pub(crate) mod tests {
         let mut b = [9u8; 4];
         w.m.read_virt(s, va(1), &mut b).unwrap();
         assert_eq!(b, [0; 4]);
-    }
-
-    /// A write-locked page of `o` resident in frame 1, and a write fault
-    /// that asked for the unlock.
-    fn write_locked_and_asked(w: &mut World, s: crate::vm::pmap::SpaceHandle, o: ObjectId) {
-        w.objs.set_pager_ready(o).unwrap();
-        let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
-        let f = w.filled_frame(1);
-        w.objs
-            .data_provided(o, off(0), &[f], VmProt::WRITE, false, &mut w.pool)
-            .unwrap();
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::Unlock { .. }
-        ));
-    }
-
-    #[test]
-    fn a_failed_unlock_is_the_waiting_faults_exception_then_asked_again() {
-        let mut w = World::new(8);
-        let s = w.m.new_space();
-        let o = external(&mut w, 1);
-        write_locked_and_asked(&mut w, s, o);
-        let rep = w.objs.unlock_failed(o, off(0)).unwrap();
-        assert!(rep.woken);
-        // The woken writer gets the exception instead of asking forever.
-        assert_eq!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::MemoryError
-        );
-        // Reads were never locked; the data stays.
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
-            FaultOutcome::Mapped {
-                prot: VmProt::READ,
-                ..
-            }
-        ));
-        // A later writer asks the pager again, and its grant maps it.
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::Unlock {
-                access: VmProt::WRITE,
-                ..
-            }
-        ));
-        w.objs
-            .data_lock(o, off(0), PAGE_SIZE, VmProt::NONE, &mut w.m)
-            .unwrap();
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::Mapped { prot: RW, .. }
-        ));
-    }
-
-    #[test]
-    fn an_unlock_not_sent_leaves_no_mark() {
-        let mut w = World::new(8);
-        let s = w.m.new_space();
-        let o = external(&mut w, 1);
-        write_locked_and_asked(&mut w, s, o);
-        w.objs.unlock_not_asked(o, off(0)).unwrap();
-        // The fault that could not ask failed by itself; the next asks.
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::Unlock { .. }
-        ));
-    }
-
-    #[test]
-    fn a_pager_that_dies_while_an_unlock_waits_ends_the_wait() {
-        let mut w = World::new(8);
-        let s = w.m.new_space();
-        let o = external(&mut w, 1);
-        write_locked_and_asked(&mut w, s, o);
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-            FaultOutcome::Wait { .. }
-        ));
-        assert!(w.objs.pager_died(o).unwrap().woken);
-        // No one can lift the lock now: every writer gets the exception,
-        // none waits and none asks the dead pager.
-        for _ in 0..2 {
-            assert_eq!(
-                w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE),
-                FaultOutcome::MemoryError
-            );
-        }
-        // The resident page stays readable (paper §6.1).
-        assert!(matches!(
-            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
-            FaultOutcome::Mapped {
-                prot: VmProt::READ,
-                ..
-            }
-        ));
     }
 
     #[test]

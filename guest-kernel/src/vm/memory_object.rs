@@ -148,7 +148,6 @@ impl Objects {
                 p.precious = precious;
                 p.lock = lock;
                 p.unlock_requested = VmProt::NONE;
-                p.unlock_refused = false;
             }
             self.pages.activate(pid);
             r.pages += 1;
@@ -178,35 +177,14 @@ impl Objects {
         self.settle_requested(object, offset, size, true)
     }
 
-    /// A data_unlock for the page at `offset` was asked and failed (timed
-    /// out, refused, the pager broke): the faults waiting for it are woken
-    /// and the first to need the locked access gets the memory exception
-    /// (paper §6: an unanswered request is the thread's error, not a
-    /// hang); a later fault may ask again. The lock stays as it is.
+    /// A data_unlock for the page at `offset` could not be asked or was
+    /// not answered: the page no longer counts as asked for, so the
+    /// faults waiting for it stop waiting (and a later fault may ask
+    /// again), the lock staying as it is.
     pub fn unlock_failed(
         &mut self,
         object: ObjectId,
         offset: ObjectOffset,
-    ) -> Result<Reply, VmError> {
-        self.end_unlock_request(object, offset, true)
-    }
-
-    /// A data_unlock for the page at `offset` could not be sent (the fault
-    /// that wanted it fails by itself): the page no longer counts as asked
-    /// for, or every later fault on it would wait for an answer.
-    pub fn unlock_not_asked(
-        &mut self,
-        object: ObjectId,
-        offset: ObjectOffset,
-    ) -> Result<Reply, VmError> {
-        self.end_unlock_request(object, offset, false)
-    }
-
-    fn end_unlock_request(
-        &mut self,
-        object: ObjectId,
-        offset: ObjectOffset,
-        refused: bool,
     ) -> Result<Reply, VmError> {
         let mut r = Reply::default();
         for pid in self.pages_in(object, offset, PAGE_SIZE)? {
@@ -214,7 +192,6 @@ impl Objects {
                 && !p.unlock_requested.is_empty()
             {
                 p.unlock_requested = VmProt::NONE;
-                p.unlock_refused = refused;
                 r.pages += 1;
                 r.woken = true;
             }
@@ -254,13 +231,6 @@ impl Objects {
         let size = self.get(object)?.size();
         self.get_mut(object)?.pager_dead = true;
         let mut r = self.data_error(object, ObjectOffset(0), size)?;
-        // No unlock will be answered now: the faults waiting for one wake
-        // and find the lock cannot be lifted (a memory exception).
-        for pid in self.pages_in(object, ObjectOffset(0), size)? {
-            if let Some(p) = self.pages.get_mut(pid) {
-                p.unlock_requested = VmProt::NONE;
-            }
-        }
         r.woken = true;
         Ok(r)
     }
@@ -287,7 +257,6 @@ impl Objects {
             }
             let tighter = !p.lock.contains(lock);
             p.lock = lock;
-            p.unlock_refused = false;
             if !p.unlock_requested.is_empty() {
                 let still = p.unlock_requested.intersect(lock);
                 r.woken |= still != p.unlock_requested;

@@ -149,10 +149,6 @@ pub struct Page {
     /// Access asked of the pager with data_unlock and not yet granted, so
     /// a second fault waits instead of asking again.
     pub unlock_requested: VmProt,
-    /// The last data_unlock for it failed (timed out, refused, the pager
-    /// broke): the next fault needing the locked access gets the memory
-    /// exception, and the one after asks again.
-    pub unlock_refused: bool,
     /// The pager reported an error for it (data_error / pager death).
     pub error: bool,
     queue: Queue,
@@ -178,7 +174,6 @@ impl Page {
             cleaning: false,
             lock: VmProt::NONE,
             unlock_requested: VmProt::NONE,
-            unlock_refused: false,
             error: false,
             queue: Queue::None,
             prev: NIL,

@@ -207,7 +207,7 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
                 // Not asked: the page must not stay marked as asked for, or
                 // every later fault on it would wait for an answer.
                 super::with_objects(k, |objects, _, _| {
-                    let _ = objects.unlock_not_asked(object, offset);
+                    let _ = objects.unlock_failed(object, offset);
                 });
                 return Ask::Fail;
             }

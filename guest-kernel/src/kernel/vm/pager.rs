@@ -770,19 +770,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     k.paging.unsent &= !bit;
     let t = &k.paging.slots[slot];
     if t.unlock {
-        let (object, offset, dev) = (t.object, t.offset, t.device_object);
-        if code == status::TIMED_OUT {
-            timed_out(&mut k.paging, dev, "a data_unlock");
-        }
-        if code == status::PAGER_FAILED {
-            let newly_dead = crate::vm::with_objects(k, |objects, _, _| {
-                objects.get(object).is_ok_and(|o| !o.pager_dead())
-                    && objects.pager_died(object).is_ok()
-            });
-            if newly_dead {
-                report_dead(&mut k.paging, dev);
-            }
-        }
+        let (object, offset) = (t.object, t.offset);
         unlocked(k, object, offset, (code == status::OK).then_some(lock));
         return;
     }
@@ -811,7 +799,15 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     if code == status::TIMED_OUT && !t.write {
         // Not dead: the waiting threads get the memory exception (the
         // object's policy was `error`; `zero` arrives as unavailable).
-        timed_out(&mut k.paging, t.device_object, "a data_request");
+        k.paging.timeouts += 1;
+        if !k.paging.timeout_reported {
+            k.paging.timeout_reported = true;
+            crate::kprint!(
+                "vm: host object ",
+                Dec(u64::from(t.device_object)),
+                ": a data_request timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
+            );
+        }
     }
     let mut newly_dead = false;
     let mut lost = false;
@@ -874,7 +870,12 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         },
     );
     if newly_dead {
-        report_dead(&mut k.paging, t.device_object);
+        k.paging.dead_objects += 1;
+        crate::kprint!(
+            "vm: host object ",
+            Dec(u64::from(t.device_object)),
+            ": pager failed, object dead (absent pages fault, dirty pages go to the default pager)\n"
+        );
     }
     if t.write && !ok && !t.default {
         k.paging.failed_writes += 1;
@@ -902,32 +903,6 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     if t.write {
         super::default_pager::frames_freed(k);
     }
-}
-
-/// Counts a request the host ended for want of the pager's answer and
-/// reports the first (the rest are in vm_statistics).
-fn timed_out(paging: &mut HostPaging, device_object: u32, what: &str) {
-    paging.timeouts += 1;
-    if !paging.timeout_reported {
-        paging.timeout_reported = true;
-        crate::kprint!(
-            "vm: host object ",
-            Dec(u64::from(device_object)),
-            ": ",
-            what,
-            " timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
-        );
-    }
-}
-
-/// Counts and reports a host object whose pager just failed for good.
-fn report_dead(paging: &mut HostPaging, device_object: u32) {
-    paging.dead_objects += 1;
-    crate::kprint!(
-        "vm: host object ",
-        Dec(u64::from(device_object)),
-        ": pager failed, object dead (absent pages fault, dirty pages go to the default pager)\n"
-    );
 }
 
 /// A host object's answer to a fault's data_unlock: `lock`, the lock now
