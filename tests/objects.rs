@@ -669,6 +669,17 @@ impl Pager for Speaker {
 struct WriteLocked {
     inner: FilePager,
     unlocks: AtomicU32,
+    /// How it answers a data_unlock: grants it, or fails it.
+    answer: UnlockAnswer,
+}
+
+#[derive(Clone, Copy)]
+enum UnlockAnswer {
+    Grant,
+    /// An I/O error at once.
+    Fail,
+    /// No answer for 2 s (past the object's `timeout=`), then a grant.
+    Late,
 }
 
 impl Pager for WriteLocked {
@@ -708,6 +719,15 @@ impl Pager for WriteLocked {
         _: Access,
     ) -> pager_backends::Result<UnlockReply> {
         self.unlocks.fetch_add(1, Ordering::SeqCst);
+        match self.answer {
+            UnlockAnswer::Grant => {}
+            UnlockAnswer::Fail => {
+                return Err(pager_backends::PagerError::Io(std::io::Error::other(
+                    "unlock refused",
+                )));
+            }
+            UnlockAnswer::Late => std::thread::sleep(std::time::Duration::from_secs(2)),
+        }
         Ok(UnlockReply { lock: Access::NONE })
     }
     fn extent(&self) -> pager_backends::Result<u64> {
@@ -735,6 +755,7 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     let pager = Arc::new(WriteLocked {
         inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
         unlocks: AtomicU32::new(0),
+        answer: UnlockAnswer::Grant,
     });
     let sock = serve_in_process("locked-sock", pager.clone());
     let obj = format!("d=unix:{}", sock.show());
@@ -764,6 +785,50 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
         std::fs::read(f.path()).expect("read back") == want,
         "not exactly the pattern"
     );
+}
+
+/// A data_unlock that fails (an error, or no answer within the object's
+/// timeout) ends the writing thread's fault in a memory exception, as a
+/// failed data_request does; it must not ask again and again forever.
+fn check_unlock_failure(answer: UnlockAnswer, query: &str) {
+    let len = 16 * 1024;
+    let original = content(len, 0x78);
+    let f = Temp::with("unlock-fails", &original);
+    let pager = Arc::new(WriteLocked {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        unlocks: AtomicU32::new(0),
+        answer,
+    });
+    let sock = serve_in_process("unlock-fails-sock", pager.clone());
+    let obj = format!("d=unix:{}{query}", sock.show());
+    let out = vmm(
+        &["run", "--stats", "--object", &obj, "--init", "fill", "d", "3"],
+        &[],
+    );
+    assert!(out.line("fill: d seed=3 wrote").is_none(), "{}", out.stdout);
+    assert!(out.line("(fill) killed").is_some(), "{}", out.stdout);
+    assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    // The first write asked once; the failure ended it.
+    let unlocks = pager.unlocks.load(Ordering::SeqCst);
+    assert_eq!(unlocks, 1, "{unlocks} unlocks:\n{}", out.stdout);
+    assert!(std::fs::read(f.path()).expect("read back") == original);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn a_failed_unlock_is_a_memory_exception_not_a_loop() {
+    if !kvm_available("a_failed_unlock_is_a_memory_exception_not_a_loop") {
+        return;
+    }
+    check_unlock_failure(UnlockAnswer::Fail, "");
+}
+
+#[test]
+fn an_unlock_that_times_out_is_a_memory_exception_once() {
+    if !kvm_available("an_unlock_that_times_out_is_a_memory_exception_once") {
+        return;
+    }
+    check_unlock_failure(UnlockAnswer::Late, "?timeout=500ms&on_timeout=error");
 }
 
 /// The numbers of the guest's `vm_statistics` line (`--stats`).
