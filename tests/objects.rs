@@ -831,6 +831,111 @@ fn an_unlock_that_times_out_is_a_memory_exception_once() {
     check_unlock_failure(UnlockAnswer::Late, "?timeout=500ms&on_timeout=error");
 }
 
+/// A file pager that, at its first data request, permits caching
+/// (pager_cache): its object outlives its last mapping, dirty pages and all.
+struct Caching {
+    inner: FilePager,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    said: std::sync::atomic::AtomicBool,
+}
+
+impl Pager for Caching {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if !self.said.swap(true, Ordering::SeqCst) {
+            let c = self.control.lock().ok().and_then(|c| c.clone());
+            if let Some(c) = c {
+                c.set_cache(true)?;
+            }
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "caching test pager".into()
+    }
+}
+
+/// A host object its pager lets the kernel cache stays cached, dirty
+/// pages included, after `fill` unmaps it; clean shutdown must still write
+/// those pages back.
+#[test]
+fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
+    if !kvm_available("a_cached_objects_dirty_pages_are_written_back_at_shutdown") {
+        return;
+    }
+    let len = MIB;
+    let seed = 12;
+    let f = Temp::with("cached", &content(len, 0x3c));
+    let pager = Caching {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        control: std::sync::Mutex::new(None),
+        said: std::sync::atomic::AtomicBool::new(false),
+    };
+    let sock = serve_in_process("cached-sock", Arc::new(pager));
+    let obj = format!("c=unix:{}", sock.show());
+    let seed_s = seed.to_string();
+    let out = vmm(
+        &["run", "--stats", "--object", &obj, "--init", "fill", "c", &seed_s],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line(&format!("fill: c seed={seed} wrote {len} bytes"))
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    // The permission reached the object (else this proves nothing).
+    assert_eq!(vm_statistics(&out)["pager_events"], 1, "{}", out.stdout);
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(seed, 0, &mut want);
+    assert!(
+        std::fs::read(f.path()).expect("read back") == want,
+        "not exactly the pattern:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
 /// The numbers of the guest's `vm_statistics` line (`--stats`).
 fn vm_statistics(out: &Output) -> std::collections::HashMap<String, u64> {
     let line = out

@@ -574,6 +574,15 @@ impl Objects {
         self.uncache(id, frames, phys)
     }
 
+    /// Whether some object is cached (kept after its last reference).
+    pub fn has_cached(&self) -> bool {
+        self.slots.iter().any(|s| {
+            s.object
+                .as_ref()
+                .is_some_and(|o| o.state == ObjectState::Cached)
+        })
+    }
+
     /// Terminates a cached object now.
     pub(super) fn uncache(
         &mut self,

@@ -991,6 +991,22 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     super::default_pager::frames_freed(k);
 }
 
+/// Power-off: terminates every cached object, so that its modified pages
+/// are queued for write-back like those of the objects whose last mapping
+/// went.
+pub fn uncache_all(k: &mut Kernel) {
+    while k.vm.objects.has_cached() {
+        let r = crate::vm::with_objects(k, |objects, frames, m| objects.evict_cached(frames, m));
+        match r {
+            Ok(actions) => queue_actions(k, actions),
+            Err(_) => {
+                crate::kprint!("vm: a cached object could not be ended at power-off\n");
+                return;
+            }
+        }
+    }
+}
+
 /// Power-off: hands every queued write-back to the device and polls until
 /// all transfers are done, so dirty pages reach their pagers before the
 /// power-off sync. Bounded, as the other polled waits are: a stuck pager
