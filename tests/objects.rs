@@ -936,6 +936,111 @@ fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
     );
 }
 
+/// A file pager that destroys its object (pager_destroy) at its second
+/// data request, then answers it: by then the task has modified the pages
+/// of the first.
+struct Destroyer {
+    inner: FilePager,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    requests: AtomicU32,
+}
+
+impl Pager for Destroyer {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if self.requests.fetch_add(1, Ordering::SeqCst) == 1 {
+            let c = self.control.lock().ok().and_then(|c| c.clone());
+            if let Some(c) = c {
+                c.destroy("test: the pager ends the object")?;
+            }
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "destroying test pager".into()
+    }
+}
+
+/// A pager destroys its object while it has modified pages: they are kept
+/// by the default pager (double paging); when the object then ends, they
+/// are lost, and vm_statistics must say so.
+#[test]
+fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
+    if !kvm_available("dirty_pages_of_a_dead_object_that_ends_are_counted_lost") {
+        return;
+    }
+    let len = MIB;
+    let original = content(len, 0x5d);
+    let f = Temp::with("destroyed", &original);
+    let pager = Destroyer {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        control: std::sync::Mutex::new(None),
+        requests: AtomicU32::new(0),
+    };
+    let sock = serve_in_process("destroyed-sock", Arc::new(pager));
+    let obj = format!("x=unix:{}", sock.show());
+    let out = vmm(
+        &["run", "--stats", "--object", &obj, "--init", "fill", "x", "4"],
+        &[],
+    );
+    assert!(out.line("fill: x seed=4 wrote").is_none(), "{}", out.stdout);
+    assert!(
+        out.line("destroyed by its pager, object dead").is_some(),
+        "{}",
+        out.stdout
+    );
+    let vm = vm_statistics(&out);
+    assert_eq!(vm["dead_objects"], 1, "{}", out.stdout);
+    // The destroy's flush took the modified pages to the default pager
+    // (not to the dead pager, where every write failed), and they were
+    // lost with the object when the task died.
+    assert_eq!(vm["failed_writes"], 0, "{}", out.stdout);
+    assert!(vm["swap_outs"] >= 1, "{}", out.stdout);
+    assert!(vm["lost_pages"] >= 1, "{}", out.stdout);
+    // Nothing reached the file behind the dead pager's back.
+    assert!(std::fs::read(f.path()).expect("read back") == original);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
 /// The numbers of the guest's `vm_statistics` line (`--stats`).
 fn vm_statistics(out: &Output) -> std::collections::HashMap<String, u64> {
     let line = out

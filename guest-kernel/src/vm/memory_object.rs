@@ -76,7 +76,9 @@ impl Objects {
         let mut out = Vec::new();
         out.try_reserve_exact(pages.len())
             .map_err(|_| VmError::ResourceShortage)?;
-        let port = self.get(object)?.pager_port();
+        // A dead pager's modified pages go to the default pager (double
+        // paging), not to the pager that can no longer take them.
+        let port = self.get(object)?.write_back_port();
         Ok((pages, out, port))
     }
 

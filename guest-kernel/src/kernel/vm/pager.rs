@@ -522,13 +522,16 @@ fn take_actions(k: &mut Kernel) {
             k.paging.actions.pop();
             crate::vm::user_pager::data_write(k, p, object, offset, frame);
             continue;
-        } else if let ObjectAction::Terminate { pager, .. } = a {
+        } else if let ObjectAction::Terminate { object, pager } = a {
             k.paging.actions.pop();
-            crate::vm::user_pager::terminate(k, pager);
+            // What the default pager kept of it (its pager died) goes too.
+            k.paging.default.release(object);
+            // A host object's end leaves the device object as it is.
+            if crate::vm::user_pager::is_user(pager) {
+                crate::vm::user_pager::terminate(k, pager);
+            }
             continue;
         }
-        // Anything else needs nothing sent: a host object's end leaves the
-        // device object as it is.
         k.paging.actions.pop();
     }
 }
@@ -889,10 +892,11 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         }
     }
     k.paging.lost_pages += u64::from(lost);
-    // (An external object's end after its last write-back needs nothing
-    // sent to a host object.)
-    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
-        k.paging.default.release(object);
+    // The object's end after its last write-back (a guest pager's object
+    // whose dead pager's pages went to the default pager is told its
+    // termination too).
+    if let Some(a) = ended {
+        queue_actions(k, alloc::vec![a]);
     }
     if t.write && t.default {
         k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
@@ -978,8 +982,8 @@ fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
             .ok()
             .flatten()
     });
-    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
-        k.paging.default.release(object);
+    if let Some(a) = ended {
+        queue_actions(k, alloc::vec![a]);
     }
 }
 
