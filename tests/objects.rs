@@ -802,7 +802,9 @@ fn check_unlock_failure(answer: UnlockAnswer, query: &str) {
     let sock = serve_in_process("unlock-fails-sock", pager.clone());
     let obj = format!("d=unix:{}{query}", sock.show());
     let out = vmm(
-        &["run", "--stats", "--object", &obj, "--init", "fill", "d", "3"],
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "d", "3",
+        ],
         &[],
     );
     assert!(out.line("fill: d seed=3 wrote").is_none(), "{}", out.stdout);
@@ -914,7 +916,9 @@ fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
     let obj = format!("c=unix:{}", sock.show());
     let seed_s = seed.to_string();
     let out = vmm(
-        &["run", "--stats", "--object", &obj, "--init", "fill", "c", &seed_s],
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "c", &seed_s,
+        ],
         &[],
     );
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
@@ -1019,7 +1023,9 @@ fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
     let sock = serve_in_process("destroyed-sock", Arc::new(pager));
     let obj = format!("x=unix:{}", sock.show());
     let out = vmm(
-        &["run", "--stats", "--object", &obj, "--init", "fill", "x", "4"],
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "x", "4",
+        ],
         &[],
     );
     assert!(out.line("fill: x seed=4 wrote").is_none(), "{}", out.stdout);

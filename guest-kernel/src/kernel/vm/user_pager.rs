@@ -186,11 +186,10 @@ pub fn data_write(
     // Not sent (the pager is dead): the page keeps its data, dirty, and
     // pageout takes it to the default pager from now on; unless the object
     // is ending, when it is lost (counted).
-    let ending = k
-        .vm
-        .objects
-        .get(object)
-        .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
+    let ending =
+        k.vm.objects
+            .get(object)
+            .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
     k.paging.lost_pages += u64::from(!sent && ending);
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
         let r = if sent {
