@@ -669,6 +669,17 @@ impl Pager for Speaker {
 struct WriteLocked {
     inner: FilePager,
     unlocks: AtomicU32,
+    /// How it answers a data_unlock: grants it, or fails it.
+    answer: UnlockAnswer,
+}
+
+#[derive(Clone, Copy)]
+enum UnlockAnswer {
+    Grant,
+    /// An I/O error at once.
+    Fail,
+    /// No answer for 2 s (past the object's `timeout=`), then a grant.
+    Late,
 }
 
 impl Pager for WriteLocked {
@@ -708,6 +719,15 @@ impl Pager for WriteLocked {
         _: Access,
     ) -> pager_backends::Result<UnlockReply> {
         self.unlocks.fetch_add(1, Ordering::SeqCst);
+        match self.answer {
+            UnlockAnswer::Grant => {}
+            UnlockAnswer::Fail => {
+                return Err(pager_backends::PagerError::Io(std::io::Error::other(
+                    "unlock refused",
+                )));
+            }
+            UnlockAnswer::Late => std::thread::sleep(std::time::Duration::from_secs(2)),
+        }
         Ok(UnlockReply { lock: Access::NONE })
     }
     fn extent(&self) -> pager_backends::Result<u64> {
@@ -735,6 +755,7 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     let pager = Arc::new(WriteLocked {
         inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
         unlocks: AtomicU32::new(0),
+        answer: UnlockAnswer::Grant,
     });
     let sock = serve_in_process("locked-sock", pager.clone());
     let obj = format!("d=unix:{}", sock.show());
@@ -764,6 +785,266 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
         std::fs::read(f.path()).expect("read back") == want,
         "not exactly the pattern"
     );
+}
+
+/// A data_unlock that fails (an error, or no answer within the object's
+/// timeout) ends the writing thread's fault in a memory exception, as a
+/// failed data_request does; it must not ask again and again forever.
+fn check_unlock_failure(answer: UnlockAnswer, query: &str) {
+    let len = 16 * 1024;
+    let original = content(len, 0x78);
+    let f = Temp::with("unlock-fails", &original);
+    let pager = Arc::new(WriteLocked {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        unlocks: AtomicU32::new(0),
+        answer,
+    });
+    let sock = serve_in_process("unlock-fails-sock", pager.clone());
+    let obj = format!("d=unix:{}{query}", sock.show());
+    let out = vmm(
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "d", "3",
+        ],
+        &[],
+    );
+    assert!(out.line("fill: d seed=3 wrote").is_none(), "{}", out.stdout);
+    assert!(out.line("(fill) killed").is_some(), "{}", out.stdout);
+    assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    // The first write asked once; the failure ended it.
+    let unlocks = pager.unlocks.load(Ordering::SeqCst);
+    assert_eq!(unlocks, 1, "{unlocks} unlocks:\n{}", out.stdout);
+    assert!(std::fs::read(f.path()).expect("read back") == original);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn a_failed_unlock_is_a_memory_exception_not_a_loop() {
+    if !kvm_available("a_failed_unlock_is_a_memory_exception_not_a_loop") {
+        return;
+    }
+    check_unlock_failure(UnlockAnswer::Fail, "");
+}
+
+#[test]
+fn an_unlock_that_times_out_is_a_memory_exception_once() {
+    if !kvm_available("an_unlock_that_times_out_is_a_memory_exception_once") {
+        return;
+    }
+    check_unlock_failure(UnlockAnswer::Late, "?timeout=500ms&on_timeout=error");
+}
+
+/// A file pager that, at its first data request, permits caching
+/// (pager_cache): its object outlives its last mapping, dirty pages and all.
+struct Caching {
+    inner: FilePager,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    said: std::sync::atomic::AtomicBool,
+}
+
+impl Pager for Caching {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if !self.said.swap(true, Ordering::SeqCst) {
+            let c = self.control.lock().ok().and_then(|c| c.clone());
+            if let Some(c) = c {
+                c.set_cache(true)?;
+            }
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "caching test pager".into()
+    }
+}
+
+/// A host object its pager lets the kernel cache stays cached, dirty
+/// pages included, after `fill` unmaps it; clean shutdown must still write
+/// those pages back.
+#[test]
+fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
+    if !kvm_available("a_cached_objects_dirty_pages_are_written_back_at_shutdown") {
+        return;
+    }
+    let len = MIB;
+    let seed = 12;
+    let f = Temp::with("cached", &content(len, 0x3c));
+    let pager = Caching {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        control: std::sync::Mutex::new(None),
+        said: std::sync::atomic::AtomicBool::new(false),
+    };
+    let sock = serve_in_process("cached-sock", Arc::new(pager));
+    let obj = format!("c=unix:{}", sock.show());
+    let seed_s = seed.to_string();
+    let out = vmm(
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "c", &seed_s,
+        ],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.line(&format!("fill: c seed={seed} wrote {len} bytes"))
+            .is_some(),
+        "{}",
+        out.stdout
+    );
+    // The permission reached the object (else this proves nothing).
+    assert_eq!(vm_statistics(&out)["pager_events"], 1, "{}", out.stdout);
+    let mut want = vec![0u8; len];
+    guest_kernel::objfill_pattern::fill(seed, 0, &mut want);
+    assert!(
+        std::fs::read(f.path()).expect("read back") == want,
+        "not exactly the pattern:\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// A file pager that destroys its object (pager_destroy) at its second
+/// data request, then answers it: by then the task has modified the pages
+/// of the first.
+struct Destroyer {
+    inner: FilePager,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    requests: AtomicU32,
+}
+
+impl Pager for Destroyer {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        if self.requests.fetch_add(1, Ordering::SeqCst) == 1 {
+            let c = self.control.lock().ok().and_then(|c| c.clone());
+            if let Some(c) = c {
+                c.destroy("test: the pager ends the object")?;
+            }
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "destroying test pager".into()
+    }
+}
+
+/// A pager destroys its object while it has modified pages: they are kept
+/// by the default pager (double paging); when the object then ends, they
+/// are lost, and vm_statistics must say so.
+#[test]
+fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
+    if !kvm_available("dirty_pages_of_a_dead_object_that_ends_are_counted_lost") {
+        return;
+    }
+    let len = MIB;
+    let original = content(len, 0x5d);
+    let f = Temp::with("destroyed", &original);
+    let pager = Destroyer {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        control: std::sync::Mutex::new(None),
+        requests: AtomicU32::new(0),
+    };
+    let sock = serve_in_process("destroyed-sock", Arc::new(pager));
+    let obj = format!("x=unix:{}", sock.show());
+    let out = vmm(
+        &[
+            "run", "--stats", "--object", &obj, "--init", "fill", "x", "4",
+        ],
+        &[],
+    );
+    assert!(out.line("fill: x seed=4 wrote").is_none(), "{}", out.stdout);
+    assert!(
+        out.line("destroyed by its pager, object dead").is_some(),
+        "{}",
+        out.stdout
+    );
+    let vm = vm_statistics(&out);
+    assert_eq!(vm["dead_objects"], 1, "{}", out.stdout);
+    // The destroy's flush took the modified pages to the default pager
+    // (not to the dead pager, where every write failed), and they were
+    // lost with the object when the task died.
+    assert_eq!(vm["failed_writes"], 0, "{}", out.stdout);
+    assert!(vm["swap_outs"] >= 1, "{}", out.stdout);
+    assert!(vm["lost_pages"] >= 1, "{}", out.stdout);
+    // Nothing reached the file behind the dead pager's back.
+    assert!(std::fs::read(f.path()).expect("read back") == original);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 /// The numbers of the guest's `vm_statistics` line (`--stats`).

@@ -14,6 +14,7 @@
 use crate::error::{PagerError, Result};
 use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
 use crate::poison;
+use crate::sg;
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -191,8 +192,18 @@ impl Instrumented {
         self.count(r)
     }
 
-    fn record_request(&self, t: Instant, r: Result<DataReply>) -> Result<DataReply> {
+    /// `len`: the bytes asked for; `room`: the bytes of buffer offered.
+    fn record_request(
+        &self,
+        t: Instant,
+        r: Result<DataReply>,
+        len: u64,
+        room: u64,
+    ) -> Result<DataReply> {
         let took = t.elapsed();
+        // An answer no kernel can take (the device fails it as the pager
+        // breaking protocol) moved no pages: counted as the error it is.
+        let r = r.and_then(|reply| consistent(reply, len, room));
         self.c.request_latency.record(took);
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.c.request_ns.fetch_add(ns, Relaxed);
@@ -212,6 +223,26 @@ impl Instrumented {
     }
 }
 
+/// A data_request's answer as a kernel can take it: provided data covers
+/// the request, fits the buffers offered and is whole pages; unavailable
+/// covers the request and is whole pages. Anything else is the pager
+/// breaking protocol.
+fn consistent(reply: DataReply, len: u64, room: u64) -> Result<DataReply> {
+    let ok = match reply {
+        DataReply::Provided { bytes, .. } => {
+            bytes >= len && bytes <= room && bytes.is_multiple_of(PAGE_SIZE)
+        }
+        DataReply::Unavailable { bytes } => bytes >= len && bytes.is_multiple_of(PAGE_SIZE),
+    };
+    if ok {
+        Ok(reply)
+    } else {
+        Err(PagerError::Protocol(format!(
+            "answered {reply:?} to a request of {len} bytes with {room} bytes of buffers"
+        )))
+    }
+}
+
 impl Pager for Instrumented {
     fn init(&self, kernel: KernelId, control: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
         self.call(&self.c.inits, self.inner.init(kernel, control))
@@ -227,7 +258,7 @@ impl Pager for Instrumented {
     ) -> Result<DataReply> {
         let t = Instant::now();
         let r = self.inner.data_request(kernel, offset, len, desired, bufs);
-        self.record_request(t, r)
+        self.record_request(t, r, len, sg::total_len(bufs))
     }
 
     fn try_data_request(
@@ -244,7 +275,7 @@ impl Pager for Instrumented {
         let r = self
             .inner
             .try_data_request(kernel, offset, len, desired, bufs)?;
-        Some(self.record_request(t, r))
+        Some(self.record_request(t, r, len, sg::total_len(bufs)))
     }
 
     fn data_write(
@@ -395,16 +426,18 @@ mod tests {
         let p = Instrumented::new(Arc::new(Scripted));
         let k = KernelId(1);
         let r = Access::READ;
+        let mut buf = vec![0u8; 2 * PAGE_SIZE as usize];
+        let two = [VolatileSlice::from(&mut buf[..])];
         assert_eq!(p.stats(), StatsSnapshot::default());
         p.init(k, Arc::new(NoKernel)).unwrap();
         // Provided 2 pages for 1 asked, twice; unavailable once; then a
         // timeout, a dead pager and a protocol error.
-        p.data_request(k, page(0), PAGE_SIZE, r, &[]).unwrap();
-        p.data_request(k, page(8), PAGE_SIZE, r, &[]).unwrap();
-        p.data_request(k, page(1), 2 * PAGE_SIZE, r, &[]).unwrap();
-        assert!(p.data_request(k, page(2), PAGE_SIZE, r, &[]).is_err());
-        assert!(p.data_request(k, page(3), PAGE_SIZE, r, &[]).is_err());
-        assert!(p.data_request(k, page(4), PAGE_SIZE, r, &[]).is_err());
+        p.data_request(k, page(0), PAGE_SIZE, r, &two).unwrap();
+        p.data_request(k, page(8), PAGE_SIZE, r, &two).unwrap();
+        p.data_request(k, page(1), 2 * PAGE_SIZE, r, &two).unwrap();
+        assert!(p.data_request(k, page(2), PAGE_SIZE, r, &two).is_err());
+        assert!(p.data_request(k, page(3), PAGE_SIZE, r, &two).is_err());
+        assert!(p.data_request(k, page(4), PAGE_SIZE, r, &two).is_err());
         p.data_write(k, page(0), 3 * PAGE_SIZE, &[]).unwrap();
         assert!(p.data_write(k, page(2), PAGE_SIZE, &[]).is_err());
         p.data_unlock(k, page(0), PAGE_SIZE, Access::WRITE).unwrap();
@@ -428,6 +461,37 @@ mod tests {
         assert_eq!(s.write_latency.count, 2);
         assert!(s.request_latency.p50 <= s.request_latency.p99);
         assert!(s.request_latency.p99 <= s.request_latency.max);
+    }
+
+    #[test]
+    fn an_answer_the_kernel_cannot_take_moves_no_pages() {
+        let p = Instrumented::new(Arc::new(Scripted));
+        let k = KernelId(1);
+        let mut buf = vec![0u8; PAGE_SIZE as usize];
+        let one = [VolatileSlice::from(&mut buf[..])];
+        // Scripted provides a page more than asked: more than one page
+        // of buffer holds.
+        let r = p.data_request(k, page(0), PAGE_SIZE, Access::READ, &one);
+        assert!(matches!(r, Err(PagerError::Protocol(_))), "{r:?}");
+        let s = p.stats();
+        assert_eq!((s.data_requests, s.errors), (1, 1));
+        assert_eq!((s.pages_in, s.bytes_in), (0, 0));
+        assert_eq!(
+            consistent(DataReply::Unavailable { bytes: 0 }, PAGE_SIZE, PAGE_SIZE).ok(),
+            None
+        );
+        assert_eq!(
+            consistent(
+                DataReply::Provided {
+                    bytes: PAGE_SIZE + 1,
+                    lock: Access::NONE
+                },
+                PAGE_SIZE,
+                2 * PAGE_SIZE
+            )
+            .ok(),
+            None
+        );
     }
 
     #[test]

@@ -49,21 +49,27 @@ impl TimeoutPolicy {
         }
     }
 
-    fn apply(&self, r: Result<DataReply>, len: u64) -> Result<DataReply> {
-        let Err(PagerError::Timeout(after)) = r else {
-            return r;
-        };
+    /// Reports the object's first timeout (of any request the guest waits
+    /// for), saying what the guest gets.
+    fn report(&self, what: &str, after: std::time::Duration, outcome: &str) {
         if !self.reported.swap(true, Ordering::Relaxed) {
-            let outcome = match self.policy {
-                OnTimeout::Error => "the faulting threads get a memory exception",
-                OnTimeout::Zero => "the guest gets zero-filled pages",
-            };
             tracing::warn!(
-                "object {}: a data_request got no answer within {after:?}; {outcome} \
+                "object {}: {what} got no answer within {after:?}; {outcome} \
                  (further timeouts are counted in --stats)",
                 self.name
             );
         }
+    }
+
+    fn apply(&self, r: Result<DataReply>, len: u64) -> Result<DataReply> {
+        let Err(PagerError::Timeout(after)) = r else {
+            return r;
+        };
+        let outcome = match self.policy {
+            OnTimeout::Error => "the faulting threads get a memory exception",
+            OnTimeout::Zero => "the guest gets zero-filled pages",
+        };
+        self.report("a data_request", after, outcome);
         match self.policy {
             OnTimeout::Error => Err(PagerError::Timeout(after)),
             OnTimeout::Zero => Ok(DataReply::Unavailable { bytes: len }),
@@ -119,7 +125,17 @@ impl Pager for TimeoutPolicy {
         len: u64,
         desired: Access,
     ) -> Result<UnlockReply> {
-        self.inner.data_unlock(kernel, offset, len, desired)
+        // Whatever the policy: the page has data, so there is nothing to
+        // zero-fill; the waiting threads get the memory exception.
+        let r = self.inner.data_unlock(kernel, offset, len, desired);
+        if let Err(PagerError::Timeout(after)) = &r {
+            self.report(
+                "a data_unlock",
+                *after,
+                "the faulting threads get a memory exception",
+            );
+        }
+        r
     }
 
     fn extent(&self) -> Result<u64> {
@@ -221,6 +237,15 @@ mod tests {
             matches!(w, Err(PagerError::Timeout(_))),
             "a write is not lost silently"
         );
+    }
+
+    #[test]
+    fn an_unlock_that_times_out_stays_an_error_under_either_policy() {
+        for policy in [OnTimeout::Error, OnTimeout::Zero] {
+            let p = TimeoutPolicy::new(Arc::new(Silent), policy, "q");
+            let u = p.data_unlock(KernelId(1), ObjectOffset(0), 4096, Access::WRITE);
+            assert!(matches!(u, Err(PagerError::Timeout(_))));
+        }
     }
 
     #[test]

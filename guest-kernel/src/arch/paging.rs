@@ -8,6 +8,9 @@ pub const WRITABLE: u64 = 1 << 1;
 pub const USER: u64 = 1 << 2;
 pub const NO_CACHE: u64 = 1 << 4;
 pub const HUGE: u64 = 1 << 7;
+/// Set by the MMU on any access, and on a write (4 KiB leaf entries).
+pub const ACCESSED: u64 = 1 << 5;
+pub const DIRTY: u64 = 1 << 6;
 pub const NO_EXECUTE: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
@@ -193,6 +196,31 @@ pub fn translate(
         table = PhysAddr(e & ADDR_MASK);
     }
     None
+}
+
+/// Records a write to the 4 KiB page mapped at `va` as the MMU would for
+/// a write through the mapping (accessed and dirty bits), for writes the
+/// kernel makes through the direct map: without it the VM would take the
+/// page for clean and drop what was written. False if no 4 KiB page is
+/// mapped there.
+pub fn mark_written(mem: &mut dyn TableMemory, root: PhysAddr, va: VirtAddr) -> bool {
+    if !canonical(va) {
+        return false;
+    }
+    let mut table = root;
+    for l in (1..=3).rev() {
+        let e = mem.table(table)[index(va, l)];
+        if e & PRESENT == 0 || e & HUGE != 0 {
+            return false;
+        }
+        table = PhysAddr(e & ADDR_MASK);
+    }
+    let e = &mut mem.table(table)[index(va, 0)];
+    if *e & PRESENT == 0 {
+        return false;
+    }
+    *e |= ACCESSED | DIRTY;
+    true
 }
 
 /// Translates many nearby addresses (a buffer handed to a device): keeps

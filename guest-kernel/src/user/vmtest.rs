@@ -676,7 +676,8 @@ fn control_call(id: i32, offset: u64, size: u64) -> R {
 /// become data_request messages it answers with computed pages; a write to
 /// a page it locked asks for (and gets) an unlock; clean_request brings the
 /// modified page back as data_write (which the pager keeps); flush_request
-/// drops the pages, so the next read asks again and gets the kept data; vm_deallocate ends the object (pager_terminate);
+/// drops the pages, so the next read asks again and gets the kept data; vm_deallocate ends the object (pager_terminate),
+/// after writing back the page a message was received into;
 /// and an object whose pager died faults with an exception.
 fn user_pager() -> R {
     use libmach::memory_object as mo;
@@ -748,6 +749,11 @@ fn user_pager() -> R {
     kern(vm::vm_deallocate(me, at, (pages + 1) * PAGE))?;
     if !wait_until(|| computed_pager::TERMINATED.load(Ordering::SeqCst) == 1) {
         return Err("the object's end did not reach its pager");
+    }
+    // The receive buffer's page was written by the kernel alone: modified
+    // all the same, so it went back at the object's end (before it).
+    if computed_pager::WRITES.load(Ordering::SeqCst) != 2 {
+        return Err("the page a message was received into did not go back to its pager");
     }
     let _ = traps::port_deallocate(t);
 

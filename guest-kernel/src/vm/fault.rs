@@ -493,7 +493,7 @@ fn found<F: FrameSource, M: FaultMachine>(
     };
     let at_top = obj == target.object;
     let write = access.contains(VmProt::WRITE);
-    if p.error {
+    if p.error && p.frame.is_none() {
         // Reported once to the faults that waited; a later fault asks the
         // pager again.
         objects.pages.remove(pid);
@@ -506,7 +506,8 @@ fn found<F: FrameSource, M: FaultMachine>(
         };
     }
     let (mut page_frame, offset) = (p.frame, p.offset);
-    let (lock, unlock_requested, cleaning) = (p.lock, p.unlock_requested, p.cleaning);
+    let (lock, unlock_requested, cleaning, unlock_error) =
+        (p.lock, p.unlock_requested, p.cleaning, p.error);
     let mut how = Resolved::Soft;
     if p.absent {
         // The pager said data_unavailable: zero-fill in place.
@@ -538,16 +539,27 @@ fn found<F: FrameSource, M: FaultMachine>(
     };
     let locked = lock.intersect(need);
     if !locked.is_empty() {
+        if unlock_error {
+            // The pager failed the unlock this fault (or one before it)
+            // waited for: the memory error, once; a later fault asks again.
+            if let Some(q) = objects.pages.get_mut(pid) {
+                q.error = false;
+            }
+            return FaultOutcome::MemoryError;
+        }
+        let pager = match objects.get(obj) {
+            // A dead pager will never unlock it (nor answer an unlock
+            // asked before it died).
+            Ok(o) if o.pager_dead() => return FaultOutcome::MemoryError,
+            Ok(o) => o.pager_port(),
+            Err(_) => return FaultOutcome::MemoryError,
+        };
         if unlock_requested.contains(locked) {
             return FaultOutcome::Wait {
                 object: obj,
                 offset,
             };
         }
-        let pager = match objects.get(obj) {
-            Ok(o) => o.pager_port(),
-            Err(_) => return FaultOutcome::MemoryError,
-        };
         if let Some(q) = objects.pages.get_mut(pid) {
             q.unlock_requested = q.unlock_requested.union(locked);
         }
@@ -1295,6 +1307,40 @@ pub(crate) mod tests {
                 access: VmProt::READ,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn a_failed_unlock_fails_its_fault_once_and_a_dead_pager_every_one() {
+        let mut w = World::new(8);
+        let s = w.m.new_space();
+        let o = external(&mut w, 1);
+        w.objs.set_pager_ready(o).unwrap();
+        let _ = w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ);
+        let f = w.filled_frame(1);
+        w.objs
+            .data_provided(o, off(0), &[f], VmProt::WRITE, false, &mut w.pool)
+            .unwrap();
+        let write = |w: &mut World| w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::WRITE);
+        assert!(matches!(write(&mut w), FaultOutcome::Unlock { .. }));
+        // The pager failed the unlock: the waiting writer gets the error,
+        // once; a reader of the page is not affected.
+        assert!(w.objs.unlock_error(o, off(0)).unwrap().woken);
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
+        ));
+        assert_eq!(write(&mut w), FaultOutcome::MemoryError);
+        assert!(matches!(write(&mut w), FaultOutcome::Unlock { .. }));
+        // The pager dies with the unlock asked: the waiter, and every later
+        // writer, gets the error instead of waiting for it forever; the
+        // page stays readable.
+        assert!(w.objs.pager_died(o).unwrap().woken);
+        assert_eq!(write(&mut w), FaultOutcome::MemoryError);
+        assert_eq!(write(&mut w), FaultOutcome::MemoryError);
+        assert!(matches!(
+            w.fault_target(s, tgt(o, 0, RW), va(0), VmProt::READ),
+            FaultOutcome::Mapped { .. }
         ));
     }
 

@@ -76,7 +76,9 @@ impl Objects {
         let mut out = Vec::new();
         out.try_reserve_exact(pages.len())
             .map_err(|_| VmError::ResourceShortage)?;
-        let port = self.get(object)?.pager_port();
+        // A dead pager's modified pages go to the default pager (double
+        // paging), not to the pager that can no longer take them.
+        let port = self.get(object)?.write_back_port();
         Ok((pages, out, port))
     }
 
@@ -199,6 +201,30 @@ impl Objects {
         Ok(r)
     }
 
+    /// The pager answered a data_unlock for the page at `offset` with an
+    /// error (it failed, timed out or died): the faults waiting for the
+    /// unlock stop waiting, and the next one that needs the locked access
+    /// gets the memory error, as for a failed data_request (once: a later
+    /// fault asks again). The lock stays as it is.
+    pub fn unlock_error(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+    ) -> Result<Reply, VmError> {
+        let mut r = Reply::default();
+        for pid in self.pages_in(object, offset, PAGE_SIZE)? {
+            if let Some(p) = self.pages.get_mut(pid)
+                && !p.unlock_requested.is_empty()
+            {
+                p.unlock_requested = VmProt::NONE;
+                p.error = true;
+                r.pages += 1;
+                r.woken = true;
+            }
+        }
+        Ok(r)
+    }
+
     /// Ends the requests outstanding on [offset, offset+size) without data:
     /// the placeholders stop being busy (zero-fill, or `error`) and their
     /// waiting faults are woken.
@@ -257,6 +283,9 @@ impl Objects {
             }
             let tighter = !p.lock.contains(lock);
             p.lock = lock;
+            // The pager has spoken about the page since any unlock of it
+            // failed: that failure is no longer the answer.
+            p.error = false;
             if !p.unlock_requested.is_empty() {
                 let still = p.unlock_requested.intersect(lock);
                 r.woken |= still != p.unlock_requested;

@@ -180,6 +180,9 @@ pub struct Objects {
     dying: Vec<ObjectId>,
     /// The resident pages of every object.
     pub pages: ResidentPages,
+    /// Modified pages (resident, or kept by the default pager) that ended
+    /// with an object whose pager is dead: there was nowhere to write them.
+    pub lost_pages: u64,
 }
 
 impl core::fmt::Debug for Objects {
@@ -204,6 +207,7 @@ impl Objects {
             by_pager: BTreeMap::new(),
             dying: Vec::new(),
             pages: ResidentPages::new(page_limit, reserved_frames),
+            lost_pages: 0,
         }
     }
 
@@ -496,6 +500,13 @@ impl Objects {
                     continue;
                 }
                 let Some(f) = p.frame.filter(|_| !p.busy && !dead) else {
+                    if let (true, false, Some(f)) = (dead, p.busy, p.frame) {
+                        // Unmapped first, so the modified bit is final.
+                        phys.page_protect(f, VmProt::NONE);
+                        if p.dirty || phys.clear_modified(f) {
+                            self.lost_pages += 1;
+                        }
+                    }
                     self.free_page(pid, frames, phys);
                     continue;
                 };
@@ -515,9 +526,8 @@ impl Objects {
                 if let Ok(o) = self.get_mut(id) {
                     o.state = ObjectState::Terminating;
                 }
-            } else {
-                self.remove_slot(id);
-                out.push(ObjectAction::Terminate { object: id, pager });
+            } else if let Some(a) = self.end(id) {
+                out.push(a);
             }
             return;
         }
@@ -572,6 +582,15 @@ impl Objects {
             return Ok(Vec::new());
         };
         self.uncache(id, frames, phys)
+    }
+
+    /// Whether some object is cached (kept after its last reference).
+    pub fn has_cached(&self) -> bool {
+        self.slots.iter().any(|s| {
+            s.object
+                .as_ref()
+                .is_some_and(|o| o.state == ObjectState::Cached)
+        })
     }
 
     /// Terminates a cached object now.
@@ -631,13 +650,25 @@ impl Objects {
             p.cleaning = false;
         }
         if state == ObjectState::Terminating && !self.pages.has_pages(object) {
-            self.remove_slot(object);
-            return Ok(Some(match kind {
-                ObjectKind::External(pager) => ObjectAction::Terminate { object, pager },
-                ObjectKind::Internal => ObjectAction::DefaultPagerRelease { object },
-            }));
+            return Ok(self.end(object));
         }
         Ok(None)
+    }
+
+    /// Removes a terminated object whose last page is gone: what is to be
+    /// sent for it (an external object's Terminate, which also frees what
+    /// the default pager kept of it; an internal one's release of its
+    /// default-pager storage). Pages the default pager kept for a dead
+    /// pager's object (double paging) end with it: counted lost.
+    fn end(&mut self, object: ObjectId) -> Option<ObjectAction> {
+        let o = self.remove_slot(object)?;
+        match o.kind {
+            ObjectKind::External(pager) => {
+                self.lost_pages += o.paged_out.len() as u64;
+                Some(ObjectAction::Terminate { object, pager })
+            }
+            ObjectKind::Internal => Some(ObjectAction::DefaultPagerRelease { object }),
+        }
     }
 
     /// A DataWrite the kernel could not carry out (no swap slot left, a
@@ -665,8 +696,7 @@ impl Objects {
         frames: &mut dyn FrameSource,
         phys: &mut dyn PhysMaps,
     ) -> Result<Option<ObjectAction>, VmError> {
-        let o = self.get(object)?;
-        let (kind, state) = (o.kind, o.state);
+        let state = self.get(object)?.state;
         let pid = self
             .pages
             .lookup(object, offset)
@@ -677,11 +707,7 @@ impl Objects {
         if state == ObjectState::Terminating {
             self.free_page(pid, frames, phys);
             if !self.pages.has_pages(object) {
-                self.remove_slot(object);
-                return Ok(Some(match kind {
-                    ObjectKind::External(pager) => ObjectAction::Terminate { object, pager },
-                    ObjectKind::Internal => ObjectAction::DefaultPagerRelease { object },
-                }));
+                return Ok(self.end(object));
             }
             return Ok(None);
         }

@@ -92,9 +92,30 @@ pub fn write_in(
         for &(pa, n) in &kept[..count] {
             put(pa, n);
         }
-        return Ok(());
+    } else {
+        pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, put)?;
     }
-    pieces_in(frames, root, va, bytes.len() as u64, WRITABLE, put)
+    mark_written(frames, root, va, bytes.len() as u64);
+    Ok(())
+}
+
+/// The pages of the VM window the kernel just wrote at `va` through the
+/// direct map are modified, as if the task had written them: pageout and
+/// termination must write them back (a message received into a mapped
+/// file, into anonymous memory), not drop them as clean. Pages outside the
+/// window are never paged out.
+fn mark_written(frames: &mut FrameAllocator, root: PhysAddr, va: VirtAddr, len: u64) {
+    if !crate::vm::fault::in_window(va.0, len) {
+        return;
+    }
+    let end = va.0.saturating_add(len);
+    let mut at = va.0 & !(PAGE_SIZE - 1);
+    while at < end {
+        if crate::vm::fault::in_window(at, 1) {
+            paging::mark_written(&mut DirectTables(frames), root, VirtAddr(at));
+        }
+        at += PAGE_SIZE;
+    }
 }
 
 /// `pieces_in` for the running thread's task.

@@ -534,6 +534,9 @@ impl Kernel {
             // are written back before the pagers are told to sync.
             crate::vm::pager::drain_at_power_off(self);
             self.release_all_maps();
+            // Objects their pagers let the kernel cache keep their
+            // modified pages past the last mapping: they end now too.
+            crate::vm::pager::uncache_all(self);
             crate::vm::pager::drain_at_power_off(self);
             if self.report_vm_stats {
                 crate::vm::report_statistics(self);

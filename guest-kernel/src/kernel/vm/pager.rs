@@ -522,13 +522,16 @@ fn take_actions(k: &mut Kernel) {
             k.paging.actions.pop();
             crate::vm::user_pager::data_write(k, p, object, offset, frame);
             continue;
-        } else if let ObjectAction::Terminate { pager, .. } = a {
+        } else if let ObjectAction::Terminate { object, pager } = a {
             k.paging.actions.pop();
-            crate::vm::user_pager::terminate(k, pager);
+            // What the default pager kept of it (its pager died) goes too.
+            k.paging.default.release(object);
+            // A host object's end leaves the device object as it is.
+            if crate::vm::user_pager::is_user(pager) {
+                crate::vm::user_pager::terminate(k, pager);
+            }
             continue;
         }
-        // Anything else needs nothing sent: a host object's end leaves the
-        // device object as it is.
         k.paging.actions.pop();
     }
 }
@@ -770,7 +773,13 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     k.paging.unsent &= !bit;
     let t = &k.paging.slots[slot];
     if t.unlock {
-        let (object, offset) = (t.object, t.offset);
+        let (object, offset, device_object) = (t.object, t.offset, t.device_object);
+        if code == status::TIMED_OUT {
+            timed_out(k, device_object, "a data_unlock");
+        }
+        if code == status::PAGER_FAILED {
+            pager_failed(k, object, device_object);
+        }
         unlocked(k, object, offset, (code == status::OK).then_some(lock));
         return;
     }
@@ -799,15 +808,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     if code == status::TIMED_OUT && !t.write {
         // Not dead: the waiting threads get the memory exception (the
         // object's policy was `error`; `zero` arrives as unavailable).
-        k.paging.timeouts += 1;
-        if !k.paging.timeout_reported {
-            k.paging.timeout_reported = true;
-            crate::kprint!(
-                "vm: host object ",
-                Dec(u64::from(t.device_object)),
-                ": a data_request timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
-            );
-        }
+        timed_out(k, t.device_object, "a data_request");
     }
     let mut newly_dead = false;
     let mut lost = false;
@@ -891,10 +892,11 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         }
     }
     k.paging.lost_pages += u64::from(lost);
-    // (An external object's end after its last write-back needs nothing
-    // sent to a host object.)
-    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
-        k.paging.default.release(object);
+    // The object's end after its last write-back (a guest pager's object
+    // whose dead pager's pages went to the default pager is told its
+    // termination too).
+    if let Some(a) = ended {
+        queue_actions(k, alloc::vec![a]);
     }
     if t.write && t.default {
         k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
@@ -905,11 +907,44 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     }
 }
 
+/// A request to host object `device_object` timed out: counted, and the
+/// first one reported.
+fn timed_out(k: &mut Kernel, device_object: u32, what: &str) {
+    k.paging.timeouts += 1;
+    if !k.paging.timeout_reported {
+        k.paging.timeout_reported = true;
+        crate::kprint!(
+            "vm: host object ",
+            Dec(u64::from(device_object)),
+            ": ",
+            what,
+            " timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
+        );
+    }
+}
+
+/// A host object's pager broke protocol or died answering a data_unlock:
+/// the object is dead from now on, as after a failed data_request.
+fn pager_failed(k: &mut Kernel, object: ObjectId, device_object: u32) {
+    let newly_dead = crate::vm::with_objects(k, |objects, _, _| {
+        objects.get(object).is_ok_and(|o| !o.pager_dead()) && objects.pager_died(object).is_ok()
+    });
+    if newly_dead {
+        k.paging.dead_objects += 1;
+        crate::kprint!(
+            "vm: host object ",
+            Dec(u64::from(device_object)),
+            ": pager failed, object dead (absent pages fault, dirty pages go to the default pager)\n"
+        );
+    }
+}
+
 /// A host object's answer to a fault's data_unlock: `lock`, the lock now
 /// in force on the page (None: the request failed). The answer is applied
 /// as the pager's data_lock (paper §3.4.1: a pager grants access by
 /// lowering the lock; one that does not leaves the fault waiting for a
-/// later data_lock). A request that failed ends in the memory error.
+/// later data_lock). A request that failed ends in the memory error for
+/// the faults that waited for it.
 fn unlocked(k: &mut Kernel, object: ObjectId, offset: ObjectOffset, lock: Option<u8>) {
     let lock = lock.and_then(|l| VmProt::from_bits(u64::from(l)));
     crate::vm::with_objects(k, |objects, _, m| match lock {
@@ -917,7 +952,7 @@ fn unlocked(k: &mut Kernel, object: ObjectId, offset: ObjectOffset, lock: Option
             let _ = objects.data_lock(object, offset, PAGE_SIZE, lock, m);
         }
         None => {
-            let _ = objects.unlock_failed(object, offset);
+            let _ = objects.unlock_error(object, offset);
         }
     });
     k.wake_page_waiters(object);
@@ -947,8 +982,8 @@ fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
             .ok()
             .flatten()
     });
-    if let Some(ObjectAction::DefaultPagerRelease { object }) = ended {
-        k.paging.default.release(object);
+    if let Some(a) = ended {
+        queue_actions(k, alloc::vec![a]);
     }
 }
 
@@ -958,6 +993,22 @@ fn refuse_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
     k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
     k.wake_page_waiters(object);
     super::default_pager::frames_freed(k);
+}
+
+/// Power-off: terminates every cached object, so that its modified pages
+/// are queued for write-back like those of the objects whose last mapping
+/// went.
+pub fn uncache_all(k: &mut Kernel) {
+    while k.vm.objects.has_cached() {
+        let r = crate::vm::with_objects(k, |objects, frames, m| objects.evict_cached(frames, m));
+        match r {
+            Ok(actions) => queue_actions(k, actions),
+            Err(_) => {
+                crate::kprint!("vm: a cached object could not be ended at power-off\n");
+                return;
+            }
+        }
+    }
 }
 
 /// Power-off: hands every queued write-back to the device and polls until

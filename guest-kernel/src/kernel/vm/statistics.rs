@@ -43,7 +43,7 @@ pub fn report(k: &Kernel) {
         " failed_writes=",
         Dec(p.failed_writes),
         " lost_pages=",
-        Dec(p.lost_pages),
+        Dec(p.lost_pages + k.vm.objects.lost_pages),
         " swap_outs=",
         Dec(p.default.pageouts),
         " swap_ins=",

@@ -183,9 +183,28 @@ pub fn data_write(
         body.extend_from_slice(page);
         send(k, &u, mo::MEMORY_OBJECT_DATA_WRITE, &body).is_ok()
     });
-    crate::vm::with_objects(k, |objects, frames, m| {
-        let _ = objects.data_write_done(object, offset, frames, m);
+    // Not sent (the pager is dead): the page keeps its data, dirty, and
+    // pageout takes it to the default pager from now on; unless the object
+    // is ending, when it is lost (counted).
+    let ending =
+        k.vm.objects
+            .get(object)
+            .is_ok_and(|o| o.state() == guest_kernel::vm::object::ObjectState::Terminating);
+    k.paging.lost_pages += u64::from(!sent && ending);
+    let ended = crate::vm::with_objects(k, |objects, frames, m| {
+        let r = if sent {
+            objects.data_write_done(object, offset, frames, m)
+        } else {
+            objects.data_write_refused(object, offset, frames, m)
+        };
+        r.ok().flatten()
     });
+    // The last write-back of an object that ended: its termination (which
+    // was dropped here, so a pager whose object ended with modified pages
+    // never heard of it, and its control port stayed).
+    if let Some(a) = ended {
+        crate::vm::pager::queue_actions(k, alloc::vec![a]);
+    }
     if !sent {
         died(k, object);
     }
