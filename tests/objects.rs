@@ -1547,7 +1547,7 @@ fn killed_pager_makes_its_mapped_object_dead_and_the_other_works() {
     let expect_b = sha256_file(b.path());
     let obj_a = format!("a=unix:{}", sock.show());
     let obj_b = format!("b=file:{}?ro", b.show());
-    let mut killed = false;
+    let (mut killed, mut mapped, mut b_started) = (false, false, false);
     let out = vmm_watch(
         &[
             "run", "--stats", "--object", &obj_a, "--object", &obj_b, "--init", "spawn", "sum:a",
@@ -1555,13 +1555,18 @@ fn killed_pager_makes_its_mapped_object_dead_and_the_other_works() {
         ],
         &[],
         |line| {
-            if !killed && line.starts_with("spawn: started sum:b") {
+            // a is published and mapped (its pager was reached), and both
+            // readers are running: kill the pager under it. (Killed before
+            // the name server published a, the object would never exist.)
+            mapped |= line.starts_with("sum: a: ");
+            b_started |= line.starts_with("spawn: started sum:b");
+            if !killed && mapped && b_started {
                 pager.kill();
                 killed = true;
             }
         },
     );
-    assert!(killed, "spawn never started sum:b:\n{}", out.stdout);
+    assert!(killed, "a was never mapped:\n{}", out.stdout);
     assert!(out.line("sum: a size=").is_none(), "{}", out.stdout);
     assert!(
         out.line("pager failed, object dead").is_some(),
