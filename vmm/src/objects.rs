@@ -197,6 +197,7 @@ impl OpenObject {
                 &self.name,
             )),
             read_only: self.read_only,
+            rate_limit: Default::default(),
         }
     }
 }
