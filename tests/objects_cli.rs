@@ -348,3 +348,41 @@ fn silent_pager_does_not_hang_shutdown() {
     assert!(took < Duration::from_secs(20), "took {took:?}");
     let _ = std::fs::remove_file(&sock);
 }
+
+#[test]
+fn bad_rate_limits() {
+    for (arg, expect) in [
+        ("d=zero?ops=0", "ops=0: must be more than 0"),
+        (
+            "d=zero?ops=many",
+            "ops=many: expected a whole number of requests per second",
+        ),
+        (
+            "d=zero?ops=99999999999999999999",
+            "ops=99999999999999999999: too large",
+        ),
+        (
+            "d=zero?bandwidth=0",
+            "bandwidth=0: must be more than 0 bytes",
+        ),
+        (
+            "d=zero?bandwidth=fast",
+            "bandwidth=fast: expected a whole number of bytes",
+        ),
+        (
+            "d=zero?bandwidth=1.5G",
+            "bandwidth=1.5G: fractions are not taken",
+        ),
+        (
+            "d=zero?bandwidth=99999999T",
+            "bandwidth=99999999T: too large",
+        ),
+        (
+            "d=zero?bandwidth_burst=1M",
+            "bandwidth_burst needs bandwidth=",
+        ),
+        ("d=zero?ops=1&ops=2", "ops given twice"),
+    ] {
+        assert_object_error(&["--object", arg], expect);
+    }
+}

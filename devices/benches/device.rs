@@ -36,6 +36,7 @@ fn main() {
                 name: "bench".into(),
                 pager: pager.clone(),
                 read_only: false,
+                rate_limit: Default::default(),
             }],
             2,
         )

@@ -108,6 +108,7 @@ impl Vm {
                 name: name.into(),
                 pager: p.clone(),
                 read_only: false,
+                rate_limit: Default::default(),
             })
             .collect();
         let mut dev = PagerDevice::new(KERNEL, objects, 1).ok()?;

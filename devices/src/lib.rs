@@ -8,6 +8,7 @@
 pub mod fuzzing;
 pub mod legacy;
 pub mod pager;
+pub mod rate_limiter;
 /// Test doubles for this crate's tests, benchmark and fuzz target (feature
 /// `test-utils`); the VMM never sees them.
 #[cfg(any(test, feature = "test-utils"))]

@@ -89,6 +89,7 @@ impl Rig {
                     name: name.into(),
                     pager: pager_backends::open(uri, &OpenOptions::default()).unwrap(),
                     read_only: uri.ends_with("?ro"),
+                    rate_limit: Default::default(),
                 })
                 .collect(),
         )
@@ -722,6 +723,7 @@ fn events_are_taken_within_a_budget_and_pushed_pages_swapped_for_fresh_frames() 
         name: "pushy".into(),
         pager: pager.clone(),
         read_only: false,
+        rate_limit: Default::default(),
     }]);
     assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
     let control = pager

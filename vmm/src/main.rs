@@ -12,6 +12,7 @@ mod config;
 mod exit;
 mod images;
 mod kprof;
+mod object_limits;
 mod objects;
 mod pager_cmd;
 mod pager_device;

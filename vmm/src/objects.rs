@@ -3,8 +3,10 @@
 //! all before the guest starts; synced when it has stopped.
 
 use crate::error::{Result, VmmError};
+use crate::object_limits::{RATE_KEYS, RateKeys};
 use devices::pager::PagerObject;
 use devices::pager::wire::{CONFIG_HDR_SIZE, OBJECT_ENTRY_SIZE, OBJECT_NAME_LEN};
+use devices::rate_limiter::RateLimit;
 use devices::virtio::mmio::{CONFIG_SPACE, MMIO_WINDOW_SIZE};
 use pager_backends::{
     Instrumented, KernelId, OnTimeout, OpenOptions, Pager, PagerUri, ThreadHook, TimeoutPolicy,
@@ -35,24 +37,45 @@ pub struct ObjectSpec {
     pub timeout: Option<Duration>,
     /// `?on_timeout=error|zero`: what a data_request that timed out becomes.
     pub on_timeout: OnTimeout,
+    /// `?ops=`, `?bandwidth=` (object_limits.rs): what the guest may ask
+    /// of this object's pager per second.
+    pub rate_limit: RateLimit,
 }
 
-/// The query keys the VMM takes for itself, whatever the backend.
+/// The query keys the VMM takes for itself, whatever the backend (and
+/// object_limits.rs's RATE_KEYS).
 const OBJECT_KEYS: [&str; 2] = ["timeout", "on_timeout"];
 
+/// What `take_object_keys` finds.
+struct ObjectKeys {
+    /// The URI the backend parses.
+    backend_uri: String,
+    timeout: Option<Duration>,
+    on_timeout: OnTimeout,
+    rate_limit: RateLimit,
+}
+
 /// Takes the VMM's own keys out of `uri`'s query: the URI the backend
-/// parses, this object's timeout and its policy.
-fn take_object_keys(
-    uri: &str,
-) -> std::result::Result<(String, Option<Duration>, OnTimeout), String> {
+/// parses, this object's timeout, its policy and its rate limit.
+fn take_object_keys(uri: &str) -> std::result::Result<ObjectKeys, String> {
     let (base, query) = pager_backends::uri::split_query(uri);
     let Some(query) = query else {
-        return Ok((uri.to_string(), None, OnTimeout::default()));
+        return Ok(ObjectKeys {
+            backend_uri: uri.to_string(),
+            timeout: None,
+            on_timeout: OnTimeout::default(),
+            rate_limit: RateLimit::default(),
+        });
     };
     let (mut timeout, mut on_timeout) = (None, None);
+    let mut rate = RateKeys::default();
     let mut rest = Vec::new();
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if RATE_KEYS.contains(&k) {
+            rate.take(k, v)?;
+            continue;
+        }
         match k {
             "timeout" if timeout.is_none() => {
                 timeout = Some(
@@ -76,7 +99,12 @@ fn take_object_keys(
     } else {
         base.to_string()
     };
-    Ok((backend_uri, timeout, on_timeout.unwrap_or_default()))
+    Ok(ObjectKeys {
+        backend_uri,
+        timeout,
+        on_timeout: on_timeout.unwrap_or_default(),
+        rate_limit: rate.finish()?,
+    })
 }
 
 impl ObjectSpec {
@@ -123,14 +151,16 @@ pub fn parse_spec(arg: &str) -> Result<ObjectSpec> {
             format!("object name contains {c:?}; names must be printable, without whitespace"),
         ));
     }
-    let (backend_uri, timeout, on_timeout) = take_object_keys(uri).map_err(|e| bad(arg, e))?;
-    let parsed = PagerUri::parse(&backend_uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
+    let keys = take_object_keys(uri).map_err(|e| bad(arg, e))?;
+    let parsed =
+        PagerUri::parse(&keys.backend_uri).map_err(|e| bad(arg, format!("bad URI: {e}")))?;
     Ok(ObjectSpec {
         name: name.to_string(),
         uri: uri.to_string(),
         parsed,
-        timeout,
-        on_timeout,
+        timeout: keys.timeout,
+        on_timeout: keys.on_timeout,
+        rate_limit: keys.rate_limit,
     })
 }
 
@@ -183,6 +213,7 @@ pub struct OpenObject {
     pub pager: Arc<Instrumented>,
     pub read_only: bool,
     pub on_timeout: OnTimeout,
+    pub rate_limit: RateLimit,
 }
 
 impl OpenObject {
@@ -197,6 +228,7 @@ impl OpenObject {
                 &self.name,
             )),
             read_only: self.read_only,
+            rate_limit: self.rate_limit,
         }
     }
 }
@@ -241,6 +273,7 @@ pub fn open_all(specs: &[ObjectSpec], opts: &OpenOptions) -> Result<Vec<OpenObje
                 pager: Arc::new(Instrumented::new(backend)),
                 read_only: s.read_only(),
                 on_timeout: s.on_timeout,
+                rate_limit: s.rate_limit,
             })
         })
         .collect()
@@ -341,6 +374,48 @@ mod tests {
             ("d=zero?timeout=1&timeout=2", "timeout given twice"),
         ] {
             assert!(why(bad).contains(says), "{bad}: {}", why(bad));
+        }
+    }
+
+    #[test]
+    fn rate_keys_are_the_vmms_for_every_scheme() {
+        use devices::rate_limiter::Bucket;
+        use std::num::NonZeroU64;
+        let nz = |n| NonZeroU64::new(n).unwrap();
+        let s = parse_spec("d=file:/tmp/x?ro&ops=1000&bandwidth=64M").unwrap();
+        assert_eq!(s.rate_limit.ops, Some(Bucket::per_second(nz(1000))));
+        assert_eq!(
+            s.rate_limit.bandwidth,
+            Some(Bucket::per_second(nz(64 << 20)))
+        );
+        assert!(s.read_only(), "the backend still gets its own keys");
+        let s = parse_spec("z=zero?size=64K&ops=5&ops_burst=1").unwrap();
+        assert_eq!(s.parsed, PagerUri::Anon { size: Some(65536) });
+        assert_eq!(
+            s.rate_limit.ops,
+            Some(Bucket {
+                rate: nz(5),
+                burst: nz(1)
+            })
+        );
+        let s = parse_spec("q=unix:/run/p.sock?bandwidth=1G&timeout=1").unwrap();
+        assert_eq!(
+            s.rate_limit.bandwidth,
+            Some(Bucket::per_second(nz(1 << 30)))
+        );
+        assert_eq!(s.timeout, Some(Duration::from_secs(1)));
+        let s = parse_spec("r=nbd://127.0.0.1:1/e?ops=10").unwrap();
+        assert!(matches!(s.parsed, PagerUri::Nbd { port: 1, .. }));
+        assert_eq!(s.rate_limit.ops, Some(Bucket::per_second(nz(10))));
+        assert!(parse_spec("d=zero").unwrap().rate_limit.is_unlimited());
+        for (bad, says) in [
+            ("d=zero?ops=0", "ops=0: must be more than 0"),
+            ("d=zero?bandwidth=fast", "bandwidth=fast: expected"),
+            ("d=zero?ops=99999999999999999999", "too large"),
+            ("d=zero?ops_burst=3", "ops_burst needs ops="),
+        ] {
+            let w = why(bad);
+            assert!(w.contains(says) && w.starts_with("--object"), "{bad}: {w}");
         }
     }
 

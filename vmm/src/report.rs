@@ -6,7 +6,7 @@
 
 use crate::bench::STATS_TAG;
 use crate::run::RunReport;
-use devices::pager::ObjectEvents;
+use devices::pager::{ObjectEvents, ObjectThrottle};
 use guest_kernel::abi::{MILESTONE_INIT_START, MILESTONE_USER_BASE};
 use pager_backends::{LatencySummary, StatsSnapshot};
 use std::fmt::Write;
@@ -22,6 +22,8 @@ pub struct ObjectReport {
     pub pager: StatsSnapshot,
     /// Pager-initiated events delivered to the guest.
     pub events: ObjectEvents,
+    /// Requests its rate limit (`?ops=`, `?bandwidth=`) parked.
+    pub throttle: ObjectThrottle,
 }
 
 /// The lines `--stats` prints on stderr, in order.
@@ -85,13 +87,16 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
     for o in &report.objects {
         let (s, l) = (&o.pager, &o.pager.request_latency);
         out.push(format!(
-            "{STATS_TAG} object={} requests={} bytes={} request_ns={} p50_ns={} p99_ns={}",
+            "{STATS_TAG} object={} requests={} bytes={} request_ns={} p50_ns={} p99_ns={} \
+             throttled={} parked_ns={}",
             o.name,
             s.data_requests,
             s.bytes_in,
             s.request_time.as_nanos(),
             l.p50.as_nanos(),
-            l.p99.as_nanos()
+            l.p99.as_nanos(),
+            o.throttle.throttled,
+            o.throttle.parked_time.as_nanos()
         ));
     }
     out
@@ -105,6 +110,7 @@ const LABEL: usize = 13;
 pub fn object_lines(o: &ObjectReport) -> Vec<String> {
     let s = &o.pager;
     let e = &o.events;
+    let t = &o.throttle;
     let head = format!("vmm: object {} ({})", o.name, o.uri);
     if quiet(o) {
         return vec![format!(
@@ -118,8 +124,16 @@ pub fn object_lines(o: &ObjectReport) -> Vec<String> {
         row(
             "requests",
             format!(
-                "init={} data_request={} data_write={} data_unlock={} terminate={} sync={}",
-                s.inits, s.data_requests, s.data_writes, s.data_unlocks, s.terminates, s.syncs
+                "init={} data_request={} data_write={} data_unlock={} terminate={} sync={} \
+                 throttled={} parked_time={}",
+                s.inits,
+                s.data_requests,
+                s.data_writes,
+                s.data_unlocks,
+                s.terminates,
+                s.syncs,
+                t.throttled,
+                duration(t.parked_time)
             ),
         ),
         row(
@@ -150,7 +164,8 @@ pub fn object_lines(o: &ObjectReport) -> Vec<String> {
     ]
 }
 
-/// Nothing but lifecycle calls that all went well (an object the guest
+/// Nothing but lifecycle calls that all went well and were never held
+/// back by a rate limit (an object the guest
 /// never touched still gets the VMM's sync at exit; swap gets an init).
 fn quiet(o: &ObjectReport) -> bool {
     let s = &o.pager;
@@ -161,6 +176,7 @@ fn quiet(o: &ObjectReport) -> bool {
         && s.timeouts == 0
         && !s.dead
         && o.events == ObjectEvents::default()
+        && o.throttle == ObjectThrottle::default()
 }
 
 /// `n=COUNT p50=.. p99=.. max=..`; quantiles of nothing are left out.
@@ -228,6 +244,10 @@ mod tests {
                 destroy: 1,
                 refused: 0,
             },
+            throttle: ObjectThrottle {
+                throttled: 2,
+                parked_time: Duration::from_micros(1_500),
+            },
         }
     }
 
@@ -238,7 +258,7 @@ mod tests {
             lines,
             [
                 "vmm: object h (file:/etc/hostname?ro)",
-                "vmm:   requests     init=1 data_request=3 data_write=0 data_unlock=0 terminate=0 sync=2",
+                "vmm:   requests     init=1 data_request=3 data_write=0 data_unlock=0 terminate=0 sync=2 throttled=2 parked_time=1.50ms",
                 "vmm:   events       lock_request=4 cache=1 data_provided=2 destroy=1 refused=0",
                 "vmm:   paging       pages_in=5 pages_out=0 bytes_in=20480 bytes_out=0 unavailable=1",
                 "vmm:   failures     errors=2 timeouts=1 dead=yes",
@@ -276,6 +296,7 @@ mod tests {
             |o: &mut ObjectReport| o.pager.timeouts = 1,
             |o: &mut ObjectReport| o.pager.dead = true,
             |o: &mut ObjectReport| o.events.cache = 1,
+            |o: &mut ObjectReport| o.throttle.throttled = 1,
         ] {
             let mut o = o.clone();
             change(&mut o);
@@ -327,5 +348,10 @@ mod tests {
         );
         assert_eq!(lines.len(), dev + 9 + report.objects.len());
         assert!(lines[dev + 9].starts_with(&format!("{STATS_TAG} object=h requests=")));
+        assert!(
+            lines[dev + 9].ends_with(" throttled=2 parked_ns=1500000"),
+            "{}",
+            lines[dev + 9]
+        );
     }
 }

@@ -321,12 +321,12 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         eprintln!("vmm: object {name}: sync failed: {why}");
     }
     let (outcome, (totals, milestones, profile)) = ran?;
-    let (pager_stats, events) = match &pager_dev {
+    let (pager_stats, events, throttling) = match &pager_dev {
         Some(d) => {
             let d = poison::lock(d);
-            (Some(d.stats()), d.object_events())
+            (Some(d.stats()), d.object_events(), d.object_throttling())
         }
-        None => (None, Vec::new()),
+        None => (None, Vec::new(), Vec::new()),
     };
     // Same order as the device's table: specs, objects and events zip.
     let objects = opts
@@ -339,6 +339,7 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
             uri: spec.uri.clone(),
             pager: o.pager.stats(),
             events: events.get(i).copied().unwrap_or_default(),
+            throttle: throttling.get(i).copied().unwrap_or_default(),
         })
         .collect();
     Ok(RunReport {

@@ -6,12 +6,14 @@
 use super::control::EventBacklog;
 use super::metrics::{ObjectEvents, PagerStats};
 use super::objects::ObjectSlot;
+use super::throttle::Throttle;
 use super::wire::{
     self, Limits, MAX_CHAIN_LEN, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES, OBJ_F_READ_ONLY,
     ObjectEntry, ObjectId, REQUEST_QUEUE, VIRTIO_PAGER_F_EVENTS, VIRTIO_PAGER_F_READAHEAD,
     VIRTIO_PAGER_F_UNLOCK,
 };
 use super::worker::{Completions, WorkerPool};
+use crate::rate_limiter::{Clock, MonotonicClock, RateLimit};
 use crate::virtio::{Interrupt, Segment, features};
 use pager_backends::{KernelId, Pager, ThreadHook};
 use std::collections::VecDeque;
@@ -21,6 +23,7 @@ use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 /// One memory object exported to the guest.
 pub struct PagerObject {
@@ -29,6 +32,9 @@ pub struct PagerObject {
     pub pager: Arc<dyn Pager>,
     /// Refuse DATA_WRITE regardless of what the pager says at INIT.
     pub read_only: bool,
+    /// Requests and bytes per second the guest may ask of this object's
+    /// pager (throttle.rs); the default is unlimited.
+    pub rate_limit: RateLimit,
 }
 
 #[derive(Debug, Error)]
@@ -106,6 +112,14 @@ pub struct PagerDevice {
     /// request.rs PARALLEL_MIN when batches are shared with the workers;
     /// usize::MAX (the default) keeps every batch on the event loop.
     pub(crate) parallel_min: usize,
+    /// Per object (index = id): its rate limit and parked requests.
+    pub(crate) throttles: Vec<Throttle>,
+    /// What the rate limits measure time with (tests step their own).
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Resumes parked requests; armed only while some are parked.
+    pub(crate) rate_timer: TimerFd,
+    /// When it is set to fire, if armed.
+    pub(crate) rate_timer_at: Option<std::time::Instant>,
 }
 
 /// Default number of backend worker threads.
@@ -135,6 +149,8 @@ impl PagerDevice {
         }
         let mut entries = Vec::with_capacity(objects.len());
         let mut slots = Vec::with_capacity(objects.len());
+        let mut throttles = Vec::with_capacity(objects.len());
+        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock);
         for (i, o) in objects.into_iter().enumerate() {
             let size = o
                 .pager
@@ -150,6 +166,7 @@ impl PagerDevice {
                 name: o.name,
             });
             slots.push(ObjectSlot::new(o.pager, o.read_only));
+            throttles.push(Throttle::new(o.rate_limit, clock.now()));
         }
         let completions = Arc::new(Completions::new()?);
         Ok(PagerDevice {
@@ -182,6 +199,10 @@ impl PagerDevice {
             scratch_segs: Vec::with_capacity(MAX_CHAIN_LEN),
             scratch_jobs: Vec::with_capacity(usize::from(wire::QUEUE_SIZE)),
             parallel_min: usize::MAX,
+            throttles,
+            clock,
+            rate_timer: TimerFd::new().map_err(|e| io::Error::from_raw_os_error(e.errno()))?,
+            rate_timer_at: None,
         })
     }
 

@@ -9,6 +9,7 @@ const COMPLETION: u32 = 1;
 const BACKLOG: u32 = 2;
 const REQUEST_Q: u32 = 3;
 const EVENT_Q: u32 = 4;
+const RATE_TIMER: u32 = 5;
 
 impl PagerDevice {
     /// Bring epoll registrations in line with the current activation.
@@ -38,6 +39,7 @@ impl MutEventSubscriber for PagerDevice {
             Events::with_data(&self.activate_evt, ACTIVATE, EventSet::IN),
             Events::with_data(self.completions.evt(), COMPLETION, EventSet::IN),
             Events::with_data(self.backlog.kick_evt(), BACKLOG, EventSet::IN),
+            Events::with_data(&self.rate_timer, RATE_TIMER, EventSet::IN),
         ];
         for ev in fds {
             if let Err(e) = ops.add(ev) {
@@ -67,6 +69,7 @@ impl MutEventSubscriber for PagerDevice {
                 }
                 self.process_event_queue();
             }
+            RATE_TIMER => self.process_rate_timer(),
             other => tracing::warn!(other, "virtio-pager: unexpected event"),
         }
     }

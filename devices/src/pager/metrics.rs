@@ -54,3 +54,13 @@ impl ObjectEvents {
         *n += 1;
     }
 }
+
+/// An object's rate limit at work (throttle.rs): requests the device took
+/// off the ring and parked until the object's buckets allowed them, and
+/// the time they spent parked (counted when each leaves the park: resumed,
+/// or dropped by a reset).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectThrottle {
+    pub throttled: u64,
+    pub parked_time: std::time::Duration,
+}

@@ -5,7 +5,7 @@
 //! request.rs (request queue), events.rs (event queue), virtio_device.rs
 //! (the VirtioDevice trait), event_handler.rs (epoll), wire.rs (formats and
 //! parsing), worker.rs (backend calls), control.rs (pager → kernel calls),
-//! metrics.rs (counters).
+//! metrics.rs (counters), throttle.rs (per-object rate limits).
 
 pub mod control;
 pub mod device;
@@ -14,12 +14,13 @@ mod events;
 pub mod metrics;
 mod objects;
 mod request;
+mod throttle;
 mod virtio_device;
 pub mod wire;
 pub mod worker;
 
 pub use device::{DEFAULT_WORKERS, PagerDevice, PagerDeviceError, PagerObject};
-pub use metrics::{ObjectEvents, PagerStats};
+pub use metrics::{ObjectEvents, ObjectThrottle, PagerStats};
 pub use wire::{ObjectId, VIRTIO_ID_PAGER};
 
 #[cfg(test)]

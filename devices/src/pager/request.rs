@@ -92,7 +92,7 @@ impl PagerDevice {
     }
 
     /// Returns true if used entries were added.
-    fn take_requests(&mut self) -> bool {
+    pub(super) fn take_requests(&mut self) -> bool {
         self.req_throttled = false;
         if self.needs_reset {
             return false;
@@ -190,6 +190,26 @@ impl PagerDevice {
         used
     }
 
+    /// Runs admitted jobs taken from somewhere other than the ring (parked
+    /// requests resumed): DATA_REQUESTs inline within one pass's
+    /// allowance, the rest to the workers. Returns true if used entries
+    /// were added.
+    pub(super) fn dispatch(&mut self, jobs: Vec<Job>) -> bool {
+        let mut ready = std::mem::take(&mut self.scratch_jobs);
+        let mut used = false;
+        for job in jobs {
+            if matches!(job.request, Request::DataRequest { .. }) {
+                ready.push(job);
+            } else {
+                used |= self.start(job);
+            }
+        }
+        let mut budget = InlineBudget::new(self.inline_time_per_pass);
+        used |= self.run_data_requests(&mut ready, &mut budget);
+        self.scratch_jobs = ready;
+        used
+    }
+
     /// Returns true if the chain was completed at once (rejected).
     /// Admitted DATA_REQUESTs are left in `ready` for `run_data_requests`.
     fn handle_request(
@@ -262,6 +282,11 @@ impl PagerDevice {
             }
             Admission::Run => {
                 self.outstanding += 1;
+                // Over its object's rate limit: parked, resumed later
+                // (throttle.rs); the pass goes on with the next chain.
+                let Some(job) = self.throttle(job) else {
+                    return false;
+                };
                 if matches!(job.request, Request::DataRequest { .. }) {
                     ready.push(job);
                     return false;

@@ -377,6 +377,7 @@ fn object(name: &str, p: Arc<dyn Pager>) -> PagerObject {
         name: name.into(),
         pager: p,
         read_only: false,
+        rate_limit: Default::default(),
     }
 }
 
@@ -504,6 +505,7 @@ fn data_write_reaches_the_pager_and_read_only_is_refused() {
             name: "ro".into(),
             pager: ro.clone(),
             read_only: true,
+            rate_limit: Default::default(),
         },
     ];
     let mut h = Harness::new(&mem, &rq, &eq, objs, all_features());
@@ -1746,6 +1748,7 @@ fn config_space_lists_objects() {
             name: "a-very-long-name-that-does-not-fit-in-forty-seven-bytes".into(),
             pager: Arc::new(MemPager::new(PG)),
             read_only: true,
+            rate_limit: Default::default(),
         },
     ];
     let dev = PagerDevice::new(KERNEL, objs, 1).expect("device");
@@ -2118,4 +2121,272 @@ fn a_large_batch_is_shared_between_the_event_loop_and_a_worker() {
         assert_eq!(h.response(s).status, status::OK);
         assert_eq!(h.bytes(f, PG as usize), p.contents(i * PG, PG as usize));
     }
+}
+
+// ---- Per-object rate limits (throttle.rs) ----
+
+/// A clock the test steps by hand, so what is parked and what goes is
+/// decided by the test, not by how fast this machine runs.
+struct ManualClock {
+    base: std::time::Instant,
+    offset_ns: std::sync::atomic::AtomicU64,
+}
+
+impl ManualClock {
+    fn new() -> Arc<Self> {
+        Arc::new(ManualClock {
+            base: std::time::Instant::now(),
+            offset_ns: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+    fn advance(&self, d: std::time::Duration) {
+        self.offset_ns
+            .fetch_add(d.as_nanos() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl crate::rate_limiter::Clock for ManualClock {
+    fn now(&self) -> std::time::Instant {
+        self.base
+            + std::time::Duration::from_nanos(
+                self.offset_ns.load(std::sync::atomic::Ordering::SeqCst),
+            )
+    }
+}
+
+/// An object limited to `ops` requests a second with a burst of one.
+fn limited(name: &str, p: Arc<dyn Pager>, ops: u64) -> PagerObject {
+    let rate = std::num::NonZeroU64::new(ops).expect("ops > 0");
+    PagerObject {
+        rate_limit: crate::rate_limiter::RateLimit {
+            ops: Some(crate::rate_limiter::Bucket {
+                rate,
+                burst: std::num::NonZeroU64::MIN,
+            }),
+            bandwidth: None,
+        },
+        ..object(name, p)
+    }
+}
+
+/// Pushes a one-page DATA_REQUEST; returns (head, frame, status).
+fn push_read(h: &mut Harness, rq: &mut Ring, obj: u32, off: u64) -> (u16, u64, u64) {
+    let hd = h.header(req::DATA_REQUEST, obj, off, PG, Access::READ.bits());
+    let f = h.alloc.frames(PG);
+    let s = h.status();
+    (
+        rq.push(&[(hd, 32, false), (f, PG as u32, true), (s, 24, true)]),
+        f,
+        s,
+    )
+}
+
+/// Two objects on one queue, the first limited to 10 requests a second
+/// (burst 1) on a clock that only the test moves.
+fn throttled_pair(
+    mem: &GuestMemoryMmap,
+    rq: &mut Ring,
+    eq: &Ring,
+) -> (Harness, Arc<MemPager>, Arc<MemPager>, Arc<ManualClock>) {
+    let slow = Arc::new(MemPager::filled(16 * PG, pattern));
+    let fast = Arc::new(MemPager::filled(16 * PG, |i| pattern(i) ^ 0x5a));
+    let objs = vec![
+        limited("slow", slow.clone(), 10),
+        object("fast", fast.clone()),
+    ];
+    let mut h = Harness::new(mem, rq, eq, objs, all_features());
+    let clock = ManualClock::new();
+    {
+        let mut d = h.dev.lock().expect("lock");
+        d.clock = clock.clone();
+        // Every resumed or new request is answered inline, in order.
+        d.inline_time_per_pass = std::time::Duration::from_secs(3600);
+    }
+    // INIT costs nothing: both go at once.
+    assert_eq!(h.init(rq, 0).status, status::OK);
+    assert_eq!(h.init(rq, 1).status, status::OK);
+    (h, slow, fast, clock)
+}
+
+#[test]
+fn a_throttled_objects_requests_are_parked_and_resumed_in_order_while_others_go_at_once() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (mut h, slow, fast, clock) = throttled_pair(&mem, &mut rq, &eq);
+    let s0 = push_read(&mut h, &mut rq, 0, 0);
+    let s1 = push_read(&mut h, &mut rq, 0, PG);
+    let f0 = push_read(&mut h, &mut rq, 1, 0);
+    let s2 = push_read(&mut h, &mut rq, 0, 2 * PG);
+    let f1 = push_read(&mut h, &mut rq, 1, PG);
+    let dev = h.dev.clone();
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    // The first slow request took the one token; the other two are parked,
+    // and the fast object's requests behind them were answered meanwhile.
+    assert_eq!(rq.used_count(), 2 + 3);
+    let order: Vec<u16> = (2..5).map(|i| rq.used(i).0).collect();
+    assert_eq!(order, vec![s0.0, f0.0, f1.0]);
+    assert_eq!(d.parked(), 2);
+    assert_eq!(d.stats().in_flight, 2, "parked chains are outstanding");
+    assert_eq!(h.response(s1.2).status, 0xeeee_eeee, "not answered yet");
+    assert_eq!(slow.data_requests(), 1, "the pager saw only the first");
+    // A timer firing before a token is back resumes nothing.
+    clock.advance(std::time::Duration::from_millis(99));
+    d.process_rate_timer();
+    assert_eq!((rq.used_count(), d.parked()), (5, 2));
+    // One token per tenth of a second: one request each time, in order.
+    clock.advance(std::time::Duration::from_millis(1));
+    d.process_rate_timer();
+    assert_eq!((rq.used_count(), d.parked()), (6, 1));
+    assert_eq!(rq.used(5).0, s1.0);
+    clock.advance(std::time::Duration::from_millis(100));
+    d.process_rate_timer();
+    assert_eq!((rq.used_count(), d.parked()), (7, 0));
+    assert_eq!(rq.used(6).0, s2.0);
+    assert_eq!(d.stats().in_flight, 0);
+    let t = d.object_throttling();
+    assert_eq!(t[0].throttled, 2);
+    // s1 waited 100 ms, s2 200 ms, on the test's clock.
+    assert_eq!(t[0].parked_time, std::time::Duration::from_millis(300));
+    assert_eq!(t[1], super::ObjectThrottle::default());
+    drop(d);
+    for (i, (_, f, s)) in [s0, s1, s2].into_iter().enumerate() {
+        assert_eq!(h.response(s).status, status::OK);
+        assert_eq!(
+            h.bytes(f, PG as usize),
+            slow.contents(i as u64 * PG, PG as usize)
+        );
+    }
+    for (i, (_, f, s)) in [f0, f1].into_iter().enumerate() {
+        assert_eq!(h.response(s).status, status::OK);
+        assert_eq!(
+            h.bytes(f, PG as usize),
+            fast.contents(i as u64 * PG, PG as usize)
+        );
+    }
+}
+
+#[test]
+fn parked_requests_are_resumed_by_the_event_loops_timer() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (mut h, slow, _fast, clock) = throttled_pair(&mem, &mut rq, &eq);
+    // A write and a sync behind a read: all parked in order, all charged.
+    let r0 = push_read(&mut h, &mut rq, 0, 0);
+    let r1 = push_read(&mut h, &mut rq, 0, PG);
+    let hd = h.header(req::DATA_WRITE, 0, 3 * PG, PG, 0);
+    let f = h.alloc.frames(PG);
+    h.mem
+        .write_slice(&[0xab; PG as usize], GuestAddress(f))
+        .expect("data");
+    let s = h.status();
+    let w = rq.push(&[(hd, 32, false), (f, PG as u32, false), (s, 24, true)]);
+    let (sy, _) = h.simple(&mut rq, req::SYNC, 0, 0, 0, 0);
+    h.kick_req();
+    let dev = h.dev.clone();
+    h.run_until(|| dev.lock().expect("lock").parked() == 3);
+    assert_eq!(rq.used(2).0, r0.0);
+    // The device's timer fires (real time) and finds the test's clock
+    // still short of a token until the test moves it.
+    for want in 4..=6u16 {
+        clock.advance(std::time::Duration::from_millis(100));
+        h.run_until(|| rq.used_count() == want);
+    }
+    let order: Vec<u16> = (3..6).map(|i| rq.used(i).0).collect();
+    assert_eq!(order, vec![r1.0, w, sy]);
+    assert_eq!(slow.contents(3 * PG, PG as usize), vec![0xab; PG as usize]);
+    assert_eq!((slow.data_writes(), slow.syncs()), (1, 1));
+    assert_eq!(
+        h.dev.lock().expect("lock").object_throttling()[0].throttled,
+        3
+    );
+}
+
+#[test]
+fn the_parked_set_is_bounded_by_the_ring() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (mut h, slow, _fast, clock) = throttled_pair(&mem, &mut rq, &eq);
+    let mut heads = Vec::new();
+    for i in 0..8 {
+        let hd = h.header(req::DATA_REQUEST, 0, i * PG, PG, 1);
+        let f = h.alloc.frames(PG);
+        let s = h.status();
+        heads.push(rq.write_chain(&chain(hd, &[(f, PG as u32)], true, s)));
+    }
+    let bound = usize::from(QUEUE_SIZE);
+    // A driver publishing twice as many requests as the ring holds, by
+    // republishing heads without waiting for them.
+    let publish = |rq: &Ring| {
+        for i in 0..bound {
+            rq.publish(heads[i % heads.len()]);
+        }
+    };
+    publish(&rq);
+    let dev = h.dev.clone();
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    drop(d);
+    publish(&rq);
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    // One went; the device took as many as its in-flight bound allows and
+    // parked them; the rest wait on the ring, not in host memory.
+    assert_eq!(d.parked(), bound);
+    assert_eq!(d.stats().in_flight, bound as u64);
+    assert!(d.stats().throttled > 0, "chains were left on the ring");
+    assert_eq!(rq.used_count(), 2 + 1);
+    // Each token resumes one, and each completion lets one more in.
+    for _ in 0..(2 * bound - 1) {
+        clock.advance(std::time::Duration::from_millis(100));
+        d.process_rate_timer();
+        assert!(d.parked() <= bound);
+    }
+    assert_eq!((d.parked(), d.stats().in_flight), (0, 0));
+    drop(d);
+    assert_eq!(rq.used_count(), 2 + 2 * bound as u16);
+    assert_eq!(slow.data_requests(), 2 * bound as u64);
+}
+
+#[test]
+fn reset_drops_parked_requests_and_the_limit_goes_on_after_it() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (mut h, slow, _fast, clock) = throttled_pair(&mem, &mut rq, &eq);
+    push_read(&mut h, &mut rq, 0, 0);
+    let parked = [
+        push_read(&mut h, &mut rq, 0, PG),
+        push_read(&mut h, &mut rq, 0, 2 * PG),
+    ];
+    let dev = h.dev.clone();
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    assert_eq!(d.parked(), 2);
+    clock.advance(std::time::Duration::from_millis(50));
+    d.reset();
+    assert_eq!(d.parked(), 0);
+    assert_eq!(d.stats().in_flight, 0);
+    let t = d.object_throttling()[0];
+    assert_eq!(t.throttled, 2);
+    assert_eq!(t.parked_time, std::time::Duration::from_millis(100));
+    // The timer armed for them fires into a device with nothing parked.
+    clock.advance(std::time::Duration::from_secs(1));
+    d.process_rate_timer();
+    drop(d);
+    assert_eq!(rq.used_count(), 3, "dropped requests were not completed");
+    for (_, _, s) in parked {
+        assert_eq!(h.response(s).status, 0xeeee_eeee);
+    }
+    assert_eq!(slow.data_requests(), 1, "the pager never saw them");
+    // A new driver instance: the object's limit still holds.
+    h.run_until(|| !dev.lock().expect("lock").reset_pending());
+    let (mut rq, eq) = (Ring::new(&mem, 0x20000), Ring::new(&mem, 0x30000));
+    h.reactivate(&rq, &eq, all_features());
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+    let a = push_read(&mut h, &mut rq, 0, 0);
+    push_read(&mut h, &mut rq, 0, PG);
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    assert_eq!((rq.used_count(), rq.used(1).0), (2, a.0));
+    assert_eq!(d.parked(), 1);
 }

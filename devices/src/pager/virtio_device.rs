@@ -103,6 +103,8 @@ impl VirtioDevice for PagerDevice {
         // Pending events and every control handle of the old instance die
         // here, atomically with respect to pagers queueing new ones.
         self.backlog.clear();
+        // Parked requests belong to the old ring too.
+        self.drop_parked();
         if let Some(a) = self.active.take() {
             self.stale_fds.push(a.req_evt);
             self.stale_fds.push(a.ev_evt);

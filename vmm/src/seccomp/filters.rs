@@ -274,8 +274,9 @@ fn sync() -> Built {
 
 /// The event loop, then the shutdown. The loop waits on epoll, reads and
 /// writes eventfds, (re)registers the device's eventfds when the driver
-/// activates it, and answers data requests that need no blocking inline
-/// (preadv2 with RWF_NOWAIT). The shutdown starts one sync thread per
+/// activates it, answers data requests that need no blocking inline
+/// (preadv2 with RWF_NOWAIT) and arms the device's rate timer (a timerfd
+/// created before, resuming requests an object's rate limit parked). The shutdown starts one sync thread per
 /// object, which inherit this filter (so it includes theirs) and install
 /// their own: thread creation (clone with the thread flags only; clone3 is
 /// answered ENOSYS by `no_clone3`, so glibc falls back to clone, whose flags
@@ -290,6 +291,7 @@ fn main_thread() -> Built {
             Sysno::epoll_ctl,
             Sysno::read,
             Sysno::preadv2,
+            Sysno::timerfd_settime,
             Sysno::clone3,
             Sysno::set_robust_list,
             Sysno::rseq,
