@@ -236,3 +236,53 @@ fn time_parked_by_a_rate_limit_is_not_a_pager_timeout() {
     assert_eq!(number(&f, "failures.timeouts"), 0, "{f:?}");
     assert_eq!(number(&f, "failures.errors"), 0, "{f:?}");
 }
+
+/// Data requests of object `name` in a `--stats` run of `sum` over `args`.
+fn sum_requests(objects: &[&str], names: &[&str], name: &str) -> u64 {
+    let mut args = vec!["run", "--stats"];
+    for o in objects {
+        args.extend(["--object", o]);
+    }
+    args.extend(["--init", "sum"]);
+    args.extend(names);
+    let out = vmm(&args, &[]);
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let sums: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("sum: {name} size=")))
+        .collect();
+    assert_eq!(sums.len(), names.len(), "{}", out.stdout);
+    assert!(sums.iter().all(|l| *l == sums[0]), "{}", out.stdout);
+    number(&object_fields(&out, name), "requests.data_request")
+}
+
+/// A pager that allows caching at INIT (the file pager) has its object
+/// kept once unmapped (paper §3.4.2): mapping it again finds its pages
+/// resident and asks nothing. One that does not (the anonymous pager) has
+/// it terminated at the unmap and every page asked for again.
+#[test]
+fn an_object_whose_pager_allows_caching_stays_resident_after_its_unmap() {
+    if !kvm_available("an_object_whose_pager_allows_caching_stays_resident_after_its_unmap") {
+        return;
+    }
+    let len = 40 * PAGE;
+    let path = std::env::temp_dir().join(format!("duality-stats-cache-{}", std::process::id()));
+    let data: Vec<u8> = (0..len).map(|i| (i * 11 % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("temp file");
+    let file = format!("f=file:{}?ro", path.display());
+    let once = sum_requests(&[&file], &["f"], "f");
+    let twice = sum_requests(&[&file], &["f", "f"], "f");
+    let _ = std::fs::remove_file(&path);
+    assert!(once > 0);
+    assert_eq!(twice, once, "the second mapping asked the pager again");
+    let zero = "z=zero?size=160K";
+    let once = sum_requests(&[zero], &["z"], "z");
+    let twice = sum_requests(&[zero], &["z", "z"], "z");
+    assert!(once > 0);
+    assert_eq!(
+        twice,
+        2 * once,
+        "an object its pager did not let cache was kept"
+    );
+}

@@ -229,10 +229,14 @@ fn host_object_info(k: &mut Kernel, name: u64, out: u64) -> Result<(), u32> {
     let Some(KObject::HostObject(id)) = k.ipc.kobject(port) else {
         return Err(KERN_INVALID_ARGUMENT);
     };
-    let (size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
+    let o = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
     let info = HostObjectInfo {
-        size,
-        flags: if read_only { HOST_OBJECT_READ_ONLY } else { 0 },
+        size: o.size,
+        flags: if o.read_only {
+            HOST_OBJECT_READ_ONLY
+        } else {
+            0
+        },
     };
     copy_to_user(k, VirtAddr(out), record_bytes(&info)).map_err(|_| KERN_INVALID_ADDRESS)
 }
@@ -274,15 +278,16 @@ fn allocate_with_pager(
         None => return map_user_object(k, task, at, size, port, offset, prot),
         Some(_) => return Err(KERN_INVALID_ARGUMENT),
     };
-    let (obj_size, read_only) = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
-    let obj_pages = obj_size
+    let info = pager::object_info(id).ok_or(KERN_INVALID_ARGUMENT)?;
+    let obj_pages = info
+        .size
         .checked_next_multiple_of(PAGE_SIZE)
         .ok_or(KERN_INVALID_ARGUMENT)?;
     let in_object = offset.checked_add(size).is_some_and(|end| end <= obj_pages);
     if size == 0 || !offset.is_multiple_of(PAGE_SIZE) || !in_object {
         return Err(KERN_INVALID_ARGUMENT);
     }
-    let max = if read_only {
+    let max = if info.read_only {
         VmProt::READ.union(VmProt::EXECUTE)
     } else {
         VmProt::ALL
@@ -290,11 +295,16 @@ fn allocate_with_pager(
     if !max.contains(prot) {
         return Err(KERN_PROTECTION_FAILURE);
     }
-    with_task(k, task, |map, objs, _, _| {
+    with_task(k, task, |map, objs, frames, m| {
         let obj = match objs.enter_pager(pager::host_pager(id), obj_pages)? {
             PagerEntry::New(o) => {
-                // The device initialised the object when it was looked up.
+                // The device initialised the object when it was looked up;
+                // its pager's INIT answer said whether the object may stay
+                // cached once unmapped (paper §3.4.2, pager_cache).
                 objs.set_pager_ready(o)?;
+                if info.may_cache {
+                    objs.cache(o, true, frames, m)?;
+                }
                 o
             }
             PagerEntry::Existing(o) => o,

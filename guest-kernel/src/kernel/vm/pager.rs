@@ -270,13 +270,29 @@ pub fn object_port(k: &mut Kernel, id: u32) -> Result<PortId, u32> {
     Ok(p)
 }
 
-/// The size and writability of a ready device object.
-pub fn object_info(id: u32) -> Option<(u64, bool)> {
+/// What a ready device object's pager said of it at INIT.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadyObject {
+    pub size: u64,
+    pub read_only: bool,
+    /// The VM may keep the object and its pages once nothing maps it
+    /// (pager_cache given at INIT; a later CACHE event may change it).
+    pub may_cache: bool,
+}
+
+/// A ready device object's size, writability and caching.
+pub fn object_info(id: u32) -> Option<ReadyObject> {
     let guard = virtio_pager::lock();
     match guard.as_ref()?.object(id)?.state {
         ObjState::Ready {
-            size, read_only, ..
-        } => Some((size, read_only)),
+            size,
+            read_only,
+            may_cache,
+        } => Some(ReadyObject {
+            size,
+            read_only,
+            may_cache,
+        }),
         _ => None,
     }
 }
