@@ -99,12 +99,12 @@ pub fn write_in(
     Ok(())
 }
 
-/// The pages of the VM window the kernel just wrote at `va` through the
-/// direct map are modified, as if the task had written them: pageout and
-/// termination must write them back (a message received into a mapped
-/// file, into anonymous memory), not drop them as clean. Pages outside the
-/// window are never paged out.
-fn mark_written(frames: &mut FrameAllocator, root: PhysAddr, va: VirtAddr, len: u64) {
+/// The pages of the VM window the kernel (or a device) wrote at `va`
+/// through the direct map are modified, as if the task had written them:
+/// pageout and termination must write them back (a message received into
+/// a mapped file, into anonymous memory), not drop them as clean. Pages
+/// outside the window are never paged out.
+pub fn mark_written(frames: &mut FrameAllocator, root: PhysAddr, va: VirtAddr, len: u64) {
     if !crate::vm::fault::in_window(va.0, len) {
         return;
     }

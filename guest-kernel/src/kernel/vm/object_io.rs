@@ -240,6 +240,11 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
         Err(e) => return Some(submit_error(e)),
     }
     drop(guard);
+    if !write {
+        // The device fills the task's pages behind the MMU's back: they
+        // are modified (pageout must write them back, not drop them).
+        crate::arch::copy::mark_written(&mut k.frames, root, va, len);
+    }
     k.block_current(State::Io);
     None
 }
