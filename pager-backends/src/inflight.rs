@@ -326,8 +326,11 @@ impl<R> Inflight<R> {
         slot.cv.notify_all();
     }
 
-    /// The connection is gone: fail everything waiting and everything after.
-    pub(crate) fn fail_all(&self, why: &str) {
+    /// The connection is gone, for `why` unless it was already dead (the
+    /// first cause is the one reported): requests started from now on
+    /// fail at once. Set before a waiter is told, so no caller can send
+    /// on the dead connection in between and replace the cause.
+    pub(crate) fn set_dead(&self, why: &str) {
         {
             let mut f = lock(&self.free);
             if f.dead.is_none() {
@@ -335,6 +338,11 @@ impl<R> Inflight<R> {
             }
         }
         self.free_cv.notify_all();
+    }
+
+    /// The connection is gone: fail everything waiting and everything after.
+    pub(crate) fn fail_all(&self, why: &str) {
+        self.set_dead(why);
         for slot in self.slots.iter() {
             let mut st = lock(&slot.st);
             if let State::Waiting { generation, .. } = *st {
@@ -352,6 +360,21 @@ impl<R> Inflight<R> {
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn the_first_cause_of_death_is_kept_and_later_requests_fail_with_it() {
+        let f: Inflight<u32> = Inflight::new(4);
+        let short = Duration::from_millis(10);
+        f.set_dead("lost mid-reply");
+        // A caller woken by the reader finds the connection dead before it
+        // can send, and a later failure does not replace the cause.
+        let Err(PagerError::Dead(why)) = f.start(1, 0, 0, None, short) else {
+            panic!("a request started on a dead connection");
+        };
+        assert_eq!(why, "lost mid-reply");
+        f.fail_all("sending request failed: Broken pipe");
+        assert_eq!(f.dead().as_deref(), Some("lost mid-reply"));
+    }
 
     #[test]
     fn timeouts_abandon_up_to_the_limit_then_abort() {

@@ -282,6 +282,7 @@ fn reader_loop(transport: Transport, inflight: Arc<Inflight<()>>) {
             }
             if let Some(e) = lost {
                 let why = format!("nbd connection lost mid-reply: {e}");
+                inflight.set_dead(&why);
                 inflight.complete(claim, Err(PagerError::Dead(why.clone())));
                 break why;
             }
@@ -293,6 +294,7 @@ fn reader_loop(transport: Transport, inflight: Arc<Inflight<()>>) {
             let mut c = Cursor::new(bufs, claim.expect.skip, claim.expect.len);
             if let Err(e) = transport.recv_into(&mut c) {
                 let why = format!("nbd connection lost mid-reply: {e}");
+                inflight.set_dead(&why);
                 inflight.complete(claim, Err(PagerError::Dead(why.clone())));
                 break why;
             }

@@ -629,6 +629,7 @@ fn reader_loop(stream: UnixStream, shared: Arc<Shared>) {
                     Ok(r) => shared.inflight.complete(claim, Ok(r)),
                     Err(e) => {
                         let why = format!("external pager sent a bad message: {e}");
+                        shared.inflight.set_dead(&why);
                         shared
                             .inflight
                             .complete(claim, Err(PagerError::Protocol(why.clone())));
