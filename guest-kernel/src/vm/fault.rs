@@ -49,7 +49,10 @@ pub trait FaultMachine: PhysMaps {
     /// its pager is `pager`: the machine may ask for it itself, and even
     /// have it at once (a pager that answers while the fault is still
     /// being handled). By default it leaves the asking to the caller of
-    /// the fault handler ([`PageIn::Later`]).
+    /// the fault handler ([`PageIn::Later`]). `va` is the faulting page's
+    /// address, where an answer that comes later may be mapped as it
+    /// arrives (fault_around::provide_to_reader, which checks the map
+    /// first: the page asked for may be a backing object's).
     fn page_in(
         &mut self,
         object: ObjectId,
@@ -57,8 +60,9 @@ pub trait FaultMachine: PhysMaps {
         offset: ObjectOffset,
         size: u64,
         desired: VmProt,
+        va: VirtAddr,
     ) -> PageIn {
-        let _ = (object, pager, offset, size, desired);
+        let _ = (object, pager, offset, size, desired, va);
         PageIn::Later
     }
 }
@@ -287,7 +291,7 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
             }
             let port = o.pager_port();
             let desired = if obj == top { access } else { VmProt::READ };
-            return match mmu.page_in(obj, port, off, o.size(), desired) {
+            return match mmu.page_in(obj, port, off, o.size(), desired, va) {
                 PageIn::Later => request(objects, obj, off, port, desired),
                 PageIn::Asked => match placeholder(objects, obj, off) {
                     Ok(_) => FaultOutcome::Wait {
@@ -854,7 +858,7 @@ pub(crate) mod tests {
     }
 
     /// The page_in calls a machine got: object, pager, offset, size, desired.
-    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>;
+    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt, VirtAddr)>;
 
     /// The simulated machine with a pager it can ask from inside the fault
     /// handler, answering as told; the calls it got are kept.
@@ -894,8 +898,9 @@ pub(crate) mod tests {
             offset: ObjectOffset,
             size: u64,
             desired: VmProt,
+            va: VirtAddr,
         ) -> PageIn {
-            self.asked.push((object, pager, offset, size, desired));
+            self.asked.push((object, pager, offset, size, desired, va));
             self.answer
         }
     }
@@ -943,7 +948,8 @@ pub(crate) mod tests {
                 PagerPort::Pager(PagerRef(7)),
                 off(2),
                 4 * PAGE_SIZE,
-                VmProt::READ
+                VmProt::READ,
+                va(2)
             )]
         );
         assert_eq!(
@@ -1027,7 +1033,8 @@ pub(crate) mod tests {
                 PagerPort::Pager(PagerRef(7)),
                 off(0),
                 PAGE_SIZE,
-                VmProt::READ
+                VmProt::READ,
+                va(0)
             )]
         );
         assert!(

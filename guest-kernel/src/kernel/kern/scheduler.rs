@@ -909,6 +909,7 @@ impl Kernel {
             return None;
         }
         let parts = Parts {
+            task: Some(id),
             map: &mut t.map,
             vm: &mut self.vm,
             paging: &mut self.paging,

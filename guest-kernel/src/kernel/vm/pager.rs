@@ -14,12 +14,14 @@ use crate::dev::virtio_pager::{self, Driver};
 use crate::kern::console::Dec;
 use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;
-use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
 };
 use guest_kernel::ipc::{KObject, PortId};
+use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::PageIn;
+use guest_kernel::vm::fault_around;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
@@ -98,6 +100,19 @@ struct Transfer {
     /// the access asked for.
     unlock: bool,
     desired: VmProt,
+    /// A read fault's data_request: the answer is mapped in the reader's
+    /// space as it arrives.
+    reader: Option<Reader>,
+}
+
+/// Who asked for a data_request by a read fault, and where: the task and
+/// its faulting page's address. The answer's pages are mapped there as
+/// they are made (fault_around::provide_to_reader), so the reader, woken,
+/// takes no second fault for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reader {
+    pub task: TaskId,
+    pub va: VirtAddr,
 }
 
 const NO_TRANSFER: Transfer = Transfer {
@@ -114,6 +129,7 @@ const NO_TRANSFER: Transfer = Transfer {
     write: false,
     unlock: false,
     desired: VmProt::NONE,
+    reader: None,
 };
 
 /// Page transfers between the VM and the device, and the kernel ports that
@@ -250,6 +266,7 @@ impl HostPaging {
         t.write = true;
         t.unlock = false;
         t.desired = VmProt::NONE;
+        t.reader = None;
         self.used |= 1 << slot;
         self.unsent |= 1 << slot;
     }
@@ -330,7 +347,9 @@ pub enum Asked {
 
 /// A fault asked `pager` for the page at `offset` of `object`, whose
 /// size in bytes `size` tells (asked only when read-ahead would go past
-/// the page; a busy placeholder is in place).
+/// the page; a busy placeholder is in place). `reader`: the faulting task
+/// and page, where a host object's answer to a read is mapped.
+#[allow(clippy::too_many_arguments)] // one request's fields
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
@@ -339,6 +358,7 @@ pub fn request(
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
+    reader: Option<Reader>,
 ) -> Asked {
     let (dev, dev_offset, default) = match pager {
         PagerPort::Default => match paging.default.page_in(object, offset) {
@@ -386,6 +406,9 @@ pub fn request(
     t.write = false;
     t.unlock = false;
     t.desired = desired;
+    // Only a read is mapped as it arrives (a write's page must fault for
+    // write access anyway), and only a host object's pages.
+    t.reader = reader.filter(|_| !default && desired == VmProt::READ);
     t.count = if pages == 1 {
         // A random fault's one page: the allocator's one-frame path.
         frames.alloc().map_or(0, |f| {
@@ -459,6 +482,7 @@ pub fn unlock(
     t.write = false;
     t.unlock = true;
     t.desired = access;
+    t.reader = None;
     paging.used |= 1 << slot;
     paging.unsent |= 1 << slot;
     true
@@ -613,6 +637,7 @@ fn submit_unsent(
 /// fault handler. Only a plain success is taken so; any other answer, or
 /// one behind another on the ring, is left for the way out of the kernel,
 /// which deals with every kind (`finish`), and the fault waits for it.
+#[allow(clippy::too_many_arguments)] // a request's fields
 pub fn page_in(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
@@ -621,6 +646,7 @@ pub fn page_in(
     offset: ObjectOffset,
     size: u64,
     desired: VmProt,
+    reader: Option<Reader>,
 ) -> PageIn {
     if crate::vm::user_pager::is_user(pager) || host_object(pager).is_none() {
         return PageIn::Later;
@@ -633,6 +659,7 @@ pub fn page_in(
         PagerPort::Pager(pager),
         offset,
         desired,
+        reader,
     );
     let Asked::Yes(Some(sent)) = asked else {
         // No room to ask: the fault's caller asks (and reports) it.
@@ -747,6 +774,7 @@ struct Ended {
     offset: ObjectOffset,
     default: bool,
     write: bool,
+    reader: Option<Reader>,
 }
 
 /// A page transfer finished (called from the driver's completion path).
@@ -783,6 +811,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         offset: t.offset,
         default: t.default,
         write: t.write,
+        reader: t.reader,
     };
     let ok = code == status::OK;
     k.paging.failed += u64::from(!ok);
@@ -808,6 +837,17 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
                 ": a data_request timed out; the faulting threads get a memory exception (further timeouts are counted in vm_statistics)\n"
             );
         }
+    }
+    // A read fault's answer: made and mapped in the reader's space at
+    // once; nothing below is needed for it but the wake-up.
+    if let Some(reader) = t.reader
+        && ok
+        && kind == pager::KIND_PROVIDED
+        && bytes != 0
+        && provide_to_reader(k, slot, reader, t.object, t.offset, bytes, lock)
+    {
+        k.wake_page_waiters(t.object);
+        return;
     }
     let mut newly_dead = false;
     let mut lost = false;
@@ -903,6 +943,65 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     if t.write {
         super::default_pager::frames_freed(k);
     }
+}
+
+/// A read fault's data_request answered with data (`bytes` of it, from
+/// `offset` of `object`, locked by `lock`): the pages are made and the run
+/// from the faulting page mapped in the reader's space
+/// (fault_around::provide_to_reader). False, with nothing done, if the
+/// reader's space is gone: the caller provides the pages as for anyone.
+fn provide_to_reader(
+    k: &mut Kernel,
+    slot: usize,
+    reader: Reader,
+    object: ObjectId,
+    offset: ObjectOffset,
+    bytes: u64,
+    lock: VmProt,
+) -> bool {
+    let Some(p) = k.vm_parts(reader.task) else {
+        return false;
+    };
+    let super::Parts {
+        map,
+        vm,
+        paging,
+        frames,
+        root,
+        loaded,
+        ..
+    } = p;
+    let t = &paging.slots[slot];
+    let pages = &t.frames[..t.count];
+    // The pager may provide less than asked (the object's end).
+    let have = (bytes.div_ceil(PAGE_SIZE) as usize).min(pages.len());
+    super::run(
+        vm,
+        frames,
+        &mut paging.actions,
+        root,
+        loaded,
+        |objects, _, frames, m| {
+            let r = fault_around::provide_to_reader(
+                map,
+                objects,
+                frames,
+                m,
+                reader.va,
+                object,
+                offset,
+                &pages[..have],
+                lock,
+            );
+            // Frames are the object's only if taken (data_provided frees
+            // those it does not need itself).
+            let kept = if r.is_ok() { have } else { 0 };
+            for &f in &pages[kept..] {
+                frames.free_frame(f);
+            }
+        },
+    );
+    true
 }
 
 /// A host object's answer to a fault's data_unlock: `lock`, the lock now
