@@ -49,10 +49,7 @@ pub trait FaultMachine: PhysMaps {
     /// its pager is `pager`: the machine may ask for it itself, and even
     /// have it at once (a pager that answers while the fault is still
     /// being handled). By default it leaves the asking to the caller of
-    /// the fault handler ([`PageIn::Later`]). `va` is the faulting page's
-    /// address, where an answer that comes later may be mapped as it
-    /// arrives (fault_around::provide_to_reader, which checks the map
-    /// first: the page asked for may be a backing object's).
+    /// the fault handler ([`PageIn::Later`]).
     fn page_in(
         &mut self,
         object: ObjectId,
@@ -60,9 +57,8 @@ pub trait FaultMachine: PhysMaps {
         offset: ObjectOffset,
         size: u64,
         desired: VmProt,
-        va: VirtAddr,
     ) -> PageIn {
-        let _ = (object, pager, offset, size, desired, va);
+        let _ = (object, pager, offset, size, desired);
         PageIn::Later
     }
 }
@@ -291,7 +287,7 @@ pub fn fault_object<F: FrameSource, M: FaultMachine>(
             }
             let port = o.pager_port();
             let desired = if obj == top { access } else { VmProt::READ };
-            return match mmu.page_in(obj, port, off, o.size(), desired, va) {
+            return match mmu.page_in(obj, port, off, o.size(), desired) {
                 PageIn::Later => request(objects, obj, off, port, desired),
                 PageIn::Asked => match placeholder(objects, obj, off) {
                     Ok(_) => FaultOutcome::Wait {
@@ -858,7 +854,7 @@ pub(crate) mod tests {
     }
 
     /// The page_in calls a machine got: object, pager, offset, size, desired.
-    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt, VirtAddr)>;
+    type PageIns = alloc::vec::Vec<(ObjectId, PagerPort, ObjectOffset, u64, VmProt)>;
 
     /// The simulated machine with a pager it can ask from inside the fault
     /// handler, answering as told; the calls it got are kept.
@@ -898,9 +894,8 @@ pub(crate) mod tests {
             offset: ObjectOffset,
             size: u64,
             desired: VmProt,
-            va: VirtAddr,
         ) -> PageIn {
-            self.asked.push((object, pager, offset, size, desired, va));
+            self.asked.push((object, pager, offset, size, desired));
             self.answer
         }
     }
@@ -948,8 +943,7 @@ pub(crate) mod tests {
                 PagerPort::Pager(PagerRef(7)),
                 off(2),
                 4 * PAGE_SIZE,
-                VmProt::READ,
-                va(2)
+                VmProt::READ
             )]
         );
         assert_eq!(
@@ -1033,8 +1027,7 @@ pub(crate) mod tests {
                 PagerPort::Pager(PagerRef(7)),
                 off(0),
                 PAGE_SIZE,
-                VmProt::READ,
-                va(0)
+                VmProt::READ
             )]
         );
         assert!(

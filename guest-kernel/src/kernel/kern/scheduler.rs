@@ -909,7 +909,6 @@ impl Kernel {
             return None;
         }
         let parts = Parts {
-            task: Some(id),
             map: &mut t.map,
             vm: &mut self.vm,
             paging: &mut self.paging,

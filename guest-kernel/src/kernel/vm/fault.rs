@@ -194,9 +194,13 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome, reader: Option<Reader>) -> Ask {
                 pager,
                 offset,
                 desired_access,
-                reader,
             ) {
-                Asked::Yes(s) => sent = s,
+                Asked::Yes(s) => {
+                    if let (Some(s), Some(r)) = (s, reader) {
+                        super::pager::set_reader(&mut k.paging, s.slot, r);
+                    }
+                    sent = s;
+                }
                 Asked::No => {
                     if pager == guest_kernel::vm::object::PagerPort::Default {
                         crate::kprint!("default pager: no transfer slot for a page-in\n");
@@ -232,7 +236,14 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome, reader: Option<Reader>) -> Ask {
             }
             object
         }
-        FaultOutcome::Wait { object, .. } => object,
+        FaultOutcome::Wait { object, offset } => {
+            // The request it waits for (its own page_in's, mostly) is
+            // answered into its space.
+            if let Some(r) = reader {
+                super::pager::wait_as_reader(&mut k.paging, object, offset, r);
+            }
+            object
+        }
         _ => return Ask::Fail,
     };
     Ask::Sleep(object, sent)
@@ -344,10 +355,6 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                 }) => {
                     let objects = &p.vm.objects;
                     let size = || objects.get(object).map_or(0, |o| o.size());
-                    let reader = p.task.map(|task| Reader {
-                        task,
-                        va: VirtAddr(page),
-                    });
                     let asked = super::pager::request(
                         p.paging,
                         p.frames,
@@ -356,7 +363,6 @@ pub fn prefault_in(p: &mut Parts<'_>, va: u64, len: u64, write: bool) -> Result<
                         pager,
                         offset,
                         desired_access,
-                        reader,
                     );
                     match asked {
                         Asked::Yes(_) => {}

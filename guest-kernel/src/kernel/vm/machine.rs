@@ -3,13 +3,11 @@
 //! fault, map and object code drive real page tables, real frames and the
 //! TLB. Everything here is thin; the logic is in guest_kernel::vm.
 
-use super::pager::Reader;
 use crate::arch::mm::phys_to_virt;
 use core::cell::RefCell;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::arch::paging::TableMemory;
 use guest_kernel::arch::pmap::{PvTable, Tlb, X86PhysMaps, X86Pmap};
-use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::copy_store::CopyStore;
 use guest_kernel::vm::fault::{FaultMachine, PageIn};
 use guest_kernel::vm::frame::{Frame, FrameAllocator};
@@ -131,9 +129,6 @@ pub struct Machine<'a> {
     pub pv: &'a mut PvTable,
     pub tlb: LoadedTlb,
     pub root: PhysAddr,
-    /// The task whose space `root` is, if the operation is one task's (a
-    /// fault's read-ahead is then mapped there as it arrives).
-    pub task: Option<TaskId>,
     /// The host-object transfers, where a fault may ask a pager itself
     /// (`page_in`); absent for operations that run from a completion.
     pub pager: Option<&'a mut super::pager::HostPaging>,
@@ -190,23 +185,12 @@ impl FaultMachine for Machine<'_> {
         offset: ObjectOffset,
         size: u64,
         desired: VmProt,
-        va: VirtAddr,
     ) -> PageIn {
         let (PagerPort::Pager(p), Some(paging)) = (pager, self.pager.as_deref_mut()) else {
             return PageIn::Later;
         };
-        let reader = self.task.map(|task| Reader { task, va });
         let mut frames = self.tables.0.borrow_mut();
-        super::pager::page_in(
-            paging,
-            &mut frames,
-            object,
-            p,
-            offset,
-            size,
-            desired,
-            reader,
-        )
+        super::pager::page_in(paging, &mut frames, object, p, offset, size, desired)
     }
     fn copy_frame(&mut self, src: PhysAddr, dst: PhysAddr) {
         // SAFETY: two distinct frames the VM owns, through the direct map.

@@ -54,7 +54,6 @@ pub fn with_parts<R>(
         pv: &mut p.vm.pv,
         tlb: LoadedTlb { loaded: p.loaded },
         root: p.root,
-        task: p.task,
         pager: Some(&mut *p.paging),
     };
     let r = op(p.map, &mut p.vm.objects, &mut frames, &mut m);
@@ -101,7 +100,6 @@ pub(crate) fn run<R>(
         pv: &mut vm.pv,
         tlb: LoadedTlb { loaded },
         root,
-        task: None,
         pager: None,
     };
     let r = op(&mut vm.objects, &mut vm.copies, &mut frames, &mut m);
@@ -147,7 +145,6 @@ pub fn destroy_map(
         return;
     }
     let mut parts = Parts {
-        task: None,
         map,
         vm,
         paging,
@@ -192,8 +189,6 @@ pub fn reap(
 /// What [`Kernel::vm_parts`] lends: one task's map beside the kernel-wide VM
 /// state (split borrows of the kernel).
 pub struct Parts<'a> {
-    /// Whose map this is (None: a map being torn down).
-    pub task: Option<TaskId>,
     pub map: &'a mut VmMap,
     pub vm: &'a mut machine::Vm,
     pub paging: &'a mut pager::HostPaging,

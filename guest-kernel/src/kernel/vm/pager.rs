@@ -101,7 +101,9 @@ struct Transfer {
     unlock: bool,
     desired: VmProt,
     /// A read fault's data_request: the answer is mapped in the reader's
-    /// space as it arrives.
+    /// space as it arrives. Set only for a fault that waits for the answer
+    /// (`set_reader`), and taken when the transfer ends (`finish`, the one
+    /// way such a slot is freed), so a request never sees a stale one.
     reader: Option<Reader>,
 }
 
@@ -347,9 +349,7 @@ pub enum Asked {
 
 /// A fault asked `pager` for the page at `offset` of `object`, whose
 /// size in bytes `size` tells (asked only when read-ahead would go past
-/// the page; a busy placeholder is in place). `reader`: the faulting task
-/// and page, where a host object's answer to a read is mapped.
-#[allow(clippy::too_many_arguments)] // one request's fields
+/// the page; a busy placeholder is in place).
 pub fn request(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
@@ -358,7 +358,6 @@ pub fn request(
     pager: PagerPort,
     offset: ObjectOffset,
     desired: VmProt,
-    reader: Option<Reader>,
 ) -> Asked {
     let (dev, dev_offset, default) = match pager {
         PagerPort::Default => match paging.default.page_in(object, offset) {
@@ -406,9 +405,6 @@ pub fn request(
     t.write = false;
     t.unlock = false;
     t.desired = desired;
-    // Only a read is mapped as it arrives (a write's page must fault for
-    // write access anyway), and only a host object's pages.
-    t.reader = reader.filter(|_| !default && desired == VmProt::READ);
     t.count = if pages == 1 {
         // A random fault's one page: the allocator's one-frame path.
         frames.alloc().map_or(0, |f| {
@@ -433,6 +429,43 @@ pub fn request(
         slot,
         pages: t.count,
     }))
+}
+
+/// A fault by `reader` waits for the answer to the data_request in `slot`
+/// (its own): if it was a read of a host object's page, the answer is
+/// mapped in the reader's space as it arrives (a write's page must fault
+/// for write access anyway). Recorded only once the fault is to wait, so
+/// a page taken at once (`page_in`) costs nothing for it.
+pub fn set_reader(paging: &mut HostPaging, slot: usize, reader: Reader) {
+    let t = &mut paging.slots[slot];
+    if !t.default && !t.write && !t.unlock && t.desired == VmProt::READ {
+        t.reader = Some(reader);
+    }
+}
+
+/// A fault by `reader` waits for the page at `offset` of `object` (Wait):
+/// the data_request in flight from that page on, if there is one without
+/// a reader yet, is this fault's or another's for the same page, and its
+/// answer is mapped for this reader ([`set_reader`]). A request that
+/// starts at another page is left alone: its answer is mapped from its
+/// own first page or not at all.
+pub fn wait_as_reader(
+    paging: &mut HostPaging,
+    object: ObjectId,
+    offset: ObjectOffset,
+    reader: Reader,
+) {
+    let mut used = paging.used;
+    while used != 0 {
+        let slot = used.trailing_zeros() as usize;
+        used &= used - 1;
+        let t = &paging.slots[slot];
+        let request = !t.write && !t.unlock && !t.default;
+        if request && t.object == object && t.offset == offset && t.reader.is_none() {
+            set_reader(paging, slot, reader);
+            return;
+        }
+    }
 }
 
 /// A fault's call to a guest pager, sent by `start`.
@@ -637,7 +670,6 @@ fn submit_unsent(
 /// fault handler. Only a plain success is taken so; any other answer, or
 /// one behind another on the ring, is left for the way out of the kernel,
 /// which deals with every kind (`finish`), and the fault waits for it.
-#[allow(clippy::too_many_arguments)] // a request's fields
 pub fn page_in(
     paging: &mut HostPaging,
     frames: &mut FrameAllocator,
@@ -646,7 +678,6 @@ pub fn page_in(
     offset: ObjectOffset,
     size: u64,
     desired: VmProt,
-    reader: Option<Reader>,
 ) -> PageIn {
     if crate::vm::user_pager::is_user(pager) || host_object(pager).is_none() {
         return PageIn::Later;
@@ -659,7 +690,6 @@ pub fn page_in(
         PagerPort::Pager(pager),
         offset,
         desired,
-        reader,
     );
     let Asked::Yes(Some(sent)) = asked else {
         // No room to ask: the fault's caller asks (and reports) it.
@@ -811,7 +841,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         offset: t.offset,
         default: t.default,
         write: t.write,
-        reader: t.reader,
+        reader: k.paging.slots[slot].reader.take(),
     };
     let ok = code == status::OK;
     k.paging.failed += u64::from(!ok);
