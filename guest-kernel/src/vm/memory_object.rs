@@ -96,6 +96,25 @@ impl Objects {
         precious: bool,
         frames: &mut dyn FrameSource,
     ) -> Result<Reply, VmError> {
+        self.provide(object, offset, data, lock, precious, frames)
+            .map(|(r, _)| r)
+    }
+
+    /// [`Self::data_provided`], also saying how many of the first pages
+    /// it made resident with their frames in `data` (new pages and filled
+    /// placeholders, from `offset` on without a gap): those pages are
+    /// clean, not busy, locked by `lock` and hold `data[..run]`, so a
+    /// caller may map them without looking them up (the read-ahead
+    /// mapped as it arrives, fault_around.rs).
+    pub(crate) fn provide(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        data: &[PhysAddr],
+        lock: VmProt,
+        precious: bool,
+        frames: &mut dyn FrameSource,
+    ) -> Result<(Reply, usize), VmError> {
         let len = (data.len() as u64)
             .checked_mul(PAGE_SIZE)
             .ok_or(VmError::InvalidArgument)?;
@@ -106,6 +125,8 @@ impl Objects {
         let o = self.get(object)?;
         let (size, gone) = (o.size(), o.state() == ObjectState::Terminating);
         let mut r = Reply::default();
+        // The run ends at the first page not made from its frame.
+        let mut run = data.len();
         for (i, &frame) in data.iter().enumerate() {
             let off = ObjectOffset(offset.0 + i as u64 * PAGE_SIZE);
             let pid = if gone || off.0 >= size {
@@ -138,6 +159,7 @@ impl Objects {
             let Some(pid) = pid else {
                 frames.free_frame(frame);
                 r.discarded += 1;
+                run = run.min(i);
                 continue;
             };
             if let Some(p) = self.pages.get_mut(pid) {
@@ -154,7 +176,7 @@ impl Objects {
             self.pages.activate(pid);
             r.pages += 1;
         }
-        Ok(r)
+        Ok((r, run))
     }
 
     /// pager_data_unavailable: no data exists for [offset, offset+size);

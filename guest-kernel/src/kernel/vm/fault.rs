@@ -4,7 +4,7 @@
 //! finds a page not yet present. Faults the VM cannot satisfy become
 //! exception messages (kern/ipc/exception.rs), as before.
 
-use super::pager::{Asked, Sent};
+use super::pager::{Asked, Reader, Sent};
 use super::{Parts, with_parts};
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
@@ -60,7 +60,7 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
             // Out of frames (or page records): pageout, and sleep for it if
             // there is swap; else an exception as before.
             Err(FaultOutcome::ResourceShortage) => return super::default_pager::shortage(k),
-            Err(o) => match ask_pager(k, o) {
+            Err(o) => match ask_pager(k, o, Some(Reader { task, va })) {
                 Ask::Sleep(object, sent) => {
                     // Only the device can have answered before this entry
                     // ends: a guest pager answers from its own thread.
@@ -70,6 +70,12 @@ pub fn user_fault(k: &mut Kernel, cr2: u64, error: u64) -> bool {
                         _ => false,
                     };
                     if retries > 0 && device && answered_at_once(k) {
+                        // A read's answer is mapped as it arrives: then
+                        // there is nothing left to resolve.
+                        if mapped_for(k, task, va, access) {
+                            super::default_pager::check(k);
+                            return true;
+                        }
                         retries -= 1;
                         // Fault-around maps what came with the page; after
                         // a request for the page alone, neighbours mapped
@@ -114,6 +120,18 @@ fn answered_at_once(k: &mut Kernel) -> bool {
     k.page_wakes() != before
 }
 
+/// Whether `task` now maps `va` with the rights `access` needs (x86: any
+/// access needs read).
+fn mapped_for(k: &mut Kernel, task: TaskId, va: VirtAddr, access: VmProt) -> bool {
+    let need = access.union(VmProt::READ);
+    super::with_task(k, task, |_, _, _, m| {
+        m.pmap()
+            .lookup(va)
+            .is_some_and(|(_, prot)| prot.contains(need))
+    })
+    .unwrap_or(false)
+}
+
 /// Whether `object`'s pages come through the virtio-pager device (a host
 /// object, or internal memory through the default pager): only then can
 /// the answer be there before this entry ends. A guest pager answers from
@@ -143,8 +161,8 @@ enum Ask {
 /// pager still initialising). False if the outcome is not one to wait for,
 /// or the kernel could not ask (the request then fails as a pager error,
 /// and the retried fault gets MemoryError).
-fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
-    match ask_pager(k, o) {
+fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool, reader: Reader) -> bool {
+    match ask_pager(k, o, Some(reader)) {
         Ask::Sleep(object, _) => {
             k.block_current(State::PageWait { object, syscall });
             true
@@ -155,8 +173,8 @@ fn wait_for_pager(k: &mut Kernel, o: FaultOutcome, syscall: bool) -> bool {
 }
 
 /// Asks the pager for what outcome `o` needs (Request, Unlock), or finds
-/// the object to wait on (Wait).
-fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
+/// the object to wait on (Wait). `reader`: the faulting task and address.
+fn ask_pager(k: &mut Kernel, o: FaultOutcome, reader: Option<Reader>) -> Ask {
     let mut sent = None;
     let object = match o {
         FaultOutcome::Request {
@@ -177,7 +195,12 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
                 offset,
                 desired_access,
             ) {
-                Asked::Yes(s) => sent = s,
+                Asked::Yes(s) => {
+                    if let (Some(s), Some(r)) = (s, reader) {
+                        super::pager::set_reader(&mut k.paging, s.slot, r);
+                    }
+                    sent = s;
+                }
                 Asked::No => {
                     if pager == guest_kernel::vm::object::PagerPort::Default {
                         crate::kprint!("default pager: no transfer slot for a page-in\n");
@@ -213,7 +236,14 @@ fn ask_pager(k: &mut Kernel, o: FaultOutcome) -> Ask {
             }
             object
         }
-        FaultOutcome::Wait { object, .. } => object,
+        FaultOutcome::Wait { object, offset } => {
+            // The request it waits for (its own page_in's, mostly) is
+            // answered into its space.
+            if let Some(r) = reader {
+                super::pager::wait_as_reader(&mut k.paging, object, offset, r);
+            }
+            object
+        }
         _ => return Ask::Fail,
     };
     Ask::Sleep(object, sent)
@@ -381,7 +411,11 @@ pub fn ready_for_call(k: &mut Kernel, va: u64, len: u64, write: bool) -> bool {
         if present == Some(false)
             && let Err(o) = resolve(k, task, VirtAddr(page), access, FAULT_AROUND)
         {
-            return !wait_for_pager(k, o, true);
+            let reader = Reader {
+                task,
+                va: VirtAddr(page),
+            };
+            return !wait_for_pager(k, o, true, reader);
         }
         page += PAGE_SIZE;
     }

@@ -14,12 +14,14 @@ use crate::dev::virtio_pager::{self, Driver};
 use crate::kern::console::Dec;
 use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;
-use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
+use guest_kernel::addr::{PAGE_SIZE, PhysAddr, VirtAddr};
 use guest_kernel::dev::virtio::pager::{
     self, ACCESS_READ, ACCESS_WRITE, Completion, ObjState, Op, Segment, SubmitError, status,
 };
 use guest_kernel::ipc::{KObject, PortId};
+use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::PageIn;
+use guest_kernel::vm::fault_around;
 use guest_kernel::vm::frame::FrameAllocator;
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
@@ -98,6 +100,21 @@ struct Transfer {
     /// the access asked for.
     unlock: bool,
     desired: VmProt,
+    /// A read fault's data_request: the answer is mapped in the reader's
+    /// space as it arrives. Set only for a fault that waits for the answer
+    /// (`set_reader`), and taken when the transfer ends (`finish`, the one
+    /// way such a slot is freed), so a request never sees a stale one.
+    reader: Option<Reader>,
+}
+
+/// Who asked for a data_request by a read fault, and where: the task and
+/// its faulting page's address. The answer's pages are mapped there as
+/// they are made (fault_around::provide_to_reader), so the reader, woken,
+/// takes no second fault for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reader {
+    pub task: TaskId,
+    pub va: VirtAddr,
 }
 
 const NO_TRANSFER: Transfer = Transfer {
@@ -114,6 +131,7 @@ const NO_TRANSFER: Transfer = Transfer {
     write: false,
     unlock: false,
     desired: VmProt::NONE,
+    reader: None,
 };
 
 /// Page transfers between the VM and the device, and the kernel ports that
@@ -250,6 +268,7 @@ impl HostPaging {
         t.write = true;
         t.unlock = false;
         t.desired = VmProt::NONE;
+        t.reader = None;
         self.used |= 1 << slot;
         self.unsent |= 1 << slot;
     }
@@ -428,6 +447,43 @@ pub fn request(
     }))
 }
 
+/// A fault by `reader` waits for the answer to the data_request in `slot`
+/// (its own): if it was a read of a host object's page, the answer is
+/// mapped in the reader's space as it arrives (a write's page must fault
+/// for write access anyway). Recorded only once the fault is to wait, so
+/// a page taken at once (`page_in`) costs nothing for it.
+pub fn set_reader(paging: &mut HostPaging, slot: usize, reader: Reader) {
+    let t = &mut paging.slots[slot];
+    if !t.default && !t.write && !t.unlock && t.desired == VmProt::READ {
+        t.reader = Some(reader);
+    }
+}
+
+/// A fault by `reader` waits for the page at `offset` of `object` (Wait):
+/// the data_request in flight from that page on, if there is one without
+/// a reader yet, is this fault's or another's for the same page, and its
+/// answer is mapped for this reader ([`set_reader`]). A request that
+/// starts at another page is left alone: its answer is mapped from its
+/// own first page or not at all.
+pub fn wait_as_reader(
+    paging: &mut HostPaging,
+    object: ObjectId,
+    offset: ObjectOffset,
+    reader: Reader,
+) {
+    let mut used = paging.used;
+    while used != 0 {
+        let slot = used.trailing_zeros() as usize;
+        used &= used - 1;
+        let t = &paging.slots[slot];
+        let request = !t.write && !t.unlock && !t.default;
+        if request && t.object == object && t.offset == offset && t.reader.is_none() {
+            set_reader(paging, slot, reader);
+            return;
+        }
+    }
+}
+
 /// A fault's call to a guest pager, sent by `start`.
 fn defer(paging: &mut HostPaging, pager: PagerRef, call: Call) -> bool {
     if paging.calls.len() >= SLOTS * 4 || paging.calls.try_reserve(1).is_err() {
@@ -475,6 +531,7 @@ pub fn unlock(
     t.write = false;
     t.unlock = true;
     t.desired = access;
+    t.reader = None;
     paging.used |= 1 << slot;
     paging.unsent |= 1 << slot;
     true
@@ -766,6 +823,7 @@ struct Ended {
     offset: ObjectOffset,
     default: bool,
     write: bool,
+    reader: Option<Reader>,
 }
 
 /// A page transfer finished (called from the driver's completion path).
@@ -808,6 +866,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         offset: t.offset,
         default: t.default,
         write: t.write,
+        reader: k.paging.slots[slot].reader.take(),
     };
     let ok = code == status::OK;
     k.paging.failed += u64::from(!ok);
@@ -825,6 +884,17 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
         // Not dead: the waiting threads get the memory exception (the
         // object's policy was `error`; `zero` arrives as unavailable).
         timed_out(k, t.device_object, "a data_request");
+    }
+    // A read fault's answer: made and mapped in the reader's space at
+    // once; nothing below is needed for it but the wake-up.
+    if let Some(reader) = t.reader
+        && ok
+        && kind == pager::KIND_PROVIDED
+        && bytes != 0
+        && provide_to_reader(k, slot, reader, t.object, t.offset, bytes, lock)
+    {
+        k.wake_page_waiters(t.object);
+        return;
     }
     let mut newly_dead = false;
     let mut lost = false;
@@ -953,6 +1023,65 @@ fn pager_failed(k: &mut Kernel, object: ObjectId, device_object: u32) {
             ": pager failed, object dead (absent pages fault, dirty pages go to the default pager)\n"
         );
     }
+}
+
+/// A read fault's data_request answered with data (`bytes` of it, from
+/// `offset` of `object`, locked by `lock`): the pages are made and the run
+/// from the faulting page mapped in the reader's space
+/// (fault_around::provide_to_reader). False, with nothing done, if the
+/// reader's space is gone: the caller provides the pages as for anyone.
+fn provide_to_reader(
+    k: &mut Kernel,
+    slot: usize,
+    reader: Reader,
+    object: ObjectId,
+    offset: ObjectOffset,
+    bytes: u64,
+    lock: VmProt,
+) -> bool {
+    let Some(p) = k.vm_parts(reader.task) else {
+        return false;
+    };
+    let super::Parts {
+        map,
+        vm,
+        paging,
+        frames,
+        root,
+        loaded,
+        ..
+    } = p;
+    let t = &paging.slots[slot];
+    let pages = &t.frames[..t.count];
+    // The pager may provide less than asked (the object's end).
+    let have = (bytes.div_ceil(PAGE_SIZE) as usize).min(pages.len());
+    super::run(
+        vm,
+        frames,
+        &mut paging.actions,
+        root,
+        loaded,
+        |objects, _, frames, m| {
+            let r = fault_around::provide_to_reader(
+                map,
+                objects,
+                frames,
+                m,
+                reader.va,
+                object,
+                offset,
+                &pages[..have],
+                lock,
+            );
+            // Frames are the object's only if taken (data_provided frees
+            // those it does not need itself).
+            let kept = if r.is_ok() { have } else { 0 };
+            for &f in &pages[kept..] {
+                frames.free_frame(f);
+            }
+        },
+    );
+    true
 }
 
 /// A host object's answer to a fault's data_unlock: `lock`, the lock now
