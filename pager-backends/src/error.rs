@@ -46,6 +46,10 @@ pub enum PagerError {
         within: std::time::Duration,
         phase: crate::deadline::HandshakePhase,
     },
+    /// The other side does not offer this call (an older peer, a feature
+    /// not negotiated).
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
     /// The peer is gone (connection closed, process exited).
     #[error("pager is dead: {0}")]
     Dead(String),

@@ -53,7 +53,7 @@ pub use check::{MAX_OBJECT_SIZE, MAX_REQUEST};
 pub use deadline::HandshakePhase;
 pub use error::{PagerError, Result};
 pub use options::OpenOptions;
-pub use pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+pub use pager::{DataReply, KernelControl, LockRequest, ObjectInfo, Pager, UnlockReply};
 pub use stats::{Instrumented, LatencySummary, StatsSnapshot};
 pub use thread_hook::{ThreadHook, spawn_hooked};
 pub use timeout::{OnTimeout, TimeoutPolicy};

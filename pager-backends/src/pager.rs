@@ -8,7 +8,7 @@
 //! (`VolatileSlice`s, typically guest frames) so nothing is copied or
 //! allocated per page on the hot path.
 
-use crate::error::Result;
+use crate::error::{PagerError, Result};
 use crate::types::{Access, KernelId, ObjectOffset};
 use std::sync::Arc;
 use vm_memory::VolatileSlice;
@@ -47,6 +47,16 @@ pub struct UnlockReply {
     pub lock: Access,
 }
 
+/// What a lock request asks of the kernel: the accesses to prevent, and
+/// whether dirty pages are written back (`clean`) and cached pages dropped
+/// (`flush`, which writes back first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LockRequest {
+    pub lock: Access,
+    pub clean: bool,
+    pub flush: bool,
+}
+
 /// Manager → kernel calls (Table 3-6 and later additions). The kernel side
 /// (the device, the guest) implements it; a pager calls it whenever it wants,
 /// from any thread, so these calls must not block on the pager.
@@ -61,6 +71,28 @@ pub trait KernelControl: Send + Sync {
         clean: bool,
         flush: bool,
     ) -> Result<()>;
+    /// `lock_request` whose completion the pager wants to hear of (GNU
+    /// Mach's `memory_object_lock_request` with a reply port): once the
+    /// lock is in force and every write-back the request started has been
+    /// answered by the pager, the kernel calls `Pager::lock_completed` with
+    /// this range and `cookie`, a value the pager chooses to tell
+    /// concurrent requests apart. A kernel that cannot report completion
+    /// (an older peer, or its table of waiting requests is full) refuses
+    /// the call and applies nothing, so the pager never waits for a reply
+    /// that will not come. The default refuses: the kernel side does not
+    /// know this call.
+    fn lock_request_with_reply(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        lock: LockRequest,
+        cookie: u64,
+    ) -> Result<()> {
+        let _ = (offset, len, lock, cookie);
+        Err(PagerError::Unsupported(
+            "this kernel does not report lock completion",
+        ))
+    }
     /// Offer pages the kernel did not ask for (`data_provided` unprompted).
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()>;
     /// `pager_cache`: permit or rescind caching after the last unmap.
@@ -133,6 +165,23 @@ pub trait Pager: Send + Sync {
 
     /// Make every write accepted so far durable (clean request completed).
     fn sync(&self) -> Result<()>;
+
+    /// `memory_object_lock_completed`: the lock request this pager made
+    /// with `KernelControl::lock_request_with_reply(offset, len, _,
+    /// cookie)` is done for `kernel`: the lock is in force and every
+    /// write-back it started has reached `data_write` (whatever it
+    /// answered). Only a pager that asks for replies gets it; the default
+    /// ignores it.
+    fn lock_completed(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> Result<()> {
+        let _ = (kernel, offset, len, cookie);
+        Ok(())
+    }
 
     /// `terminate`: the kernel has released the object; forget its state.
     /// After the last kernel terminates the pager flushes and may shut down.

@@ -316,6 +316,17 @@ impl Pager for Instrumented {
         self.call(&self.c.syncs, self.inner.sync())
     }
 
+    fn lock_completed(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> Result<()> {
+        // Not a paging operation: passed on, not counted.
+        self.inner.lock_completed(kernel, offset, len, cookie)
+    }
+
     fn terminate(&self, kernel: KernelId) -> Result<()> {
         self.call(&self.c.terminates, self.inner.terminate(kernel))
     }

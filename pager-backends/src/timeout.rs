@@ -146,6 +146,16 @@ impl Pager for TimeoutPolicy {
         self.inner.sync()
     }
 
+    fn lock_completed(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> Result<()> {
+        self.inner.lock_completed(kernel, offset, len, cookie)
+    }
+
     fn terminate(&self, kernel: KernelId) -> Result<()> {
         self.inner.terminate(kernel)
     }

@@ -7,8 +7,8 @@ use common::*;
 use pager_backends::procedural::generate_page;
 use pager_backends::unix::proto as p;
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, OpenOptions, Pager,
-    PagerError, UnlockReply,
+    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectInfo, ObjectOffset,
+    OpenOptions, Pager, PagerError, UnlockReply,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -403,6 +403,171 @@ fn pager_speaks_first_and_errors_travel() {
         .unwrap_err();
     assert!(matches!(err, PagerError::ReadOnly), "{err:?}");
     assert!(p.describe().ends_with("chatty"));
+}
+
+/// A pager that asks for lock completion: a data request for a page
+/// makes it clean-and-lock that page with a reply (cookie = the page
+/// number + 100), and it records the completions it is told of.
+#[derive(Default)]
+struct Replier {
+    ctl: Mutex<Option<Arc<dyn KernelControl>>>,
+    kernel: Mutex<Option<KernelId>>,
+    completed: Mutex<Vec<(KernelId, ObjectOffset, u64, u64)>>,
+}
+
+impl Pager for Replier {
+    fn init(&self, k: KernelId, control: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        *self.ctl.lock().unwrap() = Some(control);
+        *self.kernel.lock().unwrap() = Some(k);
+        Ok(ObjectInfo {
+            size: 1 << 20,
+            read_only: false,
+            may_cache: false,
+        })
+    }
+    fn data_request(
+        &self,
+        _k: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        _d: Access,
+        _bufs: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        let ctl = self.ctl.lock().unwrap().clone().unwrap();
+        let req = LockRequest {
+            lock: Access::WRITE,
+            clean: true,
+            flush: false,
+        };
+        ctl.lock_request_with_reply(offset, len, req, offset.raw() / 4096 + 100)?;
+        Ok(DataReply::Unavailable { bytes: len })
+    }
+    fn data_write(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn data_unlock(
+        &self,
+        _k: KernelId,
+        _o: ObjectOffset,
+        _l: u64,
+        _d: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        Ok(UnlockReply { lock: Access::NONE })
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        Ok(1 << 20)
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn lock_completed(
+        &self,
+        k: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> pager_backends::Result<()> {
+        if cookie == 666 {
+            return Err(PagerError::BadRange {
+                offset,
+                len,
+                why: "no such request",
+            });
+        }
+        self.completed.lock().unwrap().push((k, offset, len, cookie));
+        Ok(())
+    }
+    fn terminate(&self, _k: KernelId) -> pager_backends::Result<()> {
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "replier".into()
+    }
+}
+
+#[test]
+fn lock_request_with_reply_and_its_completion_travel_both_ways() {
+    let pager = Arc::new(Replier::default());
+    let (_d, uri) = serve_in_process(pager.clone());
+    let p = pager_backends::open(&uri, &OpenOptions::default()).unwrap();
+    let rec = Arc::new(Recorder::default());
+    p.init(K, rec.clone()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    p.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)])
+        .unwrap();
+    // The pager's request, with its cookie, reached the kernel side's
+    // control (before the reply, as every unprompted message does).
+    assert_eq!(
+        *rec.events.lock().unwrap(),
+        vec!["lock 0x2000 4096 2 true false reply 102"]
+    );
+    assert!(pager.completed.lock().unwrap().is_empty());
+    // The kernel's completion reaches the pager with the same range and
+    // cookie, for the kernel id the pager knows.
+    p.lock_completed(K, ObjectOffset(8192), 4096, 102).unwrap();
+    let k = pager.kernel.lock().unwrap().unwrap();
+    assert_eq!(
+        *pager.completed.lock().unwrap(),
+        vec![(k, ObjectOffset(8192), 4096, 102)]
+    );
+    // The pager's error travels back; the connection stays up.
+    let err = p.lock_completed(K, ObjectOffset(0), 4096, 666).unwrap_err();
+    assert!(matches!(err, PagerError::BadRange { .. }), "{err:?}");
+    // A kernel the pager does not know is refused.
+    let err = p
+        .lock_completed(KernelId(9), ObjectOffset(0), 4096, 1)
+        .unwrap_err();
+    assert!(matches!(err, PagerError::UnknownKernel(9)), "{err:?}");
+    assert!(p.describe().ends_with("replier"));
+}
+
+#[test]
+fn a_version_1_kernel_side_cannot_be_asked_for_completion() {
+    let pager = Arc::new(Replier::default());
+    let (_d, uri) = serve_in_process(pager.clone());
+    let path = uri.strip_prefix("unix:").unwrap();
+    let mut s = UnixStream::connect(path).unwrap();
+    // An old kernel side: version 1 only.
+    let mut body = p::MAGIC.to_vec();
+    body.extend_from_slice(&1u16.to_le_bytes());
+    body.extend_from_slice(&1u16.to_le_bytes());
+    body.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    s.write_all(&frame(p::T_HELLO, 0, &body)).unwrap();
+    let mut reply = [0u8; 32];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(u16::from_le_bytes([reply[24], reply[25]]), 1, "version 1 chosen");
+    s.write_all(&frame(p::T_INIT, 1, &0u64.to_le_bytes())).unwrap();
+    s.read_exact(&mut reply).unwrap(); // INFO
+    // The pager's lock request with reply is refused on its side: the
+    // data request it makes it in fails, and nothing but that error comes.
+    let mut req = Vec::new();
+    for v in [0u64, 4096, 4096, 4096] {
+        req.extend_from_slice(&v.to_le_bytes());
+    }
+    req.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    s.write_all(&frame(p::T_DATA_REQUEST, 2, &req)).unwrap();
+    let mut h = [0u8; 16];
+    s.read_exact(&mut h).unwrap();
+    let hd = p::Header::decode(&h, 1 << 20).unwrap();
+    assert_eq!((hd.kind, hd.id), (p::T_ERROR, 2));
+    let mut rest = vec![0u8; hd.len as usize];
+    s.read_exact(&mut rest).unwrap();
+    assert!(String::from_utf8_lossy(&rest).contains("version 1"));
+    // And LOCK_COMPLETED is not a version 1 message.
+    let mut lc = Vec::new();
+    for v in [0u64, 4096, 4096, 100] {
+        lc.extend_from_slice(&v.to_le_bytes());
+    }
+    s.write_all(&frame(p::T_LOCK_COMPLETED, 3, &lc)).unwrap();
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(p::Header::decode(&h, 1 << 20).unwrap().kind, p::T_ERROR);
+    assert!(pager.completed.lock().unwrap().is_empty());
 }
 
 /// A hand-written "pager" that completes the hello and then does `act`

@@ -5,7 +5,9 @@
 
 use super::wire::{Event, ObjectId, event};
 use pager_backends::poison;
-use pager_backends::{Access, KernelControl, ObjectOffset, PAGE_SIZE, PagerError, Result};
+use pager_backends::{
+    Access, KernelControl, LockRequest, ObjectOffset, PAGE_SIZE, PagerError, Result,
+};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +21,23 @@ pub const MAX_PENDING_OFFER_BYTES: usize = 16 << 20;
 /// backlog from the other objects' pagers.
 pub const MAX_PENDING_EVENTS_PER_OBJECT: usize = MAX_PENDING_EVENTS / 4;
 pub const MAX_PENDING_OFFER_BYTES_PER_OBJECT: usize = MAX_PENDING_OFFER_BYTES / 4;
+/// Lock requests with a reply that the driver has not yet answered with
+/// LOCK_COMPLETED, over all objects (docs/virtio-pager.md §5.2: a driver
+/// that negotiates F_LOCK_COMPLETED tracks at least this many)...
+pub const MAX_PENDING_REPLIES: usize = 64;
+/// ...and per object, so one pager cannot take them all.
+pub const MAX_PENDING_REPLIES_PER_OBJECT: usize = MAX_PENDING_REPLIES / 4;
+
+/// A lock request waiting for its LOCK_COMPLETED: what the driver must
+/// echo (tag, range) and what the pager gets back (cookie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AwaitedReply {
+    object: ObjectId,
+    tag: u32,
+    offset: u64,
+    len: u64,
+    cookie: u64,
+}
 
 /// One event not yet delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +61,10 @@ struct Backlog {
     /// because the backlog (or the object's share) was full.
     queued: Vec<(usize, usize)>,
     refused: Vec<u64>,
+    /// Lock requests waiting for the driver's LOCK_COMPLETED, at most
+    /// MAX_PENDING_REPLIES; `next_tag` names the next one.
+    replies: Vec<AwaitedReply>,
+    next_tag: u32,
 }
 
 impl Backlog {
@@ -67,6 +90,8 @@ impl Backlog {
         if let Some(q) = self.queued.get_mut(object.0 as usize) {
             *q = (0, 0);
         }
+        // The driver that would answer them no longer knows the object.
+        self.replies.retain(|r| r.object != object);
         Some(epoch)
     }
 }
@@ -92,14 +117,39 @@ impl EventBacklog {
     }
 
     /// A control handle for a new INIT of `object`; older handles of the
-    /// object stop working.
-    pub fn open(self: &Arc<Self>, object: ObjectId) -> DeviceControl {
+    /// object stop working. `replies`: the driver negotiated
+    /// F_LOCK_COMPLETED, so the handle may ask for lock completion.
+    pub fn open(self: &Arc<Self>, object: ObjectId, replies: bool) -> DeviceControl {
         let epoch = self.lock().revoke(object).unwrap_or(u64::MAX);
         DeviceControl {
             object,
             epoch,
+            replies,
             backlog: self.clone(),
         }
+    }
+
+    /// The driver's LOCK_COMPLETED for `tag` on `object`: the pager's
+    /// cookie, if such a request is waiting with exactly this range (it
+    /// stops waiting). `None`: the driver names a request that does not
+    /// exist, was answered already, or belongs to an earlier INIT.
+    pub fn take_reply(&self, object: ObjectId, tag: u32, offset: u64, len: u64) -> Option<u64> {
+        let mut b = self.lock();
+        let i = b
+            .replies
+            .iter()
+            .position(|r| r.object == object && r.tag == tag)?;
+        let r = b.replies[i];
+        if r.offset != offset || r.len != len {
+            return None;
+        }
+        b.replies.swap_remove(i);
+        Some(r.cookie)
+    }
+
+    /// Lock requests waiting for LOCK_COMPLETED.
+    pub fn replies_waiting(&self) -> usize {
+        self.lock().replies.len()
     }
 
     /// TERMINATE: the object's current handle stops working.
@@ -116,7 +166,11 @@ impl EventBacklog {
         poison::lock(&self.inner)
     }
 
-    fn push(&self, epoch: u64, ev: PendingEvent) -> Result<()> {
+    /// Queues `ev`; with `cookie`, it is a lock request whose completion
+    /// the pager awaits: it gets a tag, and waits in the reply table (both
+    /// under one lock, so a reset or TERMINATE drops event and entry
+    /// together).
+    fn push(&self, epoch: u64, mut ev: PendingEvent, cookie: Option<u64>) -> Result<()> {
         {
             let mut b = self.lock();
             // Checked under the same lock `clear` takes: no event of an old
@@ -142,6 +196,29 @@ impl EventBacklog {
                     "virtio-pager event backlog full: the guest is not taking events this fast"
                         .into(),
                 ));
+            }
+            if let Some(cookie) = cookie {
+                let object = ObjectId(ev.event.object_id);
+                let mine = b.replies.iter().filter(|r| r.object == object).count();
+                if b.replies.len() >= MAX_PENDING_REPLIES || mine >= MAX_PENDING_REPLIES_PER_OBJECT
+                {
+                    if let Some(r) = b.refused.get_mut(i) {
+                        *r += 1;
+                    }
+                    return Err(PagerError::Protocol(
+                        "virtio-pager: too many lock requests waiting for their completion".into(),
+                    ));
+                }
+                let tag = b.next_tag;
+                b.next_tag = tag.wrapping_add(1);
+                ev.event.tag = tag;
+                b.replies.push(AwaitedReply {
+                    object,
+                    tag,
+                    offset: ev.event.offset,
+                    len: ev.event.length,
+                    cookie,
+                });
             }
             b.offer_bytes += ev.data.len();
             if let Some(q) = b.queued.get_mut(i) {
@@ -189,6 +266,7 @@ impl EventBacklog {
         b.events.clear();
         b.offer_bytes = 0;
         b.queued.iter_mut().for_each(|q| *q = (0, 0));
+        b.replies.clear();
         for e in &mut b.epochs {
             *e += 1;
         }
@@ -201,12 +279,15 @@ impl EventBacklog {
 pub struct DeviceControl {
     object: ObjectId,
     epoch: u64,
+    /// The driver answers LOCK_REQUESTs with F_REPLY.
+    replies: bool,
     backlog: Arc<EventBacklog>,
 }
 
 impl DeviceControl {
     fn push(&self, event: Event, data: Vec<u8>) -> Result<()> {
-        self.backlog.push(self.epoch, PendingEvent { event, data })
+        self.backlog
+            .push(self.epoch, PendingEvent { event, data }, None)
     }
 
     fn event(&self, ev_type: u16, flags: u16, offset: u64, length: u64, lock: Access) -> Event {
@@ -217,7 +298,22 @@ impl DeviceControl {
             offset,
             length,
             lock: lock.bits(),
+            tag: 0,
         }
+    }
+
+    fn lock_event(&self, offset: ObjectOffset, len: u64, req: LockRequest, reply: bool) -> Event {
+        let mut flags = 0;
+        if req.clean {
+            flags |= event::F_CLEAN;
+        }
+        if req.flush {
+            flags |= event::F_FLUSH;
+        }
+        if reply {
+            flags |= event::F_REPLY;
+        }
+        self.event(event::LOCK_REQUEST, flags, offset.raw(), len, req.lock)
     }
 }
 
@@ -244,15 +340,29 @@ impl KernelControl for DeviceControl {
         flush: bool,
     ) -> Result<()> {
         check_pages(offset, len)?;
-        let mut flags = 0;
-        if clean {
-            flags |= event::F_CLEAN;
+        let req = LockRequest { lock, clean, flush };
+        self.push(self.lock_event(offset, len, req, false), Vec::new())
+    }
+
+    fn lock_request_with_reply(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        req: LockRequest,
+        cookie: u64,
+    ) -> Result<()> {
+        check_pages(offset, len)?;
+        if !self.replies {
+            return Err(PagerError::Unsupported(
+                "the guest driver did not negotiate VIRTIO_PAGER_F_LOCK_COMPLETED",
+            ));
         }
-        if flush {
-            flags |= event::F_FLUSH;
-        }
-        let event = self.event(event::LOCK_REQUEST, flags, offset.raw(), len, lock);
-        self.push(event, Vec::new())
+        let event = self.lock_event(offset, len, req, true);
+        let pending = PendingEvent {
+            event,
+            data: Vec::new(),
+        };
+        self.backlog.push(self.epoch, pending, Some(cookie))
     }
 
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {

@@ -9,8 +9,8 @@ use super::objects::ObjectSlot;
 use super::throttle::Throttle;
 use super::wire::{
     self, Limits, MAX_CHAIN_LEN, MAX_FRAME_SEGMENTS, MAX_REQUEST_BYTES, OBJ_F_READ_ONLY,
-    ObjectEntry, ObjectId, REQUEST_QUEUE, VIRTIO_PAGER_F_EVENTS, VIRTIO_PAGER_F_READAHEAD,
-    VIRTIO_PAGER_F_UNLOCK,
+    ObjectEntry, ObjectId, REQUEST_QUEUE, VIRTIO_PAGER_F_EVENTS, VIRTIO_PAGER_F_LOCK_COMPLETED,
+    VIRTIO_PAGER_F_READAHEAD, VIRTIO_PAGER_F_UNLOCK,
 };
 use super::worker::{Completions, WorkerPool};
 use crate::rate_limiter::{Clock, MonotonicClock, RateLimit};
@@ -178,6 +178,7 @@ impl PagerDevice {
             avail_features: (1 << VIRTIO_PAGER_F_READAHEAD)
                 | (1 << VIRTIO_PAGER_F_UNLOCK)
                 | (1 << VIRTIO_PAGER_F_EVENTS)
+                | (1 << VIRTIO_PAGER_F_LOCK_COMPLETED)
                 | (1 << features::VIRTIO_RING_F_INDIRECT_DESC)
                 | (1 << features::VIRTIO_RING_F_EVENT_IDX)
                 | (1 << features::VIRTIO_F_VERSION_1),
@@ -253,6 +254,7 @@ impl PagerDevice {
             max_request_bytes: MAX_REQUEST_BYTES,
             readahead: self.has(VIRTIO_PAGER_F_READAHEAD),
             unlock: self.has(VIRTIO_PAGER_F_UNLOCK),
+            lock_completed: self.has(VIRTIO_PAGER_F_LOCK_COMPLETED),
         }
     }
 

@@ -5,6 +5,7 @@
 use super::device::PagerDevice;
 use super::objects::{Admission, Next};
 use super::wire::{
+    VIRTIO_PAGER_F_LOCK_COMPLETED,
     self, MAX_CHAIN_LEN, ObjectId, QUEUE_SIZE, REQ_HDR_SIZE, REQUEST_QUEUE, RESP_SIZE, Request,
     Response, status,
 };
@@ -256,6 +257,24 @@ impl PagerDevice {
             }
         };
         let object = parsed.object;
+        let mut parsed = parsed;
+        if let Request::LockCompleted {
+            offset,
+            len,
+            tag,
+            ref mut cookie,
+        } = parsed.request
+        {
+            // Only a completion the device asked for reaches the pager,
+            // and only once.
+            match self.backlog.take_reply(object, tag, offset.raw(), len) {
+                Some(c) => *cookie = c,
+                None => {
+                    tracing::debug!(tag, "virtio-pager: LOCK_COMPLETED for no waiting request");
+                    return self.reject(mem, head, Some(parsed.status), status::BAD_STATE);
+                }
+            }
+        }
         let Some(slot) = self.objects.get_mut(object.0 as usize) else {
             return self.reject(mem, head, Some(parsed.status), status::NO_OBJECT);
         };
@@ -302,7 +321,10 @@ impl PagerDevice {
     fn start(&mut self, mut job: Job) -> bool {
         let object = job.object;
         match job.request {
-            Request::Init => job.control = Some(Arc::new(self.backlog.open(object))),
+            Request::Init => {
+                let replies = self.has(VIRTIO_PAGER_F_LOCK_COMPLETED);
+                job.control = Some(Arc::new(self.backlog.open(object, replies)));
+            }
             Request::Terminate => self.backlog.revoke(object),
             _ => {}
         }

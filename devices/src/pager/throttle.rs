@@ -10,7 +10,9 @@
 //! What a request costs: DATA_REQUEST one operation and its length in bytes
 //! (read-ahead into frames offered beyond the length is not charged),
 //! DATA_WRITE one operation and its data, DATA_UNLOCK and SYNC one
-//! operation. INIT and TERMINATE cost nothing, but a TERMINATE (or any
+//! operation. INIT, TERMINATE and LOCK_COMPLETED cost nothing (the last
+//! answers the pager's own lock request, bounded by the reply table), but
+//! a TERMINATE (or any
 //! request) for an object with requests parked waits behind them, so the
 //! pager sees the object's requests in the order the device took them.
 
@@ -44,7 +46,9 @@ fn cost(request: &Request) -> Option<(u64, u64)> {
     match request {
         Request::DataRequest { len, .. } | Request::DataWrite { len, .. } => Some((1, *len)),
         Request::DataUnlock { .. } | Request::Sync => Some((1, 0)),
-        Request::Init | Request::Terminate => None,
+        // LOCK_COMPLETED answers a request the pager made itself, one per
+        // entry of the device's bounded reply table: not charged.
+        Request::Init | Request::Terminate | Request::LockCompleted { .. } => None,
     }
 }
 

@@ -21,6 +21,9 @@ pub const VIRTIO_PAGER_F_READAHEAD: u32 = 0;
 pub const VIRTIO_PAGER_F_UNLOCK: u32 = 1;
 /// Feature: manager → kernel events are delivered on the event queue.
 pub const VIRTIO_PAGER_F_EVENTS: u32 = 2;
+/// Feature: a LOCK_REQUEST event may ask for a reply (F_REPLY), which the
+/// driver sends as a LOCK_COMPLETED request once the request is done.
+pub const VIRTIO_PAGER_F_LOCK_COMPLETED: u32 = 3;
 
 pub const REQUEST_QUEUE: usize = 0;
 pub const EVENT_QUEUE: usize = 1;
@@ -51,6 +54,8 @@ pub mod req {
     pub const DATA_UNLOCK: u16 = 4;
     pub const TERMINATE: u16 = 5;
     pub const SYNC: u16 = 6;
+    /// A LOCK_REQUEST with F_REPLY is done (GNU Mach lock_completed).
+    pub const LOCK_COMPLETED: u16 = 7;
 }
 
 /// Response kinds: what a successful DATA_REQUEST produced.
@@ -100,6 +105,8 @@ pub mod event {
 
     pub const F_CLEAN: u16 = 1;
     pub const F_FLUSH: u16 = 2;
+    /// LOCK_REQUEST: answer with LOCK_COMPLETED carrying the event's `tag`.
+    pub const F_REPLY: u16 = 4;
     pub const F_MAY_CACHE: u16 = 1;
 }
 
@@ -254,6 +261,8 @@ pub struct Event {
     pub offset: u64,
     pub length: u64,
     pub lock: u8,
+    /// LOCK_REQUEST with F_REPLY: what LOCK_COMPLETED echoes; else 0.
+    pub tag: u32,
 }
 
 /// How an event lies in an event-queue buffer.
@@ -266,7 +275,8 @@ struct EventLayout {
     offset: Le64,
     length: Le64,
     lock: u8,
-    reserved: [u8; 7],
+    reserved: [u8; 3],
+    tag: Le32,
 }
 // SAFETY: as for RequestHeaderLayout.
 unsafe impl ByteValued for EventLayout {}
@@ -281,7 +291,8 @@ impl Event {
             offset: self.offset.into(),
             length: self.length.into(),
             lock: self.lock,
-            reserved: [0; 7],
+            reserved: [0; 3],
+            tag: self.tag.into(),
         })
     }
 
@@ -294,6 +305,7 @@ impl Event {
             offset: w.offset.into(),
             length: w.length.into(),
             lock: w.lock,
+            tag: w.tag.into(),
         }
     }
 }
@@ -323,6 +335,14 @@ pub enum Request {
     },
     Terminate,
     Sync,
+    /// The lock request whose event carried `tag` is done. `cookie` is
+    /// the pager's, looked up by the device (the parser leaves it 0).
+    LockCompleted {
+        offset: ObjectOffset,
+        len: u64,
+        tag: u32,
+        cookie: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,6 +361,7 @@ pub struct Limits {
     pub max_request_bytes: u64,
     pub readahead: bool,
     pub unlock: bool,
+    pub lock_completed: bool,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -417,10 +438,16 @@ pub fn parse_request(
     check_no_overlap(segs)?;
 
     let hdr = RequestHeader::from_bytes(&read_header(hdr_seg.addr).ok_or(ParseError::Unreadable)?);
-    if hdr.flags != 0 || hdr.padding != [0; 3] || hdr.reserved != 0 {
+    // LOCK_COMPLETED carries its tag where other requests are reserved.
+    let reserved = if hdr.req_type == req::LOCK_COMPLETED {
+        0
+    } else {
+        hdr.reserved
+    };
+    if hdr.flags != 0 || hdr.padding != [0; 3] || reserved != 0 {
         return Err(ParseError::NonzeroReserved);
     }
-    if !(req::INIT..=req::SYNC).contains(&hdr.req_type) {
+    if !(req::INIT..=req::LOCK_COMPLETED).contains(&hdr.req_type) {
         return Err(ParseError::UnknownType(hdr.req_type));
     }
     if hdr.object_id >= limits.num_objects {
@@ -476,6 +503,26 @@ pub fn parse_request(
                 frames: middle.to_vec(),
             }
         }
+        req::LOCK_COMPLETED => {
+            if !limits.lock_completed {
+                return Err(ParseError::NotNegotiated(hdr.req_type));
+            }
+            if !middle.is_empty() {
+                return Err(ParseError::BadFrames("this request carries no frames"));
+            }
+            if hdr.access != 0 {
+                return Err(ParseError::BadAccess(hdr.access));
+            }
+            // The lock request's range: any number of pages (a flush may
+            // cover a whole object), so not held to the transfer limit.
+            check_lock_range(offset, hdr.length)?;
+            Request::LockCompleted {
+                offset,
+                len: hdr.length,
+                tag: hdr.reserved,
+                cookie: 0,
+            }
+        }
         // Only DATA_UNLOCK is left after the range check above.
         _ => {
             if !limits.unlock {
@@ -508,14 +555,20 @@ fn nonempty_access(bits: u8) -> Result<Access, ParseError> {
 }
 
 fn check_range(offset: ObjectOffset, len: u64, limits: &Limits) -> Result<(), ParseError> {
+    check_lock_range(offset, len)?;
+    if len > limits.max_request_bytes {
+        return Err(ParseError::BadRange("longer than the request limit"));
+    }
+    Ok(())
+}
+
+/// Whole pages, at least one, not past the end of the offset space.
+fn check_lock_range(offset: ObjectOffset, len: u64) -> Result<(), ParseError> {
     if len == 0 {
         return Err(ParseError::BadRange("zero length"));
     }
     if !offset.is_page_aligned() || !len.is_multiple_of(PAGE_SIZE) {
         return Err(ParseError::BadRange("not page aligned"));
-    }
-    if len > limits.max_request_bytes {
-        return Err(ParseError::BadRange("longer than the request limit"));
     }
     if offset.checked_add(len).is_none() {
         return Err(ParseError::BadRange("offset + length overflows"));
@@ -667,7 +720,8 @@ pub enum FuzzReject {
 /// out-of-memory descriptors), then `parse_request`.
 ///
 /// Input: bytes 0..32 are the header; byte 32 the negotiated feature bits
-/// (bit 0 READAHEAD, bit 1 UNLOCK; missing: both); then descriptors, at
+/// (bit 0 READAHEAD, bit 1 UNLOCK, bit 2 LOCK_COMPLETED; missing:
+/// the first two); then descriptors, at
 /// most `QUEUE_SIZE`, stored at table indices 0, 1, ...; the chain's head
 /// is index 0. With feature bit 7 clear, a descriptor is 14 bytes (le64
 /// addr, le32 len, le16 flags; flag bit 1 = device-writable) and they are
@@ -757,6 +811,7 @@ pub fn fuzz_parse(data: &[u8]) -> Result<ParsedRequest, FuzzReject> {
         max_request_bytes: MAX_REQUEST_BYTES,
         readahead: feat & 1 != 0,
         unlock: feat & 2 != 0,
+        lock_completed: feat & 4 != 0,
     };
     let r = parse_request(&segs, &limits, |_| Some(hdr)).map_err(FuzzReject::from);
     if let Ok(p) = &r {
@@ -831,10 +886,12 @@ mod layout_tests {
             offset: 0x1112_1314_1516_1718,
             length: 0x2122_2324_2526_2728,
             lock: 0x31,
+            tag: 0x4142_4344,
         };
         let want: [u8; EVENT_SIZE] = [
             0x02, 0x01, 0x04, 0x03, 0x08, 0x07, 0x06, 0x05, 0x18, 0x17, 0x16, 0x15, 0x14, 0x13,
-            0x12, 0x11, 0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21, 0x31, 0, 0, 0, 0, 0, 0, 0,
+            0x12, 0x11, 0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21, 0x31, 0, 0, 0, 0x44, 0x43,
+            0x42, 0x41,
         ];
         assert_eq!(e.to_bytes(), want);
         assert_eq!(Event::from_bytes(&want), e);

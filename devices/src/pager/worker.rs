@@ -362,6 +362,16 @@ fn execute(job: &Job) -> (Response, u64, Effect) {
         // Whatever the pager says, the object is no longer initialised.
         Request::Terminate => (result(p.terminate(k)), 0, Effect::Terminated),
         Request::Sync => (result(p.sync()), 0, Effect::None),
+        Request::LockCompleted {
+            offset,
+            len,
+            cookie,
+            ..
+        } => (
+            result(p.lock_completed(k, *offset, *len, *cookie)),
+            0,
+            Effect::None,
+        ),
     }
 }
 
@@ -396,6 +406,7 @@ pub fn error_status(e: &PagerError) -> u32 {
         PagerError::Io(_) => status::IO_ERROR,
         PagerError::Timeout(_) => status::TIMED_OUT,
         PagerError::Protocol(_) | PagerError::Dead(_) => status::PAGER_FAILED,
+        PagerError::Unsupported(_) => status::UNSUPPORTED,
         // pager-backends grows variants (e.g. URI errors) as backends land.
         #[allow(unreachable_patterns)]
         _ => status::PAGER_FAILED,

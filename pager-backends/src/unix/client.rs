@@ -9,7 +9,7 @@ use crate::deadline::{self, Deadline, HandshakePhase};
 use crate::error::{PagerError, Result};
 use crate::inflight::{Claim, Inflight};
 use crate::options::OpenOptions;
-use crate::pager::{DataReply, KernelControl, ObjectInfo, Pager, UnlockReply};
+use crate::pager::{DataReply, KernelControl, LockRequest, ObjectInfo, Pager, UnlockReply};
 use crate::poison;
 use crate::sg::{self, Cursor};
 use crate::types::{Access, KernelId, ObjectOffset, PAGE_SIZE};
@@ -55,6 +55,8 @@ struct Shared {
     controls: Controls,
     /// Largest payload the pager accepts from us.
     peer_max: u32,
+    /// The protocol version the pager chose.
+    version: u16,
 }
 
 pub struct UnixPager {
@@ -85,13 +87,13 @@ fn dead_ctx(path: &Path, e: std::io::Error) -> PagerError {
 
 /// The hello exchange on a fresh connection: sends our version range and
 /// limit, checks the pager's reply. Returns the largest payload the pager
-/// accepts from us.
-fn hello<S: Read + Write>(s: &mut S, path: &Path) -> Result<u32> {
+/// accepts from us and the version it chose.
+fn hello<S: Read + Write>(s: &mut S, path: &Path) -> Result<(u32, u16)> {
     let ctx = |e| dead_ctx(path, e);
     // Hello: our version range and what we accept.
     let hello = Wr::default()
         .bytes(&p::MAGIC)
-        .u16(p::VERSION)
+        .u16(p::MIN_VERSION)
         .u16(p::VERSION)
         .u32(p::DEFAULT_MAX_PAYLOAD)
         .0;
@@ -132,10 +134,11 @@ fn hello<S: Read + Write>(s: &mut S, path: &Path) -> Result<u32> {
     if body[..8] != p::MAGIC {
         return Err(PagerError::Protocol("hello reply has a bad magic".into()));
     }
-    if r.u16(8) != p::VERSION {
+    let version = r.u16(8);
+    if !(p::MIN_VERSION..=p::VERSION).contains(&version) {
         return Err(PagerError::Protocol(format!(
-            "pager chose protocol version {}, we offered {}",
-            r.u16(8),
+            "pager chose protocol version {version}, we offered {}..={}",
+            p::MIN_VERSION,
             p::VERSION
         )));
     }
@@ -145,7 +148,7 @@ fn hello<S: Read + Write>(s: &mut S, path: &Path) -> Result<u32> {
             "pager's payload limit {peer_max} is below the minimum"
         )));
     }
-    Ok(peer_max)
+    Ok((peer_max, version))
 }
 
 impl UnixPager {
@@ -165,7 +168,7 @@ impl UnixPager {
                 PagerError::io_context(format!("external pager {}", path.display()), e)
             }),
         )?;
-        let peer_max = deadline.during(
+        let (peer_max, version) = deadline.during(
             HandshakePhase::Hello,
             hello(&mut deadline.bound(&stream), path),
         )?;
@@ -177,6 +180,7 @@ impl UnixPager {
             inflight: Inflight::new(opts.max_in_flight),
             controls: RwLock::default(),
             peer_max,
+            version,
         });
         let rstream = stream.try_clone().map_err(ctx)?;
         let rshared = shared.clone();
@@ -418,6 +422,32 @@ impl Pager for UnixPager {
         }
     }
 
+    fn lock_completed(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> Result<()> {
+        // A version 1 pager cannot have asked (its LOCK_REQUEST_REPLY would
+        // have been a protocol error): nothing to tell it.
+        if self.shared.version < p::V_LOCK_COMPLETED {
+            return Ok(());
+        }
+        let fixed = fixed_krange(kernel, offset, len).u64(cookie).0;
+        match self.call(p::T_LOCK_COMPLETED, &fixed, None, None)? {
+            Reply::Ok => Ok(()),
+            Reply::Error(e) => Err(p::decode_error(
+                &e,
+                offset,
+                len,
+                self.size.load(Ordering::Relaxed),
+                kernel.0,
+            )?),
+            _ => Err(self.unexpected("a lock completion")),
+        }
+    }
+
     fn terminate(&self, kernel: KernelId) -> Result<()> {
         let known = poison::write(&self.shared.controls)
             .remove(&kernel.0)
@@ -447,7 +477,7 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
     let expected: &[u16] = match claim.expect.kind {
         p::T_INIT => &[p::T_INFO],
         p::T_DATA_REQUEST => &[p::T_DATA_PROVIDED, p::T_DATA_UNAVAILABLE],
-        p::T_DATA_WRITE | p::T_SYNC | p::T_TERMINATE => &[p::T_OK],
+        p::T_DATA_WRITE | p::T_SYNC | p::T_TERMINATE | p::T_LOCK_COMPLETED => &[p::T_OK],
         p::T_DATA_UNLOCK => &[p::T_UNLOCK_REPLY],
         p::T_EXTENT => &[p::T_EXTENT_REPLY],
         p::T_DESCRIBE => &[p::T_DESCRIBE_REPLY],
@@ -534,12 +564,18 @@ fn read_reply(fd: i32, hd: &Header, claim: &Claim, scratch: &mut Vec<u8>) -> Res
     })
 }
 
-/// Handles one unprompted message from the pager.
-fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
+/// Handles one unprompted message from the pager (`version`: the one it
+/// chose; it may send only that version's types).
+fn unprompted(hd: &Header, body: &[u8], controls: &Controls, version: u16) -> Result<()> {
     if hd.id & p::PAGER_ID_BIT == 0 {
         return Err(PagerError::Protocol(format!(
             "unprompted message with a kernel-side id {:#x}",
             hd.id
+        )));
+    }
+    if hd.kind == p::T_LOCK_REQUEST_REPLY && version < p::V_LOCK_COMPLETED {
+        return Err(PagerError::Protocol(format!(
+            "lock request with reply in protocol version {version}"
         )));
     }
     p::check_len(hd.kind, hd.len)?;
@@ -552,20 +588,26 @@ fn unprompted(hd: &Header, body: &[u8], controls: &Controls) -> Result<()> {
     // The kernel side's own errors (e.g. it is shutting down) are its
     // business: the pager gets no reply to these messages anyway.
     match hd.kind {
-        p::T_LOCK_REQUEST => {
+        p::T_LOCK_REQUEST | p::T_LOCK_REQUEST_REPLY => {
             let flags = r.u8(25);
-            if flags & !3 != 0 {
+            if flags & !(p::LOCK_F_CLEAN | p::LOCK_F_FLUSH) != 0 {
                 return Err(PagerError::Protocol(format!(
                     "lock request has unknown flags {flags:#x}"
                 )));
             }
-            let _ = ctl.lock_request(
-                r.offset(8),
-                r.u64(16),
-                r.access(24)?,
-                flags & 1 != 0,
-                flags & 2 != 0,
-            );
+            let req = LockRequest {
+                lock: r.access(24)?,
+                clean: flags & p::LOCK_F_CLEAN != 0,
+                flush: flags & p::LOCK_F_FLUSH != 0,
+            };
+            let (offset, len) = (r.offset(8), r.u64(16));
+            if hd.kind == p::T_LOCK_REQUEST {
+                let _ = ctl.lock_request(offset, len, req.lock, req.clean, req.flush);
+            } else if let Err(e) = ctl.lock_request_with_reply(offset, len, req, r.u64(32)) {
+                // The pager gets no answer to this message; it learns
+                // from the missing LOCK_COMPLETED (and its own deadline).
+                tracing::debug!(%e, "external pager's lock request with reply refused");
+            }
         }
         p::T_OFFER => {
             let data = &body[24..];
@@ -611,12 +653,16 @@ fn reader_loop(stream: UnixStream, shared: Arc<Shared>) {
             Err(e) => break format!("external pager sent a bad message: {e}"),
         };
         match hd.kind {
-            p::T_LOCK_REQUEST | p::T_OFFER | p::T_SET_CACHE | p::T_DESTROY => {
+            p::T_LOCK_REQUEST
+            | p::T_LOCK_REQUEST_REPLY
+            | p::T_OFFER
+            | p::T_SET_CACHE
+            | p::T_DESTROY => {
                 scratch.resize(hd.len as usize, 0);
                 if let Err(e) = sg::read_exact_fd(fd, &mut scratch) {
                     break format!("external pager connection lost: {e}");
                 }
-                if let Err(e) = unprompted(&hd, &scratch, &shared.controls) {
+                if let Err(e) = unprompted(&hd, &scratch, &shared.controls, shared.version) {
                     break format!("external pager sent a bad message: {e}");
                 }
             }

@@ -6,7 +6,13 @@ use crate::types::{Access, ObjectOffset};
 use vm_memory::{ByteValued, Le16, Le32, Le64};
 
 pub const MAGIC: [u8; 8] = *b"DUALPAGR";
-pub const VERSION: u16 = 1;
+/// The newest version this implementation speaks; it speaks every one from
+/// MIN_VERSION. Version 2 adds lock completion (LOCK_REQUEST_REPLY and
+/// LOCK_COMPLETED).
+pub const VERSION: u16 = 2;
+pub const MIN_VERSION: u16 = 1;
+/// The first version with lock completion.
+pub const V_LOCK_COMPLETED: u16 = 2;
 pub const HEADER_LEN: usize = 16;
 /// Default (and suggested) largest payload a side accepts: the largest
 /// request (`MAX_REQUEST`) plus its fixed fields, with room to spare.
@@ -31,6 +37,8 @@ pub const T_EXTENT: u16 = 0x14;
 pub const T_SYNC: u16 = 0x15;
 pub const T_TERMINATE: u16 = 0x16;
 pub const T_DESCRIBE: u16 = 0x17;
+/// Version 2: a LOCK_REQUEST_REPLY is done.
+pub const T_LOCK_COMPLETED: u16 = 0x18;
 // Manager -> kernel replies.
 pub const T_OK: u16 = 0x20;
 pub const T_INFO: u16 = 0x21;
@@ -45,6 +53,12 @@ pub const T_LOCK_REQUEST: u16 = 0x30;
 pub const T_OFFER: u16 = 0x31;
 pub const T_SET_CACHE: u16 = 0x32;
 pub const T_DESTROY: u16 = 0x33;
+/// Version 2: LOCK_REQUEST whose completion the pager wants to hear of.
+pub const T_LOCK_REQUEST_REPLY: u16 = 0x34;
+
+// LOCK_REQUEST flags.
+pub const LOCK_F_CLEAN: u8 = 1;
+pub const LOCK_F_FLUSH: u8 = 2;
 
 // Error codes in T_ERROR.
 pub const E_BAD_RANGE: u32 = 1;
@@ -206,6 +220,8 @@ pub fn fixed_len(kind: u16) -> Option<usize> {
         T_INFO => 16,
         T_DATA_UNAVAILABLE | T_UNLOCK_REPLY | T_EXTENT_REPLY => 8,
         T_LOCK_REQUEST => 32,
+        T_LOCK_REQUEST_REPLY => 40,
+        T_LOCK_COMPLETED => 32,
         T_SET_CACHE => 16,
         _ => return None,
     })

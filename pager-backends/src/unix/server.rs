@@ -15,7 +15,7 @@
 
 use super::proto::{self as p, Header, Rd, Wr};
 use crate::error::{PagerError, Result};
-use crate::pager::{DataReply, KernelControl, Pager};
+use crate::pager::{DataReply, KernelControl, LockRequest, Pager};
 use crate::poison;
 use crate::pool::{PoolOptions, WorkPool};
 use crate::sg::{self, Cursor};
@@ -83,6 +83,8 @@ struct Writer {
     /// Largest payload the kernel side accepts.
     peer_max: u32,
     next_id: AtomicU64,
+    /// The protocol version chosen in the hello exchange.
+    version: u16,
 }
 
 impl Writer {
@@ -132,6 +134,26 @@ struct RemoteControl {
     wire_kernel: u64,
 }
 
+impl RemoteControl {
+    /// LOCK_REQUEST's fixed fields (LOCK_REQUEST_REPLY appends a cookie).
+    fn lock_fields(&self, offset: ObjectOffset, len: u64, req: LockRequest) -> Wr {
+        let mut flags = 0;
+        if req.clean {
+            flags |= p::LOCK_F_CLEAN;
+        }
+        if req.flush {
+            flags |= p::LOCK_F_FLUSH;
+        }
+        Wr::default()
+            .u64(self.wire_kernel)
+            .u64(offset.raw())
+            .u64(len)
+            .u8(req.lock.bits())
+            .u8(flags)
+            .pad(6)
+    }
+}
+
 impl KernelControl for RemoteControl {
     fn lock_request(
         &self,
@@ -141,16 +163,24 @@ impl KernelControl for RemoteControl {
         clean: bool,
         flush: bool,
     ) -> Result<()> {
-        let flags = u8::from(clean) | (u8::from(flush) << 1);
-        let m = Wr::default()
-            .u64(self.wire_kernel)
-            .u64(offset.raw())
-            .u64(len)
-            .u8(lock.bits())
-            .u8(flags)
-            .pad(6)
-            .0;
+        let req = LockRequest { lock, clean, flush };
+        let m = self.lock_fields(offset, len, req).0;
         self.w.unprompted(p::T_LOCK_REQUEST, &m)
+    }
+    fn lock_request_with_reply(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        req: LockRequest,
+        cookie: u64,
+    ) -> Result<()> {
+        if self.w.version < p::V_LOCK_COMPLETED {
+            return Err(PagerError::Unsupported(
+                "the kernel side speaks pager protocol version 1 (no lock completion)",
+            ));
+        }
+        let m = self.lock_fields(offset, len, req).u64(cookie).0;
+        self.w.unprompted(p::T_LOCK_REQUEST_REPLY, &m)
     }
     fn offer(&self, offset: ObjectOffset, data: &[u8], lock: Access) -> Result<()> {
         if !offset.is_page_aligned()
@@ -333,6 +363,12 @@ impl Conn {
                 self.pager.sync()?;
                 self.w.send(p::T_OK, id, &[], None)
             }
+            p::T_LOCK_COMPLETED if self.w.version >= p::V_LOCK_COMPLETED => {
+                let k = self.kernel(r.u64(0))?;
+                self.pager
+                    .lock_completed(k, r.offset(8), r.u64(16), r.u64(24))?;
+                self.w.send(p::T_OK, id, &[], None)
+            }
             p::T_TERMINATE => {
                 let wire = r.u64(0);
                 let k = self.kernel(wire)?;
@@ -393,12 +429,15 @@ pub fn serve_connection(
     sg::read_exact_fd(fd, &mut body).map_err(ctx)?;
     let r = Rd(&body);
     let (min_v, max_v, peer_max) = (r.u16(8), r.u16(10), r.u32(12));
+    // The newest version both sides speak.
+    let version = max_v.min(p::VERSION);
     if body[..8] != p::MAGIC
-        || !(min_v..=max_v).contains(&p::VERSION)
+        || version < min_v.max(p::MIN_VERSION)
         || peer_max < p::MIN_MAX_PAYLOAD
     {
         let msg = format!(
-            "unsupported hello (versions {min_v}..={max_v}, limit {peer_max}); this pager speaks version {}",
+            "unsupported hello (versions {min_v}..={max_v}, limit {peer_max}); this pager speaks versions {}..={}",
+            p::MIN_VERSION,
             p::VERSION
         );
         send_error(&stream, &msg);
@@ -406,7 +445,7 @@ pub fn serve_connection(
     }
     let reply = Wr::default()
         .bytes(&p::MAGIC)
-        .u16(p::VERSION)
+        .u16(version)
         .u16(0)
         .u32(opts.max_payload)
         .0;
@@ -425,6 +464,7 @@ pub fn serve_connection(
         lock: Mutex::new(()),
         peer_max,
         next_id: AtomicU64::new(1),
+        version,
     });
     let conn = Arc::new(Conn {
         pager,
@@ -462,7 +502,12 @@ pub fn serve_connection(
             Err(e) => break Err(ctx(e)),
         }
         let hd = match Header::decode(&h, opts.max_payload).and_then(|hd| {
-            if !(p::T_INIT..=p::T_DESCRIBE).contains(&hd.kind) {
+            let last = if version >= p::V_LOCK_COMPLETED {
+                p::T_LOCK_COMPLETED
+            } else {
+                p::T_DESCRIBE
+            };
+            if !(p::T_INIT..=last).contains(&hd.kind) {
                 return Err(PagerError::Protocol(format!(
                     "unknown request type {:#x}",
                     hd.kind

@@ -4,7 +4,9 @@
 
 pub mod tls;
 
-use pager_backends::{Access, DataReply, KernelControl, KernelId, ObjectOffset, Pager, Result};
+use pager_backends::{
+    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectOffset, Pager, Result,
+};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,21 @@ impl KernelControl for Recorder {
         self.events.lock().unwrap().push(format!(
             "lock {offset} {len} {} {clean} {flush}",
             lock.bits()
+        ));
+        Ok(())
+    }
+    fn lock_request_with_reply(
+        &self,
+        offset: ObjectOffset,
+        len: u64,
+        req: LockRequest,
+        cookie: u64,
+    ) -> Result<()> {
+        self.events.lock().unwrap().push(format!(
+            "lock {offset} {len} {} {} {} reply {cookie}",
+            req.lock.bits(),
+            req.clean,
+            req.flush
         ));
         Ok(())
     }

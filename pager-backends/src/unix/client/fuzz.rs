@@ -113,7 +113,7 @@ pub fn fuzz_client(data: &[u8]) -> UnixOutcome {
 
 fn run(ours: &UnixStream, out: &mut UnixOutcome) {
     let mut sock = ours;
-    let peer_max = match hello(&mut sock, Path::new("<fuzz>")) {
+    let (peer_max, version) = match hello(&mut sock, Path::new("<fuzz>")) {
         Ok(m) => m,
         Err(e) => {
             out.refused = e.to_string();
@@ -128,6 +128,7 @@ fn run(ours: &UnixStream, out: &mut UnixOutcome) {
         inflight: Inflight::new(REQUESTS.len()),
         controls: RwLock::new(HashMap::from([(1, control)])),
         peer_max,
+        version,
     });
     let mut pages = vec![0u8; 4 * PAGE_SIZE as usize];
     let (a, b) = pages.split_at_mut(PAGE_SIZE as usize);
