@@ -9,7 +9,7 @@ use pager_backends::{
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use vm_memory::VolatileSlice;
 
 struct Store {
@@ -47,6 +47,8 @@ pub struct MemPager {
     inline: bool,
     kernels: RwLock<HashMap<KernelId, Arc<dyn KernelControl>>>,
     calls: Calls,
+    /// lock_completed calls: (kernel, offset, length, cookie).
+    completions: Mutex<Vec<(KernelId, u64, u64, u64)>>,
 }
 
 impl MemPager {
@@ -65,6 +67,7 @@ impl MemPager {
             inline: true,
             kernels: RwLock::new(HashMap::new()),
             calls: Calls::default(),
+            completions: Mutex::default(),
         }
     }
 
@@ -144,6 +147,10 @@ impl MemPager {
     }
     pub fn syncs(&self) -> u64 {
         self.calls.syncs.load(Ordering::Relaxed)
+    }
+    /// The lock completions the kernel reported, in order.
+    pub fn lock_completions(&self) -> Vec<(KernelId, u64, u64, u64)> {
+        poison::lock(&self.completions).clone()
     }
     pub fn unlocks(&self) -> u64 {
         self.calls.unlocks.load(Ordering::Relaxed)
@@ -329,6 +336,20 @@ impl Pager for MemPager {
 
     fn sync(&self) -> Result<()> {
         bump(&self.calls.syncs);
+        Ok(())
+    }
+
+    fn lock_completed(
+        &self,
+        kernel: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> Result<()> {
+        if !self.kernels().contains_key(&kernel) {
+            return Err(PagerError::UnknownKernel(kernel.0));
+        }
+        poison::lock(&self.completions).push((kernel, offset.raw(), len, cookie));
         Ok(())
     }
 

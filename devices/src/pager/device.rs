@@ -243,6 +243,11 @@ impl PagerDevice {
         self.backlog.len()
     }
 
+    /// Lock requests waiting for the driver's LOCK_COMPLETED.
+    pub fn replies_waiting(&self) -> usize {
+        self.backlog.replies_waiting()
+    }
+
     pub(crate) fn has(&self, bit: u32) -> bool {
         self.acked_features & (1u64 << bit) != 0
     }

@@ -2,15 +2,17 @@
 //! a test guest memory, the device served by a real event manager and its
 //! worker pool. Synchronisation is by eventfds and ring indices, never time.
 
-use super::control::{MAX_PENDING_EVENTS, MAX_PENDING_EVENTS_PER_OBJECT};
+use super::control::{
+    MAX_PENDING_EVENTS, MAX_PENDING_EVENTS_PER_OBJECT, MAX_PENDING_REPLIES_PER_OBJECT,
+};
 use super::wire::*;
 use super::{PagerDevice, PagerObject};
 use crate::testing::MemPager;
 use crate::virtio::{ActiveQueue, Interrupt, VirtioDevice, features};
 use event_manager::{EventManager, SubscriberOps};
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, Result as PResult,
-    UnlockReply,
+    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectInfo, ObjectOffset, Pager,
+    PagerError, Result as PResult, UnlockReply,
 };
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -905,6 +907,171 @@ fn events_are_delivered_into_posted_buffers() {
     );
 }
 
+impl Harness {
+    /// A LOCK_COMPLETED chain for `tag` (carried in the header's reserved
+    /// field), submitted and waited for.
+    fn lock_completed(
+        &mut self,
+        rq: &mut Ring,
+        obj: u32,
+        offset: u64,
+        length: u64,
+        tag: u32,
+    ) -> Response {
+        let a = self.alloc.small(REQ_HDR_SIZE as u64);
+        let hdr = RequestHeader {
+            req_type: req::LOCK_COMPLETED,
+            object_id: obj,
+            offset,
+            length,
+            reserved: tag,
+            ..Default::default()
+        };
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(a))
+            .expect("write header");
+        let s = self.status();
+        let (len, r) = self.one(rq, &[(a, 32, false), (s, 24, true)], s);
+        assert_eq!(len, RESP_SIZE as u32);
+        r
+    }
+
+    /// Posts one event buffer, lets the device fill it, returns the event.
+    fn next_event(&mut self, eq: &mut Ring) -> Event {
+        let slot = self.alloc.small(EVENT_SIZE as u64);
+        let before = eq.used_count();
+        eq.push(&[(slot, 32, true)]);
+        self.kick_ev();
+        self.run_until(|| eq.used_count() != before);
+        let b: [u8; EVENT_SIZE] = self.bytes(slot, EVENT_SIZE).try_into().expect("32");
+        Event::from_bytes(&b)
+    }
+}
+
+const CLEAN_WRITE: LockRequest = LockRequest {
+    lock: Access::WRITE,
+    clean: true,
+    flush: false,
+};
+
+#[test]
+fn lock_request_with_reply_is_tagged_and_its_completion_reaches_the_pager_once() {
+    let mem = test_mem();
+    let (mut rq, mut eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(1024 * PG));
+    let f = all_features() | (1 << VIRTIO_PAGER_F_LOCK_COMPLETED);
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], f);
+    h.init(&mut rq, 0);
+    let c = p.control(KERNEL).expect("control");
+    // Two requests on overlapping ranges: told apart by their tags.
+    c.lock_request_with_reply(ObjectOffset(PG), 512 * PG, CLEAN_WRITE, 0xabc)
+        .expect("asked");
+    c.lock_request_with_reply(ObjectOffset(PG), 512 * PG, CLEAN_WRITE, 0xdef)
+        .expect("asked");
+    let e1 = h.next_event(&mut eq);
+    let e2 = h.next_event(&mut eq);
+    for e in [e1, e2] {
+        assert_eq!(
+            (e.ev_type, e.flags, e.offset, e.length, e.lock),
+            (
+                event::LOCK_REQUEST,
+                event::F_CLEAN | event::F_REPLY,
+                PG,
+                512 * PG,
+                Access::WRITE.bits()
+            )
+        );
+    }
+    assert_ne!(e1.tag, e2.tag);
+    // A completion must name the request's exact range (which may exceed
+    // the transfer limit: a lock covers any range).
+    let r = h.lock_completed(&mut rq, 0, 0, 512 * PG, e2.tag);
+    assert_eq!(r.status, status::BAD_STATE);
+    assert!(p.lock_completions().is_empty());
+    let r = h.lock_completed(&mut rq, 0, PG, 512 * PG, e2.tag);
+    assert_eq!(r.status, status::OK);
+    assert_eq!(p.lock_completions(), vec![(KERNEL, PG, 512 * PG, 0xdef)]);
+    // Once only; an unknown tag is refused without reaching the pager.
+    for tag in [e2.tag, e2.tag.wrapping_add(100)] {
+        let r = h.lock_completed(&mut rq, 0, PG, 512 * PG, tag);
+        assert_eq!(r.status, status::BAD_STATE);
+    }
+    let r = h.lock_completed(&mut rq, 0, PG, 512 * PG, e1.tag);
+    assert_eq!(r.status, status::OK);
+    assert_eq!(
+        p.lock_completions(),
+        vec![(KERNEL, PG, 512 * PG, 0xdef), (KERNEL, PG, 512 * PG, 0xabc)]
+    );
+    // A plain lock request carries no tag and no REPLY flag.
+    c.lock_request(ObjectOffset(0), PG, Access::WRITE, true, false)
+        .expect("plain");
+    let e = h.next_event(&mut eq);
+    assert_eq!((e.flags, e.tag), (event::F_CLEAN, 0));
+}
+
+#[test]
+fn lock_completion_needs_its_feature() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG));
+    // An old driver: everything but F_LOCK_COMPLETED.
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], all_features());
+    h.init(&mut rq, 0);
+    let c = p.control(KERNEL).expect("control");
+    let e = c
+        .lock_request_with_reply(ObjectOffset(0), PG, CLEAN_WRITE, 1)
+        .unwrap_err();
+    assert!(matches!(e, PagerError::Unsupported(_)), "{e:?}");
+    assert_eq!(h_pending(&h), 0, "nothing queued for the driver");
+    let r = h.lock_completed(&mut rq, 0, 0, PG, 0);
+    assert_eq!(r.status, status::UNSUPPORTED);
+    assert!(p.lock_completions().is_empty());
+}
+
+#[test]
+fn replies_waiting_are_bounded_and_end_with_their_object() {
+    let mem = test_mem();
+    let (mut rq, mut eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(64 * PG));
+    let f = all_features() | (1 << VIRTIO_PAGER_F_LOCK_COMPLETED);
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p.clone())], f);
+    h.init(&mut rq, 0);
+    let c = p.control(KERNEL).expect("control");
+    for i in 0..MAX_PENDING_REPLIES_PER_OBJECT as u64 {
+        c.lock_request_with_reply(ObjectOffset(0), PG, CLEAN_WRITE, i)
+            .expect("within the bound");
+    }
+    // One more is refused: the pager is told, nothing waits for it.
+    assert!(
+        c.lock_request_with_reply(ObjectOffset(0), PG, CLEAN_WRITE, 99)
+            .is_err()
+    );
+    assert_eq!(h.dev.lock().expect("lock").object_events()[0].refused, 1);
+    let first = h.next_event(&mut eq);
+    // Answering one makes room for one.
+    assert_eq!(
+        h.lock_completed(&mut rq, 0, 0, PG, first.tag).status,
+        status::OK
+    );
+    c.lock_request_with_reply(ObjectOffset(0), PG, CLEAN_WRITE, 100)
+        .expect("room again");
+    // TERMINATE ends the object's waiting requests: after a new INIT
+    // their tags name nothing.
+    let second = h.next_event(&mut eq);
+    let (_, s) = h.simple(&mut rq, req::TERMINATE, 0, 0, 0, 0);
+    h.kick_req();
+    let used = rq.used_count();
+    h.run_until(|| rq.used_count() == used + 1);
+    assert_eq!(h.response(s).status, status::OK);
+    assert_eq!(h.dev.lock().expect("lock").replies_waiting(), 0);
+    h.init(&mut rq, 0);
+    assert_eq!(
+        h.lock_completed(&mut rq, 0, 0, PG, second.tag).status,
+        status::BAD_STATE
+    );
+    assert_eq!(p.lock_completions(), vec![(KERNEL, 0, PG, 0)]);
+}
+
 #[test]
 fn event_queue_exhaustion_backs_up_then_refuses() {
     let mem = test_mem();
@@ -1407,6 +1574,7 @@ fn rule_at_most_256_frames() {
         max_request_bytes: u64::MAX,
         readahead: true,
         unlock: true,
+        lock_completed: true,
     };
     let hdr = RequestHeader {
         req_type: req::DATA_REQUEST,
