@@ -390,6 +390,27 @@ impl Objects {
         Ok(out)
     }
 
+    /// The pages in the range whose write-back is in flight (a lock
+    /// request with a reply waits for each of them).
+    pub fn writes_in_flight(
+        &self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        size: u64,
+    ) -> Result<Vec<ObjectOffset>, VmError> {
+        let pages = self.pages_in(object, offset, size)?;
+        let mut out = Vec::new();
+        for pid in pages {
+            if let Some(p) = self.pages.get(pid)
+                && p.cleaning
+            {
+                out.try_reserve(1).map_err(|_| VmError::ResourceShortage)?;
+                out.push(p.offset);
+            }
+        }
+        Ok(out)
+    }
+
     /// pager_cache: whether the object may stay cached once unreferenced.
     /// Rescinding it for an already cached object terminates it now.
     pub fn cache(

@@ -5,6 +5,7 @@ pub mod copy_store;
 pub mod fault;
 pub mod fault_around;
 pub mod frame;
+pub mod lock_completion;
 pub mod map;
 pub mod memory_object;
 pub mod object;

@@ -1191,4 +1191,74 @@ mod tests {
             Err(VmError::InvalidArgument)
         );
     }
+
+    /// A lock request with a reply, as the kernel runs it: the manager
+    /// call, then the writes in flight in its range, tracked until each
+    /// write ends (done or refused).
+    #[test]
+    fn a_clean_with_reply_waits_for_its_writes_and_those_already_in_flight() {
+        use crate::vm::lock_completion::{LockCompletions, Reply};
+        use crate::vm::memory_object::ManagerCall;
+        let mut w = world();
+        let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(9), 4 * PAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        resident(&mut w, o, 0, true);
+        resident(&mut w, o, 1, true);
+        resident(&mut w, o, 2, false);
+        resident(&mut w, o, 3, true);
+        // Page 0's write-back is already on its way (an earlier clean).
+        let early = w
+            .objs
+            .clean_request(o, off(0), PAGE_SIZE, &mut w.m)
+            .unwrap();
+        assert_eq!(early.len(), 1);
+        let call = ManagerCall::LockRequest {
+            offset: off(0),
+            size: 4 * PAGE_SIZE,
+            lock: Some(VmProt::WRITE),
+            clean: true,
+            flush: false,
+        };
+        let acts = w.objs.manager_call(o, call, &mut w.pool, &mut w.m).unwrap();
+        assert_eq!(acts.len(), 2, "pages 1 and 3: the dirty ones not in flight");
+        let flying = w.objs.writes_in_flight(o, off(0), 4 * PAGE_SIZE).unwrap();
+        assert_eq!(flying, [off(0), off(1), off(3)]);
+        let mut t = LockCompletions::default();
+        let reply = Reply {
+            device_object: 9,
+            offset: 0,
+            length: 4 * PAGE_SIZE,
+            tag: 5,
+        };
+        t.begin(o, reply, &flying).unwrap();
+        for p in [1, 3] {
+            w.objs
+                .data_write_done(o, off(p), &mut w.pool, &mut w.m)
+                .unwrap();
+            t.write_ended(o, off(p));
+        }
+        assert!(!t.has_ready(), "page 0's earlier write is still out");
+        // It fails: the page stays dirty, but the pager has answered.
+        w.objs
+            .data_write_refused(o, off(0), &mut w.pool, &mut w.m)
+            .unwrap();
+        t.write_ended(o, off(0));
+        assert_eq!(t.next_ready().map(|r| r.1), Some(reply));
+
+        // A flush with a reply over clean pages starts no write: done at once.
+        let call = ManagerCall::LockRequest {
+            offset: off(2),
+            size: PAGE_SIZE,
+            lock: None,
+            clean: true,
+            flush: true,
+        };
+        assert!(w.objs.manager_call(o, call, &mut w.pool, &mut w.m).unwrap().is_empty());
+        let flying = w.objs.writes_in_flight(o, off(2), PAGE_SIZE).unwrap();
+        assert!(flying.is_empty());
+        let mut t = LockCompletions::default();
+        t.begin(o, reply, &flying).unwrap();
+        assert!(t.has_ready());
+    }
 }
