@@ -11,8 +11,8 @@ use pager_backends::anon::AnonPager;
 use pager_backends::file::FilePager;
 use pager_backends::procedural::generate_page;
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, OpenOptions, PAGE_SIZE,
-    Pager, UnlockReply,
+    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectInfo, ObjectOffset, OpenOptions,
+    PAGE_SIZE, Pager, UnlockReply,
 };
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -784,6 +784,166 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     assert!(
         std::fs::read(f.path()).expect("read back") == want,
         "not exactly the pattern"
+    );
+}
+
+/// A file pager that, at the first data request past the object's middle
+/// (the guest's `fill` writes in order, so every page before it is dirty),
+/// asks for a clean of everything before it and a flush of the last page,
+/// both with a reply, and holds that data request until both completions
+/// came (so the guest cannot finish first). At the clean's completion it
+/// checks that its file already holds what the guest wrote there.
+struct Completer {
+    inner: FilePager,
+    path: PathBuf,
+    seed: u64,
+    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    asked: std::sync::atomic::AtomicBool,
+    /// (cookie, offset, length, file held the written data then).
+    done: std::sync::Mutex<Vec<(u64, u64, u64, bool)>>,
+    arrived: std::sync::Condvar,
+}
+
+const CLEAN_COOKIE: u64 = 0xc1ea;
+const FLUSH_COOKIE: u64 = 0xf105;
+
+impl Pager for Completer {
+    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+        if let Ok(mut slot) = self.control.lock() {
+            *slot = Some(c.clone());
+        }
+        self.inner.init(k, c)
+    }
+    fn data_request(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        let size = self.inner.extent()?;
+        if o.raw() >= size / 2 && !self.asked.swap(true, Ordering::SeqCst) {
+            let c = self.control.lock().unwrap().clone().unwrap();
+            let clean = LockRequest {
+                lock: Access::NONE,
+                clean: true,
+                flush: false,
+            };
+            c.lock_request_with_reply(ObjectOffset(0), o.raw(), clean, CLEAN_COOKIE)?;
+            let flush = LockRequest {
+                lock: Access::NONE,
+                clean: false,
+                flush: true,
+            };
+            c.lock_request_with_reply(ObjectOffset(size - 4096), 4096, flush, FLUSH_COOKIE)?;
+            let done = self.done.lock().unwrap();
+            let (_done, wait) = self
+                .arrived
+                .wait_timeout_while(done, std::time::Duration::from_secs(60), |d| d.len() < 2)
+                .unwrap();
+            assert!(!wait.timed_out(), "no lock completion within 60 s");
+        }
+        self.inner.data_request(k, o, len, a, b)
+    }
+    fn data_write(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<()> {
+        self.inner.data_write(k, o, len, b)
+    }
+    fn data_unlock(
+        &self,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+    ) -> pager_backends::Result<UnlockReply> {
+        self.inner.data_unlock(k, o, len, a)
+    }
+    fn extent(&self) -> pager_backends::Result<u64> {
+        self.inner.extent()
+    }
+    fn sync(&self) -> pager_backends::Result<()> {
+        self.inner.sync()
+    }
+    fn lock_completed(
+        &self,
+        _: KernelId,
+        offset: ObjectOffset,
+        len: u64,
+        cookie: u64,
+    ) -> pager_backends::Result<()> {
+        let (start, end) = (offset.raw() as usize, (offset.raw() + len) as usize);
+        let mut want = vec![0u8; end];
+        guest_kernel::objfill_pattern::fill(self.seed, 0, &mut want);
+        let file = std::fs::read(&self.path).unwrap_or_default();
+        let holds = file.get(start..end) == Some(&want[start..end]);
+        self.done
+            .lock()
+            .unwrap()
+            .push((cookie, offset.raw(), len, holds));
+        self.arrived.notify_all();
+        Ok(())
+    }
+    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
+        self.inner.terminate(k)
+    }
+    fn describe(&self) -> String {
+        "lock-completion test pager".into()
+    }
+}
+
+#[test]
+fn a_clean_with_reply_completes_after_its_writes_reach_the_pager() {
+    if !kvm_available("a_clean_with_reply_completes_after_its_writes_reach_the_pager") {
+        return;
+    }
+    let len = 64 * 1024;
+    let seed = 11;
+    let f = Temp::with("completer", &content(len, 0x55));
+    let pager = Arc::new(Completer {
+        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        path: f.path().to_path_buf(),
+        seed,
+        control: Default::default(),
+        asked: Default::default(),
+        done: Default::default(),
+        arrived: Default::default(),
+    });
+    let sock = serve_in_process("completer-sock", pager.clone());
+    let obj = format!("d=unix:{}", sock.show());
+    let seed_s = seed.to_string();
+    let out = vmm(
+        &["run", "--object", &obj, "--init", "fill", "d", &seed_s],
+        &[],
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    let done = pager.done.lock().unwrap().clone();
+    assert_eq!(done.len(), 2, "{done:?}\n{}", out.stdout);
+    let clean = done
+        .iter()
+        .find(|d| d.0 == CLEAN_COOKIE)
+        .expect("clean completed");
+    assert_eq!(clean.1, 0);
+    assert!(clean.2 >= len as u64 / 2, "{clean:?}");
+    assert!(
+        clean.3,
+        "the file did not yet hold the cleaned pages at completion"
+    );
+    let flush = done
+        .iter()
+        .find(|d| d.0 == FLUSH_COOKIE)
+        .expect("flush completed");
+    assert_eq!((flush.1, flush.2), (len as u64 - 4096, 4096));
+    assert!(
+        out.line(&format!("fill: d seed={seed} wrote {len} bytes"))
+            .is_some(),
+        "{}",
+        out.stdout
     );
 }
 

@@ -7,8 +7,8 @@ use common::*;
 use pager_backends::procedural::generate_page;
 use pager_backends::unix::proto as p;
 use pager_backends::{
-    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectInfo, ObjectOffset,
-    OpenOptions, Pager, PagerError, UnlockReply,
+    Access, DataReply, KernelControl, KernelId, LockRequest, ObjectInfo, ObjectOffset, OpenOptions,
+    Pager, PagerError, UnlockReply,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -416,7 +416,11 @@ struct Replier {
 }
 
 impl Pager for Replier {
-    fn init(&self, k: KernelId, control: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
+    fn init(
+        &self,
+        k: KernelId,
+        control: Arc<dyn KernelControl>,
+    ) -> pager_backends::Result<ObjectInfo> {
         *self.ctl.lock().unwrap() = Some(control);
         *self.kernel.lock().unwrap() = Some(k);
         Ok(ObjectInfo {
@@ -480,7 +484,10 @@ impl Pager for Replier {
                 why: "no such request",
             });
         }
-        self.completed.lock().unwrap().push((k, offset, len, cookie));
+        self.completed
+            .lock()
+            .unwrap()
+            .push((k, offset, len, cookie));
         Ok(())
     }
     fn terminate(&self, _k: KernelId) -> pager_backends::Result<()> {
@@ -499,8 +506,14 @@ fn lock_request_with_reply_and_its_completion_travel_both_ways() {
     let rec = Arc::new(Recorder::default());
     p.init(K, rec.clone()).unwrap();
     let mut buf = vec![0u8; 4096];
-    p.data_request(K, ObjectOffset(8192), 4096, Access::READ, &[slice(&mut buf)])
-        .unwrap();
+    p.data_request(
+        K,
+        ObjectOffset(8192),
+        4096,
+        Access::READ,
+        &[slice(&mut buf)],
+    )
+    .unwrap();
     // The pager's request, with its cookie, reached the kernel side's
     // control (before the reply, as every unprompted message does).
     assert_eq!(
@@ -541,8 +554,13 @@ fn a_version_1_kernel_side_cannot_be_asked_for_completion() {
     s.write_all(&frame(p::T_HELLO, 0, &body)).unwrap();
     let mut reply = [0u8; 32];
     s.read_exact(&mut reply).unwrap();
-    assert_eq!(u16::from_le_bytes([reply[24], reply[25]]), 1, "version 1 chosen");
-    s.write_all(&frame(p::T_INIT, 1, &0u64.to_le_bytes())).unwrap();
+    assert_eq!(
+        u16::from_le_bytes([reply[24], reply[25]]),
+        1,
+        "version 1 chosen"
+    );
+    s.write_all(&frame(p::T_INIT, 1, &0u64.to_le_bytes()))
+        .unwrap();
     s.read_exact(&mut reply).unwrap(); // INFO
     // The pager's lock request with reply is refused on its side: the
     // data request it makes it in fails, and nothing but that error comes.

@@ -5,9 +5,8 @@
 use super::device::PagerDevice;
 use super::objects::{Admission, Next};
 use super::wire::{
-    VIRTIO_PAGER_F_LOCK_COMPLETED,
     self, MAX_CHAIN_LEN, ObjectId, QUEUE_SIZE, REQ_HDR_SIZE, REQUEST_QUEUE, RESP_SIZE, Request,
-    Response, status,
+    Response, VIRTIO_PAGER_F_LOCK_COMPLETED, status,
 };
 use super::worker::{self, Completion, Job};
 use crate::virtio::{Segment, collect_chain_into, features};

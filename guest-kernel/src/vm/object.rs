@@ -1254,7 +1254,12 @@ mod tests {
             clean: true,
             flush: true,
         };
-        assert!(w.objs.manager_call(o, call, &mut w.pool, &mut w.m).unwrap().is_empty());
+        assert!(
+            w.objs
+                .manager_call(o, call, &mut w.pool, &mut w.m)
+                .unwrap()
+                .is_empty()
+        );
         let flying = w.objs.writes_in_flight(o, off(2), PAGE_SIZE).unwrap();
         assert!(flying.is_empty());
         let mut t = LockCompletions::default();

@@ -431,9 +431,7 @@ pub fn serve_connection(
     let (min_v, max_v, peer_max) = (r.u16(8), r.u16(10), r.u32(12));
     // The newest version both sides speak.
     let version = max_v.min(p::VERSION);
-    if body[..8] != p::MAGIC
-        || version < min_v.max(p::MIN_VERSION)
-        || peer_max < p::MIN_MAX_PAYLOAD
+    if body[..8] != p::MAGIC || version < min_v.max(p::MIN_VERSION) || peer_max < p::MIN_MAX_PAYLOAD
     {
         let msg = format!(
             "unsupported hello (versions {min_v}..={max_v}, limit {peer_max}); this pager speaks versions {}..={}",

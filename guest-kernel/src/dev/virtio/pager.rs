@@ -27,6 +27,8 @@ pub const DEVICE_ID: u32 = 0xD0A1;
 pub const F_READAHEAD: u32 = 0;
 pub const F_UNLOCK: u32 = 1;
 pub const F_EVENTS: u32 = 2;
+/// LOCK_REQUEST events may ask for a LOCK_COMPLETED reply (F_REPLY).
+pub const F_LOCK_COMPLETED: u32 = 3;
 
 pub const REQUEST_QUEUE: u16 = 0;
 pub const EVENT_QUEUE: u16 = 1;
@@ -65,6 +67,7 @@ pub mod req {
     pub const DATA_UNLOCK: u16 = 4;
     pub const TERMINATE: u16 = 5;
     pub const SYNC: u16 = 6;
+    pub const LOCK_COMPLETED: u16 = 7;
 }
 
 /// Response status (device codes 0..=9, then the driver's own).
@@ -97,6 +100,8 @@ pub mod event {
     pub const DESTROY: u16 = 4;
     pub const F_CLEAN: u16 = 1;
     pub const F_FLUSH: u16 = 2;
+    /// Answer with LOCK_COMPLETED echoing the event's tag.
+    pub const F_REPLY: u16 = 4;
     pub const F_MAY_CACHE: u16 = 1;
 }
 
@@ -115,30 +120,52 @@ pub struct Segment {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Init,
-    DataRequest { offset: u64, len: u64, desired: u8 },
-    DataWrite { offset: u64, len: u64 },
-    DataUnlock { offset: u64, len: u64, desired: u8 },
+    DataRequest {
+        offset: u64,
+        len: u64,
+        desired: u8,
+    },
+    DataWrite {
+        offset: u64,
+        len: u64,
+    },
+    DataUnlock {
+        offset: u64,
+        len: u64,
+        desired: u8,
+    },
     Terminate,
     Sync,
+    /// The lock request whose event carried `tag` is done (its range).
+    LockCompleted {
+        offset: u64,
+        len: u64,
+        tag: u32,
+    },
 }
 
 impl Op {
-    fn wire(&self) -> (u16, u64, u64, u8) {
+    /// (type, offset, length, the header's last quadword: access, padding
+    /// and the reserved field, which LOCK_COMPLETED uses for its tag).
+    fn wire(&self) -> (u16, u64, u64, u64) {
         match *self {
             Op::Init => (req::INIT, 0, 0, 0),
             Op::DataRequest {
                 offset,
                 len,
                 desired,
-            } => (req::DATA_REQUEST, offset, len, desired),
+            } => (req::DATA_REQUEST, offset, len, u64::from(desired)),
             Op::DataWrite { offset, len } => (req::DATA_WRITE, offset, len, 0),
             Op::DataUnlock {
                 offset,
                 len,
                 desired,
-            } => (req::DATA_UNLOCK, offset, len, desired),
+            } => (req::DATA_UNLOCK, offset, len, u64::from(desired)),
             Op::Terminate => (req::TERMINATE, 0, 0, 0),
             Op::Sync => (req::SYNC, 0, 0, 0),
+            Op::LockCompleted { offset, len, tag } => {
+                (req::LOCK_COMPLETED, offset, len, u64::from(tag) << 32)
+            }
         }
     }
 }
@@ -169,6 +196,8 @@ pub struct Event {
     pub offset: u64,
     pub length: u64,
     pub lock: u8,
+    /// LOCK_REQUEST with F_REPLY: what LOCK_COMPLETED echoes.
+    pub tag: u32,
     /// DATA_PROVIDED: where the offered bytes are (one page at most here).
     pub data: Option<PhysAddr>,
 }
@@ -327,7 +356,8 @@ const WANTED: u64 = (1 << mmio::F_VERSION_1)
     | (1 << mmio::F_INDIRECT_DESC)
     | (1 << mmio::F_EVENT_IDX)
     | (1 << F_UNLOCK)
-    | (1 << F_EVENTS);
+    | (1 << F_EVENTS)
+    | (1 << F_LOCK_COMPLETED);
 const REQUIRED: u64 = (1 << mmio::F_VERSION_1) | (1 << mmio::F_INDIRECT_DESC);
 
 const REQQ_SIZE: u16 = REQ_SLOTS as u16;
@@ -689,7 +719,7 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             write_volatile(area as *mut u64, u64::from(ty) | (u64::from(object) << 32));
             write_volatile(area.add(8) as *mut u64, offset);
             write_volatile(area.add(16) as *mut u64, len);
-            write_volatile(area.add(24) as *mut u64, u64::from(access));
+            write_volatile(area.add(24) as *mut u64, access);
             virtqueue::write_desc(
                 table,
                 n + 1,
@@ -974,8 +1004,10 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             let p = self.dma.ptr(PhysAddr(
                 self.mem.ev_slots.0 + u64::from(EVENT_SIZE) * j as u64,
             ));
+            // A reply flag means something only if both sides agreed on it.
+            let replies = self.has(F_LOCK_COMPLETED);
             // SAFETY: the event slot the device just filled.
-            let ev = unsafe {
+            let mut ev = unsafe {
                 let kind = read_volatile(p as *const u16);
                 let length = read_volatile(p.add(16) as *const u64);
                 Event {
@@ -985,10 +1017,15 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
                     offset: read_volatile(p.add(8) as *const u64),
                     length,
                     lock: read_volatile(p.add(24) as *const u8),
+                    tag: read_volatile(p.add(28) as *const u32),
                     data: (kind == event::DATA_PROVIDED && len > EVENT_SIZE)
                         .then_some(self.mem.ev_frames[j]),
                 }
             };
+            if !replies {
+                ev.flags &= !event::F_REPLY;
+                ev.tag = 0;
+            }
             if ev.kind == event::DESTROY
                 && let Some(o) = self.objects.get_mut(ev.object as usize)
             {

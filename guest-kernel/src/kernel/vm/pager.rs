@@ -23,6 +23,7 @@ use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::PageIn;
 use guest_kernel::vm::fault_around;
 use guest_kernel::vm::frame::FrameAllocator;
+use guest_kernel::vm::lock_completion::{LockCompletions, Reply};
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::readahead::ReadAhead;
@@ -35,6 +36,8 @@ const HOST: u64 = 1 << 62;
 /// Completion tokens of page transfers: this bit plus the slot (bit 63
 /// marks object initialisation, bit 62 the power-off sync).
 pub const PAGE_TOKEN: u64 = 1 << 61;
+/// Completion tokens of LOCK_COMPLETED replies (nothing waits for them).
+pub const LOCK_REPLY_TOKEN: u64 = 1 << 60;
 /// Transfers in flight or waiting at once; further faults wait on their
 /// object until one ends. One bit each in `HostPaging::used`.
 const SLOTS: usize = 64;
@@ -181,6 +184,8 @@ pub struct HostPaging {
     pub spin_cycles: u64,
     /// What host pagers said unprompted (pager_events.rs).
     pub events: super::pager_events::EventCounts,
+    /// Lock requests whose pager waits for LOCK_COMPLETED.
+    pub lock_replies: LockCompletions,
     pub event_clock: super::pager_events::EventClock,
     write_failure_reported: bool,
     timeout_reported: bool,
@@ -225,6 +230,7 @@ impl Default for HostPaging {
             spin_timeouts: 0,
             spin_cycles: 0,
             events: Default::default(),
+            lock_replies: Default::default(),
             event_clock: Default::default(),
             write_failure_reported: false,
             timeout_reported: false,
@@ -235,7 +241,10 @@ impl Default for HostPaging {
 impl HostPaging {
     /// Transfers waiting for the device, or write-backs to start.
     pub fn has_work(&self) -> bool {
-        self.unsent != 0 || !self.actions.is_empty() || !self.calls.is_empty()
+        self.unsent != 0
+            || !self.actions.is_empty()
+            || !self.calls.is_empty()
+            || self.lock_replies.has_ready()
     }
 
     /// A free slot, not yet marked used.
@@ -620,6 +629,9 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
     if !k.paging.actions.is_empty() {
         take_actions(k);
     }
+    if k.paging.lock_replies.has_ready() {
+        send_lock_replies(&mut k.paging.lock_replies);
+    }
     if k.paging.unsent == 0 {
         return None;
     }
@@ -636,6 +648,59 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
         return None;
     }
     sent.then_some(guard)
+}
+
+/// Sends LOCK_COMPLETED for the lock requests that are done, as far as
+/// request slots allow (the rest go on a later way out). A reply the
+/// device refuses outright (the object was reset or terminated since:
+/// the device forgot the request too) is dropped.
+fn send_lock_replies(replies: &mut LockCompletions) {
+    let Some(mut guard) = virtio_pager::try_lock() else {
+        return;
+    };
+    let Some(d) = guard.as_mut() else {
+        // No device: nobody to tell.
+        while let Some((slot, _)) = replies.next_ready() {
+            replies.sent(slot);
+        }
+        return;
+    };
+    let mut sent = false;
+    while let Some((slot, r)) = replies.next_ready() {
+        let op = Op::LockCompleted {
+            offset: r.offset,
+            len: r.length,
+            tag: r.tag,
+        };
+        match d.submit(r.device_object, op, LOCK_REPLY_TOKEN, core::iter::empty()) {
+            Ok(()) => sent = true,
+            Err(SubmitError::Busy) => break,
+            Err(_) => {}
+        }
+        replies.sent(slot);
+    }
+    if sent {
+        d.kick();
+    }
+}
+
+/// A host pager's LOCK_REQUEST asked for a reply: its lock and write-backs
+/// are applied and queued; from here the kernel counts the writes in its
+/// range (those just queued and those on their way before) and sends
+/// LOCK_COMPLETED when the last has ended. Without room to count, the
+/// request stays unanswered (counted in vm_statistics): a reply before the
+/// writes are done would tell the pager something false.
+pub fn track_lock_reply(k: &mut Kernel, object: ObjectId, reply: Reply) {
+    let size = reply.length;
+    let flying =
+        k.vm.objects
+            .writes_in_flight(object, ObjectOffset(reply.offset), size);
+    match flying {
+        Ok(pages) => {
+            let _ = k.paging.lock_replies.begin(object, reply, &pages);
+        }
+        Err(_) => k.paging.lock_replies.refused += 1,
+    }
 }
 
 /// Hands the transfers not yet sent to the device and notifies it (after
@@ -984,6 +1049,11 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     if let Some(a) = ended {
         queue_actions(k, alloc::vec![a]);
     }
+    if t.write {
+        // Ended, whatever the answer: a lock request waiting for it has
+        // what it waited for (the pager answered).
+        k.paging.lock_replies.write_ended(t.object, t.offset);
+    }
     if t.write && t.default {
         k.paging.default.writing = k.paging.default.writing.saturating_sub(1);
     }
@@ -1121,6 +1191,7 @@ pub fn queue_actions(k: &mut Kernel, actions: Vec<ObjectAction>) {
 /// A write-back that will not be made: the page is dirty again, not in
 /// transit (and an object waiting for its last write may end now).
 fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
+    k.paging.lock_replies.write_ended(object, offset);
     let ended = crate::vm::with_objects(k, |objects, frames, m| {
         objects
             .data_write_refused(object, offset, frames, m)

@@ -18,9 +18,10 @@ use crate::kern::clock;
 use crate::kern::console::Dec;
 use crate::kern::scheduler::Kernel;
 use crate::vm::default_pager::FREE_TARGET;
-use crate::vm::pager::{host_pager, queue_actions};
+use crate::vm::pager::{host_pager, queue_actions, track_lock_reply};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
 use guest_kernel::dev::virtio::pager::{EVENT_BUDGET, Event, event};
+use guest_kernel::vm::lock_completion::Reply;
 use guest_kernel::vm::memory_object::ManagerCall;
 use guest_kernel::vm::types::{ObjectOffset, VmProt};
 
@@ -137,6 +138,16 @@ fn apply(k: &mut Kernel, e: &Event) -> Option<PhysAddr> {
         Ok(a) => {
             k.paging.events.applied += 1;
             queue_actions(k, a);
+            // (The driver clears F_REPLY unless F_LOCK_COMPLETED was agreed.)
+            if e.kind == event::LOCK_REQUEST && e.flags & event::F_REPLY != 0 {
+                let reply = Reply {
+                    device_object: e.object,
+                    offset: e.offset,
+                    length: e.length,
+                    tag: e.tag,
+                };
+                track_lock_reply(k, object, reply);
+            }
         }
         Err(_) => k.paging.events.ignored += 1,
     }
