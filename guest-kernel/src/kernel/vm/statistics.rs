@@ -64,6 +64,8 @@ pub fn report(k: &Kernel) {
         Dec(deferred),
         " events_throttled=",
         Dec(p.events.throttled_ticks),
+        " lock_replies_refused=",
+        Dec(p.lock_replies.refused),
         " nmis=",
         Dec(crate::arch::trap::NMIS.load(core::sync::atomic::Ordering::Relaxed)),
         "\n"
