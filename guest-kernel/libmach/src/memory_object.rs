@@ -23,6 +23,10 @@ pub const MEMORY_OBJECT_DATA_WRITE: i32 = 2202;
 pub const MEMORY_OBJECT_DATA_UNLOCK: i32 = 2203;
 /// The object is gone; the control port dies with it.
 pub const MEMORY_OBJECT_TERMINATE: i32 = 2204;
+/// A MEMORY_OBJECT_LOCK_REQUEST is done: its lock is in force and every
+/// data_write it waited for was sent before this, on this port. a: offset,
+/// b: length (the request's); then the request's cookie, a le64.
+pub const MEMORY_OBJECT_LOCK_COMPLETED: i32 = 2205;
 
 // Pager → kernel (to the control port).
 /// a: offset, c: lock (access the pages may not be used for); then the
@@ -40,6 +44,20 @@ pub const MEMORY_OBJECT_FLUSH_REQUEST: i32 = 2254;
 pub const MEMORY_OBJECT_CLEAN_REQUEST: i32 = 2255;
 /// c: nonzero if the kernel may keep the object cached when unused.
 pub const MEMORY_OBJECT_CACHE: i32 = 2256;
+/// data_lock, clean and flush in one call, answered by
+/// MEMORY_OBJECT_LOCK_COMPLETED when done (GNU Mach's
+/// memory_object_lock_request with a reply): a: offset, b: size, c: the
+/// `LOCK_*` bits below; then a le64 cookie the completion carries back.
+pub const MEMORY_OBJECT_LOCK_REQUEST: i32 = 2257;
+/// MEMORY_OBJECT_LOCK_REQUEST's `c`: the lock value (VM_PROT_* bits) in
+/// the low byte, applied only with LOCK_SET.
+pub const LOCK_VALUE: u32 = 0xff;
+/// Apply the lock value (else the locks stay as they are).
+pub const LOCK_SET: u32 = 1 << 8;
+/// Write modified pages back.
+pub const LOCK_CLEAN: u32 = 1 << 9;
+/// Write modified pages back and drop the range's pages.
+pub const LOCK_FLUSH: u32 = 1 << 10;
 
 /// Bytes of the fixed header in the inline item.
 pub const FIELDS: usize = 24;

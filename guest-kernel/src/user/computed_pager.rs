@@ -22,6 +22,10 @@ pub static UNLOCKS: AtomicU64 = AtomicU64::new(0);
 pub static WRITES: AtomicU64 = AtomicU64::new(0);
 pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
 pub static TERMINATED: AtomicU64 = AtomicU64::new(0);
+/// The cookie of the last lock request completed, and WRITES when its
+/// completion came (the data_writes it waited for come before it).
+pub static COMPLETED: AtomicU64 = AtomicU64::new(0);
+pub static WRITES_AT_COMPLETION: AtomicU64 = AtomicU64::new(u64::MAX);
 const PAGER_SEED: u64 = 0x7a9e_0000;
 
 /// Whether pages are provided locked against writing (a write then asks
@@ -92,6 +96,16 @@ extern "C" fn pager_thread(port: u64) -> ! {
                     stored = Some((f.a, d));
                 }
                 WRITES.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            mo::MEMORY_OBJECT_LOCK_COMPLETED => {
+                WRITES_AT_COMPLETION.store(WRITES.load(Ordering::SeqCst), Ordering::SeqCst);
+                let cookie = f
+                    .data
+                    .get(..8)
+                    .and_then(|w| w.try_into().ok())
+                    .map_or(0, u64::from_le_bytes);
+                COMPLETED.store(cookie, Ordering::SeqCst);
                 continue;
             }
             mo::MEMORY_OBJECT_TERMINATE => {

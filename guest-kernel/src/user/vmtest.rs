@@ -663,11 +663,16 @@ fn wait_until(cond: impl Fn() -> bool) -> bool {
 }
 
 fn control_call(id: i32, offset: u64, size: u64) -> R {
+    control_call_with(id, offset, size, 0, &[])
+}
+
+/// A Table 3-6 call with `c` and data after the header.
+fn control_call_with(id: i32, offset: u64, size: u64, c: u32, data: &[u8]) -> R {
     let control = computed_pager::CONTROL.load(Ordering::SeqCst) as Name;
     let mut out = [0u64; 64];
     // SAFETY: u64s viewed as bytes.
     let ob = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, 512) };
-    let n = libmach::memory_object::build_reply(ob, control, id, offset, size, 0, &[])
+    let n = libmach::memory_object::build_reply(ob, control, id, offset, size, c, data)
         .map_err(|e| e.name())?;
     traps::msg_send(&ob[..n], T).map_err(|e| e.name())
 }
@@ -675,7 +680,8 @@ fn control_call(id: i32, offset: u64, size: u64) -> R {
 /// A memory object served by a pager of our own (a second thread): faults
 /// become data_request messages it answers with computed pages; a write to
 /// a page it locked asks for (and gets) an unlock; clean_request brings the
-/// modified page back as data_write (which the pager keeps); flush_request
+/// modified page back as data_write (which the pager keeps), and a lock
+/// request asking for its completion gets it after that write; flush_request
 /// drops the pages, so the next read asks again and gets the kept data; vm_deallocate ends the object (pager_terminate),
 /// after writing back the page a message was received into;
 /// and an object whose pager died faults with an exception.
@@ -734,6 +740,23 @@ fn user_pager() -> R {
     if computed_pager::WRITTEN.load(Ordering::SeqCst) != computed_pager::word(0) {
         return Err("data_write did not carry the page's data");
     }
+    // The same clean as a lock request that asks for its completion: the
+    // completion comes with the cookie, after the data_write it waited for.
+    poke(at + 24, 0x6b6b);
+    let cookie: u64 = 0xc0ff_ee00_0000_0001;
+    control_call_with(
+        mo::MEMORY_OBJECT_LOCK_REQUEST,
+        0,
+        pages * PAGE,
+        mo::LOCK_CLEAN,
+        &cookie.to_le_bytes(),
+    )?;
+    if !wait_until(|| computed_pager::COMPLETED.load(Ordering::SeqCst) == cookie) {
+        return Err("a lock request asking for its completion never completed");
+    }
+    if computed_pager::WRITES_AT_COMPLETION.load(Ordering::SeqCst) != 2 {
+        return Err("a lock request completed before the data_write it waited for");
+    }
     let before = computed_pager::REQUESTS.load(Ordering::SeqCst);
     control_call(mo::MEMORY_OBJECT_FLUSH_REQUEST, 0, pages * PAGE)?;
     if !wait_until(|| {
@@ -752,7 +775,7 @@ fn user_pager() -> R {
     }
     // The receive buffer's page was written by the kernel alone: modified
     // all the same, so it went back at the object's end (before it).
-    if computed_pager::WRITES.load(Ordering::SeqCst) != 2 {
+    if computed_pager::WRITES.load(Ordering::SeqCst) != 3 {
         return Err("the page a message was received into did not go back to its pager");
     }
     let _ = traps::port_deallocate(t);

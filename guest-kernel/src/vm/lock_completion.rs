@@ -15,6 +15,7 @@
 
 use alloc::vec::Vec;
 
+use crate::vm::object::PagerRef;
 use crate::vm::types::{ObjectId, ObjectOffset};
 
 /// Requests waiting at once; one bit each in a page record's mask. The
@@ -23,14 +24,26 @@ use crate::vm::types::{ObjectId, ObjectOffset};
 pub const MAX_WAITING: usize = 64;
 const _: () = assert!(MAX_WAITING == 64, "the masks are one u64");
 
-/// What to send when a request is done: the request's own range and the
-/// tag its pager's event carried, on the device object that sent it.
+/// What to send when a request is done: the request's own range, to
+/// whoever serves the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply {
-    pub device_object: u32,
+    pub to: ReplyTo,
     pub offset: u64,
     pub length: u64,
-    pub tag: u32,
+}
+
+/// Where a lock request's completion goes: a memory object is a port,
+/// whoever serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// A host pager: LOCK_COMPLETED on its device object, with the tag its
+    /// LOCK_REQUEST event carried.
+    Device { object: u32, tag: u32 },
+    /// A guest task's pager: a MEMORY_OBJECT_LOCK_COMPLETED message on the
+    /// memory object port (after the data_writes sent there before it),
+    /// with the cookie its request carried.
+    Task { pager: PagerRef, cookie: u64 },
 }
 
 /// Why a request is not tracked (the kernel then applies it without a
@@ -187,6 +200,21 @@ impl LockCompletions {
         self.entries[slot].map(|e| (slot, e.reply))
     }
 
+    /// Every reply ready to be sent, with its slot for `sent`.
+    pub fn ready(&self) -> impl Iterator<Item = (usize, Reply)> + '_ {
+        let mut bits = self.ready;
+        core::iter::from_fn(move || {
+            while bits != 0 {
+                let slot = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(e) = self.entries.get(slot).copied().flatten() {
+                    return Some((slot, e.reply));
+                }
+            }
+            None
+        })
+    }
+
     /// The reply of `slot` is on its way (or could never be sent): the
     /// slot is free again.
     pub fn sent(&mut self, slot: usize) {
@@ -218,10 +246,9 @@ mod tests {
 
     fn reply(tag: u32) -> Reply {
         Reply {
-            device_object: 0,
+            to: ReplyTo::Device { object: 0, tag },
             offset: 0,
             length: 16 * 4096,
-            tag,
         }
     }
 
@@ -287,11 +314,11 @@ mod tests {
         t.begin(OBJ, reply(2), &pages(2)).unwrap();
         t.write_ended(OBJ, ObjectOffset(0));
         let (slot, r) = t.next_ready().unwrap();
-        assert_eq!(r.tag, 1);
+        assert_eq!(r, reply(1));
         t.sent(slot);
         assert!(!t.has_ready());
         t.write_ended(OBJ, ObjectOffset(4096));
-        assert_eq!(t.next_ready().map(|r| r.1.tag), Some(2));
+        assert_eq!(t.next_ready().map(|r| r.1), Some(reply(2)));
     }
 
     #[test]

@@ -1197,7 +1197,7 @@ mod tests {
     /// write ends (done or refused).
     #[test]
     fn a_clean_with_reply_waits_for_its_writes_and_those_already_in_flight() {
-        use crate::vm::lock_completion::{LockCompletions, Reply};
+        use crate::vm::lock_completion::{LockCompletions, Reply, ReplyTo};
         use crate::vm::memory_object::ManagerCall;
         let mut w = world();
         let PagerEntry::New(o) = w.objs.enter_pager(PagerRef(9), 4 * PAGE_SIZE).unwrap() else {
@@ -1226,10 +1226,9 @@ mod tests {
         assert_eq!(flying, [off(0), off(1), off(3)]);
         let mut t = LockCompletions::default();
         let reply = Reply {
-            device_object: 9,
+            to: ReplyTo::Device { object: 9, tag: 5 },
             offset: 0,
             length: 4 * PAGE_SIZE,
-            tag: 5,
         };
         t.begin(o, reply, &flying).unwrap();
         for p in [1, 3] {

@@ -23,7 +23,7 @@ use guest_kernel::kern::sched::TaskId;
 use guest_kernel::vm::fault::PageIn;
 use guest_kernel::vm::fault_around;
 use guest_kernel::vm::frame::FrameAllocator;
-use guest_kernel::vm::lock_completion::{LockCompletions, Reply};
+use guest_kernel::vm::lock_completion::{LockCompletions, MAX_WAITING, Reply, ReplyTo};
 use guest_kernel::vm::object::{ObjectAction, PagerPort, PagerRef};
 use guest_kernel::vm::page::FrameSource;
 use guest_kernel::vm::readahead::ReadAhead;
@@ -603,6 +603,9 @@ fn take_actions(k: &mut Kernel) {
         {
             k.paging.actions.pop();
             crate::vm::user_pager::data_write(k, p, object, offset, frame);
+            // The data went in the message (or never will): ended, for a
+            // lock request waiting for it.
+            k.paging.lock_replies.write_ended(object, offset);
             continue;
         } else if let ObjectAction::Terminate { object, pager } = a {
             k.paging.actions.pop();
@@ -630,7 +633,7 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
         take_actions(k);
     }
     if k.paging.lock_replies.has_ready() {
-        send_lock_replies(&mut k.paging.lock_replies);
+        send_lock_replies(k);
     }
     if k.paging.unsent == 0 {
         return None;
@@ -650,29 +653,46 @@ pub fn start(k: &mut Kernel) -> Option<MutexGuard<'static, Option<Driver>>> {
     sent.then_some(guard)
 }
 
-/// Sends LOCK_COMPLETED for the lock requests that are done, as far as
-/// request slots allow (the rest go on a later way out). A reply the
-/// device refuses outright (the object was reset or terminated since:
-/// the device forgot the request too) is dropped.
-fn send_lock_replies(replies: &mut LockCompletions) {
+/// Sends the completions of the lock requests that are done: a message
+/// to a guest task's pager (on its memory object port, after the
+/// data_writes this way out sent there), LOCK_COMPLETED to a host pager's
+/// device object as far as request slots allow (the rest go on a later
+/// way out). A reply the device refuses outright (the object was reset or
+/// terminated since: the device forgot the request too) is dropped.
+fn send_lock_replies(k: &mut Kernel) {
+    let mut ready = [None; MAX_WAITING];
+    for (at, r) in ready.iter_mut().zip(k.paging.lock_replies.ready()) {
+        *at = Some(r);
+    }
+    for &(slot, r) in ready.iter().flatten() {
+        if let ReplyTo::Task { pager, cookie } = r.to {
+            crate::vm::user_pager::lock_completed(k, pager, r.offset, r.length, cookie);
+            k.paging.lock_replies.sent(slot);
+        }
+    }
+    let device = ready.iter().flatten().filter_map(|&(slot, r)| match r.to {
+        ReplyTo::Device { object, tag } => Some((slot, object, tag, r)),
+        ReplyTo::Task { .. } => None,
+    });
+    let replies = &mut k.paging.lock_replies;
     let Some(mut guard) = virtio_pager::try_lock() else {
         return;
     };
     let Some(d) = guard.as_mut() else {
         // No device: nobody to tell.
-        while let Some((slot, _)) = replies.next_ready() {
+        for (slot, ..) in device {
             replies.sent(slot);
         }
         return;
     };
     let mut sent = false;
-    while let Some((slot, r)) = replies.next_ready() {
+    for (slot, object, tag, r) in device {
         let op = Op::LockCompleted {
             offset: r.offset,
             len: r.length,
-            tag: r.tag,
+            tag,
         };
-        match d.submit(r.device_object, op, LOCK_REPLY_TOKEN, core::iter::empty()) {
+        match d.submit(object, op, LOCK_REPLY_TOKEN, core::iter::empty()) {
             Ok(()) => sent = true,
             Err(SubmitError::Busy) => break,
             Err(_) => {}

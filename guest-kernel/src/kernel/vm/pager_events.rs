@@ -21,7 +21,7 @@ use crate::vm::default_pager::FREE_TARGET;
 use crate::vm::pager::{host_pager, queue_actions, track_lock_reply};
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
 use guest_kernel::dev::virtio::pager::{EVENT_BUDGET, Event, event};
-use guest_kernel::vm::lock_completion::Reply;
+use guest_kernel::vm::lock_completion::{Reply, ReplyTo};
 use guest_kernel::vm::memory_object::ManagerCall;
 use guest_kernel::vm::types::{ObjectOffset, VmProt};
 
@@ -141,10 +141,12 @@ fn apply(k: &mut Kernel, e: &Event) -> Option<PhysAddr> {
             // (The driver clears F_REPLY unless F_LOCK_COMPLETED was agreed.)
             if e.kind == event::LOCK_REQUEST && e.flags & event::F_REPLY != 0 {
                 let reply = Reply {
-                    device_object: e.object,
+                    to: ReplyTo::Device {
+                        object: e.object,
+                        tag: e.tag,
+                    },
                     offset: e.offset,
                     length: e.length,
-                    tag: e.tag,
                 };
                 track_lock_reply(k, object, reply);
             }

@@ -10,6 +10,7 @@ use crate::kern::scheduler::Kernel;
 use alloc::vec::Vec;
 use guest_kernel::addr::{PAGE_SIZE, PhysAddr};
 use guest_kernel::ipc::{Effects, KObject, Kmsg, PortId};
+use guest_kernel::vm::lock_completion::{Reply, ReplyTo};
 use guest_kernel::vm::memory_object::ManagerCall;
 use guest_kernel::vm::object::PagerRef;
 use guest_kernel::vm::page::FrameSource;
@@ -247,6 +248,8 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
     if id == mo::MEMORY_OBJECT_DATA_PROVIDED {
         n = fill_frames(k, f.data, &mut frames_in);
     }
+    // (Read before the message goes.)
+    let locking = (id == mo::MEMORY_OBJECT_LOCK_REQUEST).then(|| lock_request(c, f.data));
     k.ipc.kmsg_destroy(km, fx);
     if k.vm.objects.get(object).is_err() {
         for &fr in &frames_in[..n] {
@@ -255,6 +258,7 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
         return SEND_INVALID_DEST;
     }
     let data = &frames_in[..n];
+    let mut reply_cookie = None;
     let call = match (id, lock) {
         (mo::MEMORY_OBJECT_DATA_PROVIDED, Some(lock)) if n > 0 => ManagerCall::DataProvided {
             offset: off,
@@ -282,6 +286,19 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
             }
         }
         (mo::MEMORY_OBJECT_CACHE, _) => ManagerCall::Cache { may_cache: c != 0 },
+        (mo::MEMORY_OBJECT_LOCK_REQUEST, _) => match locking.flatten() {
+            Some((lock, clean, flush, cookie)) => {
+                reply_cookie = Some(cookie);
+                ManagerCall::LockRequest {
+                    offset: off,
+                    size,
+                    lock,
+                    clean,
+                    flush,
+                }
+            }
+            None => return MSG_SUCCESS,
+        },
         _ => {
             // Malformed (a bad lock value) or unknown: dropped, with the
             // frames it brought.
@@ -297,8 +314,56 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
             .unwrap_or_default()
     });
     crate::vm::pager::queue_actions(k, actions);
+    if let (Some(cookie), Some(pager)) = (
+        reply_cookie,
+        k.user_pagers
+            .list
+            .iter()
+            .find(|u| u.object == object)
+            .map(|u| u.pager),
+    ) {
+        let reply = Reply {
+            to: ReplyTo::Task { pager, cookie },
+            offset: off.0,
+            length: size,
+        };
+        crate::vm::pager::track_lock_reply(k, object, reply);
+    }
     k.wake_page_waiters(object);
     MSG_SUCCESS
+}
+
+/// MEMORY_OBJECT_LOCK_REQUEST's lock (None: unchanged), clean, flush and
+/// cookie; None if malformed (unknown bits, a bad lock value, no cookie):
+/// dropped as any malformed call.
+fn lock_request(c: u32, data: &[u8]) -> Option<(Option<VmProt>, bool, bool, u64)> {
+    let known = mo::LOCK_VALUE | mo::LOCK_SET | mo::LOCK_CLEAN | mo::LOCK_FLUSH;
+    if c & !known != 0 {
+        return None;
+    }
+    let lock = if c & mo::LOCK_SET != 0 {
+        Some(VmProt::from_bits(u64::from(c & mo::LOCK_VALUE))?)
+    } else {
+        None
+    };
+    let cookie = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+    let flush = c & mo::LOCK_FLUSH != 0;
+    Some((lock, flush || c & mo::LOCK_CLEAN != 0, flush, cookie))
+}
+
+/// A MEMORY_OBJECT_LOCK_REQUEST is done: the completion goes to the
+/// memory object port, behind the data_writes it waited for. A pager whose
+/// port is dead is dead.
+pub fn lock_completed(k: &mut Kernel, pager: PagerRef, offset: u64, length: u64, cookie: u64) {
+    let Some(u) = find(k, pager) else {
+        return;
+    };
+    let mut body = [0u8; mo::FIELDS + 8];
+    body[..mo::FIELDS].copy_from_slice(&Fields::encode_head(offset, length, 0));
+    body[mo::FIELDS..].copy_from_slice(&cookie.to_le_bytes());
+    if send(k, &u, mo::MEMORY_OBJECT_LOCK_COMPLETED, &body).is_err() {
+        died(k, u.object);
+    }
 }
 
 /// Copies data_provided's pages into fresh frames; how many (whole pages
