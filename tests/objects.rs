@@ -17,8 +17,9 @@ use pager_backends::{
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
+use support::hooked::{Control, Hooked, Hooks};
 use support::{Output, Silent, kvm_available, need_qemu_nbd, vmm, vmm_watch};
 use vm_memory::VolatileSlice;
 
@@ -597,77 +598,46 @@ fn hostile_driver_selftest_leaves_the_device_working() {
 // ---------------------------------------------------------------------------
 // pager-initiated calls reach the guest kernel
 
-/// Zero-fill pager that, at its first data request, speaks first: a clean
-/// request (pager_data_lock with CLEAN), permission to cache, and an offer
-/// of a page nobody asked for.
+/// Hooks of a zero-fill pager that, at its first data request, speaks
+/// first: a clean request (pager_data_lock with CLEAN), permission to
+/// cache, and an offer of a page nobody asked for.
+#[derive(Default)]
 struct Speaker {
-    inner: AnonPager,
-    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
-    spoke: std::sync::atomic::AtomicBool,
+    control: Control,
+    spoke: AtomicBool,
 }
 
-impl Pager for Speaker {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        if let Ok(mut slot) = self.control.lock() {
-            *slot = Some(c.clone());
-        }
-        self.inner.init(k, c)
+impl Hooks for Speaker {
+    fn control(&self) -> Option<&Control> {
+        Some(&self.control)
     }
     fn data_request(
         &self,
+        inner: &dyn Pager,
         k: KernelId,
         o: ObjectOffset,
         len: u64,
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        if !self.spoke.swap(true, Ordering::SeqCst) {
-            let c = self.control.lock().ok().and_then(|c| c.clone());
-            if let Some(c) = c {
-                c.lock_request(ObjectOffset(8192), 4096, Access::WRITE, true, false)?;
-                c.set_cache(true)?;
-                c.offer(ObjectOffset(12288), &[7u8; 4096], Access::NONE)?;
-            }
+        if !self.spoke.swap(true, Ordering::SeqCst)
+            && let Some(c) = self.control.get()
+        {
+            c.lock_request(ObjectOffset(8192), 4096, Access::WRITE, true, false)?;
+            c.set_cache(true)?;
+            c.offer(ObjectOffset(12288), &[7u8; 4096], Access::NONE)?;
         }
-        self.inner.data_request(k, o, len, a, b)
+        inner.data_request(k, o, len, a, b)
     }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "speaking test pager".into()
     }
 }
 
-/// A file pager that provides every page write-locked (lock value WRITE)
-/// and grants each data_unlock, counting them: writes through a mapping
-/// must each ask first (paper §3.4.1).
+/// Hooks of a file pager that provides every page write-locked (lock value
+/// WRITE) and grants each data_unlock, counting them: writes through a
+/// mapping must each ask first (paper §3.4.1).
 struct WriteLocked {
-    inner: FilePager,
     unlocks: AtomicU32,
     /// How it answers a data_unlock: grants it, or fails it.
     answer: UnlockAnswer,
@@ -682,19 +652,17 @@ enum UnlockAnswer {
     Late,
 }
 
-impl Pager for WriteLocked {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        self.inner.init(k, c)
-    }
+impl Hooks for WriteLocked {
     fn data_request(
         &self,
+        inner: &dyn Pager,
         k: KernelId,
         o: ObjectOffset,
         len: u64,
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        Ok(match self.inner.data_request(k, o, len, a, b)? {
+        Ok(match inner.data_request(k, o, len, a, b)? {
             DataReply::Provided { bytes, .. } => DataReply::Provided {
                 bytes,
                 lock: Access::WRITE,
@@ -702,17 +670,9 @@ impl Pager for WriteLocked {
             other => other,
         })
     }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
     fn data_unlock(
         &self,
+        _: &dyn Pager,
         _: KernelId,
         _: ObjectOffset,
         _: u64,
@@ -730,16 +690,7 @@ impl Pager for WriteLocked {
         }
         Ok(UnlockReply { lock: Access::NONE })
     }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "write-locking test pager".into()
     }
 }
@@ -752,11 +703,13 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     let len = 64 * 1024;
     let seed = 5;
     let f = Temp::with("locked", &content(len, 0x77));
-    let pager = Arc::new(WriteLocked {
-        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
-        unlocks: AtomicU32::new(0),
-        answer: UnlockAnswer::Grant,
-    });
+    let pager = Arc::new(Hooked::new(
+        FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        WriteLocked {
+            unlocks: AtomicU32::new(0),
+            answer: UnlockAnswer::Grant,
+        },
+    ));
     let sock = serve_in_process("locked-sock", pager.clone());
     let obj = format!("d=unix:{}", sock.show());
     let seed_s = seed.to_string();
@@ -773,7 +726,7 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     );
     // Every page was read in locked against writing, so each first write
     // asked for the unlock; and the writes, once granted, reached the file.
-    let unlocks = pager.unlocks.load(Ordering::SeqCst);
+    let unlocks = pager.hooks().unlocks.load(Ordering::SeqCst);
     assert!(
         unlocks >= (len / 4096) as u32,
         "{unlocks} unlocks for {} pages",
@@ -787,18 +740,18 @@ fn a_host_pagers_lock_on_provided_data_holds_until_it_grants_the_unlock() {
     );
 }
 
-/// A file pager that, at the first data request past the object's middle
-/// (the guest's `fill` writes in order, so every page before it is dirty),
-/// asks for a clean of everything before it and a flush of the last page,
-/// both with a reply, and holds that data request until both completions
-/// came (so the guest cannot finish first). At the clean's completion it
-/// checks that its file already holds what the guest wrote there.
+/// Hooks of a file pager that, at the first data request past the
+/// object's middle (the guest's `fill` writes in order, so every page
+/// before it is dirty), asks for a clean of everything before it and a
+/// flush of the last page, both with a reply, and holds that data request
+/// until both completions came (so the guest cannot finish first). At the
+/// clean's completion it checks that its file already holds what the guest
+/// wrote there.
 struct Completer {
-    inner: FilePager,
     path: PathBuf,
     seed: u64,
-    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
-    asked: std::sync::atomic::AtomicBool,
+    control: Control,
+    asked: AtomicBool,
     /// (cookie, offset, length, file held the written data then).
     done: std::sync::Mutex<Vec<(u64, u64, u64, bool)>>,
     arrived: std::sync::Condvar,
@@ -807,24 +760,22 @@ struct Completer {
 const CLEAN_COOKIE: u64 = 0xc1ea;
 const FLUSH_COOKIE: u64 = 0xf105;
 
-impl Pager for Completer {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        if let Ok(mut slot) = self.control.lock() {
-            *slot = Some(c.clone());
-        }
-        self.inner.init(k, c)
+impl Hooks for Completer {
+    fn control(&self) -> Option<&Control> {
+        Some(&self.control)
     }
     fn data_request(
         &self,
+        inner: &dyn Pager,
         k: KernelId,
         o: ObjectOffset,
         len: u64,
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        let size = self.inner.extent()?;
+        let size = inner.extent()?;
         if o.raw() >= size / 2 && !self.asked.swap(true, Ordering::SeqCst) {
-            let c = self.control.lock().unwrap().clone().unwrap();
+            let c = self.control.get().expect("init kept the control");
             let clean = LockRequest {
                 lock: Access::NONE,
                 clean: true,
@@ -844,34 +795,11 @@ impl Pager for Completer {
                 .unwrap();
             assert!(!wait.timed_out(), "no lock completion within 60 s");
         }
-        self.inner.data_request(k, o, len, a, b)
-    }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
+        inner.data_request(k, o, len, a, b)
     }
     fn lock_completed(
         &self,
+        _: &dyn Pager,
         _: KernelId,
         offset: ObjectOffset,
         len: u64,
@@ -889,10 +817,7 @@ impl Pager for Completer {
         self.arrived.notify_all();
         Ok(())
     }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "lock-completion test pager".into()
     }
 }
@@ -905,15 +830,17 @@ fn a_clean_with_reply_completes_after_its_writes_reach_the_pager() {
     let len = 64 * 1024;
     let seed = 11;
     let f = Temp::with("completer", &content(len, 0x55));
-    let pager = Arc::new(Completer {
-        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
-        path: f.path().to_path_buf(),
-        seed,
-        control: Default::default(),
-        asked: Default::default(),
-        done: Default::default(),
-        arrived: Default::default(),
-    });
+    let pager = Arc::new(Hooked::new(
+        FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        Completer {
+            path: f.path().to_path_buf(),
+            seed,
+            control: Default::default(),
+            asked: Default::default(),
+            done: Default::default(),
+            arrived: Default::default(),
+        },
+    ));
     let sock = serve_in_process("completer-sock", pager.clone());
     let obj = format!("d=unix:{}", sock.show());
     let seed_s = seed.to_string();
@@ -922,7 +849,7 @@ fn a_clean_with_reply_completes_after_its_writes_reach_the_pager() {
         &[],
     );
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
-    let done = pager.done.lock().unwrap().clone();
+    let done = pager.hooks().done.lock().unwrap().clone();
     assert_eq!(done.len(), 2, "{done:?}\n{}", out.stdout);
     let clean = done
         .iter()
@@ -954,11 +881,13 @@ fn check_unlock_failure(answer: UnlockAnswer, query: &str) {
     let len = 16 * 1024;
     let original = content(len, 0x78);
     let f = Temp::with("unlock-fails", &original);
-    let pager = Arc::new(WriteLocked {
-        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
-        unlocks: AtomicU32::new(0),
-        answer,
-    });
+    let pager = Arc::new(Hooked::new(
+        FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        WriteLocked {
+            unlocks: AtomicU32::new(0),
+            answer,
+        },
+    ));
     let sock = serve_in_process("unlock-fails-sock", pager.clone());
     let obj = format!("d=unix:{}{query}", sock.show());
     let out = vmm(
@@ -971,7 +900,7 @@ fn check_unlock_failure(answer: UnlockAnswer, query: &str) {
     assert!(out.line("(fill) killed").is_some(), "{}", out.stdout);
     assert_ne!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
     // The first write asked once; the failure ended it.
-    let unlocks = pager.unlocks.load(Ordering::SeqCst);
+    let unlocks = pager.hooks().unlocks.load(Ordering::SeqCst);
     assert_eq!(unlocks, 1, "{unlocks} unlocks:\n{}", out.stdout);
     assert!(std::fs::read(f.path()).expect("read back") == original);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
@@ -993,65 +922,35 @@ fn an_unlock_that_times_out_is_a_memory_exception_once() {
     check_unlock_failure(UnlockAnswer::Late, "?timeout=500ms&on_timeout=error");
 }
 
-/// A file pager that, at its first data request, permits caching
+/// Hooks of a file pager that, at its first data request, permits caching
 /// (pager_cache): its object outlives its last mapping, dirty pages and all.
+#[derive(Default)]
 struct Caching {
-    inner: FilePager,
-    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
-    said: std::sync::atomic::AtomicBool,
+    control: Control,
+    said: AtomicBool,
 }
 
-impl Pager for Caching {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        if let Ok(mut slot) = self.control.lock() {
-            *slot = Some(c.clone());
-        }
-        self.inner.init(k, c)
+impl Hooks for Caching {
+    fn control(&self) -> Option<&Control> {
+        Some(&self.control)
     }
     fn data_request(
         &self,
+        inner: &dyn Pager,
         k: KernelId,
         o: ObjectOffset,
         len: u64,
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        if !self.said.swap(true, Ordering::SeqCst) {
-            let c = self.control.lock().ok().and_then(|c| c.clone());
-            if let Some(c) = c {
-                c.set_cache(true)?;
-            }
+        if !self.said.swap(true, Ordering::SeqCst)
+            && let Some(c) = self.control.get()
+        {
+            c.set_cache(true)?;
         }
-        self.inner.data_request(k, o, len, a, b)
+        inner.data_request(k, o, len, a, b)
     }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "caching test pager".into()
     }
 }
@@ -1067,11 +966,10 @@ fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
     let len = MIB;
     let seed = 12;
     let f = Temp::with("cached", &content(len, 0x3c));
-    let pager = Caching {
-        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
-        control: std::sync::Mutex::new(None),
-        said: std::sync::atomic::AtomicBool::new(false),
-    };
+    let pager = Hooked::new(
+        FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        Caching::default(),
+    );
     let sock = serve_in_process("cached-sock", Arc::new(pager));
     let obj = format!("c=unix:{}", sock.show());
     let seed_s = seed.to_string();
@@ -1100,66 +998,36 @@ fn a_cached_objects_dirty_pages_are_written_back_at_shutdown() {
     );
 }
 
-/// A file pager that destroys its object (pager_destroy) at its second
-/// data request, then answers it: by then the task has modified the pages
-/// of the first.
+/// Hooks of a file pager that destroys its object (pager_destroy) at its
+/// second data request, then answers it: by then the task has modified the
+/// pages of the first.
+#[derive(Default)]
 struct Destroyer {
-    inner: FilePager,
-    control: std::sync::Mutex<Option<Arc<dyn KernelControl>>>,
+    control: Control,
     requests: AtomicU32,
 }
 
-impl Pager for Destroyer {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        if let Ok(mut slot) = self.control.lock() {
-            *slot = Some(c.clone());
-        }
-        self.inner.init(k, c)
+impl Hooks for Destroyer {
+    fn control(&self) -> Option<&Control> {
+        Some(&self.control)
     }
     fn data_request(
         &self,
+        inner: &dyn Pager,
         k: KernelId,
         o: ObjectOffset,
         len: u64,
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        if self.requests.fetch_add(1, Ordering::SeqCst) == 1 {
-            let c = self.control.lock().ok().and_then(|c| c.clone());
-            if let Some(c) = c {
-                c.destroy("test: the pager ends the object")?;
-            }
+        if self.requests.fetch_add(1, Ordering::SeqCst) == 1
+            && let Some(c) = self.control.get()
+        {
+            c.destroy("test: the pager ends the object")?;
         }
-        self.inner.data_request(k, o, len, a, b)
+        inner.data_request(k, o, len, a, b)
     }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "destroying test pager".into()
     }
 }
@@ -1175,11 +1043,10 @@ fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
     let len = MIB;
     let original = content(len, 0x5d);
     let f = Temp::with("destroyed", &original);
-    let pager = Destroyer {
-        inner: FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
-        control: std::sync::Mutex::new(None),
-        requests: AtomicU32::new(0),
-    };
+    let pager = Hooked::new(
+        FilePager::open(f.path(), false, &OpenOptions::default()).expect("file pager"),
+        Destroyer::default(),
+    );
     let sock = serve_in_process("destroyed-sock", Arc::new(pager));
     let obj = format!("x=unix:{}", sock.show());
     let out = vmm(
@@ -1244,11 +1111,10 @@ fn pager_initiated_calls_are_applied_by_the_guest_vm() {
     if !kvm_available("pager_initiated_calls_are_applied_by_the_guest_vm") {
         return;
     }
-    let pager = Speaker {
-        inner: AnonPager::new(2 * MIB as u64, &OpenOptions::default()).expect("anon pager"),
-        control: std::sync::Mutex::new(None),
-        spoke: std::sync::atomic::AtomicBool::new(false),
-    };
+    let pager = Hooked::new(
+        AnonPager::new(2 * MIB as u64, &OpenOptions::default()).expect("anon pager"),
+        Speaker::default(),
+    );
     let sock = serve_in_process("speaker-sock", Arc::new(pager));
     let obj = format!("s=unix:{}", sock.show());
     let out = vmm(
@@ -1284,18 +1150,22 @@ fn pager_initiated_calls_are_applied_by_the_guest_vm() {
     );
 }
 
-/// A file pager whose control handle, from INIT on, floods the kernel with
-/// pushed pages (the file's own data, so what the guest reads stays right)
-/// and flush and clean requests over the whole object, and never stops
-/// while the object lives: refusals only slow it down.
+/// Hooks of a file pager whose control handle, from INIT on, floods the
+/// kernel with pushed pages (the file's own data, so what the guest reads
+/// stays right) and flush and clean requests over the whole object, and
+/// never stops while the object lives: refusals only slow it down.
 struct Flood {
-    inner: FilePager,
     data: Arc<Vec<u8>>,
 }
 
-impl Pager for Flood {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        let info = self.inner.init(k, c.clone())?;
+impl Hooks for Flood {
+    fn init(
+        &self,
+        inner: &dyn Pager,
+        k: KernelId,
+        c: Arc<dyn KernelControl>,
+    ) -> pager_backends::Result<ObjectInfo> {
+        let info = inner.init(k, c.clone())?;
         let data = self.data.clone();
         std::thread::spawn(move || {
             let pages = (data.len() as u64).div_ceil(PAGE_SIZE).max(1);
@@ -1322,44 +1192,7 @@ impl Pager for Flood {
         });
         Ok(info)
     }
-    fn data_request(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<DataReply> {
-        self.inner.data_request(k, o, len, a, b)
-    }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
-        self.inner.sync()
-    }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "flooding test pager".into()
     }
 }
@@ -1374,7 +1207,7 @@ fn a_pager_flooding_events_and_pages_is_capped_and_the_guest_goes_on() {
     let data = Arc::new(std::fs::read(flood_file.path()).expect("read back"));
     let inner =
         FilePager::open(flood_file.path(), false, &OpenOptions::default()).expect("file pager");
-    let sock = serve_in_process("flood-sock", Arc::new(Flood { inner, data }));
+    let sock = serve_in_process("flood-sock", Arc::new(Hooked::new(inner, Flood { data })));
     let quiet = Temp::with("quiet", &content(MIB + 17, 0x9e));
     let out = vmm(
         &[

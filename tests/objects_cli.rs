@@ -2,15 +2,12 @@
 //! guest starts; good ones boot; the final sync is reported and bounded.
 
 mod support;
-use pager_backends::{Access, OpenOptions, anon::AnonPager};
-use pager_backends::{
-    DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError, UnlockReply,
-};
+use pager_backends::{OpenOptions, Pager, PagerError, anon::AnonPager};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::hooked::{Hooked, Hooks};
 use support::{kvm_available, vmm};
-use vm_memory::VolatileSlice;
 
 /// Runs `vmm run ARGS` and checks it failed with `expect` in stderr, naming
 /// the option, without a panic.
@@ -221,57 +218,20 @@ fn boots_with_objects_and_reports_device_stats() {
     assert_eq!(out.status, Some(9), "{}{}", out.stdout, out.stderr);
 }
 
-/// An external pager whose sync misbehaves: fails at once or never answers.
+/// Hooks of an external pager whose sync misbehaves: fails at once or never
+/// answers.
 struct BadSync {
-    inner: AnonPager,
     silent: bool,
 }
 
-impl Pager for BadSync {
-    fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> pager_backends::Result<ObjectInfo> {
-        self.inner.init(k, c)
-    }
-    fn data_request(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<DataReply> {
-        self.inner.data_request(k, o, len, a, b)
-    }
-    fn data_write(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        b: &[VolatileSlice<'_>],
-    ) -> pager_backends::Result<()> {
-        self.inner.data_write(k, o, len, b)
-    }
-    fn data_unlock(
-        &self,
-        k: KernelId,
-        o: ObjectOffset,
-        len: u64,
-        a: Access,
-    ) -> pager_backends::Result<UnlockReply> {
-        self.inner.data_unlock(k, o, len, a)
-    }
-    fn extent(&self) -> pager_backends::Result<u64> {
-        self.inner.extent()
-    }
-    fn sync(&self) -> pager_backends::Result<()> {
+impl Hooks for BadSync {
+    fn sync(&self, _: &dyn Pager) -> pager_backends::Result<()> {
         if self.silent {
             std::thread::sleep(Duration::from_secs(3600));
         }
         Err(PagerError::Io(std::io::Error::other("the disk is on fire")))
     }
-    fn terminate(&self, k: KernelId) -> pager_backends::Result<()> {
-        self.inner.terminate(k)
-    }
-    fn describe(&self) -> String {
+    fn describe(&self, _: &dyn Pager) -> String {
         "bad-sync test pager".into()
     }
 }
@@ -282,7 +242,7 @@ fn serve_bad_sync(what: &str, silent: bool) -> PathBuf {
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind socket");
     let inner = AnonPager::new(1 << 20, &OpenOptions::default()).expect("anon pager");
-    let pager: Arc<dyn Pager> = Arc::new(BadSync { inner, silent });
+    let pager: Arc<dyn Pager> = Arc::new(Hooked::new(inner, BadSync { silent }));
     std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
     path
 }

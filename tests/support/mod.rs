@@ -8,6 +8,8 @@
 #[path = "../../pager-backends/tests/common/tls.rs"]
 pub mod tls;
 
+pub mod hooked;
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -223,73 +225,30 @@ pub fn serve_unix(path: &std::path::Path, pager: std::sync::Arc<dyn pager_backen
     std::thread::spawn(move || pager_backends::unix::serve(listener, pager));
 }
 
-/// A pager that completes the handshake (as `inner`) and then never
-/// answers a data request: what a hung external pager looks like.
-pub struct Silent {
-    inner: Box<dyn pager_backends::Pager>,
-}
+/// Hooks of a pager that completes the handshake (as its inner pager) and
+/// then never answers a data request: what a hung external pager looks like.
+pub struct Silent;
 
 impl Silent {
-    pub fn new(inner: impl pager_backends::Pager + 'static) -> Silent {
-        Silent {
-            inner: Box::new(inner),
-        }
+    pub fn new(inner: impl pager_backends::Pager + 'static) -> hooked::Hooked<Silent> {
+        hooked::Hooked::new(inner, Silent)
     }
 }
 
-mod silent {
-    use pager_backends::{
-        Access, DataReply, KernelControl, KernelId, ObjectInfo, ObjectOffset, Pager, PagerError,
-        Result, UnlockReply,
-    };
-    use std::sync::Arc;
-    use std::time::Duration;
-    use vm_memory::VolatileSlice;
-
-    impl Pager for super::Silent {
-        fn init(&self, k: KernelId, c: Arc<dyn KernelControl>) -> Result<ObjectInfo> {
-            self.inner.init(k, c)
-        }
-        fn data_request(
-            &self,
-            _: KernelId,
-            _: ObjectOffset,
-            _: u64,
-            _: Access,
-            _: &[VolatileSlice<'_>],
-        ) -> Result<DataReply> {
-            std::thread::sleep(Duration::from_secs(3600));
-            Err(PagerError::Protocol("woke up".into()))
-        }
-        fn data_write(
-            &self,
-            k: KernelId,
-            o: ObjectOffset,
-            len: u64,
-            b: &[VolatileSlice<'_>],
-        ) -> Result<()> {
-            self.inner.data_write(k, o, len, b)
-        }
-        fn data_unlock(
-            &self,
-            k: KernelId,
-            o: ObjectOffset,
-            len: u64,
-            a: Access,
-        ) -> Result<UnlockReply> {
-            self.inner.data_unlock(k, o, len, a)
-        }
-        fn extent(&self) -> Result<u64> {
-            self.inner.extent()
-        }
-        fn sync(&self) -> Result<()> {
-            self.inner.sync()
-        }
-        fn terminate(&self, k: KernelId) -> Result<()> {
-            self.inner.terminate(k)
-        }
-        fn describe(&self) -> String {
-            "silent test pager".into()
-        }
+impl hooked::Hooks for Silent {
+    fn data_request(
+        &self,
+        _: &dyn pager_backends::Pager,
+        _: pager_backends::KernelId,
+        _: pager_backends::ObjectOffset,
+        _: u64,
+        _: pager_backends::Access,
+        _: &[vm_memory::VolatileSlice<'_>],
+    ) -> pager_backends::Result<pager_backends::DataReply> {
+        std::thread::sleep(Duration::from_secs(3600));
+        Err(pager_backends::PagerError::Protocol("woke up".into()))
+    }
+    fn describe(&self, _: &dyn pager_backends::Pager) -> String {
+        "silent test pager".into()
     }
 }
