@@ -2558,3 +2558,29 @@ fn reset_drops_parked_requests_and_the_limit_goes_on_after_it() {
     assert_eq!((rq.used_count(), rq.used(1).0), (2, a.0));
     assert_eq!(d.parked(), 1);
 }
+
+#[test]
+fn a_terminate_parked_behind_throttled_requests_still_reaches_the_pager_at_a_reset() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let (mut h, slow, _fast, _clock) = throttled_pair(&mem, &mut rq, &eq);
+    push_read(&mut h, &mut rq, 0, 0);
+    push_read(&mut h, &mut rq, 0, PG);
+    // The driver ends the object while a read is parked: its TERMINATE
+    // waits behind it.
+    h.simple(&mut rq, req::TERMINATE, 0, 0, 0, 0);
+    let dev = h.dev.clone();
+    let mut d = dev.lock().expect("lock");
+    d.process_request_queue();
+    assert_eq!(d.parked(), 2, "the read and the TERMINATE behind it");
+    d.reset();
+    drop(d);
+    h.run_until(|| !dev.lock().expect("lock").reset_pending());
+    // The old driver's INIT is still counted by the pager until a
+    // TERMINATE reaches it, whoever sends it.
+    h.run_until(|| slow.terminates() == 1);
+    // And a new driver can initialise the object again.
+    let (mut rq, eq) = (Ring::new(&mem, 0x20000), Ring::new(&mem, 0x30000));
+    h.reactivate(&rq, &eq, all_features());
+    assert_eq!(h.init(&mut rq, 0).status, status::OK);
+}

@@ -18,7 +18,7 @@
 
 use super::device::PagerDevice;
 use super::metrics::ObjectThrottle;
-use super::wire::{REQUEST_QUEUE, Request};
+use super::wire::{ObjectId, REQUEST_QUEUE, Request};
 use super::worker::Job;
 use crate::rate_limiter::{RateLimit, RateLimiter};
 use std::collections::VecDeque;
@@ -103,11 +103,16 @@ impl Throttle {
     }
 
     /// Device reset: the ring the parked chains came from is gone (the
-    /// driver fails its requests itself once the reset is done).
-    fn drop_parked(&mut self, now: Instant) {
+    /// driver fails its requests itself once the reset is done). Returns
+    /// true if a TERMINATE was among them: the object was left closing and
+    /// only that TERMINATE's completion would have ended it.
+    fn drop_parked(&mut self, now: Instant) -> bool {
+        let mut terminate = false;
         while let Some(p) = self.parked.pop_front() {
+            terminate |= matches!(p.job.request, Request::Terminate);
             self.count_time(p.since, now);
         }
+        terminate
     }
 
     fn count_time(&mut self, since: Instant, now: Instant) {
@@ -179,12 +184,18 @@ impl PagerDevice {
 
     /// Device reset: drop every parked request. Runs on a vCPU thread, so
     /// it leaves the timer alone (its filter has no timerfd calls); a
-    /// firing with nothing parked just disarms it.
-    pub(super) fn drop_parked(&mut self) {
+    /// firing with nothing parked just disarms it. Returns the objects
+    /// whose parked TERMINATE was dropped: the caller still owes their
+    /// pagers that TERMINATE.
+    pub(super) fn drop_parked(&mut self) -> Vec<ObjectId> {
         let now = self.clock.now();
-        for t in &mut self.throttles {
-            t.drop_parked(now);
+        let mut terminated = Vec::new();
+        for (i, t) in self.throttles.iter_mut().enumerate() {
+            if t.drop_parked(now) {
+                terminated.push(ObjectId(i as u32));
+            }
         }
+        terminated
     }
 
     /// Makes the timer fire `wait` after `now`, unless it fires sooner.

@@ -103,8 +103,10 @@ impl VirtioDevice for PagerDevice {
         // Pending events and every control handle of the old instance die
         // here, atomically with respect to pagers queueing new ones.
         self.backlog.clear();
-        // Parked requests belong to the old ring too.
-        self.drop_parked();
+        // Parked requests belong to the old ring too; a parked TERMINATE
+        // had already moved its object to closing, so it is sent to the
+        // pager now rather than lost (the object would never close).
+        let parked_terminates = self.drop_parked();
         if let Some(a) = self.active.take() {
             self.stale_fds.push(a.req_evt);
             self.stale_fds.push(a.ev_evt);
@@ -116,6 +118,11 @@ impl VirtioDevice for PagerDevice {
             let must_terminate = self.objects.get_mut(i).is_some_and(|s| s.reset());
             if must_terminate && let Some(mem) = self.retired_mem.clone() {
                 self.terminate_internally(ObjectId(i as u32), mem);
+            }
+        }
+        if let Some(mem) = self.retired_mem.clone() {
+            for object in parked_terminates {
+                self.terminate_internally(object, mem.clone());
             }
         }
         self.queues_registered = false;
