@@ -858,3 +858,40 @@ fn events_are_taken_within_a_budget_and_pushed_pages_swapped_for_fresh_frames() 
         vec![0xab; 16]
     );
 }
+
+/// The caching a host pager last permitted is what the kernel sees when it
+/// maps the object (kernel/vm/calls.rs reads the driver's object state),
+/// even if the pager changed its mind while no VM object existed to apply
+/// the CACHE event to.
+#[test]
+fn a_cache_event_changes_what_the_object_state_says() {
+    let pager = Arc::new(devices::testing::MemPager::new(4 * PAGE_SIZE));
+    let mut rig = Rig::with_objects(vec![PagerObject {
+        name: "cachy".into(),
+        pager: pager.clone(),
+        read_only: false,
+        rate_limit: Default::default(),
+    }]);
+    assert_eq!(rig.run(0, Op::Init, 1, &[]).status, status::OK);
+    let may_cache = |rig: &Rig| match rig.driver.object(0).map(|o| o.state) {
+        Some(ObjState::Ready { may_cache, .. }) => may_cache,
+        other => panic!("object not ready: {other:?}"),
+    };
+    assert!(may_cache(&rig), "INIT permitted caching");
+    let control = pager.control(KernelId(7)).expect("control after INIT");
+    control.set_cache(false).unwrap();
+    let start = Instant::now();
+    while rig.events.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        rig.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(rig.events.len(), 1, "the CACHE event arrived");
+    assert!(!may_cache(&rig), "rescinded by the CACHE event");
+    control.set_cache(true).unwrap();
+    let start = Instant::now();
+    while rig.events.len() < 2 && start.elapsed() < Duration::from_secs(10) {
+        rig.poll();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(may_cache(&rig), "permitted again");
+}

@@ -1031,6 +1031,17 @@ impl<R: Regs, D: Dma> PagerDriver<R, D> {
             {
                 o.state = ObjState::Uninit;
             }
+            // The pager's latest pager_cache is what a later mapping of
+            // the object goes by (the kernel may have no VM object to
+            // apply it to now: not mapped yet, or ended since).
+            if ev.kind == event::CACHE
+                && let Some(Object {
+                    state: ObjState::Ready { may_cache, .. },
+                    ..
+                }) = self.objects.get_mut(ev.object as usize)
+            {
+                *may_cache = ev.flags & event::F_MAY_CACHE != 0;
+            }
             self.stats.events += 1;
             if let (Some(_), Some(fresh)) = (ev.data, on_event(&ev)) {
                 self.mem.ev_frames[j] = fresh;
