@@ -1067,7 +1067,7 @@ fn finish(k: &mut Kernel, slot: usize, code: u32, kind: u32, bytes: u64, lock: u
     // whose dead pager's pages went to the default pager is told its
     // termination too).
     if let Some(a) = ended {
-        queue_actions(k, alloc::vec![a]);
+        let _ = queue_actions(k, alloc::vec![a]);
     }
     if t.write {
         // Ended, whatever the answer: a lock request waiting for it has
@@ -1195,17 +1195,19 @@ fn unlocked(k: &mut Kernel, object: ObjectId, offset: ObjectOffset, lock: Option
 
 /// Queues the write-backs a pager's call started. Without room to
 /// remember them, the pages go back to how they were (dirty, not in
-/// transit), rather than waiting for a write no one will make.
-pub fn queue_actions(k: &mut Kernel, actions: Vec<ObjectAction>) {
+/// transit), rather than waiting for a write no one will make; false then
+/// (a lock request must not be reported done: its writes were not made).
+pub fn queue_actions(k: &mut Kernel, actions: Vec<ObjectAction>) -> bool {
     if actions.is_empty() || k.paging.actions.try_reserve(actions.len()).is_ok() {
         k.paging.actions.extend(actions);
-        return;
+        return true;
     }
     for a in actions {
         if let ObjectAction::DataWrite { object, offset, .. } = a {
             unwind_write(k, object, offset);
         }
     }
+    false
 }
 
 /// A write-back that will not be made: the page is dirty again, not in
@@ -1219,7 +1221,7 @@ fn unwind_write(k: &mut Kernel, object: ObjectId, offset: ObjectOffset) {
             .flatten()
     });
     if let Some(a) = ended {
-        queue_actions(k, alloc::vec![a]);
+        let _ = queue_actions(k, alloc::vec![a]);
     }
 }
 
@@ -1238,7 +1240,9 @@ pub fn uncache_all(k: &mut Kernel) {
     while k.vm.objects.has_cached() {
         let r = crate::vm::with_objects(k, |objects, frames, m| objects.evict_cached(frames, m));
         match r {
-            Ok(actions) => queue_actions(k, actions),
+            Ok(actions) => {
+                let _ = queue_actions(k, actions);
+            }
             Err(_) => {
                 crate::kprint!("vm: a cached object could not be ended at power-off\n");
                 return;

@@ -137,9 +137,12 @@ fn apply(k: &mut Kernel, e: &Event) -> Option<PhysAddr> {
     match actions {
         Ok(a) => {
             k.paging.events.applied += 1;
-            queue_actions(k, a);
+            let queued = queue_actions(k, a);
             // (The driver clears F_REPLY unless F_LOCK_COMPLETED was agreed.)
-            if e.kind == event::LOCK_REQUEST && e.flags & event::F_REPLY != 0 {
+            if e.kind == event::LOCK_REQUEST && e.flags & event::F_REPLY != 0 && !queued {
+                // Its writes were not made: no reply, never a false one.
+                k.paging.lock_replies.refused += 1;
+            } else if e.kind == event::LOCK_REQUEST && e.flags & event::F_REPLY != 0 {
                 let reply = Reply {
                     to: ReplyTo::Device {
                         object: e.object,

@@ -204,7 +204,7 @@ pub fn data_write(
     // was dropped here, so a pager whose object ended with modified pages
     // never heard of it, and its control port stayed).
     if let Some(a) = ended {
-        crate::vm::pager::queue_actions(k, alloc::vec![a]);
+        let _ = crate::vm::pager::queue_actions(k, alloc::vec![a]);
     }
     if !sent {
         died(k, object);
@@ -313,7 +313,10 @@ pub fn serve(k: &mut Kernel, raw: u64, km: Kmsg, fx: &mut Effects) -> u32 {
             .manager_call(object, call, frames, m)
             .unwrap_or_default()
     });
-    crate::vm::pager::queue_actions(k, actions);
+    if !crate::vm::pager::queue_actions(k, actions) && reply_cookie.take().is_some() {
+        // Its writes were not made: no reply, never a false one.
+        k.paging.lock_replies.refused += 1;
+    }
     if let (Some(cookie), Some(pager)) = (
         reply_cookie,
         k.user_pagers
