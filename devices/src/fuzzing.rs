@@ -320,7 +320,11 @@ impl Vm {
         let (active, stats, parked) = {
             let d = self.device();
             let parked = d.object_throttling().iter().map(|t| t.throttled).sum();
-            (crate::virtio::VirtioDevice::is_activated(&*d), d.stats(), parked)
+            (
+                crate::virtio::VirtioDevice::is_activated(&*d),
+                d.stats(),
+                parked,
+            )
         };
         self.out.activated |= active;
         self.out.requests = stats.requests;
@@ -521,7 +525,11 @@ impl Vm {
         // Parked requests belong to the ring the reset took away: dropped
         // at once, never waited for (that would take as long as a refill).
         assert_eq!(self.device().parked(), 0, "requests parked after a reset");
-        assert_eq!(self.device().replies_waiting(), 0, "replies awaited after a reset");
+        assert_eq!(
+            self.device().replies_waiting(),
+            0,
+            "replies awaited after a reset"
+        );
         let start = Instant::now();
         while self.read(0x70, 4) != 0 {
             assert!(
