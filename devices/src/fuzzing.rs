@@ -2,18 +2,25 @@
 //! transport (cargo-fuzz target `mmio` and the corpus replay test in
 //! tests/fuzz_regressions.rs): a hostile driver with register accesses of
 //! any offset, width and value, any guest memory contents (descriptor
-//! tables, rings, headers), queue kicks, and pagers sending events, while
-//! the device runs under a real event manager with a worker. Whatever the
-//! input, the device must not panic, hang or grow without bound: at the end
-//! a reset must finish and leave the transport at status 0.
+//! tables, rings, headers), queue kicks, and pagers sending events (lock
+//! requests with a reply among them), while the device runs under a real
+//! event manager with a worker, its objects under rate limits the input
+//! chooses, on a clock the input moves. Whatever the input, the device must
+//! not panic, hang or grow without bound: at the end a reset must finish at
+//! once (parked requests dropped, not waited for) and leave the transport at
+//! status 0.
 
-use crate::pager::wire::{QUEUE_SIZE, REQ_HDR_SIZE};
+use crate::pager::control::{MAX_PENDING_REPLIES, MAX_PENDING_REPLIES_PER_OBJECT};
+use crate::pager::wire::{ObjectId, QUEUE_SIZE, REQ_HDR_SIZE, req};
 use crate::pager::{PagerDevice, PagerObject};
+use crate::rate_limiter::{Bucket, Clock, RateLimit};
 use crate::testing::MemPager;
 use crate::virtio::{MmioTransport, status};
 use arbitrary::Unstructured;
 use event_manager::{EventManager, SubscriberOps};
-use pager_backends::{Access, KernelId, ObjectOffset};
+use pager_backends::{Access, KernelId, LockRequest, ObjectOffset, PAGE_SIZE};
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -56,13 +63,41 @@ pub mod op {
     /// Run the event loop once, after the worker finished its jobs.
     pub const RUN: u8 = 7;
     /// A pager's unprompted call: object, kind, le64 offset, le64 len,
-    /// access/flags byte.
+    /// access/flags byte; kind 4 (lock request with reply) then le64
+    /// cookie, and with flag 0x20 a page range in a small window
+    /// (`small_range`) instead of the raw offset and length.
     pub const PAGER_EVENT: u8 = 8;
     /// Request header at le32 address: type, object, le64 offset,
-    /// le64 length, access.
+    /// le64 length, access; type 7 (LOCK_COMPLETED) then a byte: tag in
+    /// bits 0-2 (tags are handed out from 0, so these hit live ones), and
+    /// with bit 3 a page range in the same small window as the pager's
+    /// and access 0.
     pub const HEADER: u8 = 9;
-    pub const COUNT: u8 = 10;
+    /// First operation only: the objects' rate limits (see `limits`);
+    /// anywhere else it is skipped, as the VMM fixes limits when it makes
+    /// the device.
+    pub const LIMITS: u8 = 10;
+    /// Time passes on the device's clock (selector byte, `WAITS`); a rate
+    /// timer due by then fires through the event loop.
+    pub const WAIT: u8 = 11;
+    pub const COUNT: u8 = 12;
 }
+
+/// Token rates and bursts an input picks from (an index byte each): the
+/// tiny ones park nearly everything, the huge ones probe the arithmetic.
+const LIMIT_VALUES: [u64; 8] = [1, 2, 10, 4096, 65536, 1 << 20, 1 << 40, u64::MAX];
+
+/// How long a WAIT lets pass (an index byte).
+const WAITS: [Duration; 8] = [
+    Duration::ZERO,
+    Duration::from_micros(100),
+    Duration::from_millis(1),
+    Duration::from_millis(10),
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(3600),
+];
 
 /// What one input did, for the replay test to hold named seeds to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +112,78 @@ pub struct MmioOutcome {
     pub events: u64,
     /// DEVICE_NEEDS_RESET was shown at some point.
     pub needed_reset: bool,
+    /// Requests the objects' rate limits parked.
+    pub parked: u64,
+    /// Requests still parked when the driver reset the device.
+    pub parked_at_reset: usize,
+    /// DATA_REQUESTs the pagers were called with.
+    pub pager_reads: u64,
+    /// Lock requests with a reply the device took from the pagers.
+    pub replies_asked: u64,
+    /// Lock requests still waiting for LOCK_COMPLETED at the reset.
+    pub replies_waiting_at_reset: usize,
+    /// lock_completed calls the pagers received.
+    pub lock_completions: u64,
+}
+
+/// The device's clock: stands still until the input lets time pass, so
+/// whether a request is parked or resumed is the input's doing, never the
+/// host's speed.
+struct FuzzClock {
+    base: Instant,
+    elapsed_ns: AtomicU64,
+}
+
+impl FuzzClock {
+    fn advance(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Saturates far beyond anything an input reaches (584 years).
+        let _ = self
+            .elapsed_ns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |e| {
+                Some(e.saturating_add(ns))
+            });
+    }
+}
+
+impl Clock for FuzzClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(self.elapsed_ns.load(Ordering::SeqCst))
+    }
+}
+
+/// The LIMITS operation, per object: a selector byte (bit 0 an operations
+/// bucket, bit 1 a bytes bucket; neither: unlimited), then for each bucket
+/// a rate and a burst index into LIMIT_VALUES.
+fn limits(u: &mut Unstructured<'_>) -> arbitrary::Result<[RateLimit; 2]> {
+    let mut out = [RateLimit::default(); 2];
+    for limit in &mut out {
+        let sel: u8 = u.arbitrary()?;
+        let mut bucket = |on: bool| -> arbitrary::Result<Option<Bucket>> {
+            if !on {
+                return Ok(None);
+            }
+            let mut pick = || -> arbitrary::Result<NonZeroU64> {
+                let v = LIMIT_VALUES[usize::from(u.arbitrary::<u8>()? % 8)];
+                // Every entry of LIMIT_VALUES is at least 1.
+                Ok(NonZeroU64::new(v).unwrap_or(NonZeroU64::MIN))
+            };
+            Ok(Some(Bucket {
+                rate: pick()?,
+                burst: pick()?,
+            }))
+        };
+        limit.ops = bucket(sel & 1 != 0)?;
+        limit.bandwidth = bucket(sel & 2 != 0)?;
+    }
+    Ok(out)
+}
+
+/// A page range in a window of 16 pages, at most 4 long, from two raw
+/// values: what a pager's lock request and the driver's LOCK_COMPLETED both
+/// use, so the fuzzer finds matching ranges (and near misses) quickly.
+fn small_range(offset: u64, len: u64) -> (u64, u64) {
+    ((offset % 16) * PAGE_SIZE, (len % 4 + 1) * PAGE_SIZE)
 }
 
 struct Vm {
@@ -85,6 +192,7 @@ struct Vm {
     transport: MmioTransport,
     em: EventManager<Arc<Mutex<PagerDevice>>>,
     pagers: [Arc<MemPager>; 2],
+    clock: Arc<FuzzClock>,
     out: MmioOutcome,
 }
 
@@ -93,7 +201,7 @@ fn width(sel: u8) -> usize {
 }
 
 impl Vm {
-    fn new() -> Option<Vm> {
+    fn new(limits: [RateLimit; 2]) -> Option<Vm> {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).ok()?;
         // One object answered inline with read-ahead, one read-only whose
         // every request goes to the worker (a pager that must do I/O).
@@ -104,17 +212,24 @@ impl Vm {
         let objects = pagers
             .iter()
             .zip(["a", "b"])
-            .map(|(p, name)| PagerObject {
+            .zip(limits)
+            .map(|((p, name), rate_limit)| PagerObject {
                 name: name.into(),
                 pager: p.clone(),
                 read_only: false,
-                rate_limit: Default::default(),
+                rate_limit,
             })
             .collect();
         let mut dev = PagerDevice::new(KERNEL, objects, 1).ok()?;
         // Inline service decided by the pager, never by the clock, so an
         // input does the same thing every time it runs.
         dev.inline_time_per_pass = Duration::from_secs(3600);
+        // Starts after the buckets were filled, so they start full.
+        let clock = Arc::new(FuzzClock {
+            base: Instant::now(),
+            elapsed_ns: AtomicU64::new(0),
+        });
+        dev.clock = clock.clone();
         let dev = Arc::new(Mutex::new(dev));
         let transport = MmioTransport::new(mem.clone(), dev.clone()).ok()?;
         let mut em = EventManager::new().ok()?;
@@ -125,6 +240,7 @@ impl Vm {
             transport,
             em,
             pagers,
+            clock,
             out: MmioOutcome::default(),
         })
     }
@@ -201,34 +317,92 @@ impl Vm {
     }
 
     fn note(&mut self) {
-        let (active, stats) = {
+        let (active, stats, parked) = {
             let d = self.device();
-            (crate::virtio::VirtioDevice::is_activated(&*d), d.stats())
+            let parked = d.object_throttling().iter().map(|t| t.throttled).sum();
+            (
+                crate::virtio::VirtioDevice::is_activated(&*d),
+                d.stats(),
+                parked,
+            )
         };
         self.out.activated |= active;
         self.out.requests = stats.requests;
         self.out.rejected = stats.rejected;
         self.out.events = stats.events_delivered;
+        self.out.parked = parked;
+        self.out.pager_reads = self.pagers.iter().map(|p| p.data_requests()).sum();
+        self.out.lock_completions = self
+            .pagers
+            .iter()
+            .map(|p| p.lock_completions().len() as u64)
+            .sum();
     }
 
-    fn pager_event(&self, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
-        let pager = &self.pagers[usize::from(u.arbitrary::<u8>()? % 2)];
-        let kind = u.arbitrary::<u8>()? % 4;
+    /// Time passes on the device's clock. Its rate timer is a timerfd on
+    /// the host's clock, armed for the wait the device computed on ours:
+    /// once ours reaches the deadline the device set, the timerfd is made
+    /// to expire now, and the event loop handles it as it would.
+    fn wait(&mut self, d: Duration) {
+        self.clock.advance(d);
+        let now = self.clock.now();
+        let due = |dev: &PagerDevice| dev.rate_timer_at.is_some_and(|at| at <= now);
+        {
+            let mut dev = self.device();
+            if !due(&dev) || dev.rate_timer.reset(Duration::from_nanos(1), None).is_err() {
+                return;
+            }
+        }
+        self.settle();
+        let start = Instant::now();
+        while due(&self.device()) {
+            assert!(
+                start.elapsed() < DRAIN_LIMIT,
+                "the device's rate timer fired and was not handled"
+            );
+            let _ = self.em.run_with_timeout(1);
+        }
+        self.note();
+    }
+
+    fn pager_event(&mut self, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+        let pager = self.pagers[usize::from(u.arbitrary::<u8>()? % 2)].clone();
+        let kind = u.arbitrary::<u8>()? % 5;
         let offset = ObjectOffset(u.arbitrary()?);
         let len: u64 = u.arbitrary()?;
         let bits: u8 = u.arbitrary()?;
+        let cookie: u64 = if kind == 4 { u.arbitrary()? } else { 0 };
         // Only an object the driver INITed has a control handle.
         let Some(ctl) = pager.control(KERNEL) else {
             return Ok(());
         };
         let access = Access::from_bits(bits & 7).unwrap_or(Access::NONE);
+        let (clean, flush) = (bits & 8 != 0, bits & 16 != 0);
         // The device's answers (refusals included) are its business.
         let _ = match kind {
-            0 => ctl.lock_request(offset, len, access, bits & 8 != 0, bits & 16 != 0),
+            0 => ctl.lock_request(offset, len, access, clean, flush),
             // At most 16 pages of offered data per call.
             1 => ctl.offer(offset, &vec![0xa5; (len % (16 << 12)) as usize], access),
             2 => ctl.set_cache(bits & 1 != 0),
-            _ => ctl.destroy("fuzz"),
+            3 => ctl.destroy("fuzz"),
+            _ => {
+                let (offset, len) = if bits & 0x20 != 0 {
+                    let (o, l) = small_range(offset.raw(), len);
+                    (ObjectOffset(o), l)
+                } else {
+                    (offset, len)
+                };
+                let lock = LockRequest {
+                    lock: access,
+                    clean,
+                    flush,
+                };
+                let r = ctl.lock_request_with_reply(offset, len, lock, cookie);
+                if r.is_ok() {
+                    self.out.replies_asked += 1;
+                }
+                r
+            }
         };
         Ok(())
     }
@@ -285,23 +459,77 @@ impl Vm {
             }
             op::RUN => self.run_loop(),
             op::PAGER_EVENT => self.pager_event(u)?,
-            _ => {
+            op::HEADER => {
                 let addr = u64::from(u.arbitrary::<u32>()?) % MEM_SIZE;
                 let mut h = [0u8; REQ_HDR_SIZE];
                 h[0] = u.arbitrary::<u8>()? % 8;
                 h[4] = u.arbitrary::<u8>()? % 3;
                 u.fill_buffer(&mut h[8..25])?;
+                if u16::from(h[0]) == req::LOCK_COMPLETED {
+                    let t: u8 = u.arbitrary()?;
+                    h[28] = t & 7;
+                    if t & 8 != 0 {
+                        let raw = |b: u8| u64::from(b);
+                        let (offset, len) = small_range(raw(h[8]), raw(h[16]));
+                        h[8..16].copy_from_slice(&offset.to_le_bytes());
+                        h[16..24].copy_from_slice(&len.to_le_bytes());
+                        h[24] = 0;
+                    }
+                }
                 self.poke(addr, &h);
+            }
+            op::LIMITS => {
+                // Only the first operation sets limits (fuzz_mmio).
+                limits(u)?;
+            }
+            _ => {
+                let d = WAITS[usize::from(u.arbitrary::<u8>()? % 8)];
+                self.wait(d);
             }
         }
         Ok(())
+    }
+
+    /// What must hold after every operation, whatever the input: nothing
+    /// the guest or a pager does grows the device's queues and tables past
+    /// their bounds.
+    fn check_bounds(&self) {
+        let d = self.device();
+        // A device that queues without bound shows here first.
+        assert!(d.pending_events() <= crate::pager::control::MAX_PENDING_EVENTS);
+        // Parked requests count as outstanding, which the ring bounds.
+        assert!(
+            d.parked() <= d.outstanding,
+            "{} parked, {} outstanding",
+            d.parked(),
+            d.outstanding
+        );
+        assert!(d.outstanding <= usize::from(QUEUE_SIZE));
+        assert!(d.replies_waiting() <= MAX_PENDING_REPLIES);
+        for i in 0..2 {
+            assert!(d.backlog.replies_waiting_for(ObjectId(i)) <= MAX_PENDING_REPLIES_PER_OBJECT);
+        }
     }
 
     /// The driver resets the device and polls Status until it reads 0, as
     /// the guest's driver does; the event loop retires what finishes.
     fn reset_and_drain(&mut self) {
         self.run_loop();
+        let (parked, replies) = {
+            let d = self.device();
+            (d.parked(), d.replies_waiting())
+        };
+        self.out.parked_at_reset = parked;
+        self.out.replies_waiting_at_reset = replies;
         self.write32(0x70, 0);
+        // Parked requests belong to the ring the reset took away: dropped
+        // at once, never waited for (that would take as long as a refill).
+        assert_eq!(self.device().parked(), 0, "requests parked after a reset");
+        assert_eq!(
+            self.device().replies_waiting(),
+            0,
+            "replies awaited after a reset"
+        );
         let start = Instant::now();
         while self.read(0x70, 4) != 0 {
             assert!(
@@ -319,17 +547,24 @@ impl Vm {
 
 /// Runs one input (see `op` for its format) and returns what it did.
 pub fn fuzz_mmio(data: &[u8]) -> MmioOutcome {
-    let Some(mut vm) = Vm::new() else {
+    let mut u = Unstructured::new(data);
+    let mut rate_limits = [RateLimit::default(); 2];
+    if data.first().is_some_and(|b| b % op::COUNT == op::LIMITS) {
+        let _ = u.arbitrary::<u8>();
+        match limits(&mut u) {
+            Ok(l) => rate_limits = l,
+            Err(_) => return MmioOutcome::default(),
+        }
+    }
+    let Some(mut vm) = Vm::new(rate_limits) else {
         // No eventfds or memory left on the host: nothing to test.
         return MmioOutcome::default();
     };
-    let mut u = Unstructured::new(data);
     while !u.is_empty() {
         if vm.step(&mut u).is_err() {
             break;
         }
-        // A device that queues without bound shows here first.
-        assert!(vm.device().pending_events() <= crate::pager::control::MAX_PENDING_EVENTS);
+        vm.check_bounds();
     }
     vm.reset_and_drain();
     vm.note();

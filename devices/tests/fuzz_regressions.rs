@@ -147,6 +147,71 @@ const MMIO_SEEDS: &[MmioSeed] = &[
     ("wrong_state", |o| !o.activated),
     // A reset with kicks pending: nothing is taken from the gone rings.
     ("reset_after_requests", |o| o.activated && o.requests == 0),
+    // Object a at 1 request a second, burst 1: of two reads, the second
+    // is parked; the reset drops it at once (the pager never sees it).
+    ("parked_then_reset", |o| {
+        o.requests == 3
+            && o.rejected == 0
+            && o.parked == 1
+            && o.parked_at_reset == 1
+            && o.pager_reads == 1
+    }),
+    // The same, then a second passes: the rate timer resumes the read.
+    ("parked_then_resumed", |o| {
+        o.requests == 3
+            && o.rejected == 0
+            && o.parked == 1
+            && o.parked_at_reset == 0
+            && o.pager_reads == 2
+    }),
+    // 4096 bytes a second: the second page is parked, still parked after
+    // 100 ms, resumed after a second more.
+    ("bytes_parked_then_resumed", |o| {
+        o.requests == 3
+            && o.rejected == 0
+            && o.parked == 1
+            && o.parked_at_reset == 0
+            && o.pager_reads == 2
+    }),
+    // A pager's lock request with reply, delivered, answered by the
+    // driver with its tag and range: the pager gets its cookie back.
+    ("lock_reply_completed", |o| {
+        o.events == 1
+            && o.replies_asked == 1
+            && o.rejected == 0
+            && o.lock_completions == 1
+            && o.replies_waiting_at_reset == 0
+    }),
+    // Answered with another tag, or the right tag and another range:
+    // refused, the pager hears nothing, the request still waits.
+    ("lock_reply_wrong_tag", |o| {
+        o.replies_asked == 1
+            && o.rejected == 1
+            && o.lock_completions == 0
+            && o.replies_waiting_at_reset == 1
+    }),
+    ("lock_reply_wrong_range", |o| {
+        o.replies_asked == 1
+            && o.rejected == 1
+            && o.lock_completions == 0
+            && o.replies_waiting_at_reset == 1
+    }),
+    // Answered twice: the second is refused, the pager hears once.
+    ("lock_reply_twice", |o| {
+        o.replies_asked == 1
+            && o.rejected == 1
+            && o.lock_completions == 1
+            && o.replies_waiting_at_reset == 0
+    }),
+    // F_LOCK_COMPLETED not negotiated: the pager's request for a reply is
+    // refused, and so is the driver's LOCK_COMPLETED.
+    ("lock_reply_without_feature", |o| {
+        o.events == 0
+            && o.replies_asked == 0
+            && o.requests == 2
+            && o.rejected == 1
+            && o.lock_completions == 0
+    }),
 ];
 
 #[test]

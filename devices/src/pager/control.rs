@@ -152,6 +152,15 @@ impl EventBacklog {
         self.lock().replies.len()
     }
 
+    /// Those of them for `object` (at most MAX_PENDING_REPLIES_PER_OBJECT).
+    pub fn replies_waiting_for(&self, object: ObjectId) -> usize {
+        self.lock()
+            .replies
+            .iter()
+            .filter(|r| r.object == object)
+            .count()
+    }
+
     /// TERMINATE: the object's current handle stops working.
     pub fn revoke(&self, object: ObjectId) {
         self.lock().revoke(object);
