@@ -257,16 +257,24 @@ impl PagerDevice {
         };
         let object = parsed.object;
         let mut parsed = parsed;
-        if let Request::LockCompleted {
-            offset,
-            len,
-            tag,
-            ref mut cookie,
-        } = parsed.request
+        let Some(slot) = self.objects.get_mut(object.0 as usize) else {
+            return self.reject(mem, head, Some(parsed.status), status::NO_OBJECT);
+        };
+        let admission = slot.admit(&parsed.request);
+        if let (
+            Admission::Run,
+            Request::LockCompleted {
+                offset,
+                len,
+                tag,
+                cookie,
+            },
+        ) = (&admission, &mut parsed.request)
         {
             // Only a completion the device asked for reaches the pager,
-            // and only once.
-            match self.backlog.take_reply(object, tag, offset.raw(), len) {
+            // and only once; taken only once the object takes requests
+            // (admitting it changes nothing), so a refused one stays.
+            match self.backlog.take_reply(object, *tag, offset.raw(), *len) {
                 Some(c) => *cookie = c,
                 None => {
                     tracing::debug!(tag, "virtio-pager: LOCK_COMPLETED for no waiting request");
@@ -274,10 +282,6 @@ impl PagerDevice {
                 }
             }
         }
-        let Some(slot) = self.objects.get_mut(object.0 as usize) else {
-            return self.reject(mem, head, Some(parsed.status), status::NO_OBJECT);
-        };
-        let admission = slot.admit(&parsed.request);
         let job = Job {
             head: Some(head),
             generation: self.generation,
