@@ -32,6 +32,21 @@ fn bench_fault_prints_every_row() {
     for row in rows {
         assert!(out.line(row).is_some(), "no '{row}' in:\n{}", out.stdout);
     }
+    // Every random fault asks the device, which idles between them: about
+    // one doorbell each (the last column of (d)'s row).
+    let bells: f64 = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("(d)"))
+        .find(|l| l.trim_start().starts_with("per random fault"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no doorbells per random fault in:\n{}", out.stdout));
+    assert!(
+        bells >= 0.5,
+        "{bells} doorbells per random fault:\n{}",
+        out.stdout
+    );
     // Where userfaultfd is allowed, the peer and the ratio are there too.
     if !out.stdout.contains("unavailable") {
         assert!(

@@ -60,12 +60,13 @@ pub fn stats_lines(report: &RunReport) -> Vec<String> {
     for m in &report.milestones {
         if let Some(mark) = m.id.checked_sub(MILESTONE_USER_BASE) {
             out.push(format!(
-                "{STATS_TAG} mark={mark} ns={} insn={} exits={} irqs={} mmio={}",
+                "{STATS_TAG} mark={mark} ns={} insn={} exits={} irqs={} mmio={} doorbells={}",
                 m.mono_ns,
                 m.stats.kernel_instructions(),
                 m.stats.exits(),
                 m.stats.get("irq_injections"),
-                m.stats.get("mmio_exits")
+                m.stats.get("mmio_exits"),
+                m.doorbells
             ));
             // Every counter, so a benchmark can say where the exits of a
             // span went (`vmm bench fault` separates kvm_pvm's own page

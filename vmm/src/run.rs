@@ -248,6 +248,9 @@ pub fn run(opts: &RunOptions) -> Result<RunReport> {
         mmio,
         milestones: Vec::new(),
         profiler: opts.profile_mark.map(Profiler::new),
+        doorbells: pager_dev
+            .as_ref()
+            .and_then(|d| d.lock().ok().map(|d| d.doorbell_counter())),
     };
 
     let exit_evt = EventFd::new(EFD_NONBLOCK)?;

@@ -8,6 +8,8 @@ use crate::stats::{Snapshot, VcpuStats};
 use devices::legacy::{Com1, DoorbellConsole};
 use guest_kernel::abi::{MILESTONE_INIT_START, PORT_CONSOLE, PORT_EXIT, PORT_MILESTONE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// How a run ended.
@@ -26,6 +28,8 @@ pub struct Milestone {
     pub id: u32,
     pub mono_ns: u64,
     pub stats: Snapshot,
+    /// Guest notifications the virtio-pager device had taken by then.
+    pub doorbells: u64,
 }
 
 /// Milestones kept per run; later ones are dropped.
@@ -39,6 +43,8 @@ pub struct Platform {
     pub milestones: Vec<Milestone>,
     /// `--kernel-profile`: steps the kernel between marks.
     pub profiler: Option<Profiler>,
+    /// The virtio-pager device's doorbell count, read at marks.
+    pub doorbells: Option<Arc<AtomicU64>>,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -92,9 +98,18 @@ pub fn run(
                     let id = u32_of(data);
                     let mono_ns = monotonic_ns();
                     let stats = stats.and_then(|s| s.snapshot().ok()).unwrap_or_default();
+                    let doorbells = platform
+                        .doorbells
+                        .as_ref()
+                        .map_or(0, |d| d.load(Ordering::Relaxed));
                     // Tasks can ask for marks: keep a bounded number.
                     if platform.milestones.len() < MAX_MILESTONES {
-                        platform.milestones.push(Milestone { id, mono_ns, stats });
+                        platform.milestones.push(Milestone {
+                            id,
+                            mono_ns,
+                            stats,
+                            doorbells,
+                        });
                     }
                     if id != MILESTONE_INIT_START {
                         tracing::debug!("milestone {id}");

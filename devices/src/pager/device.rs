@@ -19,6 +19,7 @@ use pager_backends::{KernelId, Pager, ThreadHook};
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -100,6 +101,10 @@ pub struct PagerDevice {
     pub(crate) stale_fds: Vec<EventFd>,
     pub(crate) queues_registered: bool,
     pub(crate) stats: PagerStats,
+    /// Guest notifications (queue notify writes) taken from the ioeventfds,
+    /// shared so a vCPU thread can read it at a benchmark mark without the
+    /// device lock. On hardware KVM each is an exit.
+    pub(crate) doorbells: Arc<AtomicU64>,
     /// Events delivered, per object id (index into `objects`).
     pub(crate) object_events: Vec<ObjectEvents>,
     /// request.rs INLINE_TIME_PER_PASS; tests set it to make the split
@@ -196,6 +201,7 @@ impl PagerDevice {
             stale_fds: Vec::new(),
             queues_registered: false,
             stats: PagerStats::default(),
+            doorbells: Arc::new(AtomicU64::new(0)),
             inline_time_per_pass: super::request::INLINE_TIME_PER_PASS,
             scratch_segs: Vec::with_capacity(MAX_CHAIN_LEN),
             scratch_jobs: Vec::with_capacity(usize::from(wire::QUEUE_SIZE)),
@@ -210,8 +216,14 @@ impl PagerDevice {
     pub fn stats(&self) -> PagerStats {
         PagerStats {
             in_flight: self.outstanding as u64,
+            doorbells: self.doorbells.load(Ordering::Relaxed),
             ..self.stats
         }
+    }
+
+    /// The count of guest notifications, readable without the device lock.
+    pub fn doorbell_counter(&self) -> Arc<AtomicU64> {
+        self.doorbells.clone()
     }
 
     /// Events delivered to the guest, per object in table order.

@@ -33,6 +33,17 @@ impl PagerDevice {
     }
 }
 
+impl PagerDevice {
+    /// An ioeventfd's counter is the number of guest writes since it was
+    /// last read.
+    fn count_doorbells(&self, read: std::io::Result<u64>) {
+        if let Ok(n) = read {
+            self.doorbells
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl MutEventSubscriber for PagerDevice {
     fn init(&mut self, ops: &mut EventOps) {
         let fds = [
@@ -59,13 +70,13 @@ impl MutEventSubscriber for PagerDevice {
             BACKLOG => self.deliver_events(),
             REQUEST_Q => {
                 if let Some(a) = &self.active {
-                    let _ = a.req_evt.read();
+                    self.count_doorbells(a.req_evt.read());
                 }
                 self.process_request_queue();
             }
             EVENT_Q => {
                 if let Some(a) = &self.active {
-                    let _ = a.ev_evt.read();
+                    self.count_doorbells(a.ev_evt.read());
                 }
                 self.process_event_queue();
             }

@@ -21,6 +21,9 @@ pub struct PagerStats {
     pub event_bufs_rejected: u64,
     pub offers_dropped: u64,
     pub interrupts: u64,
+    /// Guest notifications of either queue (each ioeventfd write counted,
+    /// however many one wake-up took together).
+    pub doorbells: u64,
 }
 
 /// Pager-initiated events delivered to the guest for one object, by kind

@@ -752,6 +752,26 @@ fn gated() -> Arc<GatedPager> {
     })
 }
 
+/// Every guest notification counts, however many one wake-up of the
+/// device takes together (an ioeventfd's counter sums the writes).
+#[test]
+fn doorbells_count_every_notification_of_either_queue() {
+    let mem = test_mem();
+    let (mut rq, eq) = (Ring::new(&mem, REQQ), Ring::new(&mem, EVQ));
+    let p = Arc::new(MemPager::new(8 * PG));
+    let mut h = Harness::new(&mem, &rq, &eq, vec![object("a", p)], all_features());
+    h.init(&mut rq, 0);
+    let before = h.dev.lock().expect("lock").stats().doorbells;
+    for _ in 0..3 {
+        h.kick_req();
+    }
+    h.kick_ev();
+    let counter = h.dev.lock().expect("lock").doorbell_counter();
+    h.run_until(|| counter.load(std::sync::atomic::Ordering::Relaxed) >= before + 4);
+    h.em.run_with_timeout(0).expect("event loop");
+    assert_eq!(h.dev.lock().expect("lock").stats().doorbells, before + 4);
+}
+
 #[test]
 fn completions_may_come_out_of_order() {
     let mem = test_mem();
