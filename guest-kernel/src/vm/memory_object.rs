@@ -210,17 +210,7 @@ impl Objects {
         object: ObjectId,
         offset: ObjectOffset,
     ) -> Result<Reply, VmError> {
-        let mut r = Reply::default();
-        for pid in self.pages_in(object, offset, PAGE_SIZE)? {
-            if let Some(p) = self.pages.get_mut(pid)
-                && !p.unlock_requested.is_empty()
-            {
-                p.unlock_requested = VmProt::NONE;
-                r.pages += 1;
-                r.woken = true;
-            }
-        }
-        Ok(r)
+        self.end_unlock(object, offset, false)
     }
 
     /// The pager answered a data_unlock for the page at `offset` with an
@@ -233,13 +223,24 @@ impl Objects {
         object: ObjectId,
         offset: ObjectOffset,
     ) -> Result<Reply, VmError> {
+        self.end_unlock(object, offset, true)
+    }
+
+    /// The page at `offset` no longer counts as asked for an unlock; with
+    /// `error`, the next fault needing the locked access fails once.
+    fn end_unlock(
+        &mut self,
+        object: ObjectId,
+        offset: ObjectOffset,
+        error: bool,
+    ) -> Result<Reply, VmError> {
         let mut r = Reply::default();
         for pid in self.pages_in(object, offset, PAGE_SIZE)? {
             if let Some(p) = self.pages.get_mut(pid)
                 && !p.unlock_requested.is_empty()
             {
                 p.unlock_requested = VmProt::NONE;
-                p.error = true;
+                p.error |= error;
                 r.pages += 1;
                 r.woken = true;
             }
