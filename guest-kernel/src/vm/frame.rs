@@ -27,6 +27,19 @@ pub struct FrameAllocator {
     /// fault, for the reserve) is not a walk over the ranges.
     fresh_left: u64,
     total: u64,
+    /// Frames a device is reading or writing for a task (object I/O), by
+    /// address: one freed meanwhile (its region unmapped, its object gone)
+    /// is kept until the device is done, so it never becomes someone
+    /// else's memory under a transfer. Empty but for transfers in flight.
+    pinned: Vec<Pin>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pin {
+    frame: PhysAddr,
+    count: u32,
+    /// Freed while pinned: goes back at the last unpin.
+    freed: bool,
 }
 
 impl FrameAllocator {
@@ -39,6 +52,7 @@ impl FrameAllocator {
             recycled: Vec::new(),
             fresh_left: 0,
             total: 0,
+            pinned: Vec::new(),
         };
         for (start, size) in ram {
             let end = start.0.saturating_add(size) & !(PAGE_SIZE - 1);
@@ -106,7 +120,53 @@ impl FrameAllocator {
 
     pub fn free(&mut self, frame: PhysAddr) {
         debug_assert!(frame.is_aligned(PAGE_SIZE));
+        if !self.pinned.is_empty()
+            && let Ok(i) = self.pinned.binary_search_by_key(&frame, |p| p.frame)
+        {
+            self.pinned[i].freed = true;
+            return;
+        }
         self.recycled.push(frame);
+    }
+
+    /// Pins `frames` for a device transfer: until `unpin`, freeing one
+    /// only marks it. False, with nothing pinned, without memory to note
+    /// them (the transfer must not start).
+    pub fn pin(&mut self, frames: &[PhysAddr]) -> bool {
+        if self.pinned.try_reserve(frames.len()).is_err() {
+            return false;
+        }
+        for &frame in frames {
+            match self.pinned.binary_search_by_key(&frame, |p| p.frame) {
+                Ok(i) => self.pinned[i].count = self.pinned[i].count.saturating_add(1),
+                Err(i) => self.pinned.insert(
+                    i,
+                    Pin {
+                        frame,
+                        count: 1,
+                        freed: false,
+                    },
+                ),
+            }
+        }
+        true
+    }
+
+    /// The device is done with `frame`: at its last unpin, a frame freed
+    /// meanwhile goes back.
+    pub fn unpin(&mut self, frame: PhysAddr) {
+        let Ok(i) = self.pinned.binary_search_by_key(&frame, |p| p.frame) else {
+            return;
+        };
+        let p = &mut self.pinned[i];
+        p.count -= 1;
+        if p.count == 0 {
+            let freed = p.freed;
+            self.pinned.remove(i);
+            if freed {
+                self.recycled.push(frame);
+            }
+        }
     }
 
     pub fn free_frames(&self) -> u64 {
@@ -121,6 +181,38 @@ impl FrameAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pinned_frame_freed_meanwhile_comes_back_only_at_its_last_unpin() {
+        let mut fa = FrameAllocator::new(
+            [(PhysAddr(0x10_0000), 2 * PAGE_SIZE)].into_iter(),
+            PhysAddr(0),
+        );
+        let a = fa.alloc().unwrap().addr;
+        let b = fa.alloc().unwrap().addr;
+        assert!(fa.alloc().is_none());
+        // Two transfers on `a`, one on `b`.
+        assert!(fa.pin(&[a, b]));
+        assert!(fa.pin(&[a]));
+        fa.free(a);
+        fa.free(b);
+        assert_eq!(fa.free_frames(), 0, "pinned frames are not handed out");
+        assert!(fa.alloc().is_none());
+        fa.unpin(b);
+        assert_eq!(fa.alloc().map(|f| f.addr), Some(b));
+        fa.unpin(a);
+        assert!(fa.alloc().is_none(), "a is still under the second transfer");
+        fa.unpin(a);
+        assert_eq!(fa.alloc().map(|f| f.addr), Some(a));
+        // Unpinned and never freed: stays its owner's; a stray unpin is
+        // ignored.
+        assert!(fa.pin(&[b]));
+        fa.unpin(b);
+        fa.unpin(b);
+        assert!(fa.alloc().is_none());
+        fa.free(b);
+        assert_eq!(fa.alloc().map(|f| f.addr), Some(b));
+    }
 
     #[test]
     fn alloc_into_takes_recycled_frames_then_a_fresh_run() {

@@ -14,6 +14,7 @@ use crate::dev::virtio_pager;
 use crate::kern::scheduler::Kernel;
 use crate::kern::thread::State;
 use crate::vm::pager_events;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use guest_kernel::abi::*;
@@ -202,26 +203,25 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
     // The device writes into the pages for a read, so they must be the
     // task's own writable pages (never shared program text).
     let need = if write { USER } else { USER | WRITABLE };
-    let mut bad_address = false;
-    let frames = &mut k.frames;
     let mut walker = paging::Walker::new(root);
-    let pages = (0..len / PAGE_SIZE).map(|i| {
+    let mut pages: Vec<PhysAddr> = Vec::new();
+    if pages.try_reserve_exact((len / PAGE_SIZE) as usize).is_err() {
+        return Some(ERR_NO_MEMORY);
+    }
+    for i in 0..len / PAGE_SIZE {
         let at = VirtAddr(va.0 + i * PAGE_SIZE);
-        match walker.translate(&mut DirectTables(frames), at) {
-            Some((pa, flags)) if flags & need == need => Segment {
-                addr: pa,
-                len: PAGE_SIZE as u32,
-            },
-            _ => {
-                bad_address = true;
-                // Refused by the driver: stops the submission.
-                Segment {
-                    addr: PhysAddr(1),
-                    len: 0,
-                }
-            }
+        match walker.translate(&mut DirectTables(&mut k.frames), at) {
+            Some((pa, flags)) if flags & need == need => pages.push(pa),
+            _ => return Some(ERR_BAD_ADDRESS),
         }
-    });
+    }
+    // Held until the completion: a page unmapped or dropped meanwhile (its
+    // region deallocated, its object flushed) keeps its frame until the
+    // device is done with it, so the transfer never touches memory that
+    // has become someone else's.
+    if !k.frames.pin(&pages) {
+        return Some(ERR_NO_MEMORY);
+    }
     let op = if write {
         Op::DataWrite { offset, len }
     } else {
@@ -232,12 +232,20 @@ pub fn io(k: &mut Kernel, f: &TrapFrame, write: bool) -> Option<i64> {
         }
     };
     disarm(d);
-    let r = d.submit(id, op, u64::from(tid.0), pages);
+    let segments = pages.iter().map(|&addr| Segment {
+        addr,
+        len: PAGE_SIZE as u32,
+    });
+    let r = d.submit(id, op, u64::from(tid.0), segments);
     let _ = end;
     match r {
         Ok(()) => d.kick(),
-        Err(_) if bad_address => return Some(ERR_BAD_ADDRESS),
-        Err(e) => return Some(submit_error(e)),
+        Err(e) => {
+            for &f in &pages {
+                k.frames.unpin(f);
+            }
+            return Some(submit_error(e));
+        }
     }
     drop(guard);
     if !write {
@@ -297,6 +305,15 @@ pub fn complete(k: &mut Kernel, c: &Completion, frames: &Frames) {
         }
         bytes as i64
     };
+    // The device is done with the task's frames (io pinned them; the
+    // driver merged adjacent ones into runs).
+    for i in 0..frames.len() {
+        if let Some(seg) = frames.get(i) {
+            for at in (0..u64::from(seg.len)).step_by(PAGE_SIZE as usize) {
+                k.frames.unpin(PhysAddr(seg.addr.0 + at));
+            }
+        }
+    }
     k.wake_with(guest_kernel::kern::sched::ThreadId(c.token as u32), r);
 }
 
