@@ -1074,6 +1074,62 @@ fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
+/// A pager that answers each data request only after a pause.
+struct Slow;
+
+impl Hooks for Slow {
+    fn data_request(
+        &self,
+        inner: &dyn Pager,
+        k: KernelId,
+        o: ObjectOffset,
+        len: u64,
+        a: Access,
+        b: &[VolatileSlice<'_>],
+    ) -> pager_backends::Result<DataReply> {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        inner.data_request(k, o, len, a, b)
+    }
+}
+
+/// A thread terminated while its object read is in flight: it cannot be
+/// resumed, never runs again, and its task ends when the read completes
+/// and the other thread is gone (the completion used to revive it, and
+/// the task never ended).
+#[test]
+fn a_thread_terminated_during_its_object_read_ends_at_the_completion() {
+    if !kvm_available("a_thread_terminated_during_its_object_read_ends_at_the_completion") {
+        return;
+    }
+    let inner = AnonPager::new(MIB as u64, &OpenOptions::default()).expect("anon pager");
+    let sock = serve_in_process("slow-sock", Arc::new(Hooked::new(inner, Slow)));
+    let obj = format!("s=unix:{}", sock.show());
+    let out = vmm(
+        &[
+            "run",
+            "--object",
+            &obj,
+            "--init",
+            "vmtest",
+            "terminate-io",
+            "s",
+        ],
+        &[],
+    );
+    assert!(
+        out.line("vmtest: terminate-io: ok").is_some(),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.line("init exited with status 0").is_some(),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+}
+
 /// The numbers of the guest's `vm_statistics` line (`--stats`).
 fn vm_statistics(out: &Output) -> std::collections::HashMap<String, u64> {
     let line = out

@@ -953,9 +953,84 @@ fn hex(w: &[u8]) -> u64 {
     })
 }
 
+// ---- a thread terminated while its object read is in flight ----
+
+const IO_WORDS: usize = 2048;
+static mut IO_STACK: [u64; IO_WORDS] = [0; IO_WORDS];
+/// Two pages, page aligned: what the reader lends the device.
+#[repr(C, align(4096))]
+struct IoPages([u8; 2 * PAGE as usize]);
+static mut IO_BUF: IoPages = IoPages([0; 2 * PAGE as usize]);
+/// The object the reader reads, and what it saw: 1 once its read returned.
+static IO_OBJECT: AtomicU64 = AtomicU64::new(0);
+static IO_RETURNED: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn io_reader(_: u64) -> ! {
+    #[allow(clippy::deref_addrof)]
+    // SAFETY: only this thread uses IO_BUF.
+    let buf = unsafe { &mut (*(&raw mut IO_BUF)).0 };
+    let _ = rt::object::read(IO_OBJECT.load(Ordering::SeqCst), 0, buf);
+    IO_RETURNED.store(1, Ordering::SeqCst);
+    if let Ok(t) = traps::thread_self() {
+        let _ = traps::thread_terminate(t);
+    }
+    rt::exit(92)
+}
+
+/// `terminate-io NAME` (NAME served by a pager that answers slowly): a
+/// thread terminated while its read is in flight never runs again, cannot
+/// be resumed, and its task ends once the read completes and the other
+/// thread is gone (before, the read's completion revived it).
+fn terminate_io(name: &[u8]) -> i32 {
+    match terminate_io_run(name) {
+        Ok(()) => {
+            println!("vmtest: terminate-io: ok");
+            // Ends this thread; the reader is the last and ends at its
+            // completion, and the task with it.
+            if let Ok(t) = traps::thread_self() {
+                let _ = traps::thread_terminate(t);
+            }
+            1
+        }
+        Err(e) => {
+            println!("vmtest: terminate-io: FAILED: {e}");
+            1
+        }
+    }
+}
+
+/// True from the 100th call on: `wait_until` polls every ~2 ms, so this
+/// makes it a pause of about 200 ms.
+fn pause_done() -> bool {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    CALLS.fetch_add(1, Ordering::SeqCst) >= 100
+}
+
+fn terminate_io_run(name: &[u8]) -> R {
+    let id = rt::object::lookup(name).map_err(rt::abi::error_name)?;
+    IO_OBJECT.store(id, Ordering::SeqCst);
+    let me = me()?;
+    let top = (((&raw mut IO_STACK) as u64 + IO_WORDS as u64 * 8) & !15) - 8;
+    // SAFETY: the reader runs on IO_STACK, which nothing else uses.
+    let t = kern(unsafe { traps::thread_create(me, io_reader as *const () as u64, top, 0) })?;
+    // Let the reader get into its read (the pager holds it far longer).
+    let _ = wait_until(|| IO_RETURNED.load(Ordering::SeqCst) != 0 || pause_done());
+    kern(traps::thread_terminate(t))?;
+    if traps::thread_resume(t).is_ok() {
+        return Err("a thread terminated in its read was resumed");
+    }
+    if IO_RETURNED.load(Ordering::SeqCst) != 0 {
+        return Err("the reader returned before its read completed");
+    }
+    Ok(())
+}
+
 fn main(args: &[u8]) -> i32 {
     let mut words = rt::words(args);
     let first = words.next().unwrap_or(b"");
+    if first == b"terminate-io" {
+        return terminate_io(words.next().unwrap_or(b""));
+    }
     if first == b"swap" {
         let mib = words.next().map_or(128, |w| {
             w.iter()

@@ -277,7 +277,7 @@ impl Kernel {
         let Some(t) = self.threads.get_mut(&id) else {
             return false;
         };
-        if t.suspend == 0 {
+        if t.suspend == 0 || t.doomed {
             return false;
         }
         t.suspend -= 1;
@@ -486,8 +486,17 @@ impl Kernel {
             return;
         }
         if t.state == State::Io {
-            // Ends at its completion: mark by suspending it for good.
+            // Ends at its completion (`wake_with`); until then it cannot
+            // run or be resumed, and its port is gone.
             self.suspend(id);
+            if let Some(t) = self.threads.get_mut(&id) {
+                t.doomed = true;
+                if let Some(p) = t.port.take() {
+                    let mut fx = Effects::default();
+                    self.ipc.destroy_kernel_port(p, &mut fx);
+                    crate::ipc::apply(self, fx);
+                }
+            }
             return;
         }
         self.end_thread(id);
@@ -703,6 +712,19 @@ impl Kernel {
                 x.threads.retain(|&th| th != id);
             }
             self.reap_memory(task);
+            return;
+        }
+        if t.doomed {
+            // Terminated during its transfer: it ends now, and its task
+            // with it if it was the last thread (as thread_terminate does).
+            self.end_thread(id);
+            let left = self.tasks.get_mut(&task).map(|x| {
+                x.threads.retain(|&th| th != id);
+                x.threads.len()
+            });
+            if left == Some(0) {
+                self.terminate_task(task, 0);
+            }
             return;
         }
         // SAFETY: a blocked thread's frame is valid until it runs again.

@@ -88,6 +88,10 @@ pub struct Thread {
     pub fx: Box<FxArea>,
     /// thread_suspend count: runnable only at 0.
     pub suspend: u32,
+    /// Terminated while a device transfer of its own was in flight (its
+    /// frames are the device's until then): it ends at the completion
+    /// instead of running again.
+    pub doomed: bool,
     /// Its port (a kernel object) and exception port.
     pub port: Option<PortId>,
     pub exception: Option<PortId>,
@@ -125,6 +129,7 @@ impl Thread {
             kstack: Some(kstack),
             fx,
             suspend: 0,
+            doomed: false,
             port: None,
             exception: None,
             deadline: 0,
