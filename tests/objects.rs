@@ -1074,8 +1074,11 @@ fn dirty_pages_of_a_dead_object_that_ends_are_counted_lost() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
-/// A pager that answers each data request only after a pause.
-struct Slow;
+/// A pager that answers each data request only after a pause, counting
+/// them.
+struct Slow {
+    requests: AtomicU32,
+}
 
 impl Hooks for Slow {
     fn data_request(
@@ -1087,7 +1090,10 @@ impl Hooks for Slow {
         a: Access,
         b: &[VolatileSlice<'_>],
     ) -> pager_backends::Result<DataReply> {
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        // Far past the guest's pause before it terminates the reader,
+        // within the object's 5 s timeout.
+        std::thread::sleep(std::time::Duration::from_secs(3));
         inner.data_request(k, o, len, a, b)
     }
 }
@@ -1102,7 +1108,13 @@ fn a_thread_terminated_during_its_object_read_ends_at_the_completion() {
         return;
     }
     let inner = AnonPager::new(MIB as u64, &OpenOptions::default()).expect("anon pager");
-    let sock = serve_in_process("slow-sock", Arc::new(Hooked::new(inner, Slow)));
+    let pager = Arc::new(Hooked::new(
+        inner,
+        Slow {
+            requests: AtomicU32::new(0),
+        },
+    ));
+    let sock = serve_in_process("slow-sock", pager.clone());
     let obj = format!("s=unix:{}", sock.show());
     let out = vmm(
         &[
@@ -1128,6 +1140,9 @@ fn a_thread_terminated_during_its_object_read_ends_at_the_completion() {
         out.stdout
     );
     assert_eq!(out.status, Some(0), "{}{}", out.stdout, out.stderr);
+    // The read was in flight when the thread was terminated: it reached
+    // the pager (a thread terminated before its read never sends it).
+    assert_eq!(pager.hooks().requests.load(Ordering::SeqCst), 1);
 }
 
 /// The numbers of the guest's `vm_statistics` line (`--stats`).

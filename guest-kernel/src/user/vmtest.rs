@@ -963,12 +963,14 @@ struct IoPages([u8; 2 * PAGE as usize]);
 static mut IO_BUF: IoPages = IoPages([0; 2 * PAGE as usize]);
 /// The object the reader reads, and what it saw: 1 once its read returned.
 static IO_OBJECT: AtomicU64 = AtomicU64::new(0);
+static IO_STARTED: AtomicU64 = AtomicU64::new(0);
 static IO_RETURNED: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn io_reader(_: u64) -> ! {
     #[allow(clippy::deref_addrof)]
     // SAFETY: only this thread uses IO_BUF.
     let buf = unsafe { &mut (*(&raw mut IO_BUF)).0 };
+    IO_STARTED.store(1, Ordering::SeqCst);
     let _ = rt::object::read(IO_OBJECT.load(Ordering::SeqCst), 0, buf);
     IO_RETURNED.store(1, Ordering::SeqCst);
     if let Ok(t) = traps::thread_self() {
@@ -1013,7 +1015,12 @@ fn terminate_io_run(name: &[u8]) -> R {
     let top = (((&raw mut IO_STACK) as u64 + IO_WORDS as u64 * 8) & !15) - 8;
     // SAFETY: the reader runs on IO_STACK, which nothing else uses.
     let t = kern(unsafe { traps::thread_create(me, io_reader as *const () as u64, top, 0) })?;
-    // Let the reader get into its read (the pager holds it far longer).
+    // The reader is about to read; a moment more and it is in its read
+    // (the pager holds it far longer). The host checks the read reached
+    // the pager, so a terminate that came first would not pass unseen.
+    if !wait_until(|| IO_STARTED.load(Ordering::SeqCst) != 0) {
+        return Err("the reader never started");
+    }
     let _ = wait_until(|| IO_RETURNED.load(Ordering::SeqCst) != 0 || pause_done());
     kern(traps::thread_terminate(t))?;
     if traps::thread_resume(t).is_ok() {
